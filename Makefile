@@ -1,0 +1,39 @@
+# comfy-fleet: the two commands users need are `make run` and `make test`; both set up what is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_AUTH_MODE := disabled
+
+.PHONY: run test test-unit install migrate bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-s3.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "comfy-fleet needs Python 3.11 or newer")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "python venv is missing: apt-get install python3-venv"; exit 1; }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --require-hashes -r requirements-s3.txt
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: install
+	$(PY) -m serve_app.main
+
+test: install
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+migrate: install
+	$(PY) -m core.migrate
+
+bench: install
+	@ls bench/*.py
+
+clean:
+	rm -rf $(VENV) data/tmp
