@@ -1,0 +1,277 @@
+"""Settings: read once, at the edge, from the environment (and a `.env` file), then passed down.
+
+`Settings.from_env(environ)` is the only code that reads configuration. A bad value raises
+`errors.ConfigError` whose message is one line naming the variable; secrets never appear in it.
+The names of the original ComfyUI-server keep their meaning (CONTRACT §2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from core import errors
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One ComfyUI server: its canonical `host:port` name and base URLs."""
+
+    host: str
+    port: int
+    scheme: str = "http"
+
+    @property
+    def _netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def name(self) -> str:
+        return self._netloc
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self._netloc}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"{'wss' if self.scheme == 'https' else 'ws'}://{self._netloc}/ws"
+
+
+def parse_endpoint(raw: str, variable: str = "COMFYUI_ENDPOINTS") -> Endpoint:
+    """`host:port` or `http(s)://host:port` → Endpoint; anything else is a ConfigError."""
+    text = raw.strip()
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise errors.ConfigError(f"{variable}: {raw!r} is not host:port ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
+        raise errors.ConfigError(f"{variable}: {raw!r} is not host:port or http(s)://host:port")
+    if parts.path not in ("", "/") or parts.query or parts.username:
+        raise errors.ConfigError(f"{variable}: {raw!r} must be only scheme, host and port")
+    if not 0 < port < 65536:
+        raise errors.ConfigError(f"{variable}: port {port} out of range")
+    return Endpoint(host=parts.hostname, port=port, scheme=parts.scheme)
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    """Minimal `.env` reader: KEY=VALUE lines, `#` comments, optional quotes."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+class _Reader:
+    """Typed access to one environment mapping; every failure names its variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def str(self, name: str, default: str | None = None) -> str | None:
+        value = self.env.get(name)
+        return default if value is None or value == "" else value
+
+    def int(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise errors.ConfigError(f"{name}: {raw!r} is not an integer") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise errors.ConfigError(f"{name}: {value} must be {bound}")
+        return value
+
+    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise errors.ConfigError(f"{name}: {raw!r} is not a number") from None
+        if value < minimum:
+            raise errors.ConfigError(f"{name}: {value} must be >= {minimum}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise errors.ConfigError(f"{name}: {raw!r} is not a boolean (true/false)")
+
+    def list(self, name: str) -> list[str]:
+        raw = self.str(name)
+        return [item.strip() for item in raw.split(",") if item.strip()] if raw else []
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of comfy-fleet. Defaults follow CONTRACT §2."""
+
+    comfyui_endpoints: tuple[Endpoint, ...] = ()
+    #: True when COMFYUI_ENDPOINTS was not given: `make run` starts stand-ins.
+    use_standins: bool = True
+    database_url: str | None = None
+    s3_bucket: str = "comfy-fleet"
+    s3_region: str = "us-east-1"
+    s3_endpoint_url: str | None = None
+    aws_access_key_id: str | None = field(default=None, repr=False)
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    default_failed_image_path: Path = REPO_ROOT / "data" / "failed"
+    service_host: str = "127.0.0.1"
+    service_port: int = 8000
+    route_prefix: str = "/api/v1"
+    workflows_dir: Path = REPO_ROOT / "workflows"
+    webhook_secret: str | None = field(default=None, repr=False)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    allow_open_bind: bool = False
+    ray_address: str | None = None
+    #: ComfyUI queue depth we keep per endpoint (late binding: tasks wait in the router).
+    endpoint_queue_depth: int = 2
+    #: Tasks waiting in the router above which POST /tasks answers 429.
+    max_waiting_tasks: int = 10_000
+    #: Dispatch attempts of one task before it fails with `endpoint_lost`.
+    task_max_attempts: int = 3
+    webhook_max_attempts: int = 8
+    webhook_timeout_s: float = 10.0
+    webhook_max_delay_s: float = 300.0
+    presign_expiry_s: int = 3600
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_string_length: int = 10_000
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    input_fetch_timeout_s: float = 20.0
+    ingress_replicas: int = 1
+    ingress_max_ongoing_requests: int = 256
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: Path | None = None) -> Settings:
+        """Build settings from `environ` (default os.environ) over a `.env` file in the cwd."""
+        base = dict(_read_dotenv(dotenv if dotenv is not None else Path.cwd() / ".env"))
+        base.update(os.environ if environ is None else environ)
+        r = _Reader(base)
+
+        endpoints = tuple(parse_endpoint(item) for item in r.list("COMFYUI_ENDPOINTS"))
+        names = [e.name for e in endpoints]
+        if len(set(names)) != len(names):
+            raise errors.ConfigError("COMFYUI_ENDPOINTS: an endpoint is listed twice")
+
+        prefix = r.str("ROUTE_PREFIX", "/api/v1") or ""
+        if prefix and (not prefix.startswith("/") or prefix.endswith("/") or " " in prefix):
+            raise errors.ConfigError(
+                f"ROUTE_PREFIX: {prefix!r} must start with '/' and not end with '/'"
+            )
+
+        host = r.str("SERVICE_HOST", "127.0.0.1") or "127.0.0.1"
+        api_keys = tuple(r.list("API_KEYS"))
+        allow_open = r.bool("ALLOW_UNAUTHENTICATED_BIND", False)
+        if not api_keys and not _is_loopback(host) and not allow_open:
+            raise errors.ConfigError(
+                f"SERVICE_HOST: binding {host} without API_KEYS is refused "
+                "(set API_KEYS, or ALLOW_UNAUTHENTICATED_BIND=true to accept the risk)"
+            )
+
+        secret = r.str("WEBHOOK_SECRET")
+        if secret is not None and not secret.startswith("whsec_"):
+            raise errors.ConfigError(
+                "WEBHOOK_SECRET: must have the Standard Webhooks form whsec_<base64 key>"
+            )
+
+        workflows_dir = Path(r.str("WORKFLOWS_DIR") or cls.workflows_dir)
+        if not workflows_dir.is_dir():
+            raise errors.ConfigError(f"WORKFLOWS_DIR: {workflows_dir} is not a folder")
+
+        return cls(
+            comfyui_endpoints=endpoints,
+            use_standins=not endpoints,
+            database_url=r.str("DATABASE_URL") or _rdb_dsn(r),
+            s3_bucket=r.str("S3_BUCKET", "comfy-fleet") or "comfy-fleet",
+            s3_region=r.str("S3_REGION_NAME", "us-east-1") or "us-east-1",
+            s3_endpoint_url=r.str("S3_ENDPOINT_URL"),
+            aws_access_key_id=r.str("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=r.str("AWS_SECRET_ACCESS_KEY"),
+            default_failed_image_path=Path(
+                r.str("DEFAULT_FAILED_IMAGE_PATH") or cls.default_failed_image_path
+            ),
+            service_host=host,
+            service_port=r.int("SERVICE_PORT", 8000, minimum=1, maximum=65535),
+            route_prefix=prefix,
+            workflows_dir=workflows_dir,
+            webhook_secret=secret,
+            api_keys=api_keys,
+            allow_open_bind=allow_open,
+            ray_address=r.str("RAY_ADDRESS"),
+            endpoint_queue_depth=r.int("ENDPOINT_QUEUE_DEPTH", 2, minimum=1),
+            max_waiting_tasks=r.int("MAX_WAITING_TASKS", 10_000, minimum=1),
+            task_max_attempts=r.int("TASK_MAX_ATTEMPTS", 3, minimum=1),
+            webhook_max_attempts=r.int("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1),
+            webhook_timeout_s=r.float("WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1),
+            webhook_max_delay_s=r.float("WEBHOOK_MAX_DELAY_S", 300.0, minimum=0.0),
+            presign_expiry_s=r.int("PRESIGN_EXPIRY_S", 3600, minimum=1, maximum=604800),
+            max_body_bytes=r.int("MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024),
+            max_string_length=r.int("MAX_STRING_LENGTH", 10_000, minimum=1),
+            max_image_bytes=r.int("MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
+            max_image_pixels=r.int("MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
+            input_fetch_timeout_s=r.float("INPUT_FETCH_TIMEOUT_S", 20.0, minimum=0.1),
+            ingress_replicas=r.int("INGRESS_REPLICAS", 1, minimum=1),
+            ingress_max_ongoing_requests=r.int("INGRESS_MAX_ONGOING_REQUESTS", 256, minimum=1),
+            log_level=(r.str("LOG_LEVEL", "INFO") or "INFO").upper(),
+        )
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _rdb_dsn(r: _Reader) -> str | None:
+    """The original ComfyUI-server's RDB_* variables, when any is set."""
+    names = ("RDB_USERNAME", "RDB_PASSWORD", "RDB_HOST", "RDB_PORT", "RDB_NAME")
+    if not any(r.str(n) for n in names):
+        return None
+    user = quote(r.str("RDB_USERNAME", "postgres") or "postgres", safe="")
+    password = r.str("RDB_PASSWORD")
+    auth = f"{user}:{quote(password, safe='')}" if password else user
+    port = r.int("RDB_PORT", 5432, minimum=1, maximum=65535)
+    host = r.str("RDB_HOST", "127.0.0.1")
+    name = r.str("RDB_NAME", "comfy_fleet")
+    return f"postgresql://{auth}@{host}:{port}/{name}"

@@ -1,0 +1,220 @@
+"""The event log port: append a task's events with optimistic concurrency, read them back, and
+query the read model of folded task states.
+
+Contract of `append(task_id, expected_seq, new_events, state)`:
+- the events get seqs `expected_seq + 1 …` and are stored atomically, all or none;
+- if another writer already stored `expected_seq + 1`, nothing is stored and
+  `errors.ConcurrencyConflict(task_id, expected_seq)` is raised: the caller reloads, re-decides
+  and retries a bounded number of times (this also makes a retried actor call safe);
+- a `task.submitted` whose client_task_id is taken raises `errors.DuplicateClientTaskId`;
+- the read model row (the folded state) is written in the same transaction, so it never lags;
+- `state` is the caller's state at `expected_seq` (None loads it); the new state is returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from core import errors, events, task_state
+from core.task_state import TaskState
+
+
+class EventLog(Protocol):
+    async def append(
+        self,
+        task_id: str,
+        expected_seq: int,
+        new_events: Sequence[events.Event],
+        state: TaskState | None = None,
+    ) -> TaskState: ...
+
+    async def read(self, task_id: str, after_seq: int = 0) -> list[events.StoredEvent]: ...
+
+    async def get(self, task_id: str) -> TaskState:
+        """The task's folded state from the read model; TaskNotFound when unknown."""
+        ...
+
+    async def find_client_task(self, client_task_id: str) -> TaskState | None: ...
+
+    async def list_tasks(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        client_task_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[TaskState], str | None]: ...
+
+    async def open_tasks(self) -> list[TaskState]:
+        """Every task that is not final, oldest first (what the actors rebuild from)."""
+        ...
+
+    async def pending_webhooks(self) -> list[TaskState]:
+        """Final tasks whose webhook is still to deliver (the outbox)."""
+        ...
+
+    async def wait_for_change(self, task_id: str, after_seq: int, timeout_s: float) -> None:
+        """Return when the task has an event after `after_seq`, or after the timeout."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def stamp(task_id: str, expected_seq: int, new_events: Sequence[events.Event]) -> list[events.StoredEvent]:
+    at = now()
+    return [
+        events.StoredEvent(task_id=task_id, seq=expected_seq + i, event=ev, at=at)
+        for i, ev in enumerate(new_events, start=1)
+    ]
+
+
+# --- the folded state as JSON (the read model's `state` column) -------------------------------
+
+_DATETIME_FIELDS = ("created_at", "updated_at", "finished_at")
+
+
+def state_to_json(s: TaskState) -> dict[str, Any]:
+    data = dataclasses.asdict(s)
+    for name in _DATETIME_FIELDS:
+        data[name] = data[name].isoformat() if data[name] else None
+    return data
+
+
+def state_from_json(data: dict[str, Any]) -> TaskState:
+    data = dict(data)
+    for name in _DATETIME_FIELDS:
+        data[name] = datetime.fromisoformat(data[name]) if data[name] else None
+    return TaskState(**data)
+
+
+def encode_cursor(created_at: datetime, task_id: str) -> str:
+    raw = orjson.dumps([created_at.isoformat(), task_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, task_id = orjson.loads(raw)
+        return datetime.fromisoformat(created), str(task_id)
+    except Exception:
+        raise errors.InvalidRequest("cursor: not a cursor returned by this API") from None
+
+
+class InMemoryEventLog:
+    """The EventLog contract in memory, for unit tests of actors and the fold."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, list[events.StoredEvent]] = {}
+        self._states: dict[str, TaskState] = {}
+        self._clients: dict[str, str] = {}
+        self._position = 0
+        self._changed = asyncio.Condition()
+
+    async def append(
+        self,
+        task_id: str,
+        expected_seq: int,
+        new_events: Sequence[events.Event],
+        state: TaskState | None = None,
+    ) -> TaskState:
+        stream = self._streams.setdefault(task_id, [])
+        if len(stream) != expected_seq:
+            raise errors.ConcurrencyConflict(f"task {task_id}: seq {expected_seq + 1} is taken")
+        stored = stamp(task_id, expected_seq, new_events)
+        if expected_seq == 0 and isinstance(new_events[0], events.TaskSubmitted):
+            ctid = new_events[0].client_task_id
+            if ctid is not None and ctid in self._clients:
+                raise errors.DuplicateClientTaskId(f"client_task_id {ctid!r} exists")
+        base = self._states.get(task_id) if state is None else state
+        new_state = base
+        for i, s in enumerate(stored):
+            self._position += 1
+            stored[i] = dataclasses.replace(s, position=self._position)
+            new_state = task_state.evolve(new_state, stored[i])
+        assert new_state is not None
+        stream.extend(stored)
+        self._states[task_id] = new_state
+        if new_state.client_task_id and expected_seq == 0:
+            self._clients[new_state.client_task_id] = task_id
+        async with self._changed:
+            self._changed.notify_all()
+        return new_state
+
+    async def read(self, task_id: str, after_seq: int = 0) -> list[events.StoredEvent]:
+        return [e for e in self._streams.get(task_id, []) if e.seq > after_seq]
+
+    async def get(self, task_id: str) -> TaskState:
+        try:
+            return self._states[task_id].copy()
+        except KeyError:
+            raise errors.TaskNotFound(f"no task {task_id}") from None
+
+    async def find_client_task(self, client_task_id: str) -> TaskState | None:
+        task_id = self._clients.get(client_task_id)
+        return self._states[task_id].copy() if task_id else None
+
+    async def list_tasks(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        client_task_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[TaskState], str | None]:
+        rows = sorted(self._states.values(), key=lambda s: (s.created_at, s.task_id), reverse=True)
+        if cursor:
+            after = decode_cursor(cursor)
+            rows = [s for s in rows if (s.created_at, s.task_id) < after]
+        rows = [
+            s
+            for s in rows
+            if (status is None or s.status == status)
+            and (workflow is None or s.workflow == workflow)
+            and (client_task_id is None or s.client_task_id == client_task_id)
+        ]
+        page = rows[:limit]
+        more = len(rows) > limit
+        return [s.copy() for s in page], (
+            encode_cursor(page[-1].created_at, page[-1].task_id) if more and page else None
+        )
+
+    async def open_tasks(self) -> list[TaskState]:
+        return sorted(
+            (s.copy() for s in self._states.values() if not s.is_final),
+            key=lambda s: s.created_at,
+        )
+
+    async def pending_webhooks(self) -> list[TaskState]:
+        return [s.copy() for s in self._states.values() if s.webhook == task_state.WEBHOOK_PENDING]
+
+    async def wait_for_change(self, task_id: str, after_seq: int, timeout_s: float) -> None:
+        async def changed() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: len(self._streams.get(task_id, [])) > after_seq)
+
+        try:
+            await asyncio.wait_for(changed(), timeout_s)
+        except TimeoutError:
+            pass
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

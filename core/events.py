@@ -1,0 +1,268 @@
+"""Every fact about a task, as a frozen event. This module is the one place that documents them.
+
+An event names what happened, in the past tense. The stored row is an envelope
+(`event_log.StoredEvent`) around the payload (`Event.payload()`); `TYPE` is the stable stored
+name, never an import path. Stored events are never rewritten: a payload change bumps
+`SCHEMA_VERSION` and adds an upcaster in `UPCASTERS` keyed by `(type, from_version)`.
+
+| type                        | emitted by       | meaning |
+|-----------------------------|------------------|---------|
+| task.submitted              | ingress          | the request was accepted and durably recorded (the 202) |
+| task.dispatched             | endpoint actor   | a prompt_id was minted for this attempt and is about to be POSTed |
+| task.prompt_queued          | endpoint actor   | ComfyUI accepted the prompt (its queue number) |
+| task.started                | endpoint actor   | ComfyUI began executing the prompt |
+| task.progressed             | endpoint actor   | sampler progress (rate-limited) |
+| task.output_stored          | endpoint actor   | one output file is in S3 (or the fallback folder) |
+| task.succeeded              | endpoint actor   | all outputs stored; final |
+| task.failed                 | any              | the task ended in error (code, message, node); final |
+| task.requeued               | endpoint/router  | the attempt was lost; the task waits for another dispatch |
+| task.cancel_requested       | ingress          | a client asked to cancel |
+| task.cancelled              | router/endpoint  | the task ended cancelled; final |
+| webhook.attempted           | webhook actor    | one delivery try failed (status or error, next delay) |
+| webhook.delivered           | webhook actor    | a try got a 2xx; the end is delivered |
+| webhook.dead                | webhook actor    | the last try failed; no more automatic tries |
+| webhook.redelivery_requested| ingress          | POST /tasks/{id}/webhook: deliver the end again |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+from core import errors
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Base of all events."""
+
+    TYPE: ClassVar[str] = ""
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    def payload(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSubmitted(Event):
+    """A task was accepted. `params` are resolved (defaults applied, random seeds drawn) and
+    `prompt` is the graph to send, so a re-dispatch runs exactly the same prompt."""
+
+    TYPE: ClassVar[str] = "task.submitted"
+    workflow: str
+    workflow_version: str
+    params: dict[str, Any]
+    prompt: dict[str, Any]
+    client_task_id: str | None = None
+    callback_url: str | None = None
+    priority: int = 0
+    #: sha256 of the canonical request body: same client_task_id + same hash = same request.
+    request_hash: str = ""
+    #: "tasks" for POST /tasks, "legacy" for the original ComfyUI-server route.
+    origin: str = "tasks"
+    #: input files to upload at dispatch: [{"param", "node", "field", "s3_key", "filename"}].
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    required_labels: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskDispatched(Event):
+    """The endpoint minted `prompt_id` for `attempt` and recorded it before POST /prompt, so a
+    crash between the two is reconciled by looking the id up in /queue and /history."""
+
+    TYPE: ClassVar[str] = "task.dispatched"
+    endpoint: str
+    prompt_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskPromptQueued(Event):
+    """ComfyUI answered 200 to POST /prompt."""
+
+    TYPE: ClassVar[str] = "task.prompt_queued"
+    prompt_id: str
+    number: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskStarted(Event):
+    """ComfyUI began executing the prompt (execution_start)."""
+
+    TYPE: ClassVar[str] = "task.started"
+    prompt_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskProgressed(Event):
+    """Progress of the running node; rate-limited by the endpoint actor."""
+
+    TYPE: ClassVar[str] = "task.progressed"
+    prompt_id: str
+    value: int
+    max: int
+    node: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskOutputStored(Event):
+    """One output file reported by ComfyUI is stored under `s3_key` (or, when S3 was down past
+    its retries, kept at `fallback_path`)."""
+
+    TYPE: ClassVar[str] = "task.output_stored"
+    prompt_id: str
+    index: int
+    node_id: str
+    filename: str
+    subfolder: str
+    kind: str  # images | gifs | video | audio | ...
+    content_type: str
+    size: int
+    sha256: str
+    s3_key: str
+    fallback_path: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSucceeded(Event):
+    """Every output is stored: the task ended successfully."""
+
+    TYPE: ClassVar[str] = "task.succeeded"
+    prompt_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskFailed(Event):
+    """The task ended in error. `code` is the API's snake_case code."""
+
+    TYPE: ClassVar[str] = "task.failed"
+    code: str
+    message: str
+    prompt_id: str | None = None
+    node_id: str | None = None
+    node_type: str | None = None
+    details: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskRequeued(Event):
+    """The attempt on `endpoint` was lost (ComfyUI restarted, the prompt vanished); the task
+    waits in the router for attempt + 1."""
+
+    TYPE: ClassVar[str] = "task.requeued"
+    endpoint: str
+    prompt_id: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskCancelRequested(Event):
+    """A client asked to cancel the task."""
+
+    TYPE: ClassVar[str] = "task.cancel_requested"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskCancelled(Event):
+    """The task ended cancelled; `where` says where the cancel found it."""
+
+    TYPE: ClassVar[str] = "task.cancelled"
+    where: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookAttempted(Event):
+    """One webhook try did not deliver; `retry_in_s` is None when it was the last."""
+
+    TYPE: ClassVar[str] = "webhook.attempted"
+    webhook_id: str
+    attempt: int
+    status_code: int | None = None
+    error: str | None = None
+    retry_in_s: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookDelivered(Event):
+    """A webhook try got a 2xx."""
+
+    TYPE: ClassVar[str] = "webhook.delivered"
+    webhook_id: str
+    attempt: int
+    status_code: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookDead(Event):
+    """The last try failed; only POST /tasks/{id}/webhook delivers again."""
+
+    TYPE: ClassVar[str] = "webhook.dead"
+    webhook_id: str
+    attempts: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookRedeliveryRequested(Event):
+    """A client asked for the task's end to be delivered again (same webhook-id)."""
+
+    TYPE: ClassVar[str] = "webhook.redelivery_requested"
+
+
+REGISTRY: dict[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (
+        TaskSubmitted,
+        TaskDispatched,
+        TaskPromptQueued,
+        TaskStarted,
+        TaskProgressed,
+        TaskOutputStored,
+        TaskSucceeded,
+        TaskFailed,
+        TaskRequeued,
+        TaskCancelRequested,
+        TaskCancelled,
+        WebhookAttempted,
+        WebhookDelivered,
+        WebhookDead,
+        WebhookRedeliveryRequested,
+    )
+}
+
+FINAL_TYPES = frozenset({TaskSucceeded.TYPE, TaskFailed.TYPE, TaskCancelled.TYPE})
+
+#: (type, stored version) -> function turning that payload into the next version's.
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """The envelope of one event in the log: where it stands and when it was recorded."""
+
+    task_id: str
+    seq: int
+    event: Event
+    at: datetime
+    #: global order of the log; 0 until stored.
+    position: int = 0
+
+    @property
+    def type(self) -> str:
+        return self.event.TYPE
+
+
+def decode(type_: str, schema_version: int, payload: dict[str, Any]) -> Event:
+    """Stored (type, version, payload) → the current event class, upcasting old versions."""
+    cls = REGISTRY.get(type_)
+    if cls is None:
+        raise errors.FleetError(f"unknown event type {type_!r}")
+    data = dict(payload)
+    version = schema_version
+    while version < cls.SCHEMA_VERSION:
+        data = UPCASTERS[(type_, version)](data)
+        version += 1
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

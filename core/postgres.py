@@ -1,0 +1,290 @@
+"""PostgresEventLog: the EventLog contract on an asyncpg pool.
+
+Driver errors are translated here, once: a unique violation on the (task_id, seq) key is a
+`ConcurrencyConflict`, on client_task_id a `DuplicateClientTaskId`; a lost or refused
+connection is `DatabaseUnavailable` (retryable, the API's 503).
+
+Why no gap-free global position: nothing tails this log by `position`. The read model is written
+in the appending statement, the webhook outbox is a query on it, and live readers (SSE, waits)
+are woken per task by NOTIFY and then read by (task_id, seq), which has no gaps. Rebuilds read
+the whole log after writers are stopped. So we do not need eventsourcing's table lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from core import errors, events, task_state
+from core.event_log import decode_cursor, encode_cursor, stamp, state_from_json, state_to_json
+from core.sql import queries
+from core.task_state import TaskState
+
+log = logging.getLogger(__name__)
+
+EVENTS_CHANNEL = "task_events_v1"
+
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
+
+
+@contextlib.contextmanager
+def _translated(task_id: str | None = None, expected_seq: int | None = None):  # type: ignore[no-untyped-def]
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "tasks_client_task_id_key":
+            raise errors.DuplicateClientTaskId("client_task_id is already recorded") from exc
+        raise errors.ConcurrencyConflict(
+            f"task {task_id}: seq {(expected_seq or 0) + 1} is taken"
+        ) from exc
+    except _UNAVAILABLE as exc:
+        raise errors.DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+    except asyncpg.PostgresError as exc:
+        if isinstance(exc, asyncpg.exceptions.DataError):
+            raise errors.InvalidRequest(f"invalid value: {exc.__class__.__name__}") from exc
+        raise
+
+
+class PostgresEventLog:
+    """The event log in PostgreSQL. Build with `await PostgresEventLog.connect(dsn)`."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._listener: asyncpg.Connection | None = None
+        self._listen_lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 8) -> PostgresEventLog:
+        with _translated():
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                init=_init_connection,
+                command_timeout=30,
+                timeout=10,
+            )
+        return cls(pool, dsn)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+        await self._pool.close()
+
+    async def ping(self) -> None:
+        with _translated():
+            await self._pool.fetchval("SELECT 1", timeout=5)
+
+    async def append(
+        self,
+        task_id: str,
+        expected_seq: int,
+        new_events: Sequence[events.Event],
+        state: TaskState | None = None,
+    ) -> TaskState:
+        if not new_events:
+            raise ValueError("append needs at least one event")
+        if state is None and expected_seq > 0:
+            state = await self.get(task_id)
+            if state.seq != expected_seq:
+                raise errors.ConcurrencyConflict(f"task {task_id}: seq {expected_seq + 1} is taken")
+        stored = stamp(task_id, expected_seq, new_events)
+        new_state = state
+        for s in stored:
+            new_state = task_state.evolve(new_state, s)
+        assert new_state is not None
+        with _translated(task_id, expected_seq):
+            row = await self._pool.fetchrow(
+                queries["append_events"],
+                task_id,
+                [s.seq for s in stored],
+                [s.event.TYPE for s in stored],
+                [s.event.SCHEMA_VERSION for s in stored],
+                [s.event.payload() for s in stored],
+                [s.at for s in stored],
+                new_state.client_task_id,
+                new_state.workflow,
+                new_state.status,
+                new_state.priority,
+                new_state.webhook,
+                new_state.seq,
+                new_state.created_at,
+                new_state.updated_at,
+                state_to_json(new_state),
+                expected_seq,
+            )
+        if row["upserted"] != 1:
+            # The events were stored (their seqs were free) but the read model row did not
+            # match: only a read model edited behind our back does that. Say so loudly.
+            raise errors.FleetError(f"task {task_id}: read model out of step with the log")
+        return new_state
+
+    async def read(self, task_id: str, after_seq: int = 0) -> list[events.StoredEvent]:
+        with _translated():
+            rows = await self._pool.fetch(queries["select_task_events"], task_id, after_seq)
+        return [_stored(task_id, r) for r in rows]
+
+    async def get(self, task_id: str) -> TaskState:
+        with _translated():
+            try:
+                data = await self._pool.fetchval(queries["select_task_state"], task_id)
+            except asyncpg.exceptions.DataError:
+                data = None
+        if data is None:
+            raise errors.TaskNotFound(f"no task {task_id}")
+        return state_from_json(data)
+
+    async def find_client_task(self, client_task_id: str) -> TaskState | None:
+        with _translated():
+            data = await self._pool.fetchval(queries["select_client_task"], client_task_id)
+        return state_from_json(data) if data is not None else None
+
+    async def list_tasks(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        client_task_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[TaskState], str | None]:
+        after: tuple[datetime | None, str | None] = decode_cursor(cursor) if cursor else (None, None)
+        with _translated():
+            rows = await self._pool.fetch(
+                queries["list_tasks"], status, workflow, client_task_id, after[0], after[1], limit + 1
+            )
+        page = rows[:limit]
+        next_cursor = (
+            encode_cursor(page[-1]["created_at"], str(page[-1]["task_id"]))
+            if len(rows) > limit
+            else None
+        )
+        return [state_from_json(r["state"]) for r in page], next_cursor
+
+    async def open_tasks(self) -> list[TaskState]:
+        with _translated():
+            rows = await self._pool.fetch(queries["open_tasks"])
+        return [state_from_json(r["state"]) for r in rows]
+
+    async def pending_webhooks(self) -> list[TaskState]:
+        with _translated():
+            rows = await self._pool.fetch(queries["pending_webhooks"])
+        return [state_from_json(r["state"]) for r in rows]
+
+    # --- live waits: LISTEN on one dedicated connection, woken per task ---------------------
+
+    async def _ensure_listener(self) -> None:
+        async with self._listen_lock:
+            if self._listener is not None and not self._listener.is_closed():
+                return
+            conn = await asyncpg.connect(self._dsn, timeout=10)
+            await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
+            self._listener = conn
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        task_id, _, _seq = payload.partition(":")
+        for waiter in self._waiters.get(task_id, ()):
+            waiter.set()
+
+    async def wait_for_change(self, task_id: str, after_seq: int, timeout_s: float) -> None:
+        waiter = asyncio.Event()
+        self._waiters[task_id].add(waiter)
+        try:
+            try:
+                await self._ensure_listener()
+            except Exception:  # no LISTEN: fall back to a short poll
+                log.debug("LISTEN unavailable; polling", exc_info=True)
+                await asyncio.sleep(min(timeout_s, 0.5))
+                return
+            # Check after registering, so a notify between the caller's read and now is seen.
+            current = await self.read(task_id, after_seq)
+            if current:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), timeout_s)
+        finally:
+            self._waiters[task_id].discard(waiter)
+            if not self._waiters[task_id]:
+                self._waiters.pop(task_id, None)
+
+    # --- rebuild ------------------------------------------------------------------------------
+
+    async def rebuild_read_model(self, batch: int = 10_000) -> int:
+        """Recompute every read-model row by folding the log; returns the number of tasks."""
+        count = 0
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(queries["delete_read_model"])
+            last_task, last_seq = "00000000-0000-0000-0000-000000000000", 0
+            state: TaskState | None = None
+            pending: list[TaskState] = []
+
+            async def flush() -> None:
+                await conn.executemany(
+                    queries["insert_read_model"],
+                    [
+                        (
+                            s.task_id, s.client_task_id, s.workflow, s.status, s.priority,
+                            s.webhook, s.seq, s.created_at, s.updated_at, state_to_json(s),
+                        )
+                        for s in pending
+                    ],
+                )
+                pending.clear()
+
+            while True:
+                rows = await conn.fetch(queries["select_all_events"], last_task, last_seq, batch)
+                if not rows:
+                    break
+                for r in rows:
+                    tid = str(r["task_id"])
+                    if state is not None and state.task_id != tid:
+                        pending.append(state)
+                        count += 1
+                        state = None
+                    state = task_state.evolve(state, _stored(tid, r))
+                last_task, last_seq = str(rows[-1]["task_id"]), rows[-1]["seq"]
+                if len(pending) >= 1000:
+                    await flush()
+            if state is not None:
+                pending.append(state)
+                count += 1
+            await flush()
+        return count
+
+
+def _stored(task_id: str, r: asyncpg.Record) -> events.StoredEvent:
+    return events.StoredEvent(
+        task_id=task_id,
+        seq=r["seq"],
+        event=events.decode(r["type"], r["schema_version"], r["payload"]),
+        at=r["recorded_at"],
+        position=r["position"],
+    )

@@ -1,0 +1,75 @@
+-- Every query of comfy-fleet, as named blocks. asyncpg has positional parameters only: each
+-- block's comment gives their order.
+
+-- append_events --
+-- Stores a batch of one task's events and upserts its read-model row, in one statement (one
+-- implicit transaction, one round trip). $1 task_id, $2 seqs, $3 types, $4 versions,
+-- $5 payloads, $6 recorded_at, $7 client_task_id, $8 workflow, $9 status, $10 priority,
+-- $11 webhook, $12 last_seq, $13 created_at, $14 updated_at, $15 state, $16 expected_seq
+WITH ins AS (
+    INSERT INTO task_events (task_id, seq, type, schema_version, payload, recorded_at)
+    SELECT $1, u.seq, u.type, u.version, u.payload, u.at
+    FROM unnest($2::int[], $3::text[], $4::smallint[], $5::jsonb[], $6::timestamptz[])
+        AS u(seq, type, version, payload, at)
+    RETURNING position
+), up AS (
+    INSERT INTO tasks AS t (task_id, client_task_id, workflow, status, priority, webhook,
+                            last_seq, created_at, updated_at, state)
+    VALUES ($1, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+    ON CONFLICT (task_id) DO UPDATE
+        SET status = EXCLUDED.status, webhook = EXCLUDED.webhook, last_seq = EXCLUDED.last_seq,
+            updated_at = EXCLUDED.updated_at, state = EXCLUDED.state
+        WHERE t.last_seq = $16
+    RETURNING 1
+), notified AS (
+    SELECT pg_notify('task_events_v1', $1::text || ':' || $12::text)
+)
+SELECT (SELECT array_agg(position ORDER BY position) FROM ins) AS positions,
+       (SELECT count(*) FROM up) AS upserted,
+       (SELECT count(*) FROM notified) AS notified;
+
+-- select_task_events --
+-- $1 task_id, $2 after_seq
+SELECT seq, type, schema_version, payload, recorded_at, position
+FROM task_events WHERE task_id = $1 AND seq > $2 ORDER BY seq;
+
+-- select_task_state --
+-- $1 task_id
+SELECT state FROM tasks WHERE task_id = $1;
+
+-- select_client_task --
+-- $1 client_task_id
+SELECT state FROM tasks WHERE client_task_id = $1;
+
+-- list_tasks --
+-- Newest first, keyset paging. $1 status|null, $2 workflow|null, $3 client_task_id|null,
+-- $4 cursor created_at|null, $5 cursor task_id|null, $6 limit
+SELECT state, created_at, task_id FROM tasks
+WHERE ($1::text IS NULL OR status = $1)
+  AND ($2::text IS NULL OR workflow = $2)
+  AND ($3::text IS NULL OR client_task_id = $3)
+  AND ($4::timestamptz IS NULL OR (created_at, task_id) < ($4, $5::uuid))
+ORDER BY created_at DESC, task_id DESC
+LIMIT $6;
+
+-- open_tasks --
+SELECT state FROM tasks WHERE status NOT IN ('succeeded', 'failed', 'cancelled')
+ORDER BY created_at;
+
+-- pending_webhooks --
+SELECT state FROM tasks WHERE webhook = 'pending' ORDER BY updated_at;
+
+-- select_all_events --
+-- For rebuilds, in task order. $1 after (task_id, seq) as task_id, $2 seq, $3 limit
+SELECT task_id, seq, type, schema_version, payload, recorded_at, position FROM task_events
+WHERE (task_id, seq) > ($1::uuid, $2::int) ORDER BY task_id, seq LIMIT $3;
+
+-- delete_read_model --
+DELETE FROM tasks;
+
+-- insert_read_model --
+-- $1 task_id, $2 client_task_id, $3 workflow, $4 status, $5 priority, $6 webhook, $7 last_seq,
+-- $8 created_at, $9 updated_at, $10 state
+INSERT INTO tasks (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
+                   created_at, updated_at, state)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10);

@@ -1,0 +1,224 @@
+"""The workflows the service can run: every ``<name>.json`` + ``<name>.toml`` pair in a folder.
+
+A broken pair is reported and skipped; the others load. ``reload()`` re-reads the folder and
+tells what was added, changed and removed; a workflow whose files became broken keeps serving its
+last good version (the error is reported), so a bad edit never takes a working workflow down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core import errors, graph as graph_module, manifest as manifest_module, params as params_module
+from core.manifest import Manifest
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """One servable workflow: its manifest, its parsed API graph and a content version."""
+
+    name: str
+    manifest: Manifest
+    #: The parsed API-format graph; never mutated (``build_prompt`` works on a copy).
+    graph: dict[str, dict[str, Any]]
+    #: sha256 (hex) of the two files' bytes; changes whenever either file changes.
+    version: str
+
+    @property
+    def required_labels(self) -> tuple[str, ...]:
+        return self.manifest.required_labels
+
+    def required_models(self, object_info: Mapping[str, Any] | None = None) -> set[str]:
+        return graph_module.required_models(self.graph, object_info)
+
+    def can_run(
+        self, object_info: Mapping[str, Any], resolved: Mapping[str, Any] | None = None
+    ) -> tuple[bool, str | None]:
+        """Whether an endpoint with this ``object_info`` can run the workflow (and why not).
+
+        With ``resolved`` params, the check is on the graph as the task would send it (e.g. a
+        choice parameter that picks a model); image inputs are never checked, since their file
+        is uploaded at dispatch.
+        """
+        graph = self.graph
+        if resolved:
+            graph = params_module.apply_params(graph, self.manifest, resolved)
+        return graph_module.can_run(graph, object_info, ignore=self.manifest.image_fields())
+
+    def validate(self, params: Any, **kwargs: Any) -> dict[str, Any]:
+        """``core.params.validate_params`` for this workflow."""
+        return params_module.validate_params(self.manifest, params, **kwargs)
+
+    def build_prompt(
+        self,
+        resolved: Mapping[str, Any],
+        *,
+        task_id: str,
+        image_names: Mapping[str, str] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """``core.params.build_prompt`` for this workflow."""
+        return params_module.build_prompt(
+            self.graph, self.manifest, resolved, task_id=task_id, image_names=image_names
+        )
+
+    def describe(self, *, max_string_length: int | None = None) -> dict[str, Any]:
+        """The ``GET /workflows`` entry: name, description, params (JSON Schema), and extras."""
+        return {
+            "name": self.name,
+            "description": self.manifest.description,
+            "params": params_module.params_json_schema(
+                self.manifest, max_string_length=max_string_length
+            ),
+            "labels": list(self.manifest.required_labels),
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What a ``reload()`` changed, and the pairs it could not load."""
+
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    errors: tuple[errors.ManifestInvalid, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "added": list(self.added),
+            "changed": list(self.changed),
+            "removed": list(self.removed),
+            "errors": [e.message for e in self.errors],
+        }
+
+
+def load_workflow(directory: Path, name: str) -> Workflow:
+    """Load ``<directory>/<name>.json`` + ``<name>.toml``; raises ``errors.ManifestInvalid``."""
+    json_path, toml_path = directory / f"{name}.json", directory / f"{name}.toml"
+    if not _NAME.match(name):
+        raise errors.ManifestInvalid(
+            f"{toml_path}: a workflow name is a letter or digit, then letters, digits, _ or - "
+            "(≤ 64 characters)"
+        )
+    json_bytes = _read(json_path)
+    toml_bytes = _read(toml_path)
+    try:
+        data = json.loads(json_bytes)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise errors.ManifestInvalid(f"{json_path}: not valid JSON: {exc}") from exc
+    graph = manifest_module.parse_graph(data, source=str(json_path))
+    try:
+        raw = tomllib.loads(toml_bytes.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise errors.ManifestInvalid(f"{toml_path}: not valid TOML: {exc}") from exc
+    manifest = manifest_module.parse_manifest(raw, graph, name=name, source=str(toml_path))
+    digest = hashlib.sha256()
+    for part in (json_bytes, toml_bytes):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return Workflow(name=name, manifest=manifest, graph=graph, version=digest.hexdigest())
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise errors.ManifestInvalid(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+def scan(directory: Path) -> tuple[dict[str, Workflow], list[errors.ManifestInvalid]]:
+    """Load every pair in ``directory``; return the good ones and one error per bad one."""
+    if not directory.is_dir():
+        return {}, [errors.ManifestInvalid(f"{directory}: not a folder")]
+    stems: dict[str, set[str]] = {}
+    for path in directory.iterdir():
+        if path.name.startswith(".") or path.suffix not in (".json", ".toml") or not path.is_file():
+            continue
+        stems.setdefault(path.stem, set()).add(path.suffix)
+    found: dict[str, Workflow] = {}
+    problems: list[errors.ManifestInvalid] = []
+    for stem in sorted(stems):
+        suffixes = stems[stem]
+        if suffixes != {".json", ".toml"}:
+            have = next(iter(suffixes))
+            lack = ".toml" if have == ".json" else ".json"
+            problems.append(
+                errors.ManifestInvalid(
+                    f"{directory / (stem + have)}: no {stem}{lack} beside it "
+                    "(a workflow is <name>.json, the API export, plus <name>.toml, its manifest)"
+                )
+            )
+            continue
+        try:
+            found[stem] = load_workflow(directory, stem)
+        except errors.ManifestInvalid as exc:
+            problems.append(exc)
+    return found, problems
+
+
+class WorkflowRegistry:
+    """The loaded workflows by name. Lookups are plain dict reads; ``reload`` swaps the dict."""
+
+    def __init__(self, workflows: Iterable[Workflow] = (), directory: Path | None = None) -> None:
+        self._workflows: dict[str, Workflow] = {w.name: w for w in workflows}
+        self.directory = directory
+
+    @classmethod
+    def load(cls, directory: Path | str) -> tuple[WorkflowRegistry, list[errors.ManifestInvalid]]:
+        """Load a folder; broken pairs are returned as errors and left out."""
+        directory = Path(directory)
+        found, problems = scan(directory)
+        return cls(found.values(), directory), problems
+
+    def get(self, name: str) -> Workflow:
+        try:
+            return self._workflows[name]
+        except KeyError:
+            raise errors.WorkflowNotFound(
+                f"no workflow named {name!r} (available: {', '.join(self.names()) or 'none'})"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._workflows)
+
+    def workflows(self) -> list[Workflow]:
+        return [self._workflows[n] for n in self.names()]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._workflows
+
+    def __len__(self) -> int:
+        return len(self._workflows)
+
+    def reload(self) -> ReloadResult:
+        """Re-read the folder and swap in what it holds.
+
+        A pair whose two files are present but fail to load keeps its last good version, if it
+        had one; a workflow with either file gone is removed.
+        """
+        if self.directory is None:
+            raise ValueError("this registry was not loaded from a folder")
+        found, problems = scan(self.directory)
+        old = self._workflows
+        broken = {n for n in old if n not in found and _pair_exists(self.directory, n)}
+        new = dict(found)
+        for name in broken:
+            new[name] = old[name]  # a bad edit must not take a serving workflow down
+        added = tuple(sorted(set(new) - set(old)))
+        removed = tuple(sorted(set(old) - set(new)))
+        changed = tuple(sorted(n for n in set(new) & set(old) if new[n].version != old[n].version))
+        self._workflows = new
+        return ReloadResult(added, changed, removed, tuple(problems))
+
+
+def _pair_exists(directory: Path, name: str) -> bool:
+    return (directory / f"{name}.json").exists() and (directory / f"{name}.toml").exists()

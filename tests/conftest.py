@@ -1,0 +1,62 @@
+"""Shared fixtures: a PostgreSQL database of the test run's own (migrated template, cloned per
+test that asks), and the markers. Services are real; only ComfyUI is a stand-in."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from core import migrate
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def _with_db(dsn: str, name: str) -> str:
+    base, _, _ = dsn.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+async def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """TEST_DATABASE_URL, else the server on 127.0.0.1:5432, else an embedded one (pgserver)."""
+    dsn = os.environ.get("TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
+    conn = await asyncpg.connect(dsn, timeout=5)
+    await conn.close()
+    yield dsn
+
+
+@pytest.fixture(scope="session")
+async def pg_template(pg_admin_dsn: str) -> AsyncIterator[str]:
+    """A migrated template database for this test run; dropped at the end."""
+    name = f"cf_test_{os.getpid()}_{uuid.uuid4().hex[:6]}_tpl"
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        conn = await asyncpg.connect(_with_db(pg_admin_dsn, name))
+        try:
+            await migrate.apply(conn)
+        finally:
+            await conn.close()
+        yield name
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def pg_dsn(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[str]:
+    """A fresh migrated database for one test (cloned from the template)."""
+    name = f"cf_test_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+        yield _with_db(pg_admin_dsn, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

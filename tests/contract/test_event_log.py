@@ -1,0 +1,166 @@
+"""One contract suite for every EventLog: in memory and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from core import errors, events, task_state
+from core.event_log import EventLog, InMemoryEventLog
+from core.postgres import PostgresEventLog
+
+
+def submitted(client_task_id: str | None = None, priority: int = 0) -> events.TaskSubmitted:
+    return events.TaskSubmitted(
+        workflow="solid",
+        workflow_version="v1",
+        params={"width": 8},
+        prompt={"1": {"class_type": "EmptyImage", "inputs": {"width": 8}}},
+        client_task_id=client_task_id,
+        callback_url="http://127.0.0.1:9/hook",
+        priority=priority,
+        request_hash="h",
+    )
+
+
+class EventLogContract:
+    @pytest.fixture
+    async def log(self) -> AsyncIterator[EventLog]:
+        raise NotImplementedError
+
+    async def test_append_then_read_in_order(self, log: EventLog) -> None:
+        tid = str(uuid.uuid4())
+        s = await log.append(tid, 0, [submitted()])
+        s = await log.append(tid, 1, [events.TaskDispatched(endpoint="e:1", prompt_id="p", attempt=1)], s)
+        stream = await log.read(tid)
+        assert [e.seq for e in stream] == [1, 2]
+        assert [e.type for e in stream] == ["task.submitted", "task.dispatched"]
+        assert stream[0].position < stream[1].position
+        assert (await log.read(tid, after_seq=1))[0].type == "task.dispatched"
+        got = await log.get(tid)
+        assert got.status == task_state.DISPATCHED and got.prompt_id == "p"
+        assert task_state.replay(stream) == got == s
+
+    async def test_stale_writer_conflicts_and_stores_nothing(self, log: EventLog) -> None:
+        tid = str(uuid.uuid4())
+        s = await log.append(tid, 0, [submitted()])
+        await log.append(tid, 1, [events.TaskDispatched(endpoint="a:1", prompt_id="p1", attempt=1)], s)
+        with pytest.raises(errors.ConcurrencyConflict):
+            await log.append(tid, 1, [events.TaskDispatched(endpoint="b:1", prompt_id="p2", attempt=1)], s)
+        stream = await log.read(tid)
+        assert len(stream) == 2 and stream[1].event.endpoint == "a:1"  # type: ignore[attr-defined]
+
+    async def test_batch_is_atomic(self, log: EventLog) -> None:
+        tid = str(uuid.uuid4())
+        s = await log.append(tid, 0, [submitted()])
+        s = await log.append(
+            tid,
+            1,
+            [
+                events.TaskDispatched(endpoint="a:1", prompt_id="p", attempt=1),
+                events.TaskStarted(prompt_id="p"),
+                events.TaskSucceeded(prompt_id="p"),
+            ],
+            s,
+        )
+        assert s.seq == 4 and s.status == task_state.SUCCEEDED and s.end_seq == 4
+        assert (await log.get(tid)).webhook == task_state.WEBHOOK_PENDING
+        assert [t.task_id for t in await log.pending_webhooks()] == [tid]
+
+    async def test_duplicate_client_task_id(self, log: EventLog) -> None:
+        ctid = f"c-{uuid.uuid4()}"
+        await log.append(str(uuid.uuid4()), 0, [submitted(ctid)])
+        with pytest.raises(errors.DuplicateClientTaskId):
+            await log.append(str(uuid.uuid4()), 0, [submitted(ctid)])
+        found = await log.find_client_task(ctid)
+        assert found is not None and found.client_task_id == ctid
+
+    async def test_unknown_task(self, log: EventLog) -> None:
+        with pytest.raises(errors.TaskNotFound):
+            await log.get(str(uuid.uuid4()))
+        assert await log.read(str(uuid.uuid4())) == []
+
+    async def test_list_pages_newest_first_and_filters(self, log: EventLog) -> None:
+        ids = []
+        for i in range(5):
+            tid = str(uuid.uuid4())
+            await log.append(tid, 0, [submitted(priority=i)])
+            ids.append(tid)
+        page1, cur = await log.list_tasks(limit=2)
+        page2, cur2 = await log.list_tasks(limit=2, cursor=cur)
+        page3, cur3 = await log.list_tasks(limit=2, cursor=cur2)
+        got = [s.task_id for s in page1 + page2 + page3]
+        assert got == list(reversed(ids)) and cur3 is None
+        assert (await log.list_tasks(status="succeeded"))[0] == []
+        assert len((await log.list_tasks(workflow="solid", limit=10))[0]) == 5
+        with pytest.raises(errors.InvalidRequest):
+            await log.list_tasks(cursor="garbage!")
+
+    async def test_open_tasks_excludes_final(self, log: EventLog) -> None:
+        a, b = str(uuid.uuid4()), str(uuid.uuid4())
+        await log.append(a, 0, [submitted()])
+        s = await log.append(b, 0, [submitted()])
+        await log.append(b, 1, [events.TaskFailed(code="x", message="y")], s)
+        assert [t.task_id for t in await log.open_tasks()] == [a]
+
+    async def test_wait_for_change_wakes_on_append(self, log: EventLog) -> None:
+        tid = str(uuid.uuid4())
+        s = await log.append(tid, 0, [submitted()])
+        waiter = asyncio.create_task(log.wait_for_change(tid, 1, 10))
+        await asyncio.sleep(0.2)
+        await log.append(tid, 1, [events.TaskCancelRequested()], s)
+        await asyncio.wait_for(waiter, 5)
+        assert len(await log.read(tid)) == 2
+
+
+class TestInMemoryEventLog(EventLogContract):
+    @pytest.fixture
+    async def log(self) -> AsyncIterator[EventLog]:
+        yield InMemoryEventLog()
+
+
+@pytest.mark.postgres
+class TestPostgresEventLog(EventLogContract):
+    @pytest.fixture
+    async def log(self, pg_dsn: str) -> AsyncIterator[EventLog]:
+        log = await PostgresEventLog.connect(pg_dsn)
+        try:
+            yield log
+        finally:
+            await log.close()
+
+    async def test_database_refuses_update_and_delete(self, log: PostgresEventLog, pg_dsn: str) -> None:
+        import asyncpg
+
+        tid = str(uuid.uuid4())
+        await log.append(tid, 0, [submitted()])
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            for stmt in (
+                "UPDATE task_events SET type = 'x'",
+                "DELETE FROM task_events",
+                "TRUNCATE task_events",
+            ):
+                with pytest.raises(asyncpg.PostgresError, match="append-only"):
+                    await conn.execute(stmt)
+        finally:
+            await conn.close()
+
+    async def test_rebuild_equals_fold(self, log: PostgresEventLog) -> None:
+        tids = []
+        for i in range(30):
+            tid = str(uuid.uuid4())
+            s = await log.append(tid, 0, [submitted(f"k{i}-{tid}")])
+            if i % 2:
+                s = await log.append(tid, 1, [events.TaskDispatched(endpoint="e:1", prompt_id=f"p{i}", attempt=1)], s)
+            if i % 3 == 0:
+                await log.append(tid, s.seq, [events.TaskFailed(code="c", message="m")], s)
+            tids.append(tid)
+        before = {t: await log.get(t) for t in tids}
+        assert await log.rebuild_read_model() == 30
+        for t in tids:
+            after = await log.get(t)
+            assert after == before[t] == task_state.replay(await log.read(t))

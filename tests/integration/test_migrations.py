@@ -1,0 +1,46 @@
+"""All migrations applied to an empty database give the expected schema; re-applying is a no-op."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from core import migrate
+
+pytestmark = pytest.mark.postgres
+
+
+async def test_schema_after_all_migrations(pg_dsn: str) -> None:
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        assert await migrate.apply(conn) == []  # the template had them all
+        applied = [r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations ORDER BY name")]
+        assert applied == [p.name for p in migrate.migration_files()]
+        cols = {
+            (r["table_name"], r["column_name"]): r["data_type"]
+            for r in await conn.fetch(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = 'public'"
+            )
+        }
+        for col, typ in {
+            "position": "bigint", "task_id": "uuid", "seq": "integer", "type": "text",
+            "schema_version": "smallint", "payload": "jsonb",
+            "recorded_at": "timestamp with time zone",
+        }.items():
+            assert cols[("task_events", col)] == typ
+        assert cols[("tasks", "state")] == "jsonb"
+        pk = await conn.fetchval(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'task_events_pkey'"
+        )
+        assert pk == "PRIMARY KEY (task_id, seq)"
+        triggers = {
+            r["tgname"] for r in await conn.fetch(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = 'task_events'::regclass AND NOT tgisinternal"
+            )
+        }
+        assert triggers == {"task_events_append_only", "task_events_no_truncate"}
+        indexes = {r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'tasks'")}
+        assert {"tasks_newest", "tasks_open", "tasks_webhook_pending", "tasks_client_task_id_key"} <= indexes
+    finally:
+        await conn.close()
