@@ -342,9 +342,10 @@ class UrlPolicy:
         does not resolve, and what ``check_url`` raises.
         """
         parsed = url if isinstance(url, ParsedUrl) else self.check_url(url)
-        if parsed.ip is not None:
-            return [parsed.ip]
         resolve = self.resolver or _system_resolver
+        if parsed.ip is not None:
+            await self._check_denied_names(parsed, [parsed.ip], resolve)
+            return [parsed.ip]
         try:
             raw = await resolve(parsed.host, parsed.port)
         except (OSError, UnicodeError):
