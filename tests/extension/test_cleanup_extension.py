@@ -1,0 +1,153 @@
+"""The cleanup custom node, loaded the way ComfyUI loads custom_nodes, behind a real aiohttp server.
+
+ComfyUI's ``server`` and ``folder_paths`` modules are replaced by small fakes in ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+PACKAGE = Path(__file__).resolve().parents[2] / "comfyui_extension" / "comfy_fleet_cleanup"
+
+
+def _load_as_custom_node(name: str) -> types.ModuleType:
+    # As ComfyUI's nodes.load_custom_node does for a package folder.
+    spec = importlib.util.spec_from_file_location(name, PACKAGE / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> dict[str, Path]:
+    out = {k: tmp_path / "comfy" / k for k in ("input", "output", "temp")}
+    for d in out.values():
+        d.mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text("keep me")
+    return out
+
+
+@pytest.fixture
+async def client(dirs: dict[str, Path], monkeypatch) -> AsyncIterator[TestClient]:
+    routes = web.RouteTableDef()
+    fake_server = types.ModuleType("server")
+    fake_server.PromptServer = types.SimpleNamespace(instance=types.SimpleNamespace(routes=routes))
+    fake_folders = types.ModuleType("folder_paths")
+    fake_folders.get_input_directory = lambda: str(dirs["input"])
+    fake_folders.get_output_directory = lambda: str(dirs["output"])
+    fake_folders.get_temp_directory = lambda: str(dirs["temp"])
+    monkeypatch.setitem(sys.modules, "server", fake_server)
+    monkeypatch.setitem(sys.modules, "folder_paths", fake_folders)
+    module_name = str(PACKAGE).replace(".", "_x_")  # ComfyUI's sys.modules name for a folder
+    monkeypatch.delitem(sys.modules, module_name, raising=False)
+    module = _load_as_custom_node(module_name)
+    assert module.NODE_CLASS_MAPPINGS == {}
+    app = web.Application()
+    app.add_routes(routes)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        yield c
+    sys.modules.pop(module_name, None)
+
+
+async def _delete(client: TestClient, **body: Any) -> tuple[int, Any]:
+    resp = await client.post("/comfy-fleet/cleanup/delete", json=body)
+    return resp.status, await resp.json()
+
+
+async def test_info(client: TestClient) -> None:
+    resp = await client.get("/comfy-fleet/cleanup/info")
+    assert resp.status == 200
+    assert await resp.json() == {"version": 1}
+
+
+@pytest.mark.parametrize("kind", ["input", "output", "temp"])
+async def test_deletes_a_file_of_each_folder(kind: str, client, dirs) -> None:
+    for d in dirs.values():
+        (d / "a.png").write_bytes(b"x")
+    assert await _delete(client, type=kind, filename="a.png", subfolder="") == (200, {"deleted": True})
+    assert not (dirs[kind] / "a.png").exists()
+    assert all((d / "a.png").exists() for k, d in dirs.items() if k != kind)
+    status, body = await _delete(client, type=kind, filename="a.png", subfolder="")
+    assert status == 404 and "error" in body
+
+
+async def test_deletes_in_a_subfolder(client, dirs) -> None:
+    (dirs["output"] / "jobs" / "t1").mkdir(parents=True)
+    (dirs["output"] / "jobs" / "t1" / "o.png").write_bytes(b"x")
+    assert (await _delete(client, type="output", filename="o.png", subfolder="jobs/t1"))[0] == 200
+    assert not (dirs["output"] / "jobs" / "t1" / "o.png").exists()
+    assert (dirs["output"] / "jobs" / "t1").is_dir()
+
+
+async def test_a_symlink_inside_is_removed_not_its_target(client, dirs) -> None:
+    (dirs["input"] / "real.png").write_bytes(b"x")
+    (dirs["input"] / "link.png").symlink_to(dirs["input"] / "real.png")
+    assert (await _delete(client, type="input", filename="link.png"))[0] == 200
+    assert not (dirs["input"] / "link.png").is_symlink()
+    assert (dirs["input"] / "real.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("filename", "subfolder"),
+    [
+        ("", ""),
+        ("   ", ""),
+        ("/etc/passwd", ""),
+        ("a.png", "/tmp"),
+        ("C:\\Windows\\win.ini", ""),
+        ("../outside/secret.txt", ""),
+        ("secret.txt", "../outside"),
+        ("..\\outside\\secret.txt", ""),
+        ("a\nb.png", ""),
+        ("a\x00.png", ""),
+        ("a.png", "sub\x07"),
+        ("sub", ""),
+        (".", ""),
+        ("", "sub"),
+        ("escape.txt", ""),
+        ("secret.txt", "linkdir"),
+        (7, ""),
+    ],
+)
+async def test_refusals(filename: Any, subfolder: str, client, dirs, tmp_path: Path) -> None:
+    (dirs["output"] / "sub").mkdir()
+    (dirs["output"] / "escape.txt").symlink_to(tmp_path / "outside" / "secret.txt")
+    (dirs["output"] / "linkdir").symlink_to(tmp_path / "outside", target_is_directory=True)
+    status, body = await _delete(client, type="output", filename=filename, subfolder=subfolder)
+    assert status == 400 and isinstance(body["error"], str) and body["error"]
+    assert (tmp_path / "outside" / "secret.txt").read_text() == "keep me"
+    assert (dirs["output"] / "sub").is_dir() and (dirs["output"] / "escape.txt").is_symlink()
+
+
+async def test_bad_bodies(client) -> None:
+    resp = await client.post("/comfy-fleet/cleanup/delete", data=b"{not json",
+                              headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    assert (await _delete_raw(client, [1, 2]))[0] == 400
+    assert (await _delete(client, type="models", filename="a.png"))[0] == 400
+
+
+async def _delete_raw(client: TestClient, body: Any) -> tuple[int, Any]:
+    resp = await client.post("/comfy-fleet/cleanup/delete", json=body)
+    return resp.status, await resp.json()
+
+
+def test_paths_module_is_importable_without_comfyui(tmp_path: Path) -> None:
+    from comfyui_extension.comfy_fleet_cleanup import paths
+
+    (tmp_path / "x.png").write_bytes(b"x")
+    assert paths.resolve_inside(tmp_path, "", "x.png") == tmp_path / "x.png"
+    assert paths.resolve_inside(tmp_path, "new", "y.png") == tmp_path / "new" / "y.png"
+    with pytest.raises(ValueError, match=r"\.\."):
+        paths.resolve_inside(tmp_path, "", "../x.png")
