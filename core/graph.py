@@ -11,6 +11,7 @@ Nothing here does I/O or mutates its arguments.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -68,6 +69,8 @@ KNOWN_OUTPUT_CLASSES: frozenset[str] = frozenset(
     }
 )
 
+_FILE_ENDING = re.compile(r"\.[A-Za-z0-9]{1,12}$")
+
 #: Values that look like model names but are built-in options, not files.
 _NOT_FILES: frozenset[str] = frozenset({"pixel_space", "None", "none", ""})
 
@@ -100,8 +103,9 @@ def required_models(
 
     A literal string input counts when its name is a known loader input (``ckpt_name``,
     ``unet_name``, …) or its value ends in a model file ending (``.safetensors``, ``.gguf``, …).
-    With ``object_info``, a combo input of a node in a ``loaders`` category counts too, which
-    covers custom loaders with unusual input names.
+    With ``object_info``, a combo input of a node in a ``loaders`` category whose value has a file
+    ending counts too, which covers custom loaders with unusual input names (while options such
+    as DualCLIPLoader's ``type = "flux"`` do not).
     """
     models: set[str] = set()
     for node in graph.values():
@@ -118,6 +122,7 @@ def required_models(
                 or (
                     "loaders" in category
                     and object_info is not None
+                    and _FILE_ENDING.search(value) is not None
                     and combo_choices(input_spec(object_info, cls, name)) is not None
                 )
             ):
