@@ -4,8 +4,9 @@ A URL passes two gates. ``UrlPolicy.check_url`` is pure syntax and literal addre
 network. ``UrlPolicy.resolve_and_check`` resolves the host and checks every address it resolves to.
 ``PinnedTransport`` runs both again when it connects and connects to the address it checked, so a
 name that resolves to a harmless address at the check and to 169.254.169.254 a moment later (DNS
-rebinding) never reaches the second address. A client built without ``PinnedTransport`` only gets
-the check at the moment it is called, and the rebinding window stays open: use ``policy.transport()``.
+rebinding) never reaches the second address. A client built without ``PinnedTransport`` only
+gets the check at the moment it is called, and the rebinding window stays open: use
+``policy.transport()``.
 
 Syntax (``check_url``), always, before anything else:
   * scheme ``http`` or ``https``; a host; a port in 1..65535; at most 2048 characters;
@@ -239,6 +240,29 @@ class UrlPolicy:
             resolver=resolver,
         )
 
+    @classmethod
+    def from_settings(cls, settings: Any, *, extra_deny_hosts: Iterable[str] = ()) -> UrlPolicy:
+        """The policy of a ``core.config.Settings``.
+
+        Denies the ComfyUI endpoints and the service's own ``host:port``, plus the optional
+        settings ``url_deny_hosts``, ``url_deny_cidrs``, ``url_allow_cidrs`` (sequences of strings)
+        and ``url_deny_private`` (bool), read with defaults so that settings without them work.
+        Stand-ins started at run time are not in the settings: pass them as ``extra_deny_hosts``.
+        """
+        own = [f"{_hostport(settings.service_host, settings.service_port)}"]
+        endpoints = [e.name for e in getattr(settings, "comfyui_endpoints", ())]
+        return cls.build(
+            deny_hosts=[
+                *own,
+                *endpoints,
+                *extra_deny_hosts,
+                *getattr(settings, "url_deny_hosts", ()),
+            ],
+            deny_cidrs=getattr(settings, "url_deny_cidrs", ()),
+            allow_cidrs=getattr(settings, "url_allow_cidrs", ()),
+            deny_private=bool(getattr(settings, "url_deny_private", False)),
+        )
+
     # -- syntax -------------------------------------------------------------------------------
 
     def check_url(self, url: str) -> ParsedUrl:
@@ -372,8 +396,10 @@ class UrlPolicy:
         wanted = {unwrap_ip(ip) for ip in ips}
         for name in names:
             try:
-                denied = {unwrap_ip(ipaddress.ip_address(a.split("%", 1)[0]))
-                          for a in await resolve(name, url.port)}
+                denied = {
+                    unwrap_ip(ipaddress.ip_address(a.split("%", 1)[0]))
+                    for a in await resolve(name, url.port)
+                }
             except (OSError, UnicodeError, ValueError):
                 continue  # an entry that does not resolve denies nothing by address
             if wanted & denied:
@@ -382,7 +408,7 @@ class UrlPolicy:
                 )
 
     def transport(self, **kwargs: Any) -> PinnedTransport:
-        """An httpx transport that enforces this policy at connect time (kwargs: AsyncHTTPTransport)."""
+        """A transport enforcing this policy when it connects (kwargs: AsyncHTTPTransport)."""
         return PinnedTransport(self, httpx.AsyncHTTPTransport(**kwargs))
 
 

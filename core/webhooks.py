@@ -158,9 +158,7 @@ class RetryPolicy:
         exponent = min(max(attempt - 1, 0), 64)
         return min(self.max_delay_s, self.base_delay_s * 2.0**exponent)
 
-    def next_delay(
-        self, attempt: int, rng: random.Random, elapsed_s: float = 0.0
-    ) -> float | None:
+    def next_delay(self, attempt: int, rng: random.Random, elapsed_s: float = 0.0) -> float | None:
         """Seconds to wait after try ``attempt`` (1-based) failed, or None when none is left.
 
         ``elapsed_s`` is the time since the first try; a delay is cut so the next try still
@@ -214,9 +212,7 @@ class WebhookSender:
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
             transport=policy.transport(
-                limits=httpx.Limits(
-                    max_connections=max_connections, max_keepalive_connections=20
-                ),
+                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
             ),
             timeout=timeout_s,
             follow_redirects=False,
@@ -237,9 +233,7 @@ class WebhookSender:
         """POST ``body`` to ``url`` once; the URL is checked against the policy first."""
         started = time.monotonic()
 
-        def attempt(
-            status: int | None, error: str | None, *, final: bool = False
-        ) -> Attempt:
+        def attempt(status: int | None, error: str | None, *, final: bool = False) -> Attempt:
             ok = error is None and classify(status) == "delivered"
             return Attempt(ok, status, error, time.monotonic() - started, final)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import pickle
 from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
 import pytest
@@ -237,7 +238,7 @@ async def test_resolve_checks_every_address() -> None:
     )
     ips = await policy.resolve_and_check("http://good.example/")
     assert [str(ip) for ip in ips] == ["93.184.216.34", "2606:2800:220:1::1"]
-    with pytest.raises(errors.UrlForbidden, match="mixed.example"):
+    with pytest.raises(errors.UrlForbidden, match=r"mixed\.example"):
         await policy.resolve_and_check("http://mixed.example/")
     with pytest.raises(errors.UrlForbidden, match="metadata"):
         await policy.resolve_and_check("http://mapped.example/")
@@ -252,7 +253,7 @@ async def test_resolve_matches_denied_names_by_address() -> None:
         deny_hosts=["comfy.local:8188"],
         resolver=fake_dns({"comfy.local": ["10.0.0.7"], "alias.example": ["10.0.0.7"]}),
     )
-    with pytest.raises(errors.UrlForbidden, match="comfy.local"):
+    with pytest.raises(errors.UrlForbidden, match=r"comfy\.local"):
         await policy.resolve_and_check("http://alias.example:8188/")
     with pytest.raises(errors.UrlForbidden):
         await policy.resolve_and_check("http://10.0.0.7:8188/")
@@ -295,3 +296,22 @@ async def test_pinned_transport_refuses_before_connecting() -> None:
         with pytest.raises(errors.UrlForbidden):
             await client.get("http://169.254.169.254/")
     assert seen == []
+
+
+def test_from_settings_denies_the_service_and_the_endpoints(tmp_path: Path) -> None:
+    from core import config
+
+    settings = config.Settings.from_env(
+        {"COMFYUI_ENDPOINTS": "127.0.0.1:8188,http://[::1]:8189", "SERVICE_PORT": "8123"},
+        dotenv=tmp_path / "absent.env",
+    )
+    policy = url_policy.UrlPolicy.from_settings(settings, extra_deny_hosts=["127.0.0.1:8190"])
+    for url in [
+        "http://127.0.0.1:8188/history",
+        "http://[::1]:8189/",
+        "http://127.0.0.1:8123/api/v1/tasks",
+        "http://127.0.0.1:8190/",
+    ]:
+        with pytest.raises(errors.UrlForbidden):
+            policy.check_url(url)
+    policy.check_url("http://127.0.0.1:9999/hook")

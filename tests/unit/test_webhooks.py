@@ -36,7 +36,11 @@ def test_signature_verifies_with_the_official_library() -> None:
     }
     # And the other way round: what the library signs, we verify.
     theirs = swh.Webhook(SPEC_SECRET).sign("msg_x", datetime.fromtimestamp(now, UTC), body.decode())
-    their_headers = {"webhook-id": "msg_x", "webhook-timestamp": str(now), "webhook-signature": theirs}
+    their_headers = {
+        "webhook-id": "msg_x",
+        "webhook-timestamp": str(now),
+        "webhook-signature": theirs,
+    }
     assert webhooks.verify(key, their_headers, body, now=now)
 
 
@@ -178,7 +182,9 @@ def test_retry_stops_after_max_attempts() -> None:
 
 
 def test_retry_respects_the_total_budget() -> None:
-    policy = webhooks.RetryPolicy(max_attempts=50, base_delay_s=10, max_delay_s=10, total_budget_s=25)
+    policy = webhooks.RetryPolicy(
+        max_attempts=50, base_delay_s=10, max_delay_s=10, total_budget_s=25
+    )
     rng = random.Random(7)
     assert policy.next_delay(1, rng, elapsed_s=25) is None
     delay = policy.next_delay(5, rng, elapsed_s=24.5)
