@@ -253,7 +253,8 @@ def _parse_param(pname: str, raw: Any, graph: dict[str, dict[str, Any]], fail: A
     if pfield not in inputs:
         raise fail(
             f"{key}.field",
-            f"node {node!r} ({cls}) has no input {pfield!r} (it has: {', '.join(inputs) or 'none'})",
+            f"node {node!r} ({cls}) has no input {pfield!r} "
+            f"(it has: {', '.join(inputs) or 'none'})",
         )
     if graph_module.is_link(inputs[pfield]):
         raise fail(
@@ -295,7 +296,8 @@ def _parse_param(pname: str, raw: Any, graph: dict[str, dict[str, Any]], fail: A
         if not isinstance(raw_choices, list) or not raw_choices:
             raise fail(f"{key}.choices", "must be a non-empty list")
         for c in raw_choices:
-            if not isinstance(c, str | int | float) or (isinstance(c, float) and not math.isfinite(c)):
+            finite = not isinstance(c, float) or math.isfinite(c)
+            if not isinstance(c, str | int | float) or not finite:
                 raise fail(f"{key}.choices", f"{c!r} is not a string, number or boolean")
         if len({(type(c), c) for c in raw_choices}) != len(raw_choices):
             raise fail(f"{key}.choices", "has duplicates")
@@ -328,7 +330,7 @@ def _parse_param(pname: str, raw: Any, graph: dict[str, dict[str, Any]], fail: A
 
 
 def check_value(spec: ParamSpec, value: Any, *, max_string_length: int | None = None) -> str | None:
-    """Why ``value`` is not valid for ``spec`` (None when it is). Image values are checked elsewhere.
+    """Why ``value`` is not valid for ``spec`` (None when it is); images are checked elsewhere.
 
     Strict on purpose: ``True`` is not an int, ``3.0`` is not an int (clients should send what the
     schema says), but an int is a fine float.

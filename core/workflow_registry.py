@@ -211,7 +211,9 @@ class WorkflowRegistry:
         old = self._workflows
         broken = {n for n in old if n not in found and _pair_exists(self.directory, n)}
         # An unchanged workflow keeps its object, so holders of it see no difference.
-        new = {n: old[n] if n in old and old[n].version == w.version else w for n, w in found.items()}
+        new = {
+            n: old[n] if n in old and old[n].version == w.version else w for n, w in found.items()
+        }
         for name in broken:
             new[name] = old[name]  # a bad edit must not take a serving workflow down
         added = tuple(sorted(set(new) - set(old)))
