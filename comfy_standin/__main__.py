@@ -1,0 +1,63 @@
+"""``python -m comfy_standin --port 8188 --input-dir … --output-dir … [--temp-dir …]
+[--models "checkpoints=a.safetensors,b.safetensors;unet=flux1-dev.safetensors"] [--node-delay 0.05]``
+
+Prints ``comfy_standin ready on 127.0.0.1:PORT`` once it listens; SIGTERM/SIGINT stop it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from .knobs import Knobs
+from .server import StandIn
+
+
+def parse_models(text: str) -> dict[str, list[str]]:
+    """``"checkpoints=a,b;unet=c"`` -> ``{"checkpoints": ["a", "b"], "unet": ["c"]}``."""
+    models: dict[str, list[str]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        folder, _, names = part.partition("=")
+        models.setdefault(folder.strip(), []).extend(n.strip() for n in names.split(",") if n.strip())
+    return models
+
+
+async def _main(args: argparse.Namespace) -> None:
+    temp = Path(args.temp_dir) if args.temp_dir else Path(tempfile.mkdtemp(prefix="comfy-standin-temp-"))
+    server = StandIn(
+        input_dir=Path(args.input_dir), output_dir=Path(args.output_dir), temp_dir=temp,
+        models=parse_models(args.models or ""), knobs=Knobs(node_delay=args.node_delay),
+        host=args.listen,
+    )
+    await server.start(args.port)
+    print(f"comfy_standin ready on {server.host_port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="comfy_standin", description="A stand-in ComfyUI server.")
+    p.add_argument("--port", type=int, default=8188)
+    p.add_argument("--listen", default="127.0.0.1")
+    p.add_argument("--input-dir", required=True)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--temp-dir")
+    p.add_argument("--models", default="")
+    p.add_argument("--node-delay", type=float, default=0.0)
+    args = p.parse_args(argv)
+    try:
+        asyncio.run(_main(args))
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Fault knobs and counters of one stand-in instance.
+
+Knobs are plain attributes, changed at run time from Python (``s.knobs.node_delay = 0.2``) or
+through ``POST /_standin/knobs`` (a JSON object of the same names). Counters only grow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class FailRule:
+    """Fail the next ``count`` prompts that reach ``node`` (a class_type or a node id)."""
+
+    node: str
+    count: int = 1
+    exception_type: str = "RuntimeError"
+    exception_message: str = "comfy_standin: injected failure"
+
+
+@dataclass
+class Knobs:
+    """Run-time behaviour switches; every field is safe to change while the server runs."""
+
+    #: seconds each node takes (on top of its real work), for every class_type
+    node_delay: float = 0.0
+    #: seconds per class_type, overriding ``node_delay``
+    node_delays: dict[str, float] = field(default_factory=dict)
+    #: steps a simulated sampler reports when its inputs name none
+    sampler_steps: int = 4
+    #: injected run-time failures, consumed in order
+    fail: list[FailRule] = field(default_factory=list)
+    #: accept TCP connections but answer nothing (the control routes keep answering)
+    hang: bool = False
+    #: seconds GET /view waits before answering
+    view_delay: float = 0.0
+    #: the next N accepted prompts get their 200 and then vanish (as after a crash)
+    lose_next_prompts: int = 0
+    #: the worker takes no prompt while set: accepted prompts stay pending
+    stall_worker: bool = False
+    #: refuse websocket upgrades (HTTP 503) while set
+    refuse_websockets: bool = False
+    #: serve the comfy-fleet cleanup extension routes (404 when off, as without it)
+    cleanup_extension: bool = True
+
+    def delay_for(self, class_type: str) -> float:
+        return self.node_delays.get(class_type, self.node_delay)
+
+    def take_failure(self, node_id: str, class_type: str) -> FailRule | None:
+        """The rule that fails this node now, with its count consumed; or None."""
+        for rule in self.fail:
+            if rule.count > 0 and rule.node in (node_id, class_type):
+                rule.count -= 1
+                if rule.count == 0:
+                    self.fail.remove(rule)
+                return rule
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply a JSON object of knob values; unknown names raise KeyError."""
+        names = {f.name for f in dataclasses.fields(self)}
+        for key in changes:
+            if key not in names:
+                raise KeyError(key)
+        for key, value in changes.items():
+            if key == "fail":
+                value = [r if isinstance(r, FailRule) else FailRule(**r) for r in value]
+            setattr(self, key, value)
+
+
+@dataclass
+class Counters:
+    """What the instance did, for tests to assert on. Kept across ``restart()``."""
+
+    prompts_accepted: int = 0
+    prompts_rejected: int = 0
+    prompts_run: int = 0
+    prompts_lost: int = 0
+    files_written: int = 0
+    files_deleted: int = 0
+    uploads: int = 0
+    ws_connects: int = 0
+    restarts: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return dataclasses.asdict(self)

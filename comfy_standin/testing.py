@@ -1,0 +1,206 @@
+"""Fixtures for tests, ``make run`` and benchmarks.
+
+In-process (same event loop)::
+
+    async with run_standin(models={"checkpoints": ["a.safetensors"]}) as s:
+        s.url, s.host_port, s.knobs, s.counters, s.input_dir, s.output_dir
+        await s.restart()
+
+As a subprocess (``StandInProcess(...).start()`` waits until it answers; ``restart()`` kills it
+and starts it again on the same port).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+from .knobs import Counters, Knobs
+from .server import StandIn
+
+
+class RunningStandIn:
+    """Handle on an in-process stand-in."""
+
+    def __init__(self, server: StandIn, input_dir: Path, output_dir: Path, temp_dir: Path) -> None:
+        self.server = server
+        self.input_dir = input_dir
+        self.output_dir = output_dir
+        self.temp_dir = temp_dir
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.server.host_port}"
+
+    @property
+    def host_port(self) -> str:
+        return self.server.host_port
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def knobs(self) -> Knobs:
+        return self.server.knobs
+
+    @property
+    def counters(self) -> Counters:
+        return self.server.counters
+
+    async def restart(self, down_s: float = 0.0) -> None:
+        await self.server.restart(down_s)
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    async def start(self) -> None:
+        """Start again after ``stop()``, on the same port."""
+        await self.server.start(self.server.port)
+
+    def drop_websockets(self) -> None:
+        self.server.drop_websockets()
+
+
+@contextlib.asynccontextmanager
+async def run_standin(
+    *,
+    port: int = 0,
+    input_dir: Path | str | None = None,
+    output_dir: Path | str | None = None,
+    temp_dir: Path | str | None = None,
+    models: Mapping[str, list[str]] | None = None,
+    node_delay: float = 0.0,
+) -> AsyncIterator[RunningStandIn]:
+    """A stand-in on 127.0.0.1 in this event loop; folders left None are temporary."""
+    scratch = Path(tempfile.mkdtemp(prefix="comfy-standin-"))
+    try:
+        ind = Path(input_dir) if input_dir else scratch / "input"
+        outd = Path(output_dir) if output_dir else scratch / "output"
+        tmpd = Path(temp_dir) if temp_dir else scratch / "temp"
+        server = StandIn(
+            input_dir=ind, output_dir=outd, temp_dir=tmpd,
+            models={k: list(v) for k, v in (models or {}).items()},
+            knobs=Knobs(node_delay=node_delay),
+        )
+        await server.start(port)
+        try:
+            yield RunningStandIn(server, ind, outd, tmpd)
+        finally:
+            await server.stop()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def format_models(models: Mapping[str, list[str]]) -> str:
+    """``{"checkpoints": ["a", "b"]}`` -> ``"checkpoints=a,b"`` (the CLI's --models syntax)."""
+    return ";".join(f"{folder}={','.join(names)}" for folder, names in models.items())
+
+
+class StandInProcess:
+    """A stand-in in its own process (``python -m comfy_standin``)."""
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        input_dir: Path | str,
+        output_dir: Path | str,
+        temp_dir: Path | str | None = None,
+        models: Mapping[str, list[str]] | None = None,
+        node_delay: float = 0.0,
+        python: str = sys.executable,
+        ready_timeout_s: float = 15.0,
+    ) -> None:
+        self.port = port
+        self.input_dir = Path(input_dir)
+        self.output_dir = Path(output_dir)
+        self.temp_dir = Path(temp_dir) if temp_dir else None
+        self.models = dict(models or {})
+        self.node_delay = node_delay
+        self.python = python
+        self.ready_timeout_s = ready_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host_port(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _argv(self) -> list[str]:
+        argv = [self.python, "-m", "comfy_standin", "--port", str(self.port),
+                "--input-dir", str(self.input_dir), "--output-dir", str(self.output_dir),
+                "--node-delay", str(self.node_delay)]
+        if self.temp_dir is not None:
+            argv += ["--temp-dir", str(self.temp_dir)]
+        if self.models:
+            argv += ["--models", format_models(self.models)]
+        return argv
+
+    def start(self) -> StandInProcess:
+        """Start and wait until ``GET /prompt`` answers; learns the port when it was 0."""
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.proc = subprocess.Popen(
+            self._argv(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+        )
+        deadline = time.monotonic() + self.ready_timeout_s
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()  # "comfy_standin ready on 127.0.0.1:PORT"
+        if "ready on" not in line:
+            self.stop()
+            raise RuntimeError(f"comfy_standin did not start: {line!r}")
+        self.port = int(line.rsplit(":", 1)[1])
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/prompt", timeout=1) as resp:
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError("comfy_standin did not answer in time")
+
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM (or SIGKILL) and wait."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def restart(self, down_s: float = 0.0, kill: bool = True) -> None:
+        """Kill the process and start a new one on the same port (a crash and a restart)."""
+        self.stop(kill=kill)
+        if down_s > 0:
+            time.sleep(down_s)
+        self.start()
+
+    def __enter__(self) -> StandInProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
