@@ -419,7 +419,12 @@ class S3BlobStore:
                         f"S3 {op} failed {attempt + 1} times over {elapsed:.1f}s: {exc!r}"[:500],
                         {**details, "attempts": attempt + 1},
                     ) from exc
-                _log.warning("S3 %s of %r failed (%r); retry in %.2fs", op, key, exc, delay)
+                # One warning per operation; the rest of the retries only at debug level.
+                _log.log(
+                    logging.WARNING if attempt == 0 else logging.DEBUG,
+                    "S3 %s of %r failed (%r); retry %d in %.2fs",
+                    op, key, exc, attempt + 1, delay,
+                )
                 await asyncio.sleep(delay)
                 attempt += 1
 

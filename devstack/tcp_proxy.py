@@ -59,11 +59,15 @@ class TcpProxy:
             server.close()
         for writer in list(self._writers):
             # abort() sends RST: the client sees the connection die at once, as with a crash.
+            # It also ends our pumps (their readers see EOF), so the handlers finish by themselves.
             writer.transport.abort()
         tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=5.0)
+            for task in stuck:  # e.g. still connecting to the target
+                task.cancel()
+            if stuck:
+                await asyncio.wait(stuck)
         if server is not None:
             await server.wait_closed()
 
@@ -96,6 +100,10 @@ class TcpProxy:
                 return
             self._writers.add(upstream_w)
             await asyncio.gather(_pump(client_r, upstream_w), _pump(upstream_r, client_w))
+        except asyncio.CancelledError:
+            # Cancelled by pause(): this is the top of the handler's own task, and asyncio's
+            # stream server logs a cancelled handler as an error, so end quietly instead.
+            client_w.transport.abort()
         finally:
             for writer in (client_w, upstream_w):
                 if writer is not None:
