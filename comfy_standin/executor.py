@@ -142,6 +142,9 @@ class Executor:
     async def _loop(self) -> None:
         while True:
             await self.queue.wait_pending()
+            # Let POSTs that arrived together be queued before the first is taken, as the
+            # real worker thread's wake-up latency does.
+            await asyncio.sleep(0)
             while self.knobs.stall_worker or self.knobs.hang:
                 await asyncio.sleep(0.02)
             got = self.queue.get()
@@ -251,7 +254,7 @@ class Executor:
                     raise Interrupted()
                 while self.knobs.hang:
                     await asyncio.sleep(0.02)
-                inputs = self._resolve(node, results)
+                inputs = self._resolve(node, results, sigs)
                 rule = self.knobs.take_failure(node_id, class_type)
                 if rule is not None:
                     raise InjectedFailure(rule.exception_type, rule.exception_message)
@@ -339,11 +342,17 @@ class Executor:
         return self.hub.flags.get(sid, {}).get("supports_preview_metadata") is True
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _resolve(self, node: dict[str, Any], results: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+    def _resolve(
+        self, node: dict[str, Any], results: dict[str, tuple[Any, ...]], sigs: dict[str, Any]
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, value in node.get("inputs", {}).items():
             if _is_link(value):
                 src = results.get(value[0])
+                if src is None and value[0] in sigs:
+                    # A cached source is never staged: its outputs come from the cache.
+                    hit = self.cache.get(sigs[value[0]])
+                    src = hit[0] if hit is not None else None
                 if src is None or value[1] >= len(src):
                     continue  # an optional input from a branch that did not run
                 out[name] = src[value[1]]

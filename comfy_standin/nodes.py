@@ -13,6 +13,7 @@ import json
 import os
 import random
 import string
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,8 @@ def is_changed(class_type: str, inputs: dict[str, Any], dirs: Dirs) -> Any:
                 return hashlib.sha256(f.read()).hexdigest()
         except OSError:
             return None
+    if class_type == "SaveImageWebsocket":
+        return time.time()  # its IS_CHANGED: never cached
     return None
 
 
@@ -315,9 +318,8 @@ async def run_node(ctx: NodeContext, inp: dict[str, Any]) -> tuple[tuple[Any, ..
         return _sim_outputs(ctx, inp), {}
     if delay:
         await asyncio.sleep(delay)
-    heavy = max((_pixels(v) for v in inp.values()), default=0) > _OFFLOAD_PIXELS or (
-        ctx.class_type == "EmptyImage"
-        and int(inp.get("width", 0)) * int(inp.get("height", 0)) > _OFFLOAD_PIXELS
+    heavy = ctx.class_type in ("ImageBlur", "ImageScale") and (
+        max((_pixels(v) for v in inp.values()), default=0) > _OFFLOAD_PIXELS
     )
     if heavy:
         result = await asyncio.to_thread(_real, ctx, inp)
