@@ -471,7 +471,7 @@ class StandIn:
                 "comfyui_version": COMFYUI_VERSION, "required_frontend_version": "1.27.10",
                 "installed_templates_version": "0.1.95", "required_templates_version": "0.1.95",
                 "python_version": sys.version, "pytorch_version": "2.14.1+cu130",
-                "embedded_python": False, "argv": ["main.py", *sys.argv[1:]],
+                "embedded_python": False, "argv": self._argv(),
             },
             "devices": [{
                 "name": "cpu", "type": "cpu", "index": None, "vram_total": ram_total,
@@ -479,6 +479,17 @@ class StandIn:
                 "torch_vram_free": ram_free,
             }],
         })
+
+    def _argv(self) -> list[str]:
+        # The command line a real server with these folders would show (17 items, as recorded).
+        user = os.path.join(os.path.dirname(self.dirs.temp), "user")
+        return [
+            "main.py", "--cpu", "--listen", self.host, "--port", str(self.port),
+            "--disable-auto-launch", "--input-directory", self.dirs.input,
+            "--output-directory", self.dirs.output, "--temp-directory",
+            os.path.dirname(self.dirs.temp), "--user-directory", user,
+            "--database-url", f"sqlite:///{user}/comfyui.db",
+        ]
 
     async def features(self, request: web.Request) -> web.Response:
         return web.json_response(FEATURES)
