@@ -29,7 +29,8 @@ def make_handlers(folder_of: Callable[[str], str | os.PathLike[str]]) -> tuple[H
     """``delete`` (POST JSON ``{type, filename, subfolder}``) and ``info`` (GET) handlers.
 
     delete: 200 ``{"deleted": true}``; 404 ``{"error"}`` when there is no such file; 400
-    ``{"error"}`` for a bad body, an unknown type or a name that ``paths.resolve_inside`` refuses.
+    ``{"error"}`` for a bad body, a missing or unknown type or a name that
+    ``paths.resolve_inside`` refuses. ``subfolder`` may be absent or null (the folder itself).
     """
 
     async def delete(request: web.Request) -> web.Response:
@@ -39,14 +40,18 @@ def make_handlers(folder_of: Callable[[str], str | os.PathLike[str]]) -> tuple[H
             return _refuse(400, "body must be a JSON object")
         if not isinstance(body, dict):
             return _refuse(400, "body must be a JSON object")
-        kind = body.get("type", "output")
+        kind = body.get("type")
         if kind not in FOLDER_TYPES:
             return _refuse(400, "type must be one of input, output, temp")
+        subfolder = body.get("subfolder")
         try:
             target = paths.resolve_inside(
-                Path(folder_of(kind)), body.get("subfolder", ""), body.get("filename", ""))
+                Path(folder_of(kind)), "" if subfolder is None else subfolder,
+                body.get("filename", ""))
         except ValueError as exc:
             return _refuse(400, str(exc))
+        if not os.path.exists(target):  # also a dangling symlink: there is no file to delete
+            return _refuse(404, "file not found")
         try:
             os.unlink(target)  # never follows a final symlink: the named entry goes
         except FileNotFoundError:

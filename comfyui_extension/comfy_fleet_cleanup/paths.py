@@ -34,7 +34,7 @@ def resolve_inside(base: Path, subfolder: str, filename: str) -> Path:
     """
     if not isinstance(filename, str) or not isinstance(subfolder, str):
         raise ValueError("filename and subfolder must be strings")
-    if filename.strip() == "":
+    if filename == "":
         raise ValueError("filename is empty")
     parts = _check_part("subfolder", subfolder) + _check_part("filename", filename)
     if not parts:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -80,6 +81,7 @@ async def test_deletes_a_file_of_each_folder(kind: str, client, dirs) -> None:
     assert all((d / "a.png").exists() for k, d in dirs.items() if k != kind)
     status, body = await _delete(client, type=kind, filename="a.png", subfolder="")
     assert status == 404 and "error" in body
+    assert (await _delete(client, type=kind, filename="never.png"))[0] == 404
 
 
 async def test_deletes_in_a_subfolder(client, dirs) -> None:
@@ -93,7 +95,7 @@ async def test_deletes_in_a_subfolder(client, dirs) -> None:
 async def test_a_symlink_inside_is_removed_not_its_target(client, dirs) -> None:
     (dirs["input"] / "real.png").write_bytes(b"x")
     (dirs["input"] / "link.png").symlink_to(dirs["input"] / "real.png")
-    assert (await _delete(client, type="input", filename="link.png"))[0] == 200
+    assert (await _delete(client, type="input", filename="link.png", subfolder=""))[0] == 200
     assert not (dirs["input"] / "link.png").is_symlink()
     assert (dirs["input"] / "real.png").exists()
 
@@ -102,7 +104,6 @@ async def test_a_symlink_inside_is_removed_not_its_target(client, dirs) -> None:
     ("filename", "subfolder"),
     [
         ("", ""),
-        ("   ", ""),
         ("/etc/passwd", ""),
         ("a.png", "/tmp"),
         ("C:\\Windows\\win.ini", ""),
@@ -136,6 +137,15 @@ async def test_bad_bodies(client) -> None:
     assert resp.status == 400
     assert (await _delete_raw(client, [1, 2]))[0] == 400
     assert (await _delete(client, type="models", filename="a.png"))[0] == 400
+    assert (await _delete(client, filename="a.png"))[0] == 400  # type is required
+
+
+async def test_subfolder_may_be_left_out_or_null(client, dirs) -> None:
+    (dirs["output"] / "a.png").write_bytes(b"x")
+    (dirs["output"] / "b.png").write_bytes(b"x")
+    assert (await _delete(client, type="output", filename="a.png"))[0] == 200
+    assert (await _delete(client, type="output", filename="b.png", subfolder=None))[0] == 200
+    assert not any(dirs["output"].iterdir())
 
 
 async def _delete_raw(client: TestClient, body: Any) -> tuple[int, Any]:
@@ -151,3 +161,47 @@ def test_paths_module_is_importable_without_comfyui(tmp_path: Path) -> None:
     assert paths.resolve_inside(tmp_path, "new", "y.png") == tmp_path / "new" / "y.png"
     with pytest.raises(ValueError, match=r"\.\."):
         paths.resolve_inside(tmp_path, "", "../x.png")
+
+
+CASES: list[dict[str, Any]] = [
+    {"type": "output", "filename": "a.png", "subfolder": ""},
+    {"type": "output", "filename": "o.png", "subfolder": "jobs"},
+    {"type": "output", "filename": "missing.png", "subfolder": ""},
+    {"type": "output", "filename": "inside_link.png"},
+    {"type": "output", "filename": "dangling_link.png"},
+    {"type": "output", "filename": "escape.txt"},
+    {"type": "output", "filename": "secret.txt", "subfolder": "linkdir"},
+    {"type": "output", "filename": "../outside/secret.txt"},
+    {"type": "output", "filename": "/etc/passwd"},
+    {"type": "output", "filename": "jobs"},
+    {"type": "output", "filename": ""},
+    {"type": "output", "filename": "a\tb.png"},
+    {"type": "input", "filename": "a.png", "subfolder": None},
+    {"type": "models", "filename": "a.png"},
+    {"filename": "a.png"},
+]
+
+
+def _populate(output: Path, inp: Path, outside: Path) -> None:
+    (output / "jobs").mkdir(exist_ok=True)
+    for p in (output / "a.png", output / "jobs" / "o.png", output / "target.png", inp / "a.png"):
+        p.write_bytes(b"x")
+    (output / "inside_link.png").symlink_to(output / "target.png")
+    (output / "dangling_link.png").symlink_to(output / "gone.png")
+    (output / "escape.txt").symlink_to(outside / "secret.txt")
+    (output / "linkdir").symlink_to(outside, target_is_directory=True)
+
+
+async def test_the_standin_serves_the_same_rules(client, dirs, tmp_path: Path) -> None:
+    testing = pytest.importorskip("comfy_standin.testing")
+    outside = tmp_path / "outside"
+    _populate(dirs["output"], dirs["input"], outside)
+    ours = [(await _delete_raw(client, case))[0] for case in CASES]
+    async with testing.run_standin() as s, aiohttp.ClientSession() as http:
+        _populate(Path(s.output_dir), Path(s.input_dir), outside)
+        theirs = []
+        for case in CASES:
+            async with http.post(f"{s.url}/comfy-fleet/cleanup/delete", json=case) as resp:
+                theirs.append(resp.status)
+    assert (outside / "secret.txt").read_text() == "keep me"
+    assert dict(enumerate(theirs)) == dict(enumerate(ours)), CASES
