@@ -37,9 +37,9 @@ SCENARIOS = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m"]
 
 #: per scenario: knob values that recreate the recording's timing
 KNOBS: dict[str, dict[str, Any]] = {
-    "e": {"node_delays": {"ImageBlur": 0.3}},
-    "k": {"node_delays": {"ImageBlur": 0.3}},
-    "l": {"node_delays": {"ImageBlur": 0.3}},
+    "e": {"node_delays": {"ImageBlur": 0.5}},
+    "k": {"node_delays": {"ImageBlur": 0.5}},
+    "l": {"node_delays": {"ImageBlur": 0.5}},
 }
 
 #: per scenario: JSON path patterns compared by kind only (the deliberate differences above)
