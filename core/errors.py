@@ -12,6 +12,7 @@
     │   └── DuplicateClientTaskId    the log already holds a task with this client_task_id
     ├── InvalidRequest               → HTTP 422 (or 400 / 413 by `status`)
     │   ├── WorkflowParamsInvalid
+    │   ├── UnknownWorkflow          a task names a workflow that is not served
     │   ├── ManifestInvalid          a workflow manifest or graph is broken (names file and key)
     │   ├── InputRejected            an input (image, URL) is unusable
     │   ├── PayloadTooLarge          → HTTP 413
@@ -130,6 +131,12 @@ class WorkflowParamsInvalid(InvalidRequest):
     """The workflow parameters are invalid."""
 
     code = "params_invalid"
+
+
+class UnknownWorkflow(InvalidRequest):
+    """No workflow of this name is served."""
+
+    code = "unknown_workflow"
 
 
 class ManifestInvalid(InvalidRequest):

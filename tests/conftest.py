@@ -18,17 +18,17 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def _with_db(dsn: str, name: str) -> str:
-    base, _, _ = dsn.rpartition("/")
-    return f"{base}/{name}"
+    from devstack.postgres import with_database
+
+    return with_database(dsn, name)
 
 
 @pytest.fixture(scope="session")
 async def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """TEST_DATABASE_URL, else the server on 127.0.0.1:5432, else an embedded one (pgserver)."""
-    dsn = os.environ.get("TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
-    conn = await asyncpg.connect(dsn, timeout=5)
-    await conn.close()
-    yield dsn
+    from devstack.postgres import find_test_server
+
+    yield find_test_server(embedded_dir=tmp_path_factory.mktemp("pg"))
 
 
 @pytest.fixture(scope="session")

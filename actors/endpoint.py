@@ -1,0 +1,636 @@
+"""EndpointWorker: owns one ComfyUI server — its websocket, its queue depth, its in-flight prompts.
+
+A plain async class; `actors/remote.py` makes it a Ray actor. Ray re-runs `__init__` after a
+crash and methods are at-most-once, so nothing lives only here: every in-flight prompt is in the
+log (`task.dispatched` is recorded *before* POST /prompt), and `start()` rebuilds from it.
+
+The websocket is a best-effort accelerator. The source of truth is ComfyUI's `/queue` and
+`/history` (comfyui-protocol §3.7): after every (re)connect, and on a timer while prompts are
+in flight, each prompt is reconciled — still queued or running: followed; in history:
+collected; in neither: lost, so dispatched again elsewhere (or failed after the last attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+import websockets
+
+from actors.comfy_client import ComfyClient
+from core import comfy_history, errors, events, storage, task_state
+from core.comfy_history import OutputFile
+from core.config import Endpoint, Settings
+from core.event_log import EventLog
+from core.task_state import TaskState
+
+log = logging.getLogger("comfy_fleet.endpoint")
+
+#: Seconds between reconciliations of in-flight prompts against /queue and /history.
+POLL_INTERVAL_S = 2.0
+#: A progress event per task at most this often (the log is not a metrics pipe).
+PROGRESS_MIN_INTERVAL_S = 0.5
+#: How long we keep re-reading a history entry that is not there yet after completion.
+HISTORY_GRACE_S = 5.0
+#: Attempts to append one decision through conflicts before giving up.
+APPEND_RETRIES = 8
+#: How long events are held in memory while PostgreSQL is away before we give up.
+DB_OUTAGE_BUDGET_S = 600.0
+
+
+class RouterPort(Protocol):
+    async def endpoint_status(self, name: str, status: dict[str, Any]) -> None: ...
+    async def task_finished(self, name: str, task_id: str) -> None: ...
+    async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None: ...
+
+
+class WebhookPort(Protocol):
+    async def task_ended(self, task_id: str) -> None: ...
+
+
+@dataclass
+class Inflight:
+    task_id: str
+    prompt_id: str
+    #: True once POST /prompt returned (or after a restart): only then may reconcile call it lost.
+    posted: bool = False
+    finishing: bool = False
+    last_frame: float = field(default_factory=time.monotonic)
+    last_progress_at: float = 0.0
+
+
+# dispatch() results
+ACCEPTED, REFUSED, RETRY = "accepted", "refused", "retry"
+
+
+class EndpointWorker:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        settings: Settings,
+        log: EventLog,
+        store: storage.BlobStore,
+        router: RouterPort,
+        webhooks: WebhookPort,
+        client: ComfyClient | None = None,
+        labels: Sequence[str] = (),
+    ) -> None:
+        self.endpoint = endpoint
+        self.name = endpoint.name
+        self.settings = settings
+        self.log = log
+        self.store = store
+        self.router = router
+        self.webhooks = webhooks
+        self.client = client or ComfyClient(endpoint)
+        self.labels = list(labels)
+        # A fresh clientId per actor life: a restarted actor never shares a registration with a
+        # socket of its previous life (comfyui-protocol §3.7).
+        self.client_id = f"comfy-fleet-{uuid.uuid4().hex}"
+        self.connected = False
+        self.queue_remaining = 0
+        self.inflight: dict[str, Inflight] = {}
+        self.by_task: dict[str, str] = {}
+        self.states: dict[str, TaskState] = {}
+        self.reconnects = 0
+        self.last_seen: float | None = None
+        self.has_cleanup: bool | None = None
+        self.object_info: dict[str, Any] | None = None
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._stopping = False
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._ws: Any = None
+        self._reconcile_lock = asyncio.Lock()
+
+    # --- life -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Idempotent: rebuild in-flight prompts from the log, then run the socket and poller."""
+        async with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+            for state in await self._with_db(self.log.open_tasks):
+                if state.endpoint == self.name and state.prompt_id and state.status in (
+                    task_state.DISPATCHED,
+                    task_state.RUNNING,
+                ):
+                    self.states[state.task_id] = state
+                    self._track(Inflight(state.task_id, state.prompt_id, posted=True))
+            self._spawn(self._ws_loop())
+            self._spawn(self._poll_loop())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for t in list(self._bg):
+            t.cancel()
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        await self.client.close()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        # Keep a strong reference: the loop holds tasks only weakly.
+        task = asyncio.create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+        return task
+
+    def _track(self, item: Inflight) -> None:
+        self.inflight[item.prompt_id] = item
+        self.by_task[item.task_id] = item.prompt_id
+
+    def _untrack(self, prompt_id: str) -> Inflight | None:
+        item = self.inflight.pop(prompt_id, None)
+        if item is not None and self.by_task.get(item.task_id) == prompt_id:
+            del self.by_task[item.task_id]
+        return item
+
+    async def status(self) -> dict[str, Any]:
+        """What the router and GET /endpoints see. Also the router's heartbeat (starts us)."""
+        await self.start()
+        return {
+            "endpoint": self.name,
+            "state": "connected" if self.connected else "disconnected",
+            "connected": self.connected,
+            "queue_remaining": self.queue_remaining,
+            "inflight": len(self.inflight),
+            "labels": self.labels,
+            "last_seen": self.last_seen,
+            "reconnects": self.reconnects,
+            "cleanup_extension": self.has_cleanup,
+            "node_classes": sorted(self.object_info) if self.object_info else None,
+        }
+
+    def _report(self) -> None:
+        status = {
+            "connected": self.connected,
+            "queue_remaining": self.queue_remaining,
+            "inflight": len(self.inflight),
+        }
+        self._spawn(self._safe(self.router.endpoint_status(self.name, status)))
+
+    @staticmethod
+    async def _safe(coro: Any) -> None:
+        try:
+            await coro
+        except Exception:
+            log.warning("notification failed", exc_info=True)
+
+    # --- the log ----------------------------------------------------------------------------
+
+    async def _with_db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call the log, holding on through a database outage (bounded), never dropping."""
+        deadline = time.monotonic() + DB_OUTAGE_BUDGET_S
+        delay = 0.2
+        while True:
+            try:
+                return await fn(*args)
+            except errors.DatabaseUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+
+    async def _state(self, task_id: str) -> TaskState:
+        state = self.states.get(task_id)
+        if state is None:
+            state = await self._with_db(self.log.get, task_id)
+            self.states[task_id] = state
+        return state
+
+    async def _decide(
+        self, task_id: str, decide: Callable[[TaskState], list[events.Event]]
+    ) -> tuple[TaskState, list[events.Event]]:
+        """Append what `decide(state)` returns, re-deciding on a concurrent writer's conflict."""
+        for _ in range(APPEND_RETRIES):
+            state = await self._state(task_id)
+            new = decide(state)
+            if not new:
+                return state, []
+            try:
+                state = await self._with_db(self.log.append, task_id, state.seq, new, state)
+            except errors.ConcurrencyConflict:
+                self.states.pop(task_id, None)
+                continue
+            self.states[task_id] = state
+            return state, new
+        raise errors.ConcurrencyConflict(f"task {task_id}: gave up after {APPEND_RETRIES} conflicts")
+
+    # --- dispatch ---------------------------------------------------------------------------
+
+    async def dispatch(self, task_id: str) -> str:
+        """Take a queued task: record `dispatched` (a minted prompt_id), then POST it.
+
+        Returns ACCEPTED (it is ours now, or it ended), REFUSED (not dispatchable: already
+        taken, cancelled or final — drop it) or RETRY (we could not take it; it stays queued).
+        """
+        await self.start()
+        if not self.connected:
+            return RETRY
+        self.states.pop(task_id, None)  # the router's view may be newer than our cache
+        prompt_id = str(uuid.uuid4())
+        max_attempts = self.settings.task_max_attempts
+
+        def decide(s: TaskState) -> list[events.Event]:
+            if s.is_final or s.status != task_state.QUEUED:
+                return []
+            if s.cancel_requested:
+                return [events.TaskCancelled(where="router")]
+            if s.attempt >= max_attempts:
+                return [
+                    events.TaskFailed(
+                        code="endpoint_lost",
+                        message=f"no ComfyUI completed the task in {s.attempt} attempts",
+                    )
+                ]
+            return [events.TaskDispatched(endpoint=self.name, prompt_id=prompt_id, attempt=s.attempt + 1)]
+
+        try:
+            state, new = await self._decide(task_id, decide)
+        except errors.ConcurrencyConflict:
+            return REFUSED
+        if not new:
+            return REFUSED
+        if not isinstance(new[0], events.TaskDispatched):
+            self._ended(task_id)
+            return REFUSED
+        item = Inflight(task_id, prompt_id)
+        self._track(item)
+        try:
+            await self.client.post_prompt(state.prompt, prompt_id, self.client_id)
+        except errors.PromptRejected as exc:
+            self._untrack(prompt_id)
+            await self._fail(
+                task_id,
+                prompt_id,
+                {"code": comfy_history.CODE_REJECTED, "message": exc.message, "details": exc.details},
+            )
+            return ACCEPTED
+        except errors.EndpointUnavailable as exc:
+            if (exc.details or {}).get("connect"):
+                # Surely never reached ComfyUI: put it back for another endpoint now.
+                self._untrack(prompt_id)
+                self.connected = False
+                self._report()
+                await self._requeue(task_id, prompt_id, "connect_failed")
+                return RETRY
+            # Ambiguous (sent, no answer): the reconciler finds it in /queue or /history.
+            item.posted = True
+            return ACCEPTED
+        item.posted = True
+        item.last_frame = time.monotonic()
+        return ACCEPTED
+
+    async def cancel(self, task_id: str) -> str:
+        """Cancel a task we hold (the ingress already recorded `cancel_requested`).
+
+        Queued in ComfyUI: deleted from its queue, then recorded cancelled. Running: interrupted
+        by prompt_id (ComfyUI ignores that unless this very prompt runs), and the
+        `execution_interrupted` that follows ends it cancelled. Storing: left to finish; the
+        fold turns its success into `cancelled` and no success webhook goes out.
+        """
+        await self.start()
+        prompt_id = self.by_task.get(task_id)
+        item = self.inflight.get(prompt_id) if prompt_id else None
+        if item is None or prompt_id is None:
+            return "unknown"
+        if item.finishing:
+            return "storing"
+        self.states.pop(task_id, None)
+        try:
+            running, pending = await self.client.queue()
+            if prompt_id in pending:
+                await self.client.delete_from_queue([prompt_id])
+                running, pending = await self.client.queue()
+                if prompt_id not in running and prompt_id not in pending and not item.finishing:
+                    entry = await self.client.history(prompt_id)
+                    if comfy_history.outcome(entry).kind == comfy_history.UNKNOWN:
+                        item.finishing = True
+                        self._untrack(prompt_id)
+                        await self._end(item, [events.TaskCancelled(where="comfyui_queue")])
+                        await self._safe(self.router.task_finished(self.name, task_id))
+                        return "cancelled"
+            if prompt_id in running:
+                await self.client.interrupt(prompt_id)
+                return "interrupting"
+        except errors.EndpointUnavailable:
+            return "unreachable"
+        return "storing"
+
+    async def _requeue(self, task_id: str, prompt_id: str, reason: str) -> None:
+        def decide(s: TaskState) -> list[events.Event]:
+            if s.is_final or s.prompt_id != prompt_id:
+                return []
+            if s.cancel_requested:
+                return [events.TaskCancelled(where="endpoint")]
+            return [events.TaskRequeued(endpoint=self.name, prompt_id=prompt_id, reason=reason)]
+
+        state, new = await self._decide(task_id, decide)
+        self.states.pop(task_id, None)
+        if new and isinstance(new[0], events.TaskRequeued):
+            await self._safe(
+                self.router.task_requeued(task_id, state.priority, state.created_at.timestamp())
+            )
+            await self._safe(self.router.task_finished(self.name, task_id))
+        elif new:
+            self._ended(task_id)
+
+    # --- the websocket ----------------------------------------------------------------------
+
+    async def _ws_loop(self) -> None:
+        backoff = 0.25
+        while not self._stopping:
+            try:
+                async with websockets.connect(
+                    f"{self.endpoint.ws_url}?clientId={self.client_id}",
+                    max_size=None,
+                    open_timeout=5,
+                    ping_interval=10,
+                    ping_timeout=10,
+                    compression=None,
+                ) as ws:
+                    self._ws = ws
+                    self.connected = True
+                    self.last_seen = time.time()
+                    backoff = 0.25
+                    self._report()
+                    self._spawn(self._on_connected())
+                    async for message in ws:
+                        if isinstance(message, str):
+                            self._on_frame(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # refused, reset, closed, bad handshake
+                log.info("endpoint %s: websocket down (%s)", self.name, type(exc).__name__)
+            finally:
+                self._ws = None
+            if self.connected:
+                self.connected = False
+                self._report()
+            self.reconnects += 1
+            # Exponential backoff with full jitter; one loop per actor, so reconnects never stack.
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, 10.0)
+
+    async def _on_connected(self) -> None:
+        """After a (re)connect: learn the server, then reconcile everything in flight."""
+        try:
+            if self.object_info is None:
+                self.object_info = await self.client.object_info()
+            if self.has_cleanup is None:
+                self.has_cleanup = await self.client.has_cleanup_extension()
+                if not self.has_cleanup:
+                    log.warning(
+                        "endpoint %s has no comfy-fleet cleanup extension: its files are left alone",
+                        self.name,
+                    )
+        except errors.EndpointUnavailable:
+            pass
+        await self._reconcile(force=True)
+
+    def _on_frame(self, raw: str) -> None:
+        self.last_seen = time.time()
+        try:
+            frame = orjson.loads(raw)
+            kind, data = frame.get("type"), frame.get("data") or {}
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        if kind == "status":
+            remaining = ((data.get("status") or {}).get("exec_info") or {}).get("queue_remaining")
+            if isinstance(remaining, int) and remaining != self.queue_remaining:
+                self.queue_remaining = remaining
+                self._report()
+            return
+        prompt_id = data.get("prompt_id")
+        item = self.inflight.get(prompt_id) if isinstance(prompt_id, str) else None
+        if item is None:
+            return
+        item.last_frame = time.monotonic()
+        if kind == "execution_start":
+            self._spawn(self._safe(self._started_event(item)))
+        elif kind == "progress":
+            now = time.monotonic()
+            value, maximum = data.get("value"), data.get("max")
+            if (
+                isinstance(value, int)
+                and isinstance(maximum, int)
+                and (now - item.last_progress_at >= PROGRESS_MIN_INTERVAL_S or value >= maximum)
+            ):
+                item.last_progress_at = now
+                self._spawn(self._safe(self._progress_event(item, value, maximum, data.get("node"))))
+        elif kind == "execution_error":
+            self._spawn(self._finish(item, comfy_history.Outcome(
+                comfy_history.ERROR, [], comfy_history.error_from_message(kind, data))))
+        elif kind == "execution_interrupted":
+            self._spawn(self._finish(item, comfy_history.Outcome(
+                comfy_history.INTERRUPTED, [], comfy_history.error_from_message(kind, data))))
+        elif kind == "executing" and data.get("node") is None:
+            # The "done" marker: history is complete by now (comfyui-protocol §3.5).
+            self._spawn(self._collect(item))
+
+    async def _started_event(self, item: Inflight) -> None:
+        def decide(s: TaskState) -> list[events.Event]:
+            if s.is_final or s.prompt_id != item.prompt_id or s.status == task_state.RUNNING:
+                return []
+            return [events.TaskStarted(prompt_id=item.prompt_id)]
+
+        await self._decide(item.task_id, decide)
+
+    async def _progress_event(self, item: Inflight, value: int, maximum: int, node: Any) -> None:
+        def decide(s: TaskState) -> list[events.Event]:
+            if s.is_final or s.prompt_id != item.prompt_id:
+                return []
+            return [
+                events.TaskProgressed(
+                    prompt_id=item.prompt_id, value=value, max=maximum,
+                    node=None if node is None else str(node),
+                )
+            ]
+
+        await self._decide(item.task_id, decide)
+
+    # --- reconciliation ---------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(POLL_INTERVAL_S * random.uniform(0.8, 1.2))
+            if self.inflight:
+                with contextlib.suppress(Exception):
+                    await self._reconcile(force=not self.connected)
+
+    async def _reconcile(self, *, force: bool) -> None:
+        """Look every posted prompt up in /queue, then /history (that order: ComfyUI writes the
+        history before it drops a prompt from the queue, so nothing slips between the two)."""
+        async with self._reconcile_lock:
+            quiet_for = POLL_INTERVAL_S
+            now = time.monotonic()
+            candidates = [
+                i for i in self.inflight.values()
+                if i.posted and not i.finishing and (force or now - i.last_frame >= quiet_for)
+            ]
+            if not candidates:
+                return
+            try:
+                running, pending = await self.client.queue()
+            except errors.EndpointUnavailable:
+                return
+            for item in candidates:
+                if item.prompt_id in running or item.prompt_id in pending:
+                    continue
+                if item.finishing or item.prompt_id not in self.inflight:
+                    continue
+                try:
+                    entry = await self.client.history(item.prompt_id)
+                except errors.EndpointUnavailable:
+                    return
+                result = comfy_history.outcome(entry)
+                if result.kind == comfy_history.UNKNOWN:
+                    # In neither: ComfyUI lost it (restarted, or never got it).
+                    item.finishing = True
+                    self._untrack(item.prompt_id)
+                    await self._requeue(item.task_id, item.prompt_id, "lost_by_comfyui")
+                else:
+                    self._spawn(self._finish(item, result))
+
+    async def _collect(self, item: Inflight) -> None:
+        """Completion seen on the socket: read the history entry (retrying briefly if empty)."""
+        deadline = time.monotonic() + HISTORY_GRACE_S
+        while True:
+            try:
+                result = comfy_history.outcome(await self.client.history(item.prompt_id))
+            except errors.EndpointUnavailable:
+                return  # the reconciler will come back to it
+            if result.kind != comfy_history.UNKNOWN or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        if result.kind != comfy_history.UNKNOWN:
+            await self._finish(item, result)
+
+    # --- the end of a prompt ----------------------------------------------------------------
+
+    async def _finish(self, item: Inflight, result: comfy_history.Outcome) -> None:
+        if item.finishing or self.inflight.get(item.prompt_id) is not item:
+            return
+        item.finishing = True
+        try:
+            if result.kind == comfy_history.SUCCESS:
+                await self._store_outputs(item, result.files)
+            elif result.kind == comfy_history.INTERRUPTED:
+                state = await self._state(item.task_id)
+                if state.cancel_requested:
+                    await self._end(item, [events.TaskCancelled(where="running")])
+                else:
+                    await self._fail(item.task_id, item.prompt_id, result.error or {})
+            else:
+                await self._fail(item.task_id, item.prompt_id, result.error or {})
+        except Exception:
+            log.exception("endpoint %s: finishing %s failed; will reconcile", self.name, item.prompt_id)
+            item.finishing = False
+            return
+        self._untrack(item.prompt_id)
+        await self._safe(self.router.task_finished(self.name, item.task_id))
+
+    async def _fail(self, task_id: str, prompt_id: str, error: dict[str, Any]) -> None:
+        def decide(s: TaskState) -> list[events.Event]:
+            if s.is_final or s.prompt_id != prompt_id:
+                return []
+            return [
+                events.TaskFailed(
+                    code=str(error.get("code") or comfy_history.CODE_EXECUTION),
+                    message=str(error.get("message") or "failed"),
+                    prompt_id=prompt_id,
+                    node_id=error.get("node_id"),
+                    node_type=error.get("node_type"),
+                    details=error.get("details"),
+                )
+            ]
+
+        _, new = await self._decide(task_id, decide)
+        if new:
+            self._ended(task_id)
+
+    async def _end(self, item: Inflight, final: list[events.Event]) -> None:
+        def decide(s: TaskState) -> list[events.Event]:
+            if s.is_final or s.prompt_id != item.prompt_id:
+                return []
+            return final
+
+        _, new = await self._decide(item.task_id, decide)
+        if new:
+            self._ended(item.task_id)
+
+    def _ended(self, task_id: str) -> None:
+        self.states.pop(task_id, None)
+        self._spawn(self._safe(self.webhooks.task_ended(task_id)))
+
+    async def _store_outputs(self, item: Inflight, files: list[OutputFile]) -> None:
+        """Fetch every output from /view and store it; then record them and the success in
+        one append, so a task never shows half its outputs as succeeded."""
+        stored = await asyncio.gather(
+            *(self._store_one(item, index, f) for index, f in enumerate(files))
+        )
+        failures = [s for s in stored if isinstance(s, dict)]
+        outputs = [s for s in stored if isinstance(s, events.TaskOutputStored)]
+        if failures:
+            first = failures[0]
+            await self._end(
+                item,
+                [
+                    *outputs,
+                    events.TaskFailed(
+                        code=first["code"], message=first["message"], prompt_id=item.prompt_id,
+                        details={"outputs": failures},
+                    ),
+                ],
+            )
+            return
+        await self._end(item, [*outputs, events.TaskSucceeded(prompt_id=item.prompt_id)])
+
+    async def _store_one(
+        self, item: Inflight, index: int, f: OutputFile
+    ) -> events.TaskOutputStored | dict[str, Any]:
+        try:
+            key = storage.output_key(item.task_id, index, f.filename)
+        except errors.FleetError as exc:
+            return {"code": "unsafe_output_name", "message": exc.message, "filename": f.filename[:200]}
+        try:
+            data = await self.client.view(f.filename, f.subfolder, f.type)
+        except errors.FleetError as exc:
+            return {"code": "output_fetch_failed", "message": exc.message, "filename": f.filename}
+        content_type = storage.content_type_for(f.filename, data[:64])
+        digest = storage.sha256_hex(data)
+        fallback: str | None = None
+        try:
+            await self.store.put(key, data, content_type)
+        except errors.StorageUnavailable as exc:
+            # Never lost: keep the bytes on disk; the task fails with storage_failed and the
+            # re-upload command completes it when S3 answers again.
+            fallback = self._keep_locally(key, data)
+            return {
+                "code": "storage_failed", "message": exc.message, "filename": f.filename,
+                "fallback_path": fallback, "s3_key": key, "node_id": f.node_id,
+                "content_type": content_type, "size": len(data), "sha256": digest,
+            }
+        return events.TaskOutputStored(
+            prompt_id=item.prompt_id, index=index, node_id=f.node_id, filename=f.filename,
+            subfolder=f.subfolder, kind=f.kind, content_type=content_type, size=len(data),
+            sha256=digest, s3_key=key,
+        )
+
+    def _keep_locally(self, key: str, data: bytes) -> str:
+        path = Path(self.settings.default_failed_image_path) / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return str(path)

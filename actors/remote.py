@@ -1,0 +1,282 @@
+"""The only Ray declarations: actor names, namespace, restart policy, and thin shells.
+
+Each shell builds its plain async worker lazily on its first call (Ray actors' constructors are
+synchronous; the worker needs an asyncpg pool and an S3 client), so a restarted actor rebuilds
+itself from the log on the first call that reaches it. The router's heartbeat calls every
+endpoint each second, which is also what brings a restarted endpoint back to work.
+Methods are at-most-once (no task retries): every method is safe to call again because the
+workers decide from the log with optimistic concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import ray
+
+from core import storage, webhooks
+from core.config import Endpoint, Settings, parse_endpoint
+from core.postgres import PostgresEventLog
+from core.url_policy import UrlPolicy
+
+NAMESPACE = "comfy-fleet"
+ROUTER_NAME = "router"
+WEBHOOKS_NAME = "webhooks"
+ENDPOINT_PREFIX = "endpoint:"
+
+log = logging.getLogger("comfy_fleet.remote")
+
+
+def endpoint_actor_name(endpoint: str) -> str:
+    return ENDPOINT_PREFIX + endpoint
+
+
+async def make_store(settings: Settings) -> storage.S3BlobStore:
+    store = await storage.S3BlobStore.create(
+        bucket=settings.s3_bucket,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        access_key=settings.aws_access_key_id,
+        secret_key=settings.aws_secret_access_key,
+    )
+    return store
+
+
+class _Lazy:
+    """Builds the worker once, on first use, under a lock."""
+
+    def __init__(self) -> None:
+        self._inner: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _build(self) -> Any:
+        raise NotImplementedError
+
+    async def inner(self) -> Any:
+        if self._inner is None:
+            async with self._lock:
+                if self._inner is None:
+                    self._inner = await self._build()
+        return self._inner
+
+
+# --- ports over actor handles ---------------------------------------------------------------
+
+
+class RouterPortOverRay:
+    def __init__(self) -> None:
+        self._h: Any = None
+
+    def _handle(self) -> Any:
+        if self._h is None:
+            self._h = ray.get_actor(ROUTER_NAME, namespace=NAMESPACE)
+        return self._h
+
+    async def endpoint_status(self, name: str, status: dict[str, Any]) -> None:
+        await self._handle().endpoint_status.remote(name, status)
+
+    async def task_finished(self, name: str, task_id: str) -> None:
+        await self._handle().task_finished.remote(name, task_id)
+
+    async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None:
+        await self._handle().task_requeued.remote(task_id, priority, created_at)
+
+
+class WebhookPortOverRay:
+    def __init__(self) -> None:
+        self._h: Any = None
+
+    async def task_ended(self, task_id: str) -> None:
+        if self._h is None:
+            self._h = ray.get_actor(WEBHOOKS_NAME, namespace=NAMESPACE)
+        # Fire and forget: the outbox scan covers a lost call.
+        self._h.task_ended.remote(task_id)
+
+
+class EndpointHandleOverRay:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._h: Any = None
+
+    def _handle(self) -> Any:
+        if self._h is None:
+            self._h = ray.get_actor(endpoint_actor_name(self.name), namespace=NAMESPACE)
+        return self._h
+
+    async def dispatch(self, task_id: str) -> str:
+        return await self._handle().dispatch.remote(task_id)  # type: ignore[no-any-return]
+
+    async def status(self) -> dict[str, Any]:
+        return await self._handle().status.remote()  # type: ignore[no-any-return]
+
+    async def cancel(self, task_id: str) -> str:
+        return await self._handle().cancel.remote(task_id)  # type: ignore[no-any-return]
+
+
+# --- the actors -----------------------------------------------------------------------------
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
+class EndpointActor(_Lazy):
+    """One per ComfyUI server, named `endpoint:<host:port>`."""
+
+    def __init__(self, settings: Settings, endpoint: str, labels: list[str]) -> None:
+        super().__init__()
+        self.settings = settings
+        self.endpoint: Endpoint = parse_endpoint(endpoint)
+        self.labels = labels
+
+    async def _build(self) -> Any:
+        from actors.endpoint import EndpointWorker
+
+        worker = EndpointWorker(
+            self.endpoint,
+            settings=self.settings,
+            log=await PostgresEventLog.connect(self.settings.database_url or "", max_size=4),
+            store=await make_store(self.settings),
+            router=RouterPortOverRay(),
+            webhooks=WebhookPortOverRay(),
+            labels=self.labels,
+        )
+        await worker.start()
+        return worker
+
+    async def dispatch(self, task_id: str) -> str:
+        return await (await self.inner()).dispatch(task_id)  # type: ignore[no-any-return]
+
+    async def status(self) -> dict[str, Any]:
+        return await (await self.inner()).status()  # type: ignore[no-any-return]
+
+    async def cancel(self, task_id: str) -> str:
+        return await (await self.inner()).cancel(task_id)  # type: ignore[no-any-return]
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
+class RouterActor(_Lazy):
+    """The one router, named `router`."""
+
+    def __init__(self, settings: Settings, endpoints: list[tuple[str, list[str]]]) -> None:
+        super().__init__()
+        self.settings = settings
+        self.endpoints = endpoints
+
+    async def _build(self) -> Any:
+        from actors.router import Router
+
+        router = Router(
+            settings=self.settings,
+            log=await PostgresEventLog.connect(self.settings.database_url or "", max_size=4),
+            endpoints={name: EndpointHandleOverRay(name) for name, _ in self.endpoints},
+        )
+        for name, labels in self.endpoints:
+            router.loads[name].labels = frozenset(labels)
+        await router.start()
+        return router
+
+    async def submit(self, task_id: str, priority: int, created_at: float, workflow: str, labels: list[str]) -> int:
+        return await (await self.inner()).submit(task_id, priority, created_at, workflow, labels)  # type: ignore[no-any-return]
+
+    async def cancel(self, task_id: str) -> str:
+        return await (await self.inner()).cancel(task_id)  # type: ignore[no-any-return]
+
+    async def stats(self) -> dict[str, Any]:
+        return await (await self.inner()).stats()  # type: ignore[no-any-return]
+
+    async def endpoint_status(self, name: str, status: dict[str, Any]) -> None:
+        await (await self.inner()).endpoint_status(name, status)
+
+    async def task_finished(self, name: str, task_id: str) -> None:
+        await (await self.inner()).task_finished(name, task_id)
+
+    async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None:
+        await (await self.inner()).task_requeued(task_id, priority, created_at)
+
+    async def endpoint_statuses(self) -> list[dict[str, Any]]:
+        router = await self.inner()
+        names = list(router.handles)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(router.handles[n].status(), 5) for n in names), return_exceptions=True
+        )
+        out = []
+        for name, res in zip(names, results, strict=True):
+            if isinstance(res, BaseException):
+                res = {"endpoint": name, "state": "disconnected", "connected": False,
+                       "queue_remaining": 0, "inflight": 0, "labels": sorted(router.loads[name].labels),
+                       "last_seen": None}
+            out.append(res)
+        return out
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
+class WebhookActor(_Lazy):
+    """The webhook dispatcher, named `webhooks`."""
+
+    def __init__(self, settings: Settings, extra_deny_hosts: list[str]) -> None:
+        super().__init__()
+        self.settings = settings
+        self.extra_deny_hosts = extra_deny_hosts
+
+    async def _build(self) -> Any:
+        from actors.webhook_dispatcher import WebhookDispatcher
+        from core import views
+
+        s = self.settings
+        store = await make_store(s)
+        policy = UrlPolicy.from_settings(s, extra_deny_hosts=self.extra_deny_hosts)
+
+        async def body(state: Any) -> dict[str, Any]:
+            if state.origin == "legacy":
+                from serve_app import legacy
+
+                return await legacy.webhook_body(state, store, s.presign_expiry_s)
+            return await views.webhook_body(state, store, s.presign_expiry_s)
+
+        dispatcher = WebhookDispatcher(
+            log=await PostgresEventLog.connect(s.database_url or "", max_size=4),
+            sender=webhooks.WebhookSender(policy, timeout_s=s.webhook_timeout_s),
+            policy=webhooks.RetryPolicy(
+                max_attempts=s.webhook_max_attempts, max_delay_s=s.webhook_max_delay_s,
+                base_delay_s=min(1.0, s.webhook_max_delay_s),
+            ),
+            secret=s.webhook_secret,
+            body_builder=body,
+        )
+        await dispatcher.start()
+        return dispatcher
+
+    async def task_ended(self, task_id: str) -> None:
+        await (await self.inner()).task_ended(task_id)
+
+    async def stats(self) -> dict[str, Any]:
+        return await (await self.inner()).stats()  # type: ignore[no-any-return]
+
+
+def deploy_fleet(settings: Settings, extra_deny_hosts: list[str] | None = None) -> dict[str, Any]:
+    """Create (or find) the named actors of the fleet: one per endpoint, the router, the
+    webhook dispatcher. Returns their handles."""
+    handles: dict[str, Any] = {}
+    endpoints = [(e.name, []) for e in settings.comfyui_endpoints]
+    for name, labels in endpoints:
+        handles[name] = EndpointActor.options(  # type: ignore[attr-defined]
+            name=endpoint_actor_name(name), namespace=NAMESPACE, get_if_exists=True,
+            lifetime="detached",
+        ).remote(settings, name, labels)
+    handles[WEBHOOKS_NAME] = WebhookActor.options(  # type: ignore[attr-defined]
+        name=WEBHOOKS_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+    ).remote(settings, list(extra_deny_hosts or []))
+    handles[ROUTER_NAME] = RouterActor.options(  # type: ignore[attr-defined]
+        name=ROUTER_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+    ).remote(settings, endpoints)
+    # Wake them: each builds itself and rebuilds from the log.
+    ray.get([handles[ROUTER_NAME].stats.remote(), handles[WEBHOOKS_NAME].stats.remote()])
+    return handles
+
+
+def shutdown_fleet(settings: Settings) -> None:
+    for name in [ROUTER_NAME, WEBHOOKS_NAME, *(endpoint_actor_name(e.name) for e in settings.comfyui_endpoints)]:
+        try:
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        except ValueError:
+            pass

@@ -1,0 +1,231 @@
+"""Router: keeps the tasks not yet dispatched and hands each to the least-loaded endpoint.
+
+A plain async class (`actors/remote.py` makes it the named Ray actor). Its queue is derived
+state: on (re)start it is rebuilt from the log (every open task whose status is `queued`), so a
+router crash loses nothing. Dispatch is decided by `core.routing.pick_endpoint`; the endpoint
+records `task.dispatched` with the expected seq, so even two routers could not assign a task twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import Any, Protocol
+
+from core import routing, task_state
+from core.config import Settings
+from core.event_log import EventLog
+
+log = logging.getLogger("comfy_fleet.router")
+
+#: Seconds between endpoint heartbeats (status calls; they also restart a crashed endpoint).
+HEARTBEAT_S = 1.0
+#: A heartbeat slower than this marks the endpoint disconnected.
+HEARTBEAT_TIMEOUT_S = 5.0
+
+
+class EndpointHandle(Protocol):
+    async def dispatch(self, task_id: str) -> str: ...
+    async def status(self) -> dict[str, Any]: ...
+    async def cancel(self, task_id: str) -> str: ...
+
+
+class Router:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        log: EventLog,
+        endpoints: dict[str, EndpointHandle] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.log = log
+        self.handles: dict[str, EndpointHandle] = dict(endpoints or {})
+        self.loads: dict[str, routing.EndpointLoad] = {
+            name: routing.EndpointLoad(name) for name in self.handles
+        }
+        self.assigned: dict[str, set[str]] = {name: set() for name in self.handles}
+        self.waiting = routing.WaitQueue()
+        self.rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._bg: set[asyncio.Task[Any]] = set()
+        self.dispatched_total = 0
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._started:
+                return
+            for state in await self.log.open_tasks():
+                if state.status == task_state.QUEUED:
+                    self.waiting.push(
+                        state.task_id, state.priority, state.created_at.timestamp(),
+                        state.workflow, state.required_labels,
+                    )
+            self._started = True
+            self._spawn(self._dispatch_loop())
+            self._spawn(self._heartbeat_loop())
+            self._wake.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def stop(self) -> None:
+        for t in list(self._bg):
+            t.cancel()
+
+    # --- calls from the ingress -------------------------------------------------------------
+
+    async def submit(
+        self,
+        task_id: str,
+        priority: int,
+        created_at: float,
+        workflow: str,
+        labels: list[str] | None = None,
+    ) -> int:
+        """A task was recorded as submitted: queue it. Returns how many tasks now wait."""
+        await self.start()
+        if self.waiting.push(task_id, priority, created_at, workflow, labels or ()):
+            self._wake.set()
+        return len(self.waiting)
+
+    async def cancel(self, task_id: str) -> str:
+        """'removed' when it was waiting here (the caller records the cancel); else where it is
+        handled: the endpoint holding it is asked to cancel, or 'unknown'."""
+        await self.start()
+        if self.waiting.remove(task_id):
+            return "removed"
+        for name, tasks in self.assigned.items():
+            if task_id in tasks:
+                with contextlib.suppress(Exception):
+                    return await self.handles[name].cancel(task_id)
+        return "unknown"
+
+    async def stats(self) -> dict[str, Any]:
+        await self.start()
+        return {
+            "waiting": len(self.waiting),
+            "dispatched_total": self.dispatched_total,
+            "endpoints": {
+                name: {
+                    "connected": ld.connected,
+                    "queue_remaining": ld.queue_remaining,
+                    "inflight": max(ld.inflight, len(self.assigned.get(name, ()))),
+                    "draining": ld.draining,
+                }
+                for name, ld in self.loads.items()
+            },
+        }
+
+    # --- calls from endpoints ---------------------------------------------------------------
+
+    async def endpoint_status(self, name: str, status: dict[str, Any]) -> None:
+        load = self.loads.get(name)
+        if load is None:
+            return
+        was = load.connected
+        load.connected = bool(status.get("connected"))
+        load.queue_remaining = int(status.get("queue_remaining") or 0)
+        load.inflight = int(status.get("inflight") or 0)
+        if load.connected and not was or load.load < self.settings.endpoint_queue_depth:
+            self._wake.set()
+
+    async def task_finished(self, name: str, task_id: str) -> None:
+        tasks = self.assigned.get(name)
+        if tasks is not None and task_id in tasks:
+            tasks.discard(task_id)
+            load = self.loads[name]
+            load.inflight = max(0, load.inflight - 1)
+            self._wake.set()
+
+    async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None:
+        await self.start()
+        try:
+            state = await self.log.get(task_id)
+        except Exception:
+            return
+        if state.status == task_state.QUEUED and self.waiting.push(
+            task_id, priority, created_at, state.workflow, state.required_labels
+        ):
+            self._wake.set()
+
+    # --- endpoints at run time --------------------------------------------------------------
+
+    async def add_endpoint(self, name: str, handle: EndpointHandle, labels: list[str] | None = None) -> None:
+        self.handles[name] = handle
+        self.loads.setdefault(name, routing.EndpointLoad(name, labels=frozenset(labels or ())))
+        self.assigned.setdefault(name, set())
+        self._wake.set()
+
+    # --- loops ------------------------------------------------------------------------------
+
+    def _effective(self, name: str) -> routing.EndpointLoad:
+        load = self.loads[name]
+        load.inflight = max(load.inflight, len(self.assigned[name]))
+        return load
+
+    async def _dispatch_loop(self) -> None:
+        depth = self.settings.endpoint_queue_depth
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while len(self.waiting):
+                chosen: list[routing.EndpointLoad] = []
+
+                def fits(item: routing.Waiting) -> bool:
+                    ep = routing.pick_endpoint(
+                        (self._effective(n) for n in self.loads), depth, self.rng,
+                        workflow=item.workflow, labels=item.labels,
+                    )
+                    if ep is None:
+                        return False
+                    chosen.append(ep)
+                    return True
+
+                item = self.waiting.pop_first(fits)
+                if item is None:
+                    break
+                ep = chosen[-1]
+                self.assigned[ep.name].add(item.task_id)
+                ep.inflight = len(self.assigned[ep.name])
+                self.dispatched_total += 1
+                self._spawn(self._send(ep.name, item))
+
+    async def _send(self, name: str, item: routing.Waiting) -> None:
+        from actors.endpoint import ACCEPTED, RETRY
+
+        try:
+            result = await self.handles[name].dispatch(item.task_id)
+        except Exception:
+            log.warning("dispatch of %s to %s failed", item.task_id, name, exc_info=True)
+            result = RETRY
+            self.loads[name].connected = False
+        if result == ACCEPTED:
+            return
+        self.assigned[name].discard(item.task_id)
+        if result == RETRY:
+            self.loads[name].connected = False
+            self.waiting.push(item.task_id, -item.sort_key[0], item.sort_key[1], item.workflow, item.labels)
+        self._wake.set()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.gather(
+                *(self._beat(name) for name in list(self.handles)), return_exceptions=True
+            )
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _beat(self, name: str) -> None:
+        try:
+            status = await asyncio.wait_for(self.handles[name].status(), HEARTBEAT_TIMEOUT_S)
+        except Exception:
+            self.loads[name].connected = False
+            return
+        await self.endpoint_status(name, status)

@@ -1,0 +1,156 @@
+"""WebhookDispatcher: delivers each task end to its callback_url, from the log (an outbox).
+
+A task that ended with a callback has `webhook: pending` in the read model, in the same
+statement that recorded its end; the dispatcher is told at once by the endpoint, and also
+scans the outbox at start and on a timer, so a crash between a task's end and its webhook
+still delivers it. Each try is an event; the delay between tries is `RetryPolicy`'s
+exponential backoff with jitter; every delivery runs in its own asyncio task with a bounded
+timeout, so a slow receiver never delays other tasks or other receivers. All tries of one end
+carry the same `webhook-id` (derived from the seq of the final event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from core import errors, events, task_state, webhooks
+from core.event_log import EventLog
+from core.task_state import TaskState
+
+log = logging.getLogger("comfy_fleet.webhooks")
+
+#: Seconds between scans of the outbox (deliveries lost to a crash are picked up by it).
+OUTBOX_SCAN_S = 5.0
+
+#: Builds the JSON body of a task end: (state) -> body dict. Injected so the API's view
+#: (with fresh presigned URLs, legacy fields) is the one the receiver sees.
+BodyBuilder = Callable[[TaskState], Awaitable[dict[str, Any]]]
+
+
+class WebhookDispatcher:
+    def __init__(
+        self,
+        *,
+        log: EventLog,
+        sender: webhooks.WebhookSender,
+        policy: webhooks.RetryPolicy,
+        secret: str | None,
+        body_builder: BodyBuilder,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.log = log
+        self.sender = sender
+        self.policy = policy
+        self.key = webhooks.parse_secret(secret) if secret else None
+        self.body_builder = body_builder
+        self.rng = rng or random.Random()
+        self.active: dict[str, asyncio.Task[None]] = {}
+        self._started = False
+        self._bg: set[asyncio.Task[Any]] = set()
+        self.counts: dict[str, int] = {"delivered": 0, "retry": 0, "dead": 0}
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        task = asyncio.create_task(self._scan_loop())
+        self._bg.add(task)
+
+    async def stop(self) -> None:
+        for t in [*self._bg, *self.active.values()]:
+            t.cancel()
+        await self.sender.aclose()
+
+    async def task_ended(self, task_id: str) -> None:
+        """A task ended (or its redelivery was asked for): deliver its webhook if it has one."""
+        await self.start()
+        self._ensure(task_id)
+
+    async def stats(self) -> dict[str, Any]:
+        return {"active": len(self.active), **self.counts}
+
+    def _ensure(self, task_id: str) -> None:
+        if task_id in self.active:
+            return
+        task = asyncio.create_task(self._deliver(task_id))
+        self.active[task_id] = task
+        task.add_done_callback(lambda _t: self.active.pop(task_id, None))
+
+    async def _scan_loop(self) -> None:
+        while True:
+            try:
+                for state in await self.log.pending_webhooks():
+                    self._ensure(state.task_id)
+            except errors.Unavailable:
+                pass
+            except Exception:
+                log.exception("outbox scan failed")
+            await asyncio.sleep(OUTBOX_SCAN_S)
+
+    async def _deliver(self, task_id: str) -> None:
+        try:
+            await self._deliver_inner(task_id)
+        except errors.Unavailable:
+            pass  # the outbox scan retries once the database is back
+        except Exception:
+            log.exception("webhook delivery of %s failed", task_id)
+
+    async def _deliver_inner(self, task_id: str) -> None:
+        state = await self.log.get(task_id)
+        if state.webhook != task_state.WEBHOOK_PENDING or not state.callback_url or state.end_seq is None:
+            return
+        msg_id = webhooks.webhook_id(task_id, state.end_seq)
+        body = orjson.dumps({"type": state.end_type, **(await self.body_builder(state))})
+        attempt = state.webhook_attempts
+        started = time.monotonic()
+        while True:
+            attempt += 1
+            ts = int(time.time())
+            result = await self.sender.send(
+                state.callback_url, body, webhooks.build_headers(msg_id, ts, body, self.key)
+            )
+            if result.ok:
+                new: list[events.Event] = [
+                    events.WebhookDelivered(
+                        webhook_id=msg_id, attempt=attempt, status_code=result.status_code or 200
+                    )
+                ]
+                self.counts["delivered"] += 1
+            else:
+                delay = None if result.final else self.policy.next_delay(
+                    attempt, self.rng, time.monotonic() - started
+                )
+                new = [
+                    events.WebhookAttempted(
+                        webhook_id=msg_id, attempt=attempt, status_code=result.status_code,
+                        error=result.error, retry_in_s=delay,
+                    )
+                ]
+                if delay is None:
+                    new.append(events.WebhookDead(webhook_id=msg_id, attempts=attempt))
+                    self.counts["dead"] += 1
+                else:
+                    self.counts["retry"] += 1
+            state = await self._append(state, new)
+            if state.webhook != task_state.WEBHOOK_PENDING:
+                return
+            assert delay is not None
+            await asyncio.sleep(delay)
+
+    async def _append(self, state: TaskState, new: list[events.Event]) -> TaskState:
+        """Record a try. Other writers may append meanwhile (a late event): re-read and retry."""
+        for _ in range(8):
+            try:
+                return await self.log.append(state.task_id, state.seq, new, state)
+            except errors.ConcurrencyConflict:
+                state = await self.log.get(state.task_id)
+            except errors.DatabaseUnavailable:
+                await asyncio.sleep(1.0)
+        raise errors.ConcurrencyConflict(f"task {state.task_id}: could not record webhook try")

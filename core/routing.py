@@ -1,0 +1,125 @@
+"""The routing policy, pure: which endpoint gets the next task, and the order tasks wait in.
+
+`pick_endpoint` gives a task to the connected endpoint with the smallest load, where load is the
+larger of ComfyUI's own `queue_remaining` and our count of prompts in flight there (the first
+lags behind our dispatches, the second misses other clients' prompts). Endpoints already holding
+`depth` prompts are skipped, so a task binds to an endpoint as late as possible. Ties are spread
+at random so equal endpoints share the work.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EndpointLoad:
+    name: str
+    connected: bool = False
+    queue_remaining: int = 0
+    inflight: int = 0
+    draining: bool = False
+    labels: frozenset[str] = frozenset()
+    #: workflows this endpoint can run (None: not known yet — assume all).
+    workflows: frozenset[str] | None = None
+
+    @property
+    def load(self) -> int:
+        return max(self.queue_remaining, self.inflight)
+
+    def can_take(self, workflow: str | None, labels: Iterable[str] = ()) -> bool:
+        if not self.connected or self.draining:
+            return False
+        if workflow is not None and self.workflows is not None and workflow not in self.workflows:
+            return False
+        return set(labels) <= self.labels
+
+
+def pick_endpoint(
+    endpoints: Iterable[EndpointLoad],
+    depth: int,
+    rng: random.Random,
+    *,
+    workflow: str | None = None,
+    labels: Iterable[str] = (),
+) -> EndpointLoad | None:
+    """The least-loaded endpoint that can take the task and has room, or None."""
+    labels = tuple(labels)
+    best: list[EndpointLoad] = []
+    best_load = depth
+    for ep in endpoints:
+        if not ep.can_take(workflow, labels):
+            continue
+        load = ep.load
+        if load < best_load:
+            best, best_load = [ep], load
+        elif load == best_load and load < depth:
+            best.append(ep)
+    if not best:
+        return None
+    return best[0] if len(best) == 1 else rng.choice(best)
+
+
+@dataclass(order=True)
+class Waiting:
+    """A task waiting in the router: highest priority first, then oldest, then first come."""
+
+    sort_key: tuple[int, float, int]
+    task_id: str = field(compare=False)
+    workflow: str = field(compare=False)
+    labels: tuple[str, ...] = field(compare=False, default=())
+
+
+class WaitQueue:
+    """Priority queue of waiting tasks with O(log n) push/pop and lazy removal (cancel)."""
+
+    def __init__(self) -> None:
+        self._heap: list[Waiting] = []
+        self._live: dict[str, Waiting] = {}
+        self._counter = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._live
+
+    def push(
+        self, task_id: str, priority: int, created_at: float, workflow: str, labels: Iterable[str] = ()
+    ) -> bool:
+        if task_id in self._live:
+            return False
+        item = Waiting((-priority, created_at, next(self._counter)), task_id, workflow, tuple(labels))
+        self._live[task_id] = item
+        heapq.heappush(self._heap, item)
+        return True
+
+    def remove(self, task_id: str) -> bool:
+        return self._live.pop(task_id, None) is not None
+
+    def pop_first(self, fits: callable) -> Waiting | None:  # type: ignore[valid-type]
+        """Pop the first waiting task for which `fits(item)` is true (skipping, not dropping,
+        tasks no endpoint can take now — e.g. a workflow only a busy endpoint has)."""
+        skipped: list[Waiting] = []
+        found: Waiting | None = None
+        while self._heap:
+            item = heapq.heappop(self._heap)
+            if self._live.get(item.task_id) is not item:
+                continue  # removed
+            if fits(item):
+                found = item
+                del self._live[item.task_id]
+                break
+            skipped.append(item)
+            if len(skipped) >= 64:
+                break  # bound the scan: the rest waits for the next round
+        for item in skipped:
+            heapq.heappush(self._heap, item)
+        return found
+
+    def task_ids(self) -> list[str]:
+        return list(self._live)

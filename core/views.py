@@ -1,0 +1,38 @@
+"""The task as clients see it: the API's JSON and the webhook body, with fresh presigned URLs.
+
+Shared by the ingress and the webhook dispatcher so a receiver sees exactly what GET shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core import storage, task_state
+from core.task_state import TaskState
+
+
+async def task_view(state: TaskState, store: storage.BlobStore | None, expires_s: int) -> dict[str, Any]:
+    """`task_state.to_view` plus a presigned GET URL per stored output (made at each read,
+    so it is always fresh; a URL is a local signature, no request to S3)."""
+    view = task_state.to_view(state)
+    for out in view["outputs"]:
+        if store is not None and out.get("s3_key") and not out.get("fallback_path"):
+            out["url"] = await store.presign_get(out["s3_key"], expires_s)
+        else:
+            out["url"] = None
+    return view
+
+
+def event_view(stored: Any) -> dict[str, Any]:
+    """One event as GET /tasks/{id}/events shows it: {seq, type, at, data}."""
+    return {
+        "seq": stored.seq,
+        "type": stored.event.TYPE,
+        "at": stored.at.isoformat().replace("+00:00", "Z"),
+        "data": stored.event.payload(),
+    }
+
+
+async def webhook_body(state: TaskState, store: storage.BlobStore | None, expires_s: int) -> dict[str, Any]:
+    """CONTRACT §5: {"type": "task.<end>", "task": <the task>} (type is set by the sender)."""
+    return {"task": await task_view(state, store, expires_s)}

@@ -1,0 +1,88 @@
+"""The Ray Serve ingress deployment: one FastAPI app per replica, built at replica start."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+from ray import serve
+
+from actors import remote
+from core.config import Settings
+from core.postgres import PostgresEventLog
+from core.url_policy import UrlPolicy
+from core.workflow_registry import WorkflowRegistry
+from serve_app import api
+from serve_app.services import Services
+
+log = logging.getLogger("comfy_fleet.ingress")
+
+
+class RouterClientOverRay:
+    """The ingress's view of the router actor (and, through it, of the endpoints)."""
+
+    def __init__(self) -> None:
+        self._h: Any = None
+
+    def _handle(self) -> Any:
+        if self._h is None:
+            self._h = ray.get_actor(remote.ROUTER_NAME, namespace=remote.NAMESPACE)
+        return self._h
+
+    async def submit(self, task_id: str, priority: int, created_at: float, workflow: str, labels: list[str]) -> int:
+        return await self._handle().submit.remote(task_id, priority, created_at, workflow, labels)  # type: ignore[no-any-return]
+
+    async def cancel(self, task_id: str) -> str:
+        return await self._handle().cancel.remote(task_id)  # type: ignore[no-any-return]
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._handle().stats.remote()  # type: ignore[no-any-return]
+
+    async def endpoint_statuses(self) -> list[dict[str, Any]]:
+        return await self._handle().endpoint_statuses.remote()  # type: ignore[no-any-return]
+
+    async def add_endpoint(self, endpoint: str, labels: list[str]) -> dict[str, Any]:
+        return await self._handle().add_endpoint.remote(endpoint, labels)  # type: ignore[no-any-return]
+
+    async def remove_endpoint(self, endpoint: str) -> dict[str, Any]:
+        return await self._handle().remove_endpoint.remote(endpoint)  # type: ignore[no-any-return]
+
+
+async def build_services(settings: Settings, extra_deny_hosts: list[str]) -> Services:
+    registry, problems = WorkflowRegistry.load(settings.workflows_dir)
+    for problem in problems:
+        log.error("workflow not served: %s", problem.message)
+    return Services(
+        settings=settings,
+        log=await PostgresEventLog.connect(settings.database_url or "", max_size=8),
+        store=await remote.make_store(settings),
+        registry=registry,
+        router=RouterClientOverRay(),
+        webhooks=remote.WebhookPortOverRay(),
+        url_policy=UrlPolicy.from_settings(settings, extra_deny_hosts=extra_deny_hosts),
+    )
+
+
+@serve.deployment(name="ingress")
+@serve.ingress()
+class Ingress:
+    """HTTP ingress. Stateless: any replica serves any request."""
+
+    def __init__(self, settings: Settings, extra_deny_hosts: list[str]) -> None:
+        self.settings = settings
+        self.extra_deny_hosts = extra_deny_hosts
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return api.create_app(
+            self.settings, lambda: build_services(self.settings, self.extra_deny_hosts)
+        )
+
+
+def build_app(settings: Settings, extra_deny_hosts: list[str] | None = None) -> Any:
+    """The Serve application (bind it with `serve.run(app, route_prefix="/")`)."""
+    return Ingress.options(
+        num_replicas=settings.ingress_replicas,
+        max_ongoing_requests=settings.ingress_max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0},
+    ).bind(settings, list(extra_deny_hosts or []))

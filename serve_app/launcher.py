@@ -1,0 +1,187 @@
+"""Starting the whole service on one machine: the real parts that are not configured (an
+embedded PostgreSQL, a local SeaweedFS S3, ComfyUI stand-ins), Ray, the actors, and Serve.
+
+Used by `make run` (`serve_app.main`), by the end-to-end tests and by the benchmarks, so all
+three run the same start-up path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core import errors, migrate
+from core.config import Settings, parse_endpoint
+
+log = logging.getLogger("comfy_fleet.launcher")
+
+RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+}
+
+#: model files the built-in stand-ins pretend to have, so the shipped Flux workflows run.
+STANDIN_MODELS = {
+    "unet": ["flux1-dev.safetensors"],
+    "diffusion_models": ["flux1-dev.safetensors"],
+    "vae": ["ae.safetensors"],
+    "clip": ["t5xxl_fp8_e4m3fn.safetensors", "clip_l.safetensors"],
+    "text_encoders": ["t5xxl_fp8_e4m3fn.safetensors", "clip_l.safetensors"],
+}
+
+
+@dataclass
+class LocalParts:
+    """What this process started, to stop at exit."""
+
+    data_dir: Path
+    seaweed: Any = None
+    standins: list[Any] = field(default_factory=list)
+    embedded_pg: Path | None = None
+
+    def stop(self) -> None:
+        for s in self.standins:
+            with contextlib.suppress(Exception):
+                s.stop()
+        if self.seaweed is not None:
+            with contextlib.suppress(Exception):
+                self.seaweed.stop()
+        if self.embedded_pg is not None:
+            from devstack import postgres
+
+            with contextlib.suppress(Exception):
+                postgres.stop_embedded(self.embedded_pg)
+
+
+def start_local_parts(
+    settings: Settings,
+    data_dir: Path,
+    *,
+    standins: int = 2,
+    standin_node_delay: float = 0.0,
+    say: Any = print,
+) -> tuple[Settings, LocalParts]:
+    """Start what `settings` does not point at; returns settings that point at everything."""
+    parts = LocalParts(data_dir=data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    changes: dict[str, Any] = {}
+    try:
+        if not settings.database_url:
+            from devstack import postgres
+
+            parts.embedded_pg = data_dir / "pg"
+            changes["database_url"] = postgres.start_embedded(parts.embedded_pg)
+            say(f"PostgreSQL: none configured (DATABASE_URL), started an embedded one in {parts.embedded_pg}")
+        if not settings.s3_endpoint_url and not settings.aws_access_key_id:
+            from devstack.seaweed import SeaweedS3
+
+            parts.seaweed = SeaweedS3(data_dir / "s3", bucket=settings.s3_bucket).start()
+            changes.update(
+                s3_endpoint_url=parts.seaweed.endpoint_url,
+                aws_access_key_id=parts.seaweed.access_key,
+                aws_secret_access_key=parts.seaweed.secret_key,
+                s3_region=parts.seaweed.region,
+            )
+            say(f"S3: none configured (S3_ENDPOINT_URL), started SeaweedFS on {parts.seaweed.endpoint_url}")
+        if settings.use_standins and not settings.comfyui_endpoints:
+            from comfy_standin.testing import StandInProcess
+
+            endpoints = []
+            for i in range(standins):
+                root = data_dir / f"standin-{i}"
+                proc = StandInProcess(
+                    input_dir=root / "input", output_dir=root / "output", temp_dir=root / "temp",
+                    models=STANDIN_MODELS, node_delay=standin_node_delay,
+                )
+                for d in ("input", "output", "temp"):
+                    (root / d).mkdir(parents=True, exist_ok=True)
+                proc.start()
+                parts.standins.append(proc)
+                endpoints.append(parse_endpoint(proc.host_port))
+            changes["comfyui_endpoints"] = tuple(endpoints)
+            say(
+                "ComfyUI: none configured (COMFYUI_ENDPOINTS), started "
+                f"{standins} built-in stand-ins: {', '.join(e.name for e in endpoints)}"
+            )
+    except Exception:
+        parts.stop()
+        raise
+    return settings.replace(**changes), parts
+
+
+def migrate_database(settings: Settings) -> list[str]:
+    if not settings.database_url:
+        raise errors.ConfigError("DATABASE_URL: no database configured")
+    return asyncio.run(migrate.apply_dsn(settings.database_url))
+
+
+def ensure_bucket(settings: Settings) -> None:
+    from actors.remote import make_store
+
+    async def run() -> None:
+        store = await make_store(settings)
+        try:
+            await store.ensure_bucket()
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def init_ray(settings: Settings, *, num_cpus: int | None = None, dashboard: bool = False) -> None:
+    import ray
+
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, namespace="comfy-fleet", log_to_driver=False)
+        return
+    kwargs: dict[str, Any] = {}
+    if dashboard:
+        kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
+    else:
+        kwargs.update(include_dashboard=False)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus if num_cpus is not None else max(2, os.cpu_count() or 2),
+        log_to_driver=False,
+        namespace="comfy-fleet",
+        _temp_dir=str(Path(tempfile.gettempdir()) / "ray"),
+        _system_config={"metrics_report_interval_ms": 1000},
+        **kwargs,
+    )
+
+
+def start_service(settings: Settings, extra_deny_hosts: list[str] | None = None) -> str:
+    """Deploy the actors and the Serve app on the running Ray; returns the API's base URL."""
+    from ray import serve
+
+    from actors import remote
+    from serve_app.ingress import build_app
+
+    deny = list(extra_deny_hosts or []) + [e.name for e in settings.comfyui_endpoints]
+    remote.deploy_fleet(settings, deny)
+    serve.start(http_options={"host": settings.service_host, "port": settings.service_port})
+    serve.run(build_app(settings, deny), name="comfy-fleet", route_prefix="/")
+    return f"http://{settings.service_host}:{settings.service_port}{settings.route_prefix}"
+
+
+def stop_service(settings: Settings) -> None:
+    import ray
+    from ray import serve
+
+    from actors import remote
+
+    with contextlib.suppress(Exception):
+        serve.shutdown()
+    with contextlib.suppress(Exception):
+        remote.shutdown_fleet(settings)
+    with contextlib.suppress(Exception):
+        ray.shutdown()

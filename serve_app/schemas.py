@@ -1,0 +1,43 @@
+"""Request bodies of the HTTP API (pydantic). Unknown fields are refused where they matter: a
+typo in a task request must not silently drop what the client meant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SubmitTask(BaseModel):
+    """POST /tasks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: str = Field(min_length=1, max_length=200, description="Name of a served workflow")
+    params: dict[str, Any] = Field(default_factory=dict, description="The workflow's parameters")
+    client_task_id: str | None = Field(
+        default=None, min_length=1, max_length=128,
+        description="Your id for this task; the same id with the same body is answered once",
+    )
+    callback_url: str | None = Field(
+        default=None, max_length=2048, description="http(s) URL called when the task ends"
+    )
+    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000, description="Higher runs first")
+
+
+class LegacySubmit(BaseModel):
+    """The original ComfyUI-server route: POST {ROUTE_PREFIX}."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    service_type: str = Field(min_length=1, max_length=200)
+    client_task_id: str | None = Field(default=None, max_length=128)
+    client_callback_url: str | None = Field(default=None, max_length=2048)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class AddEndpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field(min_length=3, max_length=300)
+    labels: list[str] = Field(default_factory=list, max_length=32)

@@ -1,0 +1,138 @@
+"""Accepting a task: validate everything, record `task.submitted`, hand it to the router.
+
+Nothing is recorded for a rejected request: every check (workflow, params, URL, admission)
+runs before the one append, and the 202 is sent only after that append committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from core import errors, events
+from core.task_state import TaskState
+from serve_app.services import Services
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    """sha256 of the canonical request (client_task_id excluded): what "the same body" means."""
+    canonical = {k: v for k, v in body.items() if k != "client_task_id"}
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+async def submit(
+    services: Services,
+    *,
+    workflow_name: str,
+    params: dict[str, Any],
+    client_task_id: str | None,
+    callback_url: str | None,
+    priority: int,
+    origin: str = "tasks",
+) -> tuple[TaskState, bool]:
+    """Record a new task (→ (state, True)) or find the same earlier one (→ (state, False)).
+
+    Raises IdempotencyConflict for the same client_task_id with another body, Overloaded past
+    the admission limit, DatabaseUnavailable when the log cannot record it.
+    """
+    body = {
+        "workflow": workflow_name,
+        "params": params,
+        "callback_url": callback_url,
+        "priority": priority,
+        "origin": origin,
+    }
+    digest = request_hash(body)
+    if client_task_id is not None:
+        existing = await services.log.find_client_task(client_task_id)
+        if existing is not None:
+            return _same_or_conflict(existing, digest), False
+
+    try:
+        workflow = services.registry.get(workflow_name)
+    except errors.WorkflowNotFound:
+        raise errors.UnknownWorkflow(
+            f"workflow {workflow_name!r} is not served; GET /workflows lists them",
+            {"workflow": workflow_name, "known": services.registry.names()},
+        ) from None
+    settings = services.settings
+    resolved = workflow.validate(params, limits=settings)
+    if callback_url is not None:
+        parsed = services.url_policy.check_url(callback_url)
+        await services.url_policy.resolve_and_check(parsed)
+
+    if services.waiting_estimate >= settings.max_waiting_tasks:
+        raise errors.Overloaded(
+            f"{services.waiting_estimate} tasks are waiting (limit {settings.max_waiting_tasks}); "
+            "retry later",
+            {"retry_after_s": 5},
+        )
+
+    task_id = str(uuid.uuid4())
+    image_names = {
+        name: f"fleet/{task_id}-{name}.png"
+        for name, spec in workflow.manifest.params.items()
+        if spec.type == "image" and name in resolved
+    }
+    prompt = workflow.build_prompt(resolved, task_id=task_id, image_names=image_names)
+    inputs: list[dict[str, Any]] = []
+    if image_names:
+        inputs = await _stage_images(services, task_id, workflow, resolved, image_names)
+        resolved = {k: ("<image>" if k in image_names else v) for k, v in resolved.items()}
+    event = events.TaskSubmitted(
+        workflow=workflow.name,
+        workflow_version=workflow.version,
+        params=resolved,
+        prompt=prompt,
+        client_task_id=client_task_id,
+        callback_url=callback_url,
+        priority=priority,
+        request_hash=digest,
+        origin=origin,
+        inputs=inputs,
+        required_labels=list(workflow.required_labels),
+    )
+    try:
+        state = await services.log.append(task_id, 0, [event])
+    except errors.DuplicateClientTaskId:
+        # Lost a race with the same client_task_id: answer as the winner was answered.
+        assert client_task_id is not None
+        existing = await services.log.find_client_task(client_task_id)
+        if existing is None:
+            raise
+        return _same_or_conflict(existing, digest), False
+    try:
+        services.waiting_estimate = await services.router.submit(
+            task_id, priority, state.created_at.timestamp(), workflow.name,
+            list(workflow.required_labels),
+        )
+    except Exception:
+        # Recorded is what counts: a router that missed this rebuilds its queue from the log.
+        pass
+    return state, True
+
+
+def _same_or_conflict(existing: TaskState, digest: str) -> TaskState:
+    if existing.request_hash != digest:
+        raise errors.IdempotencyConflict(
+            f"client_task_id {existing.client_task_id!r} was used for a different request",
+            {"task_id": existing.task_id},
+        )
+    return existing
+
+
+async def _stage_images(
+    services: Services, task_id: str, workflow: Any, resolved: dict[str, Any], names: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Decode, fetch and check image inputs, and keep them in S3 until dispatch uploads them."""
+    from serve_app import inputs as inputs_module
+
+    return await inputs_module.stage_images(services, task_id, workflow, resolved, names)
+
+
+def deadline(wait_s: float | None) -> float | None:
+    return time.monotonic() + wait_s if wait_s else None
