@@ -93,15 +93,20 @@ def save_path(
             f"\n         output_dir: {base}"
             f"\n         commonpath: {os.path.commonpath((base, os.path.abspath(folder)))}"
         )
+    key = (folder, os.path.normcase(filename))
     try:
-        names = os.listdir(folder)
+        mtime = os.stat(folder).st_mtime_ns
     except FileNotFoundError:
         os.makedirs(folder, exist_ok=True)
         return folder, filename, 1, subfolder
+    known = _COUNTERS.get(key)
+    if known is not None and known[0] == mtime:
+        # Nothing changed in the folder since our last save with this prefix: skip the scan.
+        return folder, filename, known[1], subfolder
     prefix_len = len(filename)
-    want = os.path.normcase(filename)
+    want = key[1]
     best = 0
-    for name in names:
+    for name in os.listdir(folder):
         head = name[: prefix_len + 1]
         if head[-1:] != "_" or os.path.normcase(head[:-1]) != want:
             continue
@@ -111,6 +116,19 @@ def save_path(
             digits = 0
         best = max(best, digits)
     return folder, filename, best + 1, subfolder
+
+
+#: (folder, prefix) -> (folder mtime after our last save, next counter); a cache of the scan
+_COUNTERS: dict[tuple[str, str], tuple[int, int]] = {}
+
+
+def saved(folder: str, filename: str, next_counter: int) -> None:
+    """Record the counter after a save, so the next save in an unchanged folder skips listdir."""
+    try:
+        mtime = os.stat(folder).st_mtime_ns
+    except OSError:
+        return
+    _COUNTERS[(folder, os.path.normcase(filename))] = (mtime, next_counter)
 
 
 # -- uploads -------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 import random
-import string
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from . import images, media
-from .files import Dirs, annotated_path, save_path
+from .files import Dirs, annotated_path, save_path, saved
 from .knobs import Counters, Knobs
 
 #: pixels above which real image work leaves the event loop for a thread
@@ -110,6 +110,7 @@ def save_images(
         _write(ctx, os.path.join(folder, name), png)
         results.append({"filename": name, "subfolder": subfolder, "type": kind})
         counter += 1
+    saved(folder, filename, counter)
     return {"images": results}
 
 
@@ -118,6 +119,7 @@ def _save_one(ctx: NodeContext, prefix: str, ext: str, data: bytes, kind: str = 
     folder, filename, counter, subfolder = save_path(prefix, base)
     name = f"{filename}_{counter:05}_.{ext}"
     _write(ctx, os.path.join(folder, name), data)
+    saved(folder, filename, counter + 1)
     return {"filename": name, "subfolder": subfolder, "type": kind}
 
 
@@ -243,7 +245,7 @@ def _sim_ui(ctx: NodeContext, inp: dict[str, Any]) -> dict[str, Any]:
     if ct == "SaveAnimatedWEBP" or ct == "SaveAnimatedPNG":
         frames = _frames(inp.get("images"))
         fps = float(inp.get("fps", 6.0))
-        buf = __import__("io").BytesIO()
+        buf = io.BytesIO()
         fmt = "WEBP" if ct == "SaveAnimatedWEBP" else "PNG"
         frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:],
                        duration=int(1000 / max(fps, 0.01)), loop=0)
@@ -260,10 +262,10 @@ def _sim_ui(ctx: NodeContext, inp: dict[str, Any]) -> dict[str, Any]:
             data, ext = media.mp4_skeleton(), "mp4"
         return {"images": [_save_one(ctx, prefix, ext, data)], "animated": [True]}
     if ct.startswith("SaveAudio") or ct == "PreviewAudio":
+        # Audio nodes are absent from the recorded catalogue (no torchaudio there); should a
+        # catalogue have them, they write PCM silence as a real .wav.
         kind = "temp" if ct == "PreviewAudio" else "output"
-        ext = "flac" if ct == "SaveAudio" else ("mp3" if ct.endswith("MP3") else "opus" if ct.endswith("Opus") else "flac")
-        # A WAV payload under the saver's extension would be invalid: keep .wav honest.
-        item = _save_one(ctx, prefix if kind == "output" else _temp_prefix(), "wav" if ext else "wav",
+        item = _save_one(ctx, prefix if kind == "output" else _temp_prefix(), "wav",
                          media.wav_silence(), kind)
         return {"audio": [item]}
     if ct == "SaveLatent":
@@ -337,4 +339,3 @@ REAL_NODES = frozenset(
      "PreviewImage", "SaveImageWebsocket"}
 )
 
-_ = string  # (kept for the letters used by PreviewImage names)

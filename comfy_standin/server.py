@@ -10,13 +10,11 @@ restart). Temp files are wiped at every start, as the real server does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
 import mimetypes
 import os
-import platform
 import sys
 import urllib.parse
 import uuid
@@ -594,9 +592,4 @@ class StandIn:
         return web.json_response({"restarting": True, "down_s": down_s})
 
 
-def platform_name() -> str:  # pragma: no cover - informational
-    return platform.platform()
-
-
 __all__ = ["FEATURES", "StandIn"]
-_ = contextlib
