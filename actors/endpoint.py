@@ -269,6 +269,9 @@ class EndpointWorker:
         item = Inflight(task_id, prompt_id)
         self._track(item)
         try:
+            # Inputs go to the endpoint the task was given, at dispatch: a re-dispatched task
+            # uploads again to its new endpoint.
+            await self._upload_inputs(state)
             await self.client.post_prompt(state.prompt, prompt_id, self.client_id)
         except errors.PromptRejected as exc:
             self._untrack(prompt_id)
@@ -292,6 +295,12 @@ class EndpointWorker:
         item.posted = True
         item.last_frame = time.monotonic()
         return ACCEPTED
+
+    async def _upload_inputs(self, state: TaskState) -> None:
+        for spec in state.inputs:
+            subfolder, _, name = str(spec["filename"]).rpartition("/")
+            data = await self.store.get(spec["s3_key"])
+            await self.client.upload_image(data, name, subfolder)
 
     async def cancel(self, task_id: str) -> str:
         """Cancel a task we hold (the ingress already recorded `cancel_requested`).
@@ -541,6 +550,26 @@ class EndpointWorker:
             return
         self._untrack(item.prompt_id)
         await self._safe(self.router.task_finished(self.name, item.task_id))
+        self._spawn(self._cleanup(item.task_id, item.prompt_id))
+
+    async def _cleanup(self, task_id: str, prompt_id: str) -> None:
+        """Delete what the task left on the ComfyUI host: its uploaded inputs and its output
+        files (through our extension, when the host has it) and its history entry. Runs after
+        the end is recorded and the webhook is on its way, so it never delays either."""
+        try:
+            entry = await self.client.history(prompt_id)
+            if self.has_cleanup:
+                files = comfy_history.all_files((entry or {}).get("outputs"))
+                state = await self._with_db(self.log.get, task_id)
+                for spec in state.inputs:
+                    subfolder, _, name = str(spec["filename"]).rpartition("/")
+                    files.append(("input", subfolder, name))
+                for type_, subfolder, name in files:
+                    await self.client.cleanup_delete(type_, name, subfolder)
+            if entry is not None:
+                await self.client.delete_history([prompt_id])
+        except Exception:
+            log.info("endpoint %s: cleanup of %s incomplete", self.name, prompt_id, exc_info=True)
 
     async def _fail(self, task_id: str, prompt_id: str, error: dict[str, Any]) -> None:
         def decide(s: TaskState) -> list[events.Event]:

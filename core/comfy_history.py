@@ -62,6 +62,23 @@ def output_files(outputs: dict[str, Any] | None) -> list[OutputFile]:
     return files
 
 
+def all_files(outputs: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """Every file a history `outputs` dict names, of any type: (type, subfolder, filename)."""
+    found: list[tuple[str, str, str]] = []
+    for ui in (outputs or {}).values():
+        if not isinstance(ui, dict):
+            continue
+        for items in ui.values():
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                if isinstance(item, dict) and isinstance(item.get("filename"), str):
+                    found.append(
+                        (str(item.get("type") or "output"), str(item.get("subfolder") or ""), item["filename"])
+                    )
+    return found
+
+
 def error_from_message(kind: str, data: dict[str, Any]) -> dict[str, Any]:
     """An execution_error / execution_interrupted payload → the task's error fields."""
     if kind == "execution_interrupted":

@@ -68,3 +68,91 @@ async def test_ten_tasks_use_both_endpoints(fleet: Fleet) -> None:
     assert all(f["status"] == "succeeded" for f in finals), finals
     used = {f["endpoint"] for f in finals}
     assert used == {s.host_port for s in fleet.standins}
+
+
+async def _knobs(url: str, knobs: dict) -> None:
+    async with httpx.AsyncClient() as c:
+        r = await c.post(f"{url}/_standin/knobs", json=knobs)
+        assert r.status_code == 200, r.text
+
+
+async def test_execution_error_fails_task_with_node_details(fleet: Fleet, receiver: Receiver) -> None:
+    for s in fleet.standins:
+        await _knobs(s.url, {"fail": [{"node": "SaveImage", "count": 1,
+                                       "exception_type": "RuntimeError",
+                                       "exception_message": "disk on fire"}]})
+    try:
+        r = await fleet.http.post(
+            "/tasks", json={"workflow": "solid", "params": {"width": 8, "height": 8}, "callback_url": receiver.url}
+        )
+        assert r.status_code == 202, r.text
+        final = await fleet.wait_final(r.json()["task_id"])
+    finally:
+        for s in fleet.standins:
+            await _knobs(s.url, {"fail": []})
+    assert final["status"] == "failed"
+    err = final["error"]
+    assert err["code"] == "comfyui_execution_error"
+    assert err["node_type"] == "SaveImage" and err["node_id"]
+    assert "disk on fire" in err["message"]
+    calls = await receiver.wait_for(final["task_id"])
+    assert len(calls) == 1 and calls[0]["json"]["type"] == "task.failed"
+    assert calls[0]["json"]["task"]["error"]["node_type"] == "SaveImage"
+
+
+async def test_webhook_500_twice_then_200_is_delivered_on_third_try(fleet: Fleet, receiver: Receiver) -> None:
+    receiver.script = [500, 500, 200]
+    r = await fleet.http.post(
+        "/tasks", json={"workflow": "solid", "params": {"width": 8, "height": 8}, "callback_url": receiver.url}
+    )
+    task_id = r.json()["task_id"]
+    calls = await receiver.wait_for(task_id, timeout=60)
+    assert [c["status"] for c in calls] == [500, 500, 200]
+    assert len({c["headers"]["webhook-id"] for c in calls}) == 1
+    evs = (await fleet.http.get(f"/tasks/{task_id}/events")).json()
+    hooks = [(e["type"], e["data"].get("attempt")) for e in evs if e["type"].startswith("webhook.")]
+    assert hooks == [("webhook.attempted", 1), ("webhook.attempted", 2), ("webhook.delivered", 3)]
+    task = (await fleet.http.get(f"/tasks/{task_id}")).json()
+    assert task["webhook"] == "delivered"
+
+
+async def test_client_task_id_is_idempotent(fleet: Fleet) -> None:
+    body = {"workflow": "solid", "params": {"width": 8, "height": 9}, "client_task_id": f"order-{id(fleet)}"}
+    first = await fleet.http.post("/tasks", json=body)
+    again = await fleet.http.post("/tasks", json=body)
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["task_id"] == first.json()["task_id"]
+    other = await fleet.http.post("/tasks", json={**body, "params": {"width": 9, "height": 9}})
+    assert other.status_code == 409 and other.json()["error"]["code"] == "client_task_id_conflict"
+    listed = (await fleet.http.get("/tasks", params={"client_task_id": body["client_task_id"]})).json()
+    assert [t["task_id"] for t in listed["tasks"]] == [first.json()["task_id"]]
+
+
+async def test_unknown_workflow_and_bad_params_record_nothing(fleet: Fleet) -> None:
+    before = len((await fleet.http.get("/tasks", params={"limit": 500})).json()["tasks"])
+    r = await fleet.http.post("/tasks", json={"workflow": "nope", "params": {}})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_workflow"
+    r = await fleet.http.post("/tasks", json={"workflow": "solid", "params": {"width": "wide"}})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "params_invalid"
+    r = await fleet.http.post("/tasks", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
+    after = len((await fleet.http.get("/tasks", params={"limit": 500})).json()["tasks"])
+    assert after == before
+
+
+async def test_wait_returns_the_final_task(fleet: Fleet) -> None:
+    r = await fleet.http.post("/tasks", params={"wait": 30}, json={"workflow": "solid", "params": {"width": 8, "height": 8}})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "succeeded" and r.json()["outputs"]
+
+
+async def test_endpoints_and_health(fleet: Fleet) -> None:
+    eps = (await fleet.http.get("/endpoints")).json()
+    assert {e["endpoint"] for e in eps} == {s.host_port for s in fleet.standins}
+    assert all(e["state"] == "connected" for e in eps)
+    assert (await fleet.http.get("/healthz")).json() == {"status": "ok"}
+    ready = (await fleet.http.get("/readyz")).json()
+    assert ready["ready"] and ready["database"] == "ok"
+    wfs = {w["name"]: w for w in (await fleet.http.get("/workflows")).json()}
+    assert {"solid", "invert", "text2img", "img2img"} <= set(wfs)
+    assert wfs["solid"]["params"]["type"] == "object"
