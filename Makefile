@@ -8,7 +8,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: run test test-unit install migrate bench lint clean
+.PHONY: run test test-unit install migrate rebuild bench clean
 
 install: $(STAMP)
 
@@ -32,8 +32,11 @@ test-unit: install
 migrate: install
 	$(PY) -m core.migrate
 
+rebuild: install
+	$(PY) -m core.rebuild
+
 bench: install
-	@ls bench/*.py
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) data/tmp
