@@ -24,15 +24,17 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from comfy_standin.testing import StandInProcess  # noqa: E402
+from comfy_standin.testing import StandInProcess
 
 REAL = {"closed_per_s": (270, 460), "drain_per_s": (275, 306), "rss_mb": 1140, "start_s": 5.2}
 
 
 def tiny(i: int, prefix: str) -> dict:
     return {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": i % 0xFFFFFF}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": i % 0xFFFFFF},
+        },
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
     }
 
@@ -129,12 +131,16 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--closed", type=int, default=500)
     p.add_argument("--burst", type=int, default=200)
-    p.add_argument("--dir", default="/dev/shm" if Path("/dev/shm").is_dir() else None,
-                   help="where the input/output folders go (default: /dev/shm, a RAM disk)")
+    p.add_argument(
+        "--dir",
+        default="/dev/shm" if Path("/dev/shm").is_dir() else None,
+        help="where the input/output folders go (default: /dev/shm, a RAM disk)",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="standin-bench-", dir=args.dir) as tmp:
-        proc = StandInProcess(input_dir=Path(tmp) / "in", output_dir=Path(tmp) / "out",
-                              temp_dir=Path(tmp) / "temp")
+        proc = StandInProcess(
+            input_dir=Path(tmp) / "in", output_dir=Path(tmp) / "out", temp_dir=Path(tmp) / "temp"
+        )
         t0 = time.perf_counter()
         proc.start()
         start_s = time.perf_counter() - t0
@@ -148,17 +154,27 @@ def main() -> None:
             proc.stop()
     print(f"start to ready          {start_s * 1000:8.0f} ms   (real: ~{REAL['start_s']} s)")
     print(f"closed loop (1 client)  {figures['closed_per_s']:8.0f} prompts/s (real: 270-460)")
-    print(f"closed, deflate socket  {figures['closed_deflate_per_s']:8.0f} prompts/s"
-          " (client offers permessage-deflate)")
-    print(f"open loop, {args.burst} back2back{figures['burst_per_s']:8.0f} prompts/s (real: 380-410)")
-    print(f"drain of {args.burst} queued     {figures['drain_per_s']:8.0f} prompts/s (real: 275-306)")
-    print(f"RSS after start / end   {rss_start:8.0f} / {rss_end:.0f} MB, peak {rss_peak:.0f} MB"
-          f" (real: ~{REAL['rss_mb']} MB)")
+    print(
+        f"closed, deflate socket  {figures['closed_deflate_per_s']:8.0f} prompts/s"
+        " (client offers permessage-deflate)"
+    )
+    print(
+        f"open loop, {args.burst} back2back{figures['burst_per_s']:8.0f} prompts/s (real: 380-410)"
+    )
+    print(
+        f"drain of {args.burst} queued     {figures['drain_per_s']:8.0f} prompts/s (real: 275-306)"
+    )
+    print(
+        f"RSS after start / end   {rss_start:8.0f} / {rss_end:.0f} MB, peak {rss_peak:.0f} MB"
+        f" (real: ~{REAL['rss_mb']} MB)"
+    )
     ratio = figures["closed_per_s"] / REAL["closed_per_s"][1]
-    print(f"SUMMARY standin: ready {start_s:.2f}s, closed {figures['closed_per_s']:.0f}/s "
-          f"({ratio:.1f}x the real best), burst {figures['burst_per_s']:.0f}/s, drain "
-          f"{figures['drain_per_s']:.0f}/s, RSS {rss_peak:.0f} MB peak "
-          f"({rss_peak / REAL['rss_mb'] * 100:.0f}% of the real server)")
+    print(
+        f"SUMMARY standin: ready {start_s:.2f}s, closed {figures['closed_per_s']:.0f}/s "
+        f"({ratio:.1f}x the real best), burst {figures['burst_per_s']:.0f}/s, drain "
+        f"{figures['drain_per_s']:.0f}/s, RSS {rss_peak:.0f} MB peak "
+        f"({rss_peak / REAL['rss_mb'] * 100:.0f}% of the real server)"
+    )
 
 
 if __name__ == "__main__":

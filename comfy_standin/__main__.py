@@ -1,5 +1,6 @@
 """``python -m comfy_standin --port 8188 --input-dir … --output-dir … [--temp-dir …]
-[--models "checkpoints=a.safetensors,b.safetensors;unet=flux1-dev.safetensors"] [--node-delay 0.05]``
+[--models "checkpoints=a.safetensors,b.safetensors;unet=flux1-dev.safetensors"]
+[--node-delay 0.05]``
 
 Prints ``comfy_standin ready on 127.0.0.1:PORT`` once it listens; SIGTERM/SIGINT stop it.
 """
@@ -22,15 +23,19 @@ def parse_models(text: str) -> dict[str, list[str]]:
     models: dict[str, list[str]] = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
         folder, _, names = part.partition("=")
-        models.setdefault(folder.strip(), []).extend(n.strip() for n in names.split(",") if n.strip())
+        files = [n.strip() for n in names.split(",") if n.strip()]
+        models.setdefault(folder.strip(), []).extend(files)
     return models
 
 
 async def _main(args: argparse.Namespace) -> None:
-    temp = Path(args.temp_dir) if args.temp_dir else Path(tempfile.mkdtemp(prefix="comfy-standin-temp-"))
+    temp = Path(args.temp_dir or tempfile.mkdtemp(prefix="comfy-standin-temp-"))
     server = StandIn(
-        input_dir=Path(args.input_dir), output_dir=Path(args.output_dir), temp_dir=temp,
-        models=parse_models(args.models or ""), knobs=Knobs(node_delay=args.node_delay),
+        input_dir=Path(args.input_dir),
+        output_dir=Path(args.output_dir),
+        temp_dir=temp,
+        models=parse_models(args.models or ""),
+        knobs=Knobs(node_delay=args.node_delay),
         host=args.listen,
     )
     await server.start(args.port)

@@ -75,9 +75,14 @@ class ProgressRegistry:
         e = self.nodes.get(node_id)
         if e is None:
             e = {
-                "value": 0, "max": 1, "state": "pending", "node_id": node_id,
-                "prompt_id": self.prompt_id, "display_node_id": node_id,
-                "parent_node_id": None, "real_node_id": node_id,
+                "value": 0,
+                "max": 1,
+                "state": "pending",
+                "node_id": node_id,
+                "prompt_id": self.prompt_id,
+                "display_node_id": node_id,
+                "parent_node_id": None,
+                "real_node_id": node_id,
             }
             self.nodes[node_id] = e
         return e
@@ -103,7 +108,12 @@ class Executor:
     """Runs queued prompts one at a time; owns the node cache and the interrupt flag."""
 
     def __init__(
-        self, queue: PromptQueue, hub: Hub, dirs: Dirs, catalogue: Any, knobs: Knobs,
+        self,
+        queue: PromptQueue,
+        hub: Hub,
+        dirs: Dirs,
+        catalogue: Any,
+        knobs: Knobs,
         counters: Counters,
     ) -> None:
         self.queue = queue
@@ -145,7 +155,8 @@ class Executor:
             # Let POSTs that arrived together be queued before the first is taken, as the
             # real worker thread's wake-up latency does.
             await asyncio.sleep(0)
-            while self.knobs.stall_worker or self.knobs.hang:
+            # Knobs are plain attributes changed from anywhere: poll them.
+            while self.knobs.stall_worker or self.knobs.hang:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
             got = self.queue.get()
             if got is None:
@@ -173,7 +184,7 @@ class Executor:
     async def execute(
         self, item: list[Any]
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        number, prompt_id, prompt, extra_data, outputs_to_execute = item[:5]
+        _number, prompt_id, prompt, extra_data, outputs_to_execute = item[:5]
         self.interrupt_flag = False
         self.running_prompt_id = prompt_id
         self.client_id = extra_data.get("client_id")
@@ -226,8 +237,12 @@ class Executor:
                     ui = hit[1]
                     self.hub.send(
                         "executed",
-                        {"node": node_id, "display_node": node_id, "output": ui or None,
-                         "prompt_id": prompt_id},
+                        {
+                            "node": node_id,
+                            "display_node": node_id,
+                            "output": ui or None,
+                            "prompt_id": prompt_id,
+                        },
                         sid,
                     )
                 if hit[1]:
@@ -246,21 +261,23 @@ class Executor:
                 self.last_node_id = node_id
                 self.hub.send(
                     "executing",
-                    {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}, sid,
+                    {"node": node_id, "display_node": node_id, "prompt_id": prompt_id},
+                    sid,
                 )
             inputs: dict[str, Any] = {}
             try:
                 if self.interrupt_flag:
                     raise Interrupted()
-                while self.knobs.hang:
+                while self.knobs.hang:  # noqa: ASYNC110 - a plain attribute knob
                     await asyncio.sleep(0.02)
                 inputs = self._resolve(node, results, sigs)
                 rule = self.knobs.take_failure(node_id, class_type)
                 if rule is not None:
                     raise InjectedFailure(rule.exception_type, rule.exception_message)
 
-                async def on_progress(value: int, maximum: int, preview: bytes | None,
-                                      _nid: str = node_id) -> None:
+                async def on_progress(
+                    value: int, maximum: int, preview: bytes | None, _nid: str = node_id
+                ) -> None:
                     if self.interrupt_flag:
                         raise Interrupted()
                     progress.update(_nid, value, maximum)
@@ -277,17 +294,27 @@ class Executor:
                     await asyncio.sleep(0)
 
                 ctx = NodeContext(
-                    node_id=node_id, class_type=class_type, prompt_id=prompt_id,
-                    info=self.catalogue.node(class_type) or {}, dirs=self.dirs,
-                    knobs=self.knobs, counters=self.counters, png_prompt=png_prompt,
-                    extra_pnginfo=extra_data.get("extra_pnginfo"), progress=on_progress,
+                    node_id=node_id,
+                    class_type=class_type,
+                    prompt_id=prompt_id,
+                    info=self.catalogue.node(class_type) or {},
+                    dirs=self.dirs,
+                    knobs=self.knobs,
+                    counters=self.counters,
+                    png_prompt=png_prompt,
+                    extra_pnginfo=extra_data.get("extra_pnginfo"),
+                    progress=on_progress,
                 )
                 outs, ui = await run_node(ctx, inputs)
             except Interrupted:
                 add_message(
                     "execution_interrupted",
-                    {"prompt_id": prompt_id, "node_id": node_id, "node_type": class_type,
-                     "executed": list(executed)},
+                    {
+                        "prompt_id": prompt_id,
+                        "node_id": node_id,
+                        "node_type": class_type,
+                        "executed": list(executed),
+                    },
                     True,
                 )
                 success = False
@@ -295,17 +322,25 @@ class Executor:
             except Exception as ex:
                 if isinstance(ex, InjectedFailure):
                     exc_type, message = ex.args[0], ex.args[1]
-                    tb = ['  File "comfy_standin/executor.py", in execute\n    (injected failure)\n']
+                    tb = [
+                        '  File "comfy_standin/executor.py", in execute\n    (injected failure)\n'
+                    ]
                 else:
                     exc_type, message = _exc_type(ex), str(ex)
                     tb = traceback.format_tb(ex.__traceback__)
                 add_message(
                     "execution_error",
-                    {"prompt_id": prompt_id, "node_id": node_id, "node_type": class_type,
-                     "executed": list(executed), "exception_message": f"{message}\n",
-                     "exception_type": exc_type, "traceback": tb,
-                     "current_inputs": {k: [_format_value(v)] for k, v in inputs.items()},
-                     "current_outputs": current_outputs},
+                    {
+                        "prompt_id": prompt_id,
+                        "node_id": node_id,
+                        "node_type": class_type,
+                        "executed": list(executed),
+                        "exception_message": f"{message}\n",
+                        "exception_type": exc_type,
+                        "traceback": tb,
+                        "current_inputs": {k: [_format_value(v)] for k, v in inputs.items()},
+                        "current_outputs": current_outputs,
+                    },
                     False,
                 )
                 success = False
@@ -318,8 +353,12 @@ class Executor:
                 if sid is not None:
                     self.hub.send(
                         "executed",
-                        {"node": node_id, "display_node": node_id, "output": ui,
-                         "prompt_id": prompt_id},
+                        {
+                            "node": node_id,
+                            "display_node": node_id,
+                            "output": ui,
+                            "prompt_id": prompt_id,
+                        },
                         sid,
                     )
             progress.finish(node_id)
@@ -393,12 +432,23 @@ class Executor:
 
 
 def _meta(node_id: str) -> dict[str, Any]:
-    return {"node_id": node_id, "display_node": node_id, "parent_node": None, "real_node_id": node_id}
+    return {
+        "node_id": node_id,
+        "display_node": node_id,
+        "parent_node": None,
+        "real_node_id": node_id,
+    }
 
 
 def _preview_meta(node_id: str, prompt_id: str) -> dict[str, Any]:
-    return {"node_id": node_id, "prompt_id": prompt_id, "display_node_id": node_id,
-            "parent_node_id": None, "real_node_id": node_id, "image_type": "image/png"}
+    return {
+        "node_id": node_id,
+        "prompt_id": prompt_id,
+        "display_node_id": node_id,
+        "parent_node_id": None,
+        "real_node_id": node_id,
+        "image_type": "image/png",
+    }
 
 
 class _ExecutionList:

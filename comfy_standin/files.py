@@ -73,9 +73,7 @@ def _compute_vars(prefix: str, width: int, height: int) -> str:
     return prefix
 
 
-def save_path(
-    prefix: str, base: str, width: int = 0, height: int = 0
-) -> tuple[str, str, int, str]:
+def save_path(prefix: str, base: str, width: int = 0, height: int = 0) -> tuple[str, str, int, str]:
     """``(folder, filename, counter, subfolder)`` as ``folder_paths.get_save_image_path``.
 
     The counter continues from the highest ``<filename>_<NNNNN>_`` already in the folder.
@@ -229,7 +227,8 @@ def cleanup_target(dirs: Dirs, kind: object, filename: object, subfolder: object
     for part in (filename, subfolder):
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in part):
             raise CleanupError(400, "control characters are not allowed")
-        if part.startswith(("/", "\\")) or os.path.isabs(part) or (len(part) > 1 and part[1] == ":"):
+        drive = len(part) > 1 and part[1] == ":"
+        if part.startswith(("/", "\\")) or os.path.isabs(part) or drive:
             raise CleanupError(400, "absolute paths are not allowed")
         if ".." in part.replace("\\", "/").split("/"):
             raise CleanupError(400, "'..' is not allowed")

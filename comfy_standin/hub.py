@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -27,15 +28,15 @@ PREVIEW_IMAGE_WITH_METADATA = 4
 class Hub:
     """Registered sockets, their negotiated flags, and the send queue."""
 
-    def __init__(self) -> None:
+    def __init__(self, paused: Callable[[], bool] = lambda: False) -> None:
+        #: while it answers True (the "hang" knob) frames are held back, in order
+        self._paused = paused
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.flags: dict[str, dict[str, Any]] = {}
         self._out: asyncio.Queue[tuple[str | bytes | tuple[bytes, bytes], str | None]] = (
             asyncio.Queue()
         )
         self._task: asyncio.Task[None] | None = None
-        #: while set, frames are dropped (the "hang" knob: a stalled server sends nothing)
-        self.muted = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._pump())
@@ -63,14 +64,10 @@ class Hub:
     # -- sending -----------------------------------------------------------------------------
     def send(self, event: str, data: Any, sid: str | None) -> None:
         """Queue a text frame for ``sid``, or for every socket when ``sid`` is None."""
-        if self.muted:
-            return
         self._out.put_nowait((json.dumps({"type": event, "data": data}), sid))
 
     def send_image(self, png: bytes, metadata: dict[str, Any], sid: str | None) -> None:
         """Queue a preview: type 4 for sockets that negotiated metadata, else type 1."""
-        if self.muted:
-            return
         meta = json.dumps(metadata).encode()
         type4 = struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + png
         type1 = struct.pack(">II", PREVIEW_IMAGE, 2) + png
@@ -79,6 +76,8 @@ class Hub:
     async def _pump(self) -> None:
         while True:
             payload, sid = await self._out.get()
+            while self._paused():  # noqa: ASYNC110 - the hang knob is a plain attribute
+                await asyncio.sleep(0.02)
             if sid is None:
                 targets = list(self.sockets.items())
             else:
@@ -100,5 +99,5 @@ class Hub:
 
     async def drain(self) -> None:
         """Wait until every queued frame went out (used before a restart)."""
-        while not self._out.empty():
+        while not self._out.empty():  # noqa: ASYNC110 - rarely used, cheap
             await asyncio.sleep(0.001)

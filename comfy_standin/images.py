@@ -136,7 +136,8 @@ def load_image(data: bytes) -> tuple[np.ndarray, np.ndarray]:
         img = img.point(lambda v: v * (1 / 255))
     rgb = np.array(img.convert("RGB")).astype(np.float32) / np.float32(255.0)
     if "A" in img.getbands():
-        mask = np.float32(1.0) - np.array(img.getchannel("A")).astype(np.float32) / np.float32(255.0)
+        alpha = np.array(img.getchannel("A")).astype(np.float32) / np.float32(255.0)
+        mask = np.float32(1.0) - alpha
     elif img.mode == "P" and "transparency" in img.info:
         alpha = np.array(img.convert("RGBA").getchannel("A")).astype(np.float32) / np.float32(255.0)
         mask = np.float32(1.0) - alpha

@@ -33,7 +33,8 @@ class Knobs:
     sampler_steps: int = 4
     #: injected run-time failures, consumed in order
     fail: list[FailRule] = field(default_factory=list)
-    #: accept TCP connections but answer nothing (the control routes keep answering)
+    #: accept TCP connections but answer nothing: requests wait, websocket frames are held
+    #: back and the worker pauses at the next node (the control routes keep answering)
     hang: bool = False
     #: seconds GET /view waits before answering
     view_delay: float = 0.0

@@ -54,21 +54,34 @@ def webm(frames: list[Image.Image], fps: float) -> bytes:
     frame_ms = max(1, round(1000 / max(fps, 0.01)))
     header = _node(
         0x1A45DFA3,
-        _uint(0x4286, 1), _uint(0x42F7, 1), _uint(0x42F2, 4), _uint(0x42F3, 8),
-        _str(0x4282, "webm"), _uint(0x4287, 2), _uint(0x4285, 2),
+        _uint(0x4286, 1),
+        _uint(0x42F7, 1),
+        _uint(0x42F2, 4),
+        _uint(0x42F3, 8),
+        _str(0x4282, "webm"),
+        _uint(0x4287, 2),
+        _uint(0x4285, 2),
     )
     duration = struct.pack(">d", float(frame_ms * len(frames)))
     info = _node(
-        0x1549A966, _uint(0x2AD7B1, 1_000_000), _str(0x4D80, "comfy_standin"),
-        _str(0x5741, "comfy_standin"), _el(0x4489, duration) + duration,
+        0x1549A966,
+        _uint(0x2AD7B1, 1_000_000),
+        _str(0x4D80, "comfy_standin"),
+        _str(0x5741, "comfy_standin"),
+        _el(0x4489, duration) + duration,
     )
     track = _node(
-        0xAE, _uint(0xD7, 1), _uint(0x73C5, 1), _uint(0x83, 1), _str(0x86, "V_VP8"),
+        0xAE,
+        _uint(0xD7, 1),
+        _uint(0x73C5, 1),
+        _uint(0x83, 1),
+        _str(0x86, "V_VP8"),
         _node(0xE0, _uint(0xB0, w), _uint(0xBA, h)),
     )
     blocks = []
     for i, frame in enumerate(frames):
-        payload = b"\x81" + struct.pack(">hB", i * frame_ms, 0x80) + _vp8_frame(frame.resize((w, h)))
+        vp8 = _vp8_frame(frame.resize((w, h)))
+        payload = b"\x81" + struct.pack(">hB", i * frame_ms, 0x80) + vp8
         blocks.append(_el(0xA3, payload) + payload)
     cluster = _node(0x1F43B675, _uint(0xE7, 0), *blocks)
     return header + _node(0x18538067, info, _node(0x1654AE6B, track), cluster)
@@ -84,9 +97,11 @@ def mp4_skeleton(duration_ms: int = 1000) -> bytes:
     mvhd = _box(
         b"mvhd",
         struct.pack(">IIIII", 0, 0, 0, 1000, duration_ms)
-        + struct.pack(">IH", 0x00010000, 0x0100) + b"\x00" * 10
+        + struct.pack(">IH", 0x00010000, 0x0100)
+        + b"\x00" * 10
         + struct.pack(">9I", 0x00010000, 0, 0, 0, 0x00010000, 0, 0, 0, 0x40000000)
-        + b"\x00" * 24 + struct.pack(">I", 2),
+        + b"\x00" * 24
+        + struct.pack(">I", 2),
     )
     return ftyp + _box(b"moov", mvhd) + _box(b"mdat", b"")
 

@@ -49,7 +49,8 @@ class Latent:
     batch: int
 
     def __str__(self) -> str:
-        return f"{{'samples': tensor of shape [{self.batch}, 4, {self.height // 8}, {self.width // 8}]}}"
+        shape = f"[{self.batch}, 4, {self.height // 8}, {self.width // 8}]"
+        return f"{{'samples': tensor of shape {shape}}}"
 
 
 @dataclass
@@ -162,7 +163,9 @@ def _real(ctx: NodeContext, inp: dict[str, Any]) -> tuple[tuple[Any, ...], dict]
 
 
 def _pixels(value: Any) -> int:
-    return int(value.shape[0] * value.shape[1] * value.shape[2]) if isinstance(value, np.ndarray) else 0
+    if not isinstance(value, np.ndarray) or value.ndim < 3:
+        return 0
+    return int(value.shape[0] * value.shape[1] * value.shape[2])
 
 
 # -- simulation ----------------------------------------------------------------------------------
@@ -193,7 +196,8 @@ def _sim_image(w: int, h: int, b: int, seed: int) -> np.ndarray:
 
 
 def _seed(ctx: NodeContext, inp: dict[str, Any]) -> int:
-    text = ctx.class_type + repr(sorted((k, str(v)) for k, v in inp.items() if not isinstance(v, np.ndarray)))
+    plain = sorted((k, str(v)) for k, v in inp.items() if not isinstance(v, np.ndarray))
+    text = ctx.class_type + repr(plain)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
@@ -247,8 +251,14 @@ def _sim_ui(ctx: NodeContext, inp: dict[str, Any]) -> dict[str, Any]:
         fps = float(inp.get("fps", 6.0))
         buf = io.BytesIO()
         fmt = "WEBP" if ct == "SaveAnimatedWEBP" else "PNG"
-        frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:],
-                       duration=int(1000 / max(fps, 0.01)), loop=0)
+        frames[0].save(
+            buf,
+            format=fmt,
+            save_all=True,
+            append_images=frames[1:],
+            duration=int(1000 / max(fps, 0.01)),
+            loop=0,
+        )
         ext = "webp" if fmt == "WEBP" else "png"
         return {"images": [_save_one(ctx, prefix, ext, buf.getvalue())], "animated": [True]}
     if ct == "SaveWEBM":
@@ -265,13 +275,21 @@ def _sim_ui(ctx: NodeContext, inp: dict[str, Any]) -> dict[str, Any]:
         # Audio nodes are absent from the recorded catalogue (no torchaudio there); should a
         # catalogue have them, they write PCM silence as a real .wav.
         kind = "temp" if ct == "PreviewAudio" else "output"
-        item = _save_one(ctx, prefix if kind == "output" else _temp_prefix(), "wav",
-                         media.wav_silence(), kind)
+        item = _save_one(
+            ctx, prefix if kind == "output" else _temp_prefix(), "wav", media.wav_silence(), kind
+        )
         return {"audio": [item]}
     if ct == "SaveLatent":
         return {"latents": [_save_one(ctx, prefix, "latent", media.safetensors_empty())]}
-    if ct in ("CheckpointSave", "CLIPSave", "VAESave", "ModelSave", "ImageOnlyCheckpointSave",
-              "LoraSave", "SaveLoRANode"):
+    if ct in (
+        "CheckpointSave",
+        "CLIPSave",
+        "VAESave",
+        "ModelSave",
+        "ImageOnlyCheckpointSave",
+        "LoraSave",
+        "SaveLoRANode",
+    ):
         _save_one(ctx, prefix, "safetensors", media.safetensors_empty())
         return {}
     if ct == "SaveSVGNode":
@@ -335,7 +353,14 @@ async def run_node(ctx: NodeContext, inp: dict[str, Any]) -> tuple[tuple[Any, ..
 
 
 REAL_NODES = frozenset(
-    {"EmptyImage", "LoadImage", "ImageInvert", "ImageScale", "ImageBlur", "SaveImage",
-     "PreviewImage", "SaveImageWebsocket"}
+    {
+        "EmptyImage",
+        "LoadImage",
+        "ImageInvert",
+        "ImageScale",
+        "ImageBlur",
+        "SaveImage",
+        "PreviewImage",
+        "SaveImageWebsocket",
+    }
 )
-

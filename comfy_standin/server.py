@@ -38,14 +38,30 @@ COMFYUI_VERSION = "0.3.64"
 MAX_UPLOAD_SIZE = 100 * 1024 * 1024
 FEATURES = {"supports_preview_metadata": True, "max_upload_size": MAX_UPLOAD_SIZE}
 MODEL_FOLDERS = [
-    "checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
-    "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen",
-    "upscale_models", "custom_nodes", "hypernetworks", "photomaker", "classifiers",
-    "model_patches", "audio_encoders",
+    "checkpoints",
+    "configs",
+    "loras",
+    "vae",
+    "text_encoders",
+    "diffusion_models",
+    "clip_vision",
+    "style_models",
+    "embeddings",
+    "diffusers",
+    "vae_approx",
+    "controlnet",
+    "gligen",
+    "upscale_models",
+    "custom_nodes",
+    "hypernetworks",
+    "photomaker",
+    "classifiers",
+    "model_patches",
+    "audio_encoders",
 ]
 _INTERNAL_ERROR = "500 Internal Server Error\n\nServer got itself in trouble"
 _INDEX_HTML = (
-    "<!doctype html><html lang=\"en\"><head><meta charset=\"UTF-8\"><title>ComfyUI</title>"
+    '<!doctype html><html lang="en"><head><meta charset="UTF-8"><title>ComfyUI</title>'
     "</head><body>comfy_standin: a stand-in for ComfyUI " + COMFYUI_VERSION + "</body></html>"
 )
 
@@ -73,7 +89,7 @@ class _Runtime:
     """What a restart throws away: queue, history, sockets, cache, prompt counter."""
 
     def __init__(self, standin: StandIn) -> None:
-        self.hub = Hub()
+        self.hub = Hub(paused=lambda: standin.knobs.hang)
         self.queue = PromptQueue(self._queue_updated)
         self.executor = Executor(
             self.queue, self.hub, standin.dirs, standin.catalogue, standin.knobs, standin.counters
@@ -168,7 +184,7 @@ class StandIn:
     @web.middleware
     async def _hang_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if self.knobs.hang and not request.path.startswith("/_standin/"):
-            while self.knobs.hang:
+            while self.knobs.hang:  # noqa: ASYNC110 - the knob is a plain attribute
                 await asyncio.sleep(0.05)
         return await handler(request)
 
@@ -262,7 +278,9 @@ class StandIn:
                         data = json.loads(msg.data)
                         if first and isinstance(data, dict) and data.get("type") == "feature_flags":
                             client_flags = data.get("data", {})
-                            rt.hub.flags[sid] = client_flags if isinstance(client_flags, dict) else {}
+                            if not isinstance(client_flags, dict):
+                                client_flags = {}
+                            rt.hub.flags[sid] = client_flags
                             rt.hub.send("feature_flags", FEATURES, sid)
                     except ValueError:
                         pass
@@ -294,15 +312,22 @@ class StandIn:
             return _internal_error()
         if "prompt" not in body:
             self.counters.prompts_rejected += 1
-            error = {"type": "no_prompt", "message": "No prompt provided",
-                     "details": "No prompt provided", "extra_info": {}}
+            error = {
+                "type": "no_prompt",
+                "message": "No prompt provided",
+                "details": "No prompt provided",
+                "extra_info": {},
+            }
             return web.json_response({"error": error, "node_errors": {}}, status=400)
         prompt = body["prompt"]
         prompt_id = str(body["prompt_id"]) if "prompt_id" in body else str(uuid.uuid4())
         try:
             result = validate_prompt(
-                prompt, self.catalogue, Path(self.dirs.input),
-                output_dir=Path(self.dirs.output), temp_dir=Path(self.dirs.temp),
+                prompt,
+                self.catalogue,
+                Path(self.dirs.input),
+                output_dir=Path(self.dirs.output),
+                temp_dir=Path(self.dirs.temp),
                 partial_execution_targets=body.get("partial_execution_targets"),
             )
         except PromptCrashed:
@@ -415,12 +440,16 @@ class StandIn:
                 out = img.convert("RGB") if fmt == "jpeg" or channel == "rgb" else img
                 buf = BytesIO()
                 out.save(buf, format=fmt, quality=quality)
-            return web.Response(body=buf.getvalue(), content_type=f"image/{fmt}",
-                                headers=disposition)
+            return web.Response(
+                body=buf.getvalue(), content_type=f"image/{fmt}", headers=disposition
+            )
         if channel in ("rgb", "a"):
             with Image.open(target.path) as img:
                 if channel == "rgb":
-                    out = Image.merge("RGB", img.split()[:3]) if img.mode == "RGBA" else img.convert("RGB")
+                    if img.mode == "RGBA":
+                        out = Image.merge("RGB", img.split()[:3])
+                    else:
+                        out = img.convert("RGB")
                 else:
                     alpha = img.split()[3] if img.mode == "RGBA" else Image.new("L", img.size, 255)
                     out = Image.new("RGBA", img.size)
@@ -429,8 +458,13 @@ class StandIn:
                 out.save(buf, format="PNG")
             return web.Response(body=buf.getvalue(), content_type="image/png", headers=disposition)
         ctype = mimetypes.guess_type(target.filename)[0] or "application/octet-stream"
-        if ctype in {"text/html", "text/html-sandboxed", "application/xhtml+xml",
-                     "text/javascript", "text/css"}:
+        if ctype in {
+            "text/html",
+            "text/html-sandboxed",
+            "application/xhtml+xml",
+            "text/javascript",
+            "text/css",
+        }:
             ctype = "application/octet-stream"
         return web.FileResponse(target.path, headers={**disposition, "Content-Type": ctype})
 
@@ -447,7 +481,10 @@ class StandIn:
         data = image.file.read()
         try:
             name, kind_out, _ = files.store_upload(
-                self.dirs, data, image.filename, subfolder,
+                self.dirs,
+                data,
+                image.filename,
+                subfolder,
                 str(kind) if kind is not None else None,
                 str(overwrite) if overwrite is not None else None,
             )
@@ -463,30 +500,56 @@ class StandIn:
             ram_free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
         except (ValueError, OSError):
             ram_total = ram_free = 0
-        return web.json_response({
-            "system": {
-                "os": os.name, "ram_total": ram_total, "ram_free": ram_free,
-                "comfyui_version": COMFYUI_VERSION, "required_frontend_version": "1.27.10",
-                "installed_templates_version": "0.1.95", "required_templates_version": "0.1.95",
-                "python_version": sys.version, "pytorch_version": "2.14.1+cu130",
-                "embedded_python": False, "argv": self._argv(),
-            },
-            "devices": [{
-                "name": "cpu", "type": "cpu", "index": None, "vram_total": ram_total,
-                "vram_free": ram_free, "torch_vram_total": ram_total,
-                "torch_vram_free": ram_free,
-            }],
-        })
+        return web.json_response(
+            {
+                "system": {
+                    "os": os.name,
+                    "ram_total": ram_total,
+                    "ram_free": ram_free,
+                    "comfyui_version": COMFYUI_VERSION,
+                    "required_frontend_version": "1.27.10",
+                    "installed_templates_version": "0.1.95",
+                    "required_templates_version": "0.1.95",
+                    "python_version": sys.version,
+                    "pytorch_version": "2.14.1+cu130",
+                    "embedded_python": False,
+                    "argv": self._argv(),
+                },
+                "devices": [
+                    {
+                        "name": "cpu",
+                        "type": "cpu",
+                        "index": None,
+                        "vram_total": ram_total,
+                        "vram_free": ram_free,
+                        "torch_vram_total": ram_total,
+                        "torch_vram_free": ram_free,
+                    }
+                ],
+            }
+        )
 
     def _argv(self) -> list[str]:
         # The command line a real server with these folders would show (17 items, as recorded).
         user = os.path.join(os.path.dirname(self.dirs.temp), "user")
         return [
-            "main.py", "--cpu", "--listen", self.host, "--port", str(self.port),
-            "--disable-auto-launch", "--input-directory", self.dirs.input,
-            "--output-directory", self.dirs.output, "--temp-directory",
-            os.path.dirname(self.dirs.temp), "--user-directory", user,
-            "--database-url", f"sqlite:///{user}/comfyui.db",
+            "main.py",
+            "--cpu",
+            "--listen",
+            self.host,
+            "--port",
+            str(self.port),
+            "--disable-auto-launch",
+            "--input-directory",
+            self.dirs.input,
+            "--output-directory",
+            self.dirs.output,
+            "--temp-directory",
+            os.path.dirname(self.dirs.temp),
+            "--user-directory",
+            user,
+            "--database-url",
+            f"sqlite:///{user}/comfyui.db",
         ]
 
     async def features(self, request: web.Request) -> web.Response:
@@ -526,8 +589,9 @@ class StandIn:
         return web.json_response({"storage": "server", "migrated": True})
 
     async def index(self, request: web.Request) -> web.Response:
-        return web.Response(text=_INDEX_HTML, content_type="text/html",
-                            headers={"Cache-Control": "no-cache"})
+        return web.Response(
+            text=_INDEX_HTML, content_type="text/html", headers={"Cache-Control": "no-cache"}
+        )
 
     # the comfy-fleet cleanup extension -------------------------------------------------------
     async def cleanup_info(self, request: web.Request) -> web.Response:

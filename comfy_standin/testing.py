@@ -92,7 +92,9 @@ async def run_standin(
         outd = Path(output_dir) if output_dir else scratch / "output"
         tmpd = Path(temp_dir) if temp_dir else scratch / "temp"
         server = StandIn(
-            input_dir=ind, output_dir=outd, temp_dir=tmpd,
+            input_dir=ind,
+            output_dir=outd,
+            temp_dir=tmpd,
             models={k: list(v) for k, v in (models or {}).items()},
             knobs=Knobs(node_delay=node_delay),
         )
@@ -144,9 +146,19 @@ class StandInProcess:
         return f"127.0.0.1:{self.port}"
 
     def _argv(self) -> list[str]:
-        argv = [self.python, "-m", "comfy_standin", "--port", str(self.port),
-                "--input-dir", str(self.input_dir), "--output-dir", str(self.output_dir),
-                "--node-delay", str(self.node_delay)]
+        argv = [
+            self.python,
+            "-m",
+            "comfy_standin",
+            "--port",
+            str(self.port),
+            "--input-dir",
+            str(self.input_dir),
+            "--output-dir",
+            str(self.output_dir),
+            "--node-delay",
+            str(self.node_delay),
+        ]
         if self.temp_dir is not None:
             argv += ["--temp-dir", str(self.temp_dir)]
         if self.models:

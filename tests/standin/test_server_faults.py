@@ -53,23 +53,52 @@ async def test_node_id_failure_rule_and_sampler_progress() -> None:
     async with run_standin(models=models) as s, httpx.AsyncClient(base_url=s.url) as c:
         wf = {
             "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "m.safetensors"}},
-            "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "2": {
+                "class_type": "EmptyLatentImage",
+                "inputs": {"width": 64, "height": 64, "batch_size": 1},
+            },
             "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "x", "clip": ["1", 1]}},
-            "4": {"class_type": "KSampler", "inputs": {
-                "model": ["1", 0], "seed": 1, "steps": 3, "cfg": 1.0, "sampler_name": "euler",
-                "scheduler": "normal", "positive": ["3", 0], "negative": ["3", 0],
-                "latent_image": ["2", 0], "denoise": 1.0}},
+            "4": {
+                "class_type": "KSampler",
+                "inputs": {
+                    "model": ["1", 0],
+                    "seed": 1,
+                    "steps": 3,
+                    "cfg": 1.0,
+                    "sampler_name": "euler",
+                    "scheduler": "normal",
+                    "positive": ["3", 0],
+                    "negative": ["3", 0],
+                    "latent_image": ["2", 0],
+                    "denoise": 1.0,
+                },
+            },
             "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
-            "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "ks"}},
+            "6": {
+                "class_type": "SaveImage",
+                "inputs": {"images": ["5", 0], "filename_prefix": "ks"},
+            },
         }
         ws = await WS.connect(s.host_port, "ks")
         frames = await ws.done((await post(c, wf, "ks"))["prompt_id"])
-        progress = [(f["data"]["value"], f["data"]["max"]) for f in frames if f["type"] == "progress"]
+        progress = [
+            (f["data"]["value"], f["data"]["max"]) for f in frames if f["type"] == "progress"
+        ]
         assert progress == [(1, 3), (2, 3), (3, 3)]
         out = next(f for f in frames if f["type"] == "executed")["data"]["output"]["images"][0]
         assert (s.output_dir / out["filename"]).exists()
-        s.knobs.update({"fail": [{"node": "4", "count": 1, "exception_type": "torch.OutOfMemoryError",
-                                  "exception_message": "CUDA out of memory"}]})
+        s.knobs.update(
+            {
+                "fail": [
+                    {
+                        "node": "4",
+                        "count": 1,
+                        "exception_type": "torch.OutOfMemoryError",
+                        "exception_message": "CUDA out of memory",
+                    }
+                ]
+            }
+        )
         wf["4"]["inputs"]["seed"] = 2
         frames = await ws.done((await post(c, wf, "ks"))["prompt_id"], len(ws.frames))
         err = next(f for f in frames if f["type"] == "execution_error")["data"]
@@ -88,6 +117,26 @@ async def test_hang_accepts_connections_but_answers_nothing_until_cleared() -> N
         assert not pending.done()
         await c.post("/_standin/knobs", json={"hang": False})
         assert (await pending).status_code == 200
+
+
+async def test_hang_holds_websocket_frames_and_the_worker_until_cleared() -> None:
+    async with run_standin() as s, httpx.AsyncClient(base_url=s.url) as c:
+        ws = await WS.connect(s.host_port, "hang")
+        await ws.wait_for(lambda f: f["type"] == "status")
+        pid = (await post(c, empty_save(9, "hang"), "hang"))["prompt_id"]
+        await ws.done(pid)
+        seen = len(ws.frames)
+        s.knobs.hang = True
+        s.knobs.node_delay = 0.05
+        task = asyncio.create_task(
+            c.post("/prompt", json={"prompt": empty_save(10, "hang"), "client_id": "hang"})
+        )
+        await asyncio.sleep(0.2)
+        assert not task.done() and len(ws.frames) == seen
+        s.knobs.hang = False
+        pid2 = (await task).json()["prompt_id"]
+        frames = await ws.done(pid2, seen)
+        assert "execution_success" in types(frames)
 
 
 async def test_lost_and_stalled_prompts() -> None:
@@ -136,7 +185,11 @@ async def test_restart_loses_queue_and_history_keeps_files_and_port() -> None:
         port = s.port
         done = (await post(c, empty_save(1, "r")))["prompt_id"]
         await _history(c, done)
-        await c.post("/upload/image", files={"image": ("keep.png", b"not really a png")}, data={"type": "temp"})
+        await c.post(
+            "/upload/image",
+            files={"image": ("keep.png", b"not really a png")},
+            data={"type": "temp"},
+        )
         s.knobs.stall_worker = True
         await post(c, empty_save(2, "r"))
         ws = await WS.connect(s.host_port, "rs")
@@ -193,7 +246,11 @@ async def test_cleanup_route_rules(tmp_path: Path) -> None:
             assert (await delete(**bad)).status_code == 400, bad
         assert outside.read_text() == "keep me"
         assert s.counters.files_deleted == 2
-        assert (await c.post("/api/comfy-fleet/cleanup/delete", json={"type": "input", "filename": "zz"})).status_code == 404
+        assert (
+            await c.post(
+                "/api/comfy-fleet/cleanup/delete", json={"type": "input", "filename": "zz"}
+            )
+        ).status_code == 404
         s.knobs.cleanup_extension = False
         assert (await c.get("/comfy-fleet/cleanup/info")).status_code == 404
         assert (await delete(type="output", filename="missing.png")).status_code == 404
@@ -203,15 +260,21 @@ async def test_control_routes_read_and_change_knobs() -> None:
     async with run_standin(node_delay=0.01) as s, httpx.AsyncClient(base_url=s.url) as c:
         assert (await c.get("/_standin/knobs")).json()["node_delay"] == 0.01
         r = await c.post("/_standin/knobs", json={"node_delays": {"ImageBlur": 0.2}})
-        assert r.json()["node_delays"] == {"ImageBlur": 0.2} and s.knobs.delay_for("ImageBlur") == 0.2
+        assert (
+            r.json()["node_delays"] == {"ImageBlur": 0.2} and s.knobs.delay_for("ImageBlur") == 0.2
+        )
         assert (await c.post("/_standin/knobs", json={"nope": 1})).status_code == 400
         counters = (await c.get("/_standin/counters")).json()
         assert counters["prompts_run"] == 0 and "files_written" in counters
 
 
 def test_subprocess_standin_cli_restart_and_stop(tmp_path: Path) -> None:
-    proc = StandInProcess(input_dir=tmp_path / "in", output_dir=tmp_path / "out",
-                          temp_dir=tmp_path / "tmp", models={"checkpoints": ["a.safetensors", "b.safetensors"]})
+    proc = StandInProcess(
+        input_dir=tmp_path / "in",
+        output_dir=tmp_path / "out",
+        temp_dir=tmp_path / "tmp",
+        models={"checkpoints": ["a.safetensors", "b.safetensors"]},
+    )
     with proc:
         port = proc.port
         with httpx.Client(base_url=proc.url) as c:
@@ -230,6 +293,11 @@ def test_subprocess_standin_cli_restart_and_stop(tmp_path: Path) -> None:
 
 def test_cli_help_runs() -> None:
     import subprocess
-    out = subprocess.run([sys.executable, "-m", "comfy_standin", "--help"], capture_output=True,
-                         text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+
+    out = subprocess.run(
+        [sys.executable, "-m", "comfy_standin", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
     assert out.returncode == 0 and "--models" in out.stdout
