@@ -102,7 +102,9 @@ def check_filename(filename: str) -> str:
     if not filename:
         raise errors.InputRejected("the file name is empty")
     if filename in (".", ".."):
-        raise errors.InputRejected(f"the file name {filename!r} is not a file", {"filename": filename})
+        raise errors.InputRejected(
+            f"the file name {filename!r} is not a file", {"filename": filename}
+        )
     if "/" in filename or "\\" in filename:
         raise errors.InputRejected(
             f"the file name {filename!r} contains a path separator", {"filename": filename}
@@ -150,6 +152,10 @@ _BY_EXTENSION: dict[str, str] = {
 }
 
 
+#: MPEG audio frame headers without an ID3 tag (MPEG-1/2 layer III, with or without CRC).
+_MP3_FRAME_SYNC = frozenset({b"\xff\xfb", b"\xff\xf3", b"\xff\xf2", b"\xff\xfa"})
+
+
 def _sniff(head: bytes) -> str | None:
     """The content type that ``head`` (the first bytes of a file) proves, if any."""
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -166,7 +172,7 @@ def _sniff(head: bytes) -> str | None:
         return "audio/flac"
     if head.startswith(b"OggS"):
         return "audio/ogg"
-    if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] in (0xFB, 0xF3, 0xF2, 0xFA)):
+    if head.startswith(b"ID3") or head[:2] in _MP3_FRAME_SYNC:
         return "audio/mpeg"
     if head[4:8] == b"ftyp":
         brand = head[8:12]
@@ -274,6 +280,7 @@ _RETRYABLE_CODES = frozenset(
     {"SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError", "Throttling"}
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_BUCKET_EXISTS_CODES = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
 
 
 def _client_error_info(exc: BaseException) -> tuple[str, int] | None:
@@ -293,10 +300,8 @@ def _is_retryable(exc: BaseException) -> bool:
     if info is not None:
         code, status = info
         return status >= 500 or code in _RETRYABLE_CODES
-    return isinstance(
-        exc,
-        bx.ConnectionError | bx.HTTPClientError | aiohttp.ClientError | asyncio.TimeoutError | OSError,
-    )
+    transient = (bx.ConnectionError, bx.HTTPClientError, aiohttp.ClientError, TimeoutError, OSError)
+    return isinstance(exc, transient)
 
 
 class S3BlobStore:
@@ -406,7 +411,8 @@ class S3BlobStore:
                 if info is not None and op != "head_bucket" and (
                     info[0] in _NOT_FOUND_CODES or (info[1] == 404 and info[0] != "NoSuchBucket")
                 ):
-                    raise BlobNotFound(f"no object {key!r} in bucket {self.bucket!r}", details) from exc
+                    message = f"no object {key!r} in bucket {self.bucket!r}"
+                    raise BlobNotFound(message, details) from exc
                 if not _is_retryable(exc):
                     raise errors.StorageUnavailable(
                         f"S3 refused {op} of {key or self.bucket!r}: {info[0] if info else exc!r}",
@@ -503,7 +509,7 @@ class S3BlobStore:
                 await self._s3.create_bucket(**params)
             except Exception as exc:
                 info = _client_error_info(exc)
-                if info is None or info[0] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                if info is None or info[0] not in _BUCKET_EXISTS_CODES:
                     raise
 
         await self._call("head_bucket", None, op)

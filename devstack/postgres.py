@@ -83,7 +83,7 @@ async def answers(dsn: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """True when a server at ``dsn`` accepts a connection and runs ``SELECT 1``."""
     try:
         conn = await asyncpg.connect(dsn, timeout=timeout_s)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError):
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return False
     try:
         return await conn.fetchval("SELECT 1") == 1

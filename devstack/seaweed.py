@@ -205,7 +205,10 @@ class SeaweedS3:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -213,7 +216,10 @@ class SeaweedS3:
         return await self.astart()
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.astop()
 
@@ -286,7 +292,7 @@ class SeaweedS3:
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="weed-"))
         env = {**os.environ, "TMPDIR": str(self._runtime_dir)}
         with self.log_path.open("ab") as log:
-            log.write(f"\n=== start {time.strftime('%Y-%m-%dT%H:%M:%S')} ===\n".encode())
+            log.write(f"\n=== devstack: start {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
                 self._command(self._runtime_dir),
@@ -304,17 +310,23 @@ class SeaweedS3:
             if time.monotonic() > deadline:
                 raise SeaweedError(f"S3 did not answer on {self.endpoint_url}\n{self._log_tail()}")
             time.sleep(0.05)
+        answered = time.monotonic()
         client = self._botocore_client()
         last_error: Exception | None = None
+        tries = 0
         while time.monotonic() < deadline:
             self._check_alive()
+            tries += 1
             try:
                 self._ensure_bucket(client)
                 client.put_object(Bucket=self._bucket, Key=_PROBE_KEY, Body=b"ok")
                 client.delete_object(Bucket=self._bucket, Key=_PROBE_KEY)
+                waited = time.monotonic() - answered
+                self._note(f"writable {waited:.2f}s after S3 answered, after {tries} tries")
                 return
             except Exception as exc:  # any S3 error while the volume server registers
                 last_error = exc
+                self._note(f"not writable yet: {exc!r}")
                 time.sleep(0.1)
         raise SeaweedError(f"S3 never accepted a write: {last_error!r}\n{self._log_tail()}")
 
@@ -368,6 +380,11 @@ class SeaweedS3:
         for port in self._ports.values():
             for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port + 10000}.sock"):
                 sock.unlink(missing_ok=True)
+
+    def _note(self, line: str) -> None:
+        # Our own readiness notes go to the same log, marked so they stand out from weed's.
+        with self.log_path.open("a") as log:
+            log.write(f"=== devstack: {line}\n")
 
     def _log_tail(self, lines: int = 30) -> str:
         try:

@@ -39,7 +39,8 @@ async def test_find_test_server_prefers_test_database_url(admin_dsn: str) -> Non
     chosen = postgres.find_test_server({"TEST_DATABASE_URL": "postgresql://someone@db.invalid/x"})
     assert chosen == "postgresql://someone@db.invalid/x"
     # Without the variable, the choice is a server that answers.
-    fallback = postgres.find_test_server({k: v for k, v in os.environ.items() if k != "TEST_DATABASE_URL"})
+    without = {k: v for k, v in os.environ.items() if k != "TEST_DATABASE_URL"}
+    fallback = postgres.find_test_server(without)
     assert await postgres.answers(fallback)
 
 

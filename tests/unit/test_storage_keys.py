@@ -1,4 +1,5 @@
-"""Pure storage helpers: output keys, file-name refusals, content types, backoff, the in-memory store."""
+"""Pure storage helpers: output keys, file-name refusals, content types, backoff, and the
+in-memory store."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def _wav_bytes() -> bytes:
 
 
 def test_output_key_has_task_prefix_padded_index_and_name() -> None:
-    assert storage.output_key(TASK, 7, "ComfyUI_00001_.png") == f"tasks/{TASK}/007-ComfyUI_00001_.png"
+    key = storage.output_key(TASK, 7, "ComfyUI_00001_.png")
+    assert key == f"tasks/{TASK}/007-ComfyUI_00001_.png"
 
 
 def test_output_keys_differ_for_same_name_at_different_indexes() -> None:
