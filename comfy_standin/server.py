@@ -589,8 +589,11 @@ class StandIn:
         return web.json_response({"storage": "server", "migrated": True})
 
     async def index(self, request: web.Request) -> web.Response:
+        # bytes, so the Content-Type stays the recorded bare "text/html"
         return web.Response(
-            text=_INDEX_HTML, content_type="text/html", headers={"Cache-Control": "no-cache"}
+            body=_INDEX_HTML.encode(),
+            content_type="text/html",
+            headers={"Cache-Control": "no-cache"},
         )
 
     # the comfy-fleet cleanup extension -------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -174,7 +175,9 @@ class StandInProcess:
         )
         deadline = time.monotonic() + self.ready_timeout_s
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()  # "comfy_standin ready on 127.0.0.1:PORT"
+        # The first line is "comfy_standin ready on 127.0.0.1:PORT"; wait for it with a deadline.
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.ready_timeout_s)
+        line = self.proc.stdout.readline().decode() if ready else ""
         if "ready on" not in line:
             self.stop()
             raise RuntimeError(f"comfy_standin did not start: {line!r}")
