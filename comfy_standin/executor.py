@@ -229,6 +229,26 @@ class Executor:
 
         while not order.is_empty():
             node_id = order.stage()
+            if node_id is None:
+                # What ComfyUI reports for a graph cycle found at run time.
+                blamed = next(iter(order.pending))
+                add_message(
+                    "execution_error",
+                    {
+                        "prompt_id": prompt_id,
+                        "node_id": blamed,
+                        "node_type": prompt[blamed]["class_type"],
+                        "executed": list(executed),
+                        "exception_message": "Dependency cycle detected",
+                        "exception_type": "graph.DependencyCycleError",
+                        "traceback": [],
+                        "current_inputs": [],
+                        "current_outputs": current_outputs,
+                    },
+                    False,
+                )
+                success = False
+                break
             node = prompt[node_id]
             class_type = node["class_type"]
             hit = self.cache.get(sigs[node_id])
@@ -495,8 +515,11 @@ class _ExecutionList:
         info = self.catalogue.node(self.prompt[nid]["class_type"]) or {}
         return bool(info.get("output_node"))
 
-    def stage(self) -> str:
+    def stage(self) -> str | None:
+        """The next node to run; None when every pending node waits on another (a cycle)."""
         available = [n for n in self.pending if self.block_count[n] == 0]
+        if not available:
+            return None
         for n in available:
             if self._is_output(n):
                 return n
