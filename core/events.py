@@ -16,6 +16,7 @@ name, never an import path. Stored events are never rewritten: a payload change 
 | task.succeeded              | endpoint actor   | all outputs stored; final |
 | task.failed                 | any              | the task ended in error (code, message, node); final |
 | task.requeued               | endpoint/router  | the attempt was lost; the task waits for another dispatch |
+| task.outputs_recovered      | reupload command | outputs kept in the fallback folder are now in S3; a `storage_failed` task ends succeeded |
 | task.cancel_requested       | ingress          | a client asked to cancel |
 | task.cancelled              | router/endpoint  | the task ended cancelled; final |
 | webhook.attempted           | webhook actor    | one delivery try failed (status or error, next delay) |
@@ -159,6 +160,21 @@ class TaskRequeued(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TaskOutputsRecovered(Event):
+    """`python -m core.reupload` stored in S3 every output that a `storage_failed` failure kept in
+    DEFAULT_FAILED_IMAGE_PATH. `outputs` is the task's whole output list after recovery, in node
+    order (the outputs stored before plus the recovered ones). The one exception to "the first
+    final event wins": it turns that failure, and only that one, into the end the task would
+    have had (succeeded, or cancelled if a cancel came while storing), with a new webhook."""
+
+    TYPE: ClassVar[str] = "task.outputs_recovered"
+    prompt_id: str
+    outputs: list[dict[str, Any]]
+    #: s3_keys of the outputs this event recovered (a subset of `outputs`).
+    recovered: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TaskCancelRequested(Event):
     """A client asked to cancel the task."""
 
@@ -223,6 +239,7 @@ REGISTRY: dict[str, type[Event]] = {
         TaskSucceeded,
         TaskFailed,
         TaskRequeued,
+        TaskOutputsRecovered,
         TaskCancelRequested,
         TaskCancelled,
         WebhookAttempted,

@@ -21,6 +21,9 @@ QUEUED, DISPATCHED, RUNNING = "queued", "dispatched", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 FINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
+#: The error code of a task whose outputs could not be stored (kept in the fallback folder).
+STORAGE_FAILED = "storage_failed"
+
 #: Webhook delivery states of a finished task with a callback.
 WEBHOOK_PENDING, WEBHOOK_DELIVERED, WEBHOOK_DEAD = "pending", "delivered", "dead"
 
@@ -143,6 +146,16 @@ def evolve(state: TaskState | None, stored: events.StoredEvent) -> TaskState:
                 **({"details": ev.details} if ev.details is not None else {}),
             }
             _finish(s, stored, FAILED)
+        case events.TaskOutputsRecovered() if (
+            s.status == FAILED
+            and (s.error or {}).get("code") == STORAGE_FAILED
+            and ev.prompt_id == s.prompt_id
+        ):
+            # The failure was only "S3 did not answer"; now every output is there, so the task
+            # gets the end it would have had. The failure stays in the log as a fact.
+            s.outputs = [dict(o) for o in ev.outputs]
+            s.error, s.webhook_attempts = None, 0
+            _finish(s, stored, CANCELLED if s.cancel_requested else SUCCEEDED)
         case events.TaskRequeued() if not final:
             s.status, s.progress, s.outputs = QUEUED, None, []
             if s.prompt_id:

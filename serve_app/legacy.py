@@ -1,15 +1,118 @@
-"""The original ComfyUI-server route, kept for its clients."""
+"""The original ComfyUI-server route, kept for its clients (CONTRACT §3; docs/legacy-api.md).
+
+`POST {ROUTE_PREFIX}` with `{"service_type", "client_task_id", "client_callback_url", "params"}`
+runs workflow `service_type` like `POST /tasks` does (same validation, idempotency and refusals)
+and answers 200 with that project's record; when the task ends, `client_callback_url` gets the
+same record, filled in, with our task under `"task"` (and the dispatcher's `"type"`).
+
+The record's fields are the prototype's `comfyui_records` row: `id`, `client_task_id`,
+`client_callback_url`, `comfyui_task_id`, `comfyui_filepath`, `s3_key`, `error_code`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from core import errors
+from fastapi.responses import JSONResponse, Response
+
+from core import storage, task_state, views
+from core.task_state import TaskState
+
+#: The prototype's ErrorCode values.
+SUCCESS, QUEUE_FAILED, STORAGE_FAILED, OUTPUT_FETCH_FAILED, OTHER = 0, 1, 2, 3, 10
+
+#: Our error codes (task.error.code) → the prototype's error_code. Anything else is OTHER.
+ERROR_CODES: dict[str, int] = {
+    "storage_failed": STORAGE_FAILED,
+    "output_fetch_failed": OUTPUT_FETCH_FAILED,
+    "comfyui_prompt_rejected": QUEUE_FAILED,
+    "endpoint_lost": QUEUE_FAILED,
+}
+
+RECORD_FIELDS = (
+    "id",
+    "client_task_id",
+    "client_callback_url",
+    "comfyui_task_id",
+    "comfyui_filepath",
+    "s3_key",
+    "error_code",
+)
 
 
-async def submit(services: Any, body: Any, view: Any) -> Any:
-    raise errors.InvalidRequest("the original route is not available yet")
+def error_code(state: TaskState) -> int:
+    """The prototype's error_code of a task: 0 while it runs (its column default) and on success;
+    cancelled counts as OTHER (the prototype had no cancel)."""
+    if state.status == task_state.FAILED:
+        return ERROR_CODES.get(str((state.error or {}).get("code")), OTHER)
+    if state.status == task_state.CANCELLED:
+        return OTHER
+    return SUCCESS
 
 
-async def webhook_body(state: Any, store: Any, expires_s: int) -> dict[str, Any]:
-    raise errors.InvalidRequest("the original route is not available yet")
+def _comfyui_path(subfolder: str | None, filename: str) -> str:
+    return f"{subfolder}/{filename}" if subfolder else filename
+
+
+def record(state: TaskState) -> dict[str, Any]:
+    """The prototype's record of a task, as far as it is known (pure).
+
+    `s3_key` and `comfyui_filepath` describe the first output (the prototype stored one image per
+    task): `s3_key` only once it is in S3; `comfyui_filepath` is the file's path on the ComfyUI
+    host (`subfolder/filename`), also for an output that could not be stored.
+    """
+    s3_key: str | None = None
+    path: str | None = None
+    stored = [o for o in state.outputs if not o.get("fallback_path")]
+    if stored:
+        first = stored[0]
+        s3_key = first.get("s3_key")
+        path = _comfyui_path(first.get("subfolder"), str(first.get("filename")))
+    elif state.outputs:
+        path = _comfyui_path(state.outputs[0].get("subfolder"), str(state.outputs[0].get("filename")))
+    else:
+        details = (state.error or {}).get("details")
+        failed = details.get("outputs") if isinstance(details, dict) else None
+        if isinstance(failed, list) and failed and isinstance(failed[0], dict):
+            name = failed[0].get("filename")
+            path = str(name) if name else None
+    return {
+        "id": state.task_id,
+        "client_task_id": state.client_task_id,
+        "client_callback_url": state.callback_url,
+        "comfyui_task_id": state.prompt_id,
+        "comfyui_filepath": path,
+        "s3_key": s3_key,
+        "error_code": error_code(state),
+    }
+
+
+async def submit(
+    services: Any, body: Any, view: Callable[[TaskState], Awaitable[dict[str, Any]]]
+) -> Response:
+    """Run `body.service_type` with `body.params`; answer 200 with the record and the task.
+
+    Same refusals as POST /tasks (unknown workflow, invalid params or images, forbidden callback,
+    overload, client_task_id reused for another request), with the API's error body.
+    """
+    from serve_app import submission
+
+    state, _created = await submission.submit(
+        services,
+        workflow_name=body.service_type,
+        params=body.params,
+        client_task_id=body.client_task_id,
+        callback_url=body.client_callback_url,
+        priority=0,
+        origin="legacy",
+    )
+    return JSONResponse({**record(state), "task": await view(state)}, status_code=200)
+
+
+async def webhook_body(
+    state: TaskState, store: storage.BlobStore | None, expires_s: int
+) -> dict[str, Any]:
+    """The webhook of a legacy task: the record, filled in, plus `"task"` (the dispatcher adds
+    `"type"`)."""
+    return {**record(state), "task": await views.task_view(state, store, expires_s)}

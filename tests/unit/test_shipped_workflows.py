@@ -20,7 +20,7 @@ from comfy_standin import validation
 from core import graph, workflow_registry
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
-MODEL_FREE = ("invert", "resize", "solid")
+MODEL_FREE = ("invert", "resize", "solid", "solid_video")
 FLUX = ("img2img", "text2img")
 FLUX_MODELS = {
     "diffusion_models": ["flux1-dev.safetensors"],
@@ -37,6 +37,7 @@ def png_b64() -> str:
 
 EXAMPLES: dict[str, dict[str, Any]] = {
     "solid": {"width": 64, "height": 48, "color": 16711680, "batch_size": 2},
+    "solid_video": {"width": 32, "height": 16, "color": 255, "frames": 3, "fps": 4.0},
     "invert": {"image": png_b64()},
     "resize": {"image": png_b64(), "width": 16, "upscale_method": "lanczos"},
     "text2img": {"text": 'a "cat" {in} a hat', "seed": 123},
