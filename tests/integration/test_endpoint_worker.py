@@ -1,0 +1,329 @@
+"""EndpointWorker (actors/endpoint.py) without Ray, against a real in-process ComfyUI stand-in,
+an in-memory event log and blob store, and fake router/webhook ports that record their calls."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors import endpoint as endpoint_module
+from actors.comfy_client import ComfyClient
+from actors.endpoint import ACCEPTED, EndpointWorker
+from comfy_standin.knobs import FailRule
+from comfy_standin.testing import RunningStandIn, run_standin
+from core import events, storage, task_state
+from core.config import REPO_ROOT, Settings, parse_endpoint
+from core.event_log import InMemoryEventLog
+from core.task_state import TaskState
+from core.workflow_registry import WorkflowRegistry
+from tests.support.polling import eventually
+
+REGISTRY, _PROBLEMS = WorkflowRegistry.load(REPO_ROOT / "workflows")
+
+
+@dataclass
+class FakeRouter:
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+
+    async def endpoint_status(self, name: str, status: dict[str, Any]) -> None:
+        self.statuses.append(status)
+
+    async def task_finished(self, name: str, task_id: str) -> None:
+        self.finished.append(task_id)
+
+    async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None:
+        self.requeued.append(task_id)
+
+
+@dataclass
+class FakeWebhooks:
+    ended: list[str] = field(default_factory=list)
+
+    async def task_ended(self, task_id: str) -> None:
+        self.ended.append(task_id)
+
+
+@dataclass
+class Rig:
+    standin: RunningStandIn
+    log: InMemoryEventLog
+    store: storage.InMemoryBlobStore
+    router: FakeRouter
+    hooks: FakeWebhooks
+    settings: Settings
+    workers: list[EndpointWorker] = field(default_factory=list)
+
+    async def worker(self) -> EndpointWorker:
+        """A started worker, connected to the stand-in."""
+        w = EndpointWorker(
+            parse_endpoint(self.standin.host_port), settings=self.settings, log=self.log,
+            store=self.store, router=self.router, webhooks=self.hooks,
+        )
+        self.workers.append(w)
+        await w.start()
+        await eventually(lambda: w.connected, what="worker connected")
+        return w
+
+    async def task(self, prompt: dict[str, Any] | None = None, **params: Any) -> str:
+        """A queued task of the shipped `solid` workflow (or of `prompt` as it is)."""
+        task_id = str(uuid.uuid4())
+        solid = REGISTRY.get("solid")
+        resolved = solid.validate({"width": 8, "height": 8, **params})
+        graph = prompt if prompt is not None else solid.build_prompt(resolved, task_id=task_id)
+        await self.log.append(task_id, 0, [
+            events.TaskSubmitted(workflow="solid", workflow_version=solid.version,
+                                 params=resolved, prompt=graph, callback_url="http://127.0.0.1:9/x"),
+        ])
+        return task_id
+
+    async def final(self, task_id: str, timeout: float = 20.0) -> TaskState:
+        async def ended() -> TaskState | None:
+            state = await self.log.get(task_id)
+            return state if state.is_final else None
+
+        return await eventually(ended, timeout=timeout, what=f"task {task_id} to end")
+
+    async def status_of(self, task_id: str, status: str) -> TaskState:
+        async def reached() -> TaskState | None:
+            state = await self.log.get(task_id)
+            return state if state.status == status else None
+
+        return await eventually(reached, what=f"task {task_id} {status}")
+
+    async def types(self, task_id: str) -> list[str]:
+        return [e.type for e in await self.log.read(task_id)]
+
+
+@pytest.fixture(autouse=True)
+def fast_reconcile(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reconciler's period is seconds in production; a test wants it to come round quickly.
+    monkeypatch.setattr(endpoint_module, "POLL_INTERVAL_S", 0.2)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    async with run_standin() as s:
+        r = Rig(
+            standin=s, log=InMemoryEventLog(), store=storage.InMemoryBlobStore(),
+            router=FakeRouter(), hooks=FakeWebhooks(),
+            settings=Settings(default_failed_image_path=tmp_path / "failed"),
+        )
+        try:
+            yield r
+        finally:
+            for w in r.workers:
+                await w.stop()
+
+
+async def test_a_solid_prompt_succeeds_with_its_outputs_stored(rig: Rig) -> None:
+    rig.standin.knobs.cleanup_extension = False  # keep the files on disk to compare with
+    w = await rig.worker()
+    task_id = await rig.task(batch_size=2, color=0x336699)
+    assert await w.dispatch(task_id) == ACCEPTED
+    state = await rig.final(task_id)
+
+    assert state.status == task_state.SUCCEEDED, state.error
+    assert len(state.outputs) == 2
+    for out in state.outputs:
+        on_disk = (rig.standin.output_dir / out["subfolder"] / out["filename"]).read_bytes()
+        stored, content_type = rig.store.objects[out["s3_key"]]
+        assert stored == on_disk
+        assert out["sha256"] == storage.sha256_hex(on_disk) and out["size"] == len(on_disk)
+        assert content_type == out["content_type"] == "image/png"
+        assert out["node_id"] == "2" and out["s3_key"].startswith(f"tasks/{task_id}/")
+    types = await rig.types(task_id)
+    assert types[:2] == ["task.submitted", "task.dispatched"]
+    assert types[-3:] == ["task.output_stored", "task.output_stored", "task.succeeded"]
+    await eventually(lambda: rig.hooks.ended == [task_id], what="webhook port told")
+    await eventually(lambda: rig.router.finished == [task_id], what="router told")
+    assert state.prompt_id and state.endpoint == rig.standin.host_port and state.attempt == 1
+
+
+async def test_cleanup_removes_the_outputs_from_the_comfyui_host(rig: Rig) -> None:
+    w = await rig.worker()
+    task_id = await rig.task()
+    assert await w.dispatch(task_id) == ACCEPTED
+    state = await rig.final(task_id)
+    assert state.status == task_state.SUCCEEDED
+    [out] = state.outputs
+    assert out["s3_key"] in rig.store.objects
+    path = rig.standin.output_dir / out["subfolder"] / out["filename"]
+    await eventually(lambda: not path.exists(), what="output deleted on the host")
+
+
+async def test_an_execution_error_ends_failed_with_the_node(rig: Rig) -> None:
+    rig.standin.knobs.fail = [FailRule(node="SaveImage", count=1, exception_message="disk on fire")]
+    w = await rig.worker()
+    task_id = await rig.task()
+    assert await w.dispatch(task_id) == ACCEPTED
+    state = await rig.final(task_id)
+    assert state.status == task_state.FAILED
+    assert state.error is not None
+    assert state.error["code"] == "comfyui_execution_error"
+    assert state.error["node_id"] == "2" and state.error["node_type"] == "SaveImage"
+    assert "disk on fire" in state.error["message"]
+    assert rig.store.objects == {}
+    await eventually(lambda: rig.hooks.ended == [task_id], what="webhook port told")
+    await eventually(lambda: rig.router.finished == [task_id], what="router told")
+
+
+async def test_a_prompt_comfyui_rejects_ends_failed_with_node_errors(rig: Rig) -> None:
+    w = await rig.worker()
+    unknown = await rig.task(prompt={"1": {"class_type": "NoSuchNode", "inputs": {}}})
+    assert await w.dispatch(unknown) == ACCEPTED
+    state = await rig.final(unknown)
+    assert state.status == task_state.FAILED and state.error is not None
+    assert state.error["code"] == "comfyui_prompt_rejected"
+    assert "NoSuchNode" in state.error["message"]
+    assert "node_errors" in state.error["details"]
+
+    graph = copy.deepcopy(REGISTRY.get("solid").graph)
+    graph["1"]["inputs"]["width"] = -5
+    bad_value = await rig.task(prompt=graph)
+    assert await w.dispatch(bad_value) == ACCEPTED
+    state = await rig.final(bad_value)
+    assert state.error is not None and state.error["code"] == "comfyui_prompt_rejected"
+    assert "1" in state.error["details"]["node_errors"]
+    assert rig.standin.counters.prompts_run == 0
+    await eventually(lambda: sorted(rig.hooks.ended) == sorted([unknown, bad_value]), what="webhook port told")
+
+
+async def test_a_dropped_websocket_is_made_up_for_by_the_reconciler(rig: Rig) -> None:
+    rig.standin.knobs.node_delays = {"EmptyImage": 0.6}
+    w = await rig.worker()
+    task_id = await rig.task()
+    assert await w.dispatch(task_id) == ACCEPTED
+    await rig.status_of(task_id, task_state.RUNNING)
+    # Cut the socket and keep it down until the prompt is over: no completion frame reaches us.
+    rig.standin.knobs.refuse_websockets = True
+    rig.standin.drop_websockets()
+    await eventually(lambda: not w.connected, what="worker disconnected")
+    state = await rig.final(task_id)
+    assert state.status == task_state.SUCCEEDED, state.error
+    assert not w.connected  # collected through /queue + /history, not the socket
+    [out] = state.outputs
+    assert out["s3_key"] in rig.store.objects
+    rig.standin.knobs.refuse_websockets = False
+    await eventually(lambda: w.connected, what="reconnected")
+    assert w.reconnects >= 1
+
+
+async def test_a_comfyui_restarted_empty_requeues_the_task(rig: Rig) -> None:
+    rig.standin.knobs.node_delays = {"EmptyImage": 30.0}
+    w = await rig.worker()
+    task_id = await rig.task()
+    assert await w.dispatch(task_id) == ACCEPTED
+    running = await rig.status_of(task_id, task_state.RUNNING)
+    await rig.standin.restart()  # queue and history are gone
+    await eventually(lambda: task_id in rig.router.requeued, what="router told of the requeue")
+    state = await rig.log.get(task_id)
+    assert state.status == task_state.QUEUED
+    assert state.past_prompt_ids == [running.prompt_id] and state.prompt_id is None
+    types = await rig.types(task_id)
+    assert types[-1] == "task.requeued"
+    requeued = (await rig.log.read(task_id))[-1].event
+    assert isinstance(requeued, events.TaskRequeued) and requeued.prompt_id == running.prompt_id
+    await eventually(lambda: rig.router.finished == [task_id], what="slot freed")
+    assert rig.hooks.ended == [] and task_id not in w.by_task
+
+    # The next attempt runs (here on the same, now empty, ComfyUI).
+    rig.standin.knobs.node_delays = {}
+    await eventually(lambda: w.connected, what="reconnected")
+    assert await w.dispatch(task_id) == ACCEPTED
+    state = await rig.final(task_id)
+    assert state.status == task_state.SUCCEEDED and state.attempt == 2
+
+
+async def test_an_unsafe_output_name_fails_and_stores_nothing(rig: Rig) -> None:
+    # A filename_prefix with a control character: ComfyUI (and the stand-in) write and report
+    # `bad\x07name_00001_.png` as it is; we must never turn that into a key or a path.
+    graph = copy.deepcopy(REGISTRY.get("solid").graph)
+    graph["1"]["inputs"].update(width=8, height=8)
+    graph["2"]["inputs"]["filename_prefix"] = "bad\x07name"
+    w = await rig.worker()
+    task_id = await rig.task(prompt=graph)
+    assert await w.dispatch(task_id) == ACCEPTED
+    state = await rig.final(task_id)
+    assert state.status == task_state.FAILED and state.error is not None
+    assert state.error["code"] == "unsafe_output_name"
+    assert rig.store.objects == {}
+    assert state.outputs == []
+    assert not any(rig.settings.default_failed_image_path.rglob("*"))
+
+
+async def test_a_restarted_worker_rebuilds_and_collects_its_prompts(rig: Rig) -> None:
+    rig.standin.knobs.node_delays = {"EmptyImage": 0.8}
+    first = await rig.worker()
+    tasks = [await rig.task(color=c) for c in (1, 2)]
+    for t in tasks:
+        assert await first.dispatch(t) == ACCEPTED
+    await rig.status_of(tasks[0], task_state.RUNNING)
+    await first.stop()  # the actor died; Ray runs __init__ again on the same log
+    rig.workers.remove(first)
+
+    second = await rig.worker()
+    assert set(second.by_task) == set(tasks)
+    for t in tasks:
+        state = await rig.final(t)
+        assert state.status == task_state.SUCCEEDED, state.error
+        assert len(state.outputs) == 1 and state.outputs[0]["s3_key"] in rig.store.objects
+    assert rig.standin.counters.prompts_run == 2  # collected, never run again
+    await eventually(lambda: sorted(rig.hooks.ended) == sorted(tasks), what="webhook port told")
+
+
+async def test_cancel_of_a_prompt_waiting_in_the_comfyui_queue(rig: Rig) -> None:
+    rig.standin.knobs.node_delays = {"EmptyImage": 1.0}
+    w = await rig.worker()
+    running, waiting = await rig.task(color=1), await rig.task(color=2)
+    assert await w.dispatch(running) == ACCEPTED
+    assert await w.dispatch(waiting) == ACCEPTED
+    await rig.status_of(running, task_state.RUNNING)
+    waiting_prompt = (await rig.log.get(waiting)).prompt_id
+    client = ComfyClient(parse_endpoint(rig.standin.host_port))
+    try:
+        _, pending = await client.queue()
+        assert waiting_prompt in pending
+
+        state = await rig.log.get(waiting)
+        await rig.log.append(waiting, state.seq, [events.TaskCancelRequested()], state)
+        assert await w.cancel(waiting) == "cancelled"
+        state = await rig.log.get(waiting)
+        assert state.status == task_state.CANCELLED
+        assert (await rig.log.read(waiting))[-1].event == events.TaskCancelled(where="comfyui_queue")
+        running_ids, pending = await client.queue()
+        assert waiting_prompt not in pending and waiting_prompt not in running_ids
+    finally:
+        await client.close()
+    assert (await rig.final(running)).status == task_state.SUCCEEDED
+    assert rig.standin.counters.prompts_run == 1
+    await eventually(lambda: waiting in rig.hooks.ended, what="webhook port told")
+    await eventually(lambda: waiting in rig.router.finished, what="router told")
+
+
+async def test_cancel_of_a_running_prompt_interrupts_it(rig: Rig) -> None:
+    rig.standin.knobs.node_delays = {"EmptyImage": 1.5}
+    w = await rig.worker()
+    task_id = await rig.task()
+    assert await w.dispatch(task_id) == ACCEPTED
+    state = await rig.status_of(task_id, task_state.RUNNING)
+    await rig.log.append(task_id, state.seq, [events.TaskCancelRequested()], state)
+    assert await w.cancel(task_id) == "interrupting"
+    state = await rig.final(task_id)
+    assert state.status == task_state.CANCELLED
+    assert (await rig.log.read(task_id))[-1].event == events.TaskCancelled(where="running")
+    assert state.outputs == [] and rig.store.objects == {}
+    await eventually(lambda: rig.hooks.ended == [task_id], what="webhook port told")
+    await eventually(lambda: rig.router.finished == [task_id], what="router told")
+
+
+async def test_cancel_of_a_task_it_does_not_hold_is_unknown(rig: Rig) -> None:
+    w = await rig.worker()
+    assert await w.cancel(str(uuid.uuid4())) == "unknown"
