@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 async def _history(c: httpx.AsyncClient, pid: str) -> dict:
-    for _ in range(500):
+    deadline = asyncio.get_running_loop().time() + 30
+    while asyncio.get_running_loop().time() < deadline:
         h = (await c.get(f"/history/{pid}")).json()
         if h:
             return h[pid]
@@ -205,9 +207,9 @@ async def test_restart_loses_queue_and_history_keeps_files_and_port() -> None:
         assert s.counters.restarts == 1
         r = await httpx.AsyncClient().post(s.url + "/_standin/restart", json={"down_s": 0.1})
         assert r.json()["restarting"] is True
-        for _ in range(200):
-            if s.counters.restarts == 2 and s.server.rt is not None:
-                break
+        deadline = asyncio.get_running_loop().time() + 30
+        while not (s.counters.restarts == 2 and s.server.rt is not None):
+            assert asyncio.get_running_loop().time() < deadline, "no restart"
             await asyncio.sleep(0.02)
         async with httpx.AsyncClient(base_url=s.url) as c3:
             assert (await c3.get("/prompt")).status_code == 200
@@ -280,9 +282,10 @@ def test_subprocess_standin_cli_restart_and_stop(tmp_path: Path) -> None:
         with httpx.Client(base_url=proc.url) as c:
             assert c.get("/models/checkpoints").json() == ["a.safetensors", "b.safetensors"]
             pid = c.post("/prompt", json={"prompt": empty_save(1, "sub")}).json()["prompt_id"]
-            for _ in range(500):
-                if c.get(f"/history/{pid}").json():
-                    break
+            deadline = time.monotonic() + 30
+            while not c.get(f"/history/{pid}").json():
+                assert time.monotonic() < deadline, "prompt never finished"
+                time.sleep(0.01)
             assert (tmp_path / "out" / "sub_00001_.png").exists()
         proc.restart()
         assert proc.port == port
