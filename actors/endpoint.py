@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +33,7 @@ from core.comfy_history import OutputFile
 from core.config import Endpoint, Settings
 from core.event_log import EventLog
 from core.task_state import TaskState
+from core.workflow_registry import WorkflowRegistry
 
 log = logging.getLogger("comfy_fleet.endpoint")
 
@@ -66,6 +68,13 @@ class Inflight:
     finishing: bool = False
     last_frame: float = field(default_factory=time.monotonic)
     last_progress_at: float = 0.0
+    posted_at: float = 0.0
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 # dispatch() results
@@ -106,12 +115,20 @@ class EndpointWorker:
         self.last_seen: float | None = None
         self.has_cleanup: bool | None = None
         self.object_info: dict[str, Any] | None = None
+        #: workflows this endpoint can run (its node classes and model files), None until known
+        self.runnable: list[str] | None = None
+        self.registry: WorkflowRegistry | None = None
         self._started = False
         self._start_lock = asyncio.Lock()
         self._stopping = False
         self._bg: set[asyncio.Task[Any]] = set()
         self._ws: Any = None
         self._reconcile_lock = asyncio.Lock()
+        self._last_ws_frame = 0.0
+        self._down_since: float | None = time.monotonic()
+        #: prompt_ids given up on (endpoint unreachable): removed from its queue when it is back
+        self.abandoned: set[str] = set()
+        self.zombies = 0
 
     # --- life -----------------------------------------------------------------------------
 
@@ -167,17 +184,35 @@ class EndpointWorker:
             "queue_remaining": self.queue_remaining,
             "inflight": len(self.inflight),
             "labels": self.labels,
-            "last_seen": self.last_seen,
+            "last_seen": _iso(self.last_seen),
             "reconnects": self.reconnects,
+            "zombies": self.zombies,
             "cleanup_extension": self.has_cleanup,
-            "node_classes": sorted(self.object_info) if self.object_info else None,
+            "workflows": self.runnable,
         }
+
+    async def reload_workflows(self) -> list[str] | None:
+        """Re-read the workflows (after POST /workflows/reload) and what we can run of them."""
+        self.registry = None
+        self._learn_workflows()
+        self._report()
+        return self.runnable
+
+    def _learn_workflows(self) -> None:
+        if self.object_info is None:
+            return
+        if self.registry is None:
+            self.registry, _problems = WorkflowRegistry.load(self.settings.workflows_dir)
+        self.runnable = sorted(
+            w.name for w in self.registry.workflows() if w.can_run(self.object_info)[0]
+        )
 
     def _report(self) -> None:
         status = {
             "connected": self.connected,
             "queue_remaining": self.queue_remaining,
             "inflight": len(self.inflight),
+            "workflows": self.runnable,
         }
         self._spawn(self._safe(self.router.endpoint_status(self.name, status)))
 
@@ -291,9 +326,10 @@ class EndpointWorker:
                 return RETRY
             # Ambiguous (sent, no answer): the reconciler finds it in /queue or /history.
             item.posted = True
+            item.posted_at = time.monotonic()
             return ACCEPTED
         item.posted = True
-        item.last_frame = time.monotonic()
+        item.posted_at = item.last_frame = time.monotonic()
         return ACCEPTED
 
     async def _upload_inputs(self, state: TaskState) -> None:
@@ -368,10 +404,12 @@ class EndpointWorker:
                     open_timeout=5,
                     ping_interval=10,
                     ping_timeout=10,
+                    close_timeout=2,
                     compression=None,
                 ) as ws:
                     self._ws = ws
                     self.connected = True
+                    self._down_since = None
                     self.last_seen = time.time()
                     backoff = 0.25
                     self._report()
@@ -387,6 +425,7 @@ class EndpointWorker:
                 self._ws = None
             if self.connected:
                 self.connected = False
+                self._down_since = time.monotonic()
                 self._report()
             self.reconnects += 1
             # Exponential backoff with full jitter; one loop per actor, so reconnects never stack.
@@ -398,6 +437,8 @@ class EndpointWorker:
         try:
             if self.object_info is None:
                 self.object_info = await self.client.object_info()
+                self._learn_workflows()
+                self._report()
             if self.has_cleanup is None:
                 self.has_cleanup = await self.client.has_cleanup_extension()
                 if not self.has_cleanup:
@@ -405,12 +446,23 @@ class EndpointWorker:
                         "endpoint %s has no comfy-fleet cleanup extension: its files are left alone",
                         self.name,
                     )
+            if self.abandoned:
+                # Prompts we re-dispatched elsewhere while this server was away must not run
+                # here too: drop them from its queue (a running one is interrupted).
+                abandoned = list(self.abandoned)
+                running, _pending = await self.client.queue()
+                await self.client.delete_from_queue(abandoned)
+                for pid in abandoned:
+                    if pid in running:
+                        await self.client.interrupt(pid)
+                self.abandoned.clear()
         except errors.EndpointUnavailable:
             pass
         await self._reconcile(force=True)
 
     def _on_frame(self, raw: str) -> None:
         self.last_seen = time.time()
+        self._last_ws_frame = time.monotonic()
         try:
             frame = orjson.loads(raw)
             kind, data = frame.get("type"), frame.get("data") or {}
@@ -475,9 +527,27 @@ class EndpointWorker:
     async def _poll_loop(self) -> None:
         while not self._stopping:
             await asyncio.sleep(POLL_INTERVAL_S * random.uniform(0.8, 1.2))
-            if self.inflight:
-                with contextlib.suppress(Exception):
-                    await self._reconcile(force=not self.connected)
+            if not self.inflight:
+                continue
+            down = self._down_since
+            if down is not None and time.monotonic() - down > self.settings.endpoint_lost_after_s:
+                await self._give_up_inflight("endpoint_unreachable")
+                continue
+            with contextlib.suppress(Exception):
+                await self._reconcile(force=not self.connected)
+
+    async def _give_up_inflight(self, reason: str) -> None:
+        """The server has been unreachable too long: its prompts go to other endpoints. If it
+        comes back, they are removed from its queue; a late completion is ignored by the fold
+        (the task's prompt_id has moved on), so nothing reaches the client twice."""
+        for item in list(self.inflight.values()):
+            if item.finishing:
+                continue
+            item.finishing = True
+            self._untrack(item.prompt_id)
+            self.abandoned.add(item.prompt_id)
+            with contextlib.suppress(Exception):
+                await self._requeue(item.task_id, item.prompt_id, reason)
 
     async def _reconcile(self, *, force: bool) -> None:
         """Look every posted prompt up in /queue, then /history (that order: ComfyUI writes the
@@ -505,6 +575,16 @@ class EndpointWorker:
                 except errors.EndpointUnavailable:
                     return
                 result = comfy_history.outcome(entry)
+                if (
+                    result.kind != comfy_history.UNKNOWN
+                    and self.connected
+                    and self._last_ws_frame < item.posted_at
+                ):
+                    # The server finished our prompt yet the socket said nothing since it was
+                    # posted (not even the broadcast status): a zombie socket. Replace it.
+                    self.zombies += 1
+                    log.warning("endpoint %s: websocket is silent while the server works; reconnecting", self.name)
+                    self._spawn(self._drop_socket())
                 if result.kind == comfy_history.UNKNOWN:
                     # In neither: ComfyUI lost it (restarted, or never got it).
                     item.finishing = True
@@ -512,6 +592,14 @@ class EndpointWorker:
                     await self._requeue(item.task_id, item.prompt_id, "lost_by_comfyui")
                 else:
                     self._spawn(self._finish(item, result))
+
+    async def _drop_socket(self) -> None:
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 3)
+            with contextlib.suppress(Exception):
+                ws.transport.abort()
 
     async def _collect(self, item: Inflight) -> None:
         """Completion seen on the socket: read the history entry (retrying briefly if empty)."""

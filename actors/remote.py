@@ -114,6 +114,9 @@ class EndpointHandleOverRay:
     async def cancel(self, task_id: str) -> str:
         return await self._handle().cancel.remote(task_id)  # type: ignore[no-any-return]
 
+    async def reload_workflows(self) -> list[str] | None:
+        return await self._handle().reload_workflows.remote()  # type: ignore[no-any-return]
+
 
 # --- the actors -----------------------------------------------------------------------------
 
@@ -151,6 +154,9 @@ class EndpointActor(_Lazy):
 
     async def cancel(self, task_id: str) -> str:
         return await (await self.inner()).cancel(task_id)  # type: ignore[no-any-return]
+
+    async def reload_workflows(self) -> list[str] | None:
+        return await (await self.inner()).reload_workflows()  # type: ignore[no-any-return]
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
@@ -192,6 +198,9 @@ class RouterActor(_Lazy):
 
     async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None:
         await (await self.inner()).task_requeued(task_id, priority, created_at)
+
+    async def reload_workflows(self) -> dict[str, Any]:
+        return await (await self.inner()).reload_workflows()  # type: ignore[no-any-return]
 
     async def endpoint_statuses(self) -> list[dict[str, Any]]:
         router = await self.inner()

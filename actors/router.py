@@ -30,6 +30,7 @@ class EndpointHandle(Protocol):
     async def dispatch(self, task_id: str) -> str: ...
     async def status(self) -> dict[str, Any]: ...
     async def cancel(self, task_id: str) -> str: ...
+    async def reload_workflows(self) -> list[str] | None: ...
 
 
 class Router:
@@ -134,6 +135,8 @@ class Router:
         load.connected = bool(status.get("connected"))
         load.queue_remaining = int(status.get("queue_remaining") or 0)
         load.inflight = int(status.get("inflight") or 0)
+        workflows = status.get("workflows")
+        load.workflows = frozenset(workflows) if workflows is not None else None
         if load.connected and not was or load.load < self.settings.endpoint_queue_depth:
             self._wake.set()
 
@@ -155,6 +158,20 @@ class Router:
             task_id, priority, created_at, state.workflow, state.required_labels
         ):
             self._wake.set()
+
+    async def reload_workflows(self) -> dict[str, Any]:
+        """Tell every endpoint to re-read the workflows; returns what each can run now."""
+        names = list(self.handles)
+        results = await asyncio.gather(
+            *(self.handles[n].reload_workflows() for n in names), return_exceptions=True
+        )
+        out: dict[str, Any] = {}
+        for name, res in zip(names, results, strict=True):
+            if not isinstance(res, BaseException):
+                self.loads[name].workflows = frozenset(res) if res is not None else None
+                out[name] = res
+        self._wake.set()
+        return out
 
     # --- endpoints at run time --------------------------------------------------------------
 

@@ -163,6 +163,8 @@ class Settings:
     max_waiting_tasks: int = 10_000
     #: Dispatch attempts of one task before it fails with `endpoint_lost`.
     task_max_attempts: int = 3
+    #: An endpoint unreachable this long has its in-flight prompts dispatched elsewhere.
+    endpoint_lost_after_s: float = 30.0
     webhook_max_attempts: int = 8
     webhook_timeout_s: float = 10.0
     webhook_max_delay_s: float = 300.0
@@ -236,6 +238,7 @@ class Settings:
             endpoint_queue_depth=r.int("ENDPOINT_QUEUE_DEPTH", 2, minimum=1),
             max_waiting_tasks=r.int("MAX_WAITING_TASKS", 10_000, minimum=1),
             task_max_attempts=r.int("TASK_MAX_ATTEMPTS", 3, minimum=1),
+            endpoint_lost_after_s=r.float("ENDPOINT_LOST_AFTER_S", 30.0, minimum=1.0),
             webhook_max_attempts=r.int("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1),
             webhook_timeout_s=r.float("WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1),
             webhook_max_delay_s=r.float("WEBHOOK_MAX_DELAY_S", 300.0, minimum=0.0),

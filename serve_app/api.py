@@ -305,8 +305,11 @@ def create_app(settings: Settings, build_services: Callable[[], Awaitable[Servic
 
     @api.post("/workflows/reload", summary="Pick up added, changed and removed workflows")
     async def reload_workflows() -> Response:
-        result = svc().registry.reload()
-        return JSON(result.to_json(), status_code=200)
+        s = svc()
+        result = s.registry.reload()
+        # The endpoints re-learn which workflows they can run, so routing follows at once.
+        runnable = await s.router.reload_workflows()
+        return JSON({**result.to_json(), "endpoints": runnable}, status_code=200)
 
     @api.get("/endpoints", summary="The ComfyUI endpoints")
     async def list_endpoints() -> Response:

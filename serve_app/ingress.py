@@ -42,6 +42,9 @@ class RouterClientOverRay:
     async def endpoint_statuses(self) -> list[dict[str, Any]]:
         return await self._handle().endpoint_statuses.remote()  # type: ignore[no-any-return]
 
+    async def reload_workflows(self) -> dict[str, Any]:
+        return await self._handle().reload_workflows.remote()  # type: ignore[no-any-return]
+
     async def add_endpoint(self, endpoint: str, labels: list[str]) -> dict[str, Any]:
         return await self._handle().add_endpoint.remote(endpoint, labels)  # type: ignore[no-any-return]
 
