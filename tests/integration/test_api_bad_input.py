@@ -405,6 +405,12 @@ async def test_the_right_key_opens_and_health_needs_none(locked_api: Api) -> Non
     assert ready.status_code == 200 and ready.json()["ready"] is True
     for secret in SECRETS:
         assert secret not in ready.text
+    auth = {"authorization": f"Bearer {API_KEY}"}
+    for path in ("/openapi.json", f"{PREFIX}/workflows", f"{PREFIX}/endpoints"):
+        resp = await locked_api.http.get(path, headers=auth)
+        assert resp.status_code == 200
+        for secret in SECRETS:
+            assert secret not in resp.text
     # With the key, a bad request is judged on its content.
     resp = await locked_api.http.post(
         f"{PREFIX}/tasks", json={"workflow": "nope"}, headers={"authorization": f"Bearer {API_KEY}"}

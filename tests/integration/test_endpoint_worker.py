@@ -61,15 +61,16 @@ class Rig:
     settings: Settings
     workers: list[EndpointWorker] = field(default_factory=list)
 
-    async def worker(self) -> EndpointWorker:
-        """A started worker, connected to the stand-in."""
+    async def worker(self, *, wait_connected: bool = True) -> EndpointWorker:
+        """A started worker (by default, once it is connected to the stand-in)."""
         w = EndpointWorker(
             parse_endpoint(self.standin.host_port), settings=self.settings, log=self.log,
             store=self.store, router=self.router, webhooks=self.hooks,
         )
         self.workers.append(w)
         await w.start()
-        await eventually(lambda: w.connected, what="worker connected")
+        if wait_connected:
+            await eventually(lambda: w.connected, what="worker connected")
         return w
 
     async def task(self, prompt: dict[str, Any] | None = None, **params: Any) -> str:
@@ -197,7 +198,7 @@ async def test_a_prompt_comfyui_rejects_ends_failed_with_node_errors(rig: Rig) -
 
 
 async def test_a_dropped_websocket_is_made_up_for_by_the_reconciler(rig: Rig) -> None:
-    rig.standin.knobs.node_delays = {"EmptyImage": 0.6}
+    rig.standin.knobs.node_delays = {"EmptyImage": 1.0}
     w = await rig.worker()
     task_id = await rig.task()
     assert await w.dispatch(task_id) == ACCEPTED
@@ -269,8 +270,12 @@ async def test_a_restarted_worker_rebuilds_and_collects_its_prompts(rig: Rig) ->
     await first.stop()  # the actor died; Ray runs __init__ again on the same log
     rig.workers.remove(first)
 
-    second = await rig.worker()
+    second = await rig.worker(wait_connected=False)
+    # Rebuilt from the log alone, before it has spoken to ComfyUI.
     assert set(second.by_task) == set(tasks)
+    assert {i.prompt_id for i in second.inflight.values()} == {
+        (await rig.log.get(t)).prompt_id for t in tasks
+    }
     for t in tasks:
         state = await rig.final(t)
         assert state.status == task_state.SUCCEEDED, state.error

@@ -55,7 +55,8 @@ async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
     app = web.Application()
     app.router.add_post("/{name}", rec.handle)
-    runner = web.AppRunner(app, handle_signals=False)
+    # A slow handler still sleeping at the end must not hold the teardown for long.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -193,13 +194,13 @@ async def test_a_slow_receiver_does_not_delay_another_delivery(
     receiver: Receiver, dispatchers: list[WebhookDispatcher]
 ) -> None:
     log = InMemoryEventLog()
-    receiver.slow["slow"] = 3.0
+    receiver.slow["slow"] = 6.0
     slow_task = await ended_task(log, receiver.url("slow"))
     fast_task = await ended_task(log, receiver.url("fast"))
     d = make_dispatcher(
         log, dispatchers,
-        policy=webhooks.RetryPolicy(max_attempts=2, base_delay_s=0.01, max_delay_s=0.01),
-        timeout_s=1.0,
+        policy=webhooks.RetryPolicy(max_attempts=1),
+        timeout_s=2.5,
     )
     await d.task_ended(slow_task)
     await eventually(lambda: "slow" in receiver.calls or d.active, what="slow delivery started")
@@ -211,6 +212,7 @@ async def test_a_slow_receiver_does_not_delay_another_delivery(
     await eventually(lambda: webhook_settled(log, slow_task), timeout=15, what="slow outcome")
     attempted = [e.event for e in await log.read(slow_task) if e.type == "webhook.attempted"]
     assert attempted and (attempted[0].error or "").startswith("timeout")
+    assert await webhook_state(log, slow_task) == task_state.WEBHOOK_DEAD
 
 
 async def test_redelivery_sends_again_with_the_same_id(
