@@ -45,6 +45,13 @@ PROGRESS_MIN_INTERVAL_S = 0.5
 HISTORY_GRACE_S = 5.0
 #: Attempts to append one decision through conflicts before giving up.
 APPEND_RETRIES = 8
+#: Load reports to the router are coalesced over this window.
+REPORT_COALESCE_S = 0.05
+#: `task.started` waits this long; a prompt that ends sooner records it with its end, in one
+#: append (the log keeps every fact; tiny prompts just cost one round trip less).
+STARTED_DEBOUNCE_S = 0.2
+#: History entries of finished prompts are deleted from ComfyUI in batches, this often.
+HISTORY_TRASH_S = 0.5
 #: How long events are held in memory while PostgreSQL is away before we give up.
 DB_OUTAGE_BUDGET_S = 600.0
 
@@ -69,6 +76,12 @@ class Inflight:
     last_frame: float = field(default_factory=time.monotonic)
     last_progress_at: float = 0.0
     posted_at: float = 0.0
+    #: ComfyUI said execution_start (or history shows it ran)
+    started: bool = False
+
+
+def _started_if_missing(s: TaskState, prompt_id: str) -> list[events.Event]:
+    return [events.TaskStarted(prompt_id=prompt_id)] if s.status == task_state.DISPATCHED else []
 
 
 def _iso(ts: float | None) -> str | None:
@@ -76,6 +89,12 @@ def _iso(ts: float | None) -> str | None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
+
+class _NoState:
+    inputs: tuple[()] = ()
+
+
+_NO_STATE: Any = _NoState()
 
 # dispatch() results
 ACCEPTED, REFUSED, RETRY = "accepted", "refused", "retry"
@@ -129,6 +148,9 @@ class EndpointWorker:
         #: prompt_ids given up on (endpoint unreachable): removed from its queue when it is back
         self.abandoned: set[str] = set()
         self.zombies = 0
+        self._reported_connected: bool | None = None
+        self._report_pending = False
+        self._history_trash: list[str] = []
 
     # --- life -----------------------------------------------------------------------------
 
@@ -207,14 +229,27 @@ class EndpointWorker:
             w.name for w in self.registry.workflows() if w.can_run(self.object_info)[0]
         )
 
-    def _report(self) -> None:
+    def _report(self, *, now: bool = False) -> None:
+        """Tell the router our load. Queue changes are coalesced (a status frame comes with
+        every queue change, three per prompt); a change of connection is sent at once."""
+        if now or self.connected != self._reported_connected:
+            self._reported_connected = self.connected
+            self._spawn(self._send_report())
+        elif not self._report_pending:
+            self._report_pending = True
+            self._spawn(self._send_report(delay=REPORT_COALESCE_S))
+
+    async def _send_report(self, delay: float = 0.0) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+            self._report_pending = False
         status = {
             "connected": self.connected,
             "queue_remaining": self.queue_remaining,
             "inflight": len(self.inflight),
             "workflows": self.runnable,
         }
-        self._spawn(self._safe(self.router.endpoint_status(self.name, status)))
+        await self._safe(self.router.endpoint_status(self.name, status))
 
     @staticmethod
     async def _safe(coro: Any) -> None:
@@ -480,6 +515,7 @@ class EndpointWorker:
             return
         item.last_frame = time.monotonic()
         if kind == "execution_start":
+            item.started = True
             self._spawn(self._safe(self._started_event(item)))
         elif kind == "progress":
             now = time.monotonic()
@@ -502,6 +538,10 @@ class EndpointWorker:
             self._spawn(self._collect(item))
 
     async def _started_event(self, item: Inflight) -> None:
+        await asyncio.sleep(STARTED_DEBOUNCE_S)
+        if item.finishing or self.inflight.get(item.prompt_id) is not item:
+            return  # the end records it
+
         def decide(s: TaskState) -> list[events.Event]:
             if s.is_final or s.prompt_id != item.prompt_id or s.status == task_state.RUNNING:
                 return []
@@ -591,7 +631,7 @@ class EndpointWorker:
                     self._untrack(item.prompt_id)
                     await self._requeue(item.task_id, item.prompt_id, "lost_by_comfyui")
                 else:
-                    self._spawn(self._finish(item, result))
+                    self._spawn(self._finish(item, result, entry))
 
     async def _drop_socket(self) -> None:
         ws = self._ws
@@ -606,21 +646,26 @@ class EndpointWorker:
         deadline = time.monotonic() + HISTORY_GRACE_S
         while True:
             try:
-                result = comfy_history.outcome(await self.client.history(item.prompt_id))
+                entry = await self.client.history(item.prompt_id)
             except errors.EndpointUnavailable:
                 return  # the reconciler will come back to it
+            result = comfy_history.outcome(entry)
             if result.kind != comfy_history.UNKNOWN or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
         if result.kind != comfy_history.UNKNOWN:
-            await self._finish(item, result)
+            await self._finish(item, result, entry)
 
     # --- the end of a prompt ----------------------------------------------------------------
 
-    async def _finish(self, item: Inflight, result: comfy_history.Outcome) -> None:
+    async def _finish(
+        self, item: Inflight, result: comfy_history.Outcome, entry: dict[str, Any] | None = None
+    ) -> None:
         if item.finishing or self.inflight.get(item.prompt_id) is not item:
             return
+        inputs = list((self.states.get(item.task_id) or _NO_STATE).inputs)
         item.finishing = True
+        item.started = True
         try:
             if result.kind == comfy_history.SUCCESS:
                 await self._store_outputs(item, result.files)
@@ -629,41 +674,55 @@ class EndpointWorker:
                 if state.cancel_requested:
                     await self._end(item, [events.TaskCancelled(where="running")])
                 else:
-                    await self._fail(item.task_id, item.prompt_id, result.error or {})
+                    await self._fail(item.task_id, item.prompt_id, result.error or {}, ran=True)
             else:
-                await self._fail(item.task_id, item.prompt_id, result.error or {})
+                await self._fail(item.task_id, item.prompt_id, result.error or {}, ran=True)
         except Exception:
             log.exception("endpoint %s: finishing %s failed; will reconcile", self.name, item.prompt_id)
             item.finishing = False
             return
         self._untrack(item.prompt_id)
         await self._safe(self.router.task_finished(self.name, item.task_id))
-        self._spawn(self._cleanup(item.task_id, item.prompt_id))
+        self._spawn(self._cleanup(item.prompt_id, inputs, entry))
 
-    async def _cleanup(self, task_id: str, prompt_id: str) -> None:
+    async def _cleanup(
+        self, prompt_id: str, inputs: list[dict[str, Any]], entry: dict[str, Any] | None
+    ) -> None:
         """Delete what the task left on the ComfyUI host: its uploaded inputs and its output
         files (through our extension, when the host has it) and its history entry. Runs after
         the end is recorded and the webhook is on its way, so it never delays either."""
         try:
-            entry = await self.client.history(prompt_id)
             if self.has_cleanup:
+                if entry is None:
+                    entry = await self.client.history(prompt_id)
                 files = comfy_history.all_files((entry or {}).get("outputs"))
-                state = await self._with_db(self.log.get, task_id)
-                for spec in state.inputs:
+                for spec in inputs:
                     subfolder, _, name = str(spec["filename"]).rpartition("/")
                     files.append(("input", subfolder, name))
                 for type_, subfolder, name in files:
                     await self.client.cleanup_delete(type_, name, subfolder)
-            if entry is not None:
-                await self.client.delete_history([prompt_id])
         except Exception:
             log.info("endpoint %s: cleanup of %s incomplete", self.name, prompt_id, exc_info=True)
+        self._history_trash.append(prompt_id)
+        if len(self._history_trash) == 1:
+            self._spawn(self._empty_history_trash())
 
-    async def _fail(self, task_id: str, prompt_id: str, error: dict[str, Any]) -> None:
+    async def _empty_history_trash(self) -> None:
+        await asyncio.sleep(HISTORY_TRASH_S)
+        batch, self._history_trash = self._history_trash, []
+        try:
+            await self.client.delete_history(batch)
+        except errors.EndpointUnavailable:
+            pass  # a restarted ComfyUI has no history left anyway
+
+    async def _fail(
+        self, task_id: str, prompt_id: str, error: dict[str, Any], *, ran: bool = False
+    ) -> None:
         def decide(s: TaskState) -> list[events.Event]:
             if s.is_final or s.prompt_id != prompt_id:
                 return []
             return [
+                *(_started_if_missing(s, prompt_id) if ran else []),
                 events.TaskFailed(
                     code=str(error.get("code") or comfy_history.CODE_EXECUTION),
                     message=str(error.get("message") or "failed"),
@@ -682,6 +741,8 @@ class EndpointWorker:
         def decide(s: TaskState) -> list[events.Event]:
             if s.is_final or s.prompt_id != item.prompt_id:
                 return []
+            if item.started:
+                return [*_started_if_missing(s, item.prompt_id), *final]
             return final
 
         _, new = await self._decide(item.task_id, decide)
