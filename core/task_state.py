@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from core import errors, events
+from core import errors, events, webhooks
 
 #: API statuses. `queued`: waiting in the router (or requeued); `dispatched`: sent to a ComfyUI;
 #: `running`: ComfyUI executes it; the last three are final.
@@ -61,6 +61,9 @@ class TaskState:
     webhook_attempts: int = 0
     #: prompt_ids of earlier attempts (a late completion of one is never run twice to the client).
     past_prompt_ids: list[str] = field(default_factory=list)
+    #: webhook-ids of ends that a later end replaced (`task.outputs_recovered`): a late record of
+    #: a try of one of them must not count for the current end.
+    past_webhook_ids: list[str] = field(default_factory=list)
 
     @property
     def is_final(self) -> bool:
@@ -71,6 +74,7 @@ class TaskState:
             self,
             outputs=list(self.outputs),
             past_prompt_ids=list(self.past_prompt_ids),
+            past_webhook_ids=list(self.past_webhook_ids),
         )
 
 
@@ -155,6 +159,8 @@ def evolve(state: TaskState | None, stored: events.StoredEvent) -> TaskState:
             # gets the end it would have had. The failure stays in the log as a fact.
             s.outputs = [dict(o) for o in ev.outputs]
             s.error, s.webhook_attempts = None, 0
+            if s.end_seq is not None:
+                s.past_webhook_ids.append(webhooks.webhook_id(s.task_id, s.end_seq))
             _finish(s, stored, CANCELLED if s.cancel_requested else SUCCEEDED)
         case events.TaskRequeued() if not final:
             s.status, s.progress, s.outputs = QUEUED, None, []
@@ -165,6 +171,10 @@ def evolve(state: TaskState | None, stored: events.StoredEvent) -> TaskState:
             s.cancel_requested = True
         case events.TaskCancelled() if not final:
             _finish(s, stored, CANCELLED)
+        case events.WebhookAttempted() | events.WebhookDelivered() | events.WebhookDead() if (
+            ev.webhook_id in s.past_webhook_ids
+        ):
+            pass  # a try of an end that was replaced: kept in the log, counts for nothing
         case events.WebhookAttempted():
             s.webhook_attempts = max(s.webhook_attempts, ev.attempt)
         case events.WebhookDelivered():

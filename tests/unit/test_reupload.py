@@ -197,3 +197,21 @@ def test_main_without_files_exits_zero(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("DEFAULT_FAILED_IMAGE_PATH", str(tmp_path / "nothing"))
     assert reupload.main([]) == 0
     assert "0 task(s) completed" in capsys.readouterr().out
+
+
+def test_a_late_webhook_record_of_the_replaced_end_does_not_count_for_the_new_one() -> None:
+    from core import webhooks
+
+    fail = events.TaskFailed(code="storage_failed", message="m", prompt_id="p1")
+    old_id = webhooks.webhook_id("t1", 3)
+    state = fold(SUB, DISPATCHED, fail,
+                 events.TaskOutputsRecovered(prompt_id="p1", outputs=[]),
+                 # The dispatcher recorded its delivery of the failure after the recovery.
+                 events.WebhookDelivered(webhook_id=old_id, attempt=1, status_code=200),
+                 events.WebhookDead(webhook_id=old_id, attempts=3))
+    assert state.status == "succeeded" and state.end_seq == 4
+    assert state.webhook == "pending" and state.past_webhook_ids == [old_id]
+    new_id = webhooks.webhook_id("t1", 4)
+    done = fold(SUB, DISPATCHED, fail, events.TaskOutputsRecovered(prompt_id="p1", outputs=[]),
+                events.WebhookDelivered(webhook_id=new_id, attempt=1, status_code=200))
+    assert done.webhook == "delivered"
