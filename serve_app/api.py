@@ -94,7 +94,7 @@ class Gate:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge()
             return message
 
         try:
@@ -115,8 +115,12 @@ class Gate:
         return ok
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from inside the body read: FastAPI turns any other exception there into a 400,
+    but passes HTTP exceptions through to our handler."""
+
+    def __init__(self) -> None:
+        super().__init__(413, "request body exceeds the size limit")
 
 
 def create_app(settings: Settings, build_services: Callable[[], Awaitable[Services]]) -> FastAPI:
@@ -161,7 +165,9 @@ def create_app(settings: Settings, build_services: Callable[[], Awaitable[Servic
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         return _error(exc.status_code, code, str(exc.detail))
 
     api = APIRouter(prefix=settings.route_prefix)

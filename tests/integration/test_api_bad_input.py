@@ -285,12 +285,6 @@ async def test_a_callback_to_the_service_itself_is_refused(api: Api) -> None:
     assert await api.event_count() == 0
 
 
-@pytest.mark.xfail(
-    reason="serve_app/api.py Gate: _BodyTooLarge raised from receive() inside FastAPI's body "
-    "read is turned into HTTPException(400, 'There was an error parsing the body') by "
-    "fastapi.routing before Gate can answer 413",
-    strict=True,
-)
 async def test_a_huge_chunked_body_without_content_length_is_refused(api: Api) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         yield b'{"workflow": "text2img", "params": {"text": "'
