@@ -94,7 +94,10 @@ def failed_outputs(state: TaskState) -> list[dict[str, Any]]:
 
 def recovery_problem(state: TaskState) -> str | None:
     """Why the task cannot be completed from the folder, or None when it can."""
-    if state.status != task_state.FAILED or (state.error or {}).get("code") != task_state.STORAGE_FAILED:
+    if (
+        state.status != task_state.FAILED
+        or (state.error or {}).get("code") != task_state.STORAGE_FAILED
+    ):
         return f"status {state.status}" + (
             f" ({(state.error or {}).get('code')})" if state.error else ""
         )
@@ -102,7 +105,11 @@ def recovery_problem(state: TaskState) -> str | None:
     if not failures:
         return "the failure lists no kept outputs"
     for f in failures:
-        if f.get("code") != task_state.STORAGE_FAILED or not f.get("fallback_path") or not f.get("s3_key"):
+        if (
+            f.get("code") != task_state.STORAGE_FAILED
+            or not f.get("fallback_path")
+            or not f.get("s3_key")
+        ):
             return f"output {f.get('filename')!r} was not kept ({f.get('code')})"
     return None
 
@@ -138,7 +145,12 @@ def _kept_file(failure: dict[str, Any], root: Path) -> Path:
 
 
 async def recover_task(
-    log_: EventLog, store: storage.BlobStore, task_id: str, files: list[Path], root: Path, report: Report
+    log_: EventLog,
+    store: storage.BlobStore,
+    task_id: str,
+    files: list[Path],
+    root: Path,
+    report: Report,
 ) -> None:
     try:
         state = await log_.get(task_id)
@@ -170,7 +182,9 @@ async def recover_task(
         if failure.get("sha256") and storage.sha256_hex(data) != failure["sha256"]:
             report.left[task_id] = f"kept file {path} does not match its recorded sha256"
             return
-        content_type = str(failure.get("content_type") or storage.content_type_for(path.name, data[:64]))
+        content_type = str(
+            failure.get("content_type") or storage.content_type_for(path.name, data[:64])
+        )
         await store.put(str(failure["s3_key"]), data, content_type)
         report.uploaded += 1
     event = events.TaskOutputsRecovered(
@@ -263,10 +277,15 @@ async def run(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m core.reupload",
-        description="Upload outputs kept in DEFAULT_FAILED_IMAGE_PATH to S3 and complete their tasks.",
+        description=(
+            "Upload outputs kept in DEFAULT_FAILED_IMAGE_PATH to S3 and complete their tasks."
+        ),
     )
     parser.add_argument(
-        "--wait", type=float, default=0.0, metavar="SECONDS",
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
         help="wait up to this long for S3 to answer before giving up (default: try once)",
     )
     args = parser.parse_args(argv)
@@ -278,7 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reupload: configuration error: {exc}", file=sys.stderr)
         return 2
     except errors.Unavailable as exc:
-        print(f"reupload: {exc.message}; stopped, run again later (repeating is safe)", file=sys.stderr)
+        print(
+            f"reupload: {exc.message}; stopped, run again later (repeating is safe)",
+            file=sys.stderr,
+        )
         return 2
     for task_id in report.completed:
         print(f"completed {task_id}")

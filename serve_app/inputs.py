@@ -39,18 +39,22 @@ def input_key(task_id: str, param: str) -> str:
 
 
 def _rejected(param: str, problem: str) -> errors.InputRejected:
-    return errors.InputRejected(f"params.{param}: {problem}", [{"param": param, "problem": problem}])
+    return errors.InputRejected(
+        f"params.{param}: {problem}", [{"param": param, "problem": problem}]
+    )
 
 
 def _too_large(param: str, problem: str) -> errors.PayloadTooLarge:
-    return errors.PayloadTooLarge(f"params.{param}: {problem}", [{"param": param, "problem": problem}])
+    return errors.PayloadTooLarge(
+        f"params.{param}: {problem}", [{"param": param, "problem": problem}]
+    )
 
 
 def normalise_image(data: bytes, *, max_pixels: int, param: str) -> bytes:
     """Open, verify and fully decode `data`; return it as PNG bytes.
 
     Pure (no I/O) and CPU-bound: call it in a thread. Raises `errors.InputRejected` when the bytes
-    are not an image of LOADIMAGE_FORMATS or are damaged, `errors.PayloadTooLarge` when width ×
+    are not an image of LOADIMAGE_FORMATS or are damaged, `errors.PayloadTooLarge` when width x
     height exceeds `max_pixels` (checked from the header, before any pixel is decoded).
     """
     fmt: str | None = None

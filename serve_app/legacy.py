@@ -70,7 +70,9 @@ def record(state: TaskState) -> dict[str, Any]:
         s3_key = first.get("s3_key")
         path = _comfyui_path(first.get("subfolder"), str(first.get("filename")))
     elif state.outputs:
-        path = _comfyui_path(state.outputs[0].get("subfolder"), str(state.outputs[0].get("filename")))
+        path = _comfyui_path(
+            state.outputs[0].get("subfolder"), str(state.outputs[0].get("filename"))
+        )
     else:
         details = (state.error or {}).get("details")
         failed = details.get("outputs") if isinstance(details, dict) else None

@@ -99,7 +99,9 @@ async def image_server() -> AsyncIterator[ImageServer]:
 
 
 async def run_invert(fleet: Fleet, image_value: str) -> dict:
-    r = await fleet.http.post("/tasks", json={"workflow": "invert", "params": {"image": image_value}})
+    r = await fleet.http.post(
+        "/tasks", json={"workflow": "invert", "params": {"image": image_value}}
+    )
     assert r.status_code == 202, r.text
     final = await fleet.wait_final(r.json()["task_id"])
     assert final["status"] == "succeeded", final
@@ -128,7 +130,9 @@ async def test_base64_image_is_inverted(fleet: Fleet) -> None:
 async def test_data_url_jpeg_is_accepted(fleet: Fleet) -> None:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (0, 0, 0)).save(buf, format="JPEG", quality=95)
-    final = await run_invert(fleet, "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode())
+    final = await run_invert(
+        fleet, "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    )
     pixels = await output_pixels(final)
     assert pixels.shape == (8, 8, 3) and int(pixels.min()) >= 250  # black, inverted
 
@@ -149,7 +153,9 @@ async def refused(fleet: Fleet, value: str) -> httpx.Response:
     return await fleet.http.post("/tasks", json={"workflow": "invert", "params": {"image": value}})
 
 
-async def test_bad_images_are_refused_and_nothing_is_recorded(fleet: Fleet, image_server: ImageServer) -> None:
+async def test_bad_images_are_refused_and_nothing_is_recorded(
+    fleet: Fleet, image_server: ImageServer
+) -> None:
     before = await task_count(fleet)
     image_server.files["notes.txt"] = b"these are my notes, not a picture"
     image_server.files["huge.png"] = bomb_header_png(7000, 6000)
@@ -171,7 +177,9 @@ async def test_bad_images_are_refused_and_nothing_is_recorded(fleet: Fleet, imag
     assert await task_count(fleet) == before
 
 
-async def test_forbidden_urls_are_refused_and_nothing_is_recorded(fleet: Fleet, image_server: ImageServer) -> None:
+async def test_forbidden_urls_are_refused_and_nothing_is_recorded(
+    fleet: Fleet, image_server: ImageServer
+) -> None:
     before = await task_count(fleet)
     standin = fleet.standins[0]
     image_server.redirects["to-metadata"] = "http://169.254.169.254/latest/meta-data/iam"
@@ -184,7 +192,10 @@ async def test_forbidden_urls_are_refused_and_nothing_is_recorded(fleet: Fleet, 
         f"{image_server.url}/to-standin",
     ):
         r = await refused(fleet, value)
-        assert r.status_code == 422 and r.json()["error"]["code"] == "url_forbidden", (value, r.text)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "url_forbidden", (
+            value,
+            r.text,
+        )
         assert r.json()["error"]["details"][0]["param"] == "image"
     # The redirects were asked for; their forbidden targets never were.
     assert image_server.hits == ["to-metadata", "to-standin"]

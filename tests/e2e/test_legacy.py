@@ -25,7 +25,9 @@ async def post_legacy(fleet: Fleet, body: dict) -> httpx.Response:
     return await fleet.http.post(fleet.url, json=body)
 
 
-async def test_text2img_request_answer_and_webhook_have_the_prototype_fields(fleet: Fleet, receiver: Receiver) -> None:
+async def test_text2img_request_answer_and_webhook_have_the_prototype_fields(
+    fleet: Fleet, receiver: Receiver
+) -> None:
     client_task_id = f"legacy-{uuid.uuid4().hex[:8]}"
     body = {
         "service_type": "text2img",
@@ -41,7 +43,11 @@ async def test_text2img_request_answer_and_webhook_have_the_prototype_fields(fle
     assert answer["id"] == task["task_id"]
     assert answer["client_task_id"] == client_task_id and task["client_task_id"] == client_task_id
     assert answer["client_callback_url"] == receiver.url == task["callback_url"]
-    assert answer["error_code"] == 0 and answer["s3_key"] is None and answer["comfyui_filepath"] is None
+    assert (
+        answer["error_code"] == 0
+        and answer["s3_key"] is None
+        and answer["comfyui_filepath"] is None
+    )
     assert task["workflow"] == "text2img"
 
     calls = await receiver.wait_for(task["task_id"])
@@ -70,12 +76,18 @@ async def test_text2img_request_answer_and_webhook_have_the_prototype_fields(fle
 async def test_img2img_takes_the_image_as_base64(fleet: Fleet, receiver: Receiver) -> None:
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 100, 50)).save(buf, format="PNG")
-    r = await post_legacy(fleet, {
-        "service_type": "img2img",
-        "client_task_id": f"legacy-{uuid.uuid4().hex[:8]}",
-        "client_callback_url": receiver.url,
-        "params": {"text": "the same, at night", "image": base64.b64encode(buf.getvalue()).decode()},
-    })
+    r = await post_legacy(
+        fleet,
+        {
+            "service_type": "img2img",
+            "client_task_id": f"legacy-{uuid.uuid4().hex[:8]}",
+            "client_callback_url": receiver.url,
+            "params": {
+                "text": "the same, at night",
+                "image": base64.b64encode(buf.getvalue()).decode(),
+            },
+        },
+    )
     assert r.status_code == 200, r.text
     calls = await receiver.wait_for(r.json()["id"])
     assert calls[0]["json"]["type"] == "task.succeeded" and calls[0]["json"]["error_code"] == 0
@@ -84,19 +96,28 @@ async def test_img2img_takes_the_image_as_base64(fleet: Fleet, receiver: Receive
 async def test_a_failed_task_reports_its_error_code(fleet: Fleet, receiver: Receiver) -> None:
     async with httpx.AsyncClient() as c:
         for s in fleet.standins:
-            await c.post(f"{s.url}/_standin/knobs", json={"fail": [{"node": "SaveImage", "count": 1}]})
+            await c.post(
+                f"{s.url}/_standin/knobs", json={"fail": [{"node": "SaveImage", "count": 1}]}
+            )
         try:
-            r = await post_legacy(fleet, {
-                "service_type": "solid", "client_task_id": f"legacy-{uuid.uuid4().hex[:8]}",
-                "client_callback_url": receiver.url, "params": {"width": 8, "height": 8},
-            })
+            r = await post_legacy(
+                fleet,
+                {
+                    "service_type": "solid",
+                    "client_task_id": f"legacy-{uuid.uuid4().hex[:8]}",
+                    "client_callback_url": receiver.url,
+                    "params": {"width": 8, "height": 8},
+                },
+            )
             assert r.status_code == 200, r.text
             calls = await receiver.wait_for(r.json()["id"])
         finally:
             for s in fleet.standins:
                 await c.post(f"{s.url}/_standin/knobs", json={"fail": []})
     sent = calls[0]["json"]
-    assert sent["type"] == "task.failed" and sent["task"]["error"]["code"] == "comfyui_execution_error"
+    assert (
+        sent["type"] == "task.failed" and sent["task"]["error"]["code"] == "comfyui_execution_error"
+    )
     assert sent["error_code"] == legacy.OTHER and sent["s3_key"] is None
 
 
@@ -106,8 +127,15 @@ async def test_refusals_use_the_api_error_shape_and_record_nothing(fleet: Fleet)
     assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_workflow"
     r = await post_legacy(fleet, {"service_type": "text2img", "client_task_id": "y", "params": {}})
     assert r.status_code == 422 and r.json()["error"]["code"] == "params_invalid"
-    r = await post_legacy(fleet, {"service_type": "text2img", "client_task_id": "z",
-                                  "client_callback_url": "http://169.254.169.254/hook", "params": {"text": "a"}})
+    r = await post_legacy(
+        fleet,
+        {
+            "service_type": "text2img",
+            "client_task_id": "z",
+            "client_callback_url": "http://169.254.169.254/hook",
+            "params": {"text": "a"},
+        },
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "url_forbidden"
     after = len((await fleet.http.get("/tasks", params={"limit": 500})).json()["tasks"])
     assert after == before

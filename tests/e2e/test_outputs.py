@@ -27,7 +27,11 @@ async def fetch(url: str) -> httpx.Response:
 
 async def test_a_batch_of_ten_stores_ten_objects(fleet: Fleet) -> None:
     r = await fleet.http.post(
-        "/tasks", json={"workflow": "solid", "params": {"width": 8, "height": 8, "color": 0xFF0000, "batch_size": 10}}
+        "/tasks",
+        json={
+            "workflow": "solid",
+            "params": {"width": 8, "height": 8, "color": 0xFF0000, "batch_size": 10},
+        },
     )
     assert r.status_code == 202, r.text
     final = await fleet.wait_final(r.json()["task_id"])
@@ -38,11 +42,15 @@ async def test_a_batch_of_ten_stores_ten_objects(fleet: Fleet) -> None:
     assert [o["s3_key"].rsplit("/", 1)[1][:3] for o in outs] == [f"{i:03d}" for i in range(10)]
     for out in outs:
         blob = (await fetch(out["url"])).content
-        assert hashlib.sha256(blob).hexdigest() == out["sha256"] and out["content_type"] == "image/png"
+        assert (
+            hashlib.sha256(blob).hexdigest() == out["sha256"] and out["content_type"] == "image/png"
+        )
 
 
 async def test_a_video_output_is_stored_with_a_video_content_type(fleet: Fleet) -> None:
-    r = await fleet.http.post("/tasks", json={"workflow": "solid_video", "params": {"frames": 4, "color": 0x00FF00}})
+    r = await fleet.http.post(
+        "/tasks", json={"workflow": "solid_video", "params": {"frames": 4, "color": 0x00FF00}}
+    )
     assert r.status_code == 202, r.text
     final = await fleet.wait_final(r.json()["task_id"])
     assert final["status"] == "succeeded", final
@@ -51,7 +59,10 @@ async def test_a_video_output_is_stored_with_a_video_content_type(fleet: Fleet) 
     resp = await fetch(out["url"])
     assert resp.headers["content-type"] == "video/webm"
     assert resp.content[:4] == b"\x1a\x45\xdf\xa3"  # the EBML magic of a WebM file
-    assert hashlib.sha256(resp.content).hexdigest() == out["sha256"] and len(resp.content) == out["size"]
+    assert (
+        hashlib.sha256(resp.content).hexdigest() == out["sha256"]
+        and len(resp.content) == out["size"]
+    )
 
 
 def files_under(folder: Path) -> list[str]:
@@ -126,8 +137,11 @@ async def test_outputs_kept_during_an_s3_outage_are_completed_by_reupload(
     try:
         r = await fleet.http.post(
             "/tasks",
-            json={"workflow": "solid", "params": {"width": 8, "height": 8, "color": 0x123456, "batch_size": 2},
-                  "callback_url": receiver.url},
+            json={
+                "workflow": "solid",
+                "params": {"width": 8, "height": 8, "color": 0x123456, "batch_size": 2},
+                "callback_url": receiver.url,
+            },
         )
         assert r.status_code == 202, r.text
         task_id = r.json()["task_id"]
@@ -146,9 +160,15 @@ async def test_outputs_kept_during_an_s3_outage_are_completed_by_reupload(
     assert first[0]["json"]["type"] == "task.failed"
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "core.reupload", "--wait", "20",
-        cwd=tmp_path, env=command_env(fleet),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "core.reupload",
+        "--wait",
+        "20",
+        cwd=tmp_path,
+        env=command_env(fleet),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, out.decode()
@@ -162,7 +182,9 @@ async def test_outputs_kept_during_an_s3_outage_are_completed_by_reupload(
         assert hashlib.sha256(blob).hexdigest() == entry["sha256"]
     assert not (root / "tasks" / task_id).exists()
     types = [e["type"] for e in (await fleet.http.get(f"/tasks/{task_id}/events")).json()]
-    assert "task.failed" in types and types.index("task.failed") < types.index("task.outputs_recovered")
+    assert "task.failed" in types and types.index("task.failed") < types.index(
+        "task.outputs_recovered"
+    )
 
     # The new end is delivered as a success, under a new webhook-id.
     # Delivery is at least once: a repeat carries the same webhook-id, so count ends by id.
@@ -173,7 +195,13 @@ async def test_outputs_kept_during_an_s3_outage_are_completed_by_reupload(
         await asyncio.sleep(0.1)
     ends: dict[str, str] = {}
     for call in receiver.for_task(task_id):
-        assert ends.setdefault(call["headers"]["webhook-id"], call["json"]["type"]) == call["json"]["type"]
+        assert (
+            ends.setdefault(call["headers"]["webhook-id"], call["json"]["type"])
+            == call["json"]["type"]
+        )
     assert list(ends.values()) == ["task.failed", "task.succeeded"]
     success = next(c for c in receiver.for_task(task_id) if c["json"]["type"] == "task.succeeded")
-    assert success["json"]["task"]["status"] == "succeeded" and success["json"]["task"]["outputs"][0]["url"]
+    assert (
+        success["json"]["task"]["status"] == "succeeded"
+        and success["json"]["task"]["outputs"][0]["url"]
+    )

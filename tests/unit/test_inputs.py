@@ -16,7 +16,13 @@ from core.url_policy import UrlPolicy
 from serve_app import inputs
 
 
-def encoded(fmt: str, size: tuple[int, int] = (6, 4), mode: str = "RGB", colour: Any = (10, 200, 30), **kw: Any) -> bytes:
+def encoded(
+    fmt: str,
+    size: tuple[int, int] = (6, 4),
+    mode: str = "RGB",
+    colour: Any = (10, 200, 30),
+    **kw: Any,
+) -> bytes:
     buf = io.BytesIO()
     Image.new(mode, size, colour).save(buf, format=fmt, **kw)
     return buf.getvalue()
@@ -55,8 +61,13 @@ def test_exif_orientation_is_applied_before_it_is_dropped() -> None:
 
 
 def test_cmyk_jpeg_becomes_rgb() -> None:
-    out = Image.open(io.BytesIO(inputs.normalise_image(
-        encoded("JPEG", mode="CMYK", colour=(0, 0, 0, 0)), max_pixels=100, param="p")))
+    out = Image.open(
+        io.BytesIO(
+            inputs.normalise_image(
+                encoded("JPEG", mode="CMYK", colour=(0, 0, 0, 0)), max_pixels=100, param="p"
+            )
+        )
+    )
     assert out.mode == "RGB"
 
 
@@ -146,7 +157,9 @@ class FakeServices:
 
 
 def services(store: storage.InMemoryBlobStore | None = None) -> FakeServices:
-    return FakeServices(Limits(), store if store is not None else storage.InMemoryBlobStore(), UrlPolicy.build())
+    return FakeServices(
+        Limits(), store if store is not None else storage.InMemoryBlobStore(), UrlPolicy.build()
+    )
 
 
 WF = Workflow(Manifest({"a": Spec("1", "image"), "b": Spec("7", "image")}))
@@ -156,10 +169,28 @@ async def test_stage_images_stores_png_under_the_task_and_returns_inputs() -> No
     svc = services()
     value = base64.b64encode(encoded("JPEG")).decode()
     names = {"a": "fleet/t1-a.png", "b": "fleet/t1-b.png"}
-    staged = await inputs.stage_images(svc, "t1", WF, {"a": value, "b": "data:image/bmp;base64," + base64.b64encode(encoded("BMP")).decode()}, names)
+    staged = await inputs.stage_images(
+        svc,
+        "t1",
+        WF,
+        {"a": value, "b": "data:image/bmp;base64," + base64.b64encode(encoded("BMP")).decode()},
+        names,
+    )
     assert staged == [
-        {"param": "a", "s3_key": "inputs/t1/a.png", "filename": "fleet/t1-a.png", "node": "1", "field": "image"},
-        {"param": "b", "s3_key": "inputs/t1/b.png", "filename": "fleet/t1-b.png", "node": "7", "field": "image"},
+        {
+            "param": "a",
+            "s3_key": "inputs/t1/a.png",
+            "filename": "fleet/t1-a.png",
+            "node": "1",
+            "field": "image",
+        },
+        {
+            "param": "b",
+            "s3_key": "inputs/t1/b.png",
+            "filename": "fleet/t1-b.png",
+            "node": "7",
+            "field": "image",
+        },
     ]
     assert svc.store is not None
     for key in ("inputs/t1/a.png", "inputs/t1/b.png"):
@@ -172,7 +203,9 @@ async def test_a_refused_second_image_stores_nothing() -> None:
     good = base64.b64encode(encoded("PNG")).decode()
     bad = base64.b64encode(b"not an image at all").decode()
     with pytest.raises(errors.InputRejected) as info:
-        await inputs.stage_images(svc, "t1", WF, {"a": good, "b": bad}, {"a": "x.png", "b": "y.png"})
+        await inputs.stage_images(
+            svc, "t1", WF, {"a": good, "b": bad}, {"a": "x.png", "b": "y.png"}
+        )
     assert "params.b" in info.value.message
     assert svc.store is not None and svc.store.objects == {}
 
@@ -197,4 +230,10 @@ async def test_storage_outage_is_503() -> None:
     store = storage.InMemoryBlobStore()
     store.available = False
     with pytest.raises(errors.StorageUnavailable):
-        await inputs.stage_images(services(store), "t1", WF, {"a": base64.b64encode(encoded("PNG")).decode()}, {"a": "x.png"})
+        await inputs.stage_images(
+            services(store),
+            "t1",
+            WF,
+            {"a": base64.b64encode(encoded("PNG")).decode()},
+            {"a": "x.png"},
+        )

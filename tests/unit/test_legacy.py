@@ -12,22 +12,37 @@ from serve_app import legacy
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SUB = events.TaskSubmitted(
-    workflow="text2img", workflow_version="1", params={"text": "a cat"}, prompt={},
-    client_task_id="order-7", callback_url="http://127.0.0.1:9/cb", request_hash="h", origin="legacy",
+    workflow="text2img",
+    workflow_version="1",
+    params={"text": "a cat"},
+    prompt={},
+    client_task_id="order-7",
+    callback_url="http://127.0.0.1:9/cb",
+    request_hash="h",
+    origin="legacy",
 )
 DISPATCHED = events.TaskDispatched(endpoint="e:1", prompt_id="p1", attempt=1)
 
 
 def out(index: int, name: str, subfolder: str = "") -> events.TaskOutputStored:
     return events.TaskOutputStored(
-        prompt_id="p1", index=index, node_id="9", filename=name, subfolder=subfolder, kind="images",
-        content_type="image/png", size=3, sha256="ab", s3_key=f"tasks/t1/{index:03d}-{name}",
+        prompt_id="p1",
+        index=index,
+        node_id="9",
+        filename=name,
+        subfolder=subfolder,
+        kind="images",
+        content_type="image/png",
+        size=3,
+        sha256="ab",
+        s3_key=f"tasks/t1/{index:03d}-{name}",
     )
 
 
 def fold(*evs: events.Event) -> task_state.TaskState:
     state = task_state.replay(
-        StoredEvent(task_id="t1", seq=i, event=e, at=T0 + timedelta(seconds=i)) for i, e in enumerate(evs, 1)
+        StoredEvent(task_id="t1", seq=i, event=e, at=T0 + timedelta(seconds=i))
+        for i, e in enumerate(evs, 1)
     )
     assert state is not None
     return state
@@ -37,14 +52,26 @@ def test_record_at_submit_has_every_field_and_error_code_zero() -> None:
     rec = legacy.record(fold(SUB))
     assert tuple(rec) == legacy.RECORD_FIELDS
     assert rec == {
-        "id": "t1", "client_task_id": "order-7", "client_callback_url": "http://127.0.0.1:9/cb",
-        "comfyui_task_id": None, "comfyui_filepath": None, "s3_key": None, "error_code": 0,
+        "id": "t1",
+        "client_task_id": "order-7",
+        "client_callback_url": "http://127.0.0.1:9/cb",
+        "comfyui_task_id": None,
+        "comfyui_filepath": None,
+        "s3_key": None,
+        "error_code": 0,
     }
 
 
 def test_record_of_a_success_names_the_first_output() -> None:
-    rec = legacy.record(fold(SUB, DISPATCHED, out(0, "a_00001_.png", "fleet"), out(1, "b.png"),
-                             events.TaskSucceeded(prompt_id="p1")))
+    rec = legacy.record(
+        fold(
+            SUB,
+            DISPATCHED,
+            out(0, "a_00001_.png", "fleet"),
+            out(1, "b.png"),
+            events.TaskSucceeded(prompt_id="p1"),
+        )
+    )
     assert rec["comfyui_task_id"] == "p1"
     assert rec["s3_key"] == "tasks/t1/000-a_00001_.png"
     assert rec["comfyui_filepath"] == "fleet/a_00001_.png"
@@ -72,10 +99,20 @@ def test_cancelled_is_other() -> None:
 
 
 def test_storage_failure_names_the_kept_file_but_no_s3_key() -> None:
-    failure = {"code": "storage_failed", "message": "S3 down", "filename": "a_00001_.png",
-               "fallback_path": "/f/tasks/t1/000-a_00001_.png", "s3_key": "tasks/t1/000-a_00001_.png"}
-    state = fold(SUB, DISPATCHED, events.TaskFailed(code="storage_failed", message="S3 down",
-                                                    prompt_id="p1", details={"outputs": [failure]}))
+    failure = {
+        "code": "storage_failed",
+        "message": "S3 down",
+        "filename": "a_00001_.png",
+        "fallback_path": "/f/tasks/t1/000-a_00001_.png",
+        "s3_key": "tasks/t1/000-a_00001_.png",
+    }
+    state = fold(
+        SUB,
+        DISPATCHED,
+        events.TaskFailed(
+            code="storage_failed", message="S3 down", prompt_id="p1", details={"outputs": [failure]}
+        ),
+    )
     rec = legacy.record(state)
     assert rec["error_code"] == 2 and rec["s3_key"] is None
     assert rec["comfyui_filepath"] == "a_00001_.png"
