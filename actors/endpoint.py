@@ -29,6 +29,7 @@ import websockets
 
 from actors.comfy_client import ComfyClient
 from core import comfy_history, errors, events, storage, task_state
+from core.coalescer import Coalescer
 from core.comfy_history import OutputFile
 from core.config import Endpoint, Settings
 from core.event_log import EventLog
@@ -58,12 +59,12 @@ DB_OUTAGE_BUDGET_S = 600.0
 
 class RouterPort(Protocol):
     async def endpoint_status(self, name: str, status: dict[str, Any]) -> None: ...
-    async def task_finished(self, name: str, task_id: str) -> None: ...
+    async def task_finished_many(self, name: str, task_ids: list[str]) -> None: ...
     async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None: ...
 
 
 class WebhookPort(Protocol):
-    async def task_ended(self, task_id: str) -> None: ...
+    async def tasks_ended(self, task_ids: list[str]) -> None: ...
 
 
 @dataclass
@@ -151,6 +152,11 @@ class EndpointWorker:
         self._reported_connected: bool | None = None
         self._report_pending = False
         self._history_trash: list[str] = []
+        # Per-task notifications, batched: one actor call carries many (see core/coalescer).
+        self._finished: Coalescer[str] = Coalescer(
+            lambda ids: self.router.task_finished_many(self.name, ids)
+        )
+        self._ended_batch: Coalescer[str] = Coalescer(self.webhooks.tasks_ended)
 
     # --- life -----------------------------------------------------------------------------
 
@@ -373,6 +379,10 @@ class EndpointWorker:
             data = await self.store.get(spec["s3_key"])
             await self.client.upload_image(data, name, subfolder)
 
+    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
+        """`dispatch` for a batch (one actor call from the router for many tasks)."""
+        return list(await asyncio.gather(*(self.dispatch(t) for t in task_ids)))
+
     async def cancel(self, task_id: str) -> str:
         """Cancel a task we hold (the ingress already recorded `cancel_requested`).
 
@@ -400,7 +410,7 @@ class EndpointWorker:
                         item.finishing = True
                         self._untrack(prompt_id)
                         await self._end(item, [events.TaskCancelled(where="comfyui_queue")])
-                        await self._safe(self.router.task_finished(self.name, task_id))
+                        self._finished.add(task_id)
                         return "cancelled"
             if prompt_id in running:
                 await self.client.interrupt(prompt_id)
@@ -423,7 +433,7 @@ class EndpointWorker:
             await self._safe(
                 self.router.task_requeued(task_id, state.priority, state.created_at.timestamp())
             )
-            await self._safe(self.router.task_finished(self.name, task_id))
+            self._finished.add(task_id)
         elif new:
             self._ended(task_id)
 
@@ -682,7 +692,7 @@ class EndpointWorker:
             item.finishing = False
             return
         self._untrack(item.prompt_id)
-        await self._safe(self.router.task_finished(self.name, item.task_id))
+        self._finished.add(item.task_id)
         self._spawn(self._cleanup(item.prompt_id, inputs, entry))
 
     async def _cleanup(
@@ -751,7 +761,7 @@ class EndpointWorker:
 
     def _ended(self, task_id: str) -> None:
         self.states.pop(task_id, None)
-        self._spawn(self._safe(self.webhooks.task_ended(task_id)))
+        self._ended_batch.add(task_id)
 
     async def _store_outputs(self, item: Inflight, files: list[OutputFile]) -> None:
         """Fetch every output from /view and store it; then record them and the success in

@@ -77,8 +77,8 @@ class RouterPortOverRay:
     async def endpoint_status(self, name: str, status: dict[str, Any]) -> None:
         await self._handle().endpoint_status.remote(name, status)
 
-    async def task_finished(self, name: str, task_id: str) -> None:
-        await self._handle().task_finished.remote(name, task_id)
+    async def task_finished_many(self, name: str, task_ids: list[str]) -> None:
+        await self._handle().task_finished_many.remote(name, task_ids)
 
     async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None:
         await self._handle().task_requeued.remote(task_id, priority, created_at)
@@ -88,11 +88,17 @@ class WebhookPortOverRay:
     def __init__(self) -> None:
         self._h: Any = None
 
-    async def task_ended(self, task_id: str) -> None:
+    def _handle(self) -> Any:
         if self._h is None:
             self._h = ray.get_actor(WEBHOOKS_NAME, namespace=NAMESPACE)
+        return self._h
+
+    async def task_ended(self, task_id: str) -> None:
         # Fire and forget: the outbox scan covers a lost call.
-        self._h.task_ended.remote(task_id)
+        self._handle().tasks_ended.remote([task_id])
+
+    async def tasks_ended(self, task_ids: list[str]) -> None:
+        self._handle().tasks_ended.remote(task_ids)
 
 
 class EndpointHandleOverRay:
@@ -105,8 +111,8 @@ class EndpointHandleOverRay:
             self._h = ray.get_actor(endpoint_actor_name(self.name), namespace=NAMESPACE)
         return self._h
 
-    async def dispatch(self, task_id: str) -> str:
-        return await self._handle().dispatch.remote(task_id)  # type: ignore[no-any-return]
+    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
+        return await self._handle().dispatch_many.remote(task_ids)  # type: ignore[no-any-return]
 
     async def status(self) -> dict[str, Any]:
         return await self._handle().status.remote()  # type: ignore[no-any-return]
@@ -146,8 +152,8 @@ class EndpointActor(_Lazy):
         await worker.start()
         return worker
 
-    async def dispatch(self, task_id: str) -> str:
-        return await (await self.inner()).dispatch(task_id)  # type: ignore[no-any-return]
+    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
+        return await (await self.inner()).dispatch_many(task_ids)  # type: ignore[no-any-return]
 
     async def status(self) -> dict[str, Any]:
         return await (await self.inner()).status()  # type: ignore[no-any-return]
@@ -193,8 +199,11 @@ class RouterActor(_Lazy):
     async def endpoint_status(self, name: str, status: dict[str, Any]) -> None:
         await (await self.inner()).endpoint_status(name, status)
 
-    async def task_finished(self, name: str, task_id: str) -> None:
-        await (await self.inner()).task_finished(name, task_id)
+    async def task_finished_many(self, name: str, task_ids: list[str]) -> None:
+        await (await self.inner()).task_finished_many(name, task_ids)
+
+    async def submit_many(self, items: list[tuple[str, int, float, str, list[str]]]) -> int:
+        return await (await self.inner()).submit_many(items)  # type: ignore[no-any-return]
 
     async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None:
         await (await self.inner()).task_requeued(task_id, priority, created_at)
@@ -255,8 +264,8 @@ class WebhookActor(_Lazy):
         await dispatcher.start()
         return dispatcher
 
-    async def task_ended(self, task_id: str) -> None:
-        await (await self.inner()).task_ended(task_id)
+    async def tasks_ended(self, task_ids: list[str]) -> None:
+        await (await self.inner()).tasks_ended(task_ids)
 
     async def stats(self) -> dict[str, Any]:
         return await (await self.inner()).stats()  # type: ignore[no-any-return]

@@ -22,12 +22,14 @@ log = logging.getLogger("comfy_fleet.router")
 
 #: Seconds between endpoint heartbeats (status calls; they also restart a crashed endpoint).
 HEARTBEAT_S = 1.0
+#: Seconds between scans of the log for queued tasks the router does not hold.
+SCAN_S = 5.0
 #: A heartbeat slower than this marks the endpoint disconnected.
 HEARTBEAT_TIMEOUT_S = 5.0
 
 
 class EndpointHandle(Protocol):
-    async def dispatch(self, task_id: str) -> str: ...
+    async def dispatch_many(self, task_ids: list[str]) -> list[str]: ...
     async def status(self) -> dict[str, Any]: ...
     async def cancel(self, task_id: str) -> str: ...
     async def reload_workflows(self) -> list[str] | None: ...
@@ -70,6 +72,7 @@ class Router:
             self._started = True
             self._spawn(self._dispatch_loop())
             self._spawn(self._heartbeat_loop())
+            self._spawn(self._scan_loop())
             self._wake.set()
 
     def _spawn(self, coro: Any) -> None:
@@ -95,6 +98,14 @@ class Router:
         await self.start()
         if self.waiting.push(task_id, priority, created_at, workflow, labels or ()):
             self._wake.set()
+        return len(self.waiting)
+
+    async def submit_many(self, items: list[tuple[str, int, float, str, list[str]]]) -> int:
+        """`submit` for a batch: [(task_id, priority, created_at, workflow, labels)]."""
+        await self.start()
+        for task_id, priority, created_at, workflow, labels in items:
+            self.waiting.push(task_id, priority, created_at, workflow, labels or ())
+        self._wake.set()
         return len(self.waiting)
 
     async def cancel(self, task_id: str) -> str:
@@ -148,6 +159,10 @@ class Router:
             load.inflight = max(0, load.inflight - 1)
             self._wake.set()
 
+    async def task_finished_many(self, name: str, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            await self.task_finished(name, task_id)
+
     async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None:
         await self.start()
         try:
@@ -190,6 +205,7 @@ class Router:
 
     async def _dispatch_loop(self) -> None:
         depth = self.settings.endpoint_queue_depth
+        batches: dict[str, list[routing.Waiting]] = {}
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -213,24 +229,45 @@ class Router:
                 self.assigned[ep.name].add(item.task_id)
                 ep.inflight = len(self.assigned[ep.name])
                 self.dispatched_total += 1
-                self._spawn(self._send(ep.name, item))
+                batches.setdefault(ep.name, []).append(item)
+            # One call per endpoint for everything decided in this pass.
+            for name, items in batches.items():
+                self._spawn(self._send(name, items))
+            batches = {}
 
-    async def _send(self, name: str, item: routing.Waiting) -> None:
+    async def _send(self, name: str, items: list[routing.Waiting]) -> None:
         from actors.endpoint import ACCEPTED, RETRY
 
         try:
-            result = await self.handles[name].dispatch(item.task_id)
+            results = await self.handles[name].dispatch_many([i.task_id for i in items])
         except Exception:
-            log.warning("dispatch of %s to %s failed", item.task_id, name, exc_info=True)
-            result = RETRY
+            log.warning("dispatch of %d task(s) to %s failed", len(items), name, exc_info=True)
+            results = [RETRY] * len(items)
             self.loads[name].connected = False
-        if result == ACCEPTED:
-            return
-        self.assigned[name].discard(item.task_id)
-        if result == RETRY:
-            self.loads[name].connected = False
-            self.waiting.push(item.task_id, -item.sort_key[0], item.sort_key[1], item.workflow, item.labels)
+        for item, result in zip(items, results, strict=True):
+            if result == ACCEPTED:
+                continue
+            self.assigned[name].discard(item.task_id)
+            if result == RETRY:
+                self.loads[name].connected = False
+                self.waiting.push(
+                    item.task_id, -item.sort_key[0], item.sort_key[1], item.workflow, item.labels
+                )
         self._wake.set()
+
+    async def _scan_loop(self) -> None:
+        """Submissions are notified fire-and-forget; this scan of the log picks up any
+        notification that was lost (a router restart in between, a dropped batch)."""
+        while True:
+            await asyncio.sleep(SCAN_S)
+            try:
+                for task_id, priority, created_at, workflow, labels in await self.log.queued_tasks():
+                    if task_id in self.waiting or any(task_id in a for a in self.assigned.values()):
+                        continue
+                    if self.waiting.push(task_id, priority, created_at, workflow, labels):
+                        self._wake.set()
+            except Exception:
+                log.debug("queued-task scan failed", exc_info=True)
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -73,6 +73,11 @@ class WebhookDispatcher:
         await self.start()
         self._ensure(task_id)
 
+    async def tasks_ended(self, task_ids: list[str]) -> None:
+        await self.start()
+        for task_id in task_ids:
+            self._ensure(task_id)
+
     async def stats(self) -> dict[str, Any]:
         return {"active": len(self.active), **self.counts}
 

@@ -57,6 +57,10 @@ class EventLog(Protocol):
         """Every task that is not final, oldest first (what the actors rebuild from)."""
         ...
 
+    async def queued_tasks(self) -> list[tuple[str, int, float, str, list[str]]]:
+        """Every task waiting for dispatch: (task_id, priority, created_at, workflow, labels)."""
+        ...
+
     async def pending_webhooks(self) -> list[TaskState]:
         """Final tasks whose webhook is still to deliver (the outbox)."""
         ...
@@ -199,6 +203,13 @@ class InMemoryEventLog:
             (s.copy() for s in self._states.values() if not s.is_final),
             key=lambda s: s.created_at,
         )
+
+    async def queued_tasks(self) -> list[tuple[str, int, float, str, list[str]]]:
+        return [
+            (s.task_id, s.priority, s.created_at.timestamp(), s.workflow, list(s.required_labels))
+            for s in sorted(self._states.values(), key=lambda s: s.created_at)
+            if s.status == task_state.QUEUED
+        ]
 
     async def pending_webhooks(self) -> list[TaskState]:
         return [s.copy() for s in self._states.values() if s.webhook == task_state.WEBHOOK_PENDING]

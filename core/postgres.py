@@ -194,6 +194,14 @@ class PostgresEventLog:
             rows = await self._pool.fetch(queries["open_tasks"])
         return [state_from_json(r["state"]) for r in rows]
 
+    async def queued_tasks(self) -> list[tuple[str, int, float, str, list[str]]]:
+        with _translated():
+            rows = await self._pool.fetch(queries["queued_tasks"])
+        return [
+            (str(r["task_id"]), r["priority"], r["created_at"].timestamp(), r["workflow"], list(r["labels"] or []))
+            for r in rows
+        ]
+
     async def pending_webhooks(self) -> list[TaskState]:
         with _translated():
             rows = await self._pool.fetch(queries["pending_webhooks"])

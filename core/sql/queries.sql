@@ -56,6 +56,11 @@ LIMIT $6;
 SELECT state FROM tasks WHERE status NOT IN ('succeeded', 'failed', 'cancelled')
 ORDER BY created_at;
 
+-- queued_tasks --
+-- What the router needs of every task waiting for dispatch (no state JSON: it is a scan).
+SELECT task_id, priority, created_at, workflow, state->'required_labels' AS labels
+FROM tasks WHERE status = 'queued' ORDER BY created_at;
+
 -- pending_webhooks --
 SELECT state FROM tasks WHERE webhook = 'pending' ORDER BY updated_at;
 

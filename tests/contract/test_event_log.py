@@ -106,6 +106,14 @@ class EventLogContract:
         await log.append(b, 1, [events.TaskFailed(code="x", message="y")], s)
         assert [t.task_id for t in await log.open_tasks()] == [a]
 
+    async def test_queued_tasks_lists_only_waiting_ones(self, log: EventLog) -> None:
+        a, b = str(uuid.uuid4()), str(uuid.uuid4())
+        await log.append(a, 0, [submitted(priority=3)])
+        s = await log.append(b, 0, [submitted()])
+        await log.append(b, 1, [events.TaskDispatched(endpoint="e:1", prompt_id="p", attempt=1)], s)
+        rows = await log.queued_tasks()
+        assert [(r[0], r[1], r[3], r[4]) for r in rows] == [(a, 3, "solid", [])]
+
     async def test_wait_for_change_wakes_on_append(self, log: EventLog) -> None:
         tid = str(uuid.uuid4())
         s = await log.append(tid, 0, [submitted()])

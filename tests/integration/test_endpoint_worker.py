@@ -36,8 +36,8 @@ class FakeRouter:
     async def endpoint_status(self, name: str, status: dict[str, Any]) -> None:
         self.statuses.append(status)
 
-    async def task_finished(self, name: str, task_id: str) -> None:
-        self.finished.append(task_id)
+    async def task_finished_many(self, name: str, task_ids: list[str]) -> None:
+        self.finished.extend(task_ids)
 
     async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None:
         self.requeued.append(task_id)
@@ -47,8 +47,8 @@ class FakeRouter:
 class FakeWebhooks:
     ended: list[str] = field(default_factory=list)
 
-    async def task_ended(self, task_id: str) -> None:
-        self.ended.append(task_id)
+    async def tasks_ended(self, task_ids: list[str]) -> None:
+        self.ended.extend(task_ids)
 
 
 @dataclass

@@ -32,6 +32,9 @@ class FakeEndpoint:
         self.dispatched.append(task_id)
         return self.script.pop(0) if self.script else "accepted"
 
+    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
+        return [await self.dispatch(t) for t in task_ids]
+
     async def status(self) -> dict[str, Any]:
         return {"connected": self.connected, "queue_remaining": 0, "inflight": 0}
 
