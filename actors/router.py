@@ -70,6 +70,7 @@ class Router:
                         state.workflow, state.required_labels,
                     )
             self._started = True
+            await self.log.listen_submitted(self._on_submitted)
             self._spawn(self._dispatch_loop())
             self._spawn(self._heartbeat_loop())
             self._spawn(self._scan_loop())
@@ -99,6 +100,13 @@ class Router:
         if self.waiting.push(task_id, priority, created_at, workflow, labels or ()):
             self._wake.set()
         return len(self.waiting)
+
+    def _on_submitted(
+        self, task_id: str, priority: int, created_at: float, workflow: str, labels: list[str]
+    ) -> None:
+        """A task was recorded (the log's notification): queue it."""
+        if self.waiting.push(task_id, priority, created_at, workflow, labels or ()):
+            self._wake.set()
 
     async def submit_many(self, items: list[tuple[str, int, float, str, list[str]]]) -> int:
         """`submit` for a batch: [(task_id, priority, created_at, workflow, labels)]."""

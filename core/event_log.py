@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -24,6 +24,10 @@ import orjson
 
 from core import errors, events, task_state
 from core.task_state import TaskState
+
+
+#: (task_id, priority, created_at, workflow, labels) of a newly submitted task
+SubmittedCallback = Callable[[str, int, float, str, list[str]], None]
 
 
 class EventLog(Protocol):
@@ -63,6 +67,10 @@ class EventLog(Protocol):
 
     async def pending_webhooks(self) -> list[TaskState]:
         """Final tasks whose webhook is still to deliver (the outbox)."""
+        ...
+
+    async def listen_submitted(self, callback: SubmittedCallback) -> None:
+        """Be told of every task submitted from now on (best effort; scan as a fallback)."""
         ...
 
     async def wait_for_change(self, task_id: str, after_seq: int, timeout_s: float) -> None:
@@ -128,6 +136,7 @@ class InMemoryEventLog:
         self._clients: dict[str, str] = {}
         self._position = 0
         self._changed = asyncio.Condition()
+        self._submitted: list[SubmittedCallback] = []
 
     async def append(
         self,
@@ -155,6 +164,10 @@ class InMemoryEventLog:
         self._states[task_id] = new_state
         if new_state.client_task_id and expected_seq == 0:
             self._clients[new_state.client_task_id] = task_id
+        if expected_seq == 0:
+            for cb in self._submitted:
+                cb(task_id, new_state.priority, new_state.created_at.timestamp(),
+                   new_state.workflow, list(new_state.required_labels))
         async with self._changed:
             self._changed.notify_all()
         return new_state
@@ -213,6 +226,9 @@ class InMemoryEventLog:
 
     async def pending_webhooks(self) -> list[TaskState]:
         return [s.copy() for s in self._states.values() if s.webhook == task_state.WEBHOOK_PENDING]
+
+    async def listen_submitted(self, callback: SubmittedCallback) -> None:
+        self._submitted.append(callback)
 
     async def wait_for_change(self, task_id: str, after_seq: int, timeout_s: float) -> None:
         async def changed() -> None:

@@ -24,13 +24,14 @@ import asyncpg
 import orjson
 
 from core import errors, events, task_state
-from core.event_log import decode_cursor, encode_cursor, stamp, state_from_json, state_to_json
+from core.event_log import SubmittedCallback, decode_cursor, encode_cursor, stamp, state_from_json, state_to_json
 from core.sql import queries
 from core.task_state import TaskState
 
 log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "task_events_v1"
+SUBMITTED_CHANNEL = "tasks_submitted_v1"
 
 _UNAVAILABLE = (
     OSError,
@@ -79,6 +80,8 @@ class PostgresEventLog:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._listener: asyncpg.Connection | None = None
         self._listen_lock = asyncio.Lock()
+        self._submitted_callbacks: list[SubmittedCallback] = []
+        self._submit_listener: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 8) -> PostgresEventLog:
@@ -94,6 +97,8 @@ class PostgresEventLog:
         return cls(pool, dsn)
 
     async def close(self) -> None:
+        if self._submit_listener is not None:
+            self._submit_listener.cancel()
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()
@@ -140,6 +145,7 @@ class PostgresEventLog:
                 new_state.updated_at,
                 state_to_json(new_state),
                 expected_seq,
+                _submitted_payload(new_state) if expected_seq == 0 else None,
             )
         if row["upserted"] != 1:
             # The events were stored (their seqs were free) but the read model row did not
@@ -243,6 +249,42 @@ class PostgresEventLog:
             if not self._waiters[task_id]:
                 self._waiters.pop(task_id, None)
 
+    # --- new tasks, followed by the router ------------------------------------------------------
+
+    async def listen_submitted(self, callback: SubmittedCallback) -> None:
+        """Call `callback(task_id, priority, created_at, workflow, labels)` for every task
+        submitted from now on (LISTEN on a dedicated connection, re-established when lost).
+        Delivery is best effort: callers also scan `queued_tasks()` now and then."""
+        self._submitted_callbacks.append(callback)
+        if self._submit_listener is None:
+            self._submit_listener = asyncio.create_task(self._listen_submitted_forever())
+
+    async def _listen_submitted_forever(self) -> None:
+        def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            try:
+                task_id, priority, created_at, workflow, labels = orjson.loads(payload)
+            except (orjson.JSONDecodeError, ValueError):
+                return
+            for cb in self._submitted_callbacks:
+                cb(task_id, priority, created_at, workflow, labels)
+
+        while True:
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=10)
+                try:
+                    await conn.add_listener(SUBMITTED_CHANNEL, on_notify)
+                    while not conn.is_closed():
+                        await asyncio.sleep(1.0)
+                        await conn.execute("SELECT 1", timeout=5)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.debug("submitted-task listener lost; reconnecting", exc_info=True)
+            await asyncio.sleep(1.0)
+
     # --- rebuild ------------------------------------------------------------------------------
 
     async def rebuild_read_model(self, batch: int = 10_000) -> int:
@@ -286,6 +328,12 @@ class PostgresEventLog:
                 count += 1
             await flush()
         return count
+
+
+def _submitted_payload(s: TaskState) -> str:
+    return _dumps(
+        [s.task_id, s.priority, s.created_at.timestamp(), s.workflow, list(s.required_labels)]
+    )
 
 
 def _stored(task_id: str, r: asyncpg.Record) -> events.StoredEvent:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -9,7 +11,6 @@ import ray
 from ray import serve
 
 from actors import remote
-from core.coalescer import Coalescer
 from core.config import Settings
 from core.postgres import PostgresEventLog
 from core.url_policy import UrlPolicy
@@ -19,6 +20,9 @@ from serve_app.services import Services
 
 log = logging.getLogger("comfy_fleet.ingress")
 
+#: How often each replica refreshes the router's waiting count (admission control).
+WAITING_REFRESH_S = 1.0
+
 
 class RouterClientOverRay:
     """The ingress's view of the router actor (and, through it, of the endpoints)."""
@@ -26,21 +30,27 @@ class RouterClientOverRay:
     def __init__(self) -> None:
         self._h: Any = None
         self._waiting = 0
-        # Submissions are told to the router in batches, fire and forget: the task is already
-        # recorded, and the router's scan of the log picks up a batch that got lost.
-        self._submits: Coalescer[tuple[str, int, float, str, list[str]]] = Coalescer(self._flush)
+        self._refresher: asyncio.Task[None] | None = None
 
     def _handle(self) -> Any:
         if self._h is None:
             self._h = ray.get_actor(remote.ROUTER_NAME, namespace=remote.NAMESPACE)
         return self._h
 
-    async def _flush(self, items: list[tuple[str, int, float, str, list[str]]]) -> None:
-        self._waiting = await self._handle().submit_many.remote(items)
+    async def _refresh_forever(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                self._waiting = (await self.stats())["waiting"]
+            await asyncio.sleep(WAITING_REFRESH_S)
 
     async def submit(self, task_id: str, priority: int, created_at: float, workflow: str, labels: list[str]) -> int:
-        self._submits.add((task_id, priority, created_at, workflow, labels))
-        return self._waiting + 1
+        """Nothing to send: the router follows new tasks from the log (LISTEN/NOTIFY, and a
+        scan). A call per task from here would cost more than the rest of the request. This
+        returns the router's waiting count as last seen (admission control)."""
+        if self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh_forever())
+        self._waiting += 1
+        return self._waiting
 
     async def cancel(self, task_id: str) -> str:
         return await self._handle().cancel.remote(task_id)  # type: ignore[no-any-return]
@@ -97,4 +107,6 @@ def build_app(settings: Settings, extra_deny_hosts: list[str] | None = None) -> 
         num_replicas=settings.ingress_replicas,
         max_ongoing_requests=settings.ingress_max_ongoing_requests,
         ray_actor_options={"num_cpus": 0},
+        # One access-log line per request costs more than our handler's own logging.
+        logging_config={"enable_access_log": False},
     ).bind(settings, list(extra_deny_hosts or []))

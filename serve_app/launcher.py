@@ -25,6 +25,15 @@ RAY_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
+    # Ray Serve's throughput settings (the parts of RAY_SERVE_THROUGHPUT_OPTIMIZED that keep
+    # the proxy): user code on the replica's own loop, buffered request logs, the proxy's
+    # request router on its main loop, proxy-to-replica over gRPC. Each cuts a thread hop or a
+    # write per request; see docs/performance.md.
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    "RAY_SERVE_LOG_TO_STDERR": "0",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
 }
 
 #: model files the built-in stand-ins pretend to have, so the shipped Flux workflows run.

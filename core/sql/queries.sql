@@ -5,7 +5,8 @@
 -- Stores a batch of one task's events and upserts its read-model row, in one statement (one
 -- implicit transaction, one round trip). $1 task_id, $2 seqs, $3 types, $4 versions,
 -- $5 payloads, $6 recorded_at, $7 client_task_id, $8 workflow, $9 status, $10 priority,
--- $11 webhook, $12 last_seq, $13 created_at, $14 updated_at, $15 state, $16 expected_seq
+-- $11 webhook, $12 last_seq, $13 created_at, $14 updated_at, $15 state, $16 expected_seq,
+-- $17 submitted notification payload (JSON text) or NULL
 WITH ins AS (
     INSERT INTO task_events (task_id, seq, type, schema_version, payload, recorded_at)
     SELECT $1, u.seq, u.type, u.version, u.payload, u.at
@@ -23,10 +24,13 @@ WITH ins AS (
     RETURNING 1
 ), notified AS (
     SELECT pg_notify('task_events_v1', $1::text || ':' || $12::text)
+), submitted AS (
+    -- The router follows new tasks through this channel (no call from the ingress).
+    SELECT pg_notify('tasks_submitted_v1', $17::text) WHERE $17::text IS NOT NULL
 )
 SELECT (SELECT array_agg(position ORDER BY position) FROM ins) AS positions,
        (SELECT count(*) FROM up) AS upserted,
-       (SELECT count(*) FROM notified) AS notified;
+       (SELECT count(*) FROM notified) + (SELECT count(*) FROM submitted) AS notified;
 
 -- select_task_events --
 -- $1 task_id, $2 after_seq

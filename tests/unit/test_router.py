@@ -293,6 +293,8 @@ async def test_task_requeued_waits_again_only_when_the_log_says_queued(started: 
     r = make_router(log, [ep], started)
     await r.start()
     task = await submit(log)
+    assert task in r.waiting  # the router follows submissions in the log
+    r.waiting.remove(task)  # as if dispatched
     await log.append(task, 1, [
         events.TaskDispatched(endpoint="a:1", prompt_id="p", attempt=1),
     ])
