@@ -46,8 +46,6 @@ PROGRESS_MIN_INTERVAL_S = 0.5
 HISTORY_GRACE_S = 5.0
 #: Attempts to append one decision through conflicts before giving up.
 APPEND_RETRIES = 8
-#: Load reports to the router are coalesced over this window.
-REPORT_COALESCE_S = 0.05
 #: `task.started` waits this long; a prompt that ends sooner records it with its end, in one
 #: append (the log keeps every fact; tiny prompts just cost one round trip less).
 STARTED_DEBOUNCE_S = 0.2
@@ -150,7 +148,6 @@ class EndpointWorker:
         self.abandoned: set[str] = set()
         self.zombies = 0
         self._reported_connected: bool | None = None
-        self._report_pending = False
         self._history_trash: list[str] = []
         # Per-task notifications, batched: one actor call carries many (see core/coalescer).
         self._finished: Coalescer[str] = Coalescer(
@@ -211,6 +208,7 @@ class EndpointWorker:
             "connected": self.connected,
             "queue_remaining": self.queue_remaining,
             "inflight": len(self.inflight),
+            "foreign_queue": self._foreign_queue(),
             "labels": self.labels,
             "last_seen": _iso(self.last_seen),
             "reconnects": self.reconnects,
@@ -219,11 +217,16 @@ class EndpointWorker:
             "workflows": self.runnable,
         }
 
+    def _foreign_queue(self) -> int:
+        """Prompts of other clients in ComfyUI's queue, by ComfyUI's last count."""
+        ours = sum(1 for i in self.inflight.values() if i.posted and not i.finishing)
+        return max(0, self.queue_remaining - ours)
+
     async def reload_workflows(self) -> list[str] | None:
         """Re-read the workflows (after POST /workflows/reload) and what we can run of them."""
         self.registry = None
         self._learn_workflows()
-        self._report()
+        self._report(now=True)
         return self.runnable
 
     def _learn_workflows(self) -> None:
@@ -236,23 +239,20 @@ class EndpointWorker:
         )
 
     def _report(self, *, now: bool = False) -> None:
-        """Tell the router our load. Queue changes are coalesced (a status frame comes with
-        every queue change, three per prompt); a change of connection is sent at once."""
+        """Tell the router of a change of connection (or of what we can run) at once. Queue
+        depth is not pushed: the router counts what it dispatched here, and its heartbeat
+        reads ComfyUI's own queue (other clients' prompts) every second — a push per status
+        frame (three per prompt) cost more than the rest of the routing."""
         if now or self.connected != self._reported_connected:
             self._reported_connected = self.connected
             self._spawn(self._send_report())
-        elif not self._report_pending:
-            self._report_pending = True
-            self._spawn(self._send_report(delay=REPORT_COALESCE_S))
 
-    async def _send_report(self, delay: float = 0.0) -> None:
-        if delay:
-            await asyncio.sleep(delay)
-            self._report_pending = False
+    async def _send_report(self) -> None:
         status = {
             "connected": self.connected,
             "queue_remaining": self.queue_remaining,
             "inflight": len(self.inflight),
+            "foreign_queue": self._foreign_queue(),
             "workflows": self.runnable,
         }
         await self._safe(self.router.endpoint_status(self.name, status))
@@ -483,7 +483,7 @@ class EndpointWorker:
             if self.object_info is None:
                 self.object_info = await self.client.object_info()
                 self._learn_workflows()
-                self._report()
+                self._report(now=True)
             if self.has_cleanup is None:
                 self.has_cleanup = await self.client.has_cleanup_extension()
                 if not self.has_cleanup:
@@ -515,9 +515,8 @@ class EndpointWorker:
             return
         if kind == "status":
             remaining = ((data.get("status") or {}).get("exec_info") or {}).get("queue_remaining")
-            if isinstance(remaining, int) and remaining != self.queue_remaining:
+            if isinstance(remaining, int):
                 self.queue_remaining = remaining
-                self._report()
             return
         prompt_id = data.get("prompt_id")
         item = self.inflight.get(prompt_id) if isinstance(prompt_id, str) else None

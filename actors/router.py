@@ -137,7 +137,8 @@ class Router:
                 name: {
                     "connected": ld.connected,
                     "queue_remaining": ld.queue_remaining,
-                    "inflight": max(ld.inflight, len(self.assigned.get(name, ()))),
+                    "foreign_queue": ld.foreign,
+                    "inflight": len(self.assigned.get(name, ())),
                     "draining": ld.draining,
                 }
                 for name, ld in self.loads.items()
@@ -152,8 +153,9 @@ class Router:
             return
         was = load.connected
         load.connected = bool(status.get("connected"))
-        load.queue_remaining = int(status.get("queue_remaining") or 0)
-        load.inflight = int(status.get("inflight") or 0)
+        # A status is a reading from the past: keep only what others put in ComfyUI's queue;
+        # our own prompts there are counted live in `assigned`.
+        load.foreign = int(status.get("foreign_queue") or 0)
         workflows = status.get("workflows")
         load.workflows = frozenset(workflows) if workflows is not None else None
         if load.connected and not was or load.load < self.settings.endpoint_queue_depth:
@@ -163,8 +165,7 @@ class Router:
         tasks = self.assigned.get(name)
         if tasks is not None and task_id in tasks:
             tasks.discard(task_id)
-            load = self.loads[name]
-            load.inflight = max(0, load.inflight - 1)
+            self.loads[name].inflight = len(tasks)
             self._wake.set()
 
     async def task_finished_many(self, name: str, task_ids: list[str]) -> None:
@@ -208,7 +209,7 @@ class Router:
 
     def _effective(self, name: str) -> routing.EndpointLoad:
         load = self.loads[name]
-        load.inflight = max(load.inflight, len(self.assigned[name]))
+        load.inflight = len(self.assigned[name])
         return load
 
     async def _dispatch_loop(self) -> None:

@@ -84,8 +84,13 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=2000)
     ap.add_argument("--endpoints", type=int, default=4)
     ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--replicas", type=int, default=None, help="ingress replicas")
+    ap.add_argument("--depth", type=int, default=None, help="ENDPOINT_QUEUE_DEPTH")
     args = ap.parse_args()
-    with service(endpoints=args.endpoints) as (url, _settings, parts):
+    env = {"INGRESS_REPLICAS": str(args.replicas)} if args.replicas else {}
+    if args.depth:
+        env["ENDPOINT_QUEUE_DEPTH"] = str(args.depth)
+    with service(endpoints=args.endpoints, env=env) as (url, _settings, parts):
 
         async def run() -> tuple[dict[str, float], float]:
             receiver = Receiver()

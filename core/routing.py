@@ -1,8 +1,10 @@
 """The routing policy, pure: which endpoint gets the next task, and the order tasks wait in.
 
 `pick_endpoint` gives a task to the connected endpoint with the smallest load, where load is the
-larger of ComfyUI's own `queue_remaining` and our count of prompts in flight there (the first
-lags behind our dispatches, the second misses other clients' prompts). Endpoints already holding
+larger of ComfyUI's own `queue_remaining` and our count of prompts in flight there plus the
+prompts of other clients in its queue (`foreign`, from the endpoint's last reading). The
+router keeps `queue_remaining` only when it is fresh; its heartbeat readings go to `foreign`,
+because a one-second-old queue length would hold back dispatches to a queue that has drained. Endpoints already holding
 `depth` prompts are skipped, so a task binds to an endpoint as late as possible. Ties are spread
 at random so equal endpoints share the work.
 """
@@ -22,6 +24,8 @@ class EndpointLoad:
     connected: bool = False
     queue_remaining: int = 0
     inflight: int = 0
+    #: prompts of other clients in ComfyUI's queue (from the endpoint's last status)
+    foreign: int = 0
     draining: bool = False
     labels: frozenset[str] = frozenset()
     #: workflows this endpoint can run (None: not known yet — assume all).
@@ -29,7 +33,7 @@ class EndpointLoad:
 
     @property
     def load(self) -> int:
-        return max(self.queue_remaining, self.inflight)
+        return max(self.queue_remaining, self.inflight + self.foreign)
 
     def can_take(self, workflow: str | None, labels: Iterable[str] = ()) -> bool:
         if not self.connected or self.draining:
