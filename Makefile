@@ -8,7 +8,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: run test test-unit install migrate rebuild bench clean
+.PHONY: run test test-unit install migrate rebuild reupload bench clean
 
 install: $(STAMP)
 
@@ -34,6 +34,9 @@ migrate: install
 
 rebuild: install
 	$(PY) -m core.rebuild
+
+reupload: install
+	$(PY) -m core.reupload $(ARGS)
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -712,6 +712,10 @@ class EndpointWorker:
                     await self.client.cleanup_delete(type_, name, subfolder)
         except Exception:
             log.info("endpoint %s: cleanup of %s incomplete", self.name, prompt_id, exc_info=True)
+        # The staged copies of the inputs in S3 have served their purpose once the task ended.
+        for spec in inputs:
+            with contextlib.suppress(Exception):
+                await self.store.delete(spec["s3_key"])
         self._history_trash.append(prompt_id)
         if len(self._history_trash) == 1:
             self._spawn(self._empty_history_trash())
@@ -808,6 +812,7 @@ class EndpointWorker:
             return {
                 "code": "storage_failed", "message": exc.message, "filename": f.filename,
                 "fallback_path": fallback, "s3_key": key, "node_id": f.node_id,
+                "index": index, "subfolder": f.subfolder, "kind": f.kind,
                 "content_type": content_type, "size": len(data), "sha256": digest,
             }
         return events.TaskOutputStored(

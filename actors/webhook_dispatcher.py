@@ -143,8 +143,14 @@ class WebhookDispatcher:
                     self.counts["dead"] += 1
                 else:
                     self.counts["retry"] += 1
+            before = state.end_seq
             state = await self._append(state, new)
             if state.webhook != task_state.WEBHOOK_PENDING:
+                return
+            if state.end_seq != before or result.ok:
+                # The task's end changed meanwhile (outputs recovered after a storage failure):
+                # the recorded try belongs to the old end; deliver the new end afresh.
+                await self._deliver_inner(task_id)
                 return
             assert delay is not None
             await asyncio.sleep(delay)

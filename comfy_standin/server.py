@@ -25,6 +25,8 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
+from comfyui_extension.comfy_fleet_cleanup.paths import prune_empty_parents
+
 from . import files
 from .executor import Executor
 from .hub import Hub
@@ -616,6 +618,7 @@ class StandIn:
                 self.dirs, body.get("type"), body.get("filename"), body.get("subfolder", "")
             )
             target.unlink()
+            prune_empty_parents(Path(self.dirs.by_type(body.get("type")) or ""), target)
         except files.CleanupError as err:
             return web.json_response({"error": err.args[1]}, status=err.status)
         except FileNotFoundError:

@@ -28,7 +28,8 @@ class SubmitTask(BaseModel):
 class LegacySubmit(BaseModel):
     """The original ComfyUI-server route: POST {ROUTE_PREFIX}."""
 
-    model_config = ConfigDict(extra="ignore")
+    # Its early clients sent numeric client_task_ids; they are kept as strings.
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
 
     service_type: str = Field(min_length=1, max_length=200)
     client_task_id: str | None = Field(default=None, max_length=128)

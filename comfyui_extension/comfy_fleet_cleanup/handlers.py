@@ -58,6 +58,7 @@ def make_handlers(folder_of: Callable[[str], str | os.PathLike[str]]) -> tuple[H
             return _refuse(404, "file not found")
         except IsADirectoryError:
             return _refuse(400, "path is a folder")
+        paths.prune_empty_parents(Path(folder_of(kind)), Path(target))
         return web.json_response({"deleted": True})
 
     async def info(request: web.Request) -> web.Response:

@@ -47,3 +47,27 @@ def resolve_inside(base: Path, subfolder: str, filename: str) -> Path:
     if resolved.is_dir():
         raise ValueError("path is a folder")
     return candidate
+
+
+#: Only folders under this first component are pruned: comfy-fleet writes each task's files
+#: under `fleet/<task_id>/` (inputs `fleet/…`), and an operator's own folders are left alone.
+PRUNE_ROOT = "fleet"
+
+
+def prune_empty_parents(base: Path, deleted: Path) -> list[Path]:
+    """After deleting `deleted`, remove its now-empty parent folders under `base/fleet/`
+    (never `base` or `base/fleet` itself). Returns the folders removed, deepest first.
+
+    Without this, a host serving millions of tasks keeps one empty folder per task."""
+    base = Path(os.path.abspath(base))
+    root = base / PRUNE_ROOT
+    removed: list[Path] = []
+    folder = Path(os.path.abspath(deleted)).parent
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()  # only succeeds when empty; never follows a symlink
+        except OSError:
+            break
+        removed.append(folder)
+        folder = folder.parent
+    return removed
