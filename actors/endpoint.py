@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import orjson
 import websockets
 
+from actors import metrics
 from actors.comfy_client import ComfyClient
 from core import comfy_history, errors, events, storage, task_state
 from core.coalescer import Coalescer
@@ -75,8 +76,14 @@ class Inflight:
     last_frame: float = field(default_factory=time.monotonic)
     last_progress_at: float = 0.0
     posted_at: float = 0.0
+    dispatched_at: float = field(default_factory=time.monotonic)
     #: ComfyUI said execution_start (or history shows it ran)
     started: bool = False
+
+
+def _ctx(endpoint: str, task_id: str, prompt_id: str | None, **more: Any) -> dict[str, Any]:
+    """Structured log fields: with Ray's JSON logging each becomes a key of the line."""
+    return {"endpoint": endpoint, "task_id": task_id, "prompt_id": prompt_id, **more}
 
 
 def _started_if_missing(s: TaskState, prompt_id: str) -> list[events.Event]:
@@ -91,6 +98,7 @@ def _iso(ts: float | None) -> str | None:
 
 class _NoState:
     inputs: tuple[()] = ()
+    workflow = "unknown"
 
 
 _NO_STATE: Any = _NoState()
@@ -202,6 +210,10 @@ class EndpointWorker:
     async def status(self) -> dict[str, Any]:
         """What the router and GET /endpoints see. Also the router's heartbeat (starts us)."""
         await self.start()
+        metrics.endpoint_state(
+            self.name, queue_depth=self.queue_remaining, inflight=len(self.inflight),
+            connected=self.connected,
+        )
         return {
             "endpoint": self.name,
             "state": "connected" if self.connected else "disconnected",
@@ -344,6 +356,8 @@ class EndpointWorker:
             return REFUSED
         item = Inflight(task_id, prompt_id)
         self._track(item)
+        metrics.queue_wait(state.workflow, max(0.0, time.time() - state.created_at.timestamp()))
+        log.debug("dispatched", extra=_ctx(self.name, task_id, prompt_id, attempt=state.attempt))
         try:
             # Inputs go to the endpoint the task was given, at dispatch: a re-dispatched task
             # uploads again to its new endpoint.
@@ -430,6 +444,7 @@ class EndpointWorker:
         state, new = await self._decide(task_id, decide)
         self.states.pop(task_id, None)
         if new and isinstance(new[0], events.TaskRequeued):
+            log.warning("task requeued: %s", reason, extra=_ctx(self.name, task_id, prompt_id))
             await self._safe(
                 self.router.task_requeued(task_id, state.priority, state.created_at.timestamp())
             )
@@ -442,6 +457,7 @@ class EndpointWorker:
     async def _ws_loop(self) -> None:
         backoff = 0.25
         while not self._stopping:
+            metrics.websocket_reconnect(self.name)
             try:
                 async with websockets.connect(
                     f"{self.endpoint.ws_url}?clientId={self.client_id}",
@@ -675,9 +691,13 @@ class EndpointWorker:
         inputs = list((self.states.get(item.task_id) or _NO_STATE).inputs)
         item.finishing = True
         item.started = True
+        workflow = (self.states.get(item.task_id) or _NO_STATE).workflow
+        metrics.comfyui_run(workflow, time.monotonic() - item.dispatched_at)
         try:
             if result.kind == comfy_history.SUCCESS:
+                stored_from = time.monotonic()
                 await self._store_outputs(item, result.files)
+                metrics.output_store(workflow, time.monotonic() - stored_from)
             elif result.kind == comfy_history.INTERRUPTED:
                 state = await self._state(item.task_id)
                 if state.cancel_requested:
@@ -763,7 +783,15 @@ class EndpointWorker:
             self._ended(item.task_id)
 
     def _ended(self, task_id: str) -> None:
-        self.states.pop(task_id, None)
+        state = self.states.pop(task_id, None)
+        if state is not None and state.is_final:
+            metrics.task_ended(state.workflow, state.status)
+            metrics.end_to_end(state.workflow, max(0.0, time.time() - state.created_at.timestamp()))
+            log.info(
+                "task %s", state.status,
+                extra=_ctx(self.name, task_id, state.prompt_id, workflow=state.workflow,
+                           status=state.status, error_code=(state.error or {}).get("code")),
+            )
         self._ended_batch.add(task_id)
 
     async def _store_outputs(self, item: Inflight, files: list[OutputFile]) -> None:

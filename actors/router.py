@@ -14,6 +14,7 @@ import logging
 import random
 from typing import Any, Protocol
 
+from actors import metrics
 from core import routing, task_state
 from core.config import Settings
 from core.event_log import EventLog
@@ -280,6 +281,7 @@ class Router:
 
     async def _heartbeat_loop(self) -> None:
         while True:
+            metrics.router_waiting(len(self.waiting))
             await asyncio.gather(
                 *(self._beat(name) for name in list(self.handles)), return_exceptions=True
             )

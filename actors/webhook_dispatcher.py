@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from actors import metrics
 from core import errors, events, task_state, webhooks
 from core.event_log import EventLog
 from core.task_state import TaskState
@@ -128,6 +129,7 @@ class WebhookDispatcher:
                     )
                 ]
                 self.counts["delivered"] += 1
+                metrics.webhook_try("delivered")
             else:
                 delay = None if result.final else self.policy.next_delay(
                     attempt, self.rng, time.monotonic() - started
@@ -141,8 +143,11 @@ class WebhookDispatcher:
                 if delay is None:
                     new.append(events.WebhookDead(webhook_id=msg_id, attempts=attempt))
                     self.counts["dead"] += 1
+                    metrics.webhook_try("dead")
+                    log.warning("webhook dead after %d tries", attempt, extra={"task_id": task_id, "webhook_id": msg_id})
                 else:
                     self.counts["retry"] += 1
+                    metrics.webhook_try("retry")
             before = state.end_seq
             state = await self._append(state, new)
             if state.webhook != task_state.WEBHOOK_PENDING:

@@ -382,6 +382,9 @@ async def _append_final(s: Services, task_id: str, event: events.Event) -> TaskS
         except errors.ConcurrencyConflict:
             continue
         if state.is_final:
+            from actors import metrics
+
+            metrics.task_ended(state.workflow, state.status)
             await s.webhooks.task_ended(task_id)
         return state
     return await s.log.get(task_id)

@@ -108,5 +108,5 @@ def build_app(settings: Settings, extra_deny_hosts: list[str] | None = None) -> 
         max_ongoing_requests=settings.ingress_max_ongoing_requests,
         ray_actor_options={"num_cpus": 0},
         # One access-log line per request costs more than our handler's own logging.
-        logging_config={"enable_access_log": False},
+        logging_config={"enable_access_log": False, "encoding": "JSON"},
     ).bind(settings, list(extra_deny_hosts or []))

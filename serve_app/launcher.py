@@ -150,13 +150,19 @@ def init_ray(settings: Settings, *, num_cpus: int | None = None, dashboard: bool
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     if settings.ray_address:
-        ray.init(address=settings.ray_address, namespace="comfy-fleet", log_to_driver=False)
+        ray.init(
+            address=settings.ray_address, namespace="comfy-fleet", log_to_driver=False,
+            logging_config=ray.LoggingConfig(encoding="JSON", log_level=settings.log_level),
+        )
         return
     kwargs: dict[str, Any] = {}
     if dashboard:
         kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
     else:
         kwargs.update(include_dashboard=False)
+    import ray as _ray
+
+    kwargs["logging_config"] = _ray.LoggingConfig(encoding="JSON", log_level=settings.log_level)
     ray.init(
         address="local",
         num_cpus=num_cpus if num_cpus is not None else max(2, os.cpu_count() or 2),
