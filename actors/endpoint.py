@@ -83,7 +83,8 @@ class Inflight:
 
 def _ctx(endpoint: str, task_id: str, prompt_id: str | None, **more: Any) -> dict[str, Any]:
     """Structured log fields: with Ray's JSON logging each becomes a key of the line."""
-    return {"endpoint": endpoint, "task_id": task_id, "prompt_id": prompt_id, **more}
+    # "task_id" is taken by Ray (its own task id) in its JSON lines, so ours is "fleet_task_id".
+    return {"endpoint": endpoint, "fleet_task_id": task_id, "prompt_id": prompt_id, **more}
 
 
 def _started_if_missing(s: TaskState, prompt_id: str) -> list[events.Event]:

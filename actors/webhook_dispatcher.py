@@ -144,7 +144,7 @@ class WebhookDispatcher:
                     new.append(events.WebhookDead(webhook_id=msg_id, attempts=attempt))
                     self.counts["dead"] += 1
                     metrics.webhook_try("dead")
-                    log.warning("webhook dead after %d tries", attempt, extra={"task_id": task_id, "webhook_id": msg_id})
+                    log.warning("webhook dead after %d tries", attempt, extra={"fleet_task_id": task_id, "webhook_id": msg_id})
                 else:
                     self.counts["retry"] += 1
                     metrics.webhook_try("retry")
