@@ -1,0 +1,192 @@
+"""The event log in PostgreSQL: append rate with concurrent writers, rebuilding every task's
+state from N events (default 1,000,000), and API-style reads of one task with them stored.
+
+    .venv/bin/python -m bench.event_log [--events 1000000] [--writers 1,4,16] [--seconds 8]
+                                        [--pool 8] [--reads 2000]
+
+Runs on a database of its own (created on the test PostgreSQL server, dropped at the end).
+The N events are written with COPY (the append-only trigger refuses UPDATE/DELETE/TRUNCATE,
+not INSERT), as realistic task lifecycles of 8 events; then `rebuild_read_model()` folds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+
+from bench.common import machine, percentile
+from core import events
+from core.migrate import apply_dsn
+from core.postgres import PostgresEventLog
+from core.task_state import TaskState
+
+PROMPT = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "fleet/x"}},
+}
+
+
+def lifecycle(task_id: str, prompt_id: str, color: int) -> list[events.Event]:
+    """One task's events as the service records them for a `solid` run with a callback."""
+    return [
+        events.TaskSubmitted(
+            workflow="solid", workflow_version="v1",
+            params={"width": 8, "height": 8, "color": color},
+            prompt={**PROMPT, "1": {**PROMPT["1"], "inputs": {**PROMPT["1"]["inputs"], "color": color}}},
+            callback_url="http://127.0.0.1:9/hook", request_hash=uuid.uuid4().hex,
+        ),
+        events.TaskDispatched(endpoint="127.0.0.1:8188", prompt_id=prompt_id, attempt=1),
+        events.TaskPromptQueued(prompt_id=prompt_id, number=1.0),
+        events.TaskStarted(prompt_id=prompt_id),
+        events.TaskOutputStored(
+            prompt_id=prompt_id, index=0, node_id="2", filename="x_00001_.png", subfolder="fleet",
+            kind="images", content_type="image/png", size=92, sha256="0" * 64,
+            s3_key=f"outputs/{task_id}/0/x_00001_.png",
+        ),
+        events.TaskSucceeded(prompt_id=prompt_id),
+        events.WebhookAttempted(webhook_id=f"msg_{task_id}", attempt=1, status_code=500, retry_in_s=1.0),
+        events.WebhookDelivered(webhook_id=f"msg_{task_id}", attempt=2, status_code=204),
+    ]
+
+
+EVENTS_PER_TASK = len(lifecycle("t", "p", 0))
+
+
+async def append_rate(dsn: str, writers: int, seconds: float, pool: int) -> tuple[float, list[float]]:
+    """`writers` asyncio tasks each appending whole lifecycles, one append per event (as the
+    service does), for `seconds`. Returns (events/s, per-append latencies in ms)."""
+    log = await PostgresEventLog.connect(dsn, max_size=pool)
+    stored = 0
+    lat: list[float] = []
+    stop = time.monotonic() + seconds
+
+    async def writer() -> None:
+        nonlocal stored
+        while time.monotonic() < stop:
+            tid, pid = str(uuid.uuid4()), str(uuid.uuid4())
+            state: TaskState | None = None
+            for seq, ev in enumerate(lifecycle(tid, pid, random.randrange(1 << 24))):
+                t = time.perf_counter()
+                state = await log.append(tid, seq, [ev], state)
+                lat.append((time.perf_counter() - t) * 1000)
+                stored += 1
+
+    start = time.monotonic()
+    await asyncio.gather(*(writer() for _ in range(writers)))
+    elapsed = time.monotonic() - start
+    await log.close()
+    return stored / elapsed, lat
+
+
+async def fill(dsn: str, n_events: int) -> tuple[int, float]:
+    """COPY `n_events` (whole lifecycles) into task_events. Returns (tasks, seconds)."""
+    tasks = n_events // EVENTS_PER_TASK
+    # Payload templates once; per task only the ids change (string replace is far cheaper than
+    # building and serialising 1M dataclasses, and the fold still decodes every payload).
+    tmpl = [(e.TYPE, e.SCHEMA_VERSION, orjson.dumps(e.payload()).decode()) for e in lifecycle("TID", "PID", 7)]
+    base = datetime.now(UTC) - timedelta(days=1)
+    conn = await asyncpg.connect(dsn)
+    start = time.monotonic()
+    chunk = 20_000
+    try:
+        for first in range(0, tasks, chunk):
+            rows: list[tuple[Any, ...]] = []
+            for i in range(first, min(tasks, first + chunk)):
+                tid = uuid.uuid4()
+                stid, pid = str(tid), str(uuid.uuid4())
+                at = base + timedelta(milliseconds=i)
+                for seq, (typ, ver, payload) in enumerate(tmpl, start=1):
+                    rows.append((tid, seq, typ, ver, payload.replace("TID", stid).replace("PID", pid), at))
+            await conn.copy_records_to_table(
+                "task_events", records=rows,
+                columns=["task_id", "seq", "type", "schema_version", "payload", "recorded_at"],
+            )
+        await conn.execute("ANALYZE task_events")
+    finally:
+        await conn.close()
+    return tasks, time.monotonic() - start
+
+
+async def reads(dsn: str, n: int) -> dict[str, list[float]]:
+    """API-style reads of random tasks, one at a time: get (GET /tasks/{id}) and read
+    (GET /tasks/{id}/events). Milliseconds."""
+    conn = await asyncpg.connect(dsn)
+    ids = [str(r["task_id"]) for r in await conn.fetch(
+        "SELECT task_id FROM tasks TABLESAMPLE SYSTEM (5) LIMIT $1", n)]
+    await conn.close()
+    random.shuffle(ids)
+    log = await PostgresEventLog.connect(dsn)
+    out: dict[str, list[float]] = {"get": [], "read": []}
+    for tid in ids:
+        t = time.perf_counter()
+        await log.get(tid)
+        out["get"].append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        await log.read(tid)
+        out["read"].append((time.perf_counter() - t) * 1000)
+    await log.close()
+    return out
+
+
+async def run(args: argparse.Namespace) -> None:
+    from devstack import postgres
+
+    admin = postgres.find_test_server()
+    name = postgres.unique_database_name("benchlog")
+    dsn = await postgres.create_database(admin, name)
+    try:
+        await apply_dsn(dsn)
+        print(f"machine: {machine()}; load average before: {os.getloadavg()[0]:.2f}")
+        rates: dict[int, float] = {}
+        for w in [int(x) for x in args.writers.split(",")]:
+            rate, lat = await append_rate(dsn, w, args.seconds, args.pool)
+            rates[w] = rate
+            print(f"append: {w:2d} writer(s), pool {args.pool}: {rate:7.0f} events/s "
+                  f"({rate / EVENTS_PER_TASK:5.0f} task lifecycles/s); one append p50 "
+                  f"{percentile(lat, 50):.2f} ms, p99 {percentile(lat, 99):.2f} ms "
+                  f"(load {os.getloadavg()[0]:.2f})")
+        tasks, fill_s = await fill(dsn, args.events)
+        conn = await asyncpg.connect(dsn)
+        total = await conn.fetchval("SELECT count(*) FROM task_events")
+        await conn.close()
+        print(f"filled: {total} events ({tasks} tasks) by COPY in {fill_s:.1f} s")
+        log = await PostgresEventLog.connect(dsn)
+        t = time.monotonic()
+        rebuilt = await log.rebuild_read_model()
+        rebuild_s = time.monotonic() - t
+        await log.close()
+        print(f"rebuild_read_model: {rebuilt} tasks from {total} events in {rebuild_s:.1f} s "
+              f"({total / rebuild_s:,.0f} events/s; floor 10 s) (load {os.getloadavg()[0]:.2f})")
+        r = await reads(dsn, args.reads)
+        print(f"reads with {total} events stored, {len(r['get'])} random tasks one at a time: "
+              f"get p50 {percentile(r['get'], 50):.2f} ms p99 {percentile(r['get'], 99):.2f} ms; "
+              f"read (events) p50 {percentile(r['read'], 50):.2f} ms p99 {percentile(r['read'], 99):.2f} ms "
+              f"(floor p99 < 10 ms) (load {os.getloadavg()[0]:.2f})")
+        print("SUMMARY event_log " + " ".join(f"append_w{w}={v:.0f}/s" for w, v in rates.items())
+              + f" rebuild_events={total} rebuild_s={rebuild_s:.1f} get_p99={percentile(r['get'], 99):.2f}ms"
+              f" read_p99={percentile(r['read'], 99):.2f}ms")
+    finally:
+        await postgres.drop_database(admin, name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--writers", default="1,4,16")
+    ap.add_argument("--seconds", type=float, default=8.0, help="per writer count")
+    ap.add_argument("--pool", type=int, default=8, help="asyncpg pool size (the ingress uses 8, actors 4)")
+    ap.add_argument("--reads", type=int, default=2000)
+    asyncio.run(run(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

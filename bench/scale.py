@@ -1,0 +1,272 @@
+"""Scale: 4, 16 and 32 stand-in endpoints on one machine with N tasks waiting (default 2,000;
+the issue's size is `--tasks 10000`), the throughput of draining them, the cost of one routing
+decision (in-process micro-benchmark: `pick_endpoint` + `WaitQueue.pop_first` with 32 endpoints
+and 10,000 waiting), and the memory (RSS) of each endpoint actor and of the router.
+
+    .venv/bin/python -m bench.scale [--tasks 2000] [--endpoints 4,16,32] [--clients 64]
+    .venv/bin/python -m bench.scale --micro-only
+
+Tasks are submitted with every stand-in's worker stalled (knob `stall_worker`), so they wait in
+the router (each endpoint holds only ENDPOINT_QUEUE_DEPTH prompts); then the stand-ins are
+released together and the clock runs from release to the last webhook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import aiohttp
+import httpx
+import orjson
+
+from bench.common import Receiver, machine, percentile, rss_mb, service
+from core import routing
+
+# --- the service's processes -------------------------------------------------------------------
+
+_KINDS = ("EndpointActor", "RouterActor", "WebhookActor", "ServeReplica", "ProxyActor", "ServeController")
+
+
+def _raylet_pid() -> int | None:
+    """The raylet of the Ray instance this process started (other engineers' Ray instances
+    run on the same machine; their workers must not be counted)."""
+    try:
+        import ray
+
+        node = ray._private.worker._global_node  # noqa: SLF001 - no public accessor for it
+        return int(node.all_processes["raylet"][0].process.pid)
+    except Exception:
+        return None
+
+
+def service_processes() -> dict[str, list[int]]:
+    """{kind: [pid]} of the Ray workers of our service, by their process title (`ray::Class…`)."""
+    raylet = _raylet_pid()
+    out: dict[str, list[int]] = defaultdict(list)
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            title = (p / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if not title.startswith("ray::") or (raylet is not None and ppid != raylet):
+            continue
+        for kind in _KINDS:
+            if kind in title:
+                out[kind].append(int(p.name))
+                break
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def rss_report(procs: dict[str, list[int]]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for kind, pids in procs.items():
+        vals = []
+        for pid in pids:
+            try:
+                vals.append(rss_mb(pid))
+            except OSError:
+                vals.append(float("nan"))
+        out[kind] = vals
+    return out
+
+
+def fmt_rss(rss: dict[str, list[float]]) -> str:
+    parts = []
+    for kind in _KINDS:
+        vals = rss.get(kind)
+        if not vals:
+            continue
+        if len(vals) == 1:
+            parts.append(f"{kind} {vals[0]:.0f} MB")
+        else:
+            parts.append(f"{kind} x{len(vals)} {min(vals):.0f}-{max(vals):.0f} MB (sum {sum(vals):.0f})")
+    return "; ".join(parts)
+
+
+def router_stats() -> dict:
+    import ray
+
+    from actors.remote import NAMESPACE, ROUTER_NAME
+
+    return ray.get(ray.get_actor(ROUTER_NAME, namespace=NAMESPACE).stats.remote(), timeout=10)
+
+
+# --- the routing decision, in process -----------------------------------------------------------
+
+
+def micro(endpoints: int = 32, waiting: int = 10_000, decisions: int = 20_000, depth: int = 2) -> dict[str, list[float]]:
+    """Times (µs) of the router's decision as `actors/router.py` makes it: `pop_first(fits)`
+    where `fits` runs `pick_endpoint` over every endpoint. `room`: some endpoint has room;
+    `full`: none has (the scan of up to 64 waiting tasks that ends in None)."""
+    rng = random.Random(1)
+    loads = {f"127.0.0.1:{8000 + i}": routing.EndpointLoad(f"127.0.0.1:{8000 + i}", connected=True)
+             for i in range(endpoints)}
+    assigned: dict[str, set[str]] = {n: set() for n in loads}
+    q = routing.WaitQueue()
+    counter = 0
+
+    def push() -> None:
+        nonlocal counter
+        counter += 1
+        q.push(f"t{counter}", rng.choice((0, 0, 0, 1)), time.time(), "solid")
+
+    for _ in range(waiting):
+        push()
+    out: dict[str, list[float]] = {"room": [], "full": []}
+    while len(out["room"]) < decisions:
+        chosen: list[routing.EndpointLoad] = []
+
+        def effective(n: str) -> routing.EndpointLoad:
+            ld = loads[n]
+            ld.inflight = len(assigned[n])
+            return ld
+
+        def fits(item: routing.Waiting) -> bool:
+            ep = routing.pick_endpoint((effective(n) for n in loads), depth, rng, workflow=item.workflow, labels=item.labels)
+            if ep is None:
+                return False
+            chosen.append(ep)
+            return True
+
+        t = time.perf_counter_ns()
+        item = q.pop_first(fits)
+        dt = (time.perf_counter_ns() - t) / 1000
+        if item is None:
+            out["full"].append(dt)
+            # A prompt finishes somewhere: room for the next decision.
+            name = rng.choice([n for n in assigned if assigned[n]])
+            assigned[name].pop()
+            continue
+        out["room"].append(dt)
+        assigned[chosen[-1].name].add(item.task_id)
+        push()  # keep `waiting` tasks waiting
+    return out
+
+
+# --- the service --------------------------------------------------------------------------------
+
+
+async def knobs(http: httpx.AsyncClient, urls: list[str], **values: object) -> None:
+    await asyncio.gather(*(http.post(f"{u}/_standin/knobs", json=values) for u in urls))
+
+
+async def submit(url: str, n: int, clients: int, receiver: Receiver) -> tuple[list[str], int]:
+    acked: list[str] = []
+    refusals = 0
+    todo = iter(range(n))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients),
+                                     timeout=aiohttp.ClientTimeout(total=60)) as http:
+
+        async def client() -> None:
+            nonlocal refusals
+            for i in todo:
+                body = orjson.dumps({"workflow": "solid", "params": {"width": 8, "height": 8, "color": i},
+                                     "callback_url": receiver.url})
+                for _ in range(50):
+                    async with http.post(f"{url}/tasks", data=body, headers={"content-type": "application/json"}) as r:
+                        payload = await r.read()
+                        if r.status == 202:
+                            acked.append(orjson.loads(payload)["task_id"])
+                            break
+                        refusals += 1
+                        retry = float(r.headers.get("retry-after", "0.5"))
+                    await asyncio.sleep(retry)
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return acked, refusals
+
+
+def one_size(endpoints: int, tasks: int, clients: int, timeout_s: float) -> dict[str, object]:
+    env = {"MAX_WAITING_TASKS": str(tasks + 1000)}
+    with service(endpoints=endpoints, env=env) as (url, settings, parts):
+        urls = [s.url for s in parts.standins]
+
+        async def run() -> dict[str, object]:
+            receiver = Receiver()
+            await receiver.start()
+            try:
+                async with httpx.AsyncClient(timeout=10) as http:
+                    await knobs(http, urls, stall_worker=True)
+                    t = time.monotonic()
+                    acked, refusals = await submit(url, tasks, clients, receiver)
+                    submit_s = time.monotonic() - t
+                    # The router hears of submissions by NOTIFY (and its scan): wait until it holds them all.
+                    deadline = time.monotonic() + 30
+                    stats = router_stats()
+                    while time.monotonic() < deadline and stats["waiting"] + stats["dispatched_total"] < len(acked):
+                        await asyncio.sleep(0.5)
+                        stats = router_stats()
+                    procs = service_processes()
+                    rss_waiting = rss_report(procs)
+                    waiting = stats["waiting"]
+                    load_release = os.getloadavg()[0]
+                    t0 = time.monotonic()
+                    await knobs(http, urls, stall_worker=False)
+                    deadline = t0 + timeout_s
+                    while time.monotonic() < deadline and sum(1 for a in acked if receiver.by_task.get(a)) < len(acked):
+                        await asyncio.sleep(0.1)
+                last = max((ts[0] for a in acked for ts in [receiver.by_task.get(a, [])] if ts), default=t0)
+                lost = sum(1 for a in acked if not receiver.by_task.get(a))
+                final = router_stats()
+                rss_end = rss_report(service_processes())
+                return {
+                    "acked": len(acked), "refusals": refusals, "submit_s": submit_s, "waiting": waiting,
+                    "drain_s": last - t0, "rate": len(acked) / max(1e-9, last - t0), "lost": lost,
+                    "dup": receiver.duplicates(), "rss_waiting": rss_waiting, "rss_end": rss_end,
+                    "dispatched_total": final["dispatched_total"], "load": load_release,
+                }
+            finally:
+                await receiver.stop()
+
+        return asyncio.run(run())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=2000, help="tasks waiting (the issue's size: 10000)")
+    ap.add_argument("--endpoints", default="4,16,32")
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--timeout", type=float, default=600, help="seconds to wait for the drain")
+    ap.add_argument("--micro-only", action="store_true")
+    args = ap.parse_args()
+    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}")
+    m = micro()
+    room, full = m["room"], m["full"]
+    print(f"routing decision in process (32 endpoints, 10,000 waiting, depth 2), {len(room)} decisions: "
+          f"p50 {percentile(room, 50):.1f} µs, p99 {percentile(room, 99):.1f} µs, max {max(room):.0f} µs; "
+          f"with every endpoint full ({len(full)}): p50 {percentile(full, 50):.1f} µs, "
+          f"p99 {percentile(full, 99):.1f} µs (floor: p99 < 1000 µs)")
+    if args.micro_only:
+        print(f"SUMMARY scale micro_p99={percentile(room, 99):.1f}us full_p99={percentile(full, 99):.1f}us")
+        return
+    results: dict[int, dict[str, object]] = {}
+    for e in [int(x) for x in args.endpoints.split(",")]:
+        r = one_size(e, args.tasks, args.clients, args.timeout)
+        results[e] = r
+        print(f"{e:2d} endpoints: {r['acked']} tasks acknowledged in {r['submit_s']:.1f} s "
+              f"({r['refusals']} refusals retried), {r['waiting']} waiting in the router at release "
+              f"(load {r['load']:.2f}); drained in {r['drain_s']:.1f} s = {r['rate']:.1f} tasks/s; "
+              f"lost {r['lost']}, duplicated webhooks {r['dup']}")
+        print(f"    RSS with tasks waiting: {fmt_rss(r['rss_waiting'])}")  # type: ignore[arg-type]
+        print(f"    RSS after the drain:    {fmt_rss(r['rss_end'])}")  # type: ignore[arg-type]
+    sizes = sorted(results)
+    lo, hi = results[sizes[0]], results[sizes[-1]]
+    ratio = float(hi["rate"]) / float(lo["rate"])  # type: ignore[arg-type]
+    print(f"throughput at {sizes[-1]} / at {sizes[0]}: {ratio:.2f} (floor 0.9)")
+    print("SUMMARY scale tasks=" + str(args.tasks) + " "
+          + " ".join(f"rate_e{e}={float(r['rate']):.1f}/s" for e, r in results.items())  # type: ignore[arg-type]
+          + f" ratio={ratio:.2f} micro_p99={percentile(room, 99):.1f}us"
+          + f" lost={sum(int(r['lost']) for r in results.values())}")  # type: ignore[call-overload]
+
+
+if __name__ == "__main__":
+    main()
