@@ -177,15 +177,23 @@ class RouterActor(_Lazy):
     async def _build(self) -> Any:
         from actors.router import Router
 
+        settings = self.settings
         router = Router(
-            settings=self.settings,
-            log=await PostgresEventLog.connect(self.settings.database_url or "", max_size=4),
-            endpoints={name: EndpointHandleOverRay(name) for name, _ in self.endpoints},
+            settings=settings,
+            log=await PostgresEventLog.connect(settings.database_url or "", max_size=4),
+            factory=lambda name, labels: start_endpoint_actor(settings, name, labels),
+            destroy=stop_endpoint_actor,
+            configured={name: list(labels) for name, labels in self.endpoints},
+            discover=(lambda: discover_endpoints(settings)) if settings.comfyui_discovery else None,
         )
-        for name, labels in self.endpoints:
-            router.loads[name].labels = frozenset(labels)
         await router.start()
         return router
+
+    async def add_endpoint(self, endpoint: str, labels: list[str]) -> dict[str, Any]:
+        return await (await self.inner()).add_endpoint(endpoint, labels)  # type: ignore[no-any-return]
+
+    async def remove_endpoint(self, endpoint: str) -> dict[str, Any]:
+        return await (await self.inner()).remove_endpoint(endpoint)  # type: ignore[no-any-return]
 
     async def submit(self, task_id: str, priority: int, created_at: float, workflow: str, labels: list[str]) -> int:
         return await (await self.inner()).submit(task_id, priority, created_at, workflow, labels)  # type: ignore[no-any-return]
@@ -219,10 +227,14 @@ class RouterActor(_Lazy):
         )
         out = []
         for name, res in zip(names, results, strict=True):
+            load = router.loads.get(name)
             if isinstance(res, BaseException):
                 res = {"endpoint": name, "state": "disconnected", "connected": False,
-                       "queue_remaining": 0, "inflight": 0, "labels": sorted(router.loads[name].labels),
-                       "last_seen": None}
+                       "queue_remaining": 0, "inflight": 0, "last_seen": None}
+            if load is not None:
+                res["labels"] = sorted(load.labels)
+                if load.draining:
+                    res["state"] = "draining"
             out.append(res)
         return out
 
@@ -271,16 +283,44 @@ class WebhookActor(_Lazy):
         return await (await self.inner()).stats()  # type: ignore[no-any-return]
 
 
+def start_endpoint_actor(settings: Settings, name: str, labels: list[str]) -> EndpointHandleOverRay:
+    """Create (or find) the endpoint actor of one ComfyUI, on that ComfyUI's node when a node
+    matches (core.placement), anywhere otherwise."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from core import placement
+
+    options: dict[str, Any] = {
+        "name": endpoint_actor_name(name), "namespace": NAMESPACE, "get_if_exists": True,
+        "lifetime": "detached",
+    }
+    node_id = placement.node_for(name, ray.nodes())
+    if node_id is not None:
+        # Soft: if that node is gone the actor still runs (and finds its ComfyUI lost).
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
+    EndpointActor.options(**options).remote(settings, name, labels)  # type: ignore[attr-defined]
+    return EndpointHandleOverRay(name)
+
+
+async def stop_endpoint_actor(name: str) -> None:
+    try:
+        ray.kill(ray.get_actor(endpoint_actor_name(name), namespace=NAMESPACE), no_restart=True)
+    except ValueError:
+        pass
+
+
+def discover_endpoints(settings: Settings) -> dict[str, list[str]]:
+    from core import placement
+
+    found = placement.discovered_endpoints(ray.nodes(), settings.comfyui_discovery_port)
+    return {name: [] for name in found}
+
+
 def deploy_fleet(settings: Settings, extra_deny_hosts: list[str] | None = None) -> dict[str, Any]:
-    """Create (or find) the named actors of the fleet: one per endpoint, the router, the
-    webhook dispatcher. Returns their handles."""
+    """Create (or find) the named actors of the fleet: the router (which starts one endpoint
+    actor per ComfyUI) and the webhook dispatcher. Returns their handles."""
     handles: dict[str, Any] = {}
     endpoints = [(e.name, []) for e in settings.comfyui_endpoints]
-    for name, labels in endpoints:
-        handles[name] = EndpointActor.options(  # type: ignore[attr-defined]
-            name=endpoint_actor_name(name), namespace=NAMESPACE, get_if_exists=True,
-            lifetime="detached",
-        ).remote(settings, name, labels)
     handles[WEBHOOKS_NAME] = WebhookActor.options(  # type: ignore[attr-defined]
         name=WEBHOOKS_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
     ).remote(settings, list(extra_deny_hosts or []))
@@ -293,7 +333,18 @@ def deploy_fleet(settings: Settings, extra_deny_hosts: list[str] | None = None) 
 
 
 def shutdown_fleet(settings: Settings) -> None:
-    for name in [ROUTER_NAME, WEBHOOKS_NAME, *(endpoint_actor_name(e.name) for e in settings.comfyui_endpoints)]:
+    """Kill every named actor of the fleet (the configured endpoints and any added later)."""
+    from ray.util.state import list_actors
+
+    names = {ROUTER_NAME, WEBHOOKS_NAME, *(endpoint_actor_name(e.name) for e in settings.comfyui_endpoints)}
+    try:
+        names |= {
+            a.name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+            if a.name and a.name.startswith(ENDPOINT_PREFIX)
+        }
+    except Exception:
+        pass
+    for name in names:
         try:
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
         except ValueError:

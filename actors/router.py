@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from actors import metrics
-from core import routing, task_state
+from core import errors, fleet, routing, task_state
 from core.config import Settings
 from core.event_log import EventLog
 
@@ -25,6 +26,8 @@ log = logging.getLogger("comfy_fleet.router")
 HEARTBEAT_S = 1.0
 #: Seconds between scans of the log for queued tasks the router does not hold.
 SCAN_S = 5.0
+#: Seconds between looks at the cluster in discovery mode.
+DISCOVERY_S = 2.0
 #: A heartbeat slower than this marks the endpoint disconnected.
 HEARTBEAT_TIMEOUT_S = 5.0
 
@@ -44,9 +47,20 @@ class Router:
         log: EventLog,
         endpoints: dict[str, EndpointHandle] | None = None,
         rng: random.Random | None = None,
+        factory: Callable[[str, list[str]], EndpointHandle] | None = None,
+        destroy: Callable[[str], Awaitable[None]] | None = None,
+        configured: dict[str, list[str]] | None = None,
+        discover: Callable[[], dict[str, list[str]]] | None = None,
     ) -> None:
         self.settings = settings
         self.log = log
+        #: creates (or finds) the endpoint actor of a ComfyUI; None: fixed `endpoints` only
+        self.factory = factory
+        self.destroy = destroy
+        self.configured = dict(configured or {})
+        #: discovery mode: the endpoints the cluster offers now (name → labels)
+        self.discover = discover
+        self.discovered: set[str] = set()
         self.handles: dict[str, EndpointHandle] = dict(endpoints or {})
         self.loads: dict[str, routing.EndpointLoad] = {
             name: routing.EndpointLoad(name) for name in self.handles
@@ -64,6 +78,10 @@ class Router:
         async with self._start_lock:
             if self._started:
                 return
+            if self.factory is not None:
+                # The configured endpoints plus what was added or removed at run time.
+                for name, labels in fleet.endpoints(self.configured, await self.log.read_fleet()).items():
+                    self._attach(name, labels)
             for state in await self.log.open_tasks():
                 if state.status == task_state.QUEUED:
                     self.waiting.push(
@@ -75,6 +93,8 @@ class Router:
             self._spawn(self._dispatch_loop())
             self._spawn(self._heartbeat_loop())
             self._spawn(self._scan_loop())
+            if self.discover is not None:
+                self._spawn(self._discovery_loop())
             self._wake.set()
 
     def _spawn(self, coro: Any) -> None:
@@ -200,11 +220,79 @@ class Router:
 
     # --- endpoints at run time --------------------------------------------------------------
 
-    async def add_endpoint(self, name: str, handle: EndpointHandle, labels: list[str] | None = None) -> None:
+    def _attach(self, name: str, labels: list[str], handle: EndpointHandle | None = None) -> None:
+        if handle is None:
+            assert self.factory is not None
+            handle = self.factory(name, labels)
         self.handles[name] = handle
-        self.loads.setdefault(name, routing.EndpointLoad(name, labels=frozenset(labels or ())))
+        self.loads[name] = routing.EndpointLoad(name, labels=frozenset(labels))
         self.assigned.setdefault(name, set())
         self._wake.set()
+
+    async def add_endpoint(self, name: str, labels: list[str] | None = None) -> dict[str, Any]:
+        """POST /endpoints: record it (a restart keeps it), start its actor, route to it."""
+        await self.start()
+        labels = list(labels or [])
+        if name in self.handles and not self.loads[name].draining:
+            return {"endpoint": name, "state": "known", "labels": sorted(self.loads[name].labels)}
+        if self.factory is None:
+            raise errors.InvalidRequest("this router cannot start endpoints")
+        await self.log.append_fleet(fleet.EndpointAdded(endpoint=name, labels=labels))
+        self._attach(name, labels)
+        return {"endpoint": name, "state": "added", "labels": labels}
+
+    async def remove_endpoint(self, name: str, *, record: bool = True) -> dict[str, Any]:
+        """DELETE /endpoints/{e}: no new tasks; when nothing is in flight there, stop it."""
+        await self.start()
+        if name not in self.handles:
+            return {"error": "endpoint_not_found", "endpoint": name}
+        if record:
+            await self.log.append_fleet(fleet.EndpointRemoved(endpoint=name))
+        load = self.loads[name]
+        if not load.draining:
+            load.draining = True
+            self._spawn(self._drain(name))
+        return {"endpoint": name, "state": "draining", "inflight": len(self.assigned[name])}
+
+    async def _drain(self, name: str) -> None:
+        while True:
+            inflight = len(self.assigned.get(name, ()))
+            if inflight == 0:
+                try:
+                    status = await asyncio.wait_for(self.handles[name].status(), HEARTBEAT_TIMEOUT_S)
+                    inflight = int(status.get("inflight") or 0)
+                except Exception:
+                    inflight = 0  # gone: its prompts were handed back when it was lost
+            if inflight == 0 or not self.loads[name].draining:
+                break
+            await asyncio.sleep(0.5)
+        if not self.loads[name].draining:
+            return  # added again meanwhile
+        if self.destroy is not None:
+            with contextlib.suppress(Exception):
+                await self.destroy(name)
+        self.handles.pop(name, None)
+        self.loads.pop(name, None)
+        self.assigned.pop(name, None)
+        self.discovered.discard(name)
+
+    async def _discovery_loop(self) -> None:
+        """Discovery mode: every node with the ComfyUI resource has an endpoint; a node that
+        leaves takes its endpoint out of routing (its prompts are recovered as lost ones)."""
+        assert self.discover is not None
+        while True:
+            try:
+                found = self.discover()
+                for name, labels in found.items():
+                    if name not in self.handles:
+                        self._attach(name, labels)
+                        self.discovered.add(name)
+                for name in list(self.discovered):
+                    if name not in found and name in self.loads and not self.loads[name].draining:
+                        await self.remove_endpoint(name, record=False)
+            except Exception:
+                log.warning("discovery failed", exc_info=True)
+            await asyncio.sleep(DISCOVERY_S)
 
     # --- loops ------------------------------------------------------------------------------
 
@@ -249,17 +337,17 @@ class Router:
         from actors.endpoint import ACCEPTED, RETRY
 
         try:
-            results = await self.handles[name].dispatch_many([i.task_id for i in items])
+            results = await self.handles[name].dispatch_many([i.task_id for i in items])  # KeyError: removed
         except Exception:
             log.warning("dispatch of %d task(s) to %s failed", len(items), name, exc_info=True)
             results = [RETRY] * len(items)
-            self.loads[name].connected = False
         for item, result in zip(items, results, strict=True):
             if result == ACCEPTED:
                 continue
-            self.assigned[name].discard(item.task_id)
+            self.assigned.get(name, set()).discard(item.task_id)
             if result == RETRY:
-                self.loads[name].connected = False
+                if name in self.loads:
+                    self.loads[name].connected = False
                 self.waiting.push(
                     item.task_id, -item.sort_key[0], item.sort_key[1], item.workflow, item.labels
                 )
@@ -288,9 +376,13 @@ class Router:
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _beat(self, name: str) -> None:
+        handle = self.handles.get(name)
+        if handle is None:
+            return
         try:
-            status = await asyncio.wait_for(self.handles[name].status(), HEARTBEAT_TIMEOUT_S)
+            status = await asyncio.wait_for(handle.status(), HEARTBEAT_TIMEOUT_S)
         except Exception:
-            self.loads[name].connected = False
+            if name in self.loads:
+                self.loads[name].connected = False
             return
         await self.endpoint_status(name, status)

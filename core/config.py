@@ -157,6 +157,9 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     allow_open_bind: bool = False
     ray_address: str | None = None
+    #: Discovery mode: every Ray node with the `comfyui` resource gets an endpoint.
+    comfyui_discovery: bool = False
+    comfyui_discovery_port: int = 8188
     #: ComfyUI queue depth we keep per endpoint (late binding: tasks wait in the router).
     endpoint_queue_depth: int = 2
     #: Tasks waiting in the router above which POST /tasks answers 429.
@@ -217,7 +220,7 @@ class Settings:
 
         return cls(
             comfyui_endpoints=endpoints,
-            use_standins=not endpoints,
+            use_standins=not endpoints and not r.bool("COMFYUI_DISCOVERY", False),
             database_url=r.str("DATABASE_URL") or _rdb_dsn(r),
             s3_bucket=r.str("S3_BUCKET", "comfy-fleet") or "comfy-fleet",
             s3_region=r.str("S3_REGION_NAME", "us-east-1") or "us-east-1",
@@ -235,6 +238,8 @@ class Settings:
             api_keys=api_keys,
             allow_open_bind=allow_open,
             ray_address=r.str("RAY_ADDRESS"),
+            comfyui_discovery=r.bool("COMFYUI_DISCOVERY", False),
+            comfyui_discovery_port=r.int("COMFYUI_DISCOVERY_PORT", 8188, minimum=1, maximum=65535),
             endpoint_queue_depth=r.int("ENDPOINT_QUEUE_DEPTH", 2, minimum=1),
             max_waiting_tasks=r.int("MAX_WAITING_TASKS", 10_000, minimum=1),
             task_max_attempts=r.int("TASK_MAX_ATTEMPTS", 3, minimum=1),

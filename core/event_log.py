@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from core import errors, events, task_state
+from core import errors, events, fleet, task_state
 from core.task_state import TaskState
 
 
@@ -72,6 +72,12 @@ class EventLog(Protocol):
     async def listen_submitted(self, callback: SubmittedCallback) -> None:
         """Be told of every task submitted from now on (best effort; scan as a fallback)."""
         ...
+
+    async def append_fleet(self, event: fleet.FleetEvent) -> None:
+        """Record a fact about the fleet (core/fleet.py)."""
+        ...
+
+    async def read_fleet(self) -> list[fleet.FleetEvent]: ...
 
     async def wait_for_change(self, task_id: str, after_seq: int, timeout_s: float) -> None:
         """Return when the task has an event after `after_seq`, or after the timeout."""
@@ -137,6 +143,7 @@ class InMemoryEventLog:
         self._position = 0
         self._changed = asyncio.Condition()
         self._submitted: list[SubmittedCallback] = []
+        self._fleet: list[fleet.FleetEvent] = []
 
     async def append(
         self,
@@ -229,6 +236,12 @@ class InMemoryEventLog:
 
     async def listen_submitted(self, callback: SubmittedCallback) -> None:
         self._submitted.append(callback)
+
+    async def append_fleet(self, event: fleet.FleetEvent) -> None:
+        self._fleet.append(event)
+
+    async def read_fleet(self) -> list[fleet.FleetEvent]:
+        return list(self._fleet)
 
     async def wait_for_change(self, task_id: str, after_seq: int, timeout_s: float) -> None:
         async def changed() -> None:

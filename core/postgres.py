@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from core import errors, events, task_state
+from core import errors, events, fleet, task_state
 from core.event_log import SubmittedCallback, decode_cursor, encode_cursor, stamp, state_from_json, state_to_json
 from core.sql import queries
 from core.task_state import TaskState
@@ -248,6 +248,19 @@ class PostgresEventLog:
             self._waiters[task_id].discard(waiter)
             if not self._waiters[task_id]:
                 self._waiters.pop(task_id, None)
+
+    # --- facts about the fleet -----------------------------------------------------------------
+
+    async def append_fleet(self, event: fleet.FleetEvent) -> None:
+        with _translated():
+            await self._pool.execute(
+                queries["append_fleet_event"], event.TYPE, event.SCHEMA_VERSION, event.payload()
+            )
+
+    async def read_fleet(self) -> list[fleet.FleetEvent]:
+        with _translated():
+            rows = await self._pool.fetch(queries["select_fleet_events"])
+        return [fleet.decode(r["type"], r["schema_version"], r["payload"]) for r in rows]
 
     # --- new tasks, followed by the router ------------------------------------------------------
 

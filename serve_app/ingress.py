@@ -11,6 +11,7 @@ import ray
 from ray import serve
 
 from actors import remote
+from core import errors
 from core.config import Settings
 from core.postgres import PostgresEventLog
 from core.url_policy import UrlPolicy
@@ -68,7 +69,10 @@ class RouterClientOverRay:
         return await self._handle().add_endpoint.remote(endpoint, labels)  # type: ignore[no-any-return]
 
     async def remove_endpoint(self, endpoint: str) -> dict[str, Any]:
-        return await self._handle().remove_endpoint.remote(endpoint)  # type: ignore[no-any-return]
+        result: dict[str, Any] = await self._handle().remove_endpoint.remote(endpoint)
+        if result.get("error") == "endpoint_not_found":
+            raise errors.EndpointNotFound(f"no endpoint {endpoint!r}; GET /endpoints lists them")
+        return result
 
 
 async def build_services(settings: Settings, extra_deny_hosts: list[str]) -> Services:

@@ -82,3 +82,10 @@ DELETE FROM tasks;
 INSERT INTO tasks (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
                    created_at, updated_at, state)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10);
+
+-- append_fleet_event --
+-- $1 type, $2 schema_version, $3 payload
+INSERT INTO fleet_events (type, schema_version, payload) VALUES ($1, $2, $3) RETURNING position;
+
+-- select_fleet_events --
+SELECT type, schema_version, payload FROM fleet_events ORDER BY position;

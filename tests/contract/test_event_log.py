@@ -114,6 +114,16 @@ class EventLogContract:
         rows = await log.queued_tasks()
         assert [(r[0], r[1], r[3], r[4]) for r in rows] == [(a, 3, "solid", [])]
 
+    async def test_fleet_events_fold_over_configured(self, log: EventLog) -> None:
+        from core import fleet
+
+        await log.append_fleet(fleet.EndpointAdded(endpoint="h:2", labels=["a100"]))
+        await log.append_fleet(fleet.EndpointRemoved(endpoint="h:1"))
+        await log.append_fleet(fleet.EndpointAdded(endpoint="h:3"))
+        await log.append_fleet(fleet.EndpointRemoved(endpoint="h:3"))
+        got = fleet.endpoints({"h:1": []}, await log.read_fleet())
+        assert got == {"h:2": ["a100"]}
+
     async def test_wait_for_change_wakes_on_append(self, log: EventLog) -> None:
         tid = str(uuid.uuid4())
         s = await log.append(tid, 0, [submitted()])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -56,6 +57,9 @@ def fleet_sync(tmp_path_factory: pytest.TempPathFactory, pg_admin_dsn: str) -> I
     from devstack.postgres import create_database, drop_database, unique_database_name
 
     data = tmp_path_factory.mktemp("fleet")
+    # A workflows folder of the session's own, so tests can add workflows and reload.
+    workflows = data / "workflows"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "workflows", workflows)
     db_name = unique_database_name("e2e")
     dsn = asyncio.run(create_database(pg_admin_dsn, db_name))
     settings = Settings.from_env(
@@ -66,6 +70,7 @@ def fleet_sync(tmp_path_factory: pytest.TempPathFactory, pg_admin_dsn: str) -> I
             "WEBHOOK_MAX_DELAY_S": "0.5",
             "WEBHOOK_MAX_ATTEMPTS": "4",
             "DEFAULT_FAILED_IMAGE_PATH": str(data / "failed"),
+            "WORKFLOWS_DIR": str(workflows),
         },
         dotenv=data / "none",
     )

@@ -69,7 +69,7 @@ async def test_metrics_are_exported_with_their_labels(fleet: Fleet, receiver: Re
     ended = [lbl for lbl in found["ray_comfy_fleet_tasks_ended_total"] if lbl.get("workflow") == "solid"]
     assert any(lbl["status"] == "succeeded" for lbl in ended)
     endpoints = {lbl["endpoint"] for lbl in found["ray_comfy_fleet_endpoint_connected"]}
-    assert endpoints == {s.host_port for s in fleet.standins}
+    assert {s.host_port for s in fleet.standins} <= endpoints
 
 
 async def test_stream_sends_events_live_and_resumes(fleet: Fleet) -> None:
