@@ -164,6 +164,10 @@ class EndpointActor(_Lazy):
     async def reload_workflows(self) -> list[str] | None:
         return await (await self.inner()).reload_workflows()  # type: ignore[no-any-return]
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (placement checks, the dashboard)."""
+        return ray.get_runtime_context().get_node_id()
+
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class RouterActor(_Lazy):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +33,9 @@ from serve_app import launcher
 from tests.support.background_loop import BackgroundLoop
 from tests.support.webhook_receiver import WebhookReceiver
 from tests.support.ws_mute_proxy import WsMuteProxy
+
+# One request line per poll drowns a failure's report.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 #: seconds every stand-in node takes: a tiny task is in flight for ~0.2-0.3 s
 NODE_DELAY = 0.1
