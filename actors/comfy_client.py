@@ -45,7 +45,11 @@ class ComfyClient:
         if self._session is not None:
             await self._session.close()
 
-    async def _request(self, method: str, path: str, **kw: Any) -> tuple[int, bytes]:
+    async def _request(
+        self, method: str, path: str, *, timeout_s: float | None = None, **kw: Any
+    ) -> tuple[int, bytes]:
+        if timeout_s is not None:
+            kw["timeout"] = aiohttp.ClientTimeout(total=timeout_s, connect=min(5.0, timeout_s))
         try:
             async with self._http().request(method, self._base + path, **kw) as resp:
                 body = await resp.read()
@@ -98,15 +102,15 @@ class ComfyClient:
             )
         return data if isinstance(data, dict) else {}
 
-    async def history(self, prompt_id: str) -> dict[str, Any] | None:
+    async def history(self, prompt_id: str, *, timeout_s: float | None = None) -> dict[str, Any] | None:
         """The history entry of one prompt, or None when ComfyUI has none (yet)."""
-        status, data = await self._json("GET", f"/history/{prompt_id}")
+        status, data = await self._json("GET", f"/history/{prompt_id}", timeout_s=timeout_s)
         entry = data.get(prompt_id) if status == 200 and isinstance(data, dict) else None
         return entry if isinstance(entry, dict) else None
 
-    async def queue(self) -> tuple[set[str], set[str]]:
+    async def queue(self, *, timeout_s: float | None = None) -> tuple[set[str], set[str]]:
         """(running prompt_ids, pending prompt_ids)."""
-        _status, data = await self._json("GET", "/queue")
+        _status, data = await self._json("GET", "/queue", timeout_s=timeout_s)
         data = data if isinstance(data, dict) else {}
         running = {str(item[1]) for item in data.get("queue_running", []) if len(item) > 1}
         pending = {str(item[1]) for item in data.get("queue_pending", []) if len(item) > 1}

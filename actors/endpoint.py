@@ -43,6 +43,8 @@ log = logging.getLogger("comfy_fleet.endpoint")
 POLL_INTERVAL_S = 2.0
 #: A progress event per task at most this often (the log is not a metrics pipe).
 PROGRESS_MIN_INTERVAL_S = 0.5
+#: Time limit of the reconciler's /queue and /history reads (a hung ComfyUI must not hold it).
+RECONCILE_TIMEOUT_S = 5.0
 #: How long we keep re-reading a history entry that is not there yet after completion.
 HISTORY_GRACE_S = 5.0
 #: Attempts to append one decision through conflicts before giving up.
@@ -628,8 +630,9 @@ class EndpointWorker:
             if not candidates:
                 return
             try:
-                running, pending = await self.client.queue()
+                running, pending = await self.client.queue(timeout_s=RECONCILE_TIMEOUT_S)
             except errors.EndpointUnavailable:
+                self._unresponsive()
                 return
             for item in candidates:
                 if item.prompt_id in running or item.prompt_id in pending:
@@ -637,8 +640,9 @@ class EndpointWorker:
                 if item.finishing or item.prompt_id not in self.inflight:
                     continue
                 try:
-                    entry = await self.client.history(item.prompt_id)
+                    entry = await self.client.history(item.prompt_id, timeout_s=RECONCILE_TIMEOUT_S)
                 except errors.EndpointUnavailable:
+                    self._unresponsive()
                     return
                 result = comfy_history.outcome(entry)
                 if (
@@ -658,6 +662,18 @@ class EndpointWorker:
                     await self._requeue(item.task_id, item.prompt_id, "lost_by_comfyui")
                 else:
                     self._spawn(self._finish(item, result, entry))
+
+    def _unresponsive(self) -> None:
+        """ComfyUI does not answer HTTP: count it as down even if its socket looks open (a hung
+        server still answers websocket pings). The socket is dropped so that a reconnect must
+        succeed before we send it work; after ENDPOINT_LOST_AFTER_S its prompts go elsewhere."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        if self.connected:
+            self.connected = False
+            self._report()
+            log.warning("endpoint %s does not answer HTTP; marked disconnected", self.name)
+            self._spawn(self._drop_socket())
 
     async def _drop_socket(self) -> None:
         ws = self._ws

@@ -38,15 +38,6 @@ async def test_standin_down_10s_and_back_empty_redispatches_lost_prompts(fleet: 
         assert c.task["attempt"] >= 2 and c.task["endpoint"] != victim or c.task["attempt"] >= 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "actors/endpoint.py: a hanging ComfyUI keeps its prompts forever. Its websocket stays open "
-        "(the server still answers pings), so _ws_loop never sets _down_since and _poll_loop never "
-        "calls _give_up_inflight; _reconcile returns quietly on the EndpointUnavailable of the "
-        "timed-out GET /queue, and the endpoint stays 'connected'"
-    ),
-)
 async def test_hanging_standin_loses_its_prompts_to_the_others(fleet: FaultFleet) -> None:
     victim_index = 1
     victim = fleet.endpoints[victim_index]
