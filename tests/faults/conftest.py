@@ -133,7 +133,7 @@ class FaultFleet:
             if callback:
                 body["callback_url"] = self.receiver.url
             r = await self.http.post("/tasks", json=body)
-            assert r.status_code == 202, r.text
+            assert r.status_code == 202, f"task {i + 1} of {n} (priority {priority}): {r.text}"
             ids.append(r.json()["task_id"])
         return ids
 
