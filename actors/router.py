@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -26,6 +27,8 @@ log = logging.getLogger("comfy_fleet.router")
 HEARTBEAT_S = 1.0
 #: Seconds between scans of the log for queued tasks the router does not hold.
 SCAN_S = 5.0
+#: How long the router remembers that it handed a task out (see Router._push).
+TAKEN_MEMORY_S = 60.0
 #: Seconds between looks at the cluster in discovery mode.
 DISCOVERY_S = 2.0
 #: A heartbeat slower than this marks the endpoint disconnected.
@@ -73,6 +76,8 @@ class Router:
         self._start_lock = asyncio.Lock()
         self._bg: set[asyncio.Task[Any]] = set()
         self.dispatched_total = 0
+        #: task_id → when it was handed to an endpoint (forgotten after TAKEN_MEMORY_S)
+        self._taken: dict[str, float] = {}
 
     async def start(self) -> None:
         async with self._start_lock:
@@ -97,6 +102,17 @@ class Router:
                 self._spawn(self._discovery_loop())
             self._wake.set()
 
+    def _push(
+        self, task_id: str, priority: int, created_at: float, workflow: str, labels: Any
+    ) -> bool:
+        """Queue a task unless it was handed out lately. Submissions reach the router by more
+        than one path (the log's NOTIFY, its scan, a direct submit), and one of them can arrive
+        after the task was already dispatched: without this it would wait again as a ghost and
+        inflate the waiting count that admission control reads."""
+        if task_id in self._taken:
+            return False
+        return self.waiting.push(task_id, priority, created_at, workflow, labels)
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._bg.add(task)
@@ -118,7 +134,7 @@ class Router:
     ) -> int:
         """A task was recorded as submitted: queue it. Returns how many tasks now wait."""
         await self.start()
-        if self.waiting.push(task_id, priority, created_at, workflow, labels or ()):
+        if self._push(task_id, priority, created_at, workflow, labels or ()):
             self._wake.set()
         return len(self.waiting)
 
@@ -126,14 +142,14 @@ class Router:
         self, task_id: str, priority: int, created_at: float, workflow: str, labels: list[str]
     ) -> None:
         """A task was recorded (the log's notification): queue it."""
-        if self.waiting.push(task_id, priority, created_at, workflow, labels or ()):
+        if self._push(task_id, priority, created_at, workflow, labels or ()):
             self._wake.set()
 
     async def submit_many(self, items: list[tuple[str, int, float, str, list[str]]]) -> int:
         """`submit` for a batch: [(task_id, priority, created_at, workflow, labels)]."""
         await self.start()
         for task_id, priority, created_at, workflow, labels in items:
-            self.waiting.push(task_id, priority, created_at, workflow, labels or ())
+            self._push(task_id, priority, created_at, workflow, labels or ())
         self._wake.set()
         return len(self.waiting)
 
@@ -199,6 +215,7 @@ class Router:
             state = await self.log.get(task_id)
         except Exception:
             return
+        self._taken.pop(task_id, None)  # it really waits again
         if state.status == task_state.QUEUED and self.waiting.push(
             task_id, priority, created_at, state.workflow, state.required_labels
         ):
@@ -324,6 +341,7 @@ class Router:
                 if item is None:
                     break
                 ep = chosen[-1]
+                self._taken[item.task_id] = time.monotonic()
                 self.assigned[ep.name].add(item.task_id)
                 ep.inflight = len(self.assigned[ep.name])
                 self.dispatched_total += 1
@@ -345,6 +363,7 @@ class Router:
             if result == ACCEPTED:
                 continue
             self.assigned.get(name, set()).discard(item.task_id)
+            self._taken.pop(item.task_id, None)
             if result == RETRY:
                 if name in self.loads:
                     self.loads[name].connected = False
@@ -358,11 +377,13 @@ class Router:
         notification that was lost (a router restart in between, a dropped batch)."""
         while True:
             await asyncio.sleep(SCAN_S)
+            horizon = time.monotonic() - TAKEN_MEMORY_S
+            self._taken = {t: at for t, at in self._taken.items() if at > horizon}
             try:
                 for task_id, priority, created_at, workflow, labels in await self.log.queued_tasks():
                     if task_id in self.waiting or any(task_id in a for a in self.assigned.values()):
                         continue
-                    if self.waiting.push(task_id, priority, created_at, workflow, labels):
+                    if self._push(task_id, priority, created_at, workflow, labels):
                         self._wake.set()
             except Exception:
                 log.debug("queued-task scan failed", exc_info=True)
