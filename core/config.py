@@ -209,10 +209,10 @@ class Settings:
             )
 
         secret = r.str("WEBHOOK_SECRET")
-        if secret is not None and not secret.startswith("whsec_"):
-            raise errors.ConfigError(
-                "WEBHOOK_SECRET: must have the Standard Webhooks form whsec_<base64 key>"
-            )
+        if secret is not None:
+            from core import webhooks
+
+            webhooks.parse_secret(secret)  # ConfigError naming WEBHOOK_SECRET, never echoing it
 
         workflows_dir = Path(r.str("WORKFLOWS_DIR") or cls.workflows_dir)
         if not workflows_dir.is_dir():

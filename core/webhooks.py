@@ -48,7 +48,7 @@ def parse_secret(secret: str, *, name: str = "WEBHOOK_SECRET") -> bytes:
     """
     if not isinstance(secret, str) or not secret.startswith(SECRET_PREFIX):
         raise errors.ConfigError(
-            f"{name} must have the form whsec_<base64 key> (Standard Webhooks)"
+            f"{name}: must have the Standard Webhooks form whsec_<base64 key>"
         )
     encoded = secret[len(SECRET_PREFIX) :].strip()
     try:

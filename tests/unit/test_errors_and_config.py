@@ -56,6 +56,7 @@ def test_dotenv_is_read_and_environment_wins(tmp_path: Path) -> None:
         ({"SERVICE_PORT": "-1"}, "SERVICE_PORT"),
         ({"SERVICE_PORT": "abc"}, "SERVICE_PORT"),
         ({"WEBHOOK_SECRET": "plain-secret"}, "WEBHOOK_SECRET"),
+        ({"WEBHOOK_SECRET": "whsec_not*base64!"}, "WEBHOOK_SECRET"),
         ({"ROUTE_PREFIX": "api"}, "ROUTE_PREFIX"),
         ({"WORKFLOWS_DIR": "/nonexistent/dir"}, "WORKFLOWS_DIR"),
         ({"SERVICE_HOST": "0.0.0.0"}, "SERVICE_HOST"),
