@@ -300,8 +300,11 @@ def start_endpoint_actor(settings: Settings, name: str, labels: list[str]) -> En
     }
     node_id = placement.node_for(name, ray.nodes())
     if node_id is not None:
-        # Soft: if that node is gone the actor still runs (and finds its ComfyUI lost).
+        # Soft: if that node is gone the actor still runs (and finds its ComfyUI lost). Ray
+        # ignores a soft affinity for an actor that asks for no resources
+        # (ray-project/ray#25360), hence a token CPU share: 100 endpoints per CPU.
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
+        options["num_cpus"] = 0.01
     EndpointActor.options(**options).remote(settings, name, labels)  # type: ignore[attr-defined]
     return EndpointHandleOverRay(name)
 
