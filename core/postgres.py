@@ -301,45 +301,52 @@ class PostgresEventLog:
     # --- rebuild ------------------------------------------------------------------------------
 
     async def rebuild_read_model(self, batch: int = 10_000) -> int:
-        """Recompute every read-model row by folding the log; returns the number of tasks."""
+        """Recompute every read-model row by folding the log; returns the number of tasks.
+
+        One pass over the log in (task_id, seq) order on a server-side cursor, folding each
+        task in place, and the rows written back with COPY: a million events in seconds."""
         count = 0
+        columns = ["task_id", "client_task_id", "workflow", "status", "priority", "webhook",
+                   "last_seq", "created_at", "updated_at", "state"]
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(queries["delete_read_model"])
-            last_task, last_seq = "00000000-0000-0000-0000-000000000000", 0
             state: TaskState | None = None
-            pending: list[TaskState] = []
+            pending: list[tuple[Any, ...]] = []
+
+            def row(s: TaskState) -> tuple[Any, ...]:
+                return (
+                    s.task_id, s.client_task_id, s.workflow, s.status, s.priority, s.webhook,
+                    s.seq, s.created_at, s.updated_at, _dumps(state_to_json(s)),
+                )
 
             async def flush() -> None:
-                await conn.executemany(
-                    queries["insert_read_model"],
-                    [
-                        (
-                            s.task_id, s.client_task_id, s.workflow, s.status, s.priority,
-                            s.webhook, s.seq, s.created_at, s.updated_at, state_to_json(s),
-                        )
-                        for s in pending
-                    ],
-                )
+                await conn.copy_records_to_table("tasks", records=pending, columns=columns)
                 pending.clear()
 
-            while True:
-                rows = await conn.fetch(queries["select_all_events"], last_task, last_seq, batch)
-                if not rows:
-                    break
-                for r in rows:
+            # COPY speaks the binary format: jsonb is a version byte (1) and the JSON text.
+            await conn.set_type_codec(
+                "jsonb", encoder=lambda v: b"\x01" + v.encode(), decoder=lambda b: orjson.loads(b[1:]),
+                schema="pg_catalog", format="binary",
+            )
+            try:
+                async for r in conn.cursor(queries["select_log_in_task_order"], prefetch=batch):
                     tid = str(r["task_id"])
                     if state is not None and state.task_id != tid:
-                        pending.append(state)
+                        pending.append(row(state))
                         count += 1
                         state = None
-                    state = task_state.evolve(state, _stored(tid, r))
-                last_task, last_seq = str(rows[-1]["task_id"]), rows[-1]["seq"]
-                if len(pending) >= 1000:
+                        if len(pending) >= batch:
+                            await flush()
+                    state = task_state.evolve(state, _stored(tid, r), in_place=True)
+                if state is not None:
+                    pending.append(row(state))
+                    count += 1
+                if pending:
                     await flush()
-            if state is not None:
-                pending.append(state)
-                count += 1
-            await flush()
+            finally:
+                await conn.set_type_codec(
+                    "jsonb", encoder=_dumps, decoder=orjson.loads, schema="pg_catalog"
+                )
         return count
 
 

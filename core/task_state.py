@@ -78,8 +78,11 @@ class TaskState:
         )
 
 
-def evolve(state: TaskState | None, stored: events.StoredEvent) -> TaskState:
-    """Apply one stored event to the state; returns a new state (the input is not changed)."""
+def evolve(
+    state: TaskState | None, stored: events.StoredEvent, *, in_place: bool = False
+) -> TaskState:
+    """Apply one stored event to the state; returns a new state (the input is not changed,
+    unless `in_place`, which rebuilds use: a fold that owns its state need not copy it)."""
     ev = stored.event
     if state is None:
         if not isinstance(ev, events.TaskSubmitted):
@@ -107,7 +110,7 @@ def evolve(state: TaskState | None, stored: events.StoredEvent) -> TaskState:
         raise errors.FleetError(
             f"task {state.task_id}: event seq {stored.seq} follows {state.seq}"
         )
-    s = state.copy()
+    s = state if in_place else state.copy()
     s.seq = stored.seq
     s.updated_at = stored.at
     final = s.is_final

@@ -73,6 +73,11 @@ SELECT state FROM tasks WHERE webhook = 'pending' ORDER BY updated_at;
 SELECT task_id, seq, type, schema_version, payload, recorded_at, position FROM task_events
 WHERE (task_id, seq) > ($1::uuid, $2::int) ORDER BY task_id, seq LIMIT $3;
 
+-- select_log_in_task_order --
+-- The whole log, each task's events together and in order (rebuilds, on a cursor).
+SELECT task_id, seq, type, schema_version, payload, recorded_at, position FROM task_events
+ORDER BY task_id, seq;
+
 -- delete_read_model --
 DELETE FROM tasks;
 
