@@ -325,6 +325,13 @@ class Router:
             await self._wake.wait()
             self._wake.clear()
             while len(self.waiting):
+                # Nothing to do while no endpoint has room: skip the scan of waiting tasks
+                # (it tries up to 64 of them against every endpoint).
+                if not any(
+                    ld.connected and not ld.draining and self._effective(n).load < depth
+                    for n, ld in self.loads.items()
+                ):
+                    break
                 chosen: list[routing.EndpointLoad] = []
 
                 def fits(item: routing.Waiting) -> bool:

@@ -105,8 +105,13 @@ def stamp(task_id: str, expected_seq: int, new_events: Sequence[events.Event]) -
 _DATETIME_FIELDS = ("created_at", "updated_at", "finished_at")
 
 
+_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(TaskState))
+
+
 def state_to_json(s: TaskState) -> dict[str, Any]:
-    data = dataclasses.asdict(s)
+    # A shallow dict: `dataclasses.asdict` deep-copies the prompt and every output on each
+    # append, which was most of a rebuild's time. orjson walks the nested values as they are.
+    data = {name: getattr(s, name) for name in _STATE_FIELDS}
     for name in _DATETIME_FIELDS:
         data[name] = data[name].isoformat() if data[name] else None
     return data
