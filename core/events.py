@@ -28,6 +28,7 @@ name, never an import path. Stored events are never rewritten: a payload change 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -281,5 +282,12 @@ def decode(type_: str, schema_version: int, payload: dict[str, Any]) -> Event:
     while version < cls.SCHEMA_VERSION:
         data = UPCASTERS[(type_, version)](data)
         version += 1
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _field_names(cls)
+    if data.keys() <= names:
+        return cls(**data)
     return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@functools.cache
+def _field_names(cls: type[Event]) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))

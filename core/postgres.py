@@ -329,15 +329,17 @@ class PostgresEventLog:
                 schema="pg_catalog", format="binary",
             )
             try:
-                async for r in conn.cursor(queries["select_log_in_task_order"], prefetch=batch):
-                    tid = str(r["task_id"])
-                    if state is not None and state.task_id != tid:
-                        pending.append(row(state))
-                        count += 1
-                        state = None
-                        if len(pending) >= batch:
-                            await flush()
-                    state = task_state.evolve(state, _stored(tid, r), in_place=True)
+                cursor = await conn.cursor(queries["select_log_in_task_order"])
+                while rows := await cursor.fetch(batch):
+                    for r in rows:
+                        tid = str(r["task_id"])
+                        if state is not None and state.task_id != tid:
+                            pending.append(row(state))
+                            count += 1
+                            state = None
+                        state = task_state.evolve(state, _stored(tid, r), in_place=True)
+                    if len(pending) >= batch:
+                        await flush()
                 if state is not None:
                     pending.append(row(state))
                     count += 1
