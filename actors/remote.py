@@ -34,14 +34,7 @@ def endpoint_actor_name(endpoint: str) -> str:
 
 
 async def make_store(settings: Settings) -> storage.S3BlobStore:
-    store = await storage.S3BlobStore.create(
-        bucket=settings.s3_bucket,
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.s3_region,
-        access_key=settings.aws_access_key_id,
-        secret_key=settings.aws_secret_access_key,
-    )
-    return store
+    return await storage.S3BlobStore.from_settings(settings)
 
 
 class _Lazy:

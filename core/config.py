@@ -202,7 +202,7 @@ class Settings:
         host = r.str("SERVICE_HOST", "127.0.0.1") or "127.0.0.1"
         api_keys = tuple(r.list("API_KEYS"))
         allow_open = r.bool("ALLOW_UNAUTHENTICATED_BIND", False)
-        if not api_keys and not _is_loopback(host) and not allow_open:
+        if not api_keys and not is_loopback(host) and not allow_open:
             raise errors.ConfigError(
                 f"SERVICE_HOST: binding {host} without API_KEYS is refused "
                 "(set API_KEYS, or ALLOW_UNAUTHENTICATED_BIND=true to accept the risk)"
@@ -262,7 +262,8 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address."""
     if host == "localhost":
         return True
     try:

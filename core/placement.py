@@ -9,9 +9,10 @@ several nodes share an address, as in tests on one machine).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from core.config import is_loopback as _is_loopback
 
 #: The node label naming the ComfyUI that runs on the node.
 COMFYUI_LABEL = "comfy-fleet/comfyui"
@@ -22,15 +23,6 @@ Node = Mapping[str, Any]
 def _host(endpoint: str) -> str:
     host, _, _port = endpoint.rpartition(":")
     return host.strip("[]")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def node_for(endpoint: str, nodes: Iterable[Node], resource: str = "comfyui") -> str | None:

@@ -254,13 +254,7 @@ async def run(
         log_ = await PostgresEventLog.connect(settings.database_url or "", max_size=2)
         own_log = True
     if store is None:
-        store = await storage.S3BlobStore.create(
-            bucket=settings.s3_bucket,
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.s3_region,
-            access_key=settings.aws_access_key_id,
-            secret_key=settings.aws_secret_access_key,
-        )
+        store = await storage.S3BlobStore.from_settings(settings)
         own_store = True
     try:
         await wait_for_store(store, wait_s)

@@ -341,6 +341,17 @@ class S3BlobStore:
         self._client: Any = None
 
     @classmethod
+    async def from_settings(cls, settings: Any) -> S3BlobStore:
+        """The store of a `core.config.Settings` (S3_* and AWS_* variables), opened."""
+        return await cls.create(
+            bucket=settings.s3_bucket,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key=settings.aws_access_key_id,
+            secret_key=settings.aws_secret_access_key,
+        )
+
+    @classmethod
     async def create(cls, **kwargs: Any) -> S3BlobStore:
         """Construct with ``kwargs`` and open the client."""
         store = cls(**kwargs)
