@@ -59,6 +59,20 @@ def wait_until(fn: Callable[[], Any], timeout: float, what: str, every: float = 
         time.sleep(every)
 
 
+def starting(fn: Callable[[], Any], what: str, attempts: int = 3) -> Any:
+    """Start a Ray node, again when it timed out: Ray waits a fixed 30 s for a node to
+    register, which a loaded 2-core machine can miss (the timed-out node's processes are
+    reaped with this process's group)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            say(f"{what}: {exc} (attempt {attempt}), trying again")
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class Stack:
     """Everything one scenario started, stopped in reverse by `close()`."""
@@ -81,8 +95,11 @@ class Stack:
         for d in ("input", "output", "temp"):
             (root / d).mkdir(parents=True, exist_ok=True)
         proc = StandInProcess(
-            input_dir=root / "input", output_dir=root / "output", temp_dir=root / "temp",
-            models=STANDIN_MODELS, node_delay=NODE_DELAY,
+            input_dir=root / "input",
+            output_dir=root / "output",
+            temp_dir=root / "temp",
+            models=STANDIN_MODELS,
+            node_delay=NODE_DELAY,
         ).start()
         self.standins[proc.host_port] = proc
         return str(proc.host_port)
@@ -91,8 +108,11 @@ class Stack:
         """A worker node that runs the ComfyUI `endpoint`: the resource and the label."""
         from core.placement import COMFYUI_LABEL
 
-        node = self.cluster.add_node(
-            num_cpus=1, resources={"comfyui": 1}, labels={COMFYUI_LABEL: endpoint}
+        node = starting(
+            lambda: self.cluster.add_node(
+                num_cpus=1, resources={"comfyui": 1}, labels={COMFYUI_LABEL: endpoint}
+            ),
+            f"the node of {endpoint}",
         )
         self.nodes[endpoint] = node
         return str(node.node_id)
@@ -160,7 +180,12 @@ def stack() -> Iterator[Stack]:
     s = Stack(data=Path(tempfile.mkdtemp(prefix="comfy-fleet-cluster-")))
     try:
         # The head runs no ComfyUI (no `comfyui` resource): the ingress and the router.
-        s.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        s.cluster = starting(
+            lambda: Cluster(
+                initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+            ),
+            "the head node",
+        )
         yield s
     finally:
         s.close()
@@ -185,7 +210,7 @@ def node_table() -> dict[str, dict[str, Any]]:
     }
 
 
-def actor_node(endpoint: str, timeout: float = 30) -> str:
+def actor_node(endpoint: str, timeout: float = 60) -> str:
     """The NodeID the endpoint actor of `endpoint` reports it runs on (waits while it is
     being created or restarted)."""
     import ray
@@ -197,9 +222,9 @@ def actor_node(endpoint: str, timeout: float = 30) -> str:
         if handle is None:
             return None
         try:
-            return str(ray.get(handle.node_id.remote(), timeout=5))
-        except ray.exceptions.ActorUnavailableError:
-            return None  # restarting: ask again
+            return str(ray.get(handle.node_id.remote(), timeout=10))
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            return None  # still starting or restarting (a loaded machine): ask again
 
     return str(wait_until(ask, timeout, f"node of the actor of {endpoint}"))
 
@@ -220,8 +245,13 @@ def fleet_actors() -> list[dict[str, Any]]:
     from ray._private import state
 
     return [
-        {"name": a["Name"], "class": a["ActorClassName"], "node_id": a["Address"]["NodeID"],
-         "state": a["State"], "restarts": a["NumRestarts"]}
+        {
+            "name": a["Name"],
+            "class": a["ActorClassName"],
+            "node_id": a["Address"]["NodeID"],
+            "state": a["State"],
+            "restarts": a["NumRestarts"],
+        }
         for a in state.actors().values()
         if a["Name"] and a["State"] != "DEAD"
     ]
@@ -234,7 +264,7 @@ class Api:
         self.http = httpx.Client(base_url=url, timeout=30)
         self.refused: list[tuple[int, str]] = []
 
-    def ready(self, timeout: float = 90) -> None:
+    def ready(self, timeout: float = 120) -> None:
         wait_until(lambda: self.http.get("/readyz").status_code == 200, timeout, "GET /readyz")
 
     def endpoints(self) -> dict[str, dict[str, Any]]:
@@ -248,7 +278,9 @@ class Api:
         """n `solid` tasks; returns the acknowledged ids (a refusal is kept in `refused`)."""
         ids = []
         for i in range(n):
-            r = self.http.post("/tasks", json={"workflow": "solid", "params": {"width": 8, "height": 8 + i}})
+            r = self.http.post(
+                "/tasks", json={"workflow": "solid", "params": {"width": 8, "height": 8 + i}}
+            )
             if r.status_code // 100 == 2:
                 ids.append(r.json()["task_id"])
             else:
@@ -258,7 +290,7 @@ class Api:
     def task(self, task_id: str) -> dict[str, Any]:
         return dict(self.http.get(f"/tasks/{task_id}").json())
 
-    def finals(self, ids: list[str], timeout: float = 90) -> list[dict[str, Any]]:
+    def finals(self, ids: list[str], timeout: float = 120) -> list[dict[str, Any]]:
         def all_final() -> list[dict[str, Any]] | None:
             tasks = [self.task(t) for t in ids]
             return tasks if all(t["status"] in FINAL for t in tasks) else None
@@ -268,8 +300,13 @@ class Api:
 
 def summary(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
-        {"task_id": t["task_id"], "status": t["status"], "endpoint": t.get("endpoint"),
-         "attempt": t.get("attempt"), "error": t.get("error")}
+        {
+            "task_id": t["task_id"],
+            "status": t["status"],
+            "endpoint": t.get("endpoint"),
+            "attempt": t.get("attempt"),
+            "error": t.get("error"),
+        }
         for t in tasks
     ]
 
@@ -277,48 +314,48 @@ def summary(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --- scenarios ------------------------------------------------------------------------------
 
 
-def placement(s: Stack) -> dict[str, Any]:
+def placement(s: Stack, out: dict[str, Any]) -> None:
     """Head without ComfyUI, two labelled worker nodes, COMFYUI_ENDPOINTS = their two stand-ins
     plus a third that no node names: where does each endpoint actor run?"""
+    import ray
+
     labelled = [s.standin(), s.standin()]
     unmatched = s.standin()
+    out.update(
+        labelled_endpoints=labelled,
+        unmatched_endpoint=unmatched,
+        head_node_id=s.cluster.head_node.node_id,
+    )
     for endpoint in labelled:
         s.add_comfyui_node(endpoint)
     url = s.start_service({"COMFYUI_ENDPOINTS": ",".join([*labelled, unmatched])})
     api = Api(url)
     api.ready()
     say("service ready")
-    actors = {e: actor_node(e) for e in [*labelled, unmatched]}
+    out["nodes"] = node_table()
+    out["driver_node_id"] = ray.get_runtime_context().get_node_id()
+    out["actor_node_of"] = {e: actor_node(e) for e in [*labelled, unmatched]}
     for e in [*labelled, unmatched]:
         wait_until(lambda e=e: api.connected(e), 60, f"{e} connected")
-    tasks = api.finals(api.submit(6))
-    import ray
-
-    return {
-        "head_node_id": s.cluster.head_node.node_id,
-        "nodes": node_table(),
-        "labelled_endpoints": labelled,
-        "unmatched_endpoint": unmatched,
-        "actor_node_of": actors,
-        "fleet_actors": fleet_actors(),
-        "tasks": summary(tasks),
-        "refused": api.refused,
-        "driver_node_id": ray.get_runtime_context().get_node_id(),
-    }
+    out["tasks"] = summary(api.finals(api.submit(6)))
+    out["refused"] = api.refused
+    out["fleet_actors"] = fleet_actors()
 
 
-def discovery(s: Stack) -> dict[str, Any]:
+def discovery(s: Stack, out: dict[str, Any]) -> None:
     """COMFYUI_DISCOVERY: one labelled node, then a second joins, then leaves with tasks in
     flight on it (its host gone: the node and its ComfyUI stop together)."""
     first, second = s.standin(), s.standin()
-    out: dict[str, Any] = {"first": first, "second": second, "head_node_id": s.cluster.head_node.node_id}
+    out.update(first=first, second=second, head_node_id=s.cluster.head_node.node_id)
     out["first_node_id"] = s.add_comfyui_node(first)
-    url = s.start_service({
-        "COMFYUI_DISCOVERY": "true",
-        "ENDPOINT_LOST_AFTER_S": "3",
-        "TASK_MAX_ATTEMPTS": "3",
-        "ENDPOINT_QUEUE_DEPTH": "2",
-    })
+    url = s.start_service(
+        {
+            "COMFYUI_DISCOVERY": "true",
+            "ENDPOINT_LOST_AFTER_S": "3",
+            "TASK_MAX_ATTEMPTS": "3",
+            "ENDPOINT_QUEUE_DEPTH": "2",
+        }
+    )
     api = Api(url)
     api.ready()
     say("service ready")
@@ -343,11 +380,12 @@ def discovery(s: Stack) -> dict[str, Any]:
 
     def caught_on_second() -> list[str]:
         return [
-            t["task_id"] for t in (api.task(i) for i in ids)
+            t["task_id"]
+            for t in (api.task(i) for i in ids)
             if t.get("endpoint") == second and t["status"] in ("dispatched", "running")
         ]
 
-    wait_until(caught_on_second, 30, f"a task in flight on {second}", every=0.05)
+    wait_until(caught_on_second, 60, f"a task in flight on {second}", every=0.05)
     # The host goes away: its ComfyUI and its Ray node stop together.
     s.standins[second].stop(kill=True)
     s.cluster.remove_node(s.nodes.pop(second))
@@ -359,7 +397,7 @@ def discovery(s: Stack) -> dict[str, Any]:
 
     # Where the second endpoint's actor lives now (soft affinity: restarted elsewhere, or gone).
     try:
-        out["second_actor_after_removal"] = actor_node(second, timeout=15)
+        out["second_actor_after_removal"] = actor_node(second, timeout=20)
     except Exception as exc:  # reported, not judged here (the drain may have stopped it)
         out["second_actor_after_removal"] = f"{type(exc).__name__}: {exc}"
 
@@ -377,14 +415,13 @@ def discovery(s: Stack) -> dict[str, Any]:
     out["second_states_until_gone"] = states
     out["second_gone_after_s"] = round(time.monotonic() - t0, 2)
     out["endpoints_after_leave"] = sorted(api.endpoints())
-    out["phase3"] = summary(api.finals(ids, timeout=120))
+    out["phase3"] = summary(api.finals(ids, timeout=180))
     out["nodes"] = node_table()
     out["refused"] = api.refused
     out["fleet_actors"] = fleet_actors()
-    return out
 
 
-SCENARIOS: dict[str, Callable[[Stack], dict[str, Any]]] = {
+SCENARIOS: dict[str, Callable[[Stack, dict[str, Any]], None]] = {
     "placement": placement,
     "discovery": discovery,
 }
@@ -395,13 +432,14 @@ def main(argv: list[str]) -> int:
         print(f"usage: python -m tests.cluster.scenario {{{'|'.join(SCENARIOS)}}}", file=sys.stderr)
         return 2
     started = time.monotonic()
-    result: dict[str, Any]
+    # Filled as the scenario goes: on a failure, what it saw so far is reported with the error.
+    result: dict[str, Any] = {}
     try:
         with stack() as s:
-            result = SCENARIOS[argv[0]](s)
+            SCENARIOS[argv[0]](s, result)
             say("scenario done, tearing down")
     except Exception:
-        result = {"error": traceback.format_exc()}
+        result["error"] = traceback.format_exc()
     result["seconds"] = round(time.monotonic() - started, 1)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 1 if "error" in result else 0
