@@ -1,5 +1,6 @@
 """A whole service of the fault suite's own, with every part it depends on within reach of a
-fault: PostgreSQL behind a TcpProxy (pause = the database is gone), its own SeaweedFS (stop /
+fault: PostgreSQL behind a TcpProxy (pause = the database is gone) and a proxy that loses the
+answer to a chosen statement (an ambiguous commit), its own SeaweedFS (stop /
 start), three ComfyUI stand-in processes (restart, knobs), the first of them behind a proxy
 that can turn its websockets into zombies, and a webhook receiver that can go down.
 
@@ -31,6 +32,7 @@ from devstack.seaweed import SeaweedS3
 from devstack.tcp_proxy import TcpProxy
 from serve_app import launcher
 from tests.support.background_loop import BackgroundLoop
+from tests.support.lost_reply_proxy import LostReplyProxy
 from tests.support.webhook_receiver import WebhookReceiver
 from tests.support.ws_mute_proxy import WsMuteProxy
 
@@ -98,6 +100,8 @@ class FaultFleet:
     settings: Settings
     bg: BackgroundLoop
     pg_proxy: TcpProxy
+    #: in front of `pg_proxy`: loses the answer to one chosen statement (an ambiguous commit)
+    pg_lost_reply: LostReplyProxy
     seaweed: SeaweedS3
     standins: list[StandInProcess]
     #: the endpoint name the service uses for each stand-in (index-aligned with `standins`)
@@ -180,9 +184,10 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, pg_admin_dsn: str) -> 
     db_name = unique_database_name("faults")
     dsn = asyncio.run(create_database(pg_admin_dsn, db_name))
     pg_proxy = bg.run(TcpProxy(admin.hostname, admin.port or 5432).start())
+    lost_reply = bg.run(LostReplyProxy("127.0.0.1", pg_proxy.port).start())
     real = urlsplit(dsn)
     netloc = real.netloc.rsplit("@", 1)
-    proxied_host = f"127.0.0.1:{pg_proxy.port}"
+    proxied_host = f"127.0.0.1:{lost_reply.port}"
     proxied_netloc = f"{netloc[0]}@{proxied_host}" if len(netloc) == 2 else proxied_host
     proxied_dsn = urlunsplit((real.scheme, proxied_netloc, real.path, real.query, real.fragment))
 
@@ -225,7 +230,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, pg_admin_dsn: str) -> 
         else:
             stop_service_keep_ray()  # the e2e fleet's: one service per Ray
         url = launcher.start_service(settings)
-        yield FaultFleet(url, settings, bg, pg_proxy, seaweed, standins, endpoints, mute, data, settings)
+        yield FaultFleet(url, settings, bg, pg_proxy, lost_reply, seaweed, standins, endpoints, mute, data, settings)
     finally:
         stop_service_keep_ray()
         if owned_ray:
@@ -238,6 +243,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, pg_admin_dsn: str) -> 
         with contextlib.suppress(Exception):
             if mute is not None:
                 bg.run(mute.close())
+            bg.run(lost_reply.close())
             bg.run(pg_proxy.close())
         bg.close()
         asyncio.run(drop_database(pg_admin_dsn, db_name))
@@ -259,6 +265,7 @@ async def fault_fleet(fault_stack: FaultFleet) -> AsyncIterator[FaultFleet]:
 async def fleet(fault_fleet: FaultFleet) -> AsyncIterator[FaultFleet]:
     """The fleet healed of the last test's faults: everything up, default knobs, ready."""
     f = fault_fleet
+    f.pg_lost_reply.arm(b"", 0)
     if f.pg_proxy.paused:
         await f.bg.arun(f.pg_proxy.resume())
     if not f.seaweed.running:

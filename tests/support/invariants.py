@@ -78,10 +78,31 @@ async def wait_final(
         if len(finals) == len(task_ids):
             return finals
         if loop.time() > deadline:
-            left = {t: (await http.get(f"/tasks/{t}")).json() for t in task_ids if t not in finals}
-            brief = {t: (v.get("status"), v.get("endpoint"), v.get("attempt")) for t, v in left.items()}
+            left = [t for t in task_ids if t not in finals]
+            brief = {t: await _describe(http, t) for t in left}
             raise AssertionError(f"{len(left)} of {len(task_ids)} tasks did not end: {brief}")
         await asyncio.sleep(0.25)
+
+
+async def _describe(http: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
+    """What a task that did not end looks like: its view, its events, and what its ComfyUI
+    says of its prompt (so a failure report names the stuck step)."""
+    task = (await http.get(f"/tasks/{task_id}")).json()
+    evs = (await http.get(f"/tasks/{task_id}/events")).json()
+    out: dict[str, Any] = {
+        "status": task.get("status"), "endpoint": task.get("endpoint"), "attempt": task.get("attempt"),
+        "events": [(e["type"], e["at"][11:23]) for e in evs],
+    }
+    pid, ep = task.get("comfyui_task_id"), task.get("endpoint")
+    if pid and ep:
+        try:
+            async with httpx.AsyncClient(timeout=5) as c:
+                queue = (await c.get(f"http://{ep}/queue")).text
+                out["comfyui_queue_has_it"] = pid in queue
+                out["comfyui_history_has_it"] = pid in (await c.get(f"http://{ep}/history/{pid}")).text
+        except httpx.HTTPError as exc:
+            out["comfyui"] = repr(exc)
+    return out
 
 
 async def _wait_webhooks(
