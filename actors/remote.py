@@ -25,6 +25,9 @@ NAMESPACE = "comfy-fleet"
 ROUTER_NAME = "router"
 WEBHOOKS_NAME = "webhooks"
 ENDPOINT_PREFIX = "endpoint:"
+#: The router and the webhook dispatcher live on the head node (with the ingress), never on a
+#: GPU host that may leave; Ray gives the head this resource.
+HEAD_ONLY = {"node:__internal_head__": 0.001}
 
 log = logging.getLogger("comfy_fleet.remote")
 
@@ -323,9 +326,11 @@ def deploy_fleet(settings: Settings, extra_deny_hosts: list[str] | None = None) 
     endpoints = [(e.name, []) for e in settings.comfyui_endpoints]
     handles[WEBHOOKS_NAME] = WebhookActor.options(  # type: ignore[attr-defined]
         name=WEBHOOKS_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+        resources=HEAD_ONLY,
     ).remote(settings, list(extra_deny_hosts or []))
     handles[ROUTER_NAME] = RouterActor.options(  # type: ignore[attr-defined]
         name=ROUTER_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+        resources=HEAD_ONLY,
     ).remote(settings, endpoints)
     # Wake them: each builds itself and rebuilds from the log.
     ray.get([handles[ROUTER_NAME].stats.remote(), handles[WEBHOOKS_NAME].stats.remote()])
@@ -334,16 +339,11 @@ def deploy_fleet(settings: Settings, extra_deny_hosts: list[str] | None = None) 
 
 def shutdown_fleet(settings: Settings) -> None:
     """Kill every named actor of the fleet (the configured endpoints and any added later)."""
-    from ray.util.state import list_actors
-
     names = {ROUTER_NAME, WEBHOOKS_NAME, *(endpoint_actor_name(e.name) for e in settings.comfyui_endpoints)}
-    try:
-        names |= {
-            a.name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
-            if a.name and a.name.startswith(ENDPOINT_PREFIX)
-        }
-    except Exception:
-        pass
+    names |= {
+        a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+        if a.get("namespace") == NAMESPACE and str(a.get("name", "")).startswith(ENDPOINT_PREFIX)
+    }
     for name in names:
         try:
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)

@@ -32,14 +32,6 @@ pytestmark = [
     pytest.mark.timeout(SCENARIO_TIMEOUT_S + 60),
 ]
 
-SOFT_AFFINITY_BUG = (
-    "actors/remote.py start_endpoint_actor: the endpoint actor asks for no resources "
-    "(num_cpus=0), and Ray places a resource-less actor on a random node unless its node "
-    "affinity is hard (ray-project/ray#25360), so soft NodeAffinitySchedulingStrategy is "
-    "ignored. Placement is then random, so this may pass by chance (not strict)."
-)
-
-
 def run_scenario(name: str) -> dict[str, Any]:
     env = {
         **os.environ,
@@ -113,7 +105,6 @@ def test_endpoint_without_a_node_runs_anywhere_and_every_endpoint_serves(
     )
 
 
-@pytest.mark.xfail(reason=SOFT_AFFINITY_BUG, strict=False)
 def test_endpoint_actor_runs_on_the_node_labelled_with_its_endpoint(
     placement: dict[str, Any],
 ) -> None:
@@ -163,7 +154,6 @@ def test_a_node_leaving_drains_its_endpoint_without_losing_a_task(
     assert all(recovered[t]["endpoint"] == first for t in caught if recovered[t]["attempt"] >= 2)
 
 
-@pytest.mark.xfail(reason=SOFT_AFFINITY_BUG, strict=False)
 def test_discovered_endpoint_actors_run_on_their_nodes(discovery: dict[str, Any]) -> None:
     assert discovery["first_actor_node"] == discovery["first_node_id"]
     assert discovery["second_actor_node"] == discovery["second_node_id"]
