@@ -125,13 +125,17 @@ class FaultFleet:
         async with httpx.AsyncClient(timeout=10) as c:
             return dict((await c.get(f"{self.standins[index].url}/_standin/counters")).json())
 
-    async def submit(self, n: int, *, callback: bool = True, priority: int = 0, **params: Any) -> list[str]:
+    async def submit(
+        self, n: int, *, callback: bool = True, priority: int = 0, **params: Any
+    ) -> list[str]:
         """POST n small solid tasks; every one must be acknowledged 202. Returns their ids."""
         ids = []
         for i in range(n):
             body: dict[str, Any] = {
                 "workflow": "solid",
-                "params": {"width": 8 + i % 8, "height": 8, "color": (i * 7919) % 0xFFFFFF, **params},
+                "params": {
+                    "width": 8 + i % 8, "height": 8, "color": (i * 7919) % 0xFFFFFF, **params
+                },
                 "priority": priority,
             }
             if callback:
@@ -171,7 +175,9 @@ class FaultFleet:
 
 
 @pytest.fixture(scope="session")
-def fault_stack(tmp_path_factory: pytest.TempPathFactory, pg_admin_dsn: str) -> Iterator[FaultFleet]:
+def fault_stack(
+    tmp_path_factory: pytest.TempPathFactory, pg_admin_dsn: str
+) -> Iterator[FaultFleet]:
     import ray
 
     from devstack.postgres import create_database, drop_database, unique_database_name
@@ -230,7 +236,10 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, pg_admin_dsn: str) -> 
         else:
             stop_service_keep_ray()  # the e2e fleet's: one service per Ray
         url = launcher.start_service(settings)
-        yield FaultFleet(url, settings, bg, pg_proxy, lost_reply, seaweed, standins, endpoints, mute, data, settings)
+        yield FaultFleet(
+            url, settings, bg, pg_proxy, lost_reply, seaweed, standins, endpoints, mute, data,
+            settings,
+        )
     finally:
         stop_service_keep_ray()
         if owned_ray:

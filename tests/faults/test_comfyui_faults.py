@@ -53,7 +53,9 @@ async def test_hanging_standin_loses_its_prompts_to_the_others(fleet: FaultFleet
             return (await fleet.endpoint_states()).get(victim, {}).get("state") == "disconnected"
 
         # Issue 5: a hanging ComfyUI is marked disconnected and takes no new tasks.
-        await eventually(victim_disconnected, timeout=45, interval=0.2, what="the hanging endpoint marked disconnected")
+        await eventually(
+            victim_disconnected, timeout=45, interval=0.2, what="the hanging endpoint disconnected"
+        )
         checked = await check_tasks(fleet.http, ids, receiver=fleet.receiver, timeout=60)
     finally:
         await fleet.knobs(victim_index, hang=False)

@@ -77,7 +77,9 @@ def _command_env(fleet: FaultFleet) -> dict[str, str]:
     }
 
 
-async def test_s3_down_10s_outputs_are_stored_or_kept_and_reuploaded(fleet: FaultFleet, tmp_path: Path) -> None:
+async def test_s3_down_10s_outputs_are_stored_or_kept_and_reuploaded(
+    fleet: FaultFleet, tmp_path: Path
+) -> None:
     for i in range(3):
         await fleet.knobs(i, node_delay=0.3)
     ids = await fleet.submit(20)
@@ -114,7 +116,9 @@ async def test_webhook_receiver_down_10s_gets_every_end_once(fleet: FaultFleet) 
         await asyncio.sleep(OUTAGE_S)
     finally:
         await fleet.receiver.up()
-    checked = await check_tasks(fleet.http, ids, receiver=fleet.receiver, timeout=90, webhook_timeout=90)
+    checked = await check_tasks(
+        fleet.http, ids, receiver=fleet.receiver, timeout=90, webhook_timeout=90
+    )
     _all_succeeded(checked)
     retried = [c for c in checked.values() if "webhook.attempted" in c.types()]
     assert retried, "no delivery failed: the receiver outage did not hit"

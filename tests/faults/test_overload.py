@@ -62,7 +62,9 @@ async def test_burst_over_admission_limit_is_refused_and_priorities_hold(fleet: 
         st = [(await fleet.http.get(f"/tasks/{t}")).json()["status"] for t in high]
         return all(s != "queued" for s in st)
 
-    await eventually(waiting_drained, timeout=60, interval=0.2, what="the high-priority tasks dispatched")
+    await eventually(
+        waiting_drained, timeout=60, interval=0.2, what="the high-priority tasks dispatched"
+    )
     for i in range(3):
         await fleet.knobs(i, stall_worker=False)
 
@@ -82,4 +84,5 @@ async def test_burst_over_admission_limit_is_refused_and_priorities_hold(fleet: 
         1 for i, a in enumerate(order) for b in order[i + 1:] if a in low and b in high
     )
     # A refill takes up to ENDPOINT_QUEUE_DEPTH tasks in one batch whose records may interleave.
-    assert inversions <= fleet.settings.endpoint_queue_depth - 1, [("H" if t in high else "L") for t in order]
+    shown = ["H" if t in high else "L" for t in order]
+    assert inversions <= fleet.settings.endpoint_queue_depth - 1, shown

@@ -72,7 +72,9 @@ class LostReplyProxy:
                     self._writers.discard(writer)
                     writer.close()
 
-    async def _to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn) -> None:
+    async def _to_server(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn
+    ) -> None:
         try:
             while data := await reader.read(_CHUNK):
                 if self._armed and self._marker is not None and self._marker in data:

@@ -35,7 +35,7 @@ class WebhookCall:
 
 @dataclass
 class WebhookReceiver:
-    """``await start()``; ``url``; ``calls`` (every request, answered or not); ``down()``/``up()``."""
+    """``await start()``; ``url``; ``calls`` (every answered request); ``down()``/``up()``."""
 
     port: int = field(default_factory=_free_port)
     calls: list[WebhookCall] = field(default_factory=list)

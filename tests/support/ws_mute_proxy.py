@@ -88,7 +88,12 @@ class WsMuteProxy:
             self._conns.discard(conn)
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn, *, upstream: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        conn: _Conn,
+        *,
+        upstream: bool,
     ) -> None:
         first = True
         try:
