@@ -353,8 +353,17 @@ class EndpointWorker:
         except errors.ConcurrencyConflict:
             return REFUSED
         if not new:
-            return REFUSED
-        if not isinstance(new[0], events.TaskDispatched):
+            ours = (
+                state.status == task_state.DISPATCHED
+                and state.endpoint == self.name
+                and state.prompt_id == prompt_id
+            )
+            if not ours:
+                return REFUSED
+            # Our `task.dispatched` committed but its answer was lost (the connection died
+            # after the commit); the retry then conflicted with ourselves. The minted prompt_id
+            # is in the log, so the task is ours: carry on and POST it.
+        elif not isinstance(new[0], events.TaskDispatched):
             self._ended(task_id)
             return REFUSED
         item = Inflight(task_id, prompt_id)

@@ -6,6 +6,7 @@ runs before the one append, and the 202 is sent only after that append committed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import uuid
@@ -65,6 +66,10 @@ async def submit(
         parsed = services.url_policy.check_url(callback_url)
         await services.url_policy.resolve_and_check(parsed)
 
+    if services.waiting_estimate >= settings.max_waiting_tasks:
+        # The estimate only grows between refreshes: ask the router before refusing.
+        with contextlib.suppress(Exception):
+            services.waiting_estimate = int((await services.router.stats())["waiting"])
     if services.waiting_estimate >= settings.max_waiting_tasks:
         raise errors.Overloaded(
             f"{services.waiting_estimate} tasks are waiting (limit {settings.max_waiting_tasks}); "

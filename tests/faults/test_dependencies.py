@@ -129,16 +129,6 @@ async def test_webhook_receiver_down_10s_gets_every_end_once(fleet: FaultFleet) 
 
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "actors/endpoint.py EndpointWorker.dispatch: the append of task.dispatched commits but "
-        "its answer is lost (DatabaseUnavailable); _with_db retries the same append, which now "
-        "conflicts; _decide re-reads the task, decide() sees status 'dispatched' (our own minted "
-        "prompt_id) and returns nothing, so dispatch() answers REFUSED and never tracks or POSTs "
-        "the prompt: the task stays 'dispatched' forever (ComfyUI never heard of it)"
-    ),
-)
 async def test_dispatch_whose_commit_answer_is_lost_still_runs(fleet: FaultFleet) -> None:
     """The connection dies after PostgreSQL committed `task.dispatched` but before the endpoint
     heard so (what a database outage does to a statement in flight): the task still runs."""
