@@ -177,6 +177,11 @@ class Settings:
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     input_fetch_timeout_s: float = 20.0
+    #: Outgoing-URL policy (callbacks, image URLs): core/url_policy.py has the precedence.
+    url_deny_hosts: tuple[str, ...] = ()
+    url_deny_cidrs: tuple[str, ...] = ()
+    url_allow_cidrs: tuple[str, ...] = ()
+    url_deny_private: bool = False
     ingress_replicas: int = 1
     ingress_max_ongoing_requests: int = 256
     log_level: str = "INFO"
@@ -214,6 +219,13 @@ class Settings:
 
             webhooks.parse_secret(secret)  # ConfigError naming WEBHOOK_SECRET, never echoing it
 
+        from core.url_policy import UrlPolicy
+
+        # Malformed entries stop the start with a line naming the variable.
+        UrlPolicy.build(
+            deny_hosts=r.list("URL_DENY_HOSTS"), deny_cidrs=r.list("URL_DENY_CIDRS"),
+            allow_cidrs=r.list("URL_ALLOW_CIDRS"),
+        )
         workflows_dir = Path(r.str("WORKFLOWS_DIR") or cls.workflows_dir)
         if not workflows_dir.is_dir():
             raise errors.ConfigError(f"WORKFLOWS_DIR: {workflows_dir} is not a folder")
@@ -253,6 +265,10 @@ class Settings:
             max_image_bytes=r.int("MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
             max_image_pixels=r.int("MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
             input_fetch_timeout_s=r.float("INPUT_FETCH_TIMEOUT_S", 20.0, minimum=0.1),
+            url_deny_hosts=tuple(r.list("URL_DENY_HOSTS")),
+            url_deny_cidrs=tuple(r.list("URL_DENY_CIDRS")),
+            url_allow_cidrs=tuple(r.list("URL_ALLOW_CIDRS")),
+            url_deny_private=r.bool("URL_DENY_PRIVATE", False),
             ingress_replicas=r.int("INGRESS_REPLICAS", 1, minimum=1),
             ingress_max_ongoing_requests=r.int("INGRESS_MAX_ONGOING_REQUESTS", 256, minimum=1),
             log_level=(r.str("LOG_LEVEL", "INFO") or "INFO").upper(),
