@@ -38,8 +38,10 @@ rebuild: install
 reupload: install
 	$(PY) -m core.reupload $(ARGS)
 
+BENCHMARKS := standin_bench throughput latency event_log scale soak
+
 bench: install
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) data/tmp
