@@ -24,7 +24,7 @@ from core.event_log import EventLog
 log = logging.getLogger("comfy_fleet.router")
 
 #: Seconds between endpoint heartbeats (status calls; they also restart a crashed endpoint).
-HEARTBEAT_S = 1.0
+HEARTBEAT_S = 2.0
 #: Seconds between scans of the log for queued tasks the router does not hold.
 SCAN_S = 5.0
 #: How long the router remembers that it handed a task out (see Router._push).

@@ -144,7 +144,15 @@ def ensure_bucket(settings: Settings) -> None:
     asyncio.run(run())
 
 
-def init_ray(settings: Settings, *, num_cpus: int | None = None, dashboard: bool = False) -> None:
+def init_ray(
+    settings: Settings,
+    *,
+    num_cpus: int | None = None,
+    dashboard: bool = False,
+    metrics_report_interval_ms: int | None = None,
+) -> None:
+    """Join RAY_ADDRESS, or start a local Ray. `metrics_report_interval_ms` (Ray's default is
+    10 s) is for tests that scrape the metrics: every process then reports every interval."""
     import ray
 
     for key, value in RAY_ENV.items():
@@ -169,7 +177,10 @@ def init_ray(settings: Settings, *, num_cpus: int | None = None, dashboard: bool
         log_to_driver=False,
         namespace="comfy-fleet",
         _temp_dir=str(Path(tempfile.gettempdir()) / "ray"),
-        _system_config={"metrics_report_interval_ms": 1000},
+        _system_config=(
+            {"metrics_report_interval_ms": metrics_report_interval_ms}
+            if metrics_report_interval_ms else None
+        ),
         **kwargs,
     )
 

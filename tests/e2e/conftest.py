@@ -78,7 +78,7 @@ def fleet_sync(tmp_path_factory: pytest.TempPathFactory, pg_admin_dsn: str) -> I
     try:
         launcher.migrate_database(settings)
         launcher.ensure_bucket(settings)
-        launcher.init_ray(settings, num_cpus=2)
+        launcher.init_ray(settings, num_cpus=2, metrics_report_interval_ms=1000)
         url = launcher.start_service(settings)
         yield url, settings, parts
     finally:
