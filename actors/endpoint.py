@@ -382,6 +382,7 @@ class EndpointWorker:
                 prompt_id,
                 {"code": comfy_history.CODE_REJECTED, "message": exc.message, "details": exc.details},
             )
+            self._spawn(self._cleanup(prompt_id, list(state.inputs), None))
             return ACCEPTED
         except errors.EndpointUnavailable as exc:
             if (exc.details or {}).get("connect"):
@@ -434,9 +435,11 @@ class EndpointWorker:
                     entry = await self.client.history(prompt_id)
                     if comfy_history.outcome(entry).kind == comfy_history.UNKNOWN:
                         item.finishing = True
+                        inputs = list((await self._state(task_id)).inputs)
                         self._untrack(prompt_id)
                         await self._end(item, [events.TaskCancelled(where="comfyui_queue")])
                         self._finished.add(task_id)
+                        self._spawn(self._cleanup(prompt_id, inputs, None))
                         return "cancelled"
             if prompt_id in running:
                 await self.client.interrupt(prompt_id)
@@ -455,6 +458,10 @@ class EndpointWorker:
 
         state, new = await self._decide(task_id, decide)
         self.states.pop(task_id, None)
+        if new and state.inputs:
+            # The inputs uploaded here are not needed here any more (the staged copies in S3
+            # stay for the next attempt, elsewhere).
+            self._spawn(self._remove_uploads(list(state.inputs)))
         if new and isinstance(new[0], events.TaskRequeued):
             log.warning("task requeued: %s", reason, extra=_ctx(self.name, task_id, prompt_id))
             await self._safe(
@@ -714,9 +721,14 @@ class EndpointWorker:
     ) -> None:
         if item.finishing or self.inflight.get(item.prompt_id) is not item:
             return
-        inputs = list((self.states.get(item.task_id) or _NO_STATE).inputs)
-        item.finishing = True
+        item.finishing = True  # before any await: the socket and the reconciler may both come
         item.started = True
+        # From the log when the cache lost it: an input left on the host is disk that never
+        # comes back.
+        try:
+            inputs = list((await self._state(item.task_id)).inputs)
+        except errors.FleetError:
+            inputs = []
         workflow = (self.states.get(item.task_id) or _NO_STATE).workflow
         metrics.comfyui_run(workflow, time.monotonic() - item.dispatched_at)
         try:
@@ -765,6 +777,15 @@ class EndpointWorker:
         self._history_trash.append(prompt_id)
         if len(self._history_trash) == 1:
             self._spawn(self._empty_history_trash())
+
+    async def _remove_uploads(self, inputs: list[dict[str, Any]]) -> None:
+        """Delete the input files a task uploaded to this host (not their staged S3 copies)."""
+        if not self.has_cleanup:
+            return
+        for spec in inputs:
+            subfolder, _, name = str(spec["filename"]).rpartition("/")
+            with contextlib.suppress(Exception):
+                await self.client.cleanup_delete("input", name, subfolder)
 
     async def _empty_history_trash(self) -> None:
         await asyncio.sleep(HISTORY_TRASH_S)
