@@ -554,7 +554,9 @@ async def test_trace_e_interrupt_lands_at_the_next_node_and_queue_edits() -> Non
 
 
 def _prototype_workflows() -> list[dict[str, Any]]:
-    root = "/work/shared/prototype-workflows"
+    from tests.support.shared import PROTOTYPES
+
+    root = str(PROTOTYPES)
     if not os.path.isdir(root):
         return []
     out = []

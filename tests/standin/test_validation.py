@@ -11,8 +11,7 @@ import pytest
 
 from comfy_standin import validation
 
-TRACES = Path("/work/shared/comfyui-traces")
-PROTOTYPES = Path("/work/shared/prototype-workflows")
+from tests.support.shared import PROTOTYPES, TRACES
 FLUX_MODELS = {
     "diffusion_models": ["flux1-dev.safetensors"],
     "vae": ["ae.safetensors"],

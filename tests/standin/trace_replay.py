@@ -35,7 +35,7 @@ import websockets
 import yarl
 from PIL import Image
 
-TRACE_DIR = Path("/work/shared/comfyui-traces")
+from tests.support.shared import TRACES as TRACE_DIR
 FRAME_WAIT_S = 15.0
 _TEMP_PREFIX = re.compile(r"_temp_[a-z]{5}_")
 
