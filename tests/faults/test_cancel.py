@@ -114,7 +114,8 @@ async def test_cancel_while_storing_outputs_ends_cancelled_without_success_webho
     fleet: FaultFleet,
 ) -> None:
     for i in range(3):
-        await fleet.knobs(i, view_delay=3.0)
+        # A long fetch leaves room for the cancel on a busy machine (the test found a race once).
+        await fleet.knobs(i, view_delay=8.0)
     ids = await fleet.submit(6)
 
     async def in_history() -> list[str] | None:
