@@ -99,13 +99,6 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-class _NoState:
-    inputs: tuple[()] = ()
-    workflow = "unknown"
-
-
-_NO_STATE: Any = _NoState()
-
 # dispatch() results
 ACCEPTED, REFUSED, RETRY = "accepted", "refused", "retry"
 
@@ -726,10 +719,10 @@ class EndpointWorker:
         # From the log when the cache lost it: an input left on the host is disk that never
         # comes back.
         try:
-            inputs = list((await self._state(item.task_id)).inputs)
+            state = await self._state(item.task_id)
+            inputs, workflow = list(state.inputs), state.workflow
         except errors.FleetError:
-            inputs = []
-        workflow = (self.states.get(item.task_id) or _NO_STATE).workflow
+            inputs, workflow = [], "unknown"
         metrics.comfyui_run(workflow, time.monotonic() - item.dispatched_at)
         try:
             if result.kind == comfy_history.SUCCESS:

@@ -210,9 +210,6 @@ class RouterActor(_Lazy):
     async def task_finished_many(self, name: str, task_ids: list[str]) -> None:
         await (await self.inner()).task_finished_many(name, task_ids)
 
-    async def submit_many(self, items: list[tuple[str, int, float, str, list[str]]]) -> int:
-        return await (await self.inner()).submit_many(items)  # type: ignore[no-any-return]
-
     async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None:
         await (await self.inner()).task_requeued(task_id, priority, created_at)
 

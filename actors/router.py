@@ -145,14 +145,6 @@ class Router:
         if self._push(task_id, priority, created_at, workflow, labels or ()):
             self._wake.set()
 
-    async def submit_many(self, items: list[tuple[str, int, float, str, list[str]]]) -> int:
-        """`submit` for a batch: [(task_id, priority, created_at, workflow, labels)]."""
-        await self.start()
-        for task_id, priority, created_at, workflow, labels in items:
-            self._push(task_id, priority, created_at, workflow, labels or ())
-        self._wake.set()
-        return len(self.waiting)
-
     async def cancel(self, task_id: str) -> str:
         """'removed' when it was waiting here (the caller records the cancel); else where it is
         handled: the endpoint holding it is asked to cancel, or 'unknown'."""

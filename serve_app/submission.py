@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import time
 import uuid
 from typing import Any
 
@@ -138,6 +137,3 @@ async def _stage_images(
 
     return await inputs_module.stage_images(services, task_id, workflow, resolved, names)
 
-
-def deadline(wait_s: float | None) -> float | None:
-    return time.monotonic() + wait_s if wait_s else None
