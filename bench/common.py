@@ -188,3 +188,55 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
     return ordered[k]
+
+
+def _process_label(pid: str) -> str | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
+    if not cmd:
+        return None
+    if cmd.startswith("ray::"):
+        # Ray's process titles: "ray::Router.method" / "ray::ServeReplica:app:Ingress" / "ray::IDLE".
+        return cmd.split()[0].split(".")[0]
+    for key, label in (("comfy_standin", "stand-ins"), ("postgres", "postgres"), ("weed", "seaweedfs"),
+                       ("haproxy", "haproxy"), ("gcs_server", "ray: gcs"), ("raylet", "ray: raylet"),
+                       ("dashboard", "ray: dashboard/agents"), ("log_monitor", "ray: log monitor"),
+                       ("runtime_env", "ray: dashboard/agents"), ("bench.", "load generator")):
+        if key in cmd:
+            return label
+    return None
+
+
+def cpu_snapshot() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each kind of process on this machine, by its
+    command line; compare two snapshots for what a phase cost. Linux /proc only."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = defaultdict(float)
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        label = _process_label(pid)
+        if label is None:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        totals[label] += (int(fields[11]) + int(fields[12])) / tick
+    return dict(totals)
+
+
+def cpu_report(before: dict[str, float], after: dict[str, float], tasks: int) -> str:
+    """Lines of CPU milliseconds per task by process kind, largest first (processes that ended
+    between the snapshots are not counted)."""
+    used = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    used = {k: v for k, v in used.items() if v > 0.005}
+    total = sum(used.values())
+    lines = [f"CPU per task by process ({total:.1f} CPU-s for {tasks} tasks, {1000 * total / max(tasks, 1):.1f} ms/task):"]
+    for k, v in sorted(used.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {k:<40} {1000 * v / max(tasks, 1):7.2f} ms  {100 * v / total:5.1f} %")
+    return "\n".join(lines)

@@ -13,7 +13,7 @@ import time
 import aiohttp
 import orjson
 
-from bench.common import DirectClient, Receiver, machine, service, tiny_prompt
+from bench.common import DirectClient, Receiver, cpu_report, cpu_snapshot, machine, service, tiny_prompt
 
 
 async def drive(url: str, tasks: int, clients: int, receiver: Receiver) -> dict[str, float]:
@@ -92,23 +92,26 @@ def main() -> None:
         env["ENDPOINT_QUEUE_DEPTH"] = str(args.depth)
     with service(endpoints=args.endpoints, env=env) as (url, _settings, parts):
 
-        async def run() -> tuple[dict[str, float], float]:
+        async def run() -> tuple[dict[str, float], float, str]:
             receiver = Receiver()
             await receiver.start()
             try:
+                before = cpu_snapshot()
                 fleet = await drive(url, args.tasks, args.clients, receiver)
+                cpu = cpu_report(before, cpu_snapshot(), int(fleet["acked"]))
             finally:
                 await receiver.stop()
             rate_direct = await direct([s.url for s in parts.standins], args.tasks, args.clients)
-            return fleet, rate_direct
+            return fleet, rate_direct, cpu
 
-        fleet, rate_direct = asyncio.run(run())
+        fleet, rate_direct, cpu = asyncio.run(run())
     print(f"machine: {machine()}")
     print(f"tasks acknowledged: {fleet['acked']:.0f}, lost: {fleet['lost']:.0f}, "
           f"duplicated webhooks: {fleet['duplicates']:.0f}, refusals retried: {fleet['refusals']:.0f}")
     print(f"submit phase: {fleet['submit_s']:.1f} s; first submit to last webhook: {fleet['total_s']:.1f} s")
     print(f"comfy-fleet: {fleet['rate']:.1f} tasks/s; direct to the stand-ins: {rate_direct:.1f} prompts/s; "
           f"ratio comfy-fleet/direct: {fleet['rate'] / rate_direct:.3f}")
+    print(cpu)
     print(f"SUMMARY throughput tasks={fleet['acked']:.0f} endpoints={args.endpoints} clients={args.clients} "
           f"rate={fleet['rate']:.1f}/s direct={rate_direct:.1f}/s lost={fleet['lost']:.0f} "
           f"dup={fleet['duplicates']:.0f}")

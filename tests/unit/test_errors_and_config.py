@@ -62,6 +62,7 @@ def test_dotenv_is_read_and_environment_wins(tmp_path: Path) -> None:
         ({"SERVICE_HOST": "0.0.0.0"}, "SERVICE_HOST"),
         ({"ENDPOINT_QUEUE_DEPTH": "0"}, "ENDPOINT_QUEUE_DEPTH"),
         ({"URL_DENY_CIDRS": "10.0.0.0/33"}, "URL_DENY_CIDRS"),
+        ({"INGRESS_PROXY": "nginx"}, "INGRESS_PROXY"),
     ],
 )
 def test_bad_values_name_the_variable(values: dict[str, str], variable: str, tmp_path: Path) -> None:
