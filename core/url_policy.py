@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 import socket
 import time
@@ -51,6 +52,10 @@ from typing import Any
 import httpx
 
 from core import errors
+
+# httpx logs every request with its whole URL at INFO; an image URL may carry a token in its
+# query, so httpx's logger speaks only of trouble.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

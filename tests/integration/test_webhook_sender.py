@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -187,3 +188,26 @@ async def test_a_slow_receiver_does_not_hold_up_another(receiver: Receiver) -> N
         slow.cancel()
         with pytest.raises(asyncio.CancelledError):
             await slow
+
+
+async def test_the_connection_goes_to_the_address_the_policy_checked(receiver: Receiver) -> None:
+    """No second lookup: a name only the policy's resolver knows is reached at the address it
+    checked, with the name kept in the Host header; a name it resolves to a denied address
+    never connects."""
+    lookups: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return {"hooks.example": ["127.0.0.1"], "meta.example": ["169.254.169.254"]}[host]
+
+    policy = dataclasses.replace(url_policy.UrlPolicy(), resolver=resolver)
+    body, headers = _message()
+    async with webhooks.WebhookSender(policy) as sender:
+        ok = await sender.send(f"http://hooks.example:{receiver.port}/ok", body, headers)
+        denied = await sender.send(f"http://meta.example:{receiver.port}/ok", body, headers)
+    assert ok.ok, ok
+    assert denied.final and not denied.ok and denied.error is not None
+    assert denied.error.startswith("url_forbidden:")
+    ((_, got_headers, _),) = receiver.hits
+    assert got_headers["Host"] == f"hooks.example:{receiver.port}"
+    assert lookups == ["hooks.example", "meta.example"]
