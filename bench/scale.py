@@ -25,7 +25,7 @@ import aiohttp
 import httpx
 import orjson
 
-from bench.common import Receiver, machine, percentile, rss_mb, service
+from bench.common import Receiver, cpu_report, cpu_snapshot, machine, percentile, rss_mb, service
 from core import routing
 
 # --- the service's processes -------------------------------------------------------------------
@@ -209,11 +209,13 @@ def one_size(endpoints: int, tasks: int, clients: int, timeout_s: float) -> dict
                     rss_waiting = rss_report(procs)
                     waiting = stats["waiting"]
                     load_release = os.getloadavg()[0]
+                    cpu_before = cpu_snapshot()
                     t0 = time.monotonic()
                     await knobs(http, urls, stall_worker=False)
                     deadline = t0 + timeout_s
                     while time.monotonic() < deadline and sum(1 for a in acked if receiver.by_task.get(a)) < len(acked):
                         await asyncio.sleep(0.1)
+                cpu = cpu_report(cpu_before, cpu_snapshot(), len(acked))
                 last = max((ts[0] for a in acked for ts in [receiver.by_task.get(a, [])] if ts), default=t0)
                 lost = sum(1 for a in acked if not receiver.by_task.get(a))
                 final = router_stats()
@@ -222,7 +224,7 @@ def one_size(endpoints: int, tasks: int, clients: int, timeout_s: float) -> dict
                     "acked": len(acked), "refusals": refusals, "submit_s": submit_s, "waiting": waiting,
                     "drain_s": last - t0, "rate": len(acked) / max(1e-9, last - t0), "lost": lost,
                     "dup": receiver.duplicates(), "rss_waiting": rss_waiting, "rss_end": rss_end,
-                    "dispatched_total": final["dispatched_total"], "load": load_release,
+                    "dispatched_total": final["dispatched_total"], "load": load_release, "cpu": cpu,
                 }
             finally:
                 await receiver.stop()
@@ -256,6 +258,7 @@ def main() -> None:
               f"({r['refusals']} refusals retried), {r['waiting']} waiting in the router at release "
               f"(load {r['load']:.2f}); drained in {r['drain_s']:.1f} s = {r['rate']:.1f} tasks/s; "
               f"lost {r['lost']}, duplicated webhooks {r['dup']}")
+        print("    " + str(r["cpu"]).replace("\n", "\n    "))
         print(f"    RSS with tasks waiting: {fmt_rss(r['rss_waiting'])}")  # type: ignore[arg-type]
         print(f"    RSS after the drain:    {fmt_rss(r['rss_end'])}")  # type: ignore[arg-type]
     sizes = sorted(results)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -146,10 +147,25 @@ def ensure_bucket(settings: Settings) -> None:
     asyncio.run(run())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+#: Where HAProxy's side ports are taken from: above Ray's worker ports (10002-19999), below
+#: Serve's direct-ingress ports (30000-31000) and the kernel's ephemeral range (32768-), so no
+#: process that asks the kernel for "any port" meanwhile can take one before HAProxy binds it.
+SIDE_PORTS = range(20000, 30000)
+
+
+def _side_port(taken: set[int]) -> int:
+    """A port of SIDE_PORTS free on every interface now (HAProxy binds them on all)."""
+    for port in random.sample(SIDE_PORTS, 200):
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    raise errors.ConfigError("INGRESS_PROXY: no free port in 20000-29999 for HAProxy")
 
 
 #: HAProxy's private directories of the Rays started here, removed by stop_service.
@@ -182,12 +198,13 @@ def ingress_env(settings: Settings) -> dict[str, str]:
     # Short: HAProxy refuses a socket path over 97 characters, and Ray adds the node id (56).
     files = tempfile.mkdtemp(prefix="cfh-", dir="/tmp" if os.path.isdir("/tmp") else None)
     _haproxy_dirs.append(files)
+    taken: set[int] = set()
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_side_port(taken)),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_side_port(taken)),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_side_port(taken)),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_side_port(taken)),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{files}/haproxy.cfg",
         "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{files}/admin.sock",
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{files}/metrics.sock",

@@ -214,3 +214,19 @@ async def test_in_memory_store_round_trip_and_outage() -> None:
     assert not await store.exists(key)
     with pytest.raises(storage.BlobNotFound):
         await store.get(key)
+
+
+def test_an_s3_error_answer_becomes_the_client_error_botocore_would_raise() -> None:
+    body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchBucket</Code>'
+            b"<Message>The specified bucket does not exist</Message></Error>")
+    exc = storage._s3_error("PutObject", 404, body)
+    assert exc.response == {  # type: ignore[attr-defined]
+        "Error": {"Code": "NoSuchBucket", "Message": "The specified bucket does not exist"},
+        "ResponseMetadata": {"HTTPStatusCode": 404},
+    }
+    assert storage._client_error_info(exc) == ("NoSuchBucket", 404)
+    assert not storage._is_retryable(exc)
+    # No XML (a proxy's HTML page): the status stands in for the code, and a 503 is retried.
+    garbled = storage._s3_error("PutObject", 503, b"<html>busy</html>")
+    assert storage._client_error_info(garbled) == ("503", 503)
+    assert storage._is_retryable(garbled)
