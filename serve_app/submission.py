@@ -109,14 +109,10 @@ async def submit(
         if existing is None:
             raise
         return _same_or_conflict(existing, digest), False
-    try:
-        services.waiting_estimate = await services.router.submit(
-            task_id, priority, state.created_at.timestamp(), workflow.name,
-            list(workflow.required_labels),
-        )
-    except Exception:
-        # Recorded is what counts: a router that missed this rebuilds its queue from the log.
-        pass
+    # The router hears of the task from the log (its NOTIFY on commit, and its scan): no actor
+    # call here, which cost both processes a Ray hop per task and held the answer back. The
+    # estimate only grows here; when it reaches the limit, the router's count replaces it.
+    services.waiting_estimate += 1
     return state, True
 
 
