@@ -299,15 +299,20 @@ def start_service(settings: Settings, extra_deny_hosts: list[str] | None = None)
 
 
 def stop_service(settings: Settings) -> None:
+    """Stop what start_service deployed. On a cluster (RAY_ADDRESS) the Serve app and the
+    fleet's detached actors are removed; a local Ray goes as a whole with ray.shutdown(), which
+    stops every process of it (HAProxy too) in a second or two, where Serve's own shutdown
+    waits up to 30 s and the actor lookups hang if Ctrl-C already took Ray's GCS down."""
     import ray
     from ray import serve
 
     from actors import remote
 
-    with contextlib.suppress(Exception):
-        serve.shutdown()
-    with contextlib.suppress(Exception):
-        remote.shutdown_fleet(settings)
+    if settings.ray_address:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        with contextlib.suppress(Exception):
+            remote.shutdown_fleet(settings)
     with contextlib.suppress(Exception):
         ray.shutdown()
     while _haproxy_dirs:
