@@ -1,8 +1,9 @@
 """Coalescer: turn many small fire-and-forget notifications into a few batched calls.
 
 Between actors every call costs a serialisation and a hop through Ray; at a hundred tasks a
-second, batching the per-task notifications (task submitted, finished, ended) over a window of
-a couple of milliseconds removes most of that cost while adding at most the window to latency.
+second, batching the per-task notifications (task finished, ended) removes most of that cost.
+A batch leaves at once when none is under way, else after a window of a couple of
+milliseconds: no delay when the service is idle, batches when it is busy.
 Items are delivered in order; a failing flush is logged and its items dropped — callers use it
 only for notifications that a periodic scan of the log also covers.
 """
@@ -41,7 +42,10 @@ class Coalescer(Generic[T]):
             self._task = asyncio.create_task(self._later())
 
     async def _later(self) -> None:
-        await asyncio.sleep(self._window_s)
+        # Idle (no batch under way): go at the next turn of the loop, which still gathers
+        # everything added in this one, so a lone notification waits for nothing. Busy: wait
+        # the window, and the batch grows while the last one travels (Nagle's rule).
+        await asyncio.sleep(self._window_s if self._inflight else 0)
         self._task = None
         self._start_flush()
 

@@ -34,3 +34,27 @@ async def test_max_batch_splits_and_a_failing_flush_does_not_stop_later_ones() -
     c.add(9)
     await asyncio.sleep(0.05)
     assert batches[-1] == [9]
+
+
+async def test_a_lone_item_goes_at_once_and_items_wait_the_window_while_a_batch_travels() -> None:
+    batches: list[list[int]] = []
+    travelling = asyncio.Event()
+    arrive = asyncio.Event()
+
+    async def flush(items: list[int]) -> None:
+        batches.append(items)
+        travelling.set()
+        await arrive.wait()
+
+    c: Coalescer[int] = Coalescer(flush, window_s=3600)  # a window no test would wait out
+    c.add(1)
+    await asyncio.wait_for(travelling.wait(), 1)  # idle: sent at the next turn of the loop
+    assert batches == [[1]]
+    c.add(2)
+    c.add(3)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert batches == [[1]]  # busy: 2 and 3 wait for the window (or a drain)
+    arrive.set()
+    await c.drain()
+    assert batches == [[1], [2, 3]]
