@@ -2,7 +2,11 @@
 state from N events (default 1,000,000), and API-style reads of one task with them stored.
 
     .venv/bin/python -m bench.event_log [--events 1000000] [--writers 1,4,16] [--seconds 8]
-                                        [--pool 8] [--reads 2000]
+                                        [--pool 8] [--reads 2000] [--only-rebuild]
+                                        [--rebuild-workers N]
+
+`--only-rebuild` skips the append rates and the reads: fill, then time the rebuild (in
+`--rebuild-workers` processes; default one per core).
 
 Runs on a database of its own (created on the test PostgreSQL server, dropped at the end).
 The N events are written with COPY (the append-only trigger refuses UPDATE/DELETE/TRUNCATE,
@@ -147,7 +151,7 @@ async def run(args: argparse.Namespace) -> None:
         await apply_dsn(dsn)
         print(f"machine: {machine()}; load average before: {os.getloadavg()[0]:.2f}")
         rates: dict[int, float] = {}
-        for w in [int(x) for x in args.writers.split(",")]:
+        for w in [] if args.only_rebuild else [int(x) for x in args.writers.split(",")]:
             rate, lat = await append_rate(dsn, w, args.seconds, args.pool)
             rates[w] = rate
             print(f"append: {w:2d} writer(s), pool {args.pool}: {rate:7.0f} events/s "
@@ -161,11 +165,16 @@ async def run(args: argparse.Namespace) -> None:
         print(f"filled: {total} events ({tasks} tasks) by COPY in {fill_s:.1f} s")
         log = await PostgresEventLog.connect(dsn)
         t = time.monotonic()
-        rebuilt = await log.rebuild_read_model()
+        rebuilt = await log.rebuild_read_model(workers=args.rebuild_workers)
         rebuild_s = time.monotonic() - t
         await log.close()
-        print(f"rebuild_read_model: {rebuilt} tasks from {total} events in {rebuild_s:.1f} s "
+        folds = args.rebuild_workers or os.cpu_count()
+        print(f"rebuild_read_model ({folds} fold{'s' if folds != 1 else ''}): "
+              f"{rebuilt} tasks from {total} events in {rebuild_s:.1f} s "
               f"({total / rebuild_s:,.0f} events/s; floor 10 s) (load {os.getloadavg()[0]:.2f})")
+        if args.only_rebuild:
+            print(f"SUMMARY event_log rebuild_events={total} rebuild_s={rebuild_s:.1f}")
+            return
         r = await reads(dsn, args.reads)
         print(f"reads with {total} events stored, {len(r['get'])} random tasks one at a time: "
               f"get p50 {percentile(r['get'], 50):.2f} ms p99 {percentile(r['get'], 99):.2f} ms; "
@@ -185,6 +194,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="per writer count")
     ap.add_argument("--pool", type=int, default=8, help="asyncpg pool size (the ingress uses 8, actors 4)")
     ap.add_argument("--reads", type=int, default=2000)
+    ap.add_argument("--only-rebuild", action="store_true", help="fill and time the rebuild only")
+    ap.add_argument("--rebuild-workers", type=int, default=None, help="default: one per core")
     asyncio.run(run(ap.parse_args()))
 
 

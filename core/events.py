@@ -28,7 +28,6 @@ name, never an import path. Stored events are never rewritten: a payload change 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -273,21 +272,39 @@ class StoredEvent:
 
 
 def decode(type_: str, schema_version: int, payload: dict[str, Any]) -> Event:
-    """Stored (type, version, payload) → the current event class, upcasting old versions."""
-    cls = REGISTRY.get(type_)
-    if cls is None:
-        raise errors.FleetError(f"unknown event type {type_!r}")
-    data = dict(payload)
-    version = schema_version
-    while version < cls.SCHEMA_VERSION:
-        data = UPCASTERS[(type_, version)](data)
-        version += 1
-    names = _field_names(cls)
+    """Stored (type, version, payload) → the current event class, upcasting old versions.
+
+    Rebuilds call this once per event of the log, so the common case is cheap: a payload of
+    the current version with exactly the class's fields (what `payload()` writes) fills the
+    frozen instance's attributes directly, as `__init__` would (events have no `__post_init__`,
+    checked below), without the `__init__` call. The caller's dict is never kept or changed."""
+    try:
+        cls, names = _CLASSES[type_]
+    except KeyError:
+        raise errors.FleetError(f"unknown event type {type_!r}") from None
+    data = payload
+    if schema_version < cls.SCHEMA_VERSION:
+        data = dict(payload)  # an upcaster may change its argument: never the caller's dict
+        version = schema_version
+        while version < cls.SCHEMA_VERSION:
+            data = UPCASTERS[(type_, version)](data)
+            version += 1
+    if data.keys() == names:
+        event = _new(cls)
+        event.__dict__.update(data)
+        return event
     if data.keys() <= names:
         return cls(**data)
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
-@functools.cache
-def _field_names(cls: type[Event]) -> frozenset[str]:
-    return frozenset(f.name for f in dataclasses.fields(cls))
+_new = object.__new__
+
+#: type -> (class, its field names), for decode.
+_CLASSES: dict[str, tuple[type[Event], frozenset[str]]] = {
+    t: (cls, frozenset(f.name for f in dataclasses.fields(cls))) for t, cls in REGISTRY.items()
+}
+
+# `decode` skips `__init__` for whole payloads: that is only `__init__` when it does nothing else.
+if any(hasattr(cls, "__post_init__") for cls in REGISTRY.values()):
+    raise TypeError("an event has __post_init__: decode() must call __init__ for it")

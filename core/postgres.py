@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from core import errors, events, fleet, task_state
+from core import errors, events, fleet, rebuild, task_state
 from core.event_log import SubmittedCallback, decode_cursor, encode_cursor, stamp, state_from_json, state_to_json
 from core.sql import queries
 from core.task_state import TaskState
@@ -300,56 +300,11 @@ class PostgresEventLog:
 
     # --- rebuild ------------------------------------------------------------------------------
 
-    async def rebuild_read_model(self, batch: int = 10_000) -> int:
-        """Recompute every read-model row by folding the log; returns the number of tasks.
-
-        One pass over the log in (task_id, seq) order on a server-side cursor, folding each
-        task in place, and the rows written back with COPY: a million events in seconds."""
-        count = 0
-        columns = ["task_id", "client_task_id", "workflow", "status", "priority", "webhook",
-                   "last_seq", "created_at", "updated_at", "state"]
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(queries["delete_read_model"])
-            state: TaskState | None = None
-            pending: list[tuple[Any, ...]] = []
-
-            def row(s: TaskState) -> tuple[Any, ...]:
-                return (
-                    s.task_id, s.client_task_id, s.workflow, s.status, s.priority, s.webhook,
-                    s.seq, s.created_at, s.updated_at, _dumps(state_to_json(s)),
-                )
-
-            async def flush() -> None:
-                await conn.copy_records_to_table("tasks", records=pending, columns=columns)
-                pending.clear()
-
-            # COPY speaks the binary format: jsonb is a version byte (1) and the JSON text.
-            await conn.set_type_codec(
-                "jsonb", encoder=lambda v: b"\x01" + v.encode(), decoder=lambda b: orjson.loads(b[1:]),
-                schema="pg_catalog", format="binary",
-            )
-            try:
-                cursor = await conn.cursor(queries["select_log_in_task_order"])
-                while rows := await cursor.fetch(batch):
-                    for r in rows:
-                        tid = str(r["task_id"])
-                        if state is not None and state.task_id != tid:
-                            pending.append(row(state))
-                            count += 1
-                            state = None
-                        state = task_state.evolve(state, _stored(tid, r), in_place=True)
-                    if len(pending) >= batch:
-                        await flush()
-                if state is not None:
-                    pending.append(row(state))
-                    count += 1
-                if pending:
-                    await flush()
-            finally:
-                await conn.set_type_codec(
-                    "jsonb", encoder=_dumps, decoder=orjson.loads, schema="pg_catalog"
-                )
-        return count
+    async def rebuild_read_model(self, workers: int | None = None) -> int:
+        """Replace every read-model row by the fold of the log, in one transaction; returns the
+        number of tasks. The log's task-id ranges are folded in `workers` processes (default:
+        one per core); see core/rebuild.py. Run it with the service stopped."""
+        return await rebuild.rebuild_read_model(self._dsn, workers)
 
 
 def _submitted_payload(s: TaskState) -> str:

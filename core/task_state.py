@@ -1,7 +1,8 @@
 """Task state as a pure fold of the task's events.
 
-`evolve(state, stored)` is the only code that changes a TaskState; `replay(events)` folds a whole
-stream. The API's views, the read model and the actors' in-memory state all come from it.
+`evolve(state, stored)` is the only code that changes a TaskState (`apply` is the same fold with
+the envelope's fields as arguments); `replay(events)` folds a whole stream. The API's views, the
+read model and the actors' in-memory state all come from it.
 A stream that skips a seq fails loudly (a corrupt or out-of-order read must not yield a state).
 """
 
@@ -83,14 +84,27 @@ def evolve(
 ) -> TaskState:
     """Apply one stored event to the state; returns a new state (the input is not changed,
     unless `in_place`, which rebuilds use: a fold that owns its state need not copy it)."""
-    ev = stored.event
+    return apply(state, stored.task_id, stored.seq, stored.at, stored.event, in_place=in_place)
+
+
+def apply(
+    state: TaskState | None,
+    task_id: str,
+    seq: int,
+    at: datetime,
+    ev: events.Event,
+    *,
+    in_place: bool = False,
+) -> TaskState:
+    """`evolve` with the envelope's fields as arguments: the fold itself, for a caller that has
+    them at hand (a rebuild, per event of the log, builds no `StoredEvent`)."""
     if state is None:
         if not isinstance(ev, events.TaskSubmitted):
-            raise errors.FleetError(f"task {stored.task_id}: stream starts with {ev.TYPE}")
-        if stored.seq != 1:
-            raise errors.FleetError(f"task {stored.task_id}: first event has seq {stored.seq}")
+            raise errors.FleetError(f"task {task_id}: stream starts with {ev.TYPE}")
+        if seq != 1:
+            raise errors.FleetError(f"task {task_id}: first event has seq {seq}")
         return TaskState(
-            task_id=stored.task_id,
+            task_id=task_id,
             seq=1,
             workflow=ev.workflow,
             workflow_version=ev.workflow_version,
@@ -103,16 +117,14 @@ def evolve(
             origin=ev.origin,
             inputs=list(ev.inputs),
             required_labels=list(ev.required_labels),
-            created_at=stored.at,
-            updated_at=stored.at,
+            created_at=at,
+            updated_at=at,
         )
-    if stored.seq != state.seq + 1:
-        raise errors.FleetError(
-            f"task {state.task_id}: event seq {stored.seq} follows {state.seq}"
-        )
+    if seq != state.seq + 1:
+        raise errors.FleetError(f"task {state.task_id}: event seq {seq} follows {state.seq}")
     s = state if in_place else state.copy()
-    s.seq = stored.seq
-    s.updated_at = stored.at
+    s.seq = seq
+    s.updated_at = at
     final = s.is_final
 
     match ev:
@@ -143,7 +155,7 @@ def evolve(
         case events.TaskSucceeded() if not final:
             # A cancel that arrived while outputs were being stored wins: the task ends
             # cancelled (with its outputs) and no success webhook goes out.
-            _finish(s, stored, CANCELLED if s.cancel_requested else SUCCEEDED)
+            _finish(s, seq, at, CANCELLED if s.cancel_requested else SUCCEEDED)
         case events.TaskFailed() if not final:
             s.error = {
                 "code": ev.code,
@@ -152,7 +164,7 @@ def evolve(
                 **({"node_type": ev.node_type} if ev.node_type else {}),
                 **({"details": ev.details} if ev.details is not None else {}),
             }
-            _finish(s, stored, FAILED)
+            _finish(s, seq, at, FAILED)
         case events.TaskOutputsRecovered() if (
             s.status == FAILED
             and (s.error or {}).get("code") == STORAGE_FAILED
@@ -164,7 +176,7 @@ def evolve(
             s.error, s.webhook_attempts = None, 0
             if s.end_seq is not None:
                 s.past_webhook_ids.append(webhooks.webhook_id(s.task_id, s.end_seq))
-            _finish(s, stored, CANCELLED if s.cancel_requested else SUCCEEDED)
+            _finish(s, seq, at, CANCELLED if s.cancel_requested else SUCCEEDED)
         case events.TaskRequeued() if not final:
             s.status, s.progress, s.outputs = QUEUED, None, []
             if s.prompt_id:
@@ -173,7 +185,7 @@ def evolve(
         case events.TaskCancelRequested():
             s.cancel_requested = True
         case events.TaskCancelled() if not final:
-            _finish(s, stored, CANCELLED)
+            _finish(s, seq, at, CANCELLED)
         case events.WebhookAttempted() | events.WebhookDelivered() | events.WebhookDead() if (
             ev.webhook_id in s.past_webhook_ids
         ):
@@ -194,10 +206,10 @@ def evolve(
     return s
 
 
-def _finish(s: TaskState, stored: events.StoredEvent, status: str) -> None:
+def _finish(s: TaskState, seq: int, at: datetime, status: str) -> None:
     s.status = status
-    s.finished_at = stored.at
-    s.end_seq = stored.seq
+    s.finished_at = at
+    s.end_seq = seq
     s.end_type = f"task.{status}"
     s.webhook = WEBHOOK_PENDING if s.callback_url else None
 

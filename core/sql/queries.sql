@@ -73,13 +73,17 @@ SELECT state FROM tasks WHERE webhook = 'pending' ORDER BY updated_at;
 SELECT task_id, seq, type, schema_version, payload, recorded_at, position FROM task_events
 WHERE (task_id, seq) > ($1::uuid, $2::int) ORDER BY task_id, seq LIMIT $3;
 
--- select_log_in_task_order --
--- The whole log, each task's events together and in order (rebuilds, on a cursor).
-SELECT task_id, seq, type, schema_version, payload, recorded_at, position FROM task_events
-ORDER BY task_id, seq;
+-- select_log_range --
+-- One range of task ids of the log, each task's events together and in order: a rebuild's fold
+-- reads it as COPY (...) TO STDOUT, hence no semicolon. $1 first task_id, $2 last (inclusive)
+SELECT task_id, seq, type, schema_version, payload, recorded_at FROM task_events
+WHERE task_id BETWEEN $1::uuid AND $2::uuid
+ORDER BY task_id, seq
 
--- delete_read_model --
-DELETE FROM tasks;
+-- empty_read_model --
+-- A rebuild's first step, in the transaction that then COPYs the new rows in: readers wait for
+-- it (an ACCESS EXCLUSIVE lock), and unlike DELETE it leaves neither dead rows nor index bloat.
+TRUNCATE tasks;
 
 -- insert_read_model --
 -- $1 task_id, $2 client_task_id, $3 workflow, $4 status, $5 priority, $6 webhook, $7 last_seq,

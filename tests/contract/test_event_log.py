@@ -6,11 +6,13 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 
 from core import errors, events, task_state
 from core.event_log import EventLog, InMemoryEventLog
 from core.postgres import PostgresEventLog
+from core.rebuild import task_id_ranges
 
 
 def submitted(client_task_id: str | None = None, priority: int = 0) -> events.TaskSubmitted:
@@ -182,3 +184,119 @@ class TestPostgresEventLog(EventLogContract):
         for t in tids:
             after = await log.get(t)
             assert after == before[t] == task_state.replay(await log.read(t))
+
+    async def test_parallel_rebuild_equals_fold_and_one_process(
+        self, log: PostgresEventLog, pg_dsn: str
+    ) -> None:
+        tids = await _tasks_in_every_range(log, 3)
+        before = {t: await log.get(t) for t in tids}
+        rows = await _read_model_rows(pg_dsn)
+        assert await log.rebuild_read_model(workers=3) == len(tids)
+        for t in tids:
+            assert await log.get(t) == before[t] == task_state.replay(await log.read(t))
+        assert await _read_model_rows(pg_dsn) == rows
+        assert await log.rebuild_read_model(workers=1) == len(tids)
+        assert await _read_model_rows(pg_dsn) == rows
+        assert await log.rebuild_read_model(workers=2) == len(tids)
+        assert await _read_model_rows(pg_dsn) == rows
+
+    async def test_rebuild_of_an_empty_log_empties_the_read_model(
+        self, log: PostgresEventLog, pg_dsn: str
+    ) -> None:
+        import asyncpg
+
+        for workers in (1, 2):
+            conn = await asyncpg.connect(pg_dsn)
+            try:  # a row the log does not account for: a rebuild replaces, it does not merge
+                await conn.execute(
+                    "INSERT INTO tasks (task_id, workflow, status, priority, last_seq, created_at,"
+                    " updated_at, state) VALUES ($1, 'w', 'queued', 0, 1, now(), now(), '{}')",
+                    uuid.uuid4(),
+                )
+            finally:
+                await conn.close()
+            assert await log.rebuild_read_model(workers=workers) == 0
+            assert await _read_model_rows(pg_dsn) == []
+
+    @pytest.mark.parametrize("workers", [2, 1])
+    @pytest.mark.parametrize("failure", ["database", "fold", "database then fold", "copy"])
+    async def test_failed_rebuild_leaves_the_read_model_intact(
+        self, log: PostgresEventLog, pg_dsn: str, workers: int, failure: str
+    ) -> None:
+        import asyncpg
+
+        await _tasks_in_every_range(log, 2)
+        rows = await _read_model_rows(pg_dsn)
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            if failure.startswith("database"):  # two tasks, one client_task_id (appends refuse it)
+                await conn.execute(
+                    "INSERT INTO task_events (task_id, seq, type, schema_version, payload,"
+                    " recorded_at) SELECT t, 1, 'task.submitted', 1, $1, now() FROM unnest($2::uuid[]) AS t",
+                    orjson.dumps(submitted("dup").payload()).decode(),
+                    [uuid.UUID(int=1 << 124), uuid.UUID(int=15 << 124)],
+                )
+            if failure.endswith("fold"):  # a stream that does not start with task.submitted
+                await conn.execute(
+                    "INSERT INTO task_events (task_id, seq, type, schema_version, payload,"
+                    " recorded_at) VALUES ($1, 1, 'task.started', 1, '{\"prompt_id\": \"p\"}', now())",
+                    uuid.UUID(int=(15 << 124) + 1),
+                )
+            if failure == "copy":  # the read model lacks a column: its COPY fails at once
+                await conn.execute("ALTER TABLE tasks RENAME COLUMN state TO state_renamed")
+        finally:
+            await conn.close()
+        failed = {
+            "database": asyncpg.UniqueViolationError, "fold": errors.FleetError,
+            "database then fold": (asyncpg.UniqueViolationError, errors.FleetError),
+            "copy": asyncpg.UndefinedColumnError,
+        }[failure]
+        with pytest.raises(failed):
+            await asyncio.wait_for(log.rebuild_read_model(workers=workers), 60)
+        assert await _read_model_rows(pg_dsn) == rows
+
+
+#: Text that COPY's text format escapes, and JSON too.
+ODD = "tab\there, newline\nthere, back\\slash, \"quote\", é"
+
+
+async def _tasks_in_every_range(log: EventLog, n: int) -> list[str]:
+    """Tasks in each of `n` task-id ranges and on their bounds, with lifecycles of several
+    shapes, appended in rounds (one event per task each) so their events interleave in the log."""
+    tids = [t for bounds in task_id_ranges(n) for t in bounds]
+    tids += [str(uuid.uuid4()) for _ in range(3 * n)]
+    shapes = [
+        [events.TaskDispatched(endpoint="e:1", prompt_id="p", attempt=1),
+         events.TaskStarted(prompt_id="p"),
+         events.TaskProgressed(prompt_id="p", value=1, max=2, node=ODD),
+         events.TaskOutputStored(prompt_id="p", index=0, node_id="9", filename=ODD, subfolder="",
+                                 kind="images", content_type="image/png", size=1, sha256="ab",
+                                 s3_key="k"),
+         events.TaskSucceeded(prompt_id="p"),
+         events.WebhookAttempted(webhook_id="w", attempt=1, status_code=500, retry_in_s=1.0),
+         events.WebhookDelivered(webhook_id="w", attempt=2, status_code=204)],
+        [events.TaskFailed(code="c", message=ODD, details={"why": ODD}),
+         events.WebhookDead(webhook_id="w", attempts=8)],
+        [events.TaskCancelRequested()],
+        [],
+    ]
+    plans = {
+        tid: [submitted(f"{ODD}-{i}" if i % 2 else None, priority=i), *shapes[i % len(shapes)]]
+        for i, tid in enumerate(tids)
+    }
+    states: dict[str, task_state.TaskState] = {}
+    for seq in range(max(map(len, plans.values()))):
+        for tid, plan in plans.items():
+            if seq < len(plan):
+                states[tid] = await log.append(tid, seq, [plan[seq]], states.get(tid))
+    return tids
+
+
+async def _read_model_rows(dsn: str) -> list[tuple[object, ...]]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [tuple(r) for r in await conn.fetch("SELECT * FROM tasks ORDER BY task_id")]
+    finally:
+        await conn.close()
