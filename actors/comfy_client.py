@@ -161,9 +161,35 @@ class ComfyClient:
         _status, data = await self._json("GET", "/system_stats")
         return data if isinstance(data, dict) else {}
 
-    async def has_cleanup_extension(self) -> bool:
-        status, _ = await self._request("GET", "/comfy-fleet/cleanup/info")
-        return status == 200
+    async def cleanup_extension_version(self) -> int:
+        """The version of our cleanup extension on this server; 0 when it has none."""
+        status, data = await self._json("GET", "/comfy-fleet/cleanup/info")
+        if status != 200:
+            return 0
+        version = data.get("version") if isinstance(data, dict) else None
+        return version if isinstance(version, int) and version > 0 else 1
+
+    async def cleanup_delete_many(self, files: list[tuple[str, str, str]]) -> list[int]:
+        """Delete (type, subfolder, filename) files in one request (extension version 2);
+        returns each file's status (200 deleted, 404 gone, 400 refused)."""
+        body = orjson.dumps({"files": [
+            {"type": type_, "filename": name, "subfolder": subfolder}
+            for type_, subfolder, name in files
+        ]})
+        status, data = await self._json(
+            "POST", "/comfy-fleet/cleanup/delete", data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        results = data.get("results") if status == 200 and isinstance(data, dict) else None
+        if not isinstance(results, list) or len(results) != len(files):
+            raise errors.EndpointUnavailable(
+                f"cleanup batch answered {status} without a result per file", {"status": status}
+            )
+        statuses = []
+        for r in results:
+            r = r if isinstance(r, dict) else {}
+            statuses.append(200 if r.get("deleted") is True else int(r.get("status") or 400))
+        return statuses
 
     async def cleanup_delete(self, type_: str, filename: str, subfolder: str) -> int:
         """Delete one file through our extension; returns the status (200 deleted, 404 gone)."""

@@ -54,6 +54,8 @@ APPEND_RETRIES = 8
 STARTED_DEBOUNCE_S = 0.2
 #: History entries of finished prompts are deleted from ComfyUI in batches, this often.
 HISTORY_TRASH_S = 0.5
+#: Files named in one cleanup request (the extension takes up to 1000).
+CLEANUP_BATCH = 500
 #: How long events are held in memory while PostgreSQL is away before we give up.
 DB_OUTAGE_BUDGET_S = 600.0
 
@@ -136,6 +138,8 @@ class EndpointWorker:
         self.reconnects = 0
         self.last_seen: float | None = None
         self.has_cleanup: bool | None = None
+        #: the cleanup extension's version (2 and up delete a batch of files in one request)
+        self.cleanup_version = 0
         self.object_info: dict[str, Any] | None = None
         #: workflows this endpoint can run (its node classes and model files), None until known
         self.runnable: list[str] | None = None
@@ -153,6 +157,8 @@ class EndpointWorker:
         self.zombies = 0
         self._reported_connected: bool | None = None
         self._history_trash: list[str] = []
+        #: (type, subfolder, filename) to delete through the extension with the next trash run
+        self._file_trash: list[tuple[str, str, str]] = []
         # Per-task notifications, batched: one actor call carries many (see core/coalescer).
         self._finished: Coalescer[str] = Coalescer(
             lambda ids: self.router.task_finished_many(self.name, ids)
@@ -513,7 +519,8 @@ class EndpointWorker:
                 self._learn_workflows()
                 self._report(now=True)
             if self.has_cleanup is None:
-                self.has_cleanup = await self.client.has_cleanup_extension()
+                self.cleanup_version = await self.client.cleanup_extension_version()
+                self.has_cleanup = self.cleanup_version > 0
                 if not self.has_cleanup:
                     log.warning(
                         "endpoint %s has no comfy-fleet cleanup extension: its files are left alone",
@@ -759,8 +766,13 @@ class EndpointWorker:
                 for spec in inputs:
                     subfolder, _, name = str(spec["filename"]).rpartition("/")
                     files.append(("input", subfolder, name))
-                for type_, subfolder, name in files:
-                    await self.client.cleanup_delete(type_, name, subfolder)
+                if self.cleanup_version >= 2:
+                    # One request for the files of every task ending within HISTORY_TRASH_S:
+                    # a request per file was a request per task on both hosts.
+                    self._file_trash.extend(files)
+                else:
+                    for type_, subfolder, name in files:
+                        await self.client.cleanup_delete(type_, name, subfolder)
         except Exception:
             log.info("endpoint %s: cleanup of %s incomplete", self.name, prompt_id, exc_info=True)
         # The staged copies of the inputs in S3 have served their purpose once the task ended.
@@ -781,8 +793,17 @@ class EndpointWorker:
                 await self.client.cleanup_delete("input", name, subfolder)
 
     async def _empty_history_trash(self) -> None:
+        """The files and history entries of the tasks ended in the last HISTORY_TRASH_S, in a
+        request or two (files first: a file must not outlive the entry naming it unseen)."""
         await asyncio.sleep(HISTORY_TRASH_S)
         batch, self._history_trash = self._history_trash, []
+        files, self._file_trash = self._file_trash, []
+        for start in range(0, len(files), CLEANUP_BATCH):
+            chunk = files[start:start + CLEANUP_BATCH]
+            try:
+                await self.client.cleanup_delete_many(chunk)
+            except errors.EndpointUnavailable:
+                log.info("endpoint %s: cleanup of %d file(s) incomplete", self.name, len(chunk))
         try:
             await self.client.delete_history(batch)
         except errors.EndpointUnavailable:

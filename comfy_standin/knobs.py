@@ -46,6 +46,8 @@ class Knobs:
     refuse_websockets: bool = False
     #: serve the comfy-fleet cleanup extension routes (404 when off, as without it)
     cleanup_extension: bool = True
+    #: the extension version served: 1 is one file a request (no batches), 2 adds batches
+    cleanup_extension_version: int = 2
 
     def delay_for(self, class_type: str) -> float:
         return self.node_delays.get(class_type, self.node_delay)
@@ -85,6 +87,8 @@ class Counters:
     prompts_lost: int = 0
     files_written: int = 0
     files_deleted: int = 0
+    #: requests to the cleanup extension's delete route (one file or a batch)
+    cleanup_requests: int = 0
     uploads: int = 0
     ws_connects: int = 0
     restarts: int = 0

@@ -25,6 +25,8 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
+from comfyui_extension.comfy_fleet_cleanup.handlers import MAX_BATCH as CLEANUP_MAX_BATCH
+from comfyui_extension.comfy_fleet_cleanup.handlers import VERSION as CLEANUP_VERSION
 from comfyui_extension.comfy_fleet_cleanup.paths import prune_empty_parents
 
 from . import files
@@ -602,17 +604,34 @@ class StandIn:
     async def cleanup_info(self, request: web.Request) -> web.Response:
         if not self.knobs.cleanup_extension:
             return _empty(404)
-        return web.json_response({"version": 1})
+        return web.json_response({"version": min(CLEANUP_VERSION, self.knobs.cleanup_extension_version)})
 
     async def cleanup_delete(self, request: web.Request) -> web.Response:
+        """The extension's delete route: one file, or a batch ``{"files": [...]}`` (version 2)."""
         if not self.knobs.cleanup_extension:
             return _empty(404)
+        self.counters.cleanup_requests += 1
         try:
             body = json.loads(await request.text())
         except ValueError:
             return web.json_response({"error": "body must be JSON"}, status=400)
+        if isinstance(body, dict) and "files" in body and self.knobs.cleanup_extension_version >= 2:
+            batch = body["files"]
+            if not isinstance(batch, list) or not 1 <= len(batch) <= CLEANUP_MAX_BATCH:
+                return web.json_response(
+                    {"error": f"files must be a list of 1 to {CLEANUP_MAX_BATCH} files"}, status=400
+                )
+            results = []
+            for entry in batch:
+                status, answer = self._cleanup_one(entry)
+                results.append(answer if status == 200 else {"status": status, **answer})
+            return web.json_response({"results": results})
+        status, answer = self._cleanup_one(body)
+        return web.json_response(answer, status=status)
+
+    def _cleanup_one(self, body: Any) -> tuple[int, dict[str, Any]]:
         if not isinstance(body, dict):
-            return web.json_response({"error": "body must be a JSON object"}, status=400)
+            return 400, {"error": "body must be a JSON object"}
         try:
             target = files.cleanup_target(
                 self.dirs, body.get("type"), body.get("filename"), body.get("subfolder", "")
@@ -620,11 +639,11 @@ class StandIn:
             target.unlink()
             prune_empty_parents(Path(self.dirs.by_type(body.get("type")) or ""), target)
         except files.CleanupError as err:
-            return web.json_response({"error": err.args[1]}, status=err.status)
+            return err.status, {"error": err.args[1]}
         except FileNotFoundError:
-            return web.json_response({"error": "no such file"}, status=404)
+            return 404, {"error": "no such file"}
         self.counters.files_deleted += 1
-        return web.json_response({"deleted": True})
+        return 200, {"deleted": True}
 
     # control routes (not in the real server) --------------------------------------------------
     async def control_get_knobs(self, request: web.Request) -> web.Response:

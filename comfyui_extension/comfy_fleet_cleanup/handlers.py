@@ -15,7 +15,10 @@ from aiohttp import web
 
 from . import paths
 
-VERSION = 1
+#: 2: the delete route also takes a batch, ``{"files": [...]}``.
+VERSION = 2
+#: The most files one batch may name.
+MAX_BATCH = 1000
 FOLDER_TYPES = ("input", "output", "temp")
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -26,40 +29,57 @@ def _refuse(status: int, message: str) -> web.Response:
 
 
 def make_handlers(folder_of: Callable[[str], str | os.PathLike[str]]) -> tuple[Handler, Handler]:
-    """``delete`` (POST JSON ``{type, filename, subfolder}``) and ``info`` (GET) handlers.
+    """``delete`` (POST JSON) and ``info`` (GET) handlers.
 
-    delete: 200 ``{"deleted": true}``; 404 ``{"error"}`` when there is no such file; 400
-    ``{"error"}`` for a bad body, a missing or unknown type or a name that
-    ``paths.resolve_inside`` refuses. ``subfolder`` may be absent or null (the folder itself).
+    delete, one file ``{type, filename, subfolder}``: 200 ``{"deleted": true}``; 404
+    ``{"error"}`` when there is no such file; 400 ``{"error"}`` for a bad body, a missing or
+    unknown type or a name that ``paths.resolve_inside`` refuses. ``subfolder`` may be absent or
+    null (the folder itself).
+    delete, a batch ``{"files": [{type, filename, subfolder}, ...]}`` (1 to MAX_BATCH): 200
+    ``{"results": [...]}``, one per file in order, each ``{"deleted": true}`` or ``{"status":
+    404 | 400, "error"}`` as the one-file form would answer; 400 when ``files`` is not such a list.
     """
 
-    async def delete(request: web.Request) -> web.Response:
-        try:
-            body: Any = await request.json()
-        except ValueError:
-            return _refuse(400, "body must be a JSON object")
+    def delete_one(body: Any) -> tuple[int, dict[str, Any]]:
         if not isinstance(body, dict):
-            return _refuse(400, "body must be a JSON object")
+            return 400, {"error": "body must be a JSON object"}
         kind = body.get("type")
         if kind not in FOLDER_TYPES:
-            return _refuse(400, "type must be one of input, output, temp")
+            return 400, {"error": "type must be one of input, output, temp"}
         subfolder = body.get("subfolder")
         try:
             target = paths.resolve_inside(
                 Path(folder_of(kind)), "" if subfolder is None else subfolder,
                 body.get("filename", ""))
         except ValueError as exc:
-            return _refuse(400, str(exc))
+            return 400, {"error": str(exc)}
         if not os.path.exists(target):  # also a dangling symlink: there is no file to delete
-            return _refuse(404, "file not found")
+            return 404, {"error": "file not found"}
         try:
             os.unlink(target)  # never follows a final symlink: the named entry goes
         except FileNotFoundError:
-            return _refuse(404, "file not found")
+            return 404, {"error": "file not found"}
         except IsADirectoryError:
-            return _refuse(400, "path is a folder")
+            return 400, {"error": "path is a folder"}
         paths.prune_empty_parents(Path(folder_of(kind)), Path(target))
-        return web.json_response({"deleted": True})
+        return 200, {"deleted": True}
+
+    async def delete(request: web.Request) -> web.Response:
+        try:
+            body: Any = await request.json()
+        except ValueError:
+            return _refuse(400, "body must be a JSON object")
+        if isinstance(body, dict) and "files" in body:
+            batch = body["files"]
+            if not isinstance(batch, list) or not 1 <= len(batch) <= MAX_BATCH:
+                return _refuse(400, f"files must be a list of 1 to {MAX_BATCH} files")
+            results = []
+            for entry in batch:
+                status, answer = delete_one(entry)
+                results.append(answer if status == 200 else {"status": status, **answer})
+            return web.json_response({"results": results})
+        status, answer = delete_one(body)
+        return web.json_response(answer, status=status)
 
     async def info(request: web.Request) -> web.Response:
         return web.json_response({"version": VERSION})

@@ -6,6 +6,7 @@ ComfyUI's ``server`` and ``folder_paths`` modules are replaced by small fakes in
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 import types
 from collections.abc import AsyncIterator
@@ -69,7 +70,7 @@ async def _delete(client: TestClient, **body: Any) -> tuple[int, Any]:
 async def test_info(client: TestClient) -> None:
     resp = await client.get("/comfy-fleet/cleanup/info")
     assert resp.status == 200
-    assert await resp.json() == {"version": 1}
+    assert await resp.json() == {"version": 2}
 
 
 @pytest.mark.parametrize("kind", ["input", "output", "temp"])
@@ -140,6 +141,34 @@ async def test_bad_bodies(client) -> None:
     assert (await _delete(client, filename="a.png"))[0] == 400  # type is required
 
 
+async def test_a_batch_answers_for_each_file_as_the_one_file_form_would(client, dirs, tmp_path: Path) -> None:
+    (dirs["output"] / "a.png").write_bytes(b"x")
+    (dirs["input"] / "fleet" / "t1").mkdir(parents=True)
+    (dirs["input"] / "fleet" / "t1" / "b.png").write_bytes(b"x")
+    batch = [
+        {"type": "output", "filename": "a.png", "subfolder": ""},
+        {"type": "output", "filename": "gone.png"},
+        {"type": "output", "filename": "../outside/secret.txt"},
+        {"type": "models", "filename": "a.png"},
+        "not an object",
+        {"type": "input", "filename": "b.png", "subfolder": "fleet/t1"},
+    ]
+    status, body = await _delete_raw(client, {"files": batch})
+    assert status == 200
+    assert [r.get("deleted") or r["status"] for r in body["results"]] == [True, 404, 400, 400, 400, True]
+    assert all("error" in r for r in body["results"] if "status" in r)
+    assert not (dirs["output"] / "a.png").exists()
+    # The emptied task folder went with its file, as in the one-file form.
+    assert not (dirs["input"] / "fleet" / "t1").exists() and (dirs["input"] / "fleet").is_dir()
+    assert (tmp_path / "outside" / "secret.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("files", [[], "a.png", {"type": "output"}, [{"type": "output", "filename": "x"}] * 1001])
+async def test_a_batch_that_is_not_a_list_of_1_to_1000_files_is_refused(files: Any, client) -> None:
+    status, body = await _delete_raw(client, {"files": files})
+    assert status == 400 and "files must be a list" in body["error"]
+
+
 async def test_subfolder_may_be_left_out_or_null(client, dirs) -> None:
     (dirs["output"] / "a.png").write_bytes(b"x")
     (dirs["output"] / "b.png").write_bytes(b"x")
@@ -183,6 +212,9 @@ CASES: list[dict[str, Any]] = [
 
 
 def _populate(output: Path, inp: Path, outside: Path) -> None:
+    for folder in (output, inp):  # from empty, so a second populate finds what the first made
+        shutil.rmtree(folder)
+        folder.mkdir()
     (output / "jobs").mkdir(exist_ok=True)
     for p in (output / "a.png", output / "jobs" / "o.png", output / "target.png", inp / "a.png"):
         p.write_bytes(b"x")
@@ -205,3 +237,13 @@ async def test_the_standin_serves_the_same_rules(client, dirs, tmp_path: Path) -
                 theirs.append(resp.status)
     assert (outside / "secret.txt").read_text() == "keep me"
     assert dict(enumerate(theirs)) == dict(enumerate(ours)), CASES
+    # The same cases as one batch: the same answer per file from both.
+    _populate(dirs["output"], dirs["input"], outside)
+    _, ours_batch = await _delete_raw(client, {"files": CASES})
+    async with testing.run_standin() as s, aiohttp.ClientSession() as http:
+        _populate(Path(s.output_dir), Path(s.input_dir), outside)
+        async with http.post(f"{s.url}/comfy-fleet/cleanup/delete", json={"files": CASES}) as resp:
+            assert resp.status == 200
+            theirs_batch = await resp.json()
+    statuses = [[r.get("status", 200) for r in b["results"]] for b in (ours_batch, theirs_batch)]
+    assert statuses[0] == statuses[1] == ours, CASES

@@ -148,16 +148,27 @@ async def test_a_solid_prompt_succeeds_with_its_outputs_stored(rig: Rig) -> None
     assert state.prompt_id and state.endpoint == rig.standin.host_port and state.attempt == 1
 
 
-async def test_cleanup_removes_the_outputs_from_the_comfyui_host(rig: Rig) -> None:
+@pytest.mark.parametrize("version", [2, 1])
+async def test_cleanup_removes_the_outputs_from_the_comfyui_host(version: int, rig: Rig) -> None:
+    """With extension version 2 the files of the tasks ended together go in one request; an
+    older extension gets one request per file."""
+    rig.standin.knobs.cleanup_extension_version = version
     w = await rig.worker()
-    task_id = await rig.task()
-    assert await w.dispatch(task_id) == ACCEPTED
-    state = await rig.final(task_id)
-    assert state.status == task_state.SUCCEEDED
-    [out] = state.outputs
-    assert out["s3_key"] in rig.store.objects
-    path = rig.standin.output_dir / out["subfolder"] / out["filename"]
-    await eventually(lambda: not path.exists(), what="output deleted on the host")
+    task_ids = [await rig.task() for _ in range(3)]
+    for task_id in task_ids:
+        assert await w.dispatch(task_id) == ACCEPTED
+    paths = []
+    for task_id in task_ids:
+        state = await rig.final(task_id)
+        assert state.status == task_state.SUCCEEDED
+        [out] = state.outputs
+        assert out["s3_key"] in rig.store.objects
+        paths.append(rig.standin.output_dir / out["subfolder"] / out["filename"])
+    await eventually(lambda: not any(p.exists() for p in paths), what="outputs deleted on the host")
+    assert w.cleanup_version == version
+    assert rig.standin.counters.files_deleted == 3
+    requests = rig.standin.counters.cleanup_requests
+    assert (requests < 3) if version == 2 else (requests == 3)
 
 
 async def test_an_execution_error_ends_failed_with_the_node(rig: Rig) -> None:

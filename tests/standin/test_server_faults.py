@@ -219,7 +219,7 @@ async def test_cleanup_route_rules(tmp_path: Path) -> None:
     outside = tmp_path / "secret.txt"
     outside.write_text("keep me")
     async with run_standin() as s, httpx.AsyncClient(base_url=s.url) as c:
-        assert (await c.get("/comfy-fleet/cleanup/info")).json() == {"version": 1}
+        assert (await c.get("/comfy-fleet/cleanup/info")).json() == {"version": 2}
         (s.output_dir / "job").mkdir()
         (s.output_dir / "job" / "a.png").write_bytes(b"x")
         (s.input_dir / "in.png").write_bytes(b"x")
