@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
-from comfyui_extension.comfy_fleet_cleanup.handlers import MAX_BATCH as CLEANUP_MAX_BATCH
+from comfyui_extension.comfy_fleet_cleanup.handlers import delete_batch
 from comfyui_extension.comfy_fleet_cleanup.handlers import VERSION as CLEANUP_VERSION
 from comfyui_extension.comfy_fleet_cleanup.paths import prune_empty_parents
 
@@ -616,17 +616,9 @@ class StandIn:
         except ValueError:
             return web.json_response({"error": "body must be JSON"}, status=400)
         if isinstance(body, dict) and "files" in body and self.knobs.cleanup_extension_version >= 2:
-            batch = body["files"]
-            if not isinstance(batch, list) or not 1 <= len(batch) <= CLEANUP_MAX_BATCH:
-                return web.json_response(
-                    {"error": f"files must be a list of 1 to {CLEANUP_MAX_BATCH} files"}, status=400
-                )
-            results = []
-            for entry in batch:
-                status, answer = self._cleanup_one(entry)
-                results.append(answer if status == 200 else {"status": status, **answer})
-            return web.json_response({"results": results})
-        status, answer = self._cleanup_one(body)
+            status, answer = delete_batch(body["files"], self._cleanup_one)
+        else:
+            status, answer = self._cleanup_one(body)
         return web.json_response(answer, status=status)
 
     def _cleanup_one(self, body: Any) -> tuple[int, dict[str, Any]]:

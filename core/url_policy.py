@@ -6,7 +6,8 @@ network. ``UrlPolicy.resolve_and_check`` resolves the host and checks every addr
 name that resolves to a harmless address at the check and to 169.254.169.254 a moment later (DNS
 rebinding) never reaches the second address. A client built without ``PinnedTransport`` only
 gets the check at the moment it is called, and the rebinding window stays open: use
-``policy.transport()``.
+``policy.transport()`` (httpx), or ``PinnedResolver`` (aiohttp, the webhook sender), which
+connects only to the addresses the caller checked.
 
 Syntax (``check_url``), always, before anything else:
   * scheme ``http`` or ``https``; a host; a port in 1..65535; at most 2048 characters;
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from core import errors
 
@@ -469,6 +471,45 @@ class PinnedTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+class PinnedResolver(AbstractResolver):
+    """``PinnedTransport`` for aiohttp: a resolver answering with the addresses the caller just
+    checked for the host (``pin``), so a connection goes only where the check went (no second
+    lookup a rebinding DNS server could answer differently). A host not pinned is resolved and
+    checked here. Host names and SNI stay the URL's."""
+
+    def __init__(self, policy: UrlPolicy) -> None:
+        self._policy = policy
+        self._checked: dict[tuple[str, int], list[IPAddress]] = {}
+
+    def pin(self, url: ParsedUrl, ips: list[IPAddress]) -> None:
+        """Connect to ``url``'s host only at ``ips`` (from ``policy.resolve_and_check``)."""
+        if url.ip is not None:
+            return  # an address: aiohttp asks no resolver
+        if len(self._checked) > 1024:
+            self._checked.clear()  # bounded; a host no longer pinned is checked again
+        self._checked[(url.host, url.port)] = ips
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        ips = self._checked.get((host, port))
+        if ips is None:
+            # Not pinned by the caller: check now, never connect blind.
+            shown = f"[{host}]" if ":" in host else host
+            ips = await self._policy.resolve_and_check(f"http://{shown}:{port}/")
+        return [
+            ResolveResult(
+                hostname=host, host=str(ip), port=port,
+                family=socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                proto=0, flags=socket.AI_NUMERICHOST,
+            )
+            for ip in ips
+        ]
+
+    async def close(self) -> None:
+        return None
 
 
 async def fetch_limited(

@@ -21,14 +21,12 @@ import binascii
 import hashlib
 import hmac
 import random
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from core import errors, url_policy
@@ -194,41 +192,11 @@ class Attempt:
     final: bool = False
 
 
-class _PinnedResolver(AbstractResolver):
-    """aiohttp's resolver for the webhook sender: the addresses ``WebhookSender.send`` just
-    checked against the policy for this host, so a connection goes only where the check went
-    (no second lookup a rebinding DNS server could answer differently)."""
-
-    def __init__(self, policy: url_policy.UrlPolicy) -> None:
-        self._policy = policy
-        self.checked: dict[tuple[str, int], list[url_policy.IPAddress]] = {}
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        ips = self.checked.get((host, port))
-        if ips is None:
-            # Not checked by send() (cannot happen through it): check now, never connect blind.
-            shown = f"[{host}]" if ":" in host else host
-            ips = await self._policy.resolve_and_check(f"http://{shown}:{port}/")
-        return [
-            ResolveResult(
-                hostname=host, host=str(ip), port=port,
-                family=socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
-                proto=0, flags=socket.AI_NUMERICHOST,
-            )
-            for ip in ips
-        ]
-
-    async def close(self) -> None:
-        return None
-
-
 class WebhookSender:
     """Sends one webhook try over one pooled aiohttp session; never raises for HTTP trouble.
 
     No proxies from the environment, redirects not followed, no DNS cache, and every connection
-    goes to an address it checked against the ``url_policy.UrlPolicy`` (``_PinnedResolver``);
+    goes to an address it checked against the ``url_policy.UrlPolicy`` (``url_policy.PinnedResolver``);
     TLS still verifies the certificate against the URL's host name. Open it with ``async with``
     or call ``aclose()``. aiohttp rather than httpx: a try costs about half the CPU
     (docs/performance.md), and webhooks are most of the service's outgoing requests.
@@ -244,7 +212,7 @@ class WebhookSender:
         self._policy = policy
         self._timeout_s = timeout_s
         self._max_connections = max_connections
-        self._resolver = _PinnedResolver(policy)
+        self._resolver = url_policy.PinnedResolver(policy)
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -256,7 +224,6 @@ class WebhookSender:
             self._session = aiohttp.ClientSession(
                 connector=connector, trust_env=False, auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(total=self._timeout_s),
-                skip_auto_headers=("User-Agent",),
             )
         return self._session
 
@@ -282,10 +249,7 @@ class WebhookSender:
         try:
             parsed = self._policy.check_url(url)
             ips = await self._policy.resolve_and_check(parsed)
-            if parsed.ip is None:
-                if len(self._resolver.checked) > 1024:
-                    self._resolver.checked.clear()  # bounded; a missing entry is checked again
-                self._resolver.checked[(parsed.host, parsed.port)] = ips
+            self._resolver.pin(parsed, ips)
             # The whole try is bounded, not each read: a receiver that drips its headers
             # byte by byte must not hold a delivery slot for longer than the timeout.
             async with asyncio.timeout(self._timeout_s):

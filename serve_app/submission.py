@@ -109,10 +109,16 @@ async def submit(
         if existing is None:
             raise
         return _same_or_conflict(existing, digest), False
-    # The router hears of the task from the log (its NOTIFY on commit, and its scan): no actor
-    # call here, which cost both processes a Ray hop per task and held the answer back. The
-    # estimate only grows here; when it reaches the limit, the router's count replaces it.
-    services.waiting_estimate += 1
+    # No actor call: the router follows new tasks from the log; the port's `submit` only
+    # counts the task into its waiting estimate (serve_app/ingress.py: RouterClientOverRay).
+    try:
+        services.waiting_estimate = await services.router.submit(
+            task_id, priority, state.created_at.timestamp(), workflow.name,
+            list(workflow.required_labels),
+        )
+    except Exception:
+        # Recorded is what counts: a router that missed this rebuilds its queue from the log.
+        pass
     return state, True
 
 

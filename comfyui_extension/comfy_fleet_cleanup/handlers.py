@@ -28,6 +28,20 @@ def _refuse(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def delete_batch(
+    batch: Any, delete_one: Callable[[Any], tuple[int, dict[str, Any]]]
+) -> tuple[int, dict[str, Any]]:
+    """The answer to a batch body's ``files``: each entry through ``delete_one`` (which answers
+    as the one-file form: status, JSON), in order; 400 unless a list of 1 to MAX_BATCH."""
+    if not isinstance(batch, list) or not 1 <= len(batch) <= MAX_BATCH:
+        return 400, {"error": f"files must be a list of 1 to {MAX_BATCH} files"}
+    results = []
+    for entry in batch:
+        status, answer = delete_one(entry)
+        results.append(answer if status == 200 else {"status": status, **answer})
+    return 200, {"results": results}
+
+
 def make_handlers(folder_of: Callable[[str], str | os.PathLike[str]]) -> tuple[Handler, Handler]:
     """``delete`` (POST JSON) and ``info`` (GET) handlers.
 
@@ -70,15 +84,9 @@ def make_handlers(folder_of: Callable[[str], str | os.PathLike[str]]) -> tuple[H
         except ValueError:
             return _refuse(400, "body must be a JSON object")
         if isinstance(body, dict) and "files" in body:
-            batch = body["files"]
-            if not isinstance(batch, list) or not 1 <= len(batch) <= MAX_BATCH:
-                return _refuse(400, f"files must be a list of 1 to {MAX_BATCH} files")
-            results = []
-            for entry in batch:
-                status, answer = delete_one(entry)
-                results.append(answer if status == 200 else {"status": status, **answer})
-            return web.json_response({"results": results})
-        status, answer = delete_one(body)
+            status, answer = delete_batch(body["files"], delete_one)
+        else:
+            status, answer = delete_one(body)
         return web.json_response(answer, status=status)
 
     async def info(request: web.Request) -> web.Response:

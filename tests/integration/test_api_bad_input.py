@@ -13,7 +13,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -49,8 +49,12 @@ def free_port() -> int:
 
 @dataclass
 class FakeRouterClient:
-    """The router as the ingress sees it. No `submit`: the router hears of a task from the log,
-    so an ingress that called it would fail these tests."""
+    submits: list[str] = field(default_factory=list)
+
+    async def submit(self, task_id: str, priority: int, created_at: float, workflow: str,
+                     labels: list[str]) -> int:
+        self.submits.append(task_id)
+        return 0
 
     async def cancel(self, task_id: str) -> str:
         return "unknown"
@@ -271,6 +275,7 @@ async def test_a_bad_submission_is_refused_and_nothing_is_recorded(
     resp = await api.http.post(f"{PREFIX}/tasks", **kwargs)
     assert_error_shape(resp, status, code)
     assert await api.event_count() == 0
+    assert api.router.submits == []
 
 
 async def test_a_callback_to_the_service_itself_is_refused(api: Api) -> None:
@@ -439,6 +444,7 @@ async def test_same_client_task_id_same_body_is_200_and_different_body_409(pg_ds
             assert err["details"]["task_id"] == task["task_id"]
 
         assert await api_.event_count() == 1  # the one task.submitted
+        assert api_.router.submits == [task["task_id"]]
         events_ = (await api_.http.get(f"{PREFIX}/tasks/{task['task_id']}/events")).json()
         assert [e["type"] for e in events_] == ["task.submitted"]
         for secret in SECRETS:
