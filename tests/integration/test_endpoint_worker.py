@@ -343,3 +343,23 @@ async def test_cancel_of_a_running_prompt_interrupts_it(rig: Rig) -> None:
 async def test_cancel_of_a_task_it_does_not_hold_is_unknown(rig: Rig) -> None:
     w = await rig.worker()
     assert await w.cancel(str(uuid.uuid4())) == "unknown"
+
+
+async def test_a_cleanup_batch_that_finds_the_host_down_is_given_up_and_later_ones_go(rig: Rig) -> None:
+    """The host goes down between a task's end and its cleanup batch (sent HISTORY_TRASH_S
+    later): that batch is dropped with a log line, nothing piles up, and once the host is back
+    the next task's files are deleted as usual."""
+    w = await rig.worker()
+    first = await rig.task()
+    assert await w.dispatch(first) == ACCEPTED
+    assert (await rig.final(first)).status == task_state.SUCCEEDED
+    await rig.standin.restart(down_s=2 * endpoint_module.HISTORY_TRASH_S + 0.5)
+    await eventually(lambda: w.connected, timeout=20, what="worker reconnected")
+    assert w._file_trash == []  # the batch went (and failed); it is not carried over
+    second = await rig.task()
+    assert await w.dispatch(second) == ACCEPTED
+    state = await rig.final(second)
+    assert state.status == task_state.SUCCEEDED
+    [out] = state.outputs
+    path = rig.standin.output_dir / out["subfolder"] / out["filename"]
+    await eventually(lambda: not path.exists(), what="second task's output deleted on the host")
