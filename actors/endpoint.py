@@ -66,10 +66,6 @@ class RouterPort(Protocol):
     async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None: ...
 
 
-class WebhookPort(Protocol):
-    async def tasks_ended(self, task_ids: list[str]) -> None: ...
-
-
 @dataclass
 class Inflight:
     task_id: str
@@ -114,7 +110,6 @@ class EndpointWorker:
         log: EventLog,
         store: storage.BlobStore,
         router: RouterPort,
-        webhooks: WebhookPort,
         client: ComfyClient | None = None,
         labels: Sequence[str] = (),
     ) -> None:
@@ -124,7 +119,6 @@ class EndpointWorker:
         self.log = log
         self.store = store
         self.router = router
-        self.webhooks = webhooks
         self.client = client or ComfyClient(endpoint)
         self.labels = list(labels)
         # A fresh clientId per actor life: a restarted actor never shares a registration with a
@@ -159,11 +153,12 @@ class EndpointWorker:
         self._history_trash: list[str] = []
         #: (type, subfolder, filename) to delete through the extension with the next trash run
         self._file_trash: list[tuple[str, str, str]] = []
-        # Per-task notifications, batched: one actor call carries many (see core/coalescer).
+        # Tasks let go of without recording their end, batched into one actor call (see
+        # core/coalescer). An end we record needs no call: the append notifies the router and
+        # the webhook dispatcher through the log (EventLog.listen_ended).
         self._finished: Coalescer[str] = Coalescer(
             lambda ids: self.router.task_finished_many(self.name, ids)
         )
-        self._ended_batch: Coalescer[str] = Coalescer(self.webhooks.tasks_ended)
 
     # --- life -----------------------------------------------------------------------------
 
@@ -376,11 +371,12 @@ class EndpointWorker:
             await self.client.post_prompt(state.prompt, prompt_id, self.client_id)
         except errors.PromptRejected as exc:
             self._untrack(prompt_id)
-            await self._fail(
+            if not await self._fail(
                 task_id,
                 prompt_id,
                 {"code": comfy_history.CODE_REJECTED, "message": exc.message, "details": exc.details},
-            )
+            ):
+                self._finished.add(task_id)
             self._spawn(self._cleanup(prompt_id, list(state.inputs), None))
             return ACCEPTED
         except errors.EndpointUnavailable as exc:
@@ -436,8 +432,8 @@ class EndpointWorker:
                         item.finishing = True
                         inputs = list((await self._state(task_id)).inputs)
                         self._untrack(prompt_id)
-                        await self._end(item, [events.TaskCancelled(where="comfyui_queue")])
-                        self._finished.add(task_id)
+                        if not await self._end(item, [events.TaskCancelled(where="comfyui_queue")]):
+                            self._finished.add(task_id)
                         self._spawn(self._cleanup(prompt_id, inputs, None))
                         return "cancelled"
             if prompt_id in running:
@@ -734,22 +730,25 @@ class EndpointWorker:
         try:
             if result.kind == comfy_history.SUCCESS:
                 stored_from = time.monotonic()
-                await self._store_outputs(item, result.files)
+                ended = await self._store_outputs(item, result.files)
                 metrics.output_store(workflow, time.monotonic() - stored_from)
             elif result.kind == comfy_history.INTERRUPTED:
                 state = await self._state(item.task_id)
                 if state.cancel_requested:
-                    await self._end(item, [events.TaskCancelled(where="running")])
+                    ended = await self._end(item, [events.TaskCancelled(where="running")])
                 else:
-                    await self._fail(item.task_id, item.prompt_id, result.error or {}, ran=True)
+                    ended = await self._fail(item.task_id, item.prompt_id, result.error or {}, ran=True)
             else:
-                await self._fail(item.task_id, item.prompt_id, result.error or {}, ran=True)
+                ended = await self._fail(item.task_id, item.prompt_id, result.error or {}, ran=True)
         except Exception:
             log.exception("endpoint %s: finishing %s failed; will reconcile", self.name, item.prompt_id)
             item.finishing = False
             return
         self._untrack(item.prompt_id)
-        self._finished.add(item.task_id)
+        if not ended:
+            # The end was not ours to record (another writer's, or the task moved on): tell
+            # the router our slot is free ourselves.
+            self._finished.add(item.task_id)
         self._spawn(self._cleanup(item.prompt_id, inputs, entry))
 
     async def _cleanup(
@@ -811,7 +810,9 @@ class EndpointWorker:
 
     async def _fail(
         self, task_id: str, prompt_id: str, error: dict[str, Any], *, ran: bool = False
-    ) -> None:
+    ) -> bool:
+        """Record the prompt's failure; True when this append ended the task."""
+
         def decide(s: TaskState) -> list[events.Event]:
             if s.is_final or s.prompt_id != prompt_id:
                 return []
@@ -830,8 +831,11 @@ class EndpointWorker:
         _, new = await self._decide(task_id, decide)
         if new:
             self._ended(task_id)
+        return bool(new)
 
-    async def _end(self, item: Inflight, final: list[events.Event]) -> None:
+    async def _end(self, item: Inflight, final: list[events.Event]) -> bool:
+        """Record the prompt's end; True when this append ended the task."""
+
         def decide(s: TaskState) -> list[events.Event]:
             if s.is_final or s.prompt_id != item.prompt_id:
                 return []
@@ -842,8 +846,10 @@ class EndpointWorker:
         _, new = await self._decide(item.task_id, decide)
         if new:
             self._ended(item.task_id)
+        return bool(new)
 
     def _ended(self, task_id: str) -> None:
+        """We recorded the task's end (the log tells the router and the webhook dispatcher)."""
         state = self.states.pop(task_id, None)
         if state is not None and state.is_final:
             metrics.task_ended(state.workflow, state.status)
@@ -853,11 +859,11 @@ class EndpointWorker:
                 extra=_ctx(self.name, task_id, state.prompt_id, workflow=state.workflow,
                            status=state.status, error_code=(state.error or {}).get("code")),
             )
-        self._ended_batch.add(task_id)
 
-    async def _store_outputs(self, item: Inflight, files: list[OutputFile]) -> None:
+    async def _store_outputs(self, item: Inflight, files: list[OutputFile]) -> bool:
         """Fetch every output from /view and store it; then record them and the success in
-        one append, so a task never shows half its outputs as succeeded."""
+        one append, so a task never shows half its outputs as succeeded. True when this
+        append ended the task."""
         stored = await asyncio.gather(
             *(self._store_one(item, index, f) for index, f in enumerate(files))
         )
@@ -865,7 +871,7 @@ class EndpointWorker:
         outputs = [s for s in stored if isinstance(s, events.TaskOutputStored)]
         if failures:
             first = failures[0]
-            await self._end(
+            return await self._end(
                 item,
                 [
                     *outputs,
@@ -875,8 +881,7 @@ class EndpointWorker:
                     ),
                 ],
             )
-            return
-        await self._end(item, [*outputs, events.TaskSucceeded(prompt_id=item.prompt_id)])
+        return await self._end(item, [*outputs, events.TaskSucceeded(prompt_id=item.prompt_id)])
 
     async def _store_one(
         self, item: Inflight, index: int, f: OutputFile

@@ -46,6 +46,7 @@ class _Lazy:
     def __init__(self) -> None:
         self._inner: Any = None
         self._lock = asyncio.Lock()
+        self._boot: asyncio.Task[None] | None = None
 
     async def _build(self) -> Any:
         raise NotImplementedError
@@ -56,6 +57,22 @@ class _Lazy:
                 if self._inner is None:
                     self._inner = await self._build()
         return self._inner
+
+    def build_soon(self) -> None:
+        """Build now, not on the first call (from an `async def __init__`, on the actor's
+        loop). For actors whose work comes from the log's notifications rather than from
+        calls: restarted by Ray after a crash, they must start themselves."""
+        self._boot = asyncio.get_running_loop().create_task(self._build_until_built())
+
+    async def _build_until_built(self) -> None:
+        delay = 0.5
+        while self._inner is None:
+            try:
+                await self.inner()
+            except Exception:
+                log.warning("%s: start failed; retrying in %.1f s", type(self).__name__, delay, exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
 
 # --- ports over actor handles ---------------------------------------------------------------
@@ -90,11 +107,8 @@ class WebhookPortOverRay:
         return self._h
 
     async def task_ended(self, task_id: str) -> None:
-        # Fire and forget: the outbox scan covers a lost call.
+        # Fire and forget: the log's notice and the outbox scan cover a lost call.
         self._handle().tasks_ended.remote([task_id])
-
-    async def tasks_ended(self, task_ids: list[str]) -> None:
-        self._handle().tasks_ended.remote(task_ids)
 
 
 class EndpointHandleOverRay:
@@ -142,7 +156,6 @@ class EndpointActor(_Lazy):
             log=await PostgresEventLog.connect(self.settings.database_url or "", max_size=4),
             store=await make_store(self.settings),
             router=RouterPortOverRay(),
-            webhooks=WebhookPortOverRay(),
             labels=self.labels,
         )
         await worker.start()
@@ -169,10 +182,11 @@ class EndpointActor(_Lazy):
 class RouterActor(_Lazy):
     """The one router, named `router`."""
 
-    def __init__(self, settings: Settings, endpoints: list[tuple[str, list[str]]]) -> None:
+    async def __init__(self, settings: Settings, endpoints: list[tuple[str, list[str]]]) -> None:
         super().__init__()
         self.settings = settings
         self.endpoints = endpoints
+        self.build_soon()  # its work arrives as the log's notifications, not only as calls
 
     async def _build(self) -> Any:
         from actors.router import Router
@@ -240,10 +254,11 @@ class RouterActor(_Lazy):
 class WebhookActor(_Lazy):
     """The webhook dispatcher, named `webhooks`."""
 
-    def __init__(self, settings: Settings, extra_deny_hosts: list[str]) -> None:
+    async def __init__(self, settings: Settings, extra_deny_hosts: list[str]) -> None:
         super().__init__()
         self.settings = settings
         self.extra_deny_hosts = extra_deny_hosts
+        self.build_soon()  # its work arrives as the log's notifications, not only as calls
 
     async def _build(self) -> Any:
         from actors.webhook_dispatcher import WebhookDispatcher

@@ -95,6 +95,7 @@ class Router:
                     )
             self._started = True
             await self.log.listen_submitted(self._on_submitted)
+            await self.log.listen_ended(self._on_ended, self._catch_up_ended)
             self._spawn(self._dispatch_loop())
             self._spawn(self._heartbeat_loop())
             self._spawn(self._scan_loop())
@@ -190,7 +191,7 @@ class Router:
         if load.connected and not was or load.load < self.settings.endpoint_queue_depth:
             self._wake.set()
 
-    async def task_finished(self, name: str, task_id: str) -> None:
+    def _free(self, name: str, task_id: str) -> None:
         tasks = self.assigned.get(name)
         if tasks is not None and task_id in tasks:
             tasks.discard(task_id)
@@ -198,8 +199,39 @@ class Router:
             self._wake.set()
 
     async def task_finished_many(self, name: str, task_ids: list[str]) -> None:
+        """The endpoint let go of these tasks without recording their end (requeued, or ended
+        by another writer): its slots are free. Ends it records reach `_on_ended` instead."""
         for task_id in task_ids:
-            await self.task_finished(name, task_id)
+            self._free(name, task_id)
+
+    # --- the log's notices of ended tasks -----------------------------------------------------
+
+    def _on_ended(self, task_id: str, endpoint: str | None, _webhook_pending: bool) -> None:
+        """A task's end was committed (by an endpoint, the ingress, anyone): the endpoint it ran
+        on has room again. One notice from the log, where the endpoint used to make a Ray call."""
+        if endpoint is not None and endpoint in self.assigned:
+            self._free(endpoint, task_id)
+        else:
+            for name in list(self.assigned):
+                self._free(name, task_id)
+
+    def _catch_up_ended(self) -> None:
+        self._spawn(self._free_ended())
+
+    async def _free_ended(self) -> None:
+        """Listening (re)started: free the slots of tasks that ended while no notice could
+        arrive (without this an endpoint would look busy with them for good)."""
+        held = [(name, t) for name, tasks in self.assigned.items() for t in tasks]
+        if not held:
+            return
+        try:
+            ended = await self.log.ended_among([t for _, t in held])
+        except Exception:
+            log.warning("catching up with ended tasks failed", exc_info=True)
+            return
+        for name, task_id in held:
+            if task_id in ended:
+                self._free(name, task_id)
 
     async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None:
         await self.start()

@@ -1,9 +1,10 @@
 """WebhookDispatcher: delivers each task end to its callback_url, from the log (an outbox).
 
 A task that ended with a callback has `webhook: pending` in the read model, in the same
-statement that recorded its end; the dispatcher is told at once by the endpoint, and also
-scans the outbox at start and on a timer, so a crash between a task's end and its webhook
-still delivers it. Each try is an event; the delay between tries is `RetryPolicy`'s
+statement that recorded its end; that statement also notifies the log's listeners, so the
+dispatcher hears of every end at its commit, whoever recorded it (`EventLog.listen_ended`). It
+also scans the outbox at start and on a timer, so an end whose notice was lost (the dispatcher
+was restarting, its listener reconnecting) is still delivered. Each try is an event; the delay between tries is `RetryPolicy`'s
 exponential backoff with jitter; every delivery runs in its own asyncio task with a bounded
 timeout, so a slow receiver never delays other tasks or other receivers. All tries of one end
 carry the same `webhook-id` (derived from the seq of the final event).
@@ -61,8 +62,13 @@ class WebhookDispatcher:
         if self._started:
             return
         self._started = True
+        await self.log.listen_ended(self._on_ended)
         task = asyncio.create_task(self._scan_loop())
         self._bg.add(task)
+
+    def _on_ended(self, task_id: str, _endpoint: str | None, webhook_pending: bool) -> None:
+        if webhook_pending:
+            self._ensure(task_id)
 
     async def stop(self) -> None:
         for t in [*self._bg, *self.active.values()]:

@@ -28,6 +28,23 @@ from core.task_state import TaskState
 
 #: (task_id, priority, created_at, workflow, labels) of a newly submitted task
 SubmittedCallback = Callable[[str, int, float, str, list[str]], None]
+#: (task_id, endpoint, webhook_pending) of a task whose end was just recorded (see `ended_notice`)
+EndedCallback = Callable[[str, str | None, bool], None]
+
+
+def ended_notice(before: TaskState | None, after: TaskState) -> tuple[str, str | None, bool] | None:
+    """What `listen_ended` callers hear of an append: `(task_id, endpoint, webhook_pending)`
+    when it gave the task an end (or a new end), or made its webhook pending again; else None.
+    `endpoint` is where the task last ran (None if it never did): the router frees its slot
+    there; `webhook_pending` tells the webhook dispatcher there is a delivery to make."""
+    if after.end_seq is None:
+        return None
+    pending = after.webhook == task_state.WEBHOOK_PENDING
+    if before is not None and before.end_seq == after.end_seq and (
+        not pending or before.webhook == task_state.WEBHOOK_PENDING
+    ):
+        return None
+    return after.task_id, after.endpoint, pending
 
 
 class EventLog(Protocol):
@@ -69,8 +86,21 @@ class EventLog(Protocol):
         """Final tasks whose webhook is still to deliver (the outbox)."""
         ...
 
+    async def ended_among(self, task_ids: Sequence[str]) -> set[str]:
+        """The ids among `task_ids` of tasks that have ended (unknown ids are not)."""
+        ...
+
     async def listen_submitted(self, callback: SubmittedCallback) -> None:
         """Be told of every task submitted from now on (best effort; scan as a fallback)."""
+        ...
+
+    async def listen_ended(
+        self, callback: EndedCallback, on_listening: Callable[[], None] | None = None
+    ) -> None:
+        """Be told of every task end recorded from now on (`ended_notice`), by whichever writer.
+        Best effort: a notice sent while the listener was reconnecting is lost, so
+        `on_listening` is called each time listening (re)starts, for the caller to catch up
+        from the log."""
         ...
 
     async def append_fleet(self, event: fleet.FleetEvent) -> None:
@@ -155,6 +185,7 @@ class InMemoryEventLog:
         self._position = 0
         self._changed = asyncio.Condition()
         self._submitted: list[SubmittedCallback] = []
+        self._ended: list[EndedCallback] = []
         self._fleet: list[fleet.FleetEvent] = []
 
     async def append(
@@ -187,6 +218,10 @@ class InMemoryEventLog:
             for cb in self._submitted:
                 cb(task_id, new_state.priority, new_state.created_at.timestamp(),
                    new_state.workflow, list(new_state.required_labels))
+        notice = ended_notice(base, new_state)
+        if notice is not None:
+            for ended in self._ended:
+                ended(*notice)
         async with self._changed:
             self._changed.notify_all()
         return new_state
@@ -246,8 +281,18 @@ class InMemoryEventLog:
     async def pending_webhooks(self) -> list[TaskState]:
         return [s.copy() for s in self._states.values() if s.webhook == task_state.WEBHOOK_PENDING]
 
+    async def ended_among(self, task_ids: Sequence[str]) -> set[str]:
+        return {t for t in task_ids if t in self._states and self._states[t].is_final}
+
     async def listen_submitted(self, callback: SubmittedCallback) -> None:
         self._submitted.append(callback)
+
+    async def listen_ended(
+        self, callback: EndedCallback, on_listening: Callable[[], None] | None = None
+    ) -> None:
+        self._ended.append(callback)
+        if on_listening is not None:
+            on_listening()
 
     async def append_fleet(self, event: fleet.FleetEvent) -> None:
         self._fleet.append(event)

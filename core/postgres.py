@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +25,16 @@ import asyncpg
 import orjson
 
 from core import errors, events, fleet, rebuild, task_state
-from core.event_log import SubmittedCallback, decode_cursor, encode_cursor, stamp, state_from_json, state_to_json
+from core.event_log import (
+    EndedCallback,
+    SubmittedCallback,
+    decode_cursor,
+    encode_cursor,
+    ended_notice,
+    stamp,
+    state_from_json,
+    state_to_json,
+)
 from core.sql import queries
 from core.task_state import TaskState
 
@@ -32,6 +42,9 @@ log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "task_events_v1"
 SUBMITTED_CHANNEL = "tasks_submitted_v1"
+ENDED_CHANNEL = "tasks_ended_v1"
+#: Seconds between pings of the notification listener's connection (a dead one is replaced).
+LISTENER_PING_S = 1.0
 
 _UNAVAILABLE = (
     OSError,
@@ -51,6 +64,14 @@ def _dumps(value: Any) -> str:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """The pool's reset on release. asyncpg's default sends `pg_advisory_unlock_all(); CLOSE
+    ALL; UNLISTEN *; RESET ALL` after every query (a second round trip, and PostgreSQL work,
+    for each statement). Pooled connections here never hold session state: LISTEN, advisory
+    locks and SET run on dedicated connections (listeners, migrations, rebuild), and SET LOCAL
+    ends with its transaction. An open transaction is still rolled back by asyncpg itself."""
 
 
 @contextlib.contextmanager
@@ -80,8 +101,11 @@ class PostgresEventLog:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._listener: asyncpg.Connection | None = None
         self._listen_lock = asyncio.Lock()
-        self._submitted_callbacks: list[SubmittedCallback] = []
-        self._submit_listener: asyncio.Task[None] | None = None
+        #: channel → handlers of its payloads, on one dedicated LISTEN connection
+        self._channels: dict[str, list[Callable[[str], None]]] = {}
+        self._on_listening: list[Callable[[], None]] = []
+        self._notify_conn: asyncpg.Connection | None = None
+        self._notify_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 8) -> PostgresEventLog:
@@ -91,14 +115,15 @@ class PostgresEventLog:
                 min_size=min_size,
                 max_size=max_size,
                 init=_init_connection,
+                reset=_keep_session,
                 command_timeout=30,
                 timeout=10,
             )
         return cls(pool, dsn)
 
     async def close(self) -> None:
-        if self._submit_listener is not None:
-            self._submit_listener.cancel()
+        if self._notify_task is not None:
+            self._notify_task.cancel()
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()
@@ -146,6 +171,7 @@ class PostgresEventLog:
                 state_to_json(new_state),
                 expected_seq,
                 _submitted_payload(new_state) if expected_seq == 0 else None,
+                _ended_payload(state, new_state),
             )
         if row["upserted"] != 1:
             # The events were stored (their seqs were free) but the read model row did not
@@ -213,6 +239,14 @@ class PostgresEventLog:
             rows = await self._pool.fetch(queries["pending_webhooks"])
         return [state_from_json(r["state"]) for r in rows]
 
+    async def ended_among(self, task_ids: Sequence[str]) -> set[str]:
+        ids = [t for t in task_ids if _is_uuid(t)]  # no other id names a task here
+        if not ids:
+            return set()
+        with _translated():
+            rows = await self._pool.fetch(queries["ended_among"], ids)
+        return {r["task_id"] for r in rows}
+
     # --- live waits: LISTEN on one dedicated connection, woken per task ---------------------
 
     async def _ensure_listener(self) -> None:
@@ -262,40 +296,78 @@ class PostgresEventLog:
             rows = await self._pool.fetch(queries["select_fleet_events"])
         return [fleet.decode(r["type"], r["schema_version"], r["payload"]) for r in rows]
 
-    # --- new tasks, followed by the router ------------------------------------------------------
+    # --- notifications: new tasks (the router), ended tasks (the router, the webhooks) ---------
 
     async def listen_submitted(self, callback: SubmittedCallback) -> None:
         """Call `callback(task_id, priority, created_at, workflow, labels)` for every task
-        submitted from now on (LISTEN on a dedicated connection, re-established when lost).
-        Delivery is best effort: callers also scan `queued_tasks()` now and then."""
-        self._submitted_callbacks.append(callback)
-        if self._submit_listener is None:
-            self._submit_listener = asyncio.create_task(self._listen_submitted_forever())
+        submitted from now on. Delivery is best effort: callers also scan `queued_tasks()`."""
 
-    async def _listen_submitted_forever(self) -> None:
-        def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        def on_payload(payload: str) -> None:
+            task_id, priority, created_at, workflow, labels = orjson.loads(payload)
+            callback(task_id, priority, created_at, workflow, labels)
+
+        await self._listen(SUBMITTED_CHANNEL, on_payload)
+
+    async def listen_ended(
+        self, callback: EndedCallback, on_listening: Callable[[], None] | None = None
+    ) -> None:
+        """Call `callback(task_id, endpoint, webhook_pending)` for every end recorded from now
+        on (`event_log.ended_notice`); the notice is sent by the appending statement itself, so
+        it exists exactly when the end was committed. `on_listening` runs each time LISTEN is
+        (re)established: notices sent while it was down are gone, the caller catches up."""
+
+        def on_payload(payload: str) -> None:
+            task_id, endpoint, pending = orjson.loads(payload)
+            callback(task_id, endpoint, bool(pending))
+
+        await self._listen(ENDED_CHANNEL, on_payload, on_listening)
+
+    async def _listen(
+        self, channel: str, on_payload: Callable[[str], None],
+        on_listening: Callable[[], None] | None = None,
+    ) -> None:
+        self._channels.setdefault(channel, []).append(on_payload)
+        if on_listening is not None:
+            self._on_listening.append(on_listening)
+        conn = self._notify_conn
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(Exception):  # lost meanwhile: the reconnect adds it
+                await conn.add_listener(channel, self._on_channel)  # idempotent
+                if on_listening is not None:
+                    on_listening()
+        if self._notify_task is None:
+            self._notify_task = asyncio.create_task(self._listen_forever())
+
+    def _on_channel(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        for handler in self._channels.get(channel, ()):
             try:
-                task_id, priority, created_at, workflow, labels = orjson.loads(payload)
-            except (orjson.JSONDecodeError, ValueError):
-                return
-            for cb in self._submitted_callbacks:
-                cb(task_id, priority, created_at, workflow, labels)
+                handler(payload)
+            except Exception:
+                log.warning("bad notification on %s: %.200s", channel, payload, exc_info=True)
 
+    async def _listen_forever(self) -> None:
+        """One connection LISTENs on every channel asked for; it is pinged, and replaced when
+        lost (then `on_listening` callbacks run, after LISTEN, so nothing falls in between)."""
         while True:
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=10)
                 try:
-                    await conn.add_listener(SUBMITTED_CHANNEL, on_notify)
+                    self._notify_conn = conn
+                    for channel in list(self._channels):
+                        await conn.add_listener(channel, self._on_channel)
+                    for caught_up in list(self._on_listening):
+                        caught_up()
                     while not conn.is_closed():
-                        await asyncio.sleep(1.0)
+                        await asyncio.sleep(LISTENER_PING_S)
                         await conn.execute("SELECT 1", timeout=5)
                 finally:
+                    self._notify_conn = None
                     with contextlib.suppress(Exception):
                         await conn.close()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.debug("submitted-task listener lost; reconnecting", exc_info=True)
+                log.debug("notification listener lost; reconnecting", exc_info=True)
             await asyncio.sleep(1.0)
 
     # --- rebuild ------------------------------------------------------------------------------
@@ -305,6 +377,19 @@ class PostgresEventLog:
         number of tasks. The log's task-id ranges are folded in `workers` processes (default:
         one per core); see core/rebuild.py. Run it with the service stopped."""
         return await rebuild.rebuild_read_model(self._dsn, workers)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def _ended_payload(before: TaskState | None, after: TaskState) -> str | None:
+    notice = ended_notice(before, after)
+    return None if notice is None else _dumps(list(notice))
 
 
 def _submitted_payload(s: TaskState) -> str:

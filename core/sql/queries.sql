@@ -6,7 +6,8 @@
 -- implicit transaction, one round trip). $1 task_id, $2 seqs, $3 types, $4 versions,
 -- $5 payloads, $6 recorded_at, $7 client_task_id, $8 workflow, $9 status, $10 priority,
 -- $11 webhook, $12 last_seq, $13 created_at, $14 updated_at, $15 state, $16 expected_seq,
--- $17 submitted notification payload (JSON text) or NULL
+-- $17 submitted notification payload (JSON text) or NULL, $18 ended notification payload
+-- (JSON text: the task reached an end or its webhook became pending) or NULL
 WITH ins AS (
     INSERT INTO task_events (task_id, seq, type, schema_version, payload, recorded_at)
     SELECT $1, u.seq, u.type, u.version, u.payload, u.at
@@ -27,10 +28,14 @@ WITH ins AS (
 ), submitted AS (
     -- The router follows new tasks through this channel (no call from the ingress).
     SELECT pg_notify('tasks_submitted_v1', $17::text) WHERE $17::text IS NOT NULL
+), ended AS (
+    -- The router frees the endpoint's slot and the webhook dispatcher delivers, on commit.
+    SELECT pg_notify('tasks_ended_v1', $18::text) WHERE $18::text IS NOT NULL
 )
 SELECT (SELECT array_agg(position ORDER BY position) FROM ins) AS positions,
        (SELECT count(*) FROM up) AS upserted,
-       (SELECT count(*) FROM notified) + (SELECT count(*) FROM submitted) AS notified;
+       (SELECT count(*) FROM notified) + (SELECT count(*) FROM submitted)
+           + (SELECT count(*) FROM ended) AS notified;
 
 -- select_task_events --
 -- $1 task_id, $2 after_seq
@@ -64,6 +69,11 @@ ORDER BY created_at;
 -- What the router needs of every task waiting for dispatch (no state JSON: it is a scan).
 SELECT task_id, priority, created_at, workflow, state->'required_labels' AS labels
 FROM tasks WHERE status = 'queued' ORDER BY created_at;
+
+-- ended_among --
+-- Which of these tasks have ended ($1 task ids; by the primary key).
+SELECT task_id::text AS task_id FROM tasks
+WHERE task_id = ANY($1::uuid[]) AND status IN ('succeeded', 'failed', 'cancelled');
 
 -- pending_webhooks --
 SELECT state FROM tasks WHERE webhook = 'pending' ORDER BY updated_at;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,6 +14,7 @@ from core import errors, events, task_state
 from core.event_log import EventLog, InMemoryEventLog
 from core.postgres import PostgresEventLog
 from core.rebuild import task_id_ranges
+from tests.support.polling import eventually
 
 
 def submitted(client_task_id: str | None = None, priority: int = 0) -> events.TaskSubmitted:
@@ -134,6 +136,33 @@ class EventLogContract:
         await log.append(tid, 1, [events.TaskCancelRequested()], s)
         await asyncio.wait_for(waiter, 5)
         assert len(await log.read(tid)) == 2
+
+    async def test_ends_are_told_once_with_their_endpoint_and_webhook(self, log: EventLog) -> None:
+        heard: list[tuple[str, str | None, bool]] = []
+        caught_up: list[int] = []
+        await log.listen_ended(lambda *notice: heard.append(notice), lambda: caught_up.append(1))
+        await eventually(lambda: caught_up, what="listening")
+        with_hook, without = str(uuid.uuid4()), str(uuid.uuid4())
+
+        s = await log.append(with_hook, 0, [submitted()])
+        s = await log.append(with_hook, s.seq, [events.TaskDispatched(endpoint="e:1", prompt_id="p", attempt=1)], s)
+        s = await log.append(with_hook, s.seq, [events.TaskStarted(prompt_id="p"), events.TaskSucceeded(prompt_id="p")], s)
+        s = await log.append(with_hook, s.seq, [events.TaskProgressed(prompt_id="p", value=1, max=1)], s)  # late
+        s = await log.append(with_hook, s.seq, [events.WebhookAttempted(
+            webhook_id="w", attempt=1, status_code=500, error=None, retry_in_s=1.0)], s)
+        s = await log.append(with_hook, s.seq, [events.WebhookDelivered(webhook_id="w", attempt=2, status_code=200)], s)
+        s = await log.append(with_hook, s.seq, [events.WebhookRedeliveryRequested()], s)
+
+        plain = dataclasses.replace(submitted(), callback_url=None)
+        q = await log.append(without, 0, [plain])
+        await log.append(without, q.seq, [events.TaskCancelled(where="router")], q)
+
+        expected = [(with_hook, "e:1", True), (with_hook, "e:1", True), (without, None, False)]
+        await eventually(lambda: len(heard) >= 3, what="three notices")
+        await asyncio.sleep(0.2)  # and no more
+        assert heard == expected
+        assert await log.ended_among([with_hook, without, str(uuid.uuid4()), "not-a-task"]) == {with_hook, without}
+        assert await log.ended_among([]) == set()
 
 
 class TestInMemoryEventLog(EventLogContract):

@@ -1,5 +1,6 @@
 """EndpointWorker (actors/endpoint.py) without Ray, against a real in-process ComfyUI stand-in,
-an in-memory event log and blob store, and fake router/webhook ports that record their calls."""
+an in-memory event log and blob store, a fake router port that records its calls, and a
+listener that records what the log tells the router and the webhook dispatcher of task ends."""
 
 from __future__ import annotations
 
@@ -44,11 +45,19 @@ class FakeRouter:
 
 
 @dataclass
-class FakeWebhooks:
-    ended: list[str] = field(default_factory=list)
+class EndNotices:
+    """The log's notices of ended tasks (EventLog.listen_ended), as the router and the webhook
+    dispatcher hear them: the worker makes no call of its own for an end it records."""
 
-    async def tasks_ended(self, task_ids: list[str]) -> None:
-        self.ended.extend(task_ids)
+    #: tasks with a webhook to deliver
+    ended: list[str] = field(default_factory=list)
+    #: (endpoint, task_id): the router frees that endpoint's slot
+    freed: list[tuple[str | None, str]] = field(default_factory=list)
+
+    def on_ended(self, task_id: str, endpoint: str | None, webhook_pending: bool) -> None:
+        self.freed.append((endpoint, task_id))
+        if webhook_pending:
+            self.ended.append(task_id)
 
 
 @dataclass
@@ -57,7 +66,7 @@ class Rig:
     log: InMemoryEventLog
     store: storage.InMemoryBlobStore
     router: FakeRouter
-    hooks: FakeWebhooks
+    hooks: EndNotices
     settings: Settings
     workers: list[EndpointWorker] = field(default_factory=list)
 
@@ -65,7 +74,7 @@ class Rig:
         """A started worker (by default, once it is connected to the stand-in)."""
         w = EndpointWorker(
             parse_endpoint(self.standin.host_port), settings=self.settings, log=self.log,
-            store=self.store, router=self.router, webhooks=self.hooks,
+            store=self.store, router=self.router,
         )
         self.workers.append(w)
         await w.start()
@@ -114,9 +123,10 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     async with run_standin() as s:
         r = Rig(
             standin=s, log=InMemoryEventLog(), store=storage.InMemoryBlobStore(),
-            router=FakeRouter(), hooks=FakeWebhooks(),
+            router=FakeRouter(), hooks=EndNotices(),
             settings=Settings(default_failed_image_path=tmp_path / "failed"),
         )
+        await r.log.listen_ended(r.hooks.on_ended)
         try:
             yield r
         finally:
@@ -143,8 +153,9 @@ async def test_a_solid_prompt_succeeds_with_its_outputs_stored(rig: Rig) -> None
     types = await rig.types(task_id)
     assert types[:2] == ["task.submitted", "task.dispatched"]
     assert types[-3:] == ["task.output_stored", "task.output_stored", "task.succeeded"]
-    await eventually(lambda: rig.hooks.ended == [task_id], what="webhook port told")
-    await eventually(lambda: rig.router.finished == [task_id], what="router told")
+    await eventually(lambda: rig.hooks.ended == [task_id], what="the log tells of the end")
+    await eventually(lambda: rig.hooks.freed == [(w.name, task_id)], what="the log's notice frees the slot")
+    assert rig.router.finished == []  # no call of the worker's own for an end it recorded
     assert state.prompt_id and state.endpoint == rig.standin.host_port and state.attempt == 1
 
 
@@ -183,8 +194,9 @@ async def test_an_execution_error_ends_failed_with_the_node(rig: Rig) -> None:
     assert state.error["node_id"] == "2" and state.error["node_type"] == "SaveImage"
     assert "disk on fire" in state.error["message"]
     assert rig.store.objects == {}
-    await eventually(lambda: rig.hooks.ended == [task_id], what="webhook port told")
-    await eventually(lambda: rig.router.finished == [task_id], what="router told")
+    await eventually(lambda: rig.hooks.ended == [task_id], what="the log tells of the end")
+    await eventually(lambda: rig.hooks.freed == [(w.name, task_id)], what="the log's notice frees the slot")
+    assert rig.router.finished == []  # no call of the worker's own for an end it recorded
 
 
 async def test_a_prompt_comfyui_rejects_ends_failed_with_node_errors(rig: Rig) -> None:
@@ -205,7 +217,9 @@ async def test_a_prompt_comfyui_rejects_ends_failed_with_node_errors(rig: Rig) -
     assert state.error is not None and state.error["code"] == "comfyui_prompt_rejected"
     assert "1" in state.error["details"]["node_errors"]
     assert rig.standin.counters.prompts_run == 0
-    await eventually(lambda: sorted(rig.hooks.ended) == sorted([unknown, bad_value]), what="webhook port told")
+    await eventually(lambda: sorted(rig.hooks.ended) == sorted([unknown, bad_value]), what="the log tells of the end")
+    # A rejected prompt's slot is freed too (by the notice of its end).
+    assert sorted(rig.hooks.freed) == sorted([(w.name, unknown), (w.name, bad_value)])
 
 
 async def test_a_dropped_websocket_is_made_up_for_by_the_reconciler(rig: Rig) -> None:
@@ -292,7 +306,7 @@ async def test_a_restarted_worker_rebuilds_and_collects_its_prompts(rig: Rig) ->
         assert state.status == task_state.SUCCEEDED, state.error
         assert len(state.outputs) == 1 and state.outputs[0]["s3_key"] in rig.store.objects
     assert rig.standin.counters.prompts_run == 2  # collected, never run again
-    await eventually(lambda: sorted(rig.hooks.ended) == sorted(tasks), what="webhook port told")
+    await eventually(lambda: sorted(rig.hooks.ended) == sorted(tasks), what="the log tells of the end")
 
 
 async def test_cancel_of_a_prompt_waiting_in_the_comfyui_queue(rig: Rig) -> None:
@@ -320,8 +334,9 @@ async def test_cancel_of_a_prompt_waiting_in_the_comfyui_queue(rig: Rig) -> None
         await client.close()
     assert (await rig.final(running)).status == task_state.SUCCEEDED
     assert rig.standin.counters.prompts_run == 1
-    await eventually(lambda: waiting in rig.hooks.ended, what="webhook port told")
-    await eventually(lambda: waiting in rig.router.finished, what="router told")
+    await eventually(lambda: waiting in rig.hooks.ended, what="the log tells of the end")
+    await eventually(lambda: (w.name, waiting) in rig.hooks.freed, what="the log's notice frees the slot")
+    assert rig.router.finished == []
 
 
 async def test_cancel_of_a_running_prompt_interrupts_it(rig: Rig) -> None:
@@ -336,8 +351,9 @@ async def test_cancel_of_a_running_prompt_interrupts_it(rig: Rig) -> None:
     assert state.status == task_state.CANCELLED
     assert (await rig.log.read(task_id))[-1].event == events.TaskCancelled(where="running")
     assert state.outputs == [] and rig.store.objects == {}
-    await eventually(lambda: rig.hooks.ended == [task_id], what="webhook port told")
-    await eventually(lambda: rig.router.finished == [task_id], what="router told")
+    await eventually(lambda: rig.hooks.ended == [task_id], what="the log tells of the end")
+    await eventually(lambda: rig.hooks.freed == [(w.name, task_id)], what="the log's notice frees the slot")
+    assert rig.router.finished == []  # no call of the worker's own for an end it recorded
 
 
 async def test_cancel_of_a_task_it_does_not_hold_is_unknown(rig: Rig) -> None:

@@ -77,10 +77,12 @@ async def test_presigned_url_serves_the_object_without_credentials(
 async def test_presigned_url_expires(store: storage.S3BlobStore) -> None:
     key = _key("short.txt")
     await store.put(key, b"soon gone", "text/plain")
-    url = await store.presign_get(key, 1)
+    # The signature's date has whole seconds, so a URL lives between expiry-1 and expiry
+    # seconds: 1 s was a coin toss on a busy machine.
+    url = await store.presign_get(key, 3)
     async with httpx.AsyncClient() as client:
         assert (await client.get(url)).status_code == 200
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(4.5)
         expired = await client.get(url)
     assert expired.status_code == 403
     assert "expired" in expired.text.lower()

@@ -86,6 +86,14 @@ async def enqueue(r: Router, log: InMemoryEventLog, task_id: str) -> None:
     await r.submit(task_id, state.priority, state.created_at.timestamp(), state.workflow, [])
 
 
+async def queue_tasks(r: Router, log: InMemoryEventLog, n: int) -> list[str]:
+    """n tasks recorded in the log and handed to the router, oldest first."""
+    tasks = [await submit(log) for _ in range(n)]
+    for t in tasks:
+        await enqueue(r, log, t)
+    return tasks
+
+
 def all_dispatched(endpoints: list[FakeEndpoint]) -> list[str]:
     return [t for e in endpoints for t in e.dispatched]
 
@@ -120,9 +128,7 @@ async def test_dispatches_to_the_least_loaded_and_never_above_depth(started: lis
     eps = [FakeEndpoint("a:1"), FakeEndpoint("b:1")]
     r = make_router(log, eps, started, depth=2)
     await r.start()
-    tasks = [await submit(log) for _ in range(7)]
-    for t in tasks:
-        await enqueue(r, log, t)
+    tasks = await queue_tasks(r, log, 7)
 
     await eventually(lambda: len(all_dispatched(eps)) == 4, what="4 dispatches")
     await asyncio.sleep(0.1)  # a few more heartbeats: nothing more may go out
@@ -132,7 +138,7 @@ async def test_dispatches_to_the_least_loaded_and_never_above_depth(started: lis
 
     # Finishing one on b frees exactly one slot there.
     done = eps[1].dispatched[0]
-    await r.task_finished("b:1", done)
+    await r.task_finished_many("b:1", [done])
     await eventually(lambda: len(eps[1].dispatched) == 3, what="a third dispatch to b")
     assert len(eps[0].dispatched) == 2
     stats = await r.stats()
@@ -141,7 +147,7 @@ async def test_dispatches_to_the_least_loaded_and_never_above_depth(started: lis
     assert stats["waiting"] == 2
 
     # A finished task that is not there (a repeat) frees nothing.
-    await r.task_finished("b:1", done)
+    await r.task_finished_many("b:1", [done])
     await asyncio.sleep(0.1)
     assert len(all_dispatched(eps)) == 5
 
@@ -149,7 +155,7 @@ async def test_dispatches_to_the_least_loaded_and_never_above_depth(started: lis
     for _ in range(10):
         for e in eps:
             for t in list(r.assigned[e.name]):
-                await r.task_finished(e.name, t)
+                await r.task_finished_many(e.name, [t])
         await asyncio.sleep(0.05)
     assert sorted(all_dispatched(eps)) == sorted(tasks)
 
@@ -165,7 +171,7 @@ async def test_ties_spread_over_both_endpoints(started: list[Router]) -> None:
         holder = await eventually(
             lambda t=t: next((e for e in eps if t in e.dispatched), None), what="dispatch"
         )
-        await r.task_finished(holder.name, t)
+        await r.task_finished_many(holder.name, [t])
     assert len(eps[0].dispatched) + len(eps[1].dispatched) == 20
     assert eps[0].dispatched and eps[1].dispatched
 
@@ -262,7 +268,7 @@ async def test_cancel_of_a_waiting_task_removes_it(started: list[Router]) -> Non
     # A dispatched task is the endpoint's to cancel.
     assert await r.cancel(running) == "interrupting"
     assert ep.cancels == [running]
-    await r.task_finished("a:1", running)
+    await r.task_finished_many("a:1", [running])
     await asyncio.sleep(0.1)
     assert ep.dispatched == [running]
 
@@ -282,7 +288,7 @@ async def test_priorities_are_honoured_while_waiting(started: list[Router]) -> N
     for t in (low, high, mid, low2):
         await enqueue(r, log, t)
     for expected_len in (2, 3, 4, 5):
-        await r.task_finished("a:1", ep.dispatched[-1])
+        await r.task_finished_many("a:1", [ep.dispatched[-1]])
         await eventually(lambda n=expected_len: len(ep.dispatched) == n, what=f"dispatch {expected_len}")
     assert ep.dispatched == [blocker, high, mid, low, low2]
 
@@ -306,3 +312,57 @@ async def test_task_requeued_waits_again_only_when_the_log_says_queued(started: 
     assert task in r.waiting
     await r.task_requeued(str(uuid.uuid4()), 0, 0.0)  # unknown: ignored
     assert len(r.waiting) == 1
+
+
+async def end_in_log(log: InMemoryEventLog, task_id: str, endpoint: str) -> None:
+    """What the endpoint does: record the dispatch there, then the task's end."""
+    state = await log.get(task_id)
+    state = await log.append(
+        task_id, state.seq, [events.TaskDispatched(endpoint=endpoint, prompt_id=f"p-{task_id}", attempt=1)], state
+    )
+    await log.append(task_id, state.seq, [events.TaskSucceeded(prompt_id=f"p-{task_id}")], state)
+
+
+async def test_an_end_recorded_in_the_log_frees_the_slot_without_a_call(started: list[Router]) -> None:
+    log = InMemoryEventLog()
+    ep = FakeEndpoint("a:1")
+    r = make_router(log, [ep], started, depth=1)
+    await r.start()
+    first, second = await queue_tasks(r, log, 2)
+    await eventually(lambda: ep.dispatched == [first], what="first dispatch")
+    await asyncio.sleep(0.05)
+    assert ep.dispatched == [first]  # depth 1: the second waits
+
+    await end_in_log(log, first, "a:1")
+    await eventually(lambda: ep.dispatched == [first, second], what="the notice frees the slot")
+    assert r.assigned["a:1"] == {second}
+
+
+class DeafLog(InMemoryEventLog):
+    """Loses every notice of an end, as a listener does while it reconnects; `relisten()` is
+    what happens when its connection is back."""
+
+    async def listen_ended(self, callback: Any, on_listening: Any = None) -> None:
+        self.on_listening = on_listening
+        if on_listening is not None:
+            on_listening()
+
+    def relisten(self) -> None:
+        self.on_listening()
+
+
+async def test_ends_missed_while_not_listening_are_caught_up_from_the_log(started: list[Router]) -> None:
+    log = DeafLog()
+    eps = [FakeEndpoint("a:1"), FakeEndpoint("b:1")]
+    r = make_router(log, eps, started, depth=1)
+    await r.start()
+    tasks = await queue_tasks(r, log, 3)
+    await eventually(lambda: len(all_dispatched(eps)) == 2, what="one task on each endpoint")
+    on_a = eps[0].dispatched[0]
+    await end_in_log(log, on_a, "a:1")
+    await asyncio.sleep(0.1)
+    assert len(all_dispatched(eps)) == 2  # the notice was lost: a:1 still looks busy
+
+    log.relisten()
+    await eventually(lambda: eps[0].dispatched == [on_a, tasks[2]], what="caught up: a:1 free again")
+    assert r.assigned["a:1"] == {tasks[2]} and len(r.assigned["b:1"]) == 1  # b's task still runs
