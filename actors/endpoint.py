@@ -52,8 +52,10 @@ APPEND_RETRIES = 8
 #: `task.started` waits this long; a prompt that ends sooner records it with its end, in one
 #: append (the log keeps every fact; tiny prompts just cost one round trip less).
 STARTED_DEBOUNCE_S = 0.2
-#: History entries of finished prompts are deleted from ComfyUI in batches, this often.
-HISTORY_TRASH_S = 0.5
+#: History entries and files of finished prompts are deleted from ComfyUI in batches, this
+#: often. On a busy endpoint a batch holds many tasks; at 0.5 s an endpoint finishing two tasks
+#: a second sent two cleanup requests per task, on both hosts.
+HISTORY_TRASH_S = 2.0
 #: Files named in one cleanup request (the extension takes up to 1000).
 CLEANUP_BATCH = 500
 #: How long events are held in memory while PostgreSQL is away before we give up.
@@ -79,6 +81,8 @@ class Inflight:
     dispatched_at: float = field(default_factory=time.monotonic)
     #: ComfyUI said execution_start (or history shows it ran)
     started: bool = False
+    #: records `task.started` unless the prompt ends first (cancelled then: no wake-up at all)
+    started_timer: asyncio.TimerHandle | None = None
 
 
 def _ctx(endpoint: str, task_id: str, prompt_id: str | None, **more: Any) -> dict[str, Any]:
@@ -200,8 +204,11 @@ class EndpointWorker:
 
     def _untrack(self, prompt_id: str) -> Inflight | None:
         item = self.inflight.pop(prompt_id, None)
-        if item is not None and self.by_task.get(item.task_id) == prompt_id:
-            del self.by_task[item.task_id]
+        if item is not None:
+            if item.started_timer is not None:
+                item.started_timer.cancel()
+            if self.by_task.get(item.task_id) == prompt_id:
+                del self.by_task[item.task_id]
         return item
 
     async def status(self) -> dict[str, Any]:
@@ -556,7 +563,10 @@ class EndpointWorker:
         item.last_frame = time.monotonic()
         if kind == "execution_start":
             item.started = True
-            self._spawn(self._safe(self._started_event(item)))
+            if item.started_timer is None:
+                item.started_timer = asyncio.get_running_loop().call_later(
+                    STARTED_DEBOUNCE_S, self._started_due, item
+                )
         elif kind == "progress":
             now = time.monotonic()
             value, maximum = data.get("value"), data.get("max")
@@ -577,10 +587,12 @@ class EndpointWorker:
             # The "done" marker: history is complete by now (comfyui-protocol §3.5).
             self._spawn(self._collect(item))
 
-    async def _started_event(self, item: Inflight) -> None:
-        await asyncio.sleep(STARTED_DEBOUNCE_S)
+    def _started_due(self, item: Inflight) -> None:
         if item.finishing or self.inflight.get(item.prompt_id) is not item:
             return  # the end records it
+        self._spawn(self._safe(self._started_event(item)))
+
+    async def _started_event(self, item: Inflight) -> None:
 
         def decide(s: TaskState) -> list[events.Event]:
             if s.is_final or s.prompt_id != item.prompt_id or s.status == task_state.RUNNING:
@@ -718,6 +730,8 @@ class EndpointWorker:
         if item.finishing or self.inflight.get(item.prompt_id) is not item:
             return
         item.finishing = True  # before any await: the socket and the reconciler may both come
+        if item.started_timer is not None:
+            item.started_timer.cancel()  # the end records `task.started` itself
         item.started = True
         # From the log when the cache lost it: an input left on the host is disk that never
         # comes back.

@@ -135,9 +135,12 @@ class EndpointHandleOverRay:
 
 
 # --- the actors -----------------------------------------------------------------------------
+# `enable_task_events=False`, as Ray Serve does for its replicas: every method call would
+# otherwise be buffered and reported to the GCS as a task for the dashboard's task list (a
+# dispatch per task, thousands a minute). The actor list, logs and metrics are unaffected.
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000, enable_task_events=False)
 class EndpointActor(_Lazy):
     """One per ComfyUI server, named `endpoint:<host:port>`."""
 
@@ -178,7 +181,7 @@ class EndpointActor(_Lazy):
         return ray.get_runtime_context().get_node_id()
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000, enable_task_events=False)
 class RouterActor(_Lazy):
     """The one router, named `router`."""
 
@@ -250,7 +253,7 @@ class RouterActor(_Lazy):
         return out
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000, enable_task_events=False)
 class WebhookActor(_Lazy):
     """The webhook dispatcher, named `webhooks`."""
 

@@ -51,9 +51,11 @@ def rss_mb(pid: int | None = None) -> float:
 
 @contextlib.contextmanager
 def service(
-    *, endpoints: int = 4, env: dict[str, str] | None = None, node_delay: float = 0.0
+    *, endpoints: int = 4, env: dict[str, str] | None = None, node_delay: float = 0.0,
+    standins_in_one_process: bool = False,
 ) -> Iterator[tuple[str, Settings, launcher.LocalParts]]:
-    """The whole service, started as `make run` starts it, on a database of its own."""
+    """The whole service, started as `make run` starts it, on a database of its own.
+    `standins_in_one_process`: the stand-ins (standing for GPU hosts) share one process."""
     from devstack import postgres
 
     admin = postgres.find_test_server()
@@ -64,7 +66,8 @@ def service(
         {"DATABASE_URL": dsn, "SERVICE_PORT": str(free_port()), **(env or {})}, dotenv=data / "none"
     )
     settings, parts = launcher.start_local_parts(
-        settings, data, standins=endpoints, standin_node_delay=node_delay, say=lambda _m: None
+        settings, data, standins=endpoints, standin_node_delay=node_delay,
+        standins_in_one_process=standins_in_one_process, say=lambda _m: None,
     )
     try:
         launcher.migrate_database(settings)

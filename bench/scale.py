@@ -3,12 +3,16 @@ keep the run near 5 minutes; docs/performance.md used 2,000; the issue's size is
 decision (in-process micro-benchmark: `pick_endpoint` + `WaitQueue.pop_first` with 32 endpoints
 and 10,000 waiting), and the memory (RSS) of each endpoint actor and of the router.
 
-    .venv/bin/python -m bench.scale [--tasks 1000] [--endpoints 4,16,32] [--clients 64]
+    .venv/bin/python -m bench.scale [--tasks 1000] [--endpoints 4,16,32] [--clients 64] [--standins one-process|own-process]
     .venv/bin/python -m bench.scale --micro-only
 
 Tasks are submitted with every stand-in's worker stalled (knob `stall_worker`), so they wait in
 the router (each endpoint holds only ENDPOINT_QUEUE_DEPTH prompts); then the stand-ins are
 released together and the clock runs from release to the last webhook.
+
+The stand-ins stand for GPU hosts, one machine each in a real fleet; by default they share one
+process here (`--standins one-process`), so that 32 of them cost this 2-core machine one busy
+process rather than 32. `--standins own-process` runs each in its own, as `make run` does.
 """
 
 from __future__ import annotations
@@ -185,9 +189,23 @@ async def submit(url: str, n: int, clients: int, receiver: Receiver) -> tuple[li
     return acked, refusals
 
 
-def one_size(endpoints: int, tasks: int, clients: int, timeout_s: float) -> dict[str, object]:
+#: Seconds over which the idle cost of the fleet is measured (tasks waiting, prompts stalled).
+IDLE_SAMPLE_S = 5.0
+
+
+def webhook_stats() -> dict:
+    import ray
+
+    from actors.remote import NAMESPACE, WEBHOOKS_NAME
+
+    return ray.get(ray.get_actor(WEBHOOKS_NAME, namespace=NAMESPACE).stats.remote(), timeout=10)
+
+
+def one_size(
+    endpoints: int, tasks: int, clients: int, timeout_s: float, one_process: bool
+) -> dict[str, object]:
     env = {"MAX_WAITING_TASKS": str(tasks + 1000)}
-    with service(endpoints=endpoints, env=env) as (url, settings, parts):
+    with service(endpoints=endpoints, env=env, standins_in_one_process=one_process) as (url, settings, parts):
         urls = [s.url for s in parts.standins]
 
         async def run() -> dict[str, object]:
@@ -207,14 +225,26 @@ def one_size(endpoints: int, tasks: int, clients: int, timeout_s: float) -> dict
                         stats = router_stats()
                     procs = service_processes()
                     rss_waiting = rss_report(procs)
+                    # What the fleet costs while nothing runs (every prompt stalled): the fixed
+                    # cost of its processes, which the drain pays on top of the work per task.
+                    idle_before, idle_t = cpu_snapshot(), time.monotonic()
+                    await asyncio.sleep(IDLE_SAMPLE_S)
+                    idle_after = cpu_snapshot()
+                    idle_ms_s = 1000 * sum(
+                        max(0.0, v - idle_before.get(k, 0.0)) for k, v in idle_after.items()
+                    ) / (time.monotonic() - idle_t)
                     waiting = stats["waiting"]
                     load_release = os.getloadavg()[0]
                     cpu_before = cpu_snapshot()
                     t0 = time.monotonic()
                     await knobs(http, urls, stall_worker=False)
                     deadline = t0 + timeout_s
+                    most_active, polled = 0, 0.0
                     while time.monotonic() < deadline and sum(1 for a in acked if receiver.by_task.get(a)) < len(acked):
                         await asyncio.sleep(0.1)
+                        if time.monotonic() - polled > 1.0:  # deliveries under way at once
+                            polled = time.monotonic()
+                            most_active = max(most_active, int(webhook_stats()["active"]))
                 cpu = cpu_report(cpu_before, cpu_snapshot(), len(acked))
                 last = max((ts[0] for a in acked for ts in [receiver.by_task.get(a, [])] if ts), default=t0)
                 lost = sum(1 for a in acked if not receiver.by_task.get(a))
@@ -225,6 +255,7 @@ def one_size(endpoints: int, tasks: int, clients: int, timeout_s: float) -> dict
                     "drain_s": last - t0, "rate": len(acked) / max(1e-9, last - t0), "lost": lost,
                     "dup": receiver.duplicates(), "rss_waiting": rss_waiting, "rss_end": rss_end,
                     "dispatched_total": final["dispatched_total"], "load": load_release, "cpu": cpu,
+                    "most_active": most_active, "idle_ms_s": idle_ms_s,
                 }
             finally:
                 await receiver.stop()
@@ -239,8 +270,11 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--timeout", type=float, default=600, help="seconds to wait for the drain")
     ap.add_argument("--micro-only", action="store_true")
+    ap.add_argument("--standins", choices=("one-process", "own-process"), default="one-process",
+                    help="the stand-ins (GPU hosts, whose CPU is not ours) share one process, "
+                         "or each has its own as under make run")
     args = ap.parse_args()
-    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}")
+    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}; stand-ins: {args.standins}")
     m = micro()
     room, full = m["room"], m["full"]
     print(f"routing decision in process (32 endpoints, 10,000 waiting, depth 2), {len(room)} decisions: "
@@ -252,7 +286,7 @@ def main() -> None:
         return
     results: dict[int, dict[str, object]] = {}
     for e in [int(x) for x in args.endpoints.split(",")]:
-        r = one_size(e, args.tasks, args.clients, args.timeout)
+        r = one_size(e, args.tasks, args.clients, args.timeout, args.standins == "one-process")
         results[e] = r
         print(f"{e:2d} endpoints: {r['acked']} tasks acknowledged in {r['submit_s']:.1f} s "
               f"({r['refusals']} refusals retried), {r['waiting']} waiting in the router at release "
@@ -261,13 +295,22 @@ def main() -> None:
         print("    " + str(r["cpu"]).replace("\n", "\n    "))
         print(f"    RSS with tasks waiting: {fmt_rss(r['rss_waiting'])}")  # type: ignore[arg-type]
         print(f"    RSS after the drain:    {fmt_rss(r['rss_end'])}")  # type: ignore[arg-type]
+        print(f"    webhook deliveries under way at once, most seen: {r['most_active']}")
+        print(f"    CPU of the whole machine while the tasks wait (prompts stalled): "
+              f"{float(r['idle_ms_s']):.0f} ms/s")  # type: ignore[arg-type]
     sizes = sorted(results)
     lo, hi = results[sizes[0]], results[sizes[-1]]
     ratio = float(hi["rate"]) / float(lo["rate"])  # type: ignore[arg-type]
     print(f"throughput at {sizes[-1]} / at {sizes[0]}: {ratio:.2f} (floor 0.9)")
+    # At the same CPU per task, a fixed cost F ms/s leaves (cores*1000 - F) for the work: the
+    # ratio the fixed costs alone allow on this machine.
+    budget = 1000.0 * (os.cpu_count() or 2)
+    bound = (budget - float(hi["idle_ms_s"])) / (budget - float(lo["idle_ms_s"]))  # type: ignore[arg-type]
+    print(f"the idle cost alone allows at most {bound:.2f} at {sizes[-1]} / {sizes[0]} on this machine "
+          f"({float(lo['idle_ms_s']):.0f} vs {float(hi['idle_ms_s']):.0f} ms/s of {budget:.0f})")  # type: ignore[arg-type]
     print("SUMMARY scale tasks=" + str(args.tasks) + " "
           + " ".join(f"rate_e{e}={float(r['rate']):.1f}/s" for e, r in results.items())  # type: ignore[arg-type]
-          + f" ratio={ratio:.2f} micro_p99={percentile(room, 99):.1f}us"
+          + f" ratio={ratio:.2f} idle_bound={bound:.2f} micro_p99={percentile(room, 99):.1f}us"
           + f" lost={sum(int(r['lost']) for r in results.values())}")  # type: ignore[call-overload]
 
 

@@ -3,6 +3,11 @@
 [--node-delay 0.05]``
 
 Prints ``comfy_standin ready on 127.0.0.1:PORT`` once it listens; SIGTERM/SIGINT stop it.
+
+``--count N`` runs N independent stand-ins in this one process (each its own queue, history,
+websockets and directories ``<dir>/standin-<i>``, on ports PORT+i, or free ports when PORT is
+0), printing a ready line for each. Benchmarks use it: N servers that stand for N GPU hosts
+then cost this machine one process, not N.
 """
 
 from __future__ import annotations
@@ -28,24 +33,41 @@ def parse_models(text: str) -> dict[str, list[str]]:
     return models
 
 
-async def _main(args: argparse.Namespace) -> None:
+def _dirs(args: argparse.Namespace, index: int) -> tuple[Path, Path, Path]:
+    """input, output and temp directories of stand-in `index` (its own subdirectories when
+    several share the process)."""
     temp = Path(args.temp_dir or tempfile.mkdtemp(prefix="comfy-standin-temp-"))
-    server = StandIn(
-        input_dir=Path(args.input_dir),
-        output_dir=Path(args.output_dir),
-        temp_dir=temp,
-        models=parse_models(args.models or ""),
-        knobs=Knobs(node_delay=args.node_delay),
-        host=args.listen,
-    )
-    await server.start(args.port)
-    print(f"comfy_standin ready on {server.host_port}", flush=True)
+    dirs = (Path(args.input_dir), Path(args.output_dir), temp)
+    if args.count == 1:
+        return dirs
+    own = tuple(d / f"standin-{index}" for d in dirs)
+    for d in own:
+        d.mkdir(parents=True, exist_ok=True)
+    return own  # type: ignore[return-value]
+
+
+async def _main(args: argparse.Namespace) -> None:
+    servers = []
+    for i in range(args.count):
+        input_dir, output_dir, temp = _dirs(args, i)
+        server = StandIn(
+            input_dir=input_dir,
+            output_dir=output_dir,
+            temp_dir=temp,
+            models=parse_models(args.models or ""),
+            knobs=Knobs(node_delay=args.node_delay),
+            host=args.listen,
+        )
+        await server.start(args.port + i if args.port else 0)
+        servers.append(server)
+        print(f"comfy_standin ready on {server.host_port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await server.stop()
+    for server in servers:
+        await server.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,7 +79,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--temp-dir")
     p.add_argument("--models", default="")
     p.add_argument("--node-delay", type=float, default=0.0)
+    p.add_argument("--count", type=int, default=1, help="stand-ins in this process (see above)")
     args = p.parse_args(argv)
+    if args.count < 1:
+        p.error("--count must be at least 1")
     try:
         asyncio.run(_main(args))
     except KeyboardInterrupt:  # pragma: no cover

@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from .knobs import Counters, Knobs
@@ -113,8 +114,33 @@ def format_models(models: Mapping[str, list[str]]) -> str:
     return ";".join(f"{folder}={','.join(names)}" for folder, names in models.items())
 
 
-class StandInProcess:
-    """A stand-in in its own process (``python -m comfy_standin``)."""
+class _OnLoopback:
+    """`url` and `host_port` of a stand-in answering on 127.0.0.1:`port`."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host_port(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class StandInAddress(_OnLoopback):
+    """One stand-in of a shared process: where it answers and its directories (see
+    `StandInProcess.members`)."""
+
+    port: int
+    input_dir: Path
+    output_dir: Path
+
+
+class StandInProcess(_OnLoopback):
+    """A stand-in in its own process (``python -m comfy_standin``); with `count` > 1, that many
+    stand-ins in the one process (``--count``), each at one of `members`."""
 
     def __init__(
         self,
@@ -127,8 +153,12 @@ class StandInProcess:
         node_delay: float = 0.0,
         python: str = sys.executable,
         ready_timeout_s: float = 15.0,
+        count: int = 1,
     ) -> None:
         self.port = port
+        self.count = count
+        #: the stand-ins of this process, once started: itself, or `count` addresses
+        self.members: list[StandInProcess | StandInAddress] = []
         self.input_dir = Path(input_dir)
         self.output_dir = Path(output_dir)
         self.temp_dir = Path(temp_dir) if temp_dir else None
@@ -137,14 +167,6 @@ class StandInProcess:
         self.python = python
         self.ready_timeout_s = ready_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def host_port(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def _argv(self) -> list[str]:
         argv = [
@@ -164,6 +186,8 @@ class StandInProcess:
             argv += ["--temp-dir", str(self.temp_dir)]
         if self.models:
             argv += ["--models", format_models(self.models)]
+        if self.count != 1:
+            argv += ["--count", str(self.count)]
         return argv
 
     def start(self) -> StandInProcess:
@@ -175,22 +199,42 @@ class StandInProcess:
         )
         deadline = time.monotonic() + self.ready_timeout_s
         assert self.proc.stdout is not None
-        # The first line is "comfy_standin ready on 127.0.0.1:PORT"; wait for it with a deadline.
-        ready, _, _ = select.select([self.proc.stdout], [], [], self.ready_timeout_s)
-        line = self.proc.stdout.readline().decode() if ready else ""
-        if "ready on" not in line:
-            self.stop()
-            raise RuntimeError(f"comfy_standin did not start: {line!r}")
-        self.port = int(line.rsplit(":", 1)[1])
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/prompt", timeout=1) as resp:
-                    if resp.status == 200:
-                        return self
-            except OSError:
+        # A line "comfy_standin ready on 127.0.0.1:PORT" per stand-in; wait with a deadline.
+        # Read the pipe's fd itself: select() on a buffered reader misses lines already in
+        # its buffer (several stand-ins print theirs at once).
+        fd, pending, ports = self.proc.stdout.fileno(), b"", []
+        while len(ports) < self.count:
+            if b"\n" not in pending:
+                left = max(0.0, deadline - time.monotonic())
+                ready, _, _ = select.select([fd], [], [], left)
+                chunk = os.read(fd, 4096) if ready else b""
+                if chunk:
+                    pending += chunk
+                    continue
+            line, _, pending = pending.partition(b"\n")
+            text = line.decode(errors="replace")
+            if "ready on" not in text:
+                self.stop()
+                raise RuntimeError(f"comfy_standin did not start: {text!r}")
+            ports.append(int(text.rsplit(":", 1)[1]))
+        self.port = ports[0]
+        self.members = [self] if self.count == 1 else [
+            StandInAddress(p, self.input_dir / f"standin-{i}", self.output_dir / f"standin-{i}")
+            for i, p in enumerate(ports)
+        ]
+        for member in self.members:
+            while True:
+                try:
+                    with urllib.request.urlopen(member.url + "/prompt", timeout=1) as resp:
+                        if resp.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("comfy_standin did not answer in time")
                 time.sleep(0.02)
-        self.stop()
-        raise RuntimeError("comfy_standin did not answer in time")
+        return self
 
     def stop(self, kill: bool = False) -> None:
         """SIGTERM (or SIGKILL) and wait."""

@@ -55,13 +55,16 @@ class LocalParts:
 
     data_dir: Path
     seaweed: Any = None
+    #: where each stand-in answers (`.url`, `.host_port`)
     standins: list[Any] = field(default_factory=list)
+    #: the stand-in processes (one per stand-in, or one for all)
+    processes: list[Any] = field(default_factory=list)
     embedded_pg: Path | None = None
 
     def stop(self) -> None:
-        for s in self.standins:
+        for p in self.processes:
             with contextlib.suppress(Exception):
-                s.stop()
+                p.stop()
         if self.seaweed is not None:
             with contextlib.suppress(Exception):
                 self.seaweed.stop()
@@ -78,9 +81,12 @@ def start_local_parts(
     *,
     standins: int = 2,
     standin_node_delay: float = 0.0,
+    standins_in_one_process: bool = False,
     say: Any = print,
 ) -> tuple[Settings, LocalParts]:
-    """Start what `settings` does not point at; returns settings that point at everything."""
+    """Start what `settings` does not point at; returns settings that point at everything.
+    `standins_in_one_process`: the stand-ins share one process (benchmarks: N of them stand
+    for N GPU hosts, whose CPU is not this machine's)."""
     parts = LocalParts(data_dir=data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     changes: dict[str, Any] = {}
@@ -106,17 +112,19 @@ def start_local_parts(
             from comfy_standin.testing import StandInProcess
 
             endpoints = []
-            for i in range(standins):
+            for i in range(1 if standins_in_one_process else standins):
                 root = data_dir / f"standin-{i}"
                 proc = StandInProcess(
                     input_dir=root / "input", output_dir=root / "output", temp_dir=root / "temp",
                     models=STANDIN_MODELS, node_delay=standin_node_delay,
+                    count=standins if standins_in_one_process else 1,
                 )
                 for d in ("input", "output", "temp"):
                     (root / d).mkdir(parents=True, exist_ok=True)
                 proc.start()
-                parts.standins.append(proc)
-                endpoints.append(parse_endpoint(proc.host_port))
+                parts.processes.append(proc)
+                parts.standins.extend(proc.members)
+                endpoints.extend(parse_endpoint(m.host_port) for m in proc.members)
             changes["comfyui_endpoints"] = tuple(endpoints)
             say(
                 "ComfyUI: none configured (COMFYUI_ENDPOINTS), started "

@@ -294,6 +294,42 @@ def test_subprocess_standin_cli_restart_and_stop(tmp_path: Path) -> None:
     assert proc.proc is None
 
 
+def test_one_process_runs_several_independent_standins(tmp_path: Path) -> None:
+    """`--count 3`: three servers in one process, each with its own queue, history, knobs and
+    directories (the benchmarks' GPU hosts)."""
+    proc = StandInProcess(input_dir=tmp_path / "in", output_dir=tmp_path / "out", count=3)
+    with proc:
+        assert len(proc.members) == 3 and len({m.port for m in proc.members}) == 3
+        first, second, third = proc.members
+        with httpx.Client(base_url=second.url) as c:
+            assert c.post("/_standin/knobs", json={"node_delay": 0.01}).status_code == 200
+            pid = c.post("/prompt", json={"prompt": empty_save(1, "two")}).json()["prompt_id"]
+            deadline = time.monotonic() + 30
+            while not c.get(f"/history/{pid}").json():
+                assert time.monotonic() < deadline, "prompt never finished"
+                time.sleep(0.01)
+        assert (second.output_dir / "two_00001_.png").exists()
+        assert second.output_dir == tmp_path / "out" / "standin-1"
+        for other in (first, third):
+            with httpx.Client(base_url=other.url) as c:
+                assert c.get("/history").json() == {}
+                assert c.get("/_standin/knobs").json()["node_delay"] == 0.0
+            assert not any(other.output_dir.iterdir())
+    assert proc.proc is None
+
+
+def test_cli_refuses_a_count_below_one(tmp_path: Path) -> None:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-m", "comfy_standin", "--input-dir", str(tmp_path), "--output-dir",
+         str(tmp_path), "--count", "0"],
+        capture_output=True, text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
+    assert out.returncode == 2 and "--count must be at least 1" in out.stderr
+
+
 def test_cli_help_runs() -> None:
     import subprocess
 
