@@ -6,6 +6,8 @@ through ``POST /_standin/knobs`` (a JSON object of the same names). Counters onl
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +50,21 @@ class Knobs:
     cleanup_extension: bool = True
     #: the extension version served: 1 is one file a request (no batches), 2 adds batches
     cleanup_extension_version: int = 2
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        # Wake whoever waits for a knob to change (`changed`), in its own loop.
+        for loop, event in self.__dict__.pop("_waiters", ()):
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(event.set)
+
+    async def changed(self, timeout_s: float = 1.0) -> None:
+        """Return when a knob is next assigned (from any thread), or after `timeout_s` (a
+        knob changed in place, e.g. a list appended to, is not seen)."""
+        event = asyncio.Event()
+        self.__dict__.setdefault("_waiters", []).append((asyncio.get_running_loop(), event))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout_s)
 
     def delay_for(self, class_type: str) -> float:
         return self.node_delays.get(class_type, self.node_delay)

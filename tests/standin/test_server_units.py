@@ -63,6 +63,20 @@ def test_fail_rules_are_consumed_by_class_or_node_id() -> None:
         k.update({"no_such_knob": 1})
 
 
+async def test_a_knob_assignment_wakes_its_waiters_from_any_thread() -> None:
+    import asyncio
+    import threading
+
+    knobs = Knobs(stall_worker=True)
+    waiter = asyncio.create_task(knobs.changed(timeout_s=30))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    threading.Thread(target=setattr, args=(knobs, "stall_worker", False)).start()
+    await asyncio.wait_for(waiter, 5)  # woken by the assignment, not by its 30 s timeout
+    assert knobs.stall_worker is False
+    assert "_waiters" not in knobs.to_json() and knobs == Knobs()  # not a knob itself
+
+
 def test_models_syntax_round_trips() -> None:
     models = {"checkpoints": ["a.safetensors", "b.safetensors"], "unet": ["f.safetensors"]}
     assert parse_models(format_models(models)) == models
