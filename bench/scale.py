@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import os
 import random
+import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -270,6 +271,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--timeout", type=float, default=600, help="seconds to wait for the drain")
     ap.add_argument("--micro-only", action="store_true")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the sizes this many times over; the ratio is the median of the rounds'")
     ap.add_argument("--standins", choices=("one-process", "own-process"), default="one-process",
                     help="the stand-ins (GPU hosts, whose CPU is not ours) share one process, "
                          "or each has its own as under make run")
@@ -284,35 +287,45 @@ def main() -> None:
     if args.micro_only:
         print(f"SUMMARY scale micro_p99={percentile(room, 99):.1f}us full_p99={percentile(full, 99):.1f}us")
         return
-    results: dict[int, dict[str, object]] = {}
-    for e in [int(x) for x in args.endpoints.split(",")]:
-        r = one_size(e, args.tasks, args.clients, args.timeout, args.standins == "one-process")
-        results[e] = r
-        print(f"{e:2d} endpoints: {r['acked']} tasks acknowledged in {r['submit_s']:.1f} s "
-              f"({r['refusals']} refusals retried), {r['waiting']} waiting in the router at release "
-              f"(load {r['load']:.2f}); drained in {r['drain_s']:.1f} s = {r['rate']:.1f} tasks/s; "
-              f"lost {r['lost']}, duplicated webhooks {r['dup']}")
-        print("    " + str(r["cpu"]).replace("\n", "\n    "))
-        print(f"    RSS with tasks waiting: {fmt_rss(r['rss_waiting'])}")  # type: ignore[arg-type]
-        print(f"    RSS after the drain:    {fmt_rss(r['rss_end'])}")  # type: ignore[arg-type]
-        print(f"    webhook deliveries under way at once, most seen: {r['most_active']}")
-        print(f"    CPU of the whole machine while the tasks wait (prompts stalled): "
-              f"{float(r['idle_ms_s']):.0f} ms/s")  # type: ignore[arg-type]
-    sizes = sorted(results)
-    lo, hi = results[sizes[0]], results[sizes[-1]]
-    ratio = float(hi["rate"]) / float(lo["rate"])  # type: ignore[arg-type]
-    print(f"throughput at {sizes[-1]} / at {sizes[0]}: {ratio:.2f} (floor 0.9)")
+    sizes = [int(x) for x in args.endpoints.split(",")]
+    rounds: list[dict[int, dict[str, object]]] = []
+    for n in range(args.rounds):
+        results: dict[int, dict[str, object]] = {}
+        for e in sizes:
+            r = one_size(e, args.tasks, args.clients, args.timeout, args.standins == "one-process")
+            results[e] = r
+            print(f"{e:2d} endpoints{f' (round {n + 1})' if args.rounds > 1 else ''}: "
+                  f"{r['acked']} tasks acknowledged in {r['submit_s']:.1f} s "
+                  f"({r['refusals']} refusals retried), {r['waiting']} waiting in the router at release "
+                  f"(load {r['load']:.2f}); drained in {r['drain_s']:.1f} s = {r['rate']:.1f} tasks/s; "
+                  f"lost {r['lost']}, duplicated webhooks {r['dup']}")
+            print("    " + str(r["cpu"]).replace("\n", "\n    "))
+            print(f"    RSS with tasks waiting: {fmt_rss(r['rss_waiting'])}")  # type: ignore[arg-type]
+            print(f"    RSS after the drain:    {fmt_rss(r['rss_end'])}")  # type: ignore[arg-type]
+            print(f"    webhook deliveries under way at once, most seen: {r['most_active']}")
+            print(f"    CPU of the whole machine while the tasks wait (prompts stalled): "
+                  f"{float(r['idle_ms_s']):.0f} ms/s")  # type: ignore[arg-type]
+        rounds.append(results)
+    lo_e, hi_e = min(sizes), max(sizes)
+    # This host's speed drifts from minute to minute: a ratio is taken within a round (sizes
+    # run back to back), and over several rounds the median is the figure.
+    ratios = sorted(float(r[hi_e]["rate"]) / float(r[lo_e]["rate"]) for r in rounds)  # type: ignore[arg-type]
+    ratio = statistics.median(ratios)
+    print(f"throughput at {hi_e} / at {lo_e}: {ratio:.2f} (floor 0.9)"
+          + (f"; median of {len(ratios)} rounds: {', '.join(f'{x:.2f}' for x in ratios)}" if len(ratios) > 1 else ""))
     # At the same CPU per task, a fixed cost F ms/s leaves (cores*1000 - F) for the work: the
     # ratio the fixed costs alone allow on this machine.
     budget = 1000.0 * (os.cpu_count() or 2)
-    bound = (budget - float(hi["idle_ms_s"])) / (budget - float(lo["idle_ms_s"]))  # type: ignore[arg-type]
-    print(f"the idle cost alone allows at most {bound:.2f} at {sizes[-1]} / {sizes[0]} on this machine "
-          f"({float(lo['idle_ms_s']):.0f} vs {float(hi['idle_ms_s']):.0f} ms/s of {budget:.0f})")  # type: ignore[arg-type]
-    print("SUMMARY scale tasks=" + str(args.tasks) + " "
-          + " ".join(f"rate_e{e}={float(r['rate']):.1f}/s" for e, r in results.items())  # type: ignore[arg-type]
+    idle_lo = statistics.median(float(r[lo_e]["idle_ms_s"]) for r in rounds)  # type: ignore[arg-type]
+    idle_hi = statistics.median(float(r[hi_e]["idle_ms_s"]) for r in rounds)  # type: ignore[arg-type]
+    bound = (budget - idle_hi) / (budget - idle_lo)
+    print(f"the idle cost alone allows at most {bound:.2f} at {hi_e} / {lo_e} on this machine "
+          f"({idle_lo:.0f} vs {idle_hi:.0f} ms/s of {budget:.0f})")
+    last = rounds[-1]
+    print("SUMMARY scale tasks=" + str(args.tasks) + f" rounds={len(rounds)} "
+          + " ".join(f"rate_e{e}={float(r['rate']):.1f}/s" for e, r in last.items())  # type: ignore[arg-type]
           + f" ratio={ratio:.2f} idle_bound={bound:.2f} micro_p99={percentile(room, 99):.1f}us"
-          + f" lost={sum(int(r['lost']) for r in results.values())}")  # type: ignore[call-overload]
-
+          + f" lost={sum(int(r['lost']) for rs in rounds for r in rs.values())}")  # type: ignore[call-overload]
 
 if __name__ == "__main__":
     main()
