@@ -58,6 +58,10 @@ STARTED_DEBOUNCE_S = 0.2
 HISTORY_TRASH_S = 2.0
 #: Files named in one cleanup request (the extension takes up to 1000).
 CLEANUP_BATCH = 500
+#: Tries to fetch a finished prompt's outputs while ComfyUI does not answer /view (down, timing
+#: out, 5xx) before the task fails with output_fetch_failed; between tries the prompt goes back
+#: to the reconciler, which finds it again in /history or, after a restart, runs it again.
+OUTPUT_FETCH_TRIES = 5
 #: How long events are held in memory while PostgreSQL is away before we give up.
 DB_OUTAGE_BUDGET_S = 600.0
 
@@ -77,6 +81,8 @@ class Inflight:
     finishing: bool = False
     last_frame: float = field(default_factory=time.monotonic)
     last_progress_at: float = 0.0
+    #: times its outputs could not be fetched because ComfyUI did not answer
+    fetch_failures: int = 0
     posted_at: float = 0.0
     dispatched_at: float = field(default_factory=time.monotonic)
     #: ComfyUI said execution_start (or history shows it ran)
@@ -754,6 +760,13 @@ class EndpointWorker:
                     ended = await self._fail(item.task_id, item.prompt_id, result.error or {}, ran=True)
             else:
                 ended = await self._fail(item.task_id, item.prompt_id, result.error or {}, ran=True)
+        except errors.EndpointUnavailable as exc:
+            log.warning(
+                "endpoint %s: outputs of %s not fetched (%s); will reconcile",
+                self.name, item.prompt_id, exc.message, extra=_ctx(self.name, item.task_id, item.prompt_id),
+            )
+            item.finishing = False
+            return
         except Exception:
             log.exception("endpoint %s: finishing %s failed; will reconcile", self.name, item.prompt_id)
             item.finishing = False
@@ -879,8 +892,15 @@ class EndpointWorker:
         one append, so a task never shows half its outputs as succeeded. True when this
         append ended the task."""
         stored = await asyncio.gather(
-            *(self._store_one(item, index, f) for index, f in enumerate(files))
+            *(self._store_one(item, index, f) for index, f in enumerate(files)),
+            return_exceptions=True,
         )
+        away = next((s for s in stored if isinstance(s, BaseException)), None)
+        if away is not None:
+            # ComfyUI did not answer (a blip, or a restart between /history and /view): no
+            # verdict on the task. `_finish` hands the prompt back to the reconciler.
+            item.fetch_failures += 1
+            raise away
         failures = [s for s in stored if isinstance(s, dict)]
         outputs = [s for s in stored if isinstance(s, events.TaskOutputStored)]
         if failures:
@@ -906,7 +926,11 @@ class EndpointWorker:
             return {"code": "unsafe_output_name", "message": exc.message, "filename": f.filename[:200]}
         try:
             data = await self.client.view(f.filename, f.subfolder, f.type)
-        except errors.FleetError as exc:
+        except errors.EndpointUnavailable as exc:
+            if item.fetch_failures + 1 < OUTPUT_FETCH_TRIES:
+                raise
+            return {"code": "output_fetch_failed", "message": exc.message, "filename": f.filename}
+        except errors.FleetError as exc:  # it answered, without the file
             return {"code": "output_fetch_failed", "message": exc.message, "filename": f.filename}
         content_type = storage.content_type_for(f.filename, data[:64])
         digest = storage.sha256_hex(data)

@@ -152,6 +152,7 @@ async def drive(url: str, urls: list[str], args: argparse.Namespace) -> dict[str
             statuses: Counter[str] = Counter()
             webhook_states: Counter[str] = Counter()
             not_final: list[str] = []
+            failures: Counter[str] = Counter()
             async with httpx.AsyncClient(base_url=url, timeout=30) as api:
                 for tid in acked:
                     task = (await api.get(f"/tasks/{tid}")).json()
@@ -159,11 +160,15 @@ async def drive(url: str, urls: list[str], args: argparse.Namespace) -> dict[str
                     webhook_states[str(task.get("webhook"))] += 1
                     if task["status"] not in ("succeeded", "failed", "cancelled"):
                         not_final.append(tid)
+                    if task["status"] == "failed":
+                        error = task.get("error") or {}
+                        failures[f"{error.get('code')}: {str(error.get('message'))[:120]}"] += 1
     finally:
         await receiver.stop()
     no_webhook = [t for t in acked if not receiver.ok.get(t)]
     return {
         "acked": len(acked), "refusals": refusals, "statuses": statuses, "not_final": not_final,
+        "failures": failures,
         "no_webhook": no_webhook, "webhook_states": webhook_states,
         "dup_ids": sum(1 for t in acked if len(receiver.ids.get(t, ())) > 1),
         "repeats": sum(1 for t in acked if receiver.ok.get(t, 0) > 1),
@@ -198,6 +203,8 @@ def main() -> None:
           f"all ended after {r['run_s']:.1f} s")
     print(f"ended: {sum(r['statuses'][s] for s in ('succeeded', 'failed', 'cancelled'))} {dict(r['statuses'])}; "
           f"lost (acknowledged, not final): {lost}")
+    for why, n in r["failures"].most_common():
+        print(f"    failed x{n}: {why}")
     print(f"final webhook acknowledged by the receiver: {r['acked'] - len(r['no_webhook'])}; "
           f"without one: {len(r['no_webhook'])}; webhook states: {dict(r['webhook_states'])}")
     print(f"duplicated final webhooks (tasks with > 1 distinct webhook-id): {r['dup_ids']}; "
