@@ -12,6 +12,7 @@ from PIL import Image
 
 from core import webhooks
 from tests.e2e.conftest import WEBHOOK_SECRET, Fleet, Receiver
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]
 
@@ -109,8 +110,14 @@ async def test_webhook_500_twice_then_200_is_delivered_on_third_try(fleet: Fleet
     calls = await receiver.wait_for(task_id, timeout=60)
     assert [c["status"] for c in calls] == [500, 500, 200]
     assert len({c["headers"]["webhook-id"] for c in calls}) == 1
-    evs = (await fleet.http.get(f"/tasks/{task_id}/events")).json()
-    hooks = [(e["type"], e["data"].get("attempt")) for e in evs if e["type"].startswith("webhook.")]
+
+    async def tries() -> list[tuple[str, int]] | None:
+        # The delivery is recorded after the receiver's answer: wait for that append.
+        evs = (await fleet.http.get(f"/tasks/{task_id}/events")).json()
+        got = [(e["type"], e["data"].get("attempt")) for e in evs if e["type"].startswith("webhook.")]
+        return got if any(t == "webhook.delivered" for t, _ in got) else None
+
+    hooks = await eventually(tries, timeout=10, what="webhook.delivered recorded")
     assert hooks == [("webhook.attempted", 1), ("webhook.attempted", 2), ("webhook.delivered", 3)]
     task = (await fleet.http.get(f"/tasks/{task_id}")).json()
     assert task["webhook"] == "delivered"
