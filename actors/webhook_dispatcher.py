@@ -4,8 +4,8 @@ A task that ended with a callback has `webhook: pending` in the read model, in t
 statement that recorded its end; that statement also notifies the log's listeners, so the
 dispatcher hears of every end at its commit, whoever recorded it (`EventLog.listen_ended`). It
 also scans the outbox at start and on a timer, so an end whose notice was lost (the dispatcher
-was restarting, its listener reconnecting) is still delivered. Each try is an event; the delay between tries is `RetryPolicy`'s
-exponential backoff with jitter; every delivery runs in its own asyncio task with a bounded
+was restarting, its listener reconnecting) is still delivered. Each try is an event; the delay
+between tries is `RetryPolicy`'s exponential backoff with jitter; every delivery runs in its own asyncio task with a bounded
 timeout, so a slow receiver never delays other tasks or other receivers. All tries of one end
 carry the same `webhook-id` (derived from the seq of the final event).
 """

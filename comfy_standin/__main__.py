@@ -33,10 +33,9 @@ def parse_models(text: str) -> dict[str, list[str]]:
     return models
 
 
-def _dirs(args: argparse.Namespace, index: int) -> tuple[Path, Path, Path]:
+def _dirs(args: argparse.Namespace, temp: Path, index: int) -> tuple[Path, Path, Path]:
     """input, output and temp directories of stand-in `index` (its own subdirectories when
     several share the process)."""
-    temp = Path(args.temp_dir or tempfile.mkdtemp(prefix="comfy-standin-temp-"))
     dirs = (Path(args.input_dir), Path(args.output_dir), temp)
     if args.count == 1:
         return dirs
@@ -47,9 +46,10 @@ def _dirs(args: argparse.Namespace, index: int) -> tuple[Path, Path, Path]:
 
 
 async def _main(args: argparse.Namespace) -> None:
+    temp_root = Path(args.temp_dir or tempfile.mkdtemp(prefix="comfy-standin-temp-"))
     servers = []
     for i in range(args.count):
-        input_dir, output_dir, temp = _dirs(args, i)
+        input_dir, output_dir, temp = _dirs(args, temp_root, i)
         server = StandIn(
             input_dir=input_dir,
             output_dir=output_dir,

@@ -107,6 +107,8 @@ class Counters:
     #: requests to the cleanup extension's delete route (one file or a batch)
     cleanup_requests: int = 0
     uploads: int = 0
+    #: GET /view requests (answered or not)
+    views: int = 0
     ws_connects: int = 0
     restarts: int = 0
 

@@ -426,6 +426,7 @@ class StandIn:
 
     # files ----------------------------------------------------------------------------------
     async def view(self, request: web.Request) -> web.StreamResponse:
+        self.counters.views += 1
         if self.knobs.view_delay > 0:
             await asyncio.sleep(self.knobs.view_delay)
         query = dict(request.rel_url.query)

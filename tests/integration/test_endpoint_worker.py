@@ -18,7 +18,7 @@ from actors.comfy_client import ComfyClient
 from actors.endpoint import ACCEPTED, EndpointWorker
 from comfy_standin.knobs import FailRule
 from comfy_standin.testing import RunningStandIn, run_standin
-from core import errors, events, storage, task_state
+from core import events, storage, task_state
 from core.config import REPO_ROOT, Settings, parse_endpoint
 from core.event_log import InMemoryEventLog
 from core.task_state import TaskState
@@ -70,11 +70,15 @@ class Rig:
     settings: Settings
     workers: list[EndpointWorker] = field(default_factory=list)
 
-    async def worker(self, *, wait_connected: bool = True) -> EndpointWorker:
+    async def worker(
+        self, *, wait_connected: bool = True, request_timeout_s: float | None = None
+    ) -> EndpointWorker:
         """A started worker (by default, once it is connected to the stand-in)."""
+        endpoint = parse_endpoint(self.standin.host_port)
+        client = ComfyClient(endpoint, timeout_s=request_timeout_s) if request_timeout_s else None
         w = EndpointWorker(
-            parse_endpoint(self.standin.host_port), settings=self.settings, log=self.log,
-            store=self.store, router=self.router,
+            endpoint, settings=self.settings, log=self.log, store=self.store, router=self.router,
+            client=client,
         )
         self.workers.append(w)
         await w.start()
@@ -381,48 +385,38 @@ async def test_a_cleanup_batch_that_finds_the_host_down_is_given_up_and_later_on
     await eventually(lambda: not path.exists(), what="second task's output deleted on the host")
 
 
-def flaky_view(w: EndpointWorker, monkeypatch: pytest.MonkeyPatch, failures: int) -> list[str]:
-    """The worker's GET /view finds ComfyUI away (could not connect) `failures` times, then
-    goes through to the stand-in. Returns the filenames asked for, one per try."""
-    real = w.client.view
-    calls: list[str] = []
 
-    async def view(filename: str, subfolder: str, type_: str) -> bytes:
-        calls.append(filename)
-        if len(calls) <= failures:
-            raise errors.EndpointUnavailable("stand-in: GET /view could not connect", {"connect": True})
-        return await real(filename, subfolder, type_)
-
-    monkeypatch.setattr(w.client, "view", view)
-    return calls
+#: A GET /view slower than this is ComfyUI not answering (the worker's request timeout).
+SHORT_TIMEOUT_S = 1.0
 
 
-async def test_outputs_not_fetched_while_comfyui_is_away_are_fetched_once_it_answers(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A blip between /history and /view is no verdict on the task: the reconciler finds the
-    prompt in /history again and the outputs are fetched then (the prompt does not run twice)."""
-    w = await rig.worker()
-    calls = flaky_view(w, monkeypatch, failures=2)
+async def test_outputs_not_fetched_while_comfyui_is_away_are_fetched_once_it_answers(rig: Rig) -> None:
+    """A /view that does not answer (here: the stand-in holds it past the worker's timeout) is
+    no verdict on the task: the reconciler finds the prompt in /history again and the outputs
+    are fetched once ComfyUI answers (the prompt does not run twice)."""
+    w = await rig.worker(request_timeout_s=SHORT_TIMEOUT_S)
+    rig.standin.knobs.view_delay = 3 * SHORT_TIMEOUT_S
     task_id = await rig.task()
     assert await w.dispatch(task_id) == ACCEPTED
+    await eventually(
+        lambda: any(i.fetch_failures for i in w.inflight.values()), what="a /view timed out"
+    )
+    rig.standin.knobs.view_delay = 0.0
     state = await rig.final(task_id)
     assert state.status == task_state.SUCCEEDED, state.error
     [out] = state.outputs
-    assert out["s3_key"] in rig.store.objects and len(calls) == 3
+    assert out["s3_key"] in rig.store.objects and rig.standin.counters.views >= 2
     assert state.attempt == 1 and rig.standin.counters.prompts_run == 1
     assert [e.type for e in await rig.log.read(task_id)].count("task.succeeded") == 1
 
 
-async def test_outputs_that_never_come_fail_the_task_after_some_tries(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    w = await rig.worker()
-    calls = flaky_view(w, monkeypatch, failures=1_000)
+async def test_outputs_that_never_come_fail_the_task_after_some_tries(rig: Rig) -> None:
+    w = await rig.worker(request_timeout_s=SHORT_TIMEOUT_S)
+    rig.standin.knobs.view_delay = 3 * SHORT_TIMEOUT_S
     task_id = await rig.task()
     assert await w.dispatch(task_id) == ACCEPTED
-    state = await rig.final(task_id)
+    state = await rig.final(task_id, timeout=60)
     assert state.status == task_state.FAILED and state.error is not None
     assert state.error["code"] == "output_fetch_failed"
-    assert "could not connect" in state.error["message"]
-    assert len(calls) == endpoint_module.OUTPUT_FETCH_TRIES and rig.store.objects == {}
+    assert "timed out" in state.error["message"]
+    assert rig.standin.counters.views == endpoint_module.OUTPUT_FETCH_TRIES and rig.store.objects == {}
