@@ -1,0 +1,83 @@
+"""The router's LISTEN connection to PostgreSQL is cut (its backend terminated) and a task's end
+is committed while it is down: that notice is lost, and the router must catch up from the log
+when it listens again, or the endpoint would look busy with the task for good."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from actors.router import Router
+from core import events
+from core.config import Settings
+from core.postgres import PostgresEventLog
+from tests.support.polling import eventually
+
+pytestmark = [pytest.mark.postgres]
+
+
+class Endpoint:
+    """An endpoint handle that takes every task it is given."""
+
+    name = "a:1"
+
+    def __init__(self) -> None:
+        self.dispatched: list[str] = []
+
+    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
+        self.dispatched += task_ids
+        return ["accepted"] * len(task_ids)
+
+    async def status(self) -> dict[str, Any]:
+        return {"connected": True, "queue_remaining": 0, "inflight": 0}
+
+    async def cancel(self, task_id: str) -> str:
+        return "unknown"
+
+    async def reload_workflows(self) -> list[str] | None:
+        return None
+
+
+async def submit(log: PostgresEventLog) -> str:
+    task_id = str(uuid.uuid4())
+    await log.append(task_id, 0, [events.TaskSubmitted(workflow="solid", workflow_version="v1", params={}, prompt={})])
+    return task_id
+
+
+async def test_an_end_committed_while_the_listener_is_cut_is_caught_up(pg_dsn: str) -> None:
+    log = await PostgresEventLog.connect(pg_dsn)
+    ep = Endpoint()
+    router = Router(
+        settings=Settings(endpoint_queue_depth=1), log=log, endpoints={ep.name: ep},
+        rng=random.Random(3),
+    )
+    try:
+        await router.start()
+        first, second = await submit(log), await submit(log)
+        await eventually(lambda: ep.dispatched == [first], what="the first task dispatched")
+
+        listener = log._notify_conn  # noqa: SLF001 - the connection to cut
+        assert listener is not None
+        pid = listener.get_server_pid()
+        admin = await asyncpg.connect(pg_dsn)
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        await eventually(lambda: log._notify_conn is None, what="the listener noticed")  # noqa: SLF001
+
+        # The endpoint records the end now: nobody listens, the notice is lost.
+        state = await log.get(first)
+        state = await log.append(first, state.seq, [events.TaskDispatched(endpoint=ep.name, prompt_id="p", attempt=1)], state)
+        await log.append(first, state.seq, [events.TaskSucceeded(prompt_id="p")], state)
+
+        await eventually(lambda: ep.dispatched == [first, second], timeout=15, what="caught up: the slot freed")
+        assert router.assigned[ep.name] == {second}
+        assert log._notify_conn is not None and log._notify_conn.get_server_pid() != pid  # noqa: SLF001
+    finally:
+        await router.stop()
+        await log.close()
