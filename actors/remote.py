@@ -287,6 +287,8 @@ class WebhookActor(_Lazy):
             ),
             secret=s.webhook_secret,
             body_builder=body,
+            max_in_flight=s.webhook_max_in_flight,
+            max_per_receiver=s.webhook_max_per_receiver,
         )
         await dispatcher.start()
         return dispatcher

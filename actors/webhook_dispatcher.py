@@ -5,8 +5,10 @@ statement that recorded its end; that statement also notifies the log's listener
 dispatcher hears of every end at its commit, whoever recorded it (`EventLog.listen_ended`). It
 also scans the outbox at start and on a timer, so an end whose notice was lost (the dispatcher
 was restarting, its listener reconnecting) is still delivered. Each try is an event; the delay
-between tries is `RetryPolicy`'s exponential backoff with jitter; every delivery runs in its own asyncio task with a bounded
-timeout, so a slow receiver never delays other tasks or other receivers. All tries of one end
+between tries is `RetryPolicy`'s exponential backoff with jitter. Each try runs in its own
+asyncio task with a bounded timeout. At most `max_in_flight` run at once and at most
+`max_per_receiver` to one receiver (`DeliverySlots`), so a slow receiver never delays the
+others and a backlog of ended tasks waits as ids, not as bodies in memory. All tries of one end
 carry the same `webhook-id` (derived from the seq of the final event).
 """
 
@@ -23,6 +25,7 @@ import orjson
 
 from actors import metrics
 from core import errors, events, task_state, webhooks
+from core.delivery_slots import DeliverySlots, receiver_of
 from core.event_log import EventLog
 from core.task_state import TaskState
 
@@ -36,6 +39,11 @@ OUTBOX_SCAN_S = 5.0
 BodyBuilder = Callable[[TaskState], Awaitable[dict[str, Any]]]
 
 
+#: What one try of a delivery leads to: over, try again after this many seconds, or parked
+#: (its receiver is full; `DeliverySlots` starts it again when that receiver has room).
+_DONE, _PARKED = "done", "parked"
+
+
 class WebhookDispatcher:
     def __init__(
         self,
@@ -46,6 +54,8 @@ class WebhookDispatcher:
         secret: str | None,
         body_builder: BodyBuilder,
         rng: random.Random | None = None,
+        max_in_flight: int = 256,
+        max_per_receiver: int = 64,
     ) -> None:
         self.log = log
         self.sender = sender
@@ -53,7 +63,12 @@ class WebhookDispatcher:
         self.key = webhooks.parse_secret(secret) if secret else None
         self.body_builder = body_builder
         self.rng = rng or random.Random()
+        self.slots = DeliverySlots(max_in_flight, max_per_receiver)
+        #: the asyncio task of each delivery running now (at most `max_in_flight`)
         self.active: dict[str, asyncio.Task[None]] = {}
+        #: when the current end's first try was sent, for the policy's total budget
+        self._first_try: dict[str, float] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self._started = False
         self._bg: set[asyncio.Task[Any]] = set()
         self.counts: dict[str, int] = {"delivered": 0, "retry": 0, "dead": 0}
@@ -71,6 +86,8 @@ class WebhookDispatcher:
             self._ensure(task_id)
 
     async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
         for t in [*self._bg, *self.active.values()]:
             t.cancel()
         await self.sender.aclose()
@@ -86,14 +103,21 @@ class WebhookDispatcher:
             self._ensure(task_id)
 
     async def stats(self) -> dict[str, Any]:
-        return {"active": len(self.active), **self.counts}
+        """`active`: deliveries running now; `waiting`: ids waiting for a slot; `backoff`:
+        deliveries between two tries."""
+        return {
+            "active": self.slots.running, "waiting": self.slots.waiting,
+            "backoff": self.slots.paused, **self.counts,
+        }
 
     def _ensure(self, task_id: str) -> None:
-        if task_id in self.active:
-            return
-        task = asyncio.create_task(self._deliver(task_id))
-        self.active[task_id] = task
-        task.add_done_callback(lambda _t: self.active.pop(task_id, None))
+        if self.slots.add(task_id):
+            self._pump()
+
+    def _pump(self) -> None:
+        """Start every delivery that has a slot now."""
+        while (task_id := self.slots.next()) is not None:
+            self.active[task_id] = asyncio.create_task(self._run(task_id))
 
     async def _scan_loop(self) -> None:
         while True:
@@ -106,65 +130,89 @@ class WebhookDispatcher:
                 log.exception("outbox scan failed")
             await asyncio.sleep(OUTBOX_SCAN_S)
 
-    async def _deliver(self, task_id: str) -> None:
+    async def _run(self, task_id: str) -> None:
+        """One try of a delivery, then what it leads to; frees the slot in every case."""
+        outcome: float | str = _DONE
         try:
-            await self._deliver_inner(task_id)
+            outcome = await self._try(task_id)
         except errors.Unavailable:
             pass  # the outbox scan retries once the database is back
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("webhook delivery of %s failed", task_id)
+        finally:
+            self.active.pop(task_id, None)
+            if isinstance(outcome, float):
+                self.slots.pause(task_id)
+                self._timers[task_id] = asyncio.get_running_loop().call_later(
+                    outcome, self._resume, task_id
+                )
+            elif outcome == _DONE:
+                self.slots.done(task_id)
+                self._first_try.pop(task_id, None)
+            self._pump()
 
-    async def _deliver_inner(self, task_id: str) -> None:
+    def _resume(self, task_id: str) -> None:
+        self._timers.pop(task_id, None)
+        if self.slots.resume(task_id):
+            self._pump()
+
+    async def _try(self, task_id: str) -> float | str:
+        """Send the task's end once and record the try. Returns _DONE (delivered, dead, or
+        nothing to deliver), _PARKED, or the seconds until the next try. The state and body are
+        read and built for each try: nothing is held between tries, and the presigned output
+        URLs in a late try's body are fresh."""
         state = await self.log.get(task_id)
         if state.webhook != task_state.WEBHOOK_PENDING or not state.callback_url or state.end_seq is None:
-            return
+            return _DONE
+        if not self.slots.bind(task_id, receiver_of(state.callback_url)):
+            return _PARKED
         msg_id = webhooks.webhook_id(task_id, state.end_seq)
         body = orjson.dumps({"type": state.end_type, **(await self.body_builder(state))})
-        attempt = state.webhook_attempts
-        started = time.monotonic()
-        while True:
-            attempt += 1
-            ts = int(time.time())
-            result = await self.sender.send(
-                state.callback_url, body, webhooks.build_headers(msg_id, ts, body, self.key)
-            )
-            if result.ok:
-                new: list[events.Event] = [
-                    events.WebhookDelivered(
-                        webhook_id=msg_id, attempt=attempt, status_code=result.status_code or 200
-                    )
-                ]
-                self.counts["delivered"] += 1
-                metrics.webhook_try("delivered")
-            else:
-                delay = None if result.final else self.policy.next_delay(
-                    attempt, self.rng, time.monotonic() - started
+        attempt = state.webhook_attempts + 1
+        started = self._first_try.setdefault(task_id, time.monotonic())
+        result = await self.sender.send(
+            state.callback_url, body, webhooks.build_headers(msg_id, int(time.time()), body, self.key)
+        )
+        delay: float | None = None
+        if result.ok:
+            new: list[events.Event] = [
+                events.WebhookDelivered(
+                    webhook_id=msg_id, attempt=attempt, status_code=result.status_code or 200
                 )
-                new = [
-                    events.WebhookAttempted(
-                        webhook_id=msg_id, attempt=attempt, status_code=result.status_code,
-                        error=result.error, retry_in_s=delay,
-                    )
-                ]
-                if delay is None:
-                    new.append(events.WebhookDead(webhook_id=msg_id, attempts=attempt))
-                    self.counts["dead"] += 1
-                    metrics.webhook_try("dead")
-                    log.warning("webhook dead after %d tries", attempt, extra={"fleet_task_id": task_id, "webhook_id": msg_id})
-                else:
-                    self.counts["retry"] += 1
-                    metrics.webhook_try("retry")
-            before = state.end_seq
-            state = await self._append(state, new)
-            if state.webhook != task_state.WEBHOOK_PENDING:
-                return
-            if state.end_seq != before or result.ok:
-                # The task's end changed meanwhile (outputs recovered after a storage failure):
-                # the recorded try belongs to the old end; deliver the new end afresh.
-                await self._deliver_inner(task_id)
-                return
-            assert delay is not None
-            await asyncio.sleep(delay)
+            ]
+            self.counts["delivered"] += 1
+            metrics.webhook_try("delivered")
+        else:
+            delay = None if result.final else self.policy.next_delay(
+                attempt, self.rng, time.monotonic() - started
+            )
+            new = [
+                events.WebhookAttempted(
+                    webhook_id=msg_id, attempt=attempt, status_code=result.status_code,
+                    error=result.error, retry_in_s=delay,
+                )
+            ]
+            if delay is None:
+                new.append(events.WebhookDead(webhook_id=msg_id, attempts=attempt))
+                self.counts["dead"] += 1
+                metrics.webhook_try("dead")
+                log.warning("webhook dead after %d tries", attempt, extra={"fleet_task_id": task_id, "webhook_id": msg_id})
+            else:
+                self.counts["retry"] += 1
+                metrics.webhook_try("retry")
+        before = state.end_seq
+        state = await self._append(state, new)
+        if state.webhook != task_state.WEBHOOK_PENDING:
+            return _DONE
+        if state.end_seq != before or result.ok:
+            # The task's end changed meanwhile (outputs recovered after a storage failure):
+            # the recorded try belongs to the old end; deliver the new end afresh, at once.
+            self._first_try.pop(task_id, None)
+            return 0.0
+        assert delay is not None
+        return float(delay)
 
     async def _append(self, state: TaskState, new: list[events.Event]) -> TaskState:
         """Record a try. Other writers may append meanwhile (a late event): re-read and retry."""

@@ -177,6 +177,9 @@ class Settings:
     webhook_max_attempts: int = 8
     webhook_timeout_s: float = 10.0
     webhook_max_delay_s: float = 300.0
+    #: Webhook deliveries under way at once, in all and to one receiver (a URL's origin).
+    webhook_max_in_flight: int = 256
+    webhook_max_per_receiver: int = 64
     presign_expiry_s: int = 3600
     max_body_bytes: int = 32 * 1024 * 1024
     max_string_length: int = 10_000
@@ -268,6 +271,8 @@ class Settings:
             webhook_max_attempts=r.int("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1),
             webhook_timeout_s=r.float("WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1),
             webhook_max_delay_s=r.float("WEBHOOK_MAX_DELAY_S", 300.0, minimum=0.0),
+            webhook_max_in_flight=r.int("WEBHOOK_MAX_IN_FLIGHT", 256, minimum=1),
+            webhook_max_per_receiver=r.int("WEBHOOK_MAX_PER_RECEIVER", 64, minimum=1),
             presign_expiry_s=r.int("PRESIGN_EXPIRY_S", 3600, minimum=1, maximum=604800),
             max_body_bytes=r.int("MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024),
             max_string_length=r.int("MAX_STRING_LENGTH", 10_000, minimum=1),

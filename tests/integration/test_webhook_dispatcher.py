@@ -16,6 +16,7 @@ from aiohttp import web
 
 from actors.webhook_dispatcher import WebhookDispatcher
 from core import events, task_state, url_policy, views, webhooks
+from core.delivery_slots import receiver_of
 from core.event_log import InMemoryEventLog
 from tests.support.polling import eventually
 
@@ -33,15 +34,36 @@ class Receiver:
     scripts: dict[str, list[int]] = field(default_factory=dict)
     #: paths whose handler sleeps this long before answering
     slow: dict[str, float] = field(default_factory=dict)
+    #: paths whose handler waits for this event before answering
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    #: the base URL of a second port: the same handler as another receiver (origin)
+    other_base: str = ""
+    #: requests being answered now, and the most seen at once, by port
+    open_now: dict[int, int] = field(default_factory=dict)
+    open_most: dict[int, int] = field(default_factory=dict)
 
     def url(self, path: str) -> str:
         return f"{self.base}/{path}"
 
+    def other_url(self, path: str) -> str:
+        return f"{self.other_base}/{path}"
+
     async def handle(self, request: web.Request) -> web.Response:
         path = request.match_info["name"]
+        port = int(request.host.rsplit(":", 1)[1])
+        self.open_now[port] = self.open_now.get(port, 0) + 1
+        self.open_most[port] = max(self.open_most.get(port, 0), self.open_now[port])
+        try:
+            return await self._answer(request, path)
+        finally:
+            self.open_now[port] -= 1
+
+    async def _answer(self, request: web.Request, path: str) -> web.Response:
         body = await request.read()
         if path in self.slow:
             await asyncio.sleep(self.slow[path])
+        if path in self.gates:
+            await self.gates[path].wait()
         script = self.scripts.get(path) or []
         status = script.pop(0) if script else 200
         self.calls.setdefault(path, []).append(
@@ -62,6 +84,9 @@ async def receiver() -> AsyncIterator[Receiver]:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     rec.base = f"http://127.0.0.1:{port}"
+    other = web.TCPSite(runner, "127.0.0.1", 0)
+    await other.start()
+    rec.other_base = f"http://127.0.0.1:{other._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
     try:
         yield rec
     finally:
@@ -82,13 +107,18 @@ def make_dispatcher(
     *,
     policy: webhooks.RetryPolicy = FAST,
     timeout_s: float = 5.0,
+    max_in_flight: int = 256,
+    max_per_receiver: int = 64,
 ) -> WebhookDispatcher:
     sender = webhooks.WebhookSender(url_policy.UrlPolicy.build(), timeout_s=timeout_s)
 
     async def body(state: task_state.TaskState) -> dict[str, Any]:
         return await views.webhook_body(state, None, 60)
 
-    d = WebhookDispatcher(log=log, sender=sender, policy=policy, secret=SECRET, body_builder=body)
+    d = WebhookDispatcher(
+        log=log, sender=sender, policy=policy, secret=SECRET, body_builder=body,
+        max_in_flight=max_in_flight, max_per_receiver=max_per_receiver,
+    )
     made.append(d)
     return d
 
@@ -275,3 +305,70 @@ async def test_a_restarted_dispatcher_finds_pending_deliveries(
     assert calls[0]["headers"]["webhook-id"] == calls[1]["headers"]["webhook-id"]
     delivered = [e.event for e in await log.read(half) if e.type == "webhook.delivered"]
     assert [getattr(e, "attempt") for e in delivered] == [2]  # numbering goes on from the log
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+async def test_deliveries_under_way_are_bounded_and_the_rest_wait_their_turn(
+    receiver: Receiver, dispatchers: list[WebhookDispatcher]
+) -> None:
+    log = InMemoryEventLog()
+    receiver.slow["busy"] = 0.2
+    tasks = [await ended_task(log, receiver.url("busy")) for _ in range(12)]
+    d = make_dispatcher(log, dispatchers, max_in_flight=3)
+    await d.tasks_ended(tasks)
+    stats = await d.stats()
+    assert (stats["active"], stats["waiting"]) == (3, 9)
+    for task_id in tasks:
+        await eventually(lambda t=task_id: webhook_settled(log, t), what="delivered in turn")
+    assert {await webhook_state(log, t) for t in tasks} == {task_state.WEBHOOK_DELIVERED}
+    assert len(receiver.calls["busy"]) == 12  # each once
+    assert receiver.open_most[port_of(receiver.base)] == 3
+    assert (await d.stats())["active"] == 0
+
+
+async def test_a_slow_receiver_holds_at_most_its_share_and_another_receiver_goes_on(
+    receiver: Receiver, dispatchers: list[WebhookDispatcher]
+) -> None:
+    log = InMemoryEventLog()
+    receiver.gates["slow"] = asyncio.Event()
+    slow = [await ended_task(log, receiver.url("slow")) for _ in range(6)]
+    d = make_dispatcher(log, dispatchers, max_in_flight=4, max_per_receiver=2)
+    await d.tasks_ended(slow)
+    await eventually(lambda: len(d.slots._queues.get(receiver_of(receiver.url("slow")), ())) == 4,
+                     what="the slow receiver's extra deliveries parked")
+    # Four slow deliveries wait, two are at the slow receiver: a new end to another receiver
+    # starts at once and is delivered while the slow ones are still being answered.
+    fast = await ended_task(log, receiver.other_url("fast"))
+    await d.task_ended(fast)
+    await eventually(lambda: webhook_settled(log, fast), what="the other receiver's delivery")
+    assert len(receiver.calls.get("slow", [])) == 0  # none of the slow ones answered yet
+    assert receiver.open_now[port_of(receiver.base)] == 2
+    receiver.gates["slow"].set()
+    for task_id in slow:
+        await eventually(lambda t=task_id: webhook_settled(log, t), timeout=20, what="slow delivered")
+    assert receiver.open_most[port_of(receiver.base)] == 2
+    assert len(receiver.calls["slow"]) == 6
+
+
+async def test_a_delivery_waiting_to_retry_holds_no_slot(
+    receiver: Receiver, dispatchers: list[WebhookDispatcher]
+) -> None:
+    log = InMemoryEventLog()
+    receiver.scripts["later"] = [500]
+    later = await ended_task(log, receiver.url("later"))
+    d = make_dispatcher(
+        log, dispatchers, max_in_flight=1,
+        policy=webhooks.RetryPolicy(max_attempts=3, base_delay_s=1.5, max_delay_s=1.5),
+    )
+    await d.task_ended(later)
+    await eventually(lambda: "webhook.attempted" in receiver_types(log, later), what="first try failed")
+    await eventually(lambda: d.slots.paused == 1, what="backing off")
+    now = await ended_task(log, receiver.url("now"))
+    await d.task_ended(now)
+    await eventually(lambda: webhook_settled(log, now), what="delivered during the other's backoff")
+    assert await webhook_state(log, later) == task_state.WEBHOOK_PENDING
+    await eventually(lambda: webhook_settled(log, later), what="the retry delivered")
+    assert [c["status"] for c in receiver.calls["later"]] == [500, 200]
