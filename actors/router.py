@@ -206,7 +206,7 @@ class Router:
 
     # --- the log's notices of ended tasks -----------------------------------------------------
 
-    def _on_ended(self, task_id: str, endpoint: str | None, _webhook_pending: bool) -> None:
+    def _on_ended(self, task_id: str, endpoint: str | None, _webhook_to: str | None) -> None:
         """A task's end was committed (by an endpoint, the ingress, anyone): the endpoint it ran
         on has room again. One notice from the log, where the endpoint used to make a Ray call."""
         if endpoint is not None and endpoint in self.assigned:

@@ -25,7 +25,7 @@ import orjson
 
 from actors import metrics
 from core import errors, events, task_state, webhooks
-from core.delivery_slots import DeliverySlots, receiver_of
+from core.delivery_slots import UNKNOWN, DeliverySlots, receiver_of
 from core.event_log import EventLog
 from core.task_state import TaskState
 
@@ -81,9 +81,9 @@ class WebhookDispatcher:
         task = asyncio.create_task(self._scan_loop())
         self._bg.add(task)
 
-    def _on_ended(self, task_id: str, _endpoint: str | None, webhook_pending: bool) -> None:
-        if webhook_pending:
-            self._ensure(task_id)
+    def _on_ended(self, task_id: str, _endpoint: str | None, webhook_to: str | None) -> None:
+        if webhook_to:
+            self._ensure(task_id, webhook_to)
 
     async def stop(self) -> None:
         for timer in self._timers.values():
@@ -110,8 +110,8 @@ class WebhookDispatcher:
             "backoff": self.slots.paused, **self.counts,
         }
 
-    def _ensure(self, task_id: str) -> None:
-        if self.slots.add(task_id):
+    def _ensure(self, task_id: str, receiver: str = UNKNOWN) -> None:
+        if self.slots.add(task_id, receiver):
             self._pump()
 
     def _pump(self) -> None:
@@ -123,7 +123,7 @@ class WebhookDispatcher:
         while True:
             try:
                 for state in await self.log.pending_webhooks():
-                    self._ensure(state.task_id)
+                    self._ensure(state.task_id, receiver_of(state.callback_url or ""))
             except errors.Unavailable:
                 pass
             except Exception:

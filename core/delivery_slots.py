@@ -6,8 +6,8 @@ delays the others. A delivery that waits is only its task id: the dispatcher hol
 state and body while its delivery runs, so a backlog of ended tasks costs a few bytes each, not
 a coroutine with its body (the fleet's 32-endpoint benchmark once had 8,000 of those at once).
 
-A just-ended task's receiver is not known until its state is read, so new ids wait under an
-"unknown" key. Once its state is read, the running delivery is `bind`-ed to its receiver; if
+A delivery whose receiver is not known when it is added (a redelivery asked for by id) waits
+under an "unknown" key. Once its state is read, the running delivery is `bind`-ed to its receiver; if
 that receiver is full it gives its slot back and waits under that receiver's key. Keys with
 waiting ids are served round-robin (the unknown key is one of them), ids of one key first in,
 first out. A delivery that failed a try is `pause`-d: no slot, no place in a queue, until its
@@ -75,11 +75,12 @@ class DeliverySlots:
 
     # --- changes --------------------------------------------------------------------------
 
-    def add(self, task_id: str) -> bool:
-        """Queue a new delivery; False (nothing changes) if it is already known."""
+    def add(self, task_id: str, receiver: str = UNKNOWN) -> bool:
+        """Queue a new delivery, under its receiver when the caller knows it (the log's notice
+        of an end carries it); False (nothing changes) if it is already known."""
         if task_id in self:
             return False
-        self._enqueue(UNKNOWN, task_id)
+        self._enqueue(receiver, task_id)
         return True
 
     def next(self) -> str | None:

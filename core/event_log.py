@@ -23,20 +23,22 @@ from typing import Any, Protocol
 import orjson
 
 from core import errors, events, fleet, task_state
+from core.delivery_slots import receiver_of
 from core.task_state import TaskState
 
 
 #: (task_id, priority, created_at, workflow, labels) of a newly submitted task
 SubmittedCallback = Callable[[str, int, float, str, list[str]], None]
-#: (task_id, endpoint, webhook_pending) of a task whose end was just recorded (see `ended_notice`)
-EndedCallback = Callable[[str, str | None, bool], None]
+#: (task_id, endpoint, webhook_to) of a task whose end was just recorded (see `ended_notice`)
+EndedCallback = Callable[[str, str | None, str | None], None]
 
 
-def ended_notice(before: TaskState | None, after: TaskState) -> tuple[str, str | None, bool] | None:
-    """What `listen_ended` callers hear of an append: `(task_id, endpoint, webhook_pending)`
-    when it gave the task an end (or a new end), or made its webhook pending again; else None.
+def ended_notice(before: TaskState | None, after: TaskState) -> tuple[str, str | None, str | None] | None:
+    """What `listen_ended` callers hear of an append: `(task_id, endpoint, webhook_to)` when it
+    gave the task an end (or a new end), or made its webhook pending again; else None.
     `endpoint` is where the task last ran (None if it never did): the router frees its slot
-    there; `webhook_pending` tells the webhook dispatcher there is a delivery to make."""
+    there. `webhook_to` is set when there is a delivery to make: the receiver it goes to
+    (`delivery_slots.receiver_of` the callback URL), which the dispatcher queues it under."""
     if after.end_seq is None:
         return None
     pending = after.webhook == task_state.WEBHOOK_PENDING
@@ -44,7 +46,8 @@ def ended_notice(before: TaskState | None, after: TaskState) -> tuple[str, str |
         not pending or before.webhook == task_state.WEBHOOK_PENDING
     ):
         return None
-    return after.task_id, after.endpoint, pending
+    webhook_to = receiver_of(after.callback_url) if pending and after.callback_url else None
+    return after.task_id, after.endpoint, webhook_to
 
 
 class EventLog(Protocol):

@@ -311,14 +311,14 @@ class PostgresEventLog:
     async def listen_ended(
         self, callback: EndedCallback, on_listening: Callable[[], None] | None = None
     ) -> None:
-        """Call `callback(task_id, endpoint, webhook_pending)` for every end recorded from now
+        """Call `callback(task_id, endpoint, webhook_to)` for every end recorded from now
         on (`event_log.ended_notice`); the notice is sent by the appending statement itself, so
         it exists exactly when the end was committed. `on_listening` runs each time LISTEN is
         (re)established: notices sent while it was down are gone, the caller catches up."""
 
         def on_payload(payload: str) -> None:
-            task_id, endpoint, pending = orjson.loads(payload)
-            callback(task_id, endpoint, bool(pending))
+            task_id, endpoint, webhook_to = orjson.loads(payload)
+            callback(task_id, endpoint, webhook_to or None)
 
         await self._listen(ENDED_CHANNEL, on_payload, on_listening)
 

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from core import errors, events, task_state
+from core.delivery_slots import receiver_of
 from core.event_log import EventLog, InMemoryEventLog
 from core.postgres import PostgresEventLog
 from core.rebuild import task_id_ranges
@@ -138,7 +139,7 @@ class EventLogContract:
         assert len(await log.read(tid)) == 2
 
     async def test_ends_are_told_once_with_their_endpoint_and_webhook(self, log: EventLog) -> None:
-        heard: list[tuple[str, str | None, bool]] = []
+        heard: list[tuple[str, str | None, str | None]] = []
         caught_up: list[int] = []
         await log.listen_ended(lambda *notice: heard.append(notice), lambda: caught_up.append(1))
         await eventually(lambda: caught_up, what="listening")
@@ -157,7 +158,8 @@ class EventLogContract:
         q = await log.append(without, 0, [plain])
         await log.append(without, q.seq, [events.TaskCancelled(where="router")], q)
 
-        expected = [(with_hook, "e:1", True), (with_hook, "e:1", True), (without, None, False)]
+        to = receiver_of(str(submitted().callback_url))
+        expected = [(with_hook, "e:1", to), (with_hook, "e:1", to), (without, None, None)]
         await eventually(lambda: len(heard) >= 3, what="three notices")
         await asyncio.sleep(0.2)  # and no more
         assert heard == expected

@@ -54,9 +54,9 @@ class EndNotices:
     #: (endpoint, task_id): the router frees that endpoint's slot
     freed: list[tuple[str | None, str]] = field(default_factory=list)
 
-    def on_ended(self, task_id: str, endpoint: str | None, webhook_pending: bool) -> None:
+    def on_ended(self, task_id: str, endpoint: str | None, webhook_to: str | None) -> None:
         self.freed.append((endpoint, task_id))
-        if webhook_pending:
+        if webhook_to:
             self.ended.append(task_id)
 
 

@@ -134,3 +134,16 @@ def test_limits_below_one_are_refused(limit: int, per_receiver: int) -> None:
 
 def test_per_receiver_is_capped_at_the_limit() -> None:
     assert DeliverySlots(limit=2, per_receiver=10).per_receiver == 2
+
+
+def test_ids_added_with_their_receiver_wait_for_it_and_are_not_read_to_be_parked() -> None:
+    slots = DeliverySlots(limit=4, per_receiver=1)
+    for i in range(3):
+        assert slots.add(f"a{i}", "http://a:1")
+    slots.add("b0", "http://b:1")
+    # Only one per receiver starts: nothing is started just to find its receiver full.
+    assert start_all(slots) == ["a0", "b0"]
+    assert slots.bind("a0", "http://a:1") and slots.bind("b0", "http://b:1")
+    assert (slots.busy("http://a:1"), slots.waiting) == (1, 2)
+    slots.done("a0")
+    assert start_all(slots) == ["a1"]
