@@ -111,7 +111,8 @@ def router_stats() -> dict:
 def micro(endpoints: int = 32, waiting: int = 10_000, decisions: int = 20_000, depth: int = 2) -> dict[str, list[float]]:
     """Times (µs) of the router's decision as `actors/router.py` makes it: `pop_first(fits)`
     where `fits` runs `pick_endpoint` over every endpoint. `room`: some endpoint has room;
-    `full`: none has (the scan of up to 64 waiting tasks that ends in None)."""
+    `full`: none has, where the router looks for an endpoint with room before it scans the
+    waiting tasks (a scan would try up to 64 of them against every endpoint and find none)."""
     rng = random.Random(1)
     loads = {f"127.0.0.1:{8000 + i}": routing.EndpointLoad(f"127.0.0.1:{8000 + i}", connected=True)
              for i in range(endpoints)}
@@ -143,7 +144,8 @@ def micro(endpoints: int = 32, waiting: int = 10_000, decisions: int = 20_000, d
             return True
 
         t = time.perf_counter_ns()
-        item = q.pop_first(fits)
+        some_room = any(ld.connected and not ld.draining and effective(n).load < depth for n, ld in loads.items())
+        item = q.pop_first(fits) if some_room else None
         dt = (time.perf_counter_ns() - t) / 1000
         if item is None:
             out["full"].append(dt)
@@ -282,7 +284,7 @@ def main() -> None:
     room, full = m["room"], m["full"]
     print(f"routing decision in process (32 endpoints, 10,000 waiting, depth 2), {len(room)} decisions: "
           f"p50 {percentile(room, 50):.1f} µs, p99 {percentile(room, 99):.1f} µs, max {max(room):.0f} µs; "
-          f"with every endpoint full ({len(full)}): p50 {percentile(full, 50):.1f} µs, "
+          f"a pass with every endpoint full ({len(full)}): p50 {percentile(full, 50):.1f} µs, "
           f"p99 {percentile(full, 99):.1f} µs (floor: p99 < 1000 µs)")
     if args.micro_only:
         print(f"SUMMARY scale micro_p99={percentile(room, 99):.1f}us full_p99={percentile(full, 99):.1f}us")
