@@ -1,4 +1,4 @@
-"""S3BlobStore._signed_put_url (core/storage.py): the URL botocore's client would presign, built
+"""S3BlobStore._signed_url (core/storage.py): the URL botocore's client would presign, built
 without the client's per-call work. No I/O: creating the client sends nothing."""
 
 from __future__ import annotations
@@ -31,18 +31,31 @@ async def store() -> AsyncIterator[storage.S3BlobStore]:
         await s.close()
 
 
-async def client_url(store: storage.S3BlobStore, key: str, content_type: str) -> str:
+async def client_url(store: storage.S3BlobStore, method: str, key: str) -> str:
+    if method == "GET":
+        return str(await store._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": store.bucket, "Key": key}, ExpiresIn=600,
+        ))
     return str(await store._s3.generate_presigned_url(
-        "put_object", Params={"Bucket": store.bucket, "Key": key, "ContentType": content_type},
+        "put_object", Params={"Bucket": store.bucket, "Key": key, "ContentType": "image/png"},
         ExpiresIn=storage.PRESIGNED_PUT_EXPIRY_S,
     ))
 
 
+async def our_url(store: storage.S3BlobStore, method: str, key: str) -> str | None:
+    if method == "GET":
+        return store._signed_url("GET", key, 600)
+    return store._signed_url("PUT", key, storage.PRESIGNED_PUT_EXPIRY_S, "image/png")
+
+
+@pytest.mark.parametrize("method", ["PUT", "GET"])
 @pytest.mark.parametrize("key", KEYS)
-async def test_the_url_is_the_clients_to_the_signature(store: storage.S3BlobStore, key: str) -> None:
+async def test_the_url_is_the_clients_to_the_signature(
+    store: storage.S3BlobStore, method: str, key: str
+) -> None:
     for _ in range(3):  # both sign with the current second: retry if a second turned between
-        ours = store._signed_put_url(key, "image/png")
-        theirs = await client_url(store, key, "image/png")
+        ours = await our_url(store, method, key)
+        theirs = await client_url(store, method, key)
         assert ours is not None
         if parse_qs(urlsplit(ours).query)["X-Amz-Date"] == parse_qs(urlsplit(theirs).query)["X-Amz-Date"]:
             break
@@ -52,7 +65,7 @@ async def test_the_url_is_the_clients_to_the_signature(store: storage.S3BlobStor
 async def test_a_trailing_slash_on_the_endpoint_changes_nothing() -> None:
     s = await make(endpoint_url="http://127.0.0.1:9000/")
     try:
-        url = s._signed_put_url("a/b.png", "image/png")
+        url = s._signed_url("PUT", "a/b.png", 60, "image/png")
         assert url is not None and url.startswith("http://127.0.0.1:9000/outputs/a/b.png?")
     finally:
         await s.close()
@@ -66,6 +79,9 @@ async def test_a_trailing_slash_on_the_endpoint_changes_nothing() -> None:
 async def test_the_client_signs_where_the_url_is_not_plain(overrides: dict[str, object]) -> None:
     s = await make(**overrides)
     try:
-        assert s._signed_put_url("a/b.png", "image/png") is None
+        assert s._signed_url("PUT", "a/b.png", 60, "image/png") is None
+        assert s._signed_url("GET", "a/b.png", 60) is None
+        if "access_key" not in overrides:  # with keys, the client signs it
+            assert "X-Amz-Signature=" in await s.presign_get("a/b.png", 60)
     finally:
         await s.close()
