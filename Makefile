@@ -38,7 +38,7 @@ rebuild: install
 reupload: install
 	$(PY) -m core.reupload $(ARGS)
 
-BENCHMARKS := standin_bench throughput latency event_log scale soak
+BENCHMARKS := standin_bench throughput latency event_log scale ray_idle soak
 
 bench: install
 	@for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
