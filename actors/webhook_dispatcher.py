@@ -3,8 +3,9 @@
 A task that ended with a callback has `webhook: pending` in the read model, in the same
 statement that recorded its end; that statement also notifies the log's listeners, so the
 dispatcher hears of every end at its commit, whoever recorded it (`EventLog.listen_ended`). It
-also scans the outbox at start and on a timer, so an end whose notice was lost (the dispatcher
-was restarting, its listener reconnecting) is still delivered. Each try is an event; the delay
+also scans the outbox (ids only) at start and each time its listener reconnects, so an end
+whose notice was lost (the dispatcher was restarting, its listener reconnecting) is still
+delivered, and on a slow timer as a safety net. Each try is an event; the delay
 between tries is `RetryPolicy`'s exponential backoff with jitter. Each try runs in its own
 asyncio task with a bounded timeout. At most `max_in_flight` run at once and at most
 `max_per_receiver` to one receiver (`DeliverySlots`), so a slow receiver never delays the
@@ -31,8 +32,11 @@ from core.task_state import TaskState
 
 log = logging.getLogger("comfy_fleet.webhooks")
 
-#: Seconds between scans of the outbox (deliveries lost to a crash are picked up by it).
-OUTBOX_SCAN_S = 5.0
+#: Seconds between scans of the outbox besides those at start and after a reconnect of the
+#: listener (which are what pick up the notices lost meanwhile): a safety net.
+OUTBOX_SCAN_S = 30.0
+#: Seconds before a delivery whose try could not reach the database tries again.
+UNAVAILABLE_RETRY_S = 2.0
 
 #: Builds the JSON body of a task end: (state) -> body dict. Injected so the API's view
 #: (with fresh presigned URLs, legacy fields) is the one the receiver sees.
@@ -70,6 +74,7 @@ class WebhookDispatcher:
         self._first_try: dict[str, float] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._started = False
+        self._stopping = False
         self._bg: set[asyncio.Task[Any]] = set()
         self.counts: dict[str, int] = {"delivered": 0, "retry": 0, "dead": 0}
 
@@ -77,15 +82,22 @@ class WebhookDispatcher:
         if self._started:
             return
         self._started = True
-        await self.log.listen_ended(self._on_ended)
+        await self.log.listen_ended(self._on_ended, self._catch_up)
         task = asyncio.create_task(self._scan_loop())
         self._bg.add(task)
+
+    def _catch_up(self) -> None:
+        """The listener is (back) on: ends recorded while it was not were not heard."""
+        task = asyncio.create_task(self._scan())
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
 
     def _on_ended(self, task_id: str, _endpoint: str | None, webhook_to: str | None) -> None:
         if webhook_to:
             self._ensure(task_id, webhook_to)
 
     async def stop(self) -> None:
+        self._stopping = True
         for timer in self._timers.values():
             timer.cancel()
         for t in [*self._bg, *self.active.values()]:
@@ -116,19 +128,22 @@ class WebhookDispatcher:
 
     def _pump(self) -> None:
         """Start every delivery that has a slot now."""
-        while (task_id := self.slots.next()) is not None:
+        while not self._stopping and (task_id := self.slots.next()) is not None:
             self.active[task_id] = asyncio.create_task(self._run(task_id))
 
     async def _scan_loop(self) -> None:
         while True:
-            try:
-                for state in await self.log.pending_webhooks():
-                    self._ensure(state.task_id, receiver_of(state.callback_url or ""))
-            except errors.Unavailable:
-                pass
-            except Exception:
-                log.exception("outbox scan failed")
+            await self._scan()
             await asyncio.sleep(OUTBOX_SCAN_S)
+
+    async def _scan(self) -> None:
+        try:
+            for task_id, callback_url in await self.log.pending_webhooks():
+                self._ensure(task_id, receiver_of(callback_url or ""))
+        except errors.Unavailable:
+            pass  # the listener's reconnect, or the next scan, comes back to it
+        except Exception:
+            log.exception("outbox scan failed")
 
     async def _run(self, task_id: str) -> None:
         """One try of a delivery, then what it leads to; frees the slot in every case."""
@@ -136,7 +151,7 @@ class WebhookDispatcher:
         try:
             outcome = await self._try(task_id)
         except errors.Unavailable:
-            pass  # the outbox scan retries once the database is back
+            outcome = UNAVAILABLE_RETRY_S  # the database is away: no try was recorded
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -85,8 +85,10 @@ class EventLog(Protocol):
         """Every task waiting for dispatch: (task_id, priority, created_at, workflow, labels)."""
         ...
 
-    async def pending_webhooks(self) -> list[TaskState]:
-        """Final tasks whose webhook is still to deliver (the outbox)."""
+    async def pending_webhooks(self) -> list[tuple[str, str | None]]:
+        """(task_id, callback_url) of each final task whose webhook is still to deliver (the
+        outbox), oldest change first. Ids only: under a backlog to a dead receiver the outbox
+        can hold a great many, and whoever scans it reads each task when it delivers."""
         ...
 
     async def ended_among(self, task_ids: Sequence[str]) -> set[str]:
@@ -281,8 +283,9 @@ class InMemoryEventLog:
             if s.status == task_state.QUEUED
         ]
 
-    async def pending_webhooks(self) -> list[TaskState]:
-        return [s.copy() for s in self._states.values() if s.webhook == task_state.WEBHOOK_PENDING]
+    async def pending_webhooks(self) -> list[tuple[str, str | None]]:
+        pending = [s for s in self._states.values() if s.webhook == task_state.WEBHOOK_PENDING]
+        return [(s.task_id, s.callback_url) for s in sorted(pending, key=lambda s: s.updated_at)]
 
     async def ended_among(self, task_ids: Sequence[str]) -> set[str]:
         return {t for t in task_ids if t in self._states and self._states[t].is_final}

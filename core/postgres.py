@@ -234,10 +234,10 @@ class PostgresEventLog:
             for r in rows
         ]
 
-    async def pending_webhooks(self) -> list[TaskState]:
+    async def pending_webhooks(self) -> list[tuple[str, str | None]]:
         with _translated():
             rows = await self._pool.fetch(queries["pending_webhooks"])
-        return [state_from_json(r["state"]) for r in rows]
+        return [(str(r["task_id"]), r["callback_url"]) for r in rows]
 
     async def ended_among(self, task_ids: Sequence[str]) -> set[str]:
         ids = [t for t in task_ids if _is_uuid(t)]  # no other id names a task here

@@ -76,7 +76,8 @@ SELECT task_id::text AS task_id FROM tasks
 WHERE task_id = ANY($1::uuid[]) AND status IN ('succeeded', 'failed', 'cancelled');
 
 -- pending_webhooks --
-SELECT state FROM tasks WHERE webhook = 'pending' ORDER BY updated_at;
+SELECT task_id, state->>'callback_url' AS callback_url FROM tasks WHERE webhook = 'pending'
+ORDER BY updated_at;
 
 -- select_all_events --
 -- For rebuilds, in task order. $1 after (task_id, seq) as task_id, $2 seq, $3 limit

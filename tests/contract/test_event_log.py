@@ -73,7 +73,7 @@ class EventLogContract:
         )
         assert s.seq == 4 and s.status == task_state.SUCCEEDED and s.end_seq == 4
         assert (await log.get(tid)).webhook == task_state.WEBHOOK_PENDING
-        assert [t.task_id for t in await log.pending_webhooks()] == [tid]
+        assert await log.pending_webhooks() == [(tid, s.callback_url)]
 
     async def test_duplicate_client_task_id(self, log: EventLog) -> None:
         ctid = f"c-{uuid.uuid4()}"

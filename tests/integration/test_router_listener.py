@@ -8,13 +8,13 @@ import random
 import uuid
 from typing import Any
 
-import asyncpg
 import pytest
 
 from actors.router import Router
 from core import events
 from core.config import Settings
 from core.postgres import PostgresEventLog
+from tests.support.listener_cut import cut_listener
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.postgres]
@@ -60,15 +60,7 @@ async def test_an_end_committed_while_the_listener_is_cut_is_caught_up(pg_dsn: s
         first, second = await submit(log), await submit(log)
         await eventually(lambda: ep.dispatched == [first], what="the first task dispatched")
 
-        listener = log._notify_conn  # noqa: SLF001 - the connection to cut
-        assert listener is not None
-        pid = listener.get_server_pid()
-        admin = await asyncpg.connect(pg_dsn)
-        try:
-            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
-        finally:
-            await admin.close()
-        await eventually(lambda: log._notify_conn is None, what="the listener noticed")  # noqa: SLF001
+        pid = await cut_listener(log, pg_dsn)
 
         # The endpoint records the end now: nobody listens, the notice is lost.
         state = await log.get(first)
