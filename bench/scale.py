@@ -248,7 +248,10 @@ def one_size(
                         if time.monotonic() - polled > 1.0:  # deliveries under way at once
                             polled = time.monotonic()
                             most_active = max(most_active, int(webhook_stats()["active"]))
-                cpu = cpu_report(cpu_before, cpu_snapshot(), len(acked))
+                cpu_after = cpu_snapshot()
+                cpu_wall_s = time.monotonic() - t0
+                cpu = cpu_report(cpu_before, cpu_after, len(acked))
+                cpu_s = sum(max(0.0, v - cpu_before.get(k, 0.0)) for k, v in cpu_after.items())
                 last = max((ts[0] for a in acked for ts in [receiver.by_task.get(a, [])] if ts), default=t0)
                 lost = sum(1 for a in acked if not receiver.by_task.get(a))
                 final = router_stats()
@@ -259,6 +262,10 @@ def one_size(
                     "dup": receiver.duplicates(), "rss_waiting": rss_waiting, "rss_end": rss_end,
                     "dispatched_total": final["dispatched_total"], "load": load_release, "cpu": cpu,
                     "most_active": most_active, "idle_ms_s": idle_ms_s,
+                    # The drain's CPU a task, and that less what the idle fleet would have
+                    # used over the same time: the work the tasks themselves cost.
+                    "cpu_ms_task": 1000 * cpu_s / max(1, len(acked)),
+                    "net_ms_task": (1000 * cpu_s - idle_ms_s * cpu_wall_s) / max(1, len(acked)),
                 }
             finally:
                 await receiver.stop()
@@ -306,7 +313,8 @@ def main() -> None:
             print(f"    RSS after the drain:    {fmt_rss(r['rss_end'])}")  # type: ignore[arg-type]
             print(f"    webhook deliveries under way at once, most seen: {r['most_active']}")
             print(f"    CPU of the whole machine while the tasks wait (prompts stalled): "
-                  f"{float(r['idle_ms_s']):.0f} ms/s")  # type: ignore[arg-type]
+                  f"{float(r['idle_ms_s']):.0f} ms/s; the drain's CPU a task less that idle cost: "
+                  f"{float(r['net_ms_task']):.1f} ms")  # type: ignore[arg-type]
         rounds.append(results)
     lo_e, hi_e = min(sizes), max(sizes)
     # This host's speed drifts from minute to minute: a ratio is taken within a round (sizes
@@ -323,10 +331,15 @@ def main() -> None:
     bound = (budget - idle_hi) / (budget - idle_lo)
     print(f"the idle cost alone allows at most {bound:.2f} at {hi_e} / {lo_e} on this machine "
           f"({idle_lo:.0f} vs {idle_hi:.0f} ms/s of {budget:.0f})")
+    net = statistics.median(
+        float(r[lo_e]["net_ms_task"]) / float(r[hi_e]["net_ms_task"]) for r in rounds  # type: ignore[arg-type]
+    )
+    print(f"the work a task costs, net of the idle cost, at {lo_e} / at {hi_e}: {net:.2f} "
+          "(1.00: the tasks cost as much at either size; below: more at the larger)")
     last = rounds[-1]
     print("SUMMARY scale tasks=" + str(args.tasks) + f" rounds={len(rounds)} "
           + " ".join(f"rate_e{e}={float(r['rate']):.1f}/s" for e, r in last.items())  # type: ignore[arg-type]
-          + f" ratio={ratio:.2f} idle_bound={bound:.2f} micro_p99={percentile(room, 99):.1f}us"
+          + f" ratio={ratio:.2f} idle_bound={bound:.2f} net_work_ratio={net:.2f} micro_p99={percentile(room, 99):.1f}us"
           + f" lost={sum(int(r['lost']) for rs in rounds for r in rs.values())}")  # type: ignore[call-overload]
 
 if __name__ == "__main__":
