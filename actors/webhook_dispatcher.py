@@ -93,7 +93,7 @@ class WebhookDispatcher:
         task.add_done_callback(self._bg.discard)
 
     def _on_ended(self, task_id: str, _endpoint: str | None, webhook_to: str | None) -> None:
-        if webhook_to:
+        if webhook_to is not None:
             self._ensure(task_id, webhook_to)
 
     async def stop(self) -> None:
@@ -152,8 +152,6 @@ class WebhookDispatcher:
             outcome = await self._try(task_id)
         except errors.Unavailable:
             outcome = UNAVAILABLE_RETRY_S  # the database is away: no try was recorded
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("webhook delivery of %s failed", task_id)
         finally:

@@ -37,8 +37,9 @@ def ended_notice(before: TaskState | None, after: TaskState) -> tuple[str, str |
     """What `listen_ended` callers hear of an append: `(task_id, endpoint, webhook_to)` when it
     gave the task an end (or a new end), or made its webhook pending again; else None.
     `endpoint` is where the task last ran (None if it never did): the router frees its slot
-    there. `webhook_to` is set when there is a delivery to make: the receiver it goes to
-    (`delivery_slots.receiver_of` the callback URL), which the dispatcher queues it under."""
+    there. `webhook_to` is not None when there is a delivery to make: the receiver it goes to
+    (`delivery_slots.receiver_of` the callback URL), which the dispatcher queues it under, or
+    `delivery_slots.UNKNOWN` when a writer of the previous version sent the notice."""
     if after.end_seq is None:
         return None
     pending = after.webhook == task_state.WEBHOOK_PENDING

@@ -25,6 +25,7 @@ import asyncpg
 import orjson
 
 from core import errors, events, fleet, rebuild, task_state
+from core.delivery_slots import UNKNOWN as UNKNOWN_RECEIVER
 from core.event_log import (
     EndedCallback,
     SubmittedCallback,
@@ -318,7 +319,9 @@ class PostgresEventLog:
 
         def on_payload(payload: str) -> None:
             task_id, endpoint, webhook_to = orjson.loads(payload)
-            callback(task_id, endpoint, webhook_to or None)
+            if webhook_to is True:  # a writer of the version before: pending, receiver unknown
+                webhook_to = UNKNOWN_RECEIVER
+            callback(task_id, endpoint, webhook_to if isinstance(webhook_to, str) else None)
 
         await self._listen(ENDED_CHANNEL, on_payload, on_listening)
 

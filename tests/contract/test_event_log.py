@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from core import errors, events, task_state
-from core.delivery_slots import receiver_of
+from core.delivery_slots import UNKNOWN, receiver_of
 from core.event_log import EventLog, InMemoryEventLog
 from core.postgres import PostgresEventLog
 from core.rebuild import task_id_ranges
@@ -199,6 +199,24 @@ class TestPostgresEventLog(EventLogContract):
                     await conn.execute(stmt)
         finally:
             await conn.close()
+
+    async def test_a_notice_of_the_previous_version_is_a_delivery_to_an_unknown_receiver(
+        self, log: PostgresEventLog, pg_dsn: str
+    ) -> None:
+        import asyncpg
+
+        heard: list[tuple[str, str | None, str | None]] = []
+        caught_up: list[int] = []
+        await log.listen_ended(lambda *notice: heard.append(notice), lambda: caught_up.append(1))
+        await eventually(lambda: caught_up, what="listening")
+        conn = await asyncpg.connect(pg_dsn)
+        try:  # as the appending statement of the version before sent them: a flag, not a receiver
+            await conn.execute("""SELECT pg_notify('tasks_ended_v1', '["t1", "e:1", true]')""")
+            await conn.execute("""SELECT pg_notify('tasks_ended_v1', '["t2", null, false]')""")
+        finally:
+            await conn.close()
+        await eventually(lambda: len(heard) >= 2, what="two notices")
+        assert heard == [("t1", "e:1", UNKNOWN), ("t2", None, None)]
 
     async def test_rebuild_equals_fold(self, log: PostgresEventLog) -> None:
         tids = []

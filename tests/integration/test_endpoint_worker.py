@@ -56,7 +56,7 @@ class EndNotices:
 
     def on_ended(self, task_id: str, endpoint: str | None, webhook_to: str | None) -> None:
         self.freed.append((endpoint, task_id))
-        if webhook_to:
+        if webhook_to is not None:
             self.ended.append(task_id)
 
 
