@@ -14,9 +14,8 @@ import pytest
 import standardwebhooks
 from aiohttp import web
 
-from actors import webhook_dispatcher
 from actors.webhook_dispatcher import WebhookDispatcher
-from core import errors, events, task_state, url_policy, views, webhooks
+from core import events, task_state, url_policy, views, webhooks
 from core.delivery_slots import receiver_of
 from core.event_log import InMemoryEventLog
 from tests.support.polling import eventually
@@ -374,39 +373,3 @@ async def test_a_delivery_waiting_to_retry_holds_no_slot(
     await eventually(lambda: webhook_settled(log, later), what="the retry delivered")
     assert [c["status"] for c in receiver.calls["later"]] == [500, 200]
 
-
-class FlakyLog(InMemoryEventLog):
-    """A log whose reads fail `outages` times as a database away would."""
-
-    def __init__(self, outages: int) -> None:
-        super().__init__()
-        self.outages = outages
-
-    async def get(self, task_id: str) -> task_state.TaskState:
-        if self.outages > 0:
-            self.outages -= 1
-            raise errors.DatabaseUnavailable("the database is away (test)")
-        return await super().get(task_id)
-
-
-async def test_a_delivery_that_cannot_read_the_log_tries_again_by_itself(
-    receiver: Receiver, dispatchers: list[WebhookDispatcher], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(webhook_dispatcher, "OUTBOX_SCAN_S", 3600.0)  # no scan to fall back on
-    monkeypatch.setattr(webhook_dispatcher, "UNAVAILABLE_RETRY_S", 0.2)
-    log = FlakyLog(outages=0)
-    task_id = await ended_task(log, receiver.url("later"))
-    d = make_dispatcher(log, dispatchers)
-    await d.start()
-    await eventually(lambda: webhook_settled(log, task_id), what="the scan at start delivered the first")
-    second = await ended_task(log, receiver.url("later"))
-    log.outages = 2
-    await d.task_ended(second)
-
-    async def delivered() -> bool:  # read past the outage: only the dispatcher meets it
-        state = await InMemoryEventLog.get(log, second)
-        return state.webhook == task_state.WEBHOOK_DELIVERED
-
-    await eventually(delivered, what="delivered once the log answered")
-    assert log.outages == 0
-    assert len(receiver.calls["later"]) == 2  # once each
