@@ -1,0 +1,1 @@
+"""Command-line tools: migrate, rebuild the read model, re-upload kept outputs."""

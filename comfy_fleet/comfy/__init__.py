@@ -1,0 +1,1 @@
+"""ComfyUI's own protocol: what its answers and websocket frames mean."""

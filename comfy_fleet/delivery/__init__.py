@@ -1,0 +1,1 @@
+"""Webhook delivery: signing, the retry policy, the sender, and delivery slots."""

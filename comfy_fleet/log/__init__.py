@@ -1,0 +1,1 @@
+"""The event log: events, the fold, the log's ports and its PostgreSQL implementation."""

@@ -1,0 +1,1 @@
+"""Pure policies: routing, placement, and which outgoing URLs may be called."""

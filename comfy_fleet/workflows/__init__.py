@@ -1,0 +1,1 @@
+"""Workflows: manifests, parameters, graphs, and the registry of a folder."""
