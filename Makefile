@@ -30,13 +30,13 @@ test-unit: install
 	$(PY) -m pytest tests/unit
 
 migrate: install
-	$(PY) -m core.migrate
+	$(PY) -m comfy_fleet.cli.migrate
 
 rebuild: install
-	$(PY) -m core.rebuild
+	$(PY) -m comfy_fleet.cli.rebuild
 
 reupload: install
-	$(PY) -m core.reupload $(ARGS)
+	$(PY) -m comfy_fleet.cli.reupload $(ARGS)
 
 BENCHMARKS := standin_bench throughput latency event_log scale ray_idle soak
 

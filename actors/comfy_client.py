@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from core import errors
-from core.config import Endpoint
+from comfy_fleet import errors
+from comfy_fleet.config import Endpoint
 
 #: ComfyUI has no auth; it refuses requests whose Origin differs from Host, so we send none.
 _HEADERS = {"User-Agent": "comfy-fleet"}

@@ -29,13 +29,16 @@ import websockets
 
 from actors import metrics
 from actors.comfy_client import ComfyClient
-from core import comfy_history, errors, events, storage, task_state
-from core.coalescer import Coalescer
-from core.comfy_history import OutputFile
-from core.config import Endpoint, Settings
-from core.event_log import EventLog
-from core.task_state import TaskState
-from core.workflow_registry import WorkflowRegistry
+from comfy_fleet.comfy import history as comfy_history
+from comfy_fleet import errors
+from comfy_fleet.log import events, task_state
+from comfy_fleet.storage import blob_store as storage
+from comfy_fleet.log.coalescer import Coalescer
+from comfy_fleet.comfy.history import OutputFile
+from comfy_fleet.config import Endpoint, Settings
+from comfy_fleet.log.event_log import EventLog
+from comfy_fleet.log.task_state import TaskState
+from comfy_fleet.workflows.registry import WorkflowRegistry
 
 log = logging.getLogger("comfy_fleet.endpoint")
 
@@ -164,7 +167,7 @@ class EndpointWorker:
         #: (type, subfolder, filename) to delete through the extension with the next trash run
         self._file_trash: list[tuple[str, str, str]] = []
         # Tasks let go of without recording their end, batched into one actor call (see
-        # core/coalescer). An end we record needs no call: the append notifies the router and
+        # comfy_fleet/log/coalescer). An end we record needs no call: the append notifies the router and
         # the webhook dispatcher through the log (EventLog.listen_ended).
         self._finished: Coalescer[str] = Coalescer(
             lambda ids: self.router.task_finished_many(self.name, ids)

@@ -16,10 +16,12 @@ from typing import Any
 
 import ray
 
-from core import storage, webhooks
-from core.config import Endpoint, Settings, parse_endpoint
-from core.postgres import PostgresEventLog
-from core.url_policy import UrlPolicy
+from comfy_fleet.storage import blob_store as storage
+
+from comfy_fleet.delivery import webhooks
+from comfy_fleet.config import Endpoint, Settings, parse_endpoint
+from comfy_fleet.log.postgres import PostgresEventLog
+from comfy_fleet.policies.url_policy import UrlPolicy
 
 NAMESPACE = "comfy-fleet"
 ROUTER_NAME = "router"
@@ -265,7 +267,7 @@ class WebhookActor(_Lazy):
 
     async def _build(self) -> Any:
         from actors.webhook_dispatcher import WebhookDispatcher
-        from core import views
+        from comfy_fleet import views
 
         s = self.settings
         store = await make_store(s)
@@ -302,10 +304,10 @@ class WebhookActor(_Lazy):
 
 def start_endpoint_actor(settings: Settings, name: str, labels: list[str]) -> EndpointHandleOverRay:
     """Create (or find) the endpoint actor of one ComfyUI, on that ComfyUI's node when a node
-    matches (core.placement), anywhere otherwise."""
+    matches (comfy_fleet.policies.placement), anywhere otherwise."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from core import placement
+    from comfy_fleet.policies import placement
 
     options: dict[str, Any] = {
         "name": endpoint_actor_name(name), "namespace": NAMESPACE, "get_if_exists": True,
@@ -330,7 +332,7 @@ async def stop_endpoint_actor(name: str) -> None:
 
 
 def discover_endpoints(settings: Settings) -> dict[str, list[str]]:
-    from core import placement
+    from comfy_fleet.policies import placement
 
     found = placement.discovered_endpoints(ray.nodes(), settings.comfyui_discovery_port)
     return {name: [] for name in found}

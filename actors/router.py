@@ -2,7 +2,7 @@
 
 A plain async class (`actors/remote.py` makes it the named Ray actor). Its queue is derived
 state: on (re)start it is rebuilt from the log (every open task whose status is `queued`), so a
-router crash loses nothing. Dispatch is decided by `core.routing.pick_endpoint`; the endpoint
+router crash loses nothing. Dispatch is decided by `comfy_fleet.policies.routing.pick_endpoint`; the endpoint
 records `task.dispatched` with the expected seq, so even two routers could not assign a task twice.
 """
 
@@ -17,9 +17,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from actors import metrics
-from core import errors, fleet, routing, task_state
-from core.config import Settings
-from core.event_log import EventLog
+from comfy_fleet import errors
+from comfy_fleet.log import fleet, task_state
+from comfy_fleet.policies import routing
+from comfy_fleet.config import Settings
+from comfy_fleet.log.event_log import EventLog
 
 log = logging.getLogger("comfy_fleet.router")
 

@@ -25,10 +25,12 @@ from typing import Any
 import orjson
 
 from actors import metrics
-from core import errors, events, task_state, webhooks
-from core.delivery_slots import UNKNOWN, DeliverySlots, receiver_of
-from core.event_log import EventLog
-from core.task_state import TaskState
+from comfy_fleet import errors
+from comfy_fleet.log import events, task_state
+from comfy_fleet.delivery import webhooks
+from comfy_fleet.delivery.slots import UNKNOWN, DeliverySlots, receiver_of
+from comfy_fleet.log.event_log import EventLog
+from comfy_fleet.log.task_state import TaskState
 
 log = logging.getLogger("comfy_fleet.webhooks")
 

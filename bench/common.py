@@ -25,7 +25,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.config import Settings  # noqa: E402
+from comfy_fleet.config import Settings  # noqa: E402
 from serve_app import launcher  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def service(
 ) -> Iterator[tuple[str, Settings, launcher.LocalParts]]:
     """The whole service, started as `make run` starts it, on a database of its own.
     `standins_in_one_process`: the stand-ins (standing for GPU hosts) share one process."""
-    from devstack import postgres
+    from comfy_fleet_devstack import postgres
 
     admin = postgres.find_test_server()
     name = postgres.unique_database_name("bench")

@@ -28,10 +28,10 @@ import asyncpg
 import orjson
 
 from bench.common import machine, percentile
-from core import events
-from core.migrate import apply_dsn
-from core.postgres import PostgresEventLog
-from core.task_state import TaskState
+from comfy_fleet.log import events
+from comfy_fleet.cli.migrate import apply_dsn
+from comfy_fleet.log.postgres import PostgresEventLog
+from comfy_fleet.log.task_state import TaskState
 
 PROMPT = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
@@ -142,7 +142,7 @@ async def reads(dsn: str, n: int) -> dict[str, list[float]]:
 
 
 async def run(args: argparse.Namespace) -> None:
-    from devstack import postgres
+    from comfy_fleet_devstack import postgres
 
     admin = postgres.find_test_server()
     name = postgres.unique_database_name("benchlog")

@@ -31,7 +31,7 @@ import httpx
 import orjson
 
 from bench.common import Receiver, cpu_report, cpu_snapshot, machine, percentile, rss_mb, service
-from core import routing
+from comfy_fleet.policies import routing
 
 # --- the service's processes -------------------------------------------------------------------
 

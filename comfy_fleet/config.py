@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from core import errors
+from comfy_fleet import errors
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -186,7 +186,7 @@ class Settings:
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     input_fetch_timeout_s: float = 20.0
-    #: Outgoing-URL policy (callbacks, image URLs): core/url_policy.py has the precedence.
+    #: Outgoing-URL policy (callbacks, image URLs): comfy_fleet/policies/url_policy.py has the precedence.
     url_deny_hosts: tuple[str, ...] = ()
     url_deny_cidrs: tuple[str, ...] = ()
     url_allow_cidrs: tuple[str, ...] = ()
@@ -227,11 +227,11 @@ class Settings:
 
         secret = r.str("WEBHOOK_SECRET")
         if secret is not None:
-            from core import webhooks
+            from comfy_fleet.delivery import webhooks
 
             webhooks.parse_secret(secret)  # ConfigError naming WEBHOOK_SECRET, never echoing it
 
-        from core.url_policy import UrlPolicy
+        from comfy_fleet.policies.url_policy import UrlPolicy
 
         # Malformed entries stop the start with a line naming the variable.
         UrlPolicy.build(

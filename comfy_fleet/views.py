@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from core import storage, task_state
-from core.task_state import TaskState
+from comfy_fleet.storage import blob_store as storage
+
+from comfy_fleet.log import task_state
+from comfy_fleet.log.task_state import TaskState
 
 
 async def task_view(state: TaskState, store: storage.BlobStore | None, expires_s: int) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core import errors
+from comfy_fleet import errors
 
 
 DATA_FILE = Path(__file__).parent / "data" / "object_info_full.json"

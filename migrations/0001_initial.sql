@@ -2,7 +2,7 @@
 
 CREATE TABLE task_events (
     -- Global order of the log (a bigserial can commit out of order: readers of the whole log
-    -- page by position only for rebuilds, never to tail it live; see core/postgres.py).
+    -- page by position only for rebuilds, never to tail it live; see comfy_fleet/log/postgres.py).
     position        bigserial    NOT NULL UNIQUE,
     task_id         uuid         NOT NULL,
     -- Per-task sequence: the primary key makes a stale writer conflict, never duplicate.
@@ -32,7 +32,7 @@ CREATE TRIGGER task_events_no_truncate
     FOR EACH STATEMENT EXECUTE FUNCTION task_events_append_only_v1();
 
 -- The read model: one row per task holding its folded state, written in the same statement
--- as the events (so it never lags); `python -m core.rebuild` recomputes it from the log.
+-- as the events (so it never lags); `python -m comfy_fleet.cli.rebuild` recomputes it from the log.
 CREATE TABLE tasks (
     task_id         uuid         PRIMARY KEY,
     client_task_id  text         UNIQUE,

@@ -23,9 +23,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from core import errors, events, task_state, views
-from core.config import Settings
-from core.task_state import TaskState
+from comfy_fleet import errors, views
+
+from comfy_fleet.log import events, task_state
+from comfy_fleet.config import Settings
+from comfy_fleet.log.task_state import TaskState
 from serve_app import schemas, submission
 from serve_app.services import Services
 
@@ -323,7 +325,7 @@ def create_app(settings: Settings, build_services: Callable[[], Awaitable[Servic
 
     @api.post("/endpoints", status_code=201, summary="Add a ComfyUI endpoint at run time")
     async def add_endpoint(body: schemas.AddEndpoint) -> Response:
-        from core.config import parse_endpoint
+        from comfy_fleet.config import parse_endpoint
 
         try:
             ep = parse_endpoint(body.endpoint, "endpoint")

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from core.config import Settings
+from comfy_fleet.config import Settings
 
 log = logging.getLogger("comfy_fleet.app")
 

@@ -11,11 +11,11 @@ import ray
 from ray import serve
 
 from actors import remote
-from core import errors
-from core.config import Settings
-from core.postgres import PostgresEventLog
-from core.url_policy import UrlPolicy
-from core.workflow_registry import WorkflowRegistry
+from comfy_fleet import errors
+from comfy_fleet.config import Settings
+from comfy_fleet.log.postgres import PostgresEventLog
+from comfy_fleet.policies.url_policy import UrlPolicy
+from comfy_fleet.workflows.registry import WorkflowRegistry
 from serve_app import api
 from serve_app.services import Services
 

@@ -23,7 +23,11 @@ from typing import Any
 import httpx
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
-from core import errors, params, url_policy
+from comfy_fleet import errors
+
+from comfy_fleet.workflows import params
+
+from comfy_fleet.policies import url_policy
 
 #: Formats ComfyUI's LoadImage reads (Pillow format names).
 LOADIMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")

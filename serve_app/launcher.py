@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core import errors, migrate
-from core.config import Settings, parse_endpoint
+from comfy_fleet import errors
+
+from comfy_fleet.cli import migrate
+from comfy_fleet.config import Settings, parse_endpoint
 
 log = logging.getLogger("comfy_fleet.launcher")
 
@@ -69,7 +71,7 @@ class LocalParts:
             with contextlib.suppress(Exception):
                 self.seaweed.stop()
         if self.embedded_pg is not None:
-            from devstack import postgres
+            from comfy_fleet_devstack import postgres
 
             with contextlib.suppress(Exception):
                 postgres.stop_embedded(self.embedded_pg)
@@ -92,13 +94,13 @@ def start_local_parts(
     changes: dict[str, Any] = {}
     try:
         if not settings.database_url:
-            from devstack import postgres
+            from comfy_fleet_devstack import postgres
 
             parts.embedded_pg = data_dir / "pg"
             changes["database_url"] = postgres.start_embedded(parts.embedded_pg)
             say(f"PostgreSQL: none configured (DATABASE_URL), started an embedded one in {parts.embedded_pg}")
         if not settings.s3_endpoint_url and not settings.aws_access_key_id:
-            from devstack.seaweed import SeaweedS3
+            from comfy_fleet_devstack.seaweed import SeaweedS3
 
             parts.seaweed = SeaweedS3(data_dir / "s3", bucket=settings.s3_bucket).start()
             changes.update(

@@ -16,8 +16,12 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, Response
 
-from core import storage, task_state, views
-from core.task_state import TaskState
+from comfy_fleet.storage import blob_store as storage
+
+from comfy_fleet.log import task_state
+
+from comfy_fleet import views
+from comfy_fleet.log.task_state import TaskState
 
 #: The prototype's ErrorCode values.
 SUCCESS, QUEUE_FAILED, STORAGE_FAILED, OUTPUT_FETCH_FAILED, OTHER = 0, 1, 2, 3, 10

@@ -8,8 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
-from core import errors
-from core.config import REPO_ROOT, Settings
+from comfy_fleet import errors
+from comfy_fleet.config import REPO_ROOT, Settings
 from serve_app import launcher
 
 
@@ -23,7 +23,7 @@ def main() -> None:
         settings = Settings.from_env()
     except errors.ConfigError as exc:
         sys.exit(f"comfy-fleet: configuration error: {exc}")
-    from core.workflow_registry import WorkflowRegistry
+    from comfy_fleet.workflows.registry import WorkflowRegistry
 
     _, problems = WorkflowRegistry.load(settings.workflows_dir)
     if problems:

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from core import storage
-from core.config import Settings
-from core.event_log import EventLog
-from core.url_policy import UrlPolicy
-from core.workflow_registry import WorkflowRegistry
+from comfy_fleet.storage import blob_store as storage
+from comfy_fleet.config import Settings
+from comfy_fleet.log.event_log import EventLog
+from comfy_fleet.policies.url_policy import UrlPolicy
+from comfy_fleet.workflows.registry import WorkflowRegistry
 
 
 class RouterClient(Protocol):

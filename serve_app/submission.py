@@ -13,8 +13,10 @@ from typing import Any
 
 import orjson
 
-from core import errors, events
-from core.task_state import TaskState
+from comfy_fleet import errors
+
+from comfy_fleet.log import events
+from comfy_fleet.log.task_state import TaskState
 from serve_app.services import Services
 
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from core import migrate
+from comfy_fleet.cli import migrate
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -18,7 +18,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def _with_db(dsn: str, name: str) -> str:
-    from devstack.postgres import with_database
+    from comfy_fleet_devstack.postgres import with_database
 
     return with_database(dsn, name)
 
@@ -26,7 +26,7 @@ def _with_db(dsn: str, name: str) -> str:
 @pytest.fixture(scope="session")
 async def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """TEST_DATABASE_URL, else the server on 127.0.0.1:5432, else an embedded one (pgserver)."""
-    from devstack.postgres import find_test_server
+    from comfy_fleet_devstack.postgres import find_test_server
 
     yield find_test_server(embedded_dir=tmp_path_factory.mktemp("pg"))
 

@@ -1,6 +1,6 @@
 """Applies `migrations/*.sql` in order, each once, recorded in `schema_migrations`.
 
-Run at service start and by `python -m core.migrate [DSN]`. Concurrent starters are serialised
+Run at service start and by `python -m comfy_fleet.cli.migrate [DSN]`. Concurrent starters are serialised
 by an advisory lock, so two replicas never apply the same file twice.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 
-from core.config import REPO_ROOT
+from comfy_fleet.config import REPO_ROOT
 
 MIGRATIONS_DIR = REPO_ROOT / "migrations"
 #: arbitrary, fixed: the advisory lock key of migrations.
@@ -58,11 +58,11 @@ async def apply_dsn(dsn: str) -> list[str]:
 
 
 def main() -> None:
-    from core.config import Settings
+    from comfy_fleet.config import Settings
 
     dsn = sys.argv[1] if len(sys.argv) > 1 else Settings.from_env().database_url
     if not dsn:
-        sys.exit("core.migrate: no DATABASE_URL (or RDB_*) configured and no DSN given")
+        sys.exit("comfy_fleet.cli.migrate: no DATABASE_URL (or RDB_*) configured and no DSN given")
     names = asyncio.run(apply_dsn(dsn))
     print(f"applied {len(names)} migration(s): {', '.join(names) or 'none needed'}")
 

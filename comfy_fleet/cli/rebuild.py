@@ -1,4 +1,4 @@
-"""`python -m core.rebuild [DSN] [--workers N]`: recompute the read model (`tasks`) from the log.
+"""`python -m comfy_fleet.cli.rebuild [DSN] [--workers N]`: recompute the read model (`tasks`) from the log.
 
 Run it with the service stopped: writers append to the log and the read model together, and a
 rebuild folds the log as of one snapshot, so the rows it writes could miss an append racing
@@ -32,10 +32,12 @@ from datetime import datetime
 import asyncpg
 import orjson
 
-from core import errors, events, task_state
-from core.event_log import state_json
-from core.sql import queries
-from core.task_state import TaskState
+from comfy_fleet import errors
+
+from comfy_fleet.log import events, task_state
+from comfy_fleet.log.event_log import state_json
+from comfy_fleet.log.sql import queries
+from comfy_fleet.log.task_state import TaskState
 
 #: The read model's columns, in the order of `read_model_row`.
 COLUMNS = ("task_id", "client_task_id", "workflow", "status", "priority", "webhook",
@@ -325,7 +327,7 @@ async def rebuild_read_model(dsn: str, workers: int | None = None) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(
-        prog="python -m core.rebuild", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m comfy_fleet.cli.rebuild", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="\n\n".join(__doc__.split("\n\n")[:2]),
     )
     ap.add_argument("dsn", nargs="?", help="default: DATABASE_URL (or RDB_*) from the environment")
@@ -333,11 +335,11 @@ def main() -> None:
     args = ap.parse_args()
     dsn = args.dsn
     if not dsn:
-        from core.config import Settings
+        from comfy_fleet.config import Settings
 
         dsn = Settings.from_env().database_url
     if not dsn:
-        ap.exit(1, "core.rebuild: no DATABASE_URL (or RDB_*) configured and no DSN given\n")
+        ap.exit(1, "comfy_fleet.cli.rebuild: no DATABASE_URL (or RDB_*) configured and no DSN given\n")
     print(f"rebuilt {asyncio.run(rebuild_read_model(dsn, args.workers))} task(s) from the log")
 
 

@@ -1,4 +1,4 @@
-"""`python -m core.reupload`: store in S3 what an outage left in DEFAULT_FAILED_IMAGE_PATH, and
+"""`python -m comfy_fleet.cli.reupload`: store in S3 what an outage left in DEFAULT_FAILED_IMAGE_PATH, and
 complete those tasks.
 
 When S3 does not answer after its retries, the endpoint keeps an output at
@@ -33,10 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core import errors, events, storage, task_state
-from core.config import Settings
-from core.event_log import EventLog
-from core.task_state import TaskState
+from comfy_fleet import errors
+
+from comfy_fleet.log import events, task_state
+
+from comfy_fleet.storage import blob_store as storage
+from comfy_fleet.config import Settings
+from comfy_fleet.log.event_log import EventLog
+from comfy_fleet.log.task_state import TaskState
 
 log = logging.getLogger("comfy_fleet.reupload")
 
@@ -249,7 +253,7 @@ async def run(
         return report
     own_log = own_store = False
     if log_ is None:
-        from core.postgres import PostgresEventLog
+        from comfy_fleet.log.postgres import PostgresEventLog
 
         log_ = await PostgresEventLog.connect(settings.database_url or "", max_size=2)
         own_log = True
@@ -270,7 +274,7 @@ async def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m core.reupload",
+        prog="python -m comfy_fleet.cli.reupload",
         description=(
             "Upload outputs kept in DEFAULT_FAILED_IMAGE_PATH to S3 and complete their tasks."
         ),

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from urllib.parse import urlsplit
 
-from core import errors
+from comfy_fleet import errors
 
 #: The key of waiting ids whose receiver is not known yet.
 UNKNOWN: str = ""

@@ -29,7 +29,9 @@ from typing import Literal
 import aiohttp
 from yarl import URL
 
-from core import errors, url_policy
+from comfy_fleet import errors
+
+from comfy_fleet.policies import url_policy
 
 SIGNATURE_VERSION = "v1"
 SECRET_PREFIX = "whsec_"

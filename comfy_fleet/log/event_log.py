@@ -22,9 +22,11 @@ from typing import Any, Protocol
 
 import orjson
 
-from core import errors, events, fleet, task_state
-from core.delivery_slots import receiver_of
-from core.task_state import TaskState
+from comfy_fleet import errors
+
+from comfy_fleet.log import events, fleet, task_state
+from comfy_fleet.delivery.slots import receiver_of
+from comfy_fleet.log.task_state import TaskState
 
 
 #: (task_id, priority, created_at, workflow, labels) of a newly submitted task
@@ -110,7 +112,7 @@ class EventLog(Protocol):
         ...
 
     async def append_fleet(self, event: fleet.FleetEvent) -> None:
-        """Record a fact about the fleet (core/fleet.py)."""
+        """Record a fact about the fleet (comfy_fleet/log/fleet.py)."""
         ...
 
     async def read_fleet(self) -> list[fleet.FleetEvent]: ...

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-from core import errors
+from comfy_fleet import errors
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,7 +161,7 @@ class TaskRequeued(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class TaskOutputsRecovered(Event):
-    """`python -m core.reupload` stored in S3 every output that a `storage_failed` failure kept in
+    """`python -m comfy_fleet.cli.reupload` stored in S3 every output that a `storage_failed` failure kept in
     DEFAULT_FAILED_IMAGE_PATH. `outputs` is the task's whole output list after recovery, in node
     order (the outputs stored before plus the recovered ones). The one exception to "the first
     final event wins": it turns that failure, and only that one, into the end the task would

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from core import errors
+from comfy_fleet import errors
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,9 +24,13 @@ from typing import Any
 import asyncpg
 import orjson
 
-from core import errors, events, fleet, rebuild, task_state
-from core.delivery_slots import UNKNOWN as UNKNOWN_RECEIVER
-from core.event_log import (
+from comfy_fleet import errors
+
+from comfy_fleet.log import events, fleet, task_state
+
+from comfy_fleet.cli import rebuild
+from comfy_fleet.delivery.slots import UNKNOWN as UNKNOWN_RECEIVER
+from comfy_fleet.log.event_log import (
     EndedCallback,
     SubmittedCallback,
     decode_cursor,
@@ -36,8 +40,8 @@ from core.event_log import (
     state_from_json,
     state_to_json,
 )
-from core.sql import queries
-from core.task_state import TaskState
+from comfy_fleet.log.sql import queries
+from comfy_fleet.log.task_state import TaskState
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +382,7 @@ class PostgresEventLog:
     async def rebuild_read_model(self, workers: int | None = None) -> int:
         """Replace every read-model row by the fold of the log, in one transaction; returns the
         number of tasks. The log's task-id ranges are folded in `workers` processes (default:
-        one per core); see core/rebuild.py. Run it with the service stopped."""
+        one per core); see comfy_fleet/cli/rebuild.py. Run it with the service stopped."""
         return await rebuild.rebuild_read_model(self._dsn, workers)
 
 

@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from core import errors, events, webhooks
+from comfy_fleet import errors
+
+from comfy_fleet.log import events
+
+from comfy_fleet.delivery import webhooks
 
 #: API statuses. `queued`: waiting in the router (or requeued); `dispatched`: sent to a ComfyUI;
 #: `running`: ComfyUI executes it; the last three are final.

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from core.config import is_loopback as _is_loopback
+from comfy_fleet.config import is_loopback as _is_loopback
 
 #: The node label naming the ComfyUI that runs on the node.
 COMFYUI_LABEL = "comfy-fleet/comfyui"

@@ -53,7 +53,7 @@ from typing import Any
 import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from core import errors
+from comfy_fleet import errors
 
 # httpx logs every request with its whole URL at INFO; an image URL may carry a token in its
 # query, so httpx's logger speaks only of trouble.
@@ -249,7 +249,7 @@ class UrlPolicy:
 
     @classmethod
     def from_settings(cls, settings: Any, *, extra_deny_hosts: Iterable[str] = ()) -> UrlPolicy:
-        """The policy of a ``core.config.Settings``.
+        """The policy of a ``comfy_fleet.config.Settings``.
 
         Denies the ComfyUI endpoints and the service's own ``host:port``, plus the optional
         settings ``url_deny_hosts``, ``url_deny_cidrs``, ``url_allow_cidrs`` (sequences of strings)

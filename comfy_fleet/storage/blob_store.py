@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
-from core import errors
+from comfy_fleet import errors
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -361,7 +361,7 @@ class S3BlobStore:
 
     @classmethod
     async def from_settings(cls, settings: Any) -> S3BlobStore:
-        """The store of a `core.config.Settings` (S3_* and AWS_* variables), opened."""
+        """The store of a `comfy_fleet.config.Settings` (S3_* and AWS_* variables), opened."""
         return await cls.create(
             bucket=settings.s3_bucket,
             endpoint_url=settings.s3_endpoint_url,

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core import errors, graph as graph_module
+from comfy_fleet import errors
+
+from comfy_fleet.workflows import graph as graph_module
 
 #: The parameter types a manifest may declare.
 PARAM_TYPES: tuple[str, ...] = ("string", "int", "float", "bool", "seed", "image", "choice")
@@ -96,7 +98,7 @@ class Manifest:
     params: dict[str, ParamSpec] = field(default_factory=dict)
     #: Labels an endpoint must all carry to run this workflow.
     required_labels: tuple[str, ...] = ()
-    #: Root of the per-task output folder, see ``core.params.task_filename_prefix``.
+    #: Root of the per-task output folder, see ``comfy_fleet.workflows.params.task_filename_prefix``.
     output_prefix: str = DEFAULT_OUTPUT_PREFIX
 
     def image_fields(self) -> set[tuple[str, str]]:

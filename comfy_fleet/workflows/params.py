@@ -19,8 +19,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from core import errors, graph as graph_module, manifest as manifest_module
-from core.manifest import Manifest, ParamSpec
+from comfy_fleet import errors
+
+from comfy_fleet.workflows import graph as graph_module, manifest as manifest_module
+from comfy_fleet.workflows.manifest import Manifest, ParamSpec
 
 #: A drawn seed stays below 2**53 so it survives every JSON reader, JavaScript's doubles included;
 #: a client may still send any seed up to 2**64-1.
@@ -39,7 +41,7 @@ _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 class ParamLimits(Protocol):
-    """What ``validate_params`` needs from the settings (``core.config.Settings`` has both)."""
+    """What ``validate_params`` needs from the settings (``comfy_fleet.config.Settings`` has both)."""
 
     @property
     def max_string_length(self) -> int: ...

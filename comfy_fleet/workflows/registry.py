@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core import errors, graph as graph_module, manifest as manifest_module, params as params_module
-from core.manifest import Manifest
+from comfy_fleet import errors
+
+from comfy_fleet.workflows import graph as graph_module, manifest as manifest_module, params as params_module
+from comfy_fleet.workflows.manifest import Manifest
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -55,7 +57,7 @@ class Workflow:
         return graph_module.can_run(graph, object_info, ignore=self.manifest.image_fields())
 
     def validate(self, params: Any, **kwargs: Any) -> dict[str, Any]:
-        """``core.params.validate_params`` for this workflow."""
+        """``comfy_fleet.workflows.params.validate_params`` for this workflow."""
         return params_module.validate_params(self.manifest, params, **kwargs)
 
     def build_prompt(
@@ -65,7 +67,7 @@ class Workflow:
         task_id: str,
         image_names: Mapping[str, str] | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """``core.params.build_prompt`` for this workflow."""
+        """``comfy_fleet.workflows.params.build_prompt`` for this workflow."""
         return params_module.build_prompt(
             self.graph, self.manifest, resolved, task_id=task_id, image_names=image_names
         )

@@ -8,7 +8,7 @@ own because a process holds one Ray instance and the e2e suite's Ray lives in py
 
 Observed facts only: the test (tests/cluster/test_multinode.py) decides what they must be.
 Every node runs on 127.0.0.1, so each node that runs a ComfyUI carries the label
-`comfy-fleet/comfyui` = "host:port" of its stand-in (core/placement.py).
+`comfy-fleet/comfyui` = "host:port" of its stand-in (comfy_fleet/policies/placement.py).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class Stack:
 
     def add_comfyui_node(self, endpoint: str) -> str:
         """A worker node that runs the ComfyUI `endpoint`: the resource and the label."""
-        from core.placement import COMFYUI_LABEL
+        from comfy_fleet.policies.placement import COMFYUI_LABEL
 
         node = starting(
             lambda: self.cluster.add_node(
@@ -118,8 +118,8 @@ class Stack:
         return str(node.node_id)
 
     def start_service(self, env: dict[str, str]) -> str:
-        from core.config import Settings
-        from devstack import postgres
+        from comfy_fleet.config import Settings
+        from comfy_fleet_devstack import postgres
         from serve_app import launcher
 
         self.admin_dsn = postgres.find_test_server(embedded_dir=self.data / "pg")
@@ -161,7 +161,7 @@ class Stack:
             with contextlib.suppress(Exception):
                 self.parts.stop()
         if self.admin_dsn and self.db_name:
-            from devstack import postgres
+            from comfy_fleet_devstack import postgres
 
             with contextlib.suppress(Exception):
                 asyncio.run(postgres.drop_database(self.admin_dsn, self.db_name))
@@ -198,7 +198,7 @@ def node_table() -> dict[str, dict[str, Any]]:
     """NodeID → what the cluster says of the node (alive, label, comfyui resource)."""
     import ray
 
-    from core.placement import COMFYUI_LABEL
+    from comfy_fleet.policies.placement import COMFYUI_LABEL
 
     return {
         n["NodeID"]: {

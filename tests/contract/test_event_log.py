@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from core import errors, events, task_state
-from core.delivery_slots import UNKNOWN, receiver_of
-from core.event_log import EventLog, InMemoryEventLog
-from core.postgres import PostgresEventLog
-from core.rebuild import task_id_ranges
+from comfy_fleet import errors
+
+from comfy_fleet.log import events, task_state
+from comfy_fleet.delivery.slots import UNKNOWN, receiver_of
+from comfy_fleet.log.event_log import EventLog, InMemoryEventLog
+from comfy_fleet.log.postgres import PostgresEventLog
+from comfy_fleet.cli.rebuild import task_id_ranges
 from tests.support.polling import eventually
 
 
@@ -120,7 +122,7 @@ class EventLogContract:
         assert [(r[0], r[1], r[3], r[4]) for r in rows] == [(a, 3, "solid", [])]
 
     async def test_fleet_events_fold_over_configured(self, log: EventLog) -> None:
-        from core import fleet
+        from comfy_fleet.log import fleet
 
         await log.append_fleet(fleet.EndpointAdded(endpoint="h:2", labels=["a100"]))
         await log.append_fleet(fleet.EndpointRemoved(endpoint="h:1"))

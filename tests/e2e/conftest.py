@@ -18,7 +18,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from core.config import Settings
+from comfy_fleet.config import Settings
 from serve_app import launcher
 
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -54,7 +54,7 @@ class Fleet:
 
 @pytest.fixture(scope="session")
 def fleet_sync(tmp_path_factory: pytest.TempPathFactory, pg_admin_dsn: str) -> Iterator[tuple[str, Settings, launcher.LocalParts]]:
-    from devstack.postgres import create_database, drop_database, unique_database_name
+    from comfy_fleet_devstack.postgres import create_database, drop_database, unique_database_name
 
     data = tmp_path_factory.mktemp("fleet")
     # A workflows folder of the session's own, so tests can add workflows and reload.

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from core import webhooks
+from comfy_fleet.delivery import webhooks
 from serve_app import legacy
 from tests.e2e.conftest import WEBHOOK_SECRET, Fleet, Receiver
 

@@ -1,5 +1,5 @@
 """Outputs end to end: a 10-image batch, a video output, cleanup of the ComfyUI hosts, and an S3
-outage whose outputs land in the fallback folder and are completed by `python -m core.reupload`."""
+outage whose outputs land in the fallback folder and are completed by `python -m comfy_fleet.cli.reupload`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core import storage
+from comfy_fleet.storage import blob_store as storage
 from tests.e2e.conftest import Fleet, Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]
@@ -162,7 +162,7 @@ async def test_outputs_kept_during_an_s3_outage_are_completed_by_reupload(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "core.reupload",
+        "comfy_fleet.cli.reupload",
         "--wait",
         "20",
         cwd=tmp_path,

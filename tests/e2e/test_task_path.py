@@ -10,7 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from core import webhooks
+from comfy_fleet.delivery import webhooks
 from tests.e2e.conftest import WEBHOOK_SECRET, Fleet, Receiver
 from tests.support.polling import eventually
 

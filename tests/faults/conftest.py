@@ -27,9 +27,9 @@ import httpx
 import pytest
 
 from comfy_standin.testing import StandInProcess
-from core.config import Settings
-from devstack.seaweed import SeaweedS3
-from devstack.tcp_proxy import TcpProxy
+from comfy_fleet.config import Settings
+from comfy_fleet_devstack.seaweed import SeaweedS3
+from comfy_fleet_devstack.tcp_proxy import TcpProxy
 from serve_app import launcher
 from tests.support.background_loop import BackgroundLoop
 from tests.support.lost_reply_proxy import LostReplyProxy
@@ -180,7 +180,7 @@ def fault_stack(
 ) -> Iterator[FaultFleet]:
     import ray
 
-    from devstack.postgres import create_database, drop_database, unique_database_name
+    from comfy_fleet_devstack.postgres import create_database, drop_database, unique_database_name
 
     admin = urlsplit(pg_admin_dsn)
     if not admin.hostname or admin.hostname.startswith("/"):

@@ -97,7 +97,7 @@ async def test_s3_down_10s_outputs_are_stored_or_kept_and_reuploaded(
             assert Path(entry["fallback_path"]).is_file(), entry
     if kept:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "core.reupload", "--wait", "20",
+            sys.executable, "-m", "comfy_fleet.cli.reupload", "--wait", "20",
             cwd=tmp_path, env=_command_env(fleet),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )

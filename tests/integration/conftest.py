@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from devstack.seaweed import SeaweedS3
+from comfy_fleet_devstack.seaweed import SeaweedS3
 
 
 @pytest.fixture(scope="session")

@@ -22,11 +22,11 @@ import orjson
 import pytest
 import uvicorn
 
-from core.config import REPO_ROOT, Settings, parse_endpoint
-from core.postgres import PostgresEventLog
-from core.storage import InMemoryBlobStore
-from core.url_policy import UrlPolicy
-from core.workflow_registry import WorkflowRegistry
+from comfy_fleet.config import REPO_ROOT, Settings, parse_endpoint
+from comfy_fleet.log.postgres import PostgresEventLog
+from comfy_fleet.storage.blob_store import InMemoryBlobStore
+from comfy_fleet.policies.url_policy import UrlPolicy
+from comfy_fleet.workflows.registry import WorkflowRegistry
 from serve_app.api import create_app
 from serve_app.services import Services
 
@@ -141,7 +141,7 @@ async def _serve(dsn: str, api_keys: tuple[str, ...] = ()) -> AsyncIterator[Api]
 
 
 async def _database(admin_dsn: str, template: str, tag: str) -> str:
-    from devstack.postgres import with_database
+    from comfy_fleet_devstack.postgres import with_database
 
     name = f"cf_test_{os.getpid()}_{tag}_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(admin_dsn)

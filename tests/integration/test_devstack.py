@@ -12,10 +12,12 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from core import errors, storage
-from devstack import ports, postgres
-from devstack.seaweed import SeaweedS3
-from devstack.tcp_proxy import TcpProxy
+from comfy_fleet import errors
+
+from comfy_fleet.storage import blob_store as storage
+from comfy_fleet_devstack import ports, postgres
+from comfy_fleet_devstack.seaweed import SeaweedS3
+from comfy_fleet_devstack.tcp_proxy import TcpProxy
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,12 @@ from actors.comfy_client import ComfyClient
 from actors.endpoint import ACCEPTED, EndpointWorker
 from comfy_standin.knobs import FailRule
 from comfy_standin.testing import RunningStandIn, run_standin
-from core import events, storage, task_state
-from core.config import REPO_ROOT, Settings, parse_endpoint
-from core.event_log import InMemoryEventLog
-from core.task_state import TaskState
-from core.workflow_registry import WorkflowRegistry
+from comfy_fleet.log import events, task_state
+from comfy_fleet.storage import blob_store as storage
+from comfy_fleet.config import REPO_ROOT, Settings, parse_endpoint
+from comfy_fleet.log.event_log import InMemoryEventLog
+from comfy_fleet.log.task_state import TaskState
+from comfy_fleet.workflows.registry import WorkflowRegistry
 from tests.support.polling import eventually
 
 REGISTRY, _PROBLEMS = WorkflowRegistry.load(REPO_ROOT / "workflows")

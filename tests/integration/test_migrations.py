@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from core import migrate
+from comfy_fleet.cli import migrate
 
 pytestmark = pytest.mark.postgres
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from actors.router import Router
-from core import events
-from core.config import Settings
-from core.postgres import PostgresEventLog
+from comfy_fleet.log import events
+from comfy_fleet.config import Settings
+from comfy_fleet.log.postgres import PostgresEventLog
 from tests.support.listener_cut import cut_listener
 from tests.support.polling import eventually
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core import errors, storage
-from devstack.seaweed import SeaweedS3
+from comfy_fleet import errors
+
+from comfy_fleet.storage import blob_store as storage
+from comfy_fleet_devstack.seaweed import SeaweedS3
 
 pytestmark = pytest.mark.s3
 

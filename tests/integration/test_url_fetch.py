@@ -11,7 +11,9 @@ import httpx
 import pytest
 from aiohttp import web
 
-from core import errors, url_policy
+from comfy_fleet import errors
+
+from comfy_fleet.policies import url_policy
 
 PNG_BYTES = hashlib.sha256(b"seed").digest() * 64  # 2 KiB of made-up image bytes
 CHUNK = b"z" * 65536

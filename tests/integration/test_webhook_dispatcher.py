@@ -15,9 +15,12 @@ import standardwebhooks
 from aiohttp import web
 
 from actors.webhook_dispatcher import WebhookDispatcher
-from core import events, task_state, url_policy, views, webhooks
-from core.delivery_slots import receiver_of
-from core.event_log import InMemoryEventLog
+from comfy_fleet.log import events, task_state
+from comfy_fleet.policies import url_policy
+from comfy_fleet import views
+from comfy_fleet.delivery import webhooks
+from comfy_fleet.delivery.slots import receiver_of
+from comfy_fleet.log.event_log import InMemoryEventLog
 from tests.support.polling import eventually
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -15,9 +15,12 @@ from aiohttp import web
 
 from actors import webhook_dispatcher
 from actors.webhook_dispatcher import WebhookDispatcher
-from core import events, task_state, url_policy, views, webhooks
-from core.postgres import PostgresEventLog
-from devstack.tcp_proxy import TcpProxy
+from comfy_fleet.log import events, task_state
+from comfy_fleet.policies import url_policy
+from comfy_fleet import views
+from comfy_fleet.delivery import webhooks
+from comfy_fleet.log.postgres import PostgresEventLog
+from comfy_fleet_devstack.tcp_proxy import TcpProxy
 from tests.support.listener_cut import cut_listener
 from tests.support.polling import eventually
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
-from core import url_policy, webhooks
+from comfy_fleet.policies import url_policy
+
+from comfy_fleet.delivery import webhooks
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 KEY = webhooks.parse_secret(SECRET)

@@ -2,7 +2,7 @@
 
 - every task ends final (succeeded / failed / cancelled) within a bound;
 - none ends twice: its log holds exactly one of task.succeeded / task.failed / task.cancelled;
-- the log folds (``core.task_state.replay``) to what ``GET /tasks/{id}`` shows;
+- the log folds (``comfy_fleet.log.task_state.replay``) to what ``GET /tasks/{id}`` shows;
 - stored outputs match: the bytes behind each presigned URL have the recorded sha256 and size;
 - each end has exactly one final webhook delivery at the receiver, repeats of it carrying the
   same ``webhook-id`` and type (a ``storage_failed`` end later replaced by
@@ -19,7 +19,9 @@ from typing import Any
 
 import httpx
 
-from core import events, task_state, webhooks
+from comfy_fleet.log import events, task_state
+
+from comfy_fleet.delivery import webhooks
 from tests.support.webhook_receiver import WebhookReceiver
 
 FINAL = frozenset({"succeeded", "failed", "cancelled"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from core.postgres import PostgresEventLog
+from comfy_fleet.log.postgres import PostgresEventLog
 from tests.support.polling import eventually
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from core.coalescer import Coalescer
+from comfy_fleet.log.coalescer import Coalescer
 
 
 async def test_items_added_together_go_in_one_batch_in_order() -> None:

@@ -1,11 +1,11 @@
-"""DeliverySlots (core/delivery_slots.py): the bounds on webhook deliveries under way."""
+"""DeliverySlots (comfy_fleet/delivery/slots.py): the bounds on webhook deliveries under way."""
 
 from __future__ import annotations
 
 import pytest
 
-from core import errors
-from core.delivery_slots import DeliverySlots, receiver_of
+from comfy_fleet import errors
+from comfy_fleet.delivery.slots import DeliverySlots, receiver_of
 
 
 def start_all(slots: DeliverySlots) -> list[str]:

@@ -18,8 +18,8 @@ import jsonschema
 import pytest
 import yaml
 
-from core import errors
-from core.config import REPO_ROOT
+from comfy_fleet import errors
+from comfy_fleet.config import REPO_ROOT
 from serve_app import app as app_module
 from serve_app import launcher
 
@@ -60,7 +60,7 @@ def _commands(cluster: dict[str, Any], key: str) -> str:
 
 def _settings_variables() -> set[str]:
     """Every variable Settings.from_env reads: the literal names passed to its reader."""
-    tree = ast.parse((REPO_ROOT / "core" / "config.py").read_text())
+    tree = ast.parse((REPO_ROOT / "comfy_fleet" / "config.py").read_text())
     names: set[str] = set()
     for node in ast.walk(tree):
         if (
@@ -298,7 +298,7 @@ def test_dashboard_expressions_are_balanced(dashboard: dict[str, Any]) -> None:
 
 
 def test_cluster_nodes_and_a_local_ray_both_take_http_through_haproxy() -> None:
-    from core.config import Settings
+    from comfy_fleet.config import Settings
 
     text = RAY_NODE_ENV.read_text()
     assert "\nRAY_SERVE_ENABLE_HA_PROXY=1\n" in text

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core import errors
-from core.config import Settings, parse_endpoint
+from comfy_fleet import errors
+from comfy_fleet.config import Settings, parse_endpoint
 
 
 @pytest.mark.parametrize("cls", errors.ALL_ERRORS)

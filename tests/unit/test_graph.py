@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from core import graph
+from comfy_fleet.workflows import graph
 
 INFO: dict[str, Any] = {
     "CheckpointLoaderSimple": {

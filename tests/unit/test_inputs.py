@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from core import errors, storage
-from core.url_policy import UrlPolicy
+from comfy_fleet import errors
+
+from comfy_fleet.storage import blob_store as storage
+from comfy_fleet.policies.url_policy import UrlPolicy
 from serve_app import inputs
 
 

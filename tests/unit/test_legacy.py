@@ -6,8 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core import events, storage, task_state
-from core.events import StoredEvent
+from comfy_fleet.log import events, task_state
+
+from comfy_fleet.storage import blob_store as storage
+from comfy_fleet.log.events import StoredEvent
 from serve_app import legacy
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

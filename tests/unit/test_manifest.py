@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from core import errors, manifest
+from comfy_fleet import errors
+
+from comfy_fleet.workflows import manifest
 
 GRAPH = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,

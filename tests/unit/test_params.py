@@ -12,7 +12,9 @@ from typing import Any
 import jsonschema
 import pytest
 
-from core import errors, manifest, params
+from comfy_fleet import errors
+
+from comfy_fleet.workflows import manifest, params
 
 GRAPH: dict[str, Any] = {
     "1": {"class_type": "LoadImage", "inputs": {"image": "example.png", "upload": "image"}},

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from core.placement import COMFYUI_LABEL, discovered_endpoints, node_for
+from comfy_fleet.policies.placement import COMFYUI_LABEL, discovered_endpoints, node_for
 
 
 def node(nid: str, addr: str, *, alive: bool = True, comfy: bool = False, label: str | None = None) -> dict:

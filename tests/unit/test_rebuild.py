@@ -10,10 +10,12 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from core import errors, events, task_state
-from core.event_log import state_from_json, state_json, state_to_json
-from core.events import StoredEvent
-from core.rebuild import COLUMNS, LogFold, read_model_row, task_id_ranges
+from comfy_fleet import errors
+
+from comfy_fleet.log import events, task_state
+from comfy_fleet.log.event_log import state_from_json, state_json, state_to_json
+from comfy_fleet.log.events import StoredEvent
+from comfy_fleet.cli.rebuild import COLUMNS, LogFold, read_model_row, task_id_ranges
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ODD = "tab\there, newline\nthere, back\\slash, \"quote\", \r, é, \u2603"

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from core import errors, event_log, events, reupload, storage, task_state
-from core.events import StoredEvent
+from comfy_fleet import errors
+
+from comfy_fleet.log import event_log, events, task_state
+
+from comfy_fleet.cli import reupload
+
+from comfy_fleet.storage import blob_store as storage
+from comfy_fleet.log.events import StoredEvent
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SUB = events.TaskSubmitted(
@@ -198,7 +204,7 @@ class Env:
         self.root = tmp_path / "failed"
         self.log = event_log.InMemoryEventLog()
         self.store = storage.InMemoryBlobStore()
-        from core.config import Settings
+        from comfy_fleet.config import Settings
 
         self.settings = Settings.from_env(
             {"DEFAULT_FAILED_IMAGE_PATH": str(self.root)}, dotenv=tmp_path / "none"
@@ -280,7 +286,7 @@ def test_main_without_files_exits_zero(
 
 
 def test_a_late_webhook_record_of_the_replaced_end_does_not_count_for_the_new_one() -> None:
-    from core import webhooks
+    from comfy_fleet.delivery import webhooks
 
     fail = events.TaskFailed(code="storage_failed", message="m", prompt_id="p1")
     old_id = webhooks.webhook_id("t1", 3)

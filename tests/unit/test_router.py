@@ -12,9 +12,9 @@ import pytest
 
 from actors import router as router_module
 from actors.router import Router
-from core import events
-from core.config import Settings
-from core.event_log import InMemoryEventLog
+from comfy_fleet.log import events
+from comfy_fleet.config import Settings
+from comfy_fleet.log.event_log import InMemoryEventLog
 from tests.support.polling import eventually
 
 

@@ -1,11 +1,11 @@
-"""The routing policy (core.routing): which endpoint takes a task, and the order tasks wait in."""
+"""The routing policy (comfy_fleet.policies.routing): which endpoint takes a task, and the order tasks wait in."""
 
 from __future__ import annotations
 
 import random
 
-from core import routing
-from core.routing import EndpointLoad
+from comfy_fleet.policies import routing
+from comfy_fleet.policies.routing import EndpointLoad
 
 
 def ep(name: str, **kw: object) -> EndpointLoad:

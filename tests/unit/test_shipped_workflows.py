@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from comfy_standin import validation
-from core import graph, workflow_registry
+from comfy_fleet.workflows import graph, registry as workflow_registry
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 MODEL_FREE = ("invert", "resize", "solid", "solid_video")

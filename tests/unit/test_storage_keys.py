@@ -13,7 +13,9 @@ import wave
 import pytest
 from PIL import Image
 
-from core import errors, storage
+from comfy_fleet import errors
+
+from comfy_fleet.storage import blob_store as storage
 
 TASK = "0b7e4c1e-4f7a-4c1e-9d3a-1c2b3d4e5f60"
 

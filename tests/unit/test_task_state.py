@@ -6,8 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core import errors, events, task_state
-from core.events import StoredEvent
+from comfy_fleet import errors
+
+from comfy_fleet.log import events, task_state
+from comfy_fleet.log.events import StoredEvent
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core import errors, url_policy
+from comfy_fleet import errors
+
+from comfy_fleet.policies import url_policy
 
 DEFAULT = url_policy.UrlPolicy()
 
@@ -299,7 +301,7 @@ async def test_pinned_transport_refuses_before_connecting() -> None:
 
 
 def test_from_settings_denies_the_service_and_the_endpoints(tmp_path: Path) -> None:
-    from core import config
+    from comfy_fleet import config
 
     settings = config.Settings.from_env(
         {"COMFYUI_ENDPOINTS": "127.0.0.1:8188,http://[::1]:8189", "SERVICE_PORT": "8123"},

@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from core import errors, webhooks
+from comfy_fleet import errors
+
+from comfy_fleet.delivery import webhooks
 
 # The example of the Standard Webhooks specification.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

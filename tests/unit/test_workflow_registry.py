@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from core import errors, workflow_registry
+from comfy_fleet import errors
+
+from comfy_fleet.workflows import registry as workflow_registry
 
 GRAPH = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
