@@ -12,6 +12,9 @@ import pytest
 
 from comfy_fleet.cli import migrate
 
+# The running service (`fleet`, `receiver`), shared by tests/e2e and tests/security.
+pytest_plugins = ["tests.support.fleet"]
+
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

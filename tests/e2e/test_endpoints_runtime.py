@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from comfy_standin.testing import StandInProcess
-from tests.e2e.conftest import Fleet
+from tests.support.fleet import Fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import ray
 
-from tests.e2e.conftest import Fleet, Receiver
+from tests.support.fleet import Fleet, Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]
 

@@ -1,4 +1,4 @@
-"""The whole service, once per test session: real PostgreSQL, SeaweedFS, Ray + Serve, and two
+"""Fixtures `fleet`, `receiver`: the whole service, once per test session: real PostgreSQL, SeaweedFS, Ray + Serve, and two
 ComfyUI stand-ins (the only stand-in), plus a webhook receiver of the test's own."""
 
 from __future__ import annotations
