@@ -13,7 +13,7 @@ from PIL import Image
 
 from comfy_fleet.delivery import webhooks
 from serve_app import legacy
-from tests.e2e.conftest import WEBHOOK_SECRET, Fleet, Receiver
+from tests.support.fleet import WEBHOOK_SECRET, Fleet, Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]
 

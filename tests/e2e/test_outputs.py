@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from comfy_fleet.storage import blob_store as storage
-from tests.e2e.conftest import Fleet, Receiver
+from tests.support.fleet import Fleet, Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from comfy_fleet.delivery import webhooks
-from tests.e2e.conftest import WEBHOOK_SECRET, Fleet, Receiver
+from tests.support.fleet import WEBHOOK_SECRET, Fleet, Receiver
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.e2e.conftest import Fleet
+from tests.support.fleet import Fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]
 
