@@ -13,8 +13,9 @@ comes back level with the tenants being served now, never ahead by the dispatche
 Every active tenant's tag lies in `[V, V + 1/weight]`, so the whole memory of the past is less
 than one dispatch per tenant. With equal weights, while two tenants both have tasks waiting,
 dispatches strictly alternate between them (the contract allows two in a row); at weights 3:1 they
-go 3, 1, 3, 1 … (75 % / 25 %). Tags are exact Fractions, so ties are exact and the state is a
-deterministic function of the dispatches alone.
+go 3, 1, 3, 1 … (75 % / 25 %). Tags are exact: integers counting 1/L of a dispatch, L being the
+least common multiple of the weights' numerators, so every 1/weight is a whole number of units;
+ties are exact and the state is a deterministic function of the dispatches alone.
 
 **Rebuild.** Arrivals and removals never change a tag; only dispatches do (`record_dispatch`, and
 `next` which calls it). So `FairShare.rebuild(tenants of the task.dispatched facts in log order,
@@ -25,12 +26,13 @@ dispatch per tenant (and in the order of ties among tenants not served within th
 **Cost.** Tenants with waiting tasks sit in two heaps (those level with `V`, keyed by recency; those
 ahead, keyed by tag), so choosing a tenant is O(log T) amortized; each tenant's tasks are a
 RankedList, so push, remove and taking the first task are O(log n) plus a move of at most a block
-(512 pointers), and a task's `position` costs O(T log n).
+(512 pointers), and a task's `position` costs O(T + log n).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -75,8 +77,9 @@ class FairState:
 @dataclass
 class _Tenant:
     name: str
-    step: Fraction
-    tag: Fraction = Fraction(0)
+    #: 1/weight, in units of 1/L
+    step: int
+    tag: int = 0
     #: index of its last dispatch (-1: none); ties go to the least recent.
     last_served: int = -1
     #: bumped whenever a heap entry of this tenant goes stale
@@ -97,16 +100,18 @@ class FairShare:
     def __init__(self, weights: Mapping[str, Weight] | None = None, default_weight: Weight = 1) -> None:
         self._weights = {name: _fraction(w) for name, w in (weights or {}).items()}
         self._default = _fraction(default_weight)
+        #: units per dispatch: every 1/weight is a whole number of units
+        self._unit = math.lcm(self._default.numerator, *(w.numerator for w in self._weights.values()))
         self._tenants: dict[str, _Tenant] = {}
         self._tasks: dict[str, WaitingTask] = {}
         #: tenants with at least one waiting task
         self._active: dict[str, _Tenant] = {}
-        self._vtime = Fraction(0)
+        self._vtime = 0
         self._dispatches = 0
         #: active tenants level with V: (last_served, name, version)
         self._level: list[tuple[int, str, int]] = []
         #: active tenants ahead of V: (tag, last_served, name, version)
-        self._ahead: list[tuple[Fraction, int, str, int]] = []
+        self._ahead: list[tuple[int, int, str, int]] = []
 
     # --- building ---------------------------------------------------------------------------
 
@@ -133,7 +138,9 @@ class FairShare:
     def _tenant(self, name: str) -> _Tenant:
         t = self._tenants.get(name)
         if t is None:
-            t = self._tenants[name] = _Tenant(name, 1 / self.weight(name))
+            step = self._unit / self.weight(name)
+            assert step.denominator == 1
+            t = self._tenants[name] = _Tenant(name, step.numerator)
         return t
 
     # --- the waiting tasks ------------------------------------------------------------------
@@ -278,7 +285,7 @@ class FairShare:
                 ahead += self._dispatches_before(y, x, rank)
         return ahead + 1
 
-    def _eff(self, t: _Tenant) -> Fraction:
+    def _eff(self, t: _Tenant) -> int:
         return max(t.tag, self._vtime)
 
     def _dispatches_before(self, y: _Tenant, x: _Tenant, r: int) -> int:
@@ -288,33 +295,35 @@ class FairShare:
         dispatch each was last served at is its previous one in this same order."""
         ey, ex = self._eff(y), self._eff(x)
         tx = ex + r * x.step
+        n = len(y.queue)
+        if tx < ey:
+            return 0
+        # y's dispatches j with ey + j/wy < tx, then the one starting exactly at tx, if any.
+        whole, part = divmod(tx - ey, y.step)
+        strict = min(n, whole + (part > 0))
+        if strict < n and part == 0 and self._tie_first(y, strict, x, r):
+            return strict + 1
+        return strict
+
+    @staticmethod
+    def _tie_first(y: _Tenant, j: int, x: _Tenant, r: int) -> bool:
+        """Does y's dispatch j go before x's dispatch r when both start at the same tag?"""
         past_y, past_x = (y.last_served, y.name), (x.last_served, x.name)
-
-        def before(j: int) -> bool:
-            ty = ey + j * y.step
-            if ty != tx:
-                return ty < tx
-            if j == 0 or r == 0:
-                # A previous dispatch in the past beats one in the future.
-                return past_y < past_x if j == r else j == 0
-            if y.step != x.step:
-                return y.step > x.step  # its previous dispatch started earlier
-            return j < r if j != r else past_y < past_x
-
-        lo, hi = 0, len(y.queue)
-        while lo < hi:  # `before` holds for a prefix of j
-            mid = (lo + hi) // 2
-            if before(mid):
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
+        if j == 0 or r == 0:
+            # A previous dispatch in the past beats one in the future.
+            return past_y < past_x if j == r else j == 0
+        if y.step != x.step:
+            return y.step > x.step  # its previous dispatch started earlier
+        # Same step: the previous dispatches tie too, back to the one that reaches its first.
+        return j < r if j != r else past_y < past_x
 
     def state(self) -> FairState:
         """The state that decides the order from now on (for comparing a rebuild with the
         live structure)."""
         lags = {
-            name: t.tag - self._vtime for name, t in self._tenants.items() if t.tag > self._vtime
+            name: Fraction(t.tag - self._vtime, self._unit)
+            for name, t in self._tenants.items()
+            if t.tag > self._vtime
         }
         served = sorted((t.last_served, name) for name, t in self._tenants.items() if t.last_served >= 0)
         waiting = {
