@@ -1,279 +1,28 @@
-"""Where task outputs live: the BlobStore port, its S3 and in-memory implementations, and the
-pure helpers that name and type what is stored.
+"""Task outputs on an S3-compatible server: ``S3BlobStore``, the production BlobStore.
 
-Keys: ``output_key(task_id, index, filename)`` → ``tasks/<task_id>/<index:03d>-<safe name>``.
-The index (the output's place in node order) keeps keys unique even when two outputs share a
-file name, and the name is checked, then reduced to ``[A-Za-z0-9._-]``.
-
-``S3BlobStore`` keeps one aiobotocore client open. Connection errors and 5xx answers are retried
-with exponential backoff and full jitter until ``retry_for_s`` has passed, then the operation
-raises ``errors.StorageUnavailable``; any other refusal raises it at once. A missing object raises
-``BlobNotFound``.
+``S3BlobStore`` keeps one aiobotocore client open (get, stat, delete, the bucket) and sends PUTs
+to presigned URLs (``presign``). Connection errors and 5xx answers are retried with exponential
+backoff and full jitter (``retry``) until ``retry_for_s`` has passed, then the operation raises
+``errors.StorageUnavailable``; any other refusal raises it at once. A missing object raises
+``ports.BlobNotFound``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
-from urllib.parse import quote
+from typing import Any, TypeVar
 
 from comfy_fleet import errors
+from comfy_fleet.storage import content_types, ports, presign
+from comfy_fleet.storage import retry as retry_module
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-#: Content type of bytes we cannot identify.
-OCTET_STREAM = "application/octet-stream"
-#: Longest file name accepted in a key, in UTF-8 bytes (the common filesystem limit).
-MAX_FILENAME_BYTES = 255
-
-
-class BlobNotFound(errors.NotFound):
-    """No object has this key."""
-
-    code = "blob_not_found"
-
-
-@dataclass(frozen=True)
-class BlobInfo:
-    """What the store knows about one object."""
-
-    key: str
-    size: int
-    content_type: str
-
-
-class BlobStore(Protocol):
-    """An object store for task outputs. Every failure to reach it is errors.StorageUnavailable."""
-
-    async def put(self, key: str, data: bytes, content_type: str) -> None: ...
-
-    async def get(self, key: str) -> bytes:
-        """The object's bytes; BlobNotFound when there is none."""
-        ...
-
-    async def stat(self, key: str) -> BlobInfo:
-        """Size and content type; BlobNotFound when there is none."""
-        ...
-
-    async def delete(self, key: str) -> None:
-        """Remove the object; deleting a missing key is not an error."""
-        ...
-
-    async def exists(self, key: str) -> bool: ...
-
-    async def presign_get(self, key: str, expires_s: int) -> str:
-        """A URL that GETs the object without credentials for ``expires_s`` seconds."""
-        ...
-
-    async def ping(self) -> None:
-        """Raise errors.StorageUnavailable unless the bucket answers now (one try, no retries)."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-# -- pure helpers --------------------------------------------------------------------------------
-
-
-def sha256_hex(data: bytes | bytearray | memoryview) -> str:
-    """The lowercase hex SHA-256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
-_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-_TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-
-
-def check_filename(filename: str) -> str:
-    """Return ``filename`` if it is a plain file name; raise errors.InputRejected otherwise.
-
-    Refused: empty, ``.``/``..``, any path separator (so no absolute or nested path), control
-    characters, more than MAX_FILENAME_BYTES bytes of UTF-8.
-    """
-    if not filename:
-        raise errors.InputRejected("the file name is empty")
-    if filename in (".", ".."):
-        raise errors.InputRejected(
-            f"the file name {filename!r} is not a file", {"filename": filename}
-        )
-    if "/" in filename or "\\" in filename:
-        raise errors.InputRejected(
-            f"the file name {filename!r} contains a path separator", {"filename": filename}
-        )
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in filename):
-        raise errors.InputRejected(
-            f"the file name {filename!r} contains a control character", {"filename": filename}
-        )
-    if len(filename.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
-        raise errors.InputRejected(
-            f"the file name is longer than {MAX_FILENAME_BYTES} bytes", {"filename": filename[:64]}
-        )
-    return filename
-
-
-def output_key(task_id: str, index: int, filename: str) -> str:
-    """``tasks/<task_id>/<index:03d>-<safe name>`` for output number ``index`` of a task."""
-    if not _TASK_ID.match(task_id):
-        raise ValueError(f"task id {task_id!r} is not usable in a key")
-    if index < 0:
-        raise ValueError(f"output index {index} is negative")
-    safe = _UNSAFE_KEY_CHARS.sub("_", check_filename(filename))
-    return f"tasks/{task_id}/{index:03d}-{safe}"
-
-
-_BY_EXTENSION: dict[str, str] = {
-    "png": "image/png",
-    "jpg": "image/jpeg",
-    "jpeg": "image/jpeg",
-    "webp": "image/webp",
-    "gif": "image/gif",
-    "svg": "image/svg+xml",
-    "mp4": "video/mp4",
-    "m4v": "video/mp4",
-    "webm": "video/webm",
-    "mov": "video/quicktime",
-    "wav": "audio/wav",
-    "flac": "audio/flac",
-    "mp3": "audio/mpeg",
-    "ogg": "audio/ogg",
-    "oga": "audio/ogg",
-    "m4a": "audio/mp4",
-    "txt": "text/plain",
-    "json": "application/json",
-}
-
-
-#: MPEG audio frame headers without an ID3 tag (MPEG-1/2 layer III, with or without CRC).
-_MP3_FRAME_SYNC = frozenset({b"\xff\xfb", b"\xff\xf3", b"\xff\xf2", b"\xff\xfa"})
-
-
-def _sniff(head: bytes) -> str | None:
-    """The content type that ``head`` (the first bytes of a file) proves, if any."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif"
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "image/webp"
-    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
-        return "audio/wav"
-    if head.startswith(b"fLaC"):
-        return "audio/flac"
-    if head.startswith(b"OggS"):
-        return "audio/ogg"
-    if head.startswith(b"ID3") or head[:2] in _MP3_FRAME_SYNC:
-        return "audio/mpeg"
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand == b"qt  ":
-            return "video/quicktime"
-        if brand in (b"M4A ", b"M4B "):
-            return "audio/mp4"
-        return "video/mp4"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        # EBML: both WebM and Matroska; the doctype says which.
-        return "video/x-matroska" if b"matroska" in head[:64] else "video/webm"
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text[:1024]):
-        return "image/svg+xml"
-    return None
-
-
-def content_type_for(filename: str, head: bytes) -> str:
-    """The content type of a file: its magic bytes first, then its extension, else octet-stream.
-
-    ``head`` needs only the first few hundred bytes (the whole file is fine too).
-    """
-    sniffed = _sniff(head)
-    if sniffed is not None:
-        return sniffed
-    ext = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
-    return _BY_EXTENSION.get(ext, OCTET_STREAM)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter, bounded by total time."""
-
-    #: Give up (StorageUnavailable) once the next wait would end after this many seconds.
-    retry_for_s: float = 15.0
-    #: First backoff ceiling; doubles per attempt.
-    base_s: float = 0.1
-    #: Largest single wait.
-    cap_s: float = 2.0
-
-
-def backoff_delay(attempt: int, policy: RetryPolicy, rng: random.Random) -> float:
-    """Seconds to wait before retry number ``attempt + 1``: uniform in [0, min(cap, base·2^n)]."""
-    ceiling = min(policy.cap_s, policy.base_s * (2 ** min(attempt, 32)))
-    return rng.uniform(0.0, ceiling)
-
-
-# -- in memory -----------------------------------------------------------------------------------
-
-
-class InMemoryBlobStore:
-    """A BlobStore in a dict, for unit tests. Set ``available = False`` to simulate an outage."""
-
-    def __init__(self, bucket: str = "memory") -> None:
-        self.bucket = bucket
-        self.objects: dict[str, tuple[bytes, str]] = {}
-        self.available = True
-
-    def _check(self) -> None:
-        if not self.available:
-            raise errors.StorageUnavailable("the in-memory store is switched off")
-
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
-        self._check()
-        self.objects[key] = (bytes(data), content_type)
-
-    async def get(self, key: str) -> bytes:
-        self._check()
-        try:
-            return self.objects[key][0]
-        except KeyError:
-            raise BlobNotFound(f"no object {key!r}", {"key": key}) from None
-
-    async def stat(self, key: str) -> BlobInfo:
-        self._check()
-        try:
-            data, content_type = self.objects[key]
-        except KeyError:
-            raise BlobNotFound(f"no object {key!r}", {"key": key}) from None
-        return BlobInfo(key=key, size=len(data), content_type=content_type)
-
-    async def delete(self, key: str) -> None:
-        self._check()
-        self.objects.pop(key, None)
-
-    async def exists(self, key: str) -> bool:
-        self._check()
-        return key in self.objects
-
-    async def presign_get(self, key: str, expires_s: int) -> str:
-        expires_at = int(time.time()) + expires_s
-        return f"memory://{self.bucket}/{quote(key)}?expires={expires_at}"
-
-    async def ping(self) -> None:
-        self._check()
-
-    async def close(self) -> None:
-        return None
-
-
-# -- S3 ------------------------------------------------------------------------------------------
 
 #: S3 error codes worth retrying besides 5xx answers.
 _RETRYABLE_CODES = frozenset(
@@ -290,22 +39,6 @@ def _client_error_info(exc: BaseException) -> tuple[str, int] | None:
     code = str(response.get("Error", {}).get("Code", ""))
     status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     return code, status
-
-
-#: A presigned PUT URL is used at once; a short life limits what a leaked one could write.
-PRESIGNED_PUT_EXPIRY_S = 300
-
-
-def _s3_error(operation: str, status: int, body: bytes) -> Exception:
-    """The ``botocore`` ``ClientError`` for an S3 error answer (its XML ``<Code>``/``<Message>``),
-    as the client itself would raise, so one mapping (``_call``) serves every path."""
-    from botocore.exceptions import ClientError
-
-    text = body[:4096].decode("utf-8", "replace")
-    code = re.search(r"<Code>([^<]{1,100})</Code>", text)
-    message = re.search(r"<Message>([^<]{0,300})</Message>", text)
-    error = {"Code": code.group(1) if code else str(status), "Message": message.group(1) if message else ""}
-    return ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -337,7 +70,7 @@ class S3BlobStore:
         access_key: str | None = None,
         secret_key: str | None = None,
         addressing_style: str = "path",
-        retry: RetryPolicy | None = None,
+        retry: retry_module.RetryPolicy | None = None,
         connect_timeout_s: float = 3.0,
         read_timeout_s: float = 30.0,
         max_pool_connections: int = 32,
@@ -348,16 +81,22 @@ class S3BlobStore:
         self._access_key = access_key
         self._secret_key = secret_key
         self._addressing_style = addressing_style
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or retry_module.RetryPolicy()
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._max_pool_connections = max_pool_connections
         self._rng = random.Random()
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
-        #: aiohttp session for presigned PUTs (``put``), made at first use
-        self._http: Any = None
-        self._signer_credentials: Any = None
+        self._signer = presign.Signer.build(
+            endpoint_url=endpoint_url, bucket=bucket, region=self.region,
+            addressing_style=addressing_style, access_key=access_key, secret_key=secret_key,
+        )
+        self._sender = presign.PutSender(
+            limit=max_pool_connections,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+        )
 
     @classmethod
     async def from_settings(cls, settings: Any) -> S3BlobStore:
@@ -412,9 +151,7 @@ class S3BlobStore:
 
     async def close(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
-        http, self._http = self._http, None
-        if http is not None:
-            await http.close()
+        await self._sender.close()
         if stack is not None:
             await stack.aclose()
 
@@ -445,13 +182,13 @@ class S3BlobStore:
                     info[0] in _NOT_FOUND_CODES or (info[1] == 404 and info[0] != "NoSuchBucket")
                 ):
                     message = f"no object {key!r} in bucket {self.bucket!r}"
-                    raise BlobNotFound(message, details) from exc
+                    raise ports.BlobNotFound(message, details) from exc
                 if not _is_retryable(exc):
                     raise errors.StorageUnavailable(
                         f"S3 refused {op} of {key or self.bucket!r}: {info[0] if info else exc!r}",
                         details,
                     ) from exc
-                delay = backoff_delay(attempt, self.retry, self._rng)
+                delay = retry_module.backoff_delay(attempt, self.retry, self._rng)
                 elapsed = time.monotonic() - began
                 if elapsed + delay > self.retry.retry_for_s:
                     raise errors.StorageUnavailable(
@@ -468,68 +205,28 @@ class S3BlobStore:
                 attempt += 1
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
-        """PUT through a URL presigned by the aiobotocore client, sent with plain aiohttp.
-
-        The S3 protocol (SigV4, the URL, the error codes) stays botocore's; only the sending
-        differs. A ``put_object`` call costs about 2.4 ms of CPU here (botocore's event hooks and
-        user-agent building run per request), presign + aiohttp about a quarter of that, and
-        storing outputs is the endpoint actor's largest cost per task (docs/performance.md).
-        An S3 error answer becomes the same ``ClientError`` ``put_object`` would raise.
-        """
+        """PUT through a presigned URL with plain aiohttp (``presign``: why, and what stays
+        botocore's); the URL comes from the local signer when it can, else from the client."""
 
         async def op() -> None:
-            url = self._signed_url("PUT", key, PRESIGNED_PUT_EXPIRY_S, content_type) or await self._s3.generate_presigned_url(
+            url = self._signed_url(
+                "PUT", key, presign.PRESIGNED_PUT_EXPIRY_S, content_type
+            ) or await self._s3.generate_presigned_url(
                 "put_object",
                 Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
-                ExpiresIn=PRESIGNED_PUT_EXPIRY_S,
+                ExpiresIn=presign.PRESIGNED_PUT_EXPIRY_S,
             )
-            async with self._put_session().put(
-                url, data=bytes(data), headers={"Content-Type": content_type}
-            ) as response:
-                if response.status >= 300:
-                    raise _s3_error("PutObject", response.status, await response.read())
+            await self._sender.put(url, data, content_type)
 
         await self._call("put", key, op)
 
     def _signed_url(
         self, method: str, key: str, expires_s: int, content_type: str | None = None
     ) -> str | None:
-        """The presigned URL ``generate_presigned_url`` would give (``put_object`` with a
-        content type, or ``get_object``), signed by botocore's own SigV4 query signer without
-        the client's per-call endpoint rules and parameter checks (0.65 ms of CPU a call here
-        against 0.26). Only where the URL is plain to build: an ``endpoint_url``, path
-        addressing and static keys; otherwise None (use the client)."""
-        if (
-            not self.endpoint_url or self._addressing_style != "path"
-            or not self._access_key or not self._secret_key
-        ):
+        """The locally signed URL (``presign.Signer``), or None where only the client can."""
+        if self._signer is None:
             return None
-        from botocore.auth import S3SigV4QueryAuth
-        from botocore.awsrequest import AWSRequest
-        from botocore.credentials import Credentials
-
-        if self._signer_credentials is None:
-            self._signer_credentials = Credentials(self._access_key, self._secret_key)
-        request = AWSRequest(
-            method=method,
-            url=f"{self.endpoint_url.rstrip('/')}/{self.bucket}/{quote(key, safe='/~')}",
-            headers={"Content-Type": content_type} if content_type else {},
-        )
-        S3SigV4QueryAuth(self._signer_credentials, "s3", self.region, expires=expires_s).add_auth(request)
-        return str(request.url)
-
-    def _put_session(self) -> Any:
-        import aiohttp
-
-        if self._http is None:
-            self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_pool_connections),
-                timeout=aiohttp.ClientTimeout(
-                    sock_connect=self._connect_timeout_s, sock_read=self._read_timeout_s
-                ),
-                trust_env=False, auto_decompress=False,
-            )
-        return self._http
+        return self._signer.url(method, key, expires_s, content_type)
 
     async def get(self, key: str) -> bytes:
         async def op() -> bytes:
@@ -539,13 +236,13 @@ class S3BlobStore:
 
         return await self._call("get", key, op)
 
-    async def stat(self, key: str) -> BlobInfo:
-        async def op() -> BlobInfo:
+    async def stat(self, key: str) -> ports.BlobInfo:
+        async def op() -> ports.BlobInfo:
             response = await self._s3.head_object(Bucket=self.bucket, Key=key)
-            return BlobInfo(
+            return ports.BlobInfo(
                 key=key,
                 size=int(response["ContentLength"]),
-                content_type=str(response.get("ContentType") or OCTET_STREAM),
+                content_type=str(response.get("ContentType") or content_types.OCTET_STREAM),
             )
 
         return await self._call("stat", key, op)
@@ -553,7 +250,7 @@ class S3BlobStore:
     async def exists(self, key: str) -> bool:
         try:
             await self.stat(key)
-        except BlobNotFound:
+        except ports.BlobNotFound:
             return False
         return True
 
