@@ -12,6 +12,7 @@ import pytest
 
 from comfy_fleet import errors
 
+from comfy_fleet.net import pinned
 from comfy_fleet.policies import url_policy
 
 DEFAULT = url_policy.UrlPolicy()
@@ -270,7 +271,7 @@ async def test_pinned_transport_connects_to_the_checked_address() -> None:
         return httpx.Response(200)
 
     policy = url_policy.UrlPolicy(resolver=fake_dns({"hook.example": ["93.184.216.34"]}))
-    transport = url_policy.PinnedTransport(policy, httpx.MockTransport(handler))
+    transport = pinned.PinnedTransport(policy, httpx.MockTransport(handler))
     async with httpx.AsyncClient(transport=transport) as client:
         response = await client.get("https://hook.example/a?b=1")
     assert response.status_code == 200
@@ -291,7 +292,7 @@ async def test_pinned_transport_refuses_before_connecting() -> None:
         return httpx.Response(200)
 
     policy = url_policy.UrlPolicy(resolver=fake_dns({"rebind.example": ["169.254.169.254"]}))
-    transport = url_policy.PinnedTransport(policy, httpx.MockTransport(handler))
+    transport = pinned.PinnedTransport(policy, httpx.MockTransport(handler))
     async with httpx.AsyncClient(transport=transport) as client:
         with pytest.raises(errors.UrlForbidden):
             await client.get("http://rebind.example/")
