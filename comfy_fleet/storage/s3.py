@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -39,6 +40,22 @@ def _client_error_info(exc: BaseException) -> tuple[str, int] | None:
     code = str(response.get("Error", {}).get("Code", ""))
     status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     return code, status
+
+
+#: A URL's query: on a presigned URL, the credential and the signature.
+_URL_QUERY = re.compile(r"""(https?://[^\s'"?#]*)\?[^\s'"#]*""")
+
+
+def _described(exc: BaseException) -> tuple[str, bool]:
+    """``repr(exc)`` with the query of any URL in it removed, and whether there was one.
+
+    aiohttp names the whole presigned URL in some errors (a connect timeout); its query holds
+    the access key id and a signature that lets anyone write the object until it expires, and
+    this text goes into ``task.error``, the logs and the webhook.
+    """
+    text = repr(exc)
+    redacted = _URL_QUERY.sub(r"\1", text)
+    return redacted, redacted != text
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -177,29 +194,32 @@ class S3BlobStore:
                 return await fn()
             except Exception as exc:
                 info = _client_error_info(exc)
-                details = {"op": op, "key": key, "bucket": self.bucket, "error": repr(exc)[:300]}
+                described, secret = _described(exc)
+                # A cause naming a presigned URL would print it in any traceback of ours.
+                cause = None if secret else exc
+                details = {"op": op, "key": key, "bucket": self.bucket, "error": described[:300]}
                 if info is not None and op != "head_bucket" and (
                     info[0] in _NOT_FOUND_CODES or (info[1] == 404 and info[0] != "NoSuchBucket")
                 ):
                     message = f"no object {key!r} in bucket {self.bucket!r}"
-                    raise ports.BlobNotFound(message, details) from exc
+                    raise ports.BlobNotFound(message, details) from cause
                 if not _is_retryable(exc):
                     raise errors.StorageUnavailable(
-                        f"S3 refused {op} of {key or self.bucket!r}: {info[0] if info else exc!r}",
+                        f"S3 refused {op} of {key or self.bucket!r}: {info[0] if info else described}",
                         details,
-                    ) from exc
+                    ) from cause
                 delay = retry_module.backoff_delay(attempt, self.retry, self._rng)
                 elapsed = time.monotonic() - began
                 if elapsed + delay > self.retry.retry_for_s:
                     raise errors.StorageUnavailable(
-                        f"S3 {op} failed {attempt + 1} times over {elapsed:.1f}s: {exc!r}"[:500],
+                        f"S3 {op} failed {attempt + 1} times over {elapsed:.1f}s: {described}"[:500],
                         {**details, "attempts": attempt + 1},
-                    ) from exc
+                    ) from cause
                 # One warning per operation; the rest of the retries only at debug level.
                 _log.log(
                     logging.WARNING if attempt == 0 else logging.DEBUG,
-                    "S3 %s of %r failed (%r); retry %d in %.2fs",
-                    op, key, exc, attempt + 1, delay,
+                    "S3 %s of %r failed (%s); retry %d in %.2fs",
+                    op, key, described, attempt + 1, delay,
                 )
                 await asyncio.sleep(delay)
                 attempt += 1
@@ -272,10 +292,11 @@ class S3BlobStore:
         try:
             await self._s3.head_bucket(Bucket=self.bucket)
         except Exception as exc:
+            described, secret = _described(exc)
             raise errors.StorageUnavailable(
-                f"S3 bucket {self.bucket!r} does not answer: {exc!r}"[:500],
+                f"S3 bucket {self.bucket!r} does not answer: {described}"[:500],
                 {"bucket": self.bucket, "endpoint_url": self.endpoint_url},
-            ) from exc
+            ) from (None if secret else exc)
 
     async def ensure_bucket(self) -> None:
         """Create the bucket unless it exists (retried like every other operation)."""

@@ -231,3 +231,12 @@ def test_an_s3_error_answer_becomes_the_client_error_botocore_would_raise() -> N
     garbled = presign.s3_error("PutObject", 503, b"<html>busy</html>")
     assert s3._client_error_info(garbled) == ("503", 503)
     assert s3._is_retryable(garbled)
+
+
+def test_a_url_in_an_error_loses_its_query() -> None:
+    exc = TimeoutError(
+        "Connection timeout to host http://s3:9000/b/k.png?X-Amz-Credential=AK/x&X-Amz-Signature=ab"
+    )
+    text, secret = s3._described(exc)
+    assert secret and "http://s3:9000/b/k.png" in text and "X-Amz" not in text
+    assert s3._described(TimeoutError("no URL here")) == ("TimeoutError('no URL here')", False)
