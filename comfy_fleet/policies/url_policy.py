@@ -67,6 +67,9 @@ IPNetwork = ip_ranges.IPNetwork
 #: Resolves (host, port) to address strings; injectable so tests can play a DNS server.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
+#: Seconds one DNS lookup may take before the host counts as unresolvable: a resolver that
+#: swallows queries must not hold a submission or a webhook delivery slot for ever.
+RESOLVE_TIMEOUT_S = 5.0
 #: The longest URL accepted, in characters.
 MAX_URL_LENGTH = 2048
 ALLOWED_SCHEMES = frozenset({"http", "https"})
@@ -154,6 +157,8 @@ class UrlPolicy:
     allow_cidrs: tuple[IPNetwork, ...] = ()
     deny_private: bool = False
     max_url_length: int = MAX_URL_LENGTH
+    #: bound on each DNS lookup, in seconds
+    resolve_timeout_s: float = RESOLVE_TIMEOUT_S
     #: DNS; the system resolver unless a test injects one
     resolver: Resolver | None = field(default=None, compare=False, repr=False)
 
@@ -328,7 +333,7 @@ class UrlPolicy:
         """Resolve the URL's host and check every address; return them, in resolver order.
 
         Raises ``errors.UrlForbidden`` if any address is denied, ``HostUnresolvable`` if the name
-        does not resolve, and what ``check_url`` raises.
+        does not resolve (or not within ``resolve_timeout_s``), and what ``check_url`` raises.
         """
         parsed = url if isinstance(url, ParsedUrl) else self.check_url(url)
         resolve = self.resolver or _system_resolver
@@ -336,7 +341,12 @@ class UrlPolicy:
             await self._check_denied_names(parsed, [parsed.ip], resolve)
             return [parsed.ip]
         try:
-            raw = await resolve(parsed.host, parsed.port)
+            async with asyncio.timeout(self.resolve_timeout_s):
+                raw = await resolve(parsed.host, parsed.port)
+        except TimeoutError:
+            raise HostUnresolvable(
+                f"host {parsed.host!r} did not resolve within {self.resolve_timeout_s:g} s"
+            ) from None
         except (OSError, UnicodeError):
             raise HostUnresolvable(f"host {parsed.host!r} could not be resolved") from None
         ips: list[IPAddress] = []
@@ -361,11 +371,12 @@ class UrlPolicy:
         wanted = {ip_ranges.unwrap_ip(ip) for ip in ips}
         for name in names:
             try:
+                async with asyncio.timeout(self.resolve_timeout_s):
+                    answer = await resolve(name, url.port)
                 denied = {
-                    ip_ranges.unwrap_ip(ipaddress.ip_address(a.split("%", 1)[0]))
-                    for a in await resolve(name, url.port)
+                    ip_ranges.unwrap_ip(ipaddress.ip_address(a.split("%", 1)[0])) for a in answer
                 }
-            except (OSError, UnicodeError, ValueError):
+            except (OSError, UnicodeError, ValueError, TimeoutError):
                 continue  # an entry that does not resolve denies nothing by address
             if wanted & denied:
                 raise errors.UrlForbidden(
