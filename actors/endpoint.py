@@ -32,7 +32,7 @@ from actors.comfy_client import ComfyClient
 from comfy_fleet.comfy import history as comfy_history
 from comfy_fleet import errors
 from comfy_fleet.log import events, task_state
-from comfy_fleet.storage import blob_store as storage
+from comfy_fleet import storage
 from comfy_fleet.log.coalescer import Coalescer
 from comfy_fleet.comfy.history import OutputFile
 from comfy_fleet.config import Endpoint, Settings

@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from comfy_fleet.storage import blob_store as storage
+from comfy_fleet import storage
 
 from comfy_fleet.delivery import webhooks
 from comfy_fleet.config import Endpoint, Settings, parse_endpoint

@@ -141,9 +141,40 @@ class _Reader:
         return [item.strip() for item in raw.split(",") if item.strip()] if raw else []
 
 
-@dataclass(frozen=True)
+#: Field metadata of a setting whose value is a secret: ``repr`` shows only whether it is set.
+SECRET: Mapping[str, Any] = {"secret": True}
+#: Settings holding a URL that may carry a password (in its user info or its query).
+_URL_SETTINGS = frozenset({"database_url", "s3_endpoint_url", "ray_address"})
+
+
+def _redacted_url(url: str) -> str:
+    """``url`` with the password of its user info and its whole query replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, hostport = netloc.rpartition("@")
+            netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    except ValueError:
+        return "***"
+    return parts._replace(netloc=netloc, query="***" if parts.query else "").geturl()
+
+
+def _shown(name: str, value: Any, secret: bool) -> str:
+    if secret:
+        return repr(value) if not value else repr("***")
+    if name in _URL_SETTINGS and isinstance(value, str):
+        return repr(_redacted_url(value))
+    return repr(value)
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
-    """Every setting of comfy-fleet. Defaults follow CONTRACT §2."""
+    """Every setting of comfy-fleet. Defaults follow CONTRACT §2.
+
+    ``repr`` and ``str`` show every setting but no secret: a field with ``metadata=SECRET``
+    reads ``'***'`` when set, and URLs lose their password and query.
+    """
 
     comfyui_endpoints: tuple[Endpoint, ...] = ()
     #: True when COMFYUI_ENDPOINTS was not given: `make run` starts stand-ins.
@@ -152,15 +183,15 @@ class Settings:
     s3_bucket: str = "comfy-fleet"
     s3_region: str = "us-east-1"
     s3_endpoint_url: str | None = None
-    aws_access_key_id: str | None = field(default=None, repr=False)
-    aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_access_key_id: str | None = field(default=None, metadata=SECRET)
+    aws_secret_access_key: str | None = field(default=None, metadata=SECRET)
     default_failed_image_path: Path = REPO_ROOT / "data" / "failed"
     service_host: str = "127.0.0.1"
     service_port: int = 8000
     route_prefix: str = "/api/v1"
     workflows_dir: Path = REPO_ROOT / "workflows"
-    webhook_secret: str | None = field(default=None, repr=False)
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    webhook_secret: str | None = field(default=None, metadata=SECRET)
+    api_keys: tuple[str, ...] = field(default=(), metadata=SECRET)
     allow_open_bind: bool = False
     ray_address: str | None = None
     #: Discovery mode: every Ray node with the `comfyui` resource gets an endpoint.
@@ -197,6 +228,14 @@ class Settings:
     #: straight to the replicas) or "serve" (Serve's Python proxy actor). docs/performance.md.
     ingress_proxy: str = "haproxy"
     log_level: str = "INFO"
+
+    def __repr__(self) -> str:
+        shown = (
+            f"{f.name}={_shown(f.name, getattr(self, f.name), bool(f.metadata.get('secret')))}"
+            for f in dataclasses.fields(self)
+            if f.repr
+        )
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: Path | None = None) -> Settings:

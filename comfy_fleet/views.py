@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from comfy_fleet.storage import blob_store as storage
+from comfy_fleet import storage
 
 from comfy_fleet.log import task_state
 from comfy_fleet.log.task_state import TaskState

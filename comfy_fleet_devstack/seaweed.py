@@ -135,7 +135,7 @@ class SeaweedS3:
         return self._proc is not None and self._proc.poll() is None
 
     def client_config(self) -> dict[str, Any]:
-        """Keyword arguments for ``comfy_fleet.storage.blob_store.S3BlobStore.create``."""
+        """Keyword arguments for ``comfy_fleet.storage.s3.S3BlobStore.create``."""
         return {
             "endpoint_url": self.endpoint_url,
             "region": self.region,

@@ -27,6 +27,7 @@ from comfy_fleet import errors
 
 from comfy_fleet.workflows import params
 
+from comfy_fleet.net import fetch
 from comfy_fleet.policies import url_policy
 
 #: Formats ComfyUI's LoadImage reads (Pillow format names).
@@ -128,7 +129,7 @@ async def read_image_value(services: Any, param: str, value: Any) -> bytes:
         # The pinned transport checks every address it connects to (redirects and DNS
         # rebinding included), as for webhooks: no link-local, metadata or ComfyUI endpoint.
         async with httpx.AsyncClient(transport=policy.transport()) as client:
-            data, _content_type = await url_policy.fetch_limited(
+            data, _content_type = await fetch.fetch_limited(
                 client,
                 payload,
                 policy,

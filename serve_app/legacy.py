@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, Response
 
-from comfy_fleet.storage import blob_store as storage
+from comfy_fleet import storage
 
 from comfy_fleet.log import task_state
 

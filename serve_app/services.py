@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from comfy_fleet.storage import blob_store as storage
+from comfy_fleet import storage
 from comfy_fleet.config import Settings
 from comfy_fleet.log.event_log import EventLog
 from comfy_fleet.policies.url_policy import UrlPolicy

@@ -37,7 +37,7 @@ from comfy_fleet import errors
 
 from comfy_fleet.log import events, task_state
 
-from comfy_fleet.storage import blob_store as storage
+from comfy_fleet import storage
 from comfy_fleet.config import Settings
 from comfy_fleet.log.event_log import EventLog
 from comfy_fleet.log.task_state import TaskState

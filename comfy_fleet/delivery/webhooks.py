@@ -31,6 +31,7 @@ from yarl import URL
 
 from comfy_fleet import errors
 
+from comfy_fleet.net import pinned
 from comfy_fleet.policies import url_policy
 
 SIGNATURE_VERSION = "v1"
@@ -198,7 +199,7 @@ class WebhookSender:
     """Sends one webhook try over one pooled aiohttp session; never raises for HTTP trouble.
 
     No proxies from the environment, redirects not followed, no DNS cache, and every connection
-    goes to an address it checked against the ``url_policy.UrlPolicy`` (``url_policy.PinnedResolver``);
+    goes to an address it checked against the ``url_policy.UrlPolicy`` (``pinned.PinnedResolver``);
     TLS still verifies the certificate against the URL's host name. Open it with ``async with``
     or call ``aclose()``. aiohttp rather than httpx: a try costs about half the CPU
     (docs/performance.md), and webhooks are most of the service's outgoing requests.
@@ -214,7 +215,7 @@ class WebhookSender:
         self._policy = policy
         self._timeout_s = timeout_s
         self._max_connections = max_connections
-        self._resolver = url_policy.PinnedResolver(policy)
+        self._resolver = pinned.PinnedResolver(policy)
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:

@@ -2,12 +2,13 @@
 
 A URL passes two gates. ``UrlPolicy.check_url`` is pure syntax and literal addresses; it needs no
 network. ``UrlPolicy.resolve_and_check`` resolves the host and checks every address it resolves to.
-``PinnedTransport`` runs both again when it connects and connects to the address it checked, so a
-name that resolves to a harmless address at the check and to 169.254.169.254 a moment later (DNS
-rebinding) never reaches the second address. A client built without ``PinnedTransport`` only
-gets the check at the moment it is called, and the rebinding window stays open: use
-``policy.transport()`` (httpx), or ``PinnedResolver`` (aiohttp, the webhook sender), which
-connects only to the addresses the caller checked.
+``comfy_fleet.net.pinned.PinnedTransport`` runs both again when it connects and connects to the
+address it checked, so a name that resolves to a harmless address at the check and to
+169.254.169.254 a moment later (DNS rebinding) never reaches the second address. A client built
+without it only gets the check at the moment it is called, and the rebinding window stays open:
+use ``policy.transport()`` (httpx), or ``pinned.PinnedResolver`` (aiohttp, the webhook sender),
+which connects only to the addresses the caller checked. ``comfy_fleet.net.fetch`` GETs a URL
+within the policy and size and time bounds.
 
 Syntax (``check_url``), always, before anything else:
   * scheme ``http`` or ``https``; a host; a port in 1..65535; at most 2048 characters;
@@ -45,30 +46,34 @@ import ipaddress
 import logging
 import re
 import socket
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from comfy_fleet import errors
+from comfy_fleet.policies import ip_ranges
+
+if TYPE_CHECKING:
+    from comfy_fleet.net import pinned
 
 # httpx logs every request with its whole URL at INFO; an image URL may carry a token in its
 # query, so httpx's logger speaks only of trouble.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ip_ranges.IPAddress
+IPNetwork = ip_ranges.IPNetwork
 #: Resolves (host, port) to address strings; injectable so tests can play a DNS server.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
+#: Seconds one DNS lookup may take before the host counts as unresolvable: a resolver that
+#: swallows queries must not hold a submission or a webhook delivery slot for ever.
+RESOLVE_TIMEOUT_S = 5.0
 #: The longest URL accepted, in characters.
 MAX_URL_LENGTH = 2048
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 #: Names of cloud metadata services; they resolve to denied addresses anyway, this is a second lock.
 METADATA_HOSTS = frozenset(
@@ -76,40 +81,6 @@ METADATA_HOSTS = frozenset(
 )
 
 
-def _nets(*cidrs: str) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(c) for c in cidrs)
-
-
-#: Built-in denies (rule 5), each with the reason that goes into the error message.
-DEFAULT_DENIED: tuple[tuple[str, tuple[IPNetwork, ...]], ...] = (
-    (
-        "cloud metadata address",
-        _nets(
-            "169.254.169.254/32",  # AWS, GCP, Azure, OpenStack, ...
-            "fd00:ec2::254/128",  # AWS over IPv6
-            "100.100.100.200/32",  # Alibaba Cloud
-            "168.63.129.16/32",  # Azure wire server
-            "192.0.0.192/32",  # Oracle Cloud
-        ),
-    ),
-    ("unspecified address", _nets("0.0.0.0/8", "::/128")),
-    ("link-local address", _nets("169.254.0.0/16", "fe80::/10")),
-    ("multicast address", _nets("224.0.0.0/4", "ff00::/8")),
-    ("reserved address", _nets("240.0.0.0/4", "255.255.255.255/32", "fec0::/10")),
-)
-
-#: Loopback and private ranges (rule 6), denied only with ``deny_private``.
-PRIVATE_NETWORKS: tuple[IPNetwork, ...] = _nets(
-    "127.0.0.0/8",
-    "::1/128",
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "100.64.0.0/10",  # carrier-grade NAT, shared address space
-    "fc00::/7",
-)
-
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 
@@ -141,16 +112,6 @@ class ParsedUrl:
         host = f"[{self.host}]" if ":" in self.host else self.host
         path = self.target.split("?", 1)[0]
         return f"{self.scheme}://{host}:{self.port}{path}"
-
-
-def unwrap_ip(ip: IPAddress) -> IPAddress:
-    """The IPv4 address carried by an IPv4-mapped or NAT64 IPv6 address, else the address."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-        if ip in _NAT64:
-            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return ip
 
 
 def _parse_host_entry(entry: str) -> tuple[str, int | None]:
@@ -196,6 +157,8 @@ class UrlPolicy:
     allow_cidrs: tuple[IPNetwork, ...] = ()
     deny_private: bool = False
     max_url_length: int = MAX_URL_LENGTH
+    #: bound on each DNS lookup, in seconds
+    resolve_timeout_s: float = RESOLVE_TIMEOUT_S
     #: DNS; the system resolver unless a test injects one
     resolver: Resolver | None = field(default=None, compare=False, repr=False)
 
@@ -346,31 +309,31 @@ class UrlPolicy:
         """Raise ``errors.UrlForbidden`` unless ``ip:port`` is allowed (rules 1 and 3-7)."""
         shown = host if host and host != str(ip) else str(ip)
         where = f"{shown} ({ip})" if shown != str(ip) else shown
-        plain = unwrap_ip(ip)
+        plain = ip_ranges.unwrap_ip(ip)
         for deny_host, deny_port in self.deny_hosts:
             if deny_port not in (None, port):
                 continue
             try:
-                deny_ip = unwrap_ip(ipaddress.ip_address(deny_host))
+                deny_ip = ip_ranges.unwrap_ip(ipaddress.ip_address(deny_host))
             except ValueError:
                 continue  # a name; matched by name and by resolution in resolve_and_check
             if deny_ip == plain or (deny_ip.is_unspecified and plain.is_loopback):
                 raise errors.UrlForbidden(f"{_hostport(where, port)} is denied")
-        if _in_any(plain, self.deny_cidrs):
+        if ip_ranges.in_any(plain, self.deny_cidrs):
             raise errors.UrlForbidden(f"{where} is in a denied network")
-        if _in_any(plain, self.allow_cidrs):
+        if ip_ranges.in_any(plain, self.allow_cidrs):
             return
-        for reason, networks in DEFAULT_DENIED:
-            if _in_any(plain, networks):
+        for reason, networks in ip_ranges.DEFAULT_DENIED:
+            if ip_ranges.in_any(plain, networks):
                 raise errors.UrlForbidden(f"{where} is a {reason}")
-        if self.deny_private and _in_any(plain, PRIVATE_NETWORKS):
+        if self.deny_private and ip_ranges.in_any(plain, ip_ranges.PRIVATE_NETWORKS):
             raise errors.UrlForbidden(f"{where} is a private or loopback address")
 
     async def resolve_and_check(self, url: str | ParsedUrl) -> list[IPAddress]:
         """Resolve the URL's host and check every address; return them, in resolver order.
 
         Raises ``errors.UrlForbidden`` if any address is denied, ``HostUnresolvable`` if the name
-        does not resolve, and what ``check_url`` raises.
+        does not resolve (or not within ``resolve_timeout_s``), and what ``check_url`` raises.
         """
         parsed = url if isinstance(url, ParsedUrl) else self.check_url(url)
         resolve = self.resolver or _system_resolver
@@ -378,7 +341,12 @@ class UrlPolicy:
             await self._check_denied_names(parsed, [parsed.ip], resolve)
             return [parsed.ip]
         try:
-            raw = await resolve(parsed.host, parsed.port)
+            async with asyncio.timeout(self.resolve_timeout_s):
+                raw = await resolve(parsed.host, parsed.port)
+        except TimeoutError:
+            raise HostUnresolvable(
+                f"host {parsed.host!r} did not resolve within {self.resolve_timeout_s:g} s"
+            ) from None
         except (OSError, UnicodeError):
             raise HostUnresolvable(f"host {parsed.host!r} could not be resolved") from None
         ips: list[IPAddress] = []
@@ -400,27 +368,28 @@ class UrlPolicy:
         names = [h for h, p in self.deny_hosts if p in (None, url.port) and not _is_ip(h)]
         if not names:
             return
-        wanted = {unwrap_ip(ip) for ip in ips}
+        wanted = {ip_ranges.unwrap_ip(ip) for ip in ips}
         for name in names:
             try:
+                async with asyncio.timeout(self.resolve_timeout_s):
+                    answer = await resolve(name, url.port)
                 denied = {
-                    unwrap_ip(ipaddress.ip_address(a.split("%", 1)[0]))
-                    for a in await resolve(name, url.port)
+                    ip_ranges.unwrap_ip(ipaddress.ip_address(a.split("%", 1)[0])) for a in answer
                 }
-            except (OSError, UnicodeError, ValueError):
+            except (OSError, UnicodeError, ValueError, TimeoutError):
                 continue  # an entry that does not resolve denies nothing by address
             if wanted & denied:
                 raise errors.UrlForbidden(
                     f"{_hostport(url.host, url.port)} is denied (it is {name})"
                 )
 
-    def transport(self, **kwargs: Any) -> PinnedTransport:
+    def transport(self, **kwargs: Any) -> pinned.PinnedTransport:
         """A transport enforcing this policy when it connects (kwargs: AsyncHTTPTransport)."""
-        return PinnedTransport(self, httpx.AsyncHTTPTransport(**kwargs))
+        # Imported here: the transport module imports this one, and the pure policy needs no
+        # transport until a caller asks for one.
+        from comfy_fleet.net import pinned
 
-
-def _in_any(ip: IPAddress, networks: Iterable[IPNetwork]) -> bool:
-    return any(ip.version == net.version and ip in net for net in networks)
+        return pinned.PinnedTransport(self, httpx.AsyncHTTPTransport(**kwargs))
 
 
 def _is_ip(text: str) -> bool:
@@ -433,151 +402,6 @@ def _is_ip(text: str) -> bool:
 
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
-class PinnedTransport(httpx.AsyncBaseTransport):
-    """Checks each request's URL against the policy and connects only to the address it checked.
-
-    The request keeps its ``Host`` header and, for https, its TLS server name (so certificates are
-    verified against the name, not the address); only the address to connect to is pinned.
-    Raises ``errors.UrlForbidden`` / ``HostUnresolvable`` from ``handle_async_request``.
-    """
-
-    def __init__(self, policy: UrlPolicy, inner: httpx.AsyncBaseTransport) -> None:
-        self._policy = policy
-        self._inner = inner
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        parsed = self._policy.check_url(str(request.url))
-        ips = await self._policy.resolve_and_check(parsed)
-        if parsed.ip is not None:
-            return await self._inner.handle_async_request(request)
-        original = request.url
-        if parsed.scheme == "https":
-            request.extensions = {**request.extensions, "sni_hostname": parsed.host}
-        last: httpx.ConnectError | None = None
-        # Try each checked address in turn, as a resolver-following client would; a failed
-        # connect has sent nothing, so moving on to the next address is safe.
-        for ip in ips:
-            request.url = original.copy_with(host=str(ip))
-            try:
-                return await self._inner.handle_async_request(request)
-            except httpx.ConnectError as exc:
-                last = exc
-            finally:
-                request.url = original
-        assert last is not None
-        raise last
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class PinnedResolver(AbstractResolver):
-    """``PinnedTransport`` for aiohttp: a resolver answering with the addresses the caller just
-    checked for the host (``pin``), so a connection goes only where the check went (no second
-    lookup a rebinding DNS server could answer differently). A host not pinned is resolved and
-    checked here. Host names and SNI stay the URL's."""
-
-    def __init__(self, policy: UrlPolicy) -> None:
-        self._policy = policy
-        self._checked: dict[tuple[str, int], list[IPAddress]] = {}
-
-    def pin(self, url: ParsedUrl, ips: list[IPAddress]) -> None:
-        """Connect to ``url``'s host only at ``ips`` (from ``policy.resolve_and_check``)."""
-        if url.ip is not None:
-            return  # an address: aiohttp asks no resolver
-        if len(self._checked) > 1024:
-            self._checked.clear()  # bounded; a host no longer pinned is checked again
-        self._checked[(url.host, url.port)] = ips
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        ips = self._checked.get((host, port))
-        if ips is None:
-            # Not pinned by the caller: check now, never connect blind.
-            shown = f"[{host}]" if ":" in host else host
-            ips = await self._policy.resolve_and_check(f"http://{shown}:{port}/")
-        return [
-            ResolveResult(
-                hostname=host, host=str(ip), port=port,
-                family=socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
-                proto=0, flags=socket.AI_NUMERICHOST,
-            )
-            for ip in ips
-        ]
-
-    async def close(self) -> None:
-        return None
-
-
-async def fetch_limited(
-    client: httpx.AsyncClient,
-    url: str,
-    policy: UrlPolicy,
-    *,
-    max_bytes: int,
-    timeout_s: float,
-    max_redirects: int = 3,
-) -> tuple[bytes, str | None]:
-    """GET ``url`` within bounds; return (body, content type).
-
-    Redirects are followed by hand, each ``Location`` checked against the policy before it is
-    requested. Raises ``errors.UrlForbidden`` (a URL or redirect the policy denies),
-    ``errors.PayloadTooLarge`` (past ``max_bytes``), ``errors.InputRejected`` (timed out after
-    ``timeout_s`` in total, a non-2xx status, too many redirects, a network error) and
-    ``errors.InvalidRequest`` (a malformed URL). For protection against DNS rebinding ``client``
-    should use ``policy.transport()``; a plain client is checked only just before each request.
-    """
-    parsed = policy.check_url(url)
-    started = time.monotonic()
-    try:
-        async with asyncio.timeout(timeout_s):
-            for _hop in range(max_redirects + 1):
-                await policy.resolve_and_check(parsed)
-                async with client.stream(
-                    "GET", parsed.url, follow_redirects=False, timeout=timeout_s
-                ) as response:
-                    if response.status_code in REDIRECT_STATUSES:
-                        location = response.headers.get("location")
-                        if not location:
-                            raise errors.InputRejected(
-                                f"{parsed.redacted} redirected without a Location"
-                            )
-                        parsed = policy.check_url(str(response.url.join(location)))
-                        continue
-                    if not 200 <= response.status_code < 300:
-                        raise errors.InputRejected(
-                            f"{parsed.redacted} answered HTTP {response.status_code}"
-                        )
-                    body = await _read_limited(response, max_bytes, parsed)
-                    return body, response.headers.get("content-type")
-    except (TimeoutError, httpx.TimeoutException):
-        elapsed = time.monotonic() - started
-        raise errors.InputRejected(
-            f"fetching {parsed.redacted} timed out after {elapsed:.1f} s (limit {timeout_s} s)"
-        ) from None
-    except httpx.HTTPError as exc:
-        raise errors.InputRejected(
-            f"fetching {parsed.redacted} failed: {type(exc).__name__}"
-        ) from None
-    raise errors.InputRejected(f"{url_redacted(url)}: more than {max_redirects} redirects")
-
-
-async def _read_limited(response: httpx.Response, max_bytes: int, url: ParsedUrl) -> bytes:
-    too_large = errors.PayloadTooLarge(f"{url.redacted} is larger than {max_bytes} bytes")
-    declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def url_redacted(url: str) -> str:

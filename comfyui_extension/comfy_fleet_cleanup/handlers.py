@@ -70,7 +70,11 @@ def make_handlers(folder_of: Callable[[str], str | os.PathLike[str]]) -> tuple[H
         if not os.path.exists(target):  # also a dangling symlink: there is no file to delete
             return 404, {"error": "file not found"}
         try:
-            os.unlink(target)  # never follows a final symlink: the named entry goes
+            # By directory descriptors, following no symlink: a folder swapped for a symlink
+            # since the check above cannot lead outside. A final symlink goes, not its target.
+            paths.unlink_inside(Path(folder_of(kind)), target)
+        except paths.Escaped as exc:
+            return 400, {"error": str(exc)}
         except FileNotFoundError:
             return 404, {"error": "file not found"}
         except IsADirectoryError:

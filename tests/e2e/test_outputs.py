@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from comfy_fleet.storage import blob_store as storage
+from comfy_fleet import storage
 from tests.support.fleet import Fleet, Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]

@@ -247,3 +247,57 @@ async def test_the_standin_serves_the_same_rules(client, dirs, tmp_path: Path) -
             theirs_batch = await resp.json()
     statuses = [[r.get("status", 200) for r in b["results"]] for b in (ours_batch, theirs_batch)]
     assert statuses[0] == statuses[1] == ours, CASES
+
+
+def _loaded_paths_module() -> types.ModuleType:
+    """The ``paths`` module of the custom node the ``client`` fixture loaded."""
+    return sys.modules[str(PACKAGE).replace(".", "_x_") + ".paths"]
+
+
+@pytest.mark.parametrize("swapped", ["fleet", "fleet/t1"])
+async def test_a_parent_swapped_for_a_symlink_after_the_check_does_not_escape(
+    swapped: str, client, dirs, tmp_path: Path, monkeypatch
+) -> None:
+    """The race, won deterministically: the name is checked while its folders are real, then a
+    folder on its path becomes a symlink to a folder outside before the delete runs."""
+    outside = tmp_path / "outside"
+    (outside / "t1").mkdir()
+    (outside / "t1" / "secret.txt").write_text("keep me")
+    task = dirs["output"] / "fleet" / "t1"
+    task.mkdir(parents=True)
+    (task / "secret.txt").write_text("mine")
+    paths_module = _loaded_paths_module()
+    check = paths_module.resolve_inside
+
+    def check_then_swap(base: Path, subfolder: str, filename: str) -> Path:
+        target = check(base, subfolder, filename)  # passes: every folder is real here
+        folder = dirs["output"] / swapped
+        shutil.rmtree(folder)
+        folder.symlink_to(outside if swapped == "fleet" else outside / "t1", target_is_directory=True)
+        return target
+
+    monkeypatch.setattr(paths_module, "resolve_inside", check_then_swap)
+    status, body = await _delete(client, type="output", filename="secret.txt", subfolder="fleet/t1")
+    assert (outside / "secret.txt").read_text() == "keep me"
+    assert (outside / "t1" / "secret.txt").read_text() == "keep me"
+    assert status == 400 and body["error"] == "path resolves outside the folder"
+
+
+def test_unlink_inside_refuses_a_symlinked_parent_and_removes_a_real_file(tmp_path: Path) -> None:
+    from comfyui_extension.comfy_fleet_cleanup import paths
+
+    base = tmp_path / "output"
+    (base / "fleet" / "real").mkdir(parents=True)
+    (base / "fleet" / "real" / "a.png").write_bytes(b"x")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "a.png").write_text("keep me")
+    (base / "fleet" / "link").symlink_to(tmp_path / "outside", target_is_directory=True)
+    with pytest.raises(paths.Escaped):
+        paths.unlink_inside(base, base / "fleet" / "link" / "a.png")
+    assert (tmp_path / "outside" / "a.png").read_text() == "keep me"
+    paths.unlink_inside(base, base / "fleet" / "real" / "a.png")
+    assert not (base / "fleet" / "real" / "a.png").exists()
+    with pytest.raises(FileNotFoundError):
+        paths.unlink_inside(base, base / "fleet" / "real" / "a.png")
+    with pytest.raises(IsADirectoryError):
+        paths.unlink_inside(base, base / "fleet" / "real")

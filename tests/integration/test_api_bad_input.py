@@ -24,7 +24,7 @@ import uvicorn
 
 from comfy_fleet.config import REPO_ROOT, Settings, parse_endpoint
 from comfy_fleet.log.postgres import PostgresEventLog
-from comfy_fleet.storage.blob_store import InMemoryBlobStore
+from comfy_fleet.storage.memory import InMemoryBlobStore
 from comfy_fleet.policies.url_policy import UrlPolicy
 from comfy_fleet.workflows.registry import WorkflowRegistry
 from serve_app.api import create_app

@@ -14,7 +14,7 @@ import pytest
 
 from comfy_fleet import errors
 
-from comfy_fleet.storage import blob_store as storage
+from comfy_fleet import storage
 from comfy_fleet_devstack import ports, postgres
 from comfy_fleet_devstack.seaweed import SeaweedS3
 from comfy_fleet_devstack.tcp_proxy import TcpProxy

@@ -19,7 +19,7 @@ from actors.endpoint import ACCEPTED, EndpointWorker
 from comfy_standin.knobs import FailRule
 from comfy_standin.testing import RunningStandIn, run_standin
 from comfy_fleet.log import events, task_state
-from comfy_fleet.storage import blob_store as storage
+from comfy_fleet import storage
 from comfy_fleet.config import REPO_ROOT, Settings, parse_endpoint
 from comfy_fleet.log.event_log import InMemoryEventLog
 from comfy_fleet.log.task_state import TaskState

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from comfy_fleet import errors
 
+from comfy_fleet.net import fetch as fetch_module
 from comfy_fleet.policies import url_policy
 
 PNG_BYTES = hashlib.sha256(b"seed").digest() * 64  # 2 KiB of made-up image bytes
@@ -115,7 +116,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 async def fetch(client: httpx.AsyncClient, url: str, **kwargs: object) -> tuple[bytes, str | None]:
     options: dict = {"max_bytes": 100_000, "timeout_s": 5.0, **kwargs}
-    return await url_policy.fetch_limited(client, url, POLICY, **options)
+    return await fetch_module.fetch_limited(client, url, POLICY, **options)
 
 
 async def test_fetches_body_and_content_type(origin: Origin, client: httpx.AsyncClient) -> None:
@@ -165,7 +166,7 @@ async def test_refuses_a_redirect_to_a_denied_host(origin: Origin) -> None:
     policy = url_policy.UrlPolicy.build(deny_hosts=["127.0.0.1:8188"])
     async with httpx.AsyncClient(transport=policy.transport(), trust_env=False) as c:
         with pytest.raises(errors.UrlForbidden, match="8188"):
-            await url_policy.fetch_limited(
+            await fetch_module.fetch_limited(
                 c,
                 f"{origin.base}/redirect?to=http://localhost:8188/view",
                 policy,
@@ -181,7 +182,7 @@ async def test_refuses_a_forbidden_url_without_a_request(
         await fetch(client, "http://169.254.169.254/")
     strict = url_policy.UrlPolicy(deny_private=True)
     with pytest.raises(errors.UrlForbidden):
-        await url_policy.fetch_limited(
+        await fetch_module.fetch_limited(
             client, f"{origin.base}/image.png", strict, max_bytes=1000, timeout_s=5
         )
     assert origin.paths == []

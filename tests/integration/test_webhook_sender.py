@@ -213,3 +213,19 @@ async def test_the_connection_goes_to_the_address_the_policy_checked(receiver: R
     ((_, got_headers, _),) = receiver.hits
     assert got_headers["Host"] == f"hooks.example:{receiver.port}"
     assert lookups == ["hooks.example", "meta.example"]
+
+
+async def test_a_callback_host_whose_dns_never_answers_fails_the_try_within_the_bound() -> None:
+    """A resolver that swallows the query must not hold a delivery slot for ever."""
+
+    async def never_answers(host: str, port: int) -> list[str]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    policy = url_policy.UrlPolicy(resolver=never_answers, resolve_timeout_s=0.2)
+    body, headers = _message()
+    async with webhooks.WebhookSender(policy, timeout_s=5) as sender:
+        # The guard only turns a hang into a failure; the bound under test is the policy's.
+        result = await asyncio.wait_for(sender.send("http://hooks.example/cb", body, headers), 10)
+    assert not result.ok and not result.final
+    assert result.error == "dns_error: host could not be resolved"

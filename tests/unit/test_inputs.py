@@ -13,7 +13,7 @@ from PIL import Image
 
 from comfy_fleet import errors
 
-from comfy_fleet.storage import blob_store as storage
+from comfy_fleet import storage
 from comfy_fleet.policies.url_policy import UrlPolicy
 from serve_app import inputs
 

@@ -8,7 +8,7 @@ import pytest
 
 from comfy_fleet.log import events, task_state
 
-from comfy_fleet.storage import blob_store as storage
+from comfy_fleet import storage
 from comfy_fleet.log.events import StoredEvent
 from serve_app import legacy
 

@@ -1,4 +1,4 @@
-"""S3BlobStore._signed_url (comfy_fleet/storage/blob_store.py): the URL botocore's client would presign, built
+"""S3BlobStore._signed_url (comfy_fleet/storage/presign.py, the Signer): the URL botocore's client would presign, built
 without the client's per-call work. No I/O: creating the client sends nothing."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from comfy_fleet.storage import blob_store as storage
+from comfy_fleet import storage
 
 KEYS = ["tasks/abc/000-out.png", "with space/é ü+&=;,.png", "tilde~/x%41y"]
 

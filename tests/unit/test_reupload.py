@@ -14,7 +14,7 @@ from comfy_fleet.log import event_log, events, task_state
 
 from comfy_fleet.cli import reupload
 
-from comfy_fleet.storage import blob_store as storage
+from comfy_fleet import storage
 from comfy_fleet.log.events import StoredEvent
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

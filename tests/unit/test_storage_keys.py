@@ -13,9 +13,8 @@ import wave
 import pytest
 from PIL import Image
 
-from comfy_fleet import errors
-
-from comfy_fleet.storage import blob_store as storage
+from comfy_fleet import errors, storage
+from comfy_fleet.storage import presign, s3
 
 TASK = "0b7e4c1e-4f7a-4c1e-9d3a-1c2b3d4e5f60"
 
@@ -221,14 +220,23 @@ async def test_in_memory_store_round_trip_and_outage() -> None:
 def test_an_s3_error_answer_becomes_the_client_error_botocore_would_raise() -> None:
     body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchBucket</Code>'
             b"<Message>The specified bucket does not exist</Message></Error>")
-    exc = storage._s3_error("PutObject", 404, body)
+    exc = presign.s3_error("PutObject", 404, body)
     assert exc.response == {  # type: ignore[attr-defined]
         "Error": {"Code": "NoSuchBucket", "Message": "The specified bucket does not exist"},
         "ResponseMetadata": {"HTTPStatusCode": 404},
     }
-    assert storage._client_error_info(exc) == ("NoSuchBucket", 404)
-    assert not storage._is_retryable(exc)
+    assert s3._client_error_info(exc) == ("NoSuchBucket", 404)
+    assert not s3._is_retryable(exc)
     # No XML (a proxy's HTML page): the status stands in for the code, and a 503 is retried.
-    garbled = storage._s3_error("PutObject", 503, b"<html>busy</html>")
-    assert storage._client_error_info(garbled) == ("503", 503)
-    assert storage._is_retryable(garbled)
+    garbled = presign.s3_error("PutObject", 503, b"<html>busy</html>")
+    assert s3._client_error_info(garbled) == ("503", 503)
+    assert s3._is_retryable(garbled)
+
+
+def test_a_url_in_an_error_loses_its_query() -> None:
+    exc = TimeoutError(
+        "Connection timeout to host http://s3:9000/b/k.png?X-Amz-Credential=AK/x&X-Amz-Signature=ab"
+    )
+    text, secret = s3._described(exc)
+    assert secret and "http://s3:9000/b/k.png" in text and "X-Amz" not in text
+    assert s3._described(TimeoutError("no URL here")) == ("TimeoutError('no URL here')", False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import ipaddress
 import pickle
 from collections.abc import Sequence
@@ -12,6 +14,7 @@ import pytest
 
 from comfy_fleet import errors
 
+from comfy_fleet.net import pinned
 from comfy_fleet.policies import url_policy
 
 DEFAULT = url_policy.UrlPolicy()
@@ -270,7 +273,7 @@ async def test_pinned_transport_connects_to_the_checked_address() -> None:
         return httpx.Response(200)
 
     policy = url_policy.UrlPolicy(resolver=fake_dns({"hook.example": ["93.184.216.34"]}))
-    transport = url_policy.PinnedTransport(policy, httpx.MockTransport(handler))
+    transport = pinned.PinnedTransport(policy, httpx.MockTransport(handler))
     async with httpx.AsyncClient(transport=transport) as client:
         response = await client.get("https://hook.example/a?b=1")
     assert response.status_code == 200
@@ -291,7 +294,7 @@ async def test_pinned_transport_refuses_before_connecting() -> None:
         return httpx.Response(200)
 
     policy = url_policy.UrlPolicy(resolver=fake_dns({"rebind.example": ["169.254.169.254"]}))
-    transport = url_policy.PinnedTransport(policy, httpx.MockTransport(handler))
+    transport = pinned.PinnedTransport(policy, httpx.MockTransport(handler))
     async with httpx.AsyncClient(transport=transport) as client:
         with pytest.raises(errors.UrlForbidden):
             await client.get("http://rebind.example/")
@@ -317,3 +320,32 @@ def test_from_settings_denies_the_service_and_the_endpoints(tmp_path: Path) -> N
         with pytest.raises(errors.UrlForbidden):
             policy.check_url(url)
     policy.check_url("http://127.0.0.1:9999/hook")
+
+
+async def _never_answers(host: str, port: int) -> list[str]:
+    await asyncio.Event().wait()  # a DNS server that swallows the query
+    raise AssertionError("unreachable")
+
+
+async def test_a_resolver_that_never_answers_fails_the_check_within_the_bound() -> None:
+    policy = url_policy.UrlPolicy(resolver=_never_answers, resolve_timeout_s=0.2)
+    # The guard only turns a hang into a failure; the bound under test is the policy's.
+    with pytest.raises(url_policy.HostUnresolvable) as caught:
+        await asyncio.wait_for(policy.resolve_and_check("http://slow.example/hook"), 10)
+    assert caught.value.message == "host 'slow.example' did not resolve within 0.2 s"
+
+
+async def test_a_deny_entry_that_never_resolves_does_not_hold_the_check() -> None:
+    async def resolver(host: str, port: int) -> list[str]:
+        if host == "hook.example":
+            return ["93.184.216.34"]
+        return await _never_answers(host, port)
+
+    policy = url_policy.UrlPolicy.build(deny_hosts=["comfy.slow"], resolver=resolver)
+    policy = dataclasses.replace(policy, resolve_timeout_s=0.2)
+    ips = await asyncio.wait_for(policy.resolve_and_check("http://hook.example/"), 10)
+    assert [str(ip) for ip in ips] == ["93.184.216.34"]
+
+
+def test_the_default_dns_bound_is_a_few_seconds() -> None:
+    assert 0 < url_policy.UrlPolicy().resolve_timeout_s == url_policy.RESOLVE_TIMEOUT_S <= 10

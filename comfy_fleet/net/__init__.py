@@ -1,0 +1,1 @@
+"""Outgoing HTTP under the URL policy: pinned connections (httpx and aiohttp) and bounded fetches."""
