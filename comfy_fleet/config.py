@@ -2,7 +2,7 @@
 
 `Settings.from_env(environ)` is the only code that reads configuration. A bad value raises
 `errors.ConfigError` whose message is one line naming the variable; secrets never appear in it.
-The names of the original ComfyUI-server keep their meaning (CONTRACT §2).
+The names of the original ComfyUI-server keep their meaning (docs/api.md §2).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class _Reader:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of comfy-fleet. Defaults follow CONTRACT §2."""
+    """Every setting of comfy-fleet. Defaults follow docs/api.md §2."""
 
     comfyui_endpoints: tuple[Endpoint, ...] = ()
     #: True when COMFYUI_ENDPOINTS was not given: `make run` starts stand-ins.
