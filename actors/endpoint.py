@@ -5,7 +5,7 @@ crash and methods are at-most-once, so nothing lives only here: every in-flight 
 log (`task.dispatched` is recorded *before* POST /prompt), and `start()` rebuilds from it.
 
 The websocket is a best-effort accelerator. The source of truth is ComfyUI's `/queue` and
-`/history` (comfyui-protocol §3.7): after every (re)connect, and on a timer while prompts are
+`/history` (docs/comfyui.md §3.3): after every (re)connect, and on a timer while prompts are
 in flight, each prompt is reconciled — still queued or running: followed; in history:
 collected; in neither: lost, so dispatched again elsewhere (or failed after the last attempt).
 """
@@ -135,7 +135,7 @@ class EndpointWorker:
         self.client = client or ComfyClient(endpoint)
         self.labels = list(labels)
         # A fresh clientId per actor life: a restarted actor never shares a registration with a
-        # socket of its previous life (comfyui-protocol §3.7).
+        # socket of its previous life (docs/comfyui.md §3.3).
         self.client_id = f"comfy-fleet-{uuid.uuid4().hex}"
         self.connected = False
         self.queue_remaining = 0
@@ -593,7 +593,7 @@ class EndpointWorker:
             self._spawn(self._finish(item, comfy_history.Outcome(
                 comfy_history.INTERRUPTED, [], comfy_history.error_from_message(kind, data))))
         elif kind == "executing" and data.get("node") is None:
-            # The "done" marker: history is complete by now (comfyui-protocol §3.5).
+            # The "done" marker: history is complete by now (docs/comfyui.md §3.2).
             self._spawn(self._collect(item))
 
     def _started_due(self, item: Inflight) -> None:
