@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -90,9 +91,14 @@ def normalise_image(data: bytes, *, max_pixels: int, param: str) -> bytes:
     except errors.FleetError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's own guard (set to the same limit) saw a frame over it first.
+        # Pillow's own guard (set to the same limit) saw a frame over it first; its message
+        # quotes twice the limit when the frame is over that, so say it in our terms.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" of {found.group(1)} pixels" if found else ""
         raise _too_large(
-            param, f"image is too large to decode safely ({exc})", limit=max_pixels
+            param,
+            f"image has a frame{size}, too large to decode safely; the limit is {max_pixels}",
+            limit=max_pixels,
         ) from None
     except images.Uncountable as exc:
         raise _rejected(param, str(exc)) from None
