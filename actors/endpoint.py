@@ -28,7 +28,7 @@ import orjson
 import websockets
 
 from actors import metrics
-from actors.comfy_client import ComfyClient
+from comfy_fleet.comfy.client import ComfyClient
 from comfy_fleet.comfy import history as comfy_history
 from comfy_fleet import errors
 from comfy_fleet.log import events, task_state
