@@ -132,6 +132,7 @@ class EndpointWorker:
 
     @property
     def _file_trash(self) -> list[janitor.HostFile]:
+        """The host files waiting for the janitor's next batch (tests look at it)."""
         return self.janitor.file_trash
 
     # --- life -----------------------------------------------------------------------------
