@@ -28,7 +28,7 @@ from comfy_fleet import errors, views
 from comfy_fleet.log import events, task_state
 from comfy_fleet.config import Settings
 from comfy_fleet.log.task_state import TaskState
-from serve_app import schemas, submission
+from serve_app import console, schemas, submission
 from serve_app.services import Services
 
 log = logging.getLogger("comfy_fleet.api")
@@ -73,7 +73,8 @@ class Gate:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        if self.keys and scope["path"] not in self.open and not self._authorized(headers):
+        open_path = scope["path"] in self.open or console.is_open(scope["path"])
+        if self.keys and not open_path and not self._authorized(headers):
             await _error(
                 401, "unauthorized",
                 "this API needs an API key: send 'Authorization: Bearer <key>'",
@@ -371,6 +372,7 @@ def create_app(settings: Settings, build_services: Callable[[], Awaitable[Servic
         return await legacy.submit(svc(), body, view)
 
     app.include_router(api)
+    console.mount(app, settings)
     return app
 
 

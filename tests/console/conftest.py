@@ -1,0 +1,59 @@
+"""Fixtures for the console's browser tests: Debian's Chromium driven by Playwright.
+
+`browser` is one headless Chromium for the session; `page` is a fresh context (its own
+localStorage) per test. Playwright's own browser download cannot work on these machines, so the
+system's /usr/bin/chromium is launched (`scripts/ensure-chromium` installs it); without it the
+tests are skipped with the one line that says how to get it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run", "--disable-sync",
+]
+#: Where the README's screenshots are written.
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: run scripts/ensure-chromium (apt-get install -y chromium)")
+    playwright_api = pytest.importorskip("playwright.async_api")
+    async with playwright_api.async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@pytest.fixture
+async def page(browser: Any) -> AsyncIterator[Any]:
+    context = await browser.new_context(viewport={"width": 1360, "height": 820}, device_scale_factor=1)
+    p = await context.new_page()
+    problems: list[str] = []
+    p.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    p.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
+    p.problems = problems
+    try:
+        yield p
+    finally:
+        await context.close()
+
+
+def service_root(api_url: str) -> str:
+    """The service's root URL from the API's base URL (ROUTE_PREFIX removed)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(api_url)
+    return f"{parts.scheme}://{parts.netloc}"

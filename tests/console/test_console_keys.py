@@ -1,0 +1,141 @@
+"""The console with API keys set: the page and its files need no key; the page asks for one when
+the API answers 401, keeps it in localStorage and sends it as a bearer token.
+
+The app is `serve_app.api.create_app` with API_KEYS, served by uvicorn on a free loopback port
+over a real PostgreSQL event log and the shipped workflows, with an in-memory blob store and a
+stand-in router client (no Ray: what is under test is the page and the door).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from comfy_fleet.config import REPO_ROOT, Settings, parse_endpoint
+from comfy_fleet.log.postgres import PostgresEventLog
+from comfy_fleet.policies.url_policy import UrlPolicy
+from comfy_fleet.storage.memory import InMemoryBlobStore
+from comfy_fleet.workflows.registry import WorkflowRegistry
+from serve_app.api import create_app
+from serve_app.services import Services
+
+pytestmark = pytest.mark.postgres
+
+API_KEY = "console-test-key-8d1f0a"
+COMFY = "127.0.0.1:8188"
+
+
+class QuietRouter:
+    """The router's port with one idle endpoint: enough for the pages that read the fleet."""
+
+    async def submit(self, task_id: str, priority: int, created_at: float, workflow: str,
+                     labels: list[str]) -> int:
+        return 0
+
+    async def cancel(self, task_id: str) -> str:
+        return "unknown"
+
+    async def stats(self) -> dict[str, Any]:
+        return {"waiting": 0, "endpoints": {COMFY: {"connected": True}}}
+
+    async def endpoint_statuses(self) -> list[dict[str, Any]]:
+        return [{"endpoint": COMFY, "state": "connected", "queue_remaining": 0, "inflight": 0,
+                 "labels": ["gpu"], "last_seen": None}]
+
+
+class NoWebhooks:
+    async def task_ended(self, task_id: str) -> None:
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def keyed_service(pg_dsn: str) -> AsyncIterator[str]:
+    port = free_port()
+    settings = Settings(
+        comfyui_endpoints=(parse_endpoint(COMFY),), use_standins=False, database_url=pg_dsn,
+        service_port=port, api_keys=(API_KEY,),
+    )
+
+    async def build() -> Services:
+        registry, _ = WorkflowRegistry.load(REPO_ROOT / "workflows")
+        return Services(
+            settings=settings, log=await PostgresEventLog.connect(pg_dsn, max_size=2),
+            store=InMemoryBlobStore(), registry=registry, router=QuietRouter(),
+            webhooks=NoWebhooks(), url_policy=UrlPolicy.from_settings(settings),
+        )
+
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(settings, build), host="127.0.0.1", port=port, lifespan="on",
+        log_level="warning", access_log=False, timeout_graceful_shutdown=1,
+    ))
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(500):
+            if server.started or serving.done():
+                break
+            await asyncio.sleep(0.01)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def test_the_page_and_its_files_need_no_key(keyed_service: str) -> None:
+    async with httpx.AsyncClient(base_url=keyed_service) as http:
+        root = await http.get("/")
+        assert root.status_code in (302, 307) and root.headers["location"].endswith("/console/")
+        for path in ("/console/", "/console/js/app.js", "/console/style.css", "/console/config.json"):
+            r = await http.get(path)
+            assert r.status_code == 200, (path, r.status_code, r.text[:200])
+        assert (await http.get("/console/config.json")).json() == {"api": "/api/v1"}
+        # The API itself still needs the key.
+        assert (await http.get("/api/v1/tasks")).status_code == 401
+        # Nothing outside the console's folder is served through it.
+        assert (await http.get("/console/%2e%2e/console.py")).status_code == 404
+
+
+async def test_asks_for_a_key_keeps_it_and_sends_it(keyed_service: str, page: Any) -> None:
+    sent: list[str | None] = []
+    page.on("request", lambda r: sent.append(r.headers.get("authorization")) if "/api/v1/" in r.url else None)
+
+    await page.goto(keyed_service + "/")
+    dialog = page.locator("#key-dialog")
+    await dialog.wait_for(state="visible")
+    assert await page.locator("#task-rows").count() == 1  # the page itself loaded without a key
+
+    # A wrong key is refused and the dialog asks again, saying so.
+    await page.fill("#key-input", "not-the-key")
+    await page.click("#key-form button[type=submit]")
+    await page.locator("#key-error", has_text="refused").wait_for(state="visible")
+
+    await page.fill("#key-input", API_KEY)
+    await page.click("#key-form button[type=submit]")
+    await dialog.wait_for(state="hidden")
+    await page.locator("#task-rows td.empty").wait_for()
+    assert await page.evaluate("localStorage.getItem('comfy-fleet.key')") == API_KEY
+    assert f"Bearer {API_KEY}" in sent
+
+    # The fleet view works with an admin key, and a reload needs no new prompt.
+    await page.goto(keyed_service + "/console/#/fleet")
+    await page.locator(f"tr[data-endpoint='{COMFY}']").wait_for()
+    assert not await dialog.is_visible()
+    assert not [p for p in page.problems if p.startswith("page error")], page.problems
+
+
+@pytest.mark.skip(reason="needs tenant keys (integration pending)")
+async def test_a_tenant_key_sees_no_other_tenants_task_and_no_fleet() -> None:
+    """With TENANT_KEYS: a tenant's console lists only its tenant's tasks, and the fleet view and
+    strip are hidden (GET /endpoints answers 403) instead of showing an error."""
