@@ -145,7 +145,9 @@ class ModelStore:
             raise ModelError(507, "model_cache_full",
                              "models in use leave too little of the disk budget for this one",
                              exc.details) from None
-        return self._evict(entries, chosen), chosen
+        kept = self._evict(entries, chosen)
+        self._save(kept)  # with the models in use marked as used now
+        return kept, chosen
 
     # -- pulling ---------------------------------------------------------------------------------
     async def pull(self, body: object, config: model_rules.Config) -> dict[str, Any]:
@@ -252,6 +254,7 @@ class _Writer:
     links it under the target's name when the sha256 matches; ``discard`` removes what is left."""
 
     def __init__(self, base: Path, parts: tuple[str, ...], sha256: str) -> None:
+        os.makedirs(base, exist_ok=True)  # the operator's folder (ComfyUI lists a missing one as empty)
         self._folder = paths.FolderFd(base, list(parts[:-1]), create=True)
         self._name = parts[-1]
         self._sha256 = sha256

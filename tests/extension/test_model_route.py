@@ -112,6 +112,7 @@ async def test_a_second_pull_finds_the_model_in_place_and_fetches_nothing(client
 
 
 async def test_a_legacy_folder_name_writes_to_the_first_path_of_its_folder(client, bucket, comfy) -> None:
+    shutil.rmtree(comfy.models_dir / "unet")  # ComfyUI lists a missing folder as empty
     body = _body(bucket, b"u" * 10, folder="unet", filename="flux-test.safetensors")
     status, answer = await _pull(client, body)
     assert status == 200 and answer["folder"] == "diffusion_models"
