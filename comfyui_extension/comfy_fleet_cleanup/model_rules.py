@@ -64,7 +64,8 @@ class Bucket:
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{self.path}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +157,7 @@ class Pull:
     filename: str  # "/"-separated, relative to the folder, as ComfyUI's loaders list it
     parts: tuple[str, ...]  # filename split into folders and the file's name
     in_use: frozenset[str]  # sha256s the caller says queued or running prompts use
+    cache_bytes: int | None  # the caller's disk budget (the host's caps it)
 
 
 def check_sha256(value: object, label: str = "sha256") -> str:
@@ -197,7 +199,7 @@ def check_pull(body: object, bucket: Bucket, extensions_of: Any) -> Pull:
     raises ModelError when the folder is not a model folder."""
     if not isinstance(body, dict):
         raise bad_request("body must be a JSON object")
-    unknown = set(body) - {"url", "sha256", "folder", "filename", "in_use"}
+    unknown = set(body) - {"url", "sha256", "folder", "filename", "in_use", "cache_bytes"}
     if unknown:
         raise bad_request("unknown fields", fields=sorted(unknown))
     sha = check_sha256(body.get("sha256"))
@@ -209,5 +211,10 @@ def check_pull(body: object, bucket: Bucket, extensions_of: Any) -> Pull:
     if not isinstance(in_use, list):
         raise bad_request("in_use must be a list of sha256s")
     shas = frozenset(check_sha256(s, "each in_use entry") for s in in_use)
+    cache_bytes = body.get("cache_bytes")
+    if cache_bytes is not None and (
+        not isinstance(cache_bytes, int) or isinstance(cache_bytes, bool) or cache_bytes <= 0
+    ):
+        raise bad_request("cache_bytes must be a positive integer")
     url = check_url(bucket, body.get("url"))
-    return Pull(url, sha, folder, "/".join(parts), parts, shas)
+    return Pull(url, sha, folder, "/".join(parts), parts, shas, cache_bytes)

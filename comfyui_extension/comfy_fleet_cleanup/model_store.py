@@ -161,6 +161,8 @@ class ModelStore:
                              "pulling models needs POSIX directory descriptors (Linux, macOS)")
         pull = model_rules.check_pull(
             body, config.bucket, lambda name: _folder_or_refuse(self.host, name).extensions)
+        if pull.cache_bytes is not None and pull.cache_bytes < config.cache_bytes:
+            config = dataclasses.replace(config, cache_bytes=pull.cache_bytes)
         while (running := self._pulling.get(pull.sha256)) is not None:
             await asyncio.shield(running)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

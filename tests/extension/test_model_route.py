@@ -229,6 +229,9 @@ async def test_names_and_folders_that_leave_the_model_folders_are_refused(
         {"in_use": ["nope"]},
         {"url": 7},
         {"extra": 1},
+        {"cache_bytes": 0},
+        {"cache_bytes": "1000"},
+        {"cache_bytes": True},
     ],
 )
 async def test_bad_bodies_are_refused(change: dict[str, Any], client, bucket) -> None:
@@ -315,6 +318,16 @@ async def test_an_operators_own_models_are_never_evicted(client, bucket, comfy, 
     status, answer = await _pull(client, second)
     assert status == 200 and [m["sha256"] for m in answer["evicted"]] == [first["sha256"]]
     assert (comfy.folder("loras") / "own.safetensors").read_bytes() == b"o" * 5000
+
+
+async def test_the_smaller_of_the_callers_and_the_hosts_budget_holds(client, bucket, monkeypatch) -> None:
+    monkeypatch.setenv("COMFY_FLEET_MODEL_CACHE_BYTES", "2500")
+    first, second, third = (_body(bucket, bytes([i]) * 1000, cache_bytes=10_000) for i in range(3))
+    assert [(await _pull(client, b))[1]["evicted"] for b in (first, second)] == [[], []]
+    status, answer = await _pull(client, third)  # the host's 2500 caps the caller's 10000
+    assert status == 200 and [m["sha256"] for m in answer["evicted"]] == [first["sha256"]]
+    status, answer = await _pull(client, {**_body(bucket, b"4" * 1000), "cache_bytes": 1000})
+    assert status == 200 and len(answer["evicted"]) == 2
 
 
 @pytest.mark.parametrize("chunked", [False, True])

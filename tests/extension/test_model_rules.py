@@ -97,6 +97,12 @@ def test_urls_elsewhere_are_forbidden(url: str) -> None:
     assert info.value.status == 403 and info.value.body()["error"]["code"] == "url_forbidden"
 
 
+def test_ipv6_buckets() -> None:
+    bucket = model_rules.parse_bucket("http://[::1]:9000/b")
+    assert bucket.url == "http://[::1]:9000/b"
+    assert model_rules.check_url(bucket, "http://[::1]:9000/b/models/x")
+
+
 def test_default_ports_and_virtual_hosted_buckets() -> None:
     bucket = model_rules.parse_bucket("https://models.s3.example.com")
     assert bucket.url == "https://models.s3.example.com:443"
