@@ -186,9 +186,9 @@ class ModelStore:
             entries = self._load()
             mine = next((e for e in entries if e.key == key and e.base == str(base)), None)
             if mine is not None and mine.sha256 == pull.sha256:
-                entries = [model_cache.touched(e, time.time()) if e is mine else e for e in entries]
-                self._save(entries)
-                return _answer(mine, fetched=False, seconds=0.0, evicted=[])
+                used = model_cache.touched(mine, time.time())
+                self._save([used if e is mine else e for e in entries])
+                return _answer(used, fetched=False, seconds=0.0, evicted=[])
             if os.path.lexists(target):
                 raise ModelError(409, "name_taken", "a different file already has this name",
                                  {"folder": folder.name, "filename": pull.filename})
@@ -226,6 +226,7 @@ class ModelStore:
                     if declared is None:  # now the size is known: room for it, or nothing placed
                         async with self._lock:
                             _, more = self._make_room(self._load(), config, size, pull.in_use)
+                            self._reserved[token] = size
                         evicted += more
                     await asyncio.get_running_loop().run_in_executor(None, writer.place)
                 finally:

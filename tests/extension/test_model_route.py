@@ -108,6 +108,7 @@ async def test_a_second_pull_finds_the_model_in_place_and_fetches_nothing(client
     assert first[0] == second[0] == 200
     assert first[1]["fetched"] is True and second[1]["fetched"] is False
     assert second[1]["last_used"] >= first[1]["last_used"]
+    assert second[1]["last_used"] == (await _listed(client))[0]["last_used"]
     assert bucket.requests[f"models/{body['sha256']}"] == 1
 
 
