@@ -4,7 +4,7 @@
 startup (the lifespan), so the same app runs in a Ray Serve replica or in-process in tests.
 Every route is under ROUTE_PREFIX (`serve_app.routes`); errors are
 `{"error": {"code", "message", "details"}}` (`serve_app.responses`); the door is
-`serve_app.middleware` (who is asking, then how much they send).
+`serve_app.middleware` (who is asking, how much they send, how it is shaped).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from comfy_fleet.config import Settings
 from serve_app import responses
-from serve_app.middleware import auth, body_limit
+from serve_app.middleware import auth, body_limit, json_bounds
 from serve_app.routes import endpoints, health, legacy, tasks, workflows
 from serve_app.services import Services
 
@@ -39,7 +39,9 @@ def create_app(settings: Settings, build_services: Callable[[], Awaitable[Servic
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
-    # The last added runs first: authenticate, then limit the body of who is let in.
+    # The last added runs first: authenticate, then limit the body of who is let in, then
+    # bound the shape of that body before anything parses it.
+    app.add_middleware(json_bounds.JsonBounds)
     app.add_middleware(body_limit.BodyLimit, settings=settings)
     app.add_middleware(auth.Authenticate, settings=settings)
     responses.install_handlers(app)
