@@ -18,6 +18,8 @@ router = APIRouter()
 
 #: How long the stream waits for a new event before sending a keep-alive comment.
 KEEP_ALIVE_S = 15.0
+#: The largest seq an event can have (the log's `seq integer` column).
+MAX_SEQ = 2**31 - 1
 
 
 @router.post("/tasks", status_code=202, summary="Submit a task")
@@ -81,8 +83,7 @@ async def get_events(task_id: str, request: Request) -> Response:
 async def stream_task(task_id: str, request: Request) -> Response:
     tid = context.task_id_of(task_id)
     s = context.services(request)
-    last = request.headers.get("last-event-id", "0")
-    after = int(last) if last.isdigit() else 0
+    after = last_event_id(request.headers.get("last-event-id"))
     if not await s.log.read(tid, 0):
         raise errors.TaskNotFound(f"no task {tid}")
 
@@ -105,6 +106,22 @@ async def stream_task(task_id: str, request: Request) -> Response:
     return StreamingResponse(
         frames(), media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def last_event_id(value: str | None) -> int:
+    """The seq a stream resumes after: 0 without the header. Raises InvalidRequest for
+    anything but an event's seq (ASCII digits within the seq's range): `str.isdigit` also
+    accepts "²" and "٣", which `int` refuses, and `int` of thousands of digits is refused too."""
+    if value is None:
+        return 0
+    seq = value.strip()
+    if seq.isascii() and seq.isdigit() and len(seq) <= len(str(MAX_SEQ)) and int(seq) <= MAX_SEQ:
+        return int(seq)
+    raise errors.InvalidRequest(
+        f"Last-Event-ID must be the seq of an event (an integer from 0 to {MAX_SEQ}); "
+        f"got {value[:40]!r}",
+        {"loc": ["header", "last-event-id"], "problem": "not an event seq"},
     )
 
 
