@@ -52,7 +52,9 @@ async def _on_validation(_req: Request, exc: Exception) -> Response:
     ]
     if any(p["type"] == "json_invalid" for p in problems):
         return error(400, "malformed_json", "the request body is not valid JSON", problems)
-    where = ", ".join(".".join(p["loc"][1:] or p["loc"]) + ": " + str(p["problem"]) for p in problems[:5])
+    where = ", ".join(
+        ".".join(p["loc"][1:] or p["loc"]) + ": " + str(p["problem"]) for p in problems[:5]
+    )
     return error(422, "invalid_request", f"invalid request: {where}", problems)
 
 

@@ -25,4 +25,5 @@ async def add_endpoint(body: schemas.AddEndpoint, request: Request) -> Response:
 
 @router.delete("/endpoints/{endpoint}", status_code=202, summary="Drain and remove an endpoint")
 async def remove_endpoint(endpoint: str, request: Request) -> Response:
-    return JSON(await commands.remove_endpoint(context.services(request), endpoint), status_code=202)
+    removed = await commands.remove_endpoint(context.services(request), endpoint)
+    return JSON(removed, status_code=202)

@@ -132,7 +132,9 @@ async def cancel_task(task_id: str, request: Request) -> Response:
     return JSON(await context.task_view(s, state), status_code=202)
 
 
-@router.post("/tasks/{task_id}/webhook", status_code=202, summary="Deliver the task's webhook again")
+@router.post(
+    "/tasks/{task_id}/webhook", status_code=202, summary="Deliver the task's webhook again"
+)
 async def redeliver(task_id: str, request: Request) -> Response:
     s = context.services(request)
     state = await commands.redeliver(s, context.task_id_of(task_id))

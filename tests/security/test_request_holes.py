@@ -21,6 +21,7 @@ from serve_app.middleware import json_bounds
 from tests.support.fleet import Fleet
 
 JSON_HEADERS = {"content-type": "application/json"}
+SOLID = {"workflow": "solid", "params": {"width": 8, "height": 8}}
 MIB = 1024 * 1024
 
 
@@ -38,7 +39,8 @@ def assert_error_shape(resp: httpx.Response, statuses: tuple[int, ...]) -> dict[
 async def submitted_count(fleet: Fleet) -> int:
     conn = await asyncpg.connect(fleet.settings.database_url)
     try:
-        return int(await conn.fetchval("SELECT count(*) FROM task_events WHERE type = 'task.submitted'"))
+        query = "SELECT count(*) FROM task_events WHERE type = 'task.submitted'"
+        return int(await conn.fetchval(query))
     finally:
         await conn.close()
 
@@ -67,7 +69,9 @@ def solid_with(raw_param: bytes, ctid: str) -> bytes:
         pytest.param(nested_arrays(300), ("deep",), id="arrays_300_deep"),
         pytest.param(b"123456789012345678901234567890", ("64-bit",), id="int_beyond_64_bits"),
         pytest.param(b"-99999999999999999999", ("64-bit",), id="negative_int_beyond_64_bits"),
-        pytest.param(b'{"b":[1,2,18446744073709551616]}', ("64-bit", "extra.b.2"), id="nested_big_int"),
+        pytest.param(
+            b'{"b":[1,2,18446744073709551616]}', ("64-bit", "extra.b.2"), id="nested_big_int"
+        ),
         pytest.param(b'"a\\ud800b"', ("surrogate",), id="lone_surrogate"),
     ],
 )
@@ -76,7 +80,8 @@ async def test_params_the_hash_cannot_take_are_422_and_nothing_is_recorded(
 ) -> None:
     before = await submitted_count(fleet)
     ctid = f"hole-{uuid.uuid4().hex}"
-    resp = await fleet.http.post("/tasks", content=solid_with(raw_param, ctid), headers=JSON_HEADERS)
+    body = solid_with(raw_param, ctid)
+    resp = await fleet.http.post("/tasks", content=body, headers=JSON_HEADERS)
     err = assert_error_shape(resp, (422,))
     text = (err["message"] + " " + str(err.get("details"))).lower()
     for word in words:
@@ -100,10 +105,11 @@ async def test_the_legacy_route_refuses_them_too(fleet: Fleet) -> None:
 @pytest.mark.parametrize(
     "value",
     ["²".encode(), "٣".encode(), b"abc", b"-1", b"1.5", b"9" * 5000, b"99999999999999999999999"],
-    ids=["superscript_two", "arabic_three", "letters", "negative", "decimal", "5000_digits", "huge"],
+    ids=["superscript_two", "arabic_three", "letters", "negative", "decimal", "5000_digits",
+         "huge"],
 )
 async def test_a_last_event_id_that_is_not_a_seq_is_400(fleet: Fleet, value: bytes) -> None:
-    submitted = await fleet.http.post("/tasks", json={"workflow": "solid", "params": {"width": 8, "height": 8}})
+    submitted = await fleet.http.post("/tasks", json=SOLID)
     assert submitted.status_code in (200, 202), submitted.text
     task_id = submitted.json()["task_id"]
     resp = await fleet.http.get(f"/tasks/{task_id}/stream", headers=[(b"last-event-id", value)])
@@ -113,7 +119,7 @@ async def test_a_last_event_id_that_is_not_a_seq_is_400(fleet: Fleet, value: byt
 
 
 async def test_a_good_last_event_id_still_resumes(fleet: Fleet) -> None:
-    submitted = await fleet.http.post("/tasks", json={"workflow": "solid", "params": {"width": 8, "height": 8}})
+    submitted = await fleet.http.post("/tasks", json=SOLID)
     task_id = submitted.json()["task_id"]
     await fleet.wait_final(task_id)
     resp = await fleet.http.get(f"/tasks/{task_id}/stream", headers={"last-event-id": "1"})
@@ -138,8 +144,12 @@ def list_of_empty_objects(size: int) -> bytes:
             + list_of_empty_objects(8 * MIB) + b"}}",
             id="inside_params",
         ),
-        pytest.param(b'{"workflow":"solid","params":{"x":[' + b"0," * (4 * MIB) + b"0]}}", id="4m_numbers"),
-        pytest.param(b'{"workflow":"solid","params":{"x":[' + b'"",' * (2 * MIB) + b'""]}}', id="2m_strings"),
+        pytest.param(
+            b'{"workflow":"solid","params":{"x":[' + b"0," * (4 * MIB) + b"0]}}", id="4m_numbers"
+        ),
+        pytest.param(
+            b'{"workflow":"solid","params":{"x":[' + b'"",' * (2 * MIB) + b'""]}}', id="2m_strings"
+        ),
     ],
 )
 async def test_an_8_mib_body_of_many_small_values_is_refused_before_parsing(
@@ -176,8 +186,8 @@ def _peak_while(fn: Any, *args: Any) -> int:
         (b'{"a":"' + b'\\"[' * (8 * MIB // 3) + b'"}', False),
         (b'{"a":"' + b"A" * (8 * MIB) + b'"}', False),
     ],
-    ids=["empty_objects", "empty_strings", "strings_of_brackets", "numbers", "one_string_of_escapes",
-         "one_long_string"],
+    ids=["empty_objects", "empty_strings", "strings_of_brackets", "numbers",
+         "one_string_of_escapes", "one_long_string"],
 )
 def test_the_body_check_costs_at_most_twice_the_body(body: bytes, refused: bool) -> None:
     # The parse this check stands in front of takes 100-500 MiB for the refused bodies.
@@ -206,33 +216,53 @@ def test_a_body_at_the_bounds_is_let_through_and_parses_small() -> None:
 # --- garbage at every route ------------------------------------------------------------------
 
 T = str(uuid.UUID(int=7))
+
+
+def raw(content: bytes) -> dict[str, Any]:
+    return {"content": content}
+
+
+def solid_and(field: bytes) -> dict[str, Any]:
+    """A solid task with one more top-level field (given as raw JSON)."""
+    return raw(b'{"workflow":"solid","params":{},' + field + b"}")
+
+
+def params_of(workflow: bytes, params: bytes) -> dict[str, Any]:
+    return raw(b'{"workflow":"' + workflow + b'","params":' + params + b"}")
+
+
+def legacy(fields: bytes) -> dict[str, Any]:
+    return raw(b'{"service_type":"solid",' + fields + b"}")
+
+
+#: (method, path relative to the API's prefix, "" for the legacy route; request kwargs)
 GARBAGE: list[tuple[str, str, dict[str, Any]]] = [
-    ("POST", "/tasks", {"content": b'{"workflow":"solid\xff\xfe","params":{}}'}),
-    ("POST", "/tasks", {"content": b'{"workflow":"solid","params":{"x\xff":1}}'}),
-    ("POST", "/tasks", {"content": b'{"workflow":"solid","params":{"width":1e999}}'}),
-    ("POST", "/tasks", {"content": b'{"workflow":"solid","params":{"width":NaN}}'}),
-    ("POST", "/tasks", {"content": b'{"workflow":"solid","params":{"width":' + b"9" * 5000 + b"}}"}),
-    ("POST", "/tasks", {"content": b'{"workflow":"\\ud800","params":{}}'}),
-    ("POST", "/tasks", {"content": b'{"workflow":"solid","params":{},"client_task_id":"\\ud800"}'}),
-    ("POST", "/tasks", {"content": b'{"workflow":"solid","params":{},"client_task_id":"a\\u0000b"}'}),
-    ("POST", "/tasks", {"content": b'{"workflow":"solid","params":{},"callback_url":"http://\\ud800/"}'}),
-    ("POST", "/tasks", {"content": b'{"workflow":"solid","params":{},"callback_url":"http://[::1/"}'}),
-    ("POST", "/tasks", {"content": b'{"workflow":"solid","params":{},"callback_url":"http://a:99999/"}'}),
-    ("POST", "/tasks", {"content": b'{"workflow":"solid","params":{},"callback_url":"http://a\\u0000b.com/"}'}),
-    ("POST", "/tasks", {"content": b'{"workflow":"solid","params":{},"priority":' + b"9" * 5000 + b"}"}),
-    ("POST", "/tasks", {"content": b'{"workflow":"solid","params":{},"priority":1e999}'}),
-    ("POST", "/tasks", {"content": b'{"workflow":"text2img","params":{"text":"a\\ud800b"}}'}),
-    ("POST", "/tasks", {"content": b'{"workflow":"invert","params":{"image":"http://\\ud800/"}}'}),
-    ("POST", "/tasks", {"content": b'{"workflow":"invert","params":{"image":"data:image/png;base64,!!!!"}}'}),
-    ("POST", "/tasks", {"content": b'{"workflow":"invert","params":{"image":[]}}'}),
-    ("POST", "/tasks", {"content": b"\xff\xfe\x00\x01", "headers": JSON_HEADERS}),
-    ("POST", "/tasks", {"content": b"null"}),
-    ("POST", "/tasks", {"content": b'"a string"'}),
-    ("POST", "/tasks?wait=nan", {"content": b'{"workflow":"nope"}'}),
-    ("POST", "", {"content": b'{"service_type":"solid","params":{"a":1e999}}'}),
-    ("POST", "", {"content": b'{"service_type":"\\ud800"}'}),
-    ("POST", "", {"content": b"[1]"}),
-    ("POST", "", {"content": b'{"service_type":"solid","client_callback_url":"http://\\ud800/"}'}),
+    ("POST", "/tasks", raw(b'{"workflow":"solid\xff\xfe","params":{}}')),
+    ("POST", "/tasks", params_of(b"solid", b'{"x\xff":1}')),
+    ("POST", "/tasks", params_of(b"solid", b'{"width":1e999}')),
+    ("POST", "/tasks", params_of(b"solid", b'{"width":NaN}')),
+    ("POST", "/tasks", params_of(b"solid", b'{"width":' + b"9" * 5000 + b"}")),
+    ("POST", "/tasks", params_of(b"\\ud800", b"{}")),
+    ("POST", "/tasks", solid_and(b'"client_task_id":"\\ud800"')),
+    ("POST", "/tasks", solid_and(b'"client_task_id":"a\\u0000b"')),
+    ("POST", "/tasks", solid_and(b'"callback_url":"http://\\ud800/"')),
+    ("POST", "/tasks", solid_and(b'"callback_url":"http://[::1/"')),
+    ("POST", "/tasks", solid_and(b'"callback_url":"http://a:99999/"')),
+    ("POST", "/tasks", solid_and(b'"callback_url":"http://a\\u0000b.com/"')),
+    ("POST", "/tasks", solid_and(b'"priority":' + b"9" * 5000)),
+    ("POST", "/tasks", solid_and(b'"priority":1e999')),
+    ("POST", "/tasks", params_of(b"text2img", b'{"text":"a\\ud800b"}')),
+    ("POST", "/tasks", params_of(b"invert", b'{"image":"http://\\ud800/"}')),
+    ("POST", "/tasks", params_of(b"invert", b'{"image":"data:image/png;base64,!!!!"}')),
+    ("POST", "/tasks", params_of(b"invert", b'{"image":[]}')),
+    ("POST", "/tasks", raw(b"\xff\xfe\x00\x01")),
+    ("POST", "/tasks", raw(b"null")),
+    ("POST", "/tasks", raw(b'"a string"')),
+    ("POST", "/tasks?wait=nan", raw(b'{"workflow":"nope"}')),
+    ("POST", "", legacy(b'"params":{"a":1e999}')),
+    ("POST", "", raw(b'{"service_type":"\\ud800"}')),
+    ("POST", "", raw(b"[1]")),
+    ("POST", "", legacy(b'"client_callback_url":"http://\\ud800/"')),
     ("GET", "/tasks?cursor=%ff%fe", {}),
     ("GET", "/tasks?cursor=AAAA", {}),
     ("GET", "/tasks?cursor=eyJ4IjoxfQ", {}),
@@ -242,18 +272,18 @@ GARBAGE: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/tasks/%ff", {}),
     ("GET", "/tasks/%00/events", {}),
     ("GET", f"/tasks/{T}/stream", {"headers": [(b"last-event-id", "²".encode())]}),
-    ("POST", f"/tasks/{T}/cancel", {"content": b"\xff"}),
-    ("POST", f"/tasks/{T}/webhook", {"content": b"[[[[[[[[[["}),
+    ("POST", f"/tasks/{T}/cancel", raw(b"\xff")),
+    ("POST", f"/tasks/{T}/webhook", raw(b"[[[[[[[[[[")),
     ("GET", "/workflows/%00", {}),
     ("GET", "/workflows/%ff", {}),
     ("GET", "/workflows/" + "a" * 5000, {}),
-    ("POST", "/endpoints", {"content": b'{"endpoint":"\\ud800:80"}'}),
-    ("POST", "/endpoints", {"content": b'{"endpoint":"a\\u0000b:80"}'}),
-    ("POST", "/endpoints", {"content": b'{"endpoint":"[::1:80"}'}),
-    ("POST", "/endpoints", {"content": b'{"endpoint":"a:1","labels":[5]}'}),
-    ("POST", "/endpoints", {"content": b'{"endpoint":"a:99999999999999999999999"}'}),
-    ("POST", "/endpoints", {"content": b'{"endpoint":"http://a:1/x"}'}),
-    ("POST", "/endpoints", {"content": b"[]"}),
+    ("POST", "/endpoints", raw(b'{"endpoint":"\\ud800:80"}')),
+    ("POST", "/endpoints", raw(b'{"endpoint":"a\\u0000b:80"}')),
+    ("POST", "/endpoints", raw(b'{"endpoint":"[::1:80"}')),
+    ("POST", "/endpoints", raw(b'{"endpoint":"a:1","labels":[5]}')),
+    ("POST", "/endpoints", raw(b'{"endpoint":"a:99999999999999999999999"}')),
+    ("POST", "/endpoints", raw(b'{"endpoint":"http://a:1/x"}')),
+    ("POST", "/endpoints", raw(b"[]")),
     ("DELETE", "/endpoints/%00", {}),
     ("DELETE", "/endpoints/%ff", {}),
 ]

@@ -89,5 +89,6 @@ async def test_the_body_limit_answers_413_for_a_declared_or_a_streamed_excess() 
     status, body = await call(app, "/x", [], [b"a" * 600, b"a" * 600])
     assert status == 413 and body is not None and "1024" in body["error"]["message"]
     inner = Inner()
-    status, _ = await call(body_limit.BodyLimit(inner, settings), "/x", [], [b"a" * 600, b"a" * 400])
+    app = body_limit.BodyLimit(inner, settings)
+    status, _ = await call(app, "/x", [], [b"a" * 600, b"a" * 400])
     assert status == 204 and inner.body == b"a" * 1000
