@@ -1,4 +1,5 @@
-"""The original ComfyUI-server route, kept for its clients (docs/api.md §3; docs/legacy-api.md).
+"""The original ComfyUI-server API's record, kept for its clients (docs/api.md §3;
+docs/legacy-api.md). Its route is `serve_app.routes.legacy`.
 
 `POST {ROUTE_PREFIX}` with `{"service_type", "client_task_id", "client_callback_url", "params"}`
 runs workflow `service_type` like `POST /tasks` does (same validation, idempotency and refusals)
@@ -11,10 +12,7 @@ The record's fields are the prototype's `comfyui_records` row: `id`, `client_tas
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
-
-from fastapi.responses import JSONResponse, Response
 
 from comfy_fleet import storage
 
@@ -92,28 +90,6 @@ def record(state: TaskState) -> dict[str, Any]:
         "s3_key": s3_key,
         "error_code": error_code(state),
     }
-
-
-async def submit(
-    services: Any, body: Any, view: Callable[[TaskState], Awaitable[dict[str, Any]]]
-) -> Response:
-    """Run `body.service_type` with `body.params`; answer 200 with the record and the task.
-
-    Same refusals as POST /tasks (unknown workflow, invalid params or images, forbidden callback,
-    overload, client_task_id reused for another request), with the API's error body.
-    """
-    from serve_app import submission
-
-    state, _created = await submission.submit(
-        services,
-        workflow_name=body.service_type,
-        params=body.params,
-        client_task_id=body.client_task_id,
-        callback_url=body.client_callback_url,
-        priority=0,
-        origin="legacy",
-    )
-    return JSONResponse({**record(state), "task": await view(state)}, status_code=200)
 
 
 async def webhook_body(

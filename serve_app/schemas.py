@@ -40,5 +40,7 @@ class LegacySubmit(BaseModel):
 class AddEndpoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    endpoint: str = Field(min_length=3, max_length=300)
+    # host:port; control characters and spaces can be no part of one (and would reach the
+    # router's name table and the ComfyUI URL as they are).
+    endpoint: str = Field(min_length=3, max_length=300, pattern=r"^[^\x00-\x20\x7f]+$")
     labels: list[str] = Field(default_factory=list, max_length=32)

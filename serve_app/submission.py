@@ -20,10 +20,72 @@ from comfy_fleet.log.task_state import TaskState
 from serve_app.services import Services
 
 
+#: The integers JSON values may hold here: what orjson (the log's encoder) can write.
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+#: Deepest nesting the canonical form may have (orjson stops at 255).
+MAX_DEPTH = 128
+
+
 def request_hash(body: dict[str, Any]) -> str:
-    """sha256 of the canonical request (client_task_id excluded): what "the same body" means."""
+    """sha256 of the canonical request (client_task_id excluded): what "the same body" means.
+
+    Raises WorkflowParamsInvalid (a problem under `params`) or InvalidRequest naming the value
+    that cannot be recorded: an integer beyond 64 bits, a string with an unpaired surrogate,
+    nesting deeper than MAX_DEPTH. It runs before validation, so it must refuse cleanly.
+    """
     canonical = {k: v for k, v in body.items() if k != "client_task_id"}
-    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    try:
+        encoded = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        raise _unrecordable(canonical) from None
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def _unrecordable(canonical: dict[str, Any]) -> errors.InvalidRequest:
+    """The refusal naming the first value orjson cannot encode (iterative: no recursion)."""
+    found: tuple[list[str], str] = ([], "cannot be encoded as JSON")
+    stack: list[tuple[list[str], Any]] = [([key], value) for key, value in canonical.items()]
+    while stack:
+        loc, value = stack.pop()
+        problem = _problem_of(value, len(loc))
+        if problem is not None:
+            found = (loc, problem)
+            break
+        if isinstance(value, dict):
+            stack.extend((loc + [str(k)], v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((loc + [str(i)], v) for i, v in enumerate(value))
+    loc, problem = found
+    if loc[:1] == ["params"]:
+        where = _shorten(".".join(loc[1:]) or "params")
+        return errors.WorkflowParamsInvalid(
+            f"invalid params: {where}: {problem}", [{"param": where, "problem": problem}]
+        )
+    where = _shorten(".".join(loc) or "body")
+    return errors.InvalidRequest(
+        f"invalid request: {where}: {problem}", [{"loc": loc[:20], "problem": problem}]
+    )
+
+
+def _shorten(where: str) -> str:
+    return where if len(where) <= 120 else where[:100] + "…" + where[-19:]
+
+
+def _problem_of(value: Any, depth: int) -> str | None:
+    if depth > MAX_DEPTH:
+        return f"nested deeper than {MAX_DEPTH} levels"
+    if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+        return "an integer beyond the 64-bit range"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a string with an unpaired UTF-16 surrogate (not valid Unicode)"
+    if isinstance(value, dict):
+        for key in value:
+            if isinstance(key, str) and _problem_of(key, depth) is not None:
+                return f"a key that is {_problem_of(key, depth)}"
+    return None
 
 
 async def submit(

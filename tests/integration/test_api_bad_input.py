@@ -65,6 +65,9 @@ class FakeRouterClient:
     async def endpoint_statuses(self) -> list[dict[str, Any]]:
         return []
 
+    async def reload_workflows(self) -> dict[str, Any]:
+        return {}
+
     async def add_endpoint(self, endpoint: str, labels: list[str]) -> dict[str, Any]:
         return {"endpoint": endpoint}
 

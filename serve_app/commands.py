@@ -1,0 +1,134 @@
+"""What the API's writes do, free of HTTP: submit, cancel, redeliver, reload the workflows, add
+and remove endpoints. Routes translate requests into these calls and their results into
+answers; the commands raise `comfy_fleet.errors` for every refusal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from comfy_fleet import config, errors
+from comfy_fleet.log import events, task_state
+from comfy_fleet.log.task_state import TaskState
+from serve_app import submission
+from serve_app.services import Services
+
+#: The longest a request may hold its answer for a task to end (`?wait=`).
+MAX_WAIT_S = 300.0
+#: How long a cancel waits for the task to reach its end before answering.
+CANCEL_WAIT_S = 2.0
+#: Attempts at appending a final event before reading whatever ended the task instead.
+FINAL_APPEND_ATTEMPTS = 5
+
+
+async def submit(
+    services: Services,
+    *,
+    workflow_name: str,
+    params: dict[str, Any],
+    client_task_id: str | None,
+    callback_url: str | None,
+    priority: int,
+    origin: str = "tasks",
+) -> tuple[TaskState, bool]:
+    """Record a new task (→ (state, True)) or find the same earlier one (→ (state, False)).
+    See `serve_app.submission.submit` for its checks and refusals."""
+    return await submission.submit(
+        services,
+        workflow_name=workflow_name,
+        params=params,
+        client_task_id=client_task_id,
+        callback_url=callback_url,
+        priority=priority,
+        origin=origin,
+    )
+
+
+async def wait_final(services: Services, state: TaskState, wait_s: float) -> TaskState:
+    """The task's state once it has ended, or as it is after `wait_s` seconds."""
+    end = time.monotonic() + wait_s
+    log = services.log
+    while not state.is_final:
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        await log.wait_for_change(state.task_id, state.seq, min(left, 5.0))
+        state = await log.get(state.task_id)
+    return state
+
+
+async def cancel(services: Services, task_id: str) -> TaskState:
+    """Cancel the task wherever it is: record the request (once), ask the router to drop it
+    from its queue, or let the endpoint running it interrupt it. Returns the state after a
+    short wait for the end; an ended task is returned as it is."""
+    log = services.log
+    state = await log.get(task_id)
+    if state.is_final:
+        return state
+    if not state.cancel_requested:
+        # Lost a race with another writer: the cancel is decided from the state that won.
+        with contextlib.suppress(errors.ConcurrencyConflict):
+            state = await log.append(task_id, state.seq, [events.TaskCancelRequested()], state)
+    where = await services.router.cancel(task_id)
+    if where == "removed":
+        await _append_final(services, task_id, events.TaskCancelled(where="router"))
+    return await wait_final(services, await log.get(task_id), CANCEL_WAIT_S)
+
+
+async def redeliver(services: Services, task_id: str) -> TaskState:
+    """Deliver an ended task's webhook again. Raises Conflict for a task without a callback
+    or one that has not ended."""
+    log = services.log
+    state = await log.get(task_id)
+    if not state.callback_url:
+        raise errors.Conflict("the task has no callback_url")
+    if not state.is_final:
+        raise errors.Conflict(f"the task has not ended (status {state.status})")
+    if state.webhook != task_state.WEBHOOK_PENDING:
+        state = await log.append(task_id, state.seq, [events.WebhookRedeliveryRequested()], state)
+    await services.webhooks.task_ended(task_id)
+    return state
+
+
+async def reload_workflows(services: Services) -> dict[str, Any]:
+    """Pick up added, changed and removed workflows; the endpoints re-learn which workflows they
+    can run, so routing follows at once."""
+    result = services.registry.reload()
+    runnable = await services.router.reload_workflows()
+    return {**result.to_json(), "endpoints": runnable}
+
+
+async def add_endpoint(services: Services, endpoint: str, labels: list[str]) -> dict[str, Any]:
+    """Add a ComfyUI endpoint (`host:port`) at run time. Raises InvalidRequest for a malformed
+    address."""
+    try:
+        parsed = config.parse_endpoint(endpoint, "endpoint")
+    except errors.ConfigError as exc:
+        raise errors.InvalidRequest(str(exc)) from None
+    return await services.router.add_endpoint(parsed.name, labels)
+
+
+async def remove_endpoint(services: Services, endpoint: str) -> dict[str, Any]:
+    """Drain and remove an endpoint. Raises EndpointNotFound for one the fleet does not have."""
+    return await services.router.remove_endpoint(endpoint)
+
+
+async def _append_final(services: Services, task_id: str, event: events.Event) -> TaskState:
+    log = services.log
+    for _ in range(FINAL_APPEND_ATTEMPTS):
+        state = await log.get(task_id)
+        if state.is_final:
+            return state
+        try:
+            state = await log.append(task_id, state.seq, [event], state)
+        except errors.ConcurrencyConflict:
+            continue
+        if state.is_final:
+            from actors import metrics
+
+            metrics.task_ended(state.workflow, state.status)
+            await services.webhooks.task_ended(task_id)
+        return state
+    return await log.get(task_id)

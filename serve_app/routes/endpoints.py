@@ -1,0 +1,29 @@
+"""/endpoints: the fleet's ComfyUI endpoints; adding and draining them at run time."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from serve_app import commands, schemas
+from serve_app.responses import JSON
+from serve_app.routes import context
+
+router = APIRouter()
+
+
+@router.get("/endpoints", summary="The ComfyUI endpoints")
+async def list_endpoints(request: Request) -> Response:
+    return JSON(await context.services(request).router.endpoint_statuses())
+
+
+@router.post("/endpoints", status_code=201, summary="Add a ComfyUI endpoint at run time")
+async def add_endpoint(body: schemas.AddEndpoint, request: Request) -> Response:
+    added = await commands.add_endpoint(context.services(request), body.endpoint, body.labels)
+    return JSON(added, status_code=201)
+
+
+@router.delete("/endpoints/{endpoint}", status_code=202, summary="Drain and remove an endpoint")
+async def remove_endpoint(endpoint: str, request: Request) -> Response:
+    removed = await commands.remove_endpoint(context.services(request), endpoint)
+    return JSON(removed, status_code=202)

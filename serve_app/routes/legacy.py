@@ -1,0 +1,31 @@
+"""POST {ROUTE_PREFIX}: the original ComfyUI-server route, kept for its clients (the record it
+answers with is `serve_app.legacy`'s)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from serve_app import commands, legacy, schemas
+from serve_app.routes import context
+
+router = APIRouter()
+
+
+@router.post("", summary="The original ComfyUI-server API (kept for its clients)")
+async def legacy_submit(body: schemas.LegacySubmit, request: Request) -> Response:
+    """Run `service_type` with `params`; answer 200 with the record and the task. Same refusals
+    as POST /tasks (unknown workflow, invalid params or images, forbidden callback, overload,
+    client_task_id reused for another request), with the API's error body."""
+    s = context.services(request)
+    state, _created = await commands.submit(
+        s,
+        workflow_name=body.service_type,
+        params=body.params,
+        client_task_id=body.client_task_id,
+        callback_url=body.client_callback_url,
+        priority=0,
+        origin="legacy",
+    )
+    view = await context.task_view(s, state)
+    return JSONResponse({**legacy.record(state), "task": view}, status_code=200)
