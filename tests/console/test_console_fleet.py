@@ -73,6 +73,7 @@ async def test_loads_and_lists_the_endpoints(fleet: Fleet, page: Any, slow_nodes
         row = page.locator(f"tr[data-endpoint='{e['endpoint']}']")
         await row.wait_for()
         assert "connected" in await row.locator(".state").inner_text()
+        assert all(await row.locator("td.num").all_inner_texts())  # zeros are shown, not blanks
     await page.locator(".stat .value", has_text=re.compile(r"^[1-9]")).first.wait_for()
     await page.screenshot(path=str(SCREENSHOTS / "console-fleet.png"))
 
@@ -80,7 +81,6 @@ async def test_loads_and_lists_the_endpoints(fleet: Fleet, page: Any, slow_nodes
         await fleet.wait_final(tid)
     await page.goto(service_root(fleet.url) + "/console/#/tasks")
     await page.locator(f"tr[data-task-id='{ids[-1]}'][data-status='succeeded']").wait_for()
-    await page.screenshot(path=str(SCREENSHOTS / "console-tasks.png"))
     assert not page.problems, page.problems
 
 
@@ -162,4 +162,10 @@ async def test_a_task_page_follows_the_task_live(fleet: Fleet, page: Any) -> Non
     assert any(u.endswith(f"/tasks/{task_id}/stream") for u in streams)
     seqs = [int(s) for s in await page.locator("#timeline tr td:first-child").all_inner_texts()]
     assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+
+    # The list of the session's tasks, for the README.
+    await page.click("nav a[data-view='tasks']")
+    await page.locator(f"tr[data-task-id='{task_id}']").wait_for()
+    await page.locator(".strip .chip").first.wait_for()
+    await page.screenshot(path=str(SCREENSHOTS / "console-tasks.png"))
     assert not page.problems, page.problems
