@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,8 +50,8 @@ def gradient_png(width: int = 160, height: int = 96) -> bytes:
     return buf.getvalue()
 
 
-async def submit(fleet: Fleet, workflow: str, params: dict[str, Any]) -> str:
-    r = await fleet.http.post("/tasks", json={"workflow": workflow, "params": params})
+async def submit(fleet: Fleet, workflow: str, params: dict[str, Any], **extra: Any) -> str:
+    r = await fleet.http.post("/tasks", json={"workflow": workflow, "params": params, **extra})
     assert r.status_code == 202, r.text
     return str(r.json()["task_id"])
 
@@ -89,7 +90,8 @@ async def test_a_task_submitted_by_the_api_appears_live(fleet: Fleet, page: Any,
     await page.locator("#task-rows").wait_for()
     await page.locator(".foot, #task-rows td.empty").first.wait_for()
 
-    task_id = await submit(fleet, "solid", {"width": 32, "height": 32})
+    client_id = f"console-live-{uuid.uuid4().hex[:8]}"
+    task_id = await submit(fleet, "solid", {"width": 32, "height": 32}, client_task_id=client_id)
     row = page.locator(f"tr[data-task-id='{task_id}']")
     await row.wait_for()  # appears without a reload
     await page.locator(f"tr[data-task-id='{task_id}'][data-status='succeeded']").wait_for(timeout=60_000)
@@ -98,7 +100,27 @@ async def test_a_task_submitted_by_the_api_appears_live(fleet: Fleet, page: Any,
     await row.wait_for(state="detached")
     await page.click(".seg button[data-status='succeeded']")
     await row.wait_for()
+    # …and the client task id search finds exactly it.
+    await page.fill("#filter-client-id", client_id)
+    await page.press("#filter-client-id", "Enter")
+    await page.wait_for_function("() => document.querySelectorAll('#task-rows tr[data-task-id]').length === 1")
+    await row.wait_for()
     assert not page.problems, page.problems
+
+
+async def test_an_unknown_task_says_so(fleet: Fleet, page: Any) -> None:
+    await page.goto(service_root(fleet.url) + f"/console/#/tasks/{uuid.uuid4()}")
+    await page.locator(".banner.bad", has_text="task_not_found").wait_for()
+
+
+async def test_a_refused_parameter_is_shown_at_its_field(fleet: Fleet, page: Any) -> None:
+    await page.goto(service_root(fleet.url) + "/console/#/new/solid")
+    await page.fill("input[data-param='width']", "99999")
+    await page.click("#submit")
+    field = page.locator(".field.invalid[data-field='width']")
+    await field.wait_for()
+    assert await field.locator(".problem").inner_text()
+    assert "#/new/solid" in page.url  # nothing submitted: the form stays
 
 
 async def test_the_form_submits_a_task_and_shows_its_output_image(fleet: Fleet, page: Any) -> None:

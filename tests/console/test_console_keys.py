@@ -9,6 +9,7 @@ stand-in router client (no Ray: what is under test is the page and the door).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from starlette.responses import JSONResponse
 
 from comfy_fleet.config import REPO_ROOT, Settings, parse_endpoint
 from comfy_fleet.log.postgres import PostgresEventLog
@@ -60,8 +62,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def fleet_forbidden(app: Any) -> Any:
+    """The app as a tenant key sees it (CONTRACT §7.1): the fleet's routes answer 403."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/v1/endpoints"):
+            body = {"error": {"code": "forbidden", "message": "this key may not read the fleet"}}
+            await JSONResponse(body, status_code=403)(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return wrapped
+
+
 @pytest.fixture
 async def keyed_service(pg_dsn: str) -> AsyncIterator[str]:
+    async with serve(pg_dsn) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def serve(pg_dsn: str, wrap: Any = None) -> AsyncIterator[str]:
     port = free_port()
     settings = Settings(
         comfyui_endpoints=(parse_endpoint(COMFY),), use_standins=False, database_url=pg_dsn,
@@ -76,8 +97,9 @@ async def keyed_service(pg_dsn: str) -> AsyncIterator[str]:
             webhooks=NoWebhooks(), url_policy=UrlPolicy.from_settings(settings),
         )
 
+    app = create_app(settings, build)
     server = uvicorn.Server(uvicorn.Config(
-        create_app(settings, build), host="127.0.0.1", port=port, lifespan="on",
+        wrap(app) if wrap else app, host="127.0.0.1", port=port, lifespan="on",
         log_level="warning", access_log=False, timeout_graceful_shutdown=1,
     ))
     serving = asyncio.create_task(server.serve())
@@ -133,6 +155,19 @@ async def test_asks_for_a_key_keeps_it_and_sends_it(keyed_service: str, page: An
     await page.locator(f"tr[data-endpoint='{COMFY}']").wait_for()
     assert not await dialog.is_visible()
     assert not [p for p in page.problems if p.startswith("page error")], page.problems
+
+
+async def test_a_key_that_may_not_read_the_fleet_hides_it(pg_dsn: str, page: Any) -> None:
+    async with serve(pg_dsn, wrap=fleet_forbidden) as url:
+        await page.add_init_script(f"localStorage.setItem('comfy-fleet.key', '{API_KEY}')")
+        await page.goto(url + "/console/#/fleet")
+        # Sent to the task list instead of an error; no fleet tab, no fleet strip.
+        await page.wait_for_function("() => location.hash === '#/tasks'")
+        await page.locator("#task-rows td.empty").wait_for()
+        assert not await page.locator("#nav-fleet").is_visible()
+        assert not await page.locator(".strip").is_visible()
+        assert not await page.locator(".banner.bad").count()
+        assert not [p for p in page.problems if p.startswith("page error")], page.problems
 
 
 @pytest.mark.skip(reason="needs tenant keys (integration pending)")

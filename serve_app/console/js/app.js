@@ -27,6 +27,10 @@ function route() {
   const path = location.hash.replace(/^#\/?/, "").split("?")[0] || "tasks";
   const parts = path.split("/").map(decodeURIComponent);
   const [name, arg] = parts;
+  if (name === "fleet" && ctx.fleetAllowed === false) {
+    location.replace("#/tasks");
+    return;
+  }
   stop();
   view.replaceChildren();
   for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.view === name);

@@ -6,7 +6,8 @@ import * as fleet from "./fleet.js";
 import { h, fill, statusPill, shortId, ago, duration, progressBar, errorBox } from "./dom.js";
 
 const POLL_MS = 1500;
-const LIMIT = 100;
+const PAGE = 100;
+const MAX_LIMIT = 500; // the API's largest page
 const STATUSES = ["", "queued", "dispatched", "running", "succeeded", "failed", "cancelled"];
 
 export function mount(root, _arg, ctx) {
@@ -15,25 +16,29 @@ export function mount(root, _arg, ctx) {
   const seen = new Set();
   let first = true;
   const filters = readFilters();
+  let limit = PAGE;
 
   const strip = fleet.strip(ctx);
   const workflowSel = h("select", { id: "filter-workflow", onchange: () => setFilter("workflow", workflowSel.value) },
     h("option", { value: "" }, "all workflows"));
   const statusTabs = h("div.seg", { role: "tablist" }, STATUSES.map((s) =>
     h("button", { type: "button", class: s === filters.status ? "on" : "", dataset: { status: s || "all" }, onclick: () => setFilter("status", s) }, s || "all")));
+  const search = h("input.search", { type: "search", id: "filter-client-id", placeholder: "client task id", value: filters.client_task_id,
+    onchange: () => setFilter("client_task_id", search.value.trim()) });
+  const more = h("button.ghost", { type: "button", id: "more", hidden: true, onclick: () => { limit = Math.min(MAX_LIMIT, limit + PAGE); clearTimeout(timer); tick(); } }, "Show more");
   const body = h("tbody", { id: "task-rows" });
   const msg = h("div");
   const foot = h("div.foot.muted");
 
   root.append(
     strip.el,
-    h("div.head", h("h1", "Tasks"), h("div.grow"), statusTabs, workflowSel,
+    h("div.head", h("h1", "Tasks"), h("div.grow"), statusTabs, workflowSel, search,
       h("a.button.primary", { href: "#/new" }, "New task")),
     msg,
     h("div.card", h("table.grid.tasks",
       h("thead", h("tr", ["Status", "Task", "Workflow", "Progress", "Endpoint", "Created", "Duration"].map((t) => h("th", t)))),
       body)),
-    foot,
+    h("div.row", foot, h("div.grow"), more),
   );
 
   api.get("/workflows").then((wfs) => {
@@ -44,6 +49,7 @@ export function mount(root, _arg, ctx) {
 
   function setFilter(name, value) {
     filters[name] = value;
+    limit = PAGE;
     const q = new URLSearchParams(Object.entries(filters).filter(([, v]) => v));
     history.replaceState(null, "", `#/tasks${q.size ? "?" + q : ""}`);
     for (const b of statusTabs.children) b.classList.toggle("on", (b.dataset.status === "all" ? "" : b.dataset.status) === filters.status);
@@ -53,14 +59,14 @@ export function mount(root, _arg, ctx) {
   }
 
   async function tick() {
-    const q = new URLSearchParams({ limit: String(LIMIT) });
-    if (filters.status) q.set("status", filters.status);
-    if (filters.workflow) q.set("workflow", filters.workflow);
+    const q = new URLSearchParams({ limit: String(limit) });
+    for (const [k, v] of Object.entries(filters)) if (v) q.set(k, v);
     try {
       const page = await api.get(`/tasks?${q}`);
       if (!alive) return;
       fill(msg);
       render(page.tasks);
+      more.hidden = !page.next_cursor || limit >= MAX_LIMIT;
       fill(foot, page.tasks.length ? `${page.tasks.length}${page.next_cursor ? "+" : ""} task(s) · updated ${new Date().toLocaleTimeString([], { hour12: false })}` : "");
     } catch (err) {
       if (alive) fill(msg, errorBox(err));
@@ -76,7 +82,7 @@ export function mount(root, _arg, ctx) {
       return row(t, now, fresh);
     });
     first = false;
-    fill(body, rows.length ? rows : h("tr", h("td.empty", { colSpan: 7 }, filters.status || filters.workflow ? "No tasks match these filters." : "No tasks yet. Submit one with New task.")));
+    fill(body, rows.length ? rows : h("tr", h("td.empty", { colSpan: 7 }, filters.status || filters.workflow || filters.client_task_id ? "No tasks match these filters." : "No tasks yet. Submit one with New task.")));
   }
 
   tick();
@@ -85,7 +91,7 @@ export function mount(root, _arg, ctx) {
 
 function readFilters() {
   const q = new URLSearchParams(location.hash.split("?")[1] || "");
-  return { status: q.get("status") || "", workflow: q.get("workflow") || "" };
+  return { status: q.get("status") || "", workflow: q.get("workflow") || "", client_task_id: q.get("client_task_id") || "" };
 }
 
 function row(t, now, fresh) {
