@@ -130,6 +130,8 @@ async def test_the_form_submits_a_task_and_shows_its_output_image(fleet: Fleet, 
     # The schema's image parameter is a file picker; its file goes out as a data: URL.
     await page.set_input_files("input[type=file][data-param='image']", files=[
         {"name": "gradient.png", "mimeType": "image/png", "buffer": gradient_png()}])
+    await page.locator("img.thumb:visible").wait_for()
+    await page.screenshot(path=str(SCREENSHOTS / "console-new-task.png"))
     await page.click("#submit")
     await page.wait_for_url(re.compile(rf"#/tasks/{UUID}$"))
     task_id = page.url.rsplit("/", 1)[1]
@@ -146,6 +148,20 @@ async def test_the_form_submits_a_task_and_shows_its_output_image(fleet: Fleet, 
     task = (await fleet.http.get(f"/tasks/{task_id}")).json()
     assert task["status"] == "succeeded" and task["workflow"] == "invert"
     assert [o["content_type"] for o in task["outputs"]] == ["image/png"]
+    assert not page.problems, page.problems
+
+
+async def test_a_video_output_plays_in_a_video_element(fleet: Fleet, page: Any) -> None:
+    task_id = await submit(fleet, "solid_video", {"frames": 4, "color": 0x00FF00})
+    task = await fleet.wait_final(task_id)
+    assert task["status"] == "succeeded", task
+    (content_type,) = {o["content_type"] for o in task["outputs"]}
+    assert content_type.startswith("video/")
+    await page.goto(service_root(fleet.url) + f"/console/#/tasks/{task_id}")
+    video = page.locator(f"#outputs figure.output[data-content-type='{content_type}'] video")
+    await video.wait_for()
+    # The browser reads the stored file's metadata through the presigned URL.
+    await page.wait_for_function("() => document.querySelector('#outputs video').readyState >= 1")
     assert not page.problems, page.problems
 
 
@@ -191,3 +207,20 @@ async def test_a_task_page_follows_the_task_live(fleet: Fleet, page: Any) -> Non
     await page.locator(".strip .chip").first.wait_for()
     await page.screenshot(path=str(SCREENSHOTS / "console-tasks.png"))
     assert not page.problems, page.problems
+
+
+async def test_the_dark_theme_follows_the_system(fleet: Fleet, browser: Any) -> None:
+    task_id = await submit(fleet, "solid", {"width": 96, "height": 64, "color": 0x6D8DFF, "batch_size": 3})
+    await fleet.wait_final(task_id)
+    context = await browser.new_context(viewport={"width": 1360, "height": 820}, color_scheme="dark")
+    try:
+        page = await context.new_page()
+        await page.goto(service_root(fleet.url) + f"/console/#/tasks/{task_id}")
+        await page.locator("#timeline tr[data-type='task.succeeded']").wait_for()
+        await page.wait_for_function(
+            "() => [...document.querySelectorAll('#outputs img')].every(i => i.complete && i.naturalWidth > 0)")
+        background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(15, 17, 21)", background
+        await page.screenshot(path=str(SCREENSHOTS / "console-task-dark.png"), full_page=True)
+    finally:
+        await context.close()
