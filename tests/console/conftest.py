@@ -20,14 +20,27 @@ ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--no-first-run", "--disable-sync",
 ]
-#: Where the README's screenshots are written.
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+#: The size of the page in the screenshots.
+VIEWPORT = {"width": 1360, "height": 820}
+#: The README's screenshots (docs/img/console-*.png) are rewritten only when this names a folder,
+#: e.g. `CONSOLE_SCREENSHOTS=docs/img`; otherwise they go to the test's temporary folder, so a
+#: test run leaves the repository as it was.
+SCREENSHOTS_ENV = "CONSOLE_SCREENSHOTS"
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = os.environ.get(SCREENSHOTS_ENV)
+    path = Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Any]:
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: run scripts/ensure-chromium (apt-get install -y chromium)")
+        pytest.skip(f"{CHROMIUM} is missing: run scripts/ensure-chromium "
+                    "(apt-get install -y chromium)")
     playwright_api = pytest.importorskip("playwright.async_api")
     async with playwright_api.async_playwright() as pw:
         b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
@@ -39,11 +52,11 @@ async def browser() -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def page(browser: Any) -> AsyncIterator[Any]:
-    context = await browser.new_context(viewport={"width": 1360, "height": 820}, device_scale_factor=1)
+    context = await browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
     p = await context.new_page()
     problems: list[str] = []
     p.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    p.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
+    p.on("console", lambda m: m.type == "error" and problems.append(f"console error: {m.text}"))
     p.problems = problems
     try:
         yield p

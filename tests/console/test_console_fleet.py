@@ -2,7 +2,7 @@
 stand-ins; no keys): it loads, lists the endpoints, submits through a schema-built form and shows
 the output image, and shows a task submitted by the API as it appears and changes.
 
-Also writes the README's screenshots (docs/img/console-*.png).
+Also takes the README's screenshots (`CONSOLE_SCREENSHOTS=docs/img` writes them there).
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import io
 import re
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
 
-from tests.console.conftest import SCREENSHOTS, service_root
+from tests.console.conftest import VIEWPORT, service_root
 from tests.support.fleet import Fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]
@@ -44,7 +45,8 @@ async def slow_nodes(fleet: Fleet) -> AsyncIterator[None]:
 
 def gradient_png(width: int = 160, height: int = 96) -> bytes:
     img = Image.new("RGB", (width, height))
-    img.putdata([(x * 255 // width, y * 255 // height, 180) for y in range(height) for x in range(width)])
+    img.putdata([(x * 255 // width, y * 255 // height, 180)
+                 for y in range(height) for x in range(width)])
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
@@ -56,7 +58,9 @@ async def submit(fleet: Fleet, workflow: str, params: dict[str, Any], **extra: A
     return str(r.json()["task_id"])
 
 
-async def test_loads_and_lists_the_endpoints(fleet: Fleet, page: Any, slow_nodes: None) -> None:
+async def test_loads_and_lists_the_endpoints(
+    fleet: Fleet, page: Any, slow_nodes: None, screenshots: Path
+) -> None:
     endpoints = (await fleet.http.get("/endpoints")).json()
     assert endpoints, "the fleet has stand-in endpoints"
     # Some work in flight, so the fleet's numbers are not all zero.
@@ -76,7 +80,7 @@ async def test_loads_and_lists_the_endpoints(fleet: Fleet, page: Any, slow_nodes
         assert "connected" in await row.locator(".state").inner_text()
         assert all(await row.locator("td.num").all_inner_texts())  # zeros are shown, not blanks
     await page.locator(".stat .value", has_text=re.compile(r"^[1-9]")).first.wait_for()
-    await page.screenshot(path=str(SCREENSHOTS / "console-fleet.png"))
+    await page.screenshot(path=str(screenshots / "console-fleet.png"))
 
     for tid in ids:
         await fleet.wait_final(tid)
@@ -85,7 +89,9 @@ async def test_loads_and_lists_the_endpoints(fleet: Fleet, page: Any, slow_nodes
     assert not page.problems, page.problems
 
 
-async def test_a_task_submitted_by_the_api_appears_live(fleet: Fleet, page: Any, slow_nodes: None) -> None:
+async def test_a_task_submitted_by_the_api_appears_live(
+    fleet: Fleet, page: Any, slow_nodes: None
+) -> None:
     await page.goto(service_root(fleet.url) + "/console/#/tasks")
     await page.locator("#task-rows").wait_for()
     await page.locator(".foot, #task-rows td.empty").first.wait_for()
@@ -94,7 +100,8 @@ async def test_a_task_submitted_by_the_api_appears_live(fleet: Fleet, page: Any,
     task_id = await submit(fleet, "solid", {"width": 32, "height": 32}, client_task_id=client_id)
     row = page.locator(f"tr[data-task-id='{task_id}']")
     await row.wait_for()  # appears without a reload
-    await page.locator(f"tr[data-task-id='{task_id}'][data-status='succeeded']").wait_for(timeout=60_000)
+    done = page.locator(f"tr[data-task-id='{task_id}'][data-status='succeeded']")
+    await done.wait_for(timeout=60_000)
     # …and the status filter narrows the list to it or hides it.
     await page.click(".seg button[data-status='failed']")
     await row.wait_for(state="detached")
@@ -103,7 +110,8 @@ async def test_a_task_submitted_by_the_api_appears_live(fleet: Fleet, page: Any,
     # …and the client task id search finds exactly it.
     await page.fill("#filter-client-id", client_id)
     await page.press("#filter-client-id", "Enter")
-    await page.wait_for_function("() => document.querySelectorAll('#task-rows tr[data-task-id]').length === 1")
+    await page.wait_for_function(
+        "() => document.querySelectorAll('#task-rows tr[data-task-id]').length === 1")
     await row.wait_for()
     assert not page.problems, page.problems
 
@@ -123,7 +131,9 @@ async def test_a_refused_parameter_is_shown_at_its_field(fleet: Fleet, page: Any
     assert "#/new/solid" in page.url  # nothing submitted: the form stays
 
 
-async def test_the_form_submits_a_task_and_shows_its_output_image(fleet: Fleet, page: Any) -> None:
+async def test_the_form_submits_a_task_and_shows_its_output_image(
+    fleet: Fleet, page: Any, screenshots: Path
+) -> None:
     await page.goto(service_root(fleet.url) + "/console/#/new/invert")
     form = page.locator("#task-form[data-workflow='invert']")
     await form.wait_for()
@@ -131,7 +141,7 @@ async def test_the_form_submits_a_task_and_shows_its_output_image(fleet: Fleet, 
     await page.set_input_files("input[type=file][data-param='image']", files=[
         {"name": "gradient.png", "mimeType": "image/png", "buffer": gradient_png()}])
     await page.locator("img.thumb:visible").wait_for()
-    await page.screenshot(path=str(SCREENSHOTS / "console-new-task.png"))
+    await page.screenshot(path=str(screenshots / "console-new-task.png"))
     await page.click("#submit")
     await page.wait_for_url(re.compile(rf"#/tasks/{UUID}$"))
     task_id = page.url.rsplit("/", 1)[1]
@@ -140,10 +150,11 @@ async def test_the_form_submits_a_task_and_shows_its_output_image(fleet: Fleet, 
     img = page.locator("#outputs figure.output img")
     await img.wait_for()
     await page.wait_for_function(
-        "() => { const i = document.querySelector('#outputs img'); return i && i.complete && i.naturalWidth > 0; }")
+        "() => { const i = document.querySelector('#outputs img');"
+        " return i && i.complete && i.naturalWidth > 0; }")
     assert await img.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [160, 96]
     await page.locator("#timeline tr[data-type='task.succeeded']").wait_for()
-    await page.screenshot(path=str(SCREENSHOTS / "console-task.png"), full_page=True)
+    await page.screenshot(path=str(screenshots / "console-task.png"), full_page=True)
 
     task = (await fleet.http.get(f"/tasks/{task_id}")).json()
     assert task["status"] == "succeeded" and task["workflow"] == "invert"
@@ -182,7 +193,9 @@ async def test_a_failed_task_shows_its_error_and_failing_node(fleet: Fleet, page
     assert not page.problems, page.problems
 
 
-async def test_a_task_page_follows_the_task_live(fleet: Fleet, page: Any) -> None:
+async def test_a_task_page_follows_the_task_live(
+    fleet: Fleet, page: Any, screenshots: Path
+) -> None:
     streams: list[str] = []
     page.on("request", lambda r: streams.append(r.url) if r.url.endswith("/stream") else None)
     await knobs(fleet, {"stall_worker": True})  # accepted prompts wait in ComfyUI's queue
@@ -205,22 +218,26 @@ async def test_a_task_page_follows_the_task_live(fleet: Fleet, page: Any) -> Non
     await page.click("nav a[data-view='tasks']")
     await page.locator(f"tr[data-task-id='{task_id}']").wait_for()
     await page.locator(".strip .chip").first.wait_for()
-    await page.screenshot(path=str(SCREENSHOTS / "console-tasks.png"))
+    await page.screenshot(path=str(screenshots / "console-tasks.png"))
     assert not page.problems, page.problems
 
 
-async def test_the_dark_theme_follows_the_system(fleet: Fleet, browser: Any) -> None:
-    task_id = await submit(fleet, "solid", {"width": 96, "height": 64, "color": 0x6D8DFF, "batch_size": 3})
+async def test_the_dark_theme_follows_the_system(
+    fleet: Fleet, browser: Any, screenshots: Path
+) -> None:
+    params = {"width": 96, "height": 64, "color": 0x6D8DFF, "batch_size": 3}
+    task_id = await submit(fleet, "solid", params)
     await fleet.wait_final(task_id)
-    context = await browser.new_context(viewport={"width": 1360, "height": 820}, color_scheme="dark")
+    context = await browser.new_context(viewport=VIEWPORT, color_scheme="dark")
     try:
         page = await context.new_page()
         await page.goto(service_root(fleet.url) + f"/console/#/tasks/{task_id}")
         await page.locator("#timeline tr[data-type='task.succeeded']").wait_for()
         await page.wait_for_function(
-            "() => [...document.querySelectorAll('#outputs img')].every(i => i.complete && i.naturalWidth > 0)")
+            "() => [...document.querySelectorAll('#outputs img')]"
+            ".every(i => i.complete && i.naturalWidth > 0)")
         background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
         assert background == "rgb(15, 17, 21)", background
-        await page.screenshot(path=str(SCREENSHOTS / "console-task-dark.png"), full_page=True)
+        await page.screenshot(path=str(screenshots / "console-task-dark.png"), full_page=True)
     finally:
         await context.close()

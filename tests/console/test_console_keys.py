@@ -119,7 +119,8 @@ async def test_the_page_and_its_files_need_no_key(keyed_service: str) -> None:
     async with httpx.AsyncClient(base_url=keyed_service) as http:
         root = await http.get("/")
         assert root.status_code in (302, 307) and root.headers["location"].endswith("/console/")
-        for path in ("/console/", "/console/js/app.js", "/console/style.css", "/console/config.json"):
+        files = ("/console/", "/console/js/app.js", "/console/style.css", "/console/config.json")
+        for path in files:
             r = await http.get(path)
             assert r.status_code == 200, (path, r.status_code, r.text[:200])
         assert (await http.get("/console/config.json")).json() == {"api": "/api/v1"}
@@ -131,7 +132,11 @@ async def test_the_page_and_its_files_need_no_key(keyed_service: str) -> None:
 
 async def test_asks_for_a_key_keeps_it_and_sends_it(keyed_service: str, page: Any) -> None:
     sent: list[str | None] = []
-    page.on("request", lambda r: sent.append(r.headers.get("authorization")) if "/api/v1/" in r.url else None)
+    def record(request: Any) -> None:
+        if "/api/v1/" in request.url:
+            sent.append(request.headers.get("authorization"))
+
+    page.on("request", record)
 
     await page.goto(keyed_service + "/")
     dialog = page.locator("#key-dialog")
