@@ -176,6 +176,22 @@ async def test_a_video_output_plays_in_a_video_element(fleet: Fleet, page: Any) 
     assert not page.problems, page.problems
 
 
+async def test_cancel_on_the_task_page_ends_the_task(fleet: Fleet, page: Any) -> None:
+    await knobs(fleet, {"stall_worker": True})  # the prompt waits in ComfyUI's queue
+    try:
+        task_id = await submit(fleet, "solid", {"width": 8, "height": 8})
+        await page.goto(service_root(fleet.url) + f"/console/#/tasks/{task_id}")
+        await page.locator("#timeline tr[data-type='task.dispatched']").wait_for(timeout=30_000)
+        await page.click("#cancel")
+        await page.locator(".head .pill.s-cancelled").wait_for(timeout=30_000)
+    finally:
+        await knobs(fleet, {"stall_worker": False})
+    await page.locator("#timeline tr[data-type='task.cancelled']").wait_for()
+    assert not await page.locator("#cancel").count()
+    assert (await fleet.http.get(f"/tasks/{task_id}")).json()["status"] == "cancelled"
+    assert not page.problems, page.problems
+
+
 async def test_a_failed_task_shows_its_error_and_failing_node(fleet: Fleet, page: Any) -> None:
     await knobs(fleet, {"fail": [{"node": "SaveImage", "count": 1, "exception_type": "RuntimeError",
                                   "exception_message": "disk on fire"}]})
@@ -197,7 +213,7 @@ async def test_a_task_page_follows_the_task_live(
     fleet: Fleet, page: Any, screenshots: Path
 ) -> None:
     streams: list[str] = []
-    page.on("request", lambda r: streams.append(r.url) if r.url.endswith("/stream") else None)
+    page.on("request", lambda r: "/stream" in r.url and streams.append(r.url))
     await knobs(fleet, {"stall_worker": True})  # accepted prompts wait in ComfyUI's queue
     try:
         task_id = await submit(fleet, "solid", {"width": 16, "height": 16, "batch_size": 2})
@@ -210,7 +226,7 @@ async def test_a_task_page_follows_the_task_live(
     await page.locator("#timeline tr[data-type='task.succeeded']").wait_for(timeout=60_000)
     await page.locator(".head .pill.s-succeeded").wait_for()
     await page.locator("#outputs figure.output img >> nth=1").wait_for()
-    assert any(u.endswith(f"/tasks/{task_id}/stream") for u in streams)
+    assert any(f"/tasks/{task_id}/stream" in u for u in streams)
     seqs = [int(s) for s in await page.locator("#timeline tr td:first-child").all_inner_texts()]
     assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
 

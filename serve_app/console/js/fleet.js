@@ -38,6 +38,7 @@ export function mount(root, _arg, ctx) {
   );
 
   async function tick() {
+    if (document.hidden) { timer = setTimeout(tick, POLL_MS); return; } // no load from a hidden tab
     try {
       const [eps, recent] = await Promise.all([load(ctx), api.get(`/tasks?limit=${RECENT}`).then((p) => p.tasks).catch(() => [])]);
       if (!alive) return;
@@ -108,6 +109,7 @@ export function strip(ctx) {
   let alive = true;
   let timer = 0;
   async function tick() {
+    if (document.hidden) { timer = setTimeout(tick, POLL_MS); return; }
     try {
       const eps = await load(ctx);
       if (!alive) return;

@@ -12,6 +12,7 @@ export function mount(root, taskId, _ctx) {
   let firstAt = null;
   let queue = null;
   let refreshing = null;
+  let preview = null; // the latest live preview frame (a data: URL), while the task runs
 
   const head = h("div.head");
   const msg = h("div");
@@ -65,7 +66,8 @@ export function mount(root, taskId, _ctx) {
       const q = queue || t.queue;
       label = q && q.position ? `waiting · position ${q.position}${q.eta_s != null ? ` · about ${Math.round(q.eta_s)} s` : ""}` : t.status === "queued" ? "waiting for a free endpoint" : `in ComfyUI's queue on ${t.endpoint}`;
     } else if (t.status === "succeeded") label = `done · ${t.outputs.length} output(s)`;
-    fill(progress, h("div.row", h("span.plabel", label), h("div.grow"), h("span.muted", duration(t.created_at, t.finished_at))), progressBar(t));
+    fill(progress, h("div.row", h("span.plabel", label), h("div.grow"), h("span.muted", duration(t.created_at, t.finished_at))), progressBar(t),
+      preview && !FINAL.has(t.status) ? h("img.preview", { src: preview, alt: "live preview" }) : null);
   }
 
   function renderOutputs(t) {
@@ -96,32 +98,45 @@ export function mount(root, taskId, _ctx) {
       h("td", h("span.etype", e.type), " ", h("span.esum", summary(e))), h("td.raw", raw)));
   }
 
+  // The timeline so far, then the live stream (with ComfyUI's previews, when the service sends
+  // them) until the task ends; a stream that closes early is followed again.
   async function follow() {
     try {
       const events = await api.get(`/tasks/${encodeURIComponent(taskId)}/events`);
       if (!alive) return;
       events.forEach(addEvent);
-      if (task && FINAL.has(task.status)) return;
-      live.textContent = "live";
-      await api.stream(`/tasks/${encodeURIComponent(taskId)}/stream`, {
-        after: lastSeq, signal: aborter.signal,
-        onEvent: (f) => {
-          if (f.event === "queue") { queue = f.data; if (task) renderProgress(task); return; }
-          if (f.event === "preview" || !f.data || typeof f.data !== "object") return;
-          addEvent(f.data);
-          if (f.data.type === "task.progressed" && task) {
-            task.status = "running";
-            task.progress = { value: f.data.data.value, max: f.data.data.max, node: f.data.data.node };
-            renderProgress(task);
-          } else refresh();
-        },
-      });
+      while (alive && task && !FINAL.has(task.status)) {
+        live.textContent = "live";
+        await api.stream(`/tasks/${encodeURIComponent(taskId)}/stream?previews=true`, {
+          after: lastSeq, signal: aborter.signal, onEvent,
+        });
+        await refresh();
+        if (alive && !FINAL.has(task.status)) await new Promise((r) => setTimeout(r, 1000));
+      }
     } catch (err) {
       if (alive) fill(msg, errorBox(err));
     } finally {
       live.textContent = "";
       if (alive) refresh();
     }
+  }
+
+  function onEvent(f) {
+    if (f.event === "queue") { queue = f.data; if (task) renderProgress(task); return; }
+    if (f.event === "preview") { showPreview(f.data); return; }
+    if (!f.data || typeof f.data !== "object") return;
+    addEvent(f.data);
+    if (f.data.type === "task.progressed" && task) {
+      task.status = "running";
+      task.progress = { value: f.data.data.value, max: f.data.data.max, node: f.data.data.node };
+      renderProgress(task);
+    } else refresh();
+  }
+
+  function showPreview(p) {
+    if (!p || !p.data || !task || FINAL.has(task.status)) return;
+    preview = `data:${p.content_type || "image/jpeg"};base64,${p.data}`;
+    renderProgress(task);
   }
 
   async function cancel(e) {

@@ -59,6 +59,7 @@ export function mount(root, _arg, ctx) {
   }
 
   async function tick() {
+    if (document.hidden) { timer = setTimeout(tick, POLL_MS); return; } // no load from a hidden tab
     const q = new URLSearchParams({ limit: String(limit) });
     for (const [k, v] of Object.entries(filters)) if (v) q.set(k, v);
     try {
@@ -96,14 +97,21 @@ function readFilters() {
 
 function row(t, now, fresh) {
   const href = `#/tasks/${t.task_id}`;
-  const p = t.progress;
   return h(`tr.link${fresh ? ".fresh" : ""}`, { dataset: { taskId: t.task_id, status: t.status }, onclick: (e) => { if (!e.target.closest("a")) location.hash = href; } },
     h("td", statusPill(t.status)),
     h("td", h("a.mono", { href, title: t.task_id }, shortId(t.task_id)), t.client_task_id ? h("span.muted.small", " ", t.client_task_id) : null),
     h("td", t.workflow),
-    h("td.prog", progressBar(t), h("span.muted.small", p && p.max && t.status === "running" ? `${p.value}/${p.max}` : "")),
+    h("td.prog", progressBar(t), h("span.muted.small", progressText(t))),
     h("td.mono.muted", t.endpoint || "—"),
     h("td.muted", { title: t.created_at }, ago(t.created_at, now)),
     h("td.num.muted", duration(t.created_at, t.finished_at)),
   );
+}
+
+function progressText(t) {
+  const p = t.progress;
+  if (t.status === "running" && p && p.max) return `${p.value}/${p.max}`;
+  const q = t.queue;
+  if (q && q.position) return `#${q.position}${q.eta_s != null ? ` · ~${Math.round(q.eta_s)} s` : ""}`;
+  return "";
 }
