@@ -14,6 +14,8 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.types import Scope
 
 from comfy_fleet.config import Settings
 
@@ -22,6 +24,30 @@ STATIC_DIR = Path(__file__).resolve().parent / "console"
 
 #: The console's own URL path.
 PREFIX = "/console"
+
+#: Sent with every file of the console. Scripts and styles come only from the console itself;
+#: outputs are shown from wherever their presigned URLs point (the S3 endpoint), and the page
+#: talks to this service alone. The page may not be framed (clickjacking).
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data: blob: http: https:; media-src 'self' data: blob: http: https:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    # Revalidated on each load (cheap: ETag), so a new version shows at the next reload.
+    "Cache-Control": "no-cache",
+}
+
+
+class ConsoleFiles(StaticFiles):
+    """StaticFiles with the console's security headers on every answer."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(HEADERS)
+        return response
 
 
 def is_open(path: str) -> bool:
@@ -43,4 +69,4 @@ def mount(app: FastAPI, settings: Settings) -> None:
     app.add_api_route("/", to_console, methods=["GET"], include_in_schema=False)
     app.add_api_route(PREFIX, to_console, methods=["GET"], include_in_schema=False)
     app.add_api_route(PREFIX + "/config.json", config, methods=["GET"], include_in_schema=False)
-    app.mount(PREFIX, StaticFiles(directory=STATIC_DIR, html=True), name="console")
+    app.mount(PREFIX, ConsoleFiles(directory=STATIC_DIR, html=True), name="console")

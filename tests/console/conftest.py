@@ -54,10 +54,22 @@ async def browser() -> AsyncIterator[Any]:
 async def page(browser: Any) -> AsyncIterator[Any]:
     context = await browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
     p = await context.new_page()
+    # What the page did wrong: script errors and console errors (a CSP refusal among them). A
+    # failed request is the service's answer, not the page's fault, and logs "Failed to load
+    # resource": kept apart in `p.failed_loads`, since the page shows those answers itself.
     problems: list[str] = []
+    failed_loads: list[str] = []
+
+    def on_console(message: Any) -> None:
+        if message.type != "error":
+            return
+        text = f"console error: {message.text}"
+        (failed_loads if "Failed to load resource" in message.text else problems).append(text)
+
     p.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    p.on("console", lambda m: m.type == "error" and problems.append(f"console error: {m.text}"))
+    p.on("console", on_console)
     p.problems = problems
+    p.failed_loads = failed_loads
     try:
         yield p
     finally:

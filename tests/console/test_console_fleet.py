@@ -154,6 +154,8 @@ async def test_the_form_submits_a_task_and_shows_its_output_image(
         " return i && i.complete && i.naturalWidth > 0; }")
     assert await img.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [160, 96]
     await page.locator("#timeline tr[data-type='task.succeeded']").wait_for()
+    fill = await page.locator("#progress .fill").evaluate("f => f.style.width")
+    assert fill == "100%"
     await page.screenshot(path=str(screenshots / "console-task.png"), full_page=True)
 
     task = (await fleet.http.get(f"/tasks/{task_id}")).json()
