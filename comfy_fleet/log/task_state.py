@@ -18,7 +18,7 @@ from comfy_fleet import errors
 
 from comfy_fleet.log import events
 
-from comfy_fleet.delivery import webhooks
+from comfy_fleet.delivery import ids
 
 #: API statuses. `queued`: waiting in the router (or requeued); `dispatched`: sent to a ComfyUI;
 #: `running`: ComfyUI executes it; the last three are final.
@@ -179,7 +179,7 @@ def apply(
             s.outputs = [dict(o) for o in ev.outputs]
             s.error, s.webhook_attempts = None, 0
             if s.end_seq is not None:
-                s.past_webhook_ids.append(webhooks.webhook_id(s.task_id, s.end_seq))
+                s.past_webhook_ids.append(ids.webhook_id(s.task_id, s.end_seq))
             _finish(s, seq, at, CANCELLED if s.cancel_requested else SUCCEEDED)
         case events.TaskRequeued() if not final:
             s.status, s.progress, s.outputs = QUEUED, None, []
