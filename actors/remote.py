@@ -275,9 +275,9 @@ class WebhookActor(_Lazy):
 
         async def body(state: Any) -> dict[str, Any]:
             if state.origin == "legacy":
-                from serve_app import legacy
+                from comfy_fleet import legacy_record
 
-                return await legacy.webhook_body(state, store, s.presign_expiry_s)
+                return await legacy_record.webhook_body(state, store, s.presign_expiry_s)
             return await views.webhook_body(state, store, s.presign_expiry_s)
 
         dispatcher = WebhookDispatcher(

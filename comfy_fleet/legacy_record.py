@@ -1,9 +1,6 @@
-"""The original ComfyUI-server route, kept for its clients (CONTRACT §3; docs/legacy-api.md).
-
-`POST {ROUTE_PREFIX}` with `{"service_type", "client_task_id", "client_callback_url", "params"}`
-runs workflow `service_type` like `POST /tasks` does (same validation, idempotency and refusals)
-and answers 200 with that project's record; when the task ends, `client_callback_url` gets the
-same record, filled in, with our task under `"task"` (and the dispatcher's `"type"`).
+"""The record of the original ComfyUI-server route (docs/legacy-api.md), pure: what its
+clients get in the answer to `POST {ROUTE_PREFIX}` (serve_app/legacy.py) and, when the task ends,
+in the webhook (the same record, filled in, with our task under `"task"`).
 
 The record's fields are the prototype's `comfyui_records` row: `id`, `client_task_id`,
 `client_callback_url`, `comfyui_task_id`, `comfyui_filepath`, `s3_key`, `error_code`.
@@ -11,17 +8,12 @@ The record's fields are the prototype's `comfyui_records` row: `id`, `client_tas
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi.responses import JSONResponse, Response
-
-from comfy_fleet.storage import blob_store as storage
-
-from comfy_fleet.log import task_state
-
 from comfy_fleet import views
+from comfy_fleet.log import task_state
 from comfy_fleet.log.task_state import TaskState
+from comfy_fleet.storage import blob_store as storage
 
 #: The prototype's ErrorCode values.
 SUCCESS, QUEUE_FAILED, STORAGE_FAILED, OUTPUT_FETCH_FAILED, OTHER = 0, 1, 2, 3, 10
@@ -92,28 +84,6 @@ def record(state: TaskState) -> dict[str, Any]:
         "s3_key": s3_key,
         "error_code": error_code(state),
     }
-
-
-async def submit(
-    services: Any, body: Any, view: Callable[[TaskState], Awaitable[dict[str, Any]]]
-) -> Response:
-    """Run `body.service_type` with `body.params`; answer 200 with the record and the task.
-
-    Same refusals as POST /tasks (unknown workflow, invalid params or images, forbidden callback,
-    overload, client_task_id reused for another request), with the API's error body.
-    """
-    from serve_app import submission
-
-    state, _created = await submission.submit(
-        services,
-        workflow_name=body.service_type,
-        params=body.params,
-        client_task_id=body.client_task_id,
-        callback_url=body.client_callback_url,
-        priority=0,
-        origin="legacy",
-    )
-    return JSONResponse({**record(state), "task": await view(state)}, status_code=200)
 
 
 async def webhook_body(
