@@ -1,6 +1,7 @@
 """Router: keeps the tasks not yet dispatched and hands each to the least-loaded endpoint.
 
-A plain async class (`actors/remote.py` makes it the named Ray actor). Its queue is derived
+A plain async class implementing `actors.ports.RouterApi` (`actors/remote.py` makes it the
+named Ray actor). Its queue is derived
 state: on (re)start it is rebuilt from the log (every open task whose status is `queued`), so a
 router crash loses nothing. Dispatch is decided by `comfy_fleet.policies.routing.pick_endpoint`; the endpoint
 records `task.dispatched` with the expected seq, so even two routers could not assign a task twice.
@@ -14,9 +15,9 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
-from actors import metrics
+from actors import metrics, ports
 from comfy_fleet import errors
 from comfy_fleet.log import fleet, task_state
 from comfy_fleet.policies import routing
@@ -37,22 +38,15 @@ DISCOVERY_S = 2.0
 HEARTBEAT_TIMEOUT_S = 5.0
 
 
-class EndpointHandle(Protocol):
-    async def dispatch_many(self, task_ids: list[str]) -> list[str]: ...
-    async def status(self) -> dict[str, Any]: ...
-    async def cancel(self, task_id: str) -> str: ...
-    async def reload_workflows(self) -> list[str] | None: ...
-
-
 class Router:
     def __init__(
         self,
         *,
         settings: Settings,
         log: EventLog,
-        endpoints: dict[str, EndpointHandle] | None = None,
+        endpoints: dict[str, ports.EndpointApi] | None = None,
         rng: random.Random | None = None,
-        factory: Callable[[str, list[str]], EndpointHandle] | None = None,
+        factory: Callable[[str, list[str]], ports.EndpointApi] | None = None,
         destroy: Callable[[str], Awaitable[None]] | None = None,
         configured: dict[str, list[str]] | None = None,
         discover: Callable[[], dict[str, list[str]]] | None = None,
@@ -66,7 +60,7 @@ class Router:
         #: discovery mode: the endpoints the cluster offers now (name → labels)
         self.discover = discover
         self.discovered: set[str] = set()
-        self.handles: dict[str, EndpointHandle] = dict(endpoints or {})
+        self.handles: dict[str, ports.EndpointApi] = dict(endpoints or {})
         self.loads: dict[str, routing.EndpointLoad] = {
             name: routing.EndpointLoad(name) for name in self.handles
         }
@@ -109,7 +103,7 @@ class Router:
         self, task_id: str, priority: int, created_at: float, workflow: str, labels: Any
     ) -> bool:
         """Queue a task unless it was handed out lately. Submissions reach the router by more
-        than one path (the log's NOTIFY, its scan, a direct submit), and one of them can arrive
+        than one path (the log's NOTIFY, its scan, a requeue), and one of them can arrive
         after the task was already dispatched: without this it would wait again as a ghost and
         inflate the waiting count that admission control reads."""
         if task_id in self._taken:
@@ -126,20 +120,6 @@ class Router:
             t.cancel()
 
     # --- calls from the ingress -------------------------------------------------------------
-
-    async def submit(
-        self,
-        task_id: str,
-        priority: int,
-        created_at: float,
-        workflow: str,
-        labels: list[str] | None = None,
-    ) -> int:
-        """A task was recorded as submitted: queue it. Returns how many tasks now wait."""
-        await self.start()
-        if self._push(task_id, priority, created_at, workflow, labels or ()):
-            self._wake.set()
-        return len(self.waiting)
 
     def _on_submitted(
         self, task_id: str, priority: int, created_at: float, workflow: str, labels: list[str]
@@ -176,6 +156,28 @@ class Router:
                 for name, ld in self.loads.items()
             },
         }
+
+    async def endpoint_statuses(self) -> list[dict[str, Any]]:
+        """GET /endpoints: each endpoint's own status (asked now; `disconnected` when it does
+        not answer in time), with its labels, and `draining` once it is being removed."""
+        await self.start()
+        names = list(self.handles)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(self.handles[n].status(), HEARTBEAT_TIMEOUT_S) for n in names),
+            return_exceptions=True,
+        )
+        out = []
+        for name, res in zip(names, results, strict=True):
+            if isinstance(res, BaseException):
+                res = {"endpoint": name, "state": "disconnected", "connected": False,
+                       "queue_remaining": 0, "inflight": 0, "last_seen": None}
+            load = self.loads.get(name)
+            if load is not None:
+                res["labels"] = sorted(load.labels)
+                if load.draining:
+                    res["state"] = "draining"
+            out.append(res)
+        return out
 
     # --- calls from endpoints ---------------------------------------------------------------
 
@@ -263,7 +265,7 @@ class Router:
 
     # --- endpoints at run time --------------------------------------------------------------
 
-    def _attach(self, name: str, labels: list[str], handle: EndpointHandle | None = None) -> None:
+    def _attach(self, name: str, labels: list[str], handle: ports.EndpointApi | None = None) -> None:
         if handle is None:
             assert self.factory is not None
             handle = self.factory(name, labels)
@@ -385,19 +387,17 @@ class Router:
             batches = {}
 
     async def _send(self, name: str, items: list[routing.Waiting]) -> None:
-        from actors.endpoint import ACCEPTED, RETRY
-
         try:
             results = await self.handles[name].dispatch_many([i.task_id for i in items])  # KeyError: removed
         except Exception:
             log.warning("dispatch of %d task(s) to %s failed", len(items), name, exc_info=True)
-            results = [RETRY] * len(items)
+            results = [ports.RETRY] * len(items)
         for item, result in zip(items, results, strict=True):
-            if result == ACCEPTED:
+            if result == ports.ACCEPTED:
                 continue
             self.assigned.get(name, set()).discard(item.task_id)
             self._taken.pop(item.task_id, None)
-            if result == RETRY:
+            if result == ports.RETRY:
                 if name in self.loads:
                     self.loads[name].connected = False
                 self.waiting.push(
