@@ -15,14 +15,13 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from actors import metrics, ports
 from comfy_fleet import errors
-from comfy_fleet.log import fleet, task_state
+from comfy_fleet.log import event_log, fleet, task_state
 from comfy_fleet.policies import routing
 from comfy_fleet.config import Settings
-from comfy_fleet.log.event_log import EventLog
 
 log = logging.getLogger("comfy_fleet.router")
 
@@ -38,12 +37,17 @@ DISCOVERY_S = 2.0
 HEARTBEAT_TIMEOUT_S = 5.0
 
 
+class RouterLog(event_log.TaskQueries, event_log.TaskNotices, event_log.FleetLog, Protocol):
+    """What the router needs of the log: it reads tasks and hears of them, records only fleet
+    events (the endpoints record the tasks' events)."""
+
+
 class Router:
     def __init__(
         self,
         *,
         settings: Settings,
-        log: EventLog,
+        log: RouterLog,
         endpoints: dict[str, ports.EndpointApi] | None = None,
         rng: random.Random | None = None,
         factory: Callable[[str, list[str]], ports.EndpointApi] | None = None,

@@ -1,5 +1,6 @@
-"""The event log port: append a task's events with optimistic concurrency, read them back, and
-query the read model of folded task states.
+"""The event log's ports: append a task's events with optimistic concurrency and read them back
+(`TaskStream`), query the read model of folded task states (`TaskQueries`), hear of what was
+just recorded (`TaskNotices`), and the fleet's own events (`FleetLog`); `EventLog` is all of them.
 
 Contract of `append(task_id, expected_seq, new_events, state)`:
 - the events get seqs `expected_seq + 1 …` and are stored atomically, all or none;
@@ -53,7 +54,9 @@ def ended_notice(before: TaskState | None, after: TaskState) -> tuple[str, str |
     return after.task_id, after.endpoint, webhook_to
 
 
-class EventLog(Protocol):
+class TaskStream(Protocol):
+    """A task's events: append with optimistic concurrency (the module's contract), read back."""
+
     async def append(
         self,
         task_id: str,
@@ -63,6 +66,10 @@ class EventLog(Protocol):
     ) -> TaskState: ...
 
     async def read(self, task_id: str, after_seq: int = 0) -> list[events.StoredEvent]: ...
+
+
+class TaskQueries(Protocol):
+    """The read model of folded task states (written with the events, so it never lags)."""
 
     async def get(self, task_id: str) -> TaskState:
         """The task's folded state from the read model; TaskNotFound when unknown."""
@@ -98,6 +105,10 @@ class EventLog(Protocol):
         """The ids among `task_ids` of tasks that have ended (unknown ids are not)."""
         ...
 
+
+class TaskNotices(Protocol):
+    """Being told of what was just recorded. Best effort: callers also scan the queries."""
+
     async def listen_submitted(self, callback: SubmittedCallback) -> None:
         """Be told of every task submitted from now on (best effort; scan as a fallback)."""
         ...
@@ -111,15 +122,25 @@ class EventLog(Protocol):
         from the log."""
         ...
 
+    async def wait_for_change(self, task_id: str, after_seq: int, timeout_s: float) -> None:
+        """Return when the task has an event after `after_seq`, or after the timeout."""
+        ...
+
+
+class FleetLog(Protocol):
+    """Facts about the fleet: endpoints added or removed at run time (comfy_fleet/log/fleet.py)."""
+
     async def append_fleet(self, event: fleet.FleetEvent) -> None:
         """Record a fact about the fleet (comfy_fleet/log/fleet.py)."""
         ...
 
     async def read_fleet(self) -> list[fleet.FleetEvent]: ...
 
-    async def wait_for_change(self, task_id: str, after_seq: int, timeout_s: float) -> None:
-        """Return when the task has an event after `after_seq`, or after the timeout."""
-        ...
+
+class EventLog(TaskStream, TaskQueries, TaskNotices, FleetLog, Protocol):
+    """The whole log, for whoever holds its connection (the ingress, the tools). Its users
+    are typed on the ports they use: the stream, the queries, the notices, the fleet log.
+    `PostgresEventLog` and `InMemoryEventLog` implement them all."""
 
     async def ping(self) -> None: ...
 
