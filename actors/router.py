@@ -94,7 +94,7 @@ class Router:
                         state.workflow, state.required_labels,
                     )
             self._started = True
-            await self.log.listen_submitted(self._on_submitted)
+            await self.log.listen_queued(self._on_queued)
             await self.log.listen_ended(self._on_ended, self._catch_up_ended)
             self._spawn(self._dispatch_loop())
             self._spawn(self._heartbeat_loop())
@@ -106,10 +106,10 @@ class Router:
     def _push(
         self, task_id: str, priority: int, created_at: float, workflow: str, labels: Any
     ) -> bool:
-        """Queue a task unless it was handed out lately. Submissions reach the router by more
-        than one path (the log's NOTIFY, its scan, a requeue), and one of them can arrive
-        after the task was already dispatched: without this it would wait again as a ghost and
-        inflate the waiting count that admission control reads."""
+        """Queue a task unless it was handed out lately. A waiting task reaches the router by
+        more than one path (the log's notice, its scan), and one of them can arrive after the
+        task was already dispatched: without this it would wait again as a ghost and inflate
+        the waiting count that admission control reads."""
         if task_id in self._taken:
             return False
         return self.waiting.push(task_id, priority, created_at, workflow, labels)
@@ -125,10 +125,16 @@ class Router:
 
     # --- calls from the ingress -------------------------------------------------------------
 
-    def _on_submitted(
-        self, task_id: str, priority: int, created_at: float, workflow: str, labels: list[str]
+    def _on_queued(
+        self, task_id: str, priority: int, created_at: float, workflow: str, labels: list[str],
+        requeued: bool,
     ) -> None:
-        """A task was recorded (the log's notification): queue it."""
+        """A task waits for dispatch (the log's notice): queue it. A requeued one was let go of
+        by the endpoint it was given to: that slot is free, and it may be handed out again."""
+        if requeued:
+            for name in list(self.assigned):
+                self._free(name, task_id)
+            self._taken.pop(task_id, None)
         if self._push(task_id, priority, created_at, workflow, labels or ()):
             self._wake.set()
 
@@ -207,12 +213,10 @@ class Router:
             self._wake.set()
 
     async def task_finished_many(self, name: str, task_ids: list[str]) -> None:
-        """The endpoint let go of these tasks without recording their end (requeued, or ended
-        by another writer): its slots are free. Ends it records reach `_on_ended` instead."""
-        for task_id in task_ids:
-            self._free(name, task_id)
+        """Nothing to do: a slot is freed by the log's notices alone (an end: `_on_ended`; a
+        requeue: `_on_queued`). Kept while endpoint workers still call it."""
 
-    # --- the log's notices of ended tasks -----------------------------------------------------
+    # --- the log's notices: the one path by which a slot becomes free ---------------------------
 
     def _on_ended(self, task_id: str, endpoint: str | None, _webhook_to: str | None) -> None:
         """A task's end was committed (by an endpoint, the ingress, anyone): the endpoint it ran
@@ -242,16 +246,8 @@ class Router:
                 self._free(name, task_id)
 
     async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None:
-        await self.start()
-        try:
-            state = await self.log.get(task_id)
-        except Exception:
-            return
-        self._taken.pop(task_id, None)  # it really waits again
-        if state.status == task_state.QUEUED and self.waiting.push(
-            task_id, priority, created_at, state.workflow, state.required_labels
-        ):
-            self._wake.set()
+        """Nothing to do: a requeued task reaches the router as the log's notice
+        (`_on_queued`). Kept while endpoint workers still call it."""
 
     async def reload_workflows(self) -> dict[str, Any]:
         """Tell every endpoint to re-read the workflows; returns what each can run now."""
@@ -410,16 +406,20 @@ class Router:
         self._wake.set()
 
     async def _scan_loop(self) -> None:
-        """Submissions are notified fire-and-forget; this scan of the log picks up any
-        notification that was lost (a router restart in between, a dropped batch)."""
+        """Queued tasks are notified best effort; this scan of the log picks up any notice that
+        was lost (a router restart in between, a listener reconnecting). A task the log says
+        waits but an endpoint holds here was requeued (its notice lost) once it was handed out
+        longer ago than TAKEN_MEMORY_S (by then its dispatch is recorded): its slot is free."""
         while True:
             await asyncio.sleep(SCAN_S)
             horizon = time.monotonic() - TAKEN_MEMORY_S
             self._taken = {t: at for t, at in self._taken.items() if at > horizon}
             try:
                 for task_id, priority, created_at, workflow, labels in await self.log.queued_tasks():
-                    if task_id in self.waiting or any(task_id in a for a in self.assigned.values()):
+                    if task_id in self.waiting or task_id in self._taken:
                         continue
+                    for name in list(self.assigned):
+                        self._free(name, task_id)
                     if self._push(task_id, priority, created_at, workflow, labels):
                         self._wake.set()
             except Exception:

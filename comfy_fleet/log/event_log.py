@@ -30,10 +30,28 @@ from comfy_fleet.delivery.slots import receiver_of
 from comfy_fleet.log.task_state import TaskState
 
 
-#: (task_id, priority, created_at, workflow, labels) of a newly submitted task
-SubmittedCallback = Callable[[str, int, float, str, list[str]], None]
+#: (task_id, priority, created_at, workflow, labels, requeued) of a task that now waits for
+#: dispatch (see `queued_notice`)
+QueuedCallback = Callable[[str, int, float, str, list[str], bool], None]
 #: (task_id, endpoint, webhook_to) of a task whose end was just recorded (see `ended_notice`)
 EndedCallback = Callable[[str, str | None, str | None], None]
+
+
+def queued_notice(
+    before: TaskState | None, after: TaskState
+) -> tuple[str, int, float, str, list[str], bool] | None:
+    """What `listen_queued` callers hear of an append: `(task_id, priority, created_at,
+    workflow, labels, requeued)` when it made the task wait for dispatch, else None. `requeued`
+    is False for a submission, True for a task requeued after a lost attempt: the endpoint it
+    was given to has let go of it, so the router frees that slot and queues the task again."""
+    if after.status != task_state.QUEUED:
+        return None
+    if before is not None and before.status == task_state.QUEUED:
+        return None
+    return (
+        after.task_id, after.priority, after.created_at.timestamp(), after.workflow,
+        list(after.required_labels), before is not None,
+    )
 
 
 def ended_notice(before: TaskState | None, after: TaskState) -> tuple[str, str | None, str | None] | None:
@@ -109,8 +127,9 @@ class TaskQueries(Protocol):
 class TaskNotices(Protocol):
     """Being told of what was just recorded. Best effort: callers also scan the queries."""
 
-    async def listen_submitted(self, callback: SubmittedCallback) -> None:
-        """Be told of every task submitted from now on (best effort; scan as a fallback)."""
+    async def listen_queued(self, callback: QueuedCallback) -> None:
+        """Be told of every task that waits for dispatch from now on, submitted or requeued
+        (`queued_notice`). Best effort: scan `queued_tasks()` as a fallback."""
         ...
 
     async def listen_ended(
@@ -213,7 +232,7 @@ class InMemoryEventLog:
         self._clients: dict[str, str] = {}
         self._position = 0
         self._changed = asyncio.Condition()
-        self._submitted: list[SubmittedCallback] = []
+        self._queued: list[QueuedCallback] = []
         self._ended: list[EndedCallback] = []
         self._fleet: list[fleet.FleetEvent] = []
 
@@ -243,10 +262,10 @@ class InMemoryEventLog:
         self._states[task_id] = new_state
         if new_state.client_task_id and expected_seq == 0:
             self._clients[new_state.client_task_id] = task_id
-        if expected_seq == 0:
-            for cb in self._submitted:
-                cb(task_id, new_state.priority, new_state.created_at.timestamp(),
-                   new_state.workflow, list(new_state.required_labels))
+        queued = queued_notice(base, new_state)
+        if queued is not None:
+            for cb in self._queued:
+                cb(*queued)
         notice = ended_notice(base, new_state)
         if notice is not None:
             for ended in self._ended:
@@ -314,8 +333,8 @@ class InMemoryEventLog:
     async def ended_among(self, task_ids: Sequence[str]) -> set[str]:
         return {t for t in task_ids if t in self._states and self._states[t].is_final}
 
-    async def listen_submitted(self, callback: SubmittedCallback) -> None:
-        self._submitted.append(callback)
+    async def listen_queued(self, callback: QueuedCallback) -> None:
+        self._queued.append(callback)
 
     async def listen_ended(
         self, callback: EndedCallback, on_listening: Callable[[], None] | None = None

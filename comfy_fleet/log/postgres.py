@@ -32,10 +32,11 @@ from comfy_fleet.cli import rebuild
 from comfy_fleet.delivery.slots import UNKNOWN as UNKNOWN_RECEIVER
 from comfy_fleet.log.event_log import (
     EndedCallback,
-    SubmittedCallback,
+    QueuedCallback,
     decode_cursor,
     encode_cursor,
     ended_notice,
+    queued_notice,
     stamp,
     state_from_json,
     state_to_json,
@@ -46,7 +47,7 @@ from comfy_fleet.log.task_state import TaskState
 log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "task_events_v1"
-SUBMITTED_CHANNEL = "tasks_submitted_v1"
+QUEUED_CHANNEL = "tasks_queued_v1"
 ENDED_CHANNEL = "tasks_ended_v1"
 #: Seconds between pings of the notification listener's connection (a dead one is replaced).
 LISTENER_PING_S = 1.0
@@ -175,7 +176,7 @@ class PostgresEventLog:
                 new_state.updated_at,
                 state_to_json(new_state),
                 expected_seq,
-                _submitted_payload(new_state) if expected_seq == 0 else None,
+                _queued_payload(state, new_state),
                 _ended_payload(state, new_state),
             )
         if row["upserted"] != 1:
@@ -301,17 +302,18 @@ class PostgresEventLog:
             rows = await self._pool.fetch(queries["select_fleet_events"])
         return [fleet.decode(r["type"], r["schema_version"], r["payload"]) for r in rows]
 
-    # --- notifications: new tasks (the router), ended tasks (the router, the webhooks) ---------
+    # --- notifications: queued tasks (the router), ended tasks (the router, the webhooks) ------
 
-    async def listen_submitted(self, callback: SubmittedCallback) -> None:
-        """Call `callback(task_id, priority, created_at, workflow, labels)` for every task
-        submitted from now on. Delivery is best effort: callers also scan `queued_tasks()`."""
+    async def listen_queued(self, callback: QueuedCallback) -> None:
+        """Call `callback(task_id, priority, created_at, workflow, labels, requeued)` for every
+        task submitted or requeued from now on (`event_log.queued_notice`), sent by the
+        appending statement. Delivery is best effort: callers also scan `queued_tasks()`."""
 
         def on_payload(payload: str) -> None:
-            task_id, priority, created_at, workflow, labels = orjson.loads(payload)
-            callback(task_id, priority, created_at, workflow, labels)
+            task_id, priority, created_at, workflow, labels, requeued = orjson.loads(payload)
+            callback(task_id, priority, created_at, workflow, labels, bool(requeued))
 
-        await self._listen(SUBMITTED_CHANNEL, on_payload)
+        await self._listen(QUEUED_CHANNEL, on_payload)
 
     async def listen_ended(
         self, callback: EndedCallback, on_listening: Callable[[], None] | None = None
@@ -399,10 +401,9 @@ def _ended_payload(before: TaskState | None, after: TaskState) -> str | None:
     return None if notice is None else _dumps(list(notice))
 
 
-def _submitted_payload(s: TaskState) -> str:
-    return _dumps(
-        [s.task_id, s.priority, s.created_at.timestamp(), s.workflow, list(s.required_labels)]
-    )
+def _queued_payload(before: TaskState | None, after: TaskState) -> str | None:
+    notice = queued_notice(before, after)
+    return None if notice is None else _dumps(list(notice))
 
 
 def _stored(task_id: str, r: asyncpg.Record) -> events.StoredEvent:
