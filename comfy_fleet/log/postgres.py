@@ -1,8 +1,5 @@
-"""PostgresEventLog: the EventLog contract on an asyncpg pool.
-
-Driver errors are translated here, once: a unique violation on the (task_id, seq) key is a
-`ConcurrencyConflict`, on client_task_id a `DuplicateClientTaskId`; a lost or refused
-connection is `DatabaseUnavailable` (retryable, the API's 503).
+"""PostgresEventLog: every port of the event log (comfy_fleet/log/event_log.py) on an asyncpg
+pool. Driver errors become the project's once, around each statement (`pg_errors.translated`).
 
 Why no gap-free global position: nothing tails this log by `position`. The read model is written
 in the appending statement, the webhook outbox is a query on it, and live readers (SSE, waits)
@@ -26,7 +23,7 @@ import orjson
 
 from comfy_fleet import errors
 
-from comfy_fleet.log import events, fleet, task_state
+from comfy_fleet.log import events, fleet, pg_errors, task_state
 
 from comfy_fleet.cli import rebuild
 from comfy_fleet.delivery.slots import UNKNOWN as UNKNOWN_RECEIVER
@@ -52,18 +49,6 @@ ENDED_CHANNEL = "tasks_ended_v1"
 #: Seconds between pings of the notification listener's connection (a dead one is replaced).
 LISTENER_PING_S = 1.0
 
-_UNAVAILABLE = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-)
-
-
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -78,24 +63,6 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     for each statement). Pooled connections here never hold session state: LISTEN, advisory
     locks and SET run on dedicated connections (listeners, migrations, rebuild), and SET LOCAL
     ends with its transaction. An open transaction is still rolled back by asyncpg itself."""
-
-
-@contextlib.contextmanager
-def _translated(task_id: str | None = None, expected_seq: int | None = None):  # type: ignore[no-untyped-def]
-    try:
-        yield
-    except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name == "tasks_client_task_id_key":
-            raise errors.DuplicateClientTaskId("client_task_id is already recorded") from exc
-        raise errors.ConcurrencyConflict(
-            f"task {task_id}: seq {(expected_seq or 0) + 1} is taken"
-        ) from exc
-    except _UNAVAILABLE as exc:
-        raise errors.DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
-    except asyncpg.PostgresError as exc:
-        if isinstance(exc, asyncpg.exceptions.DataError):
-            raise errors.InvalidRequest(f"invalid value: {exc.__class__.__name__}") from exc
-        raise
 
 
 class PostgresEventLog:
@@ -115,7 +82,7 @@ class PostgresEventLog:
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 8) -> PostgresEventLog:
-        with _translated():
+        with pg_errors.translated():
             pool = await asyncpg.create_pool(
                 dsn,
                 min_size=min_size,
@@ -136,7 +103,7 @@ class PostgresEventLog:
         await self._pool.close()
 
     async def ping(self) -> None:
-        with _translated():
+        with pg_errors.translated():
             await self._pool.fetchval("SELECT 1", timeout=5)
 
     async def append(
@@ -157,7 +124,7 @@ class PostgresEventLog:
         for s in stored:
             new_state = task_state.evolve(new_state, s)
         assert new_state is not None
-        with _translated(task_id, expected_seq):
+        with pg_errors.translated(task_id, expected_seq):
             row = await self._pool.fetchrow(
                 queries["append_events"],
                 task_id,
@@ -186,12 +153,12 @@ class PostgresEventLog:
         return new_state
 
     async def read(self, task_id: str, after_seq: int = 0) -> list[events.StoredEvent]:
-        with _translated():
+        with pg_errors.translated():
             rows = await self._pool.fetch(queries["select_task_events"], task_id, after_seq)
         return [_stored(task_id, r) for r in rows]
 
     async def get(self, task_id: str) -> TaskState:
-        with _translated():
+        with pg_errors.translated():
             try:
                 data = await self._pool.fetchval(queries["select_task_state"], task_id)
             except asyncpg.exceptions.DataError:
@@ -201,7 +168,7 @@ class PostgresEventLog:
         return state_from_json(data)
 
     async def find_client_task(self, client_task_id: str) -> TaskState | None:
-        with _translated():
+        with pg_errors.translated():
             data = await self._pool.fetchval(queries["select_client_task"], client_task_id)
         return state_from_json(data) if data is not None else None
 
@@ -215,7 +182,7 @@ class PostgresEventLog:
         cursor: str | None = None,
     ) -> tuple[list[TaskState], str | None]:
         after: tuple[datetime | None, str | None] = decode_cursor(cursor) if cursor else (None, None)
-        with _translated():
+        with pg_errors.translated():
             rows = await self._pool.fetch(
                 queries["list_tasks"], status, workflow, client_task_id, after[0], after[1], limit + 1
             )
@@ -228,12 +195,12 @@ class PostgresEventLog:
         return [state_from_json(r["state"]) for r in page], next_cursor
 
     async def open_tasks(self) -> list[TaskState]:
-        with _translated():
+        with pg_errors.translated():
             rows = await self._pool.fetch(queries["open_tasks"])
         return [state_from_json(r["state"]) for r in rows]
 
     async def queued_tasks(self) -> list[tuple[str, int, float, str, list[str]]]:
-        with _translated():
+        with pg_errors.translated():
             rows = await self._pool.fetch(queries["queued_tasks"])
         return [
             (str(r["task_id"]), r["priority"], r["created_at"].timestamp(), r["workflow"], list(r["labels"] or []))
@@ -241,7 +208,7 @@ class PostgresEventLog:
         ]
 
     async def pending_webhooks(self) -> list[tuple[str, str | None]]:
-        with _translated():
+        with pg_errors.translated():
             rows = await self._pool.fetch(queries["pending_webhooks"])
         return [(str(r["task_id"]), r["callback_url"]) for r in rows]
 
@@ -249,7 +216,7 @@ class PostgresEventLog:
         ids = [t for t in task_ids if _is_uuid(t)]  # no other id names a task here
         if not ids:
             return set()
-        with _translated():
+        with pg_errors.translated():
             rows = await self._pool.fetch(queries["ended_among"], ids)
         return {r["task_id"] for r in rows}
 
@@ -292,13 +259,13 @@ class PostgresEventLog:
     # --- facts about the fleet -----------------------------------------------------------------
 
     async def append_fleet(self, event: fleet.FleetEvent) -> None:
-        with _translated():
+        with pg_errors.translated():
             await self._pool.execute(
                 queries["append_fleet_event"], event.TYPE, event.SCHEMA_VERSION, event.payload()
             )
 
     async def read_fleet(self) -> list[fleet.FleetEvent]:
-        with _translated():
+        with pg_errors.translated():
             rows = await self._pool.fetch(queries["select_fleet_events"])
         return [fleet.decode(r["type"], r["schema_version"], r["payload"]) for r in rows]
 

@@ -101,7 +101,10 @@ def apply(
     in_place: bool = False,
 ) -> TaskState:
     """`evolve` with the envelope's fields as arguments: the fold itself, for a caller that has
-    them at hand (a rebuild, per event of the log, builds no `StoredEvent`)."""
+    them at hand (a rebuild, per event of the log, builds no `StoredEvent`).
+
+    Long because it is one `match` with a case per event type: every transition and every
+    late-event rule ("a final task changes no more") reads in one place."""
     if state is None:
         if not isinstance(ev, events.TaskSubmitted):
             raise errors.FleetError(f"task {task_id}: stream starts with {ev.TYPE}")

@@ -22,8 +22,6 @@ KNOWN_OFFENDERS = {
     "actors/endpoint.py",
     "actors/router.py",
     "comfy_fleet/config.py:Settings.from_env",
-    "comfy_fleet/log/postgres.py",
-    "comfy_fleet/log/task_state.py:apply",
     "comfy_fleet/policies/url_policy.py",
     "comfy_fleet/storage/blob_store.py",
     "comfy_fleet/workflows/manifest.py",
