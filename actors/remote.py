@@ -59,13 +59,21 @@ async def make_store(settings: Settings) -> storage.S3BlobStore:
 # --- calling an actor -------------------------------------------------------------------------
 
 
+def _methods(protocol: type) -> list[str]:
+    """The public methods of an actor's protocol: what its shell and its port offer."""
+    return [m for m, f in vars(protocol).items() if callable(f) and not m.startswith("_")]
+
+
 class _ActorPort:
     """A named actor through its protocol: `await port.m(*args)` is `await handle.m.remote(*args)`.
     Methods in `fire_and_forget` are sent without waiting for their end (notices whose loss
     the log covers). The handle is looked up on first use (the actor may start later)."""
 
-    def __init__(self, actor_name: str, fire_and_forget: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, actor_name: str, methods: list[str], fire_and_forget: frozenset[str] = frozenset()
+    ) -> None:
         self.actor_name = actor_name
+        self._methods = frozenset(methods)
         self._fire_and_forget = fire_and_forget
         self._h: Any = None
 
@@ -75,11 +83,11 @@ class _ActorPort:
         return self._h
 
     def __getattr__(self, method: str) -> Callable[..., Awaitable[Any]]:
-        if method.startswith("_"):
-            raise AttributeError(method)
+        if method not in self._methods:
+            raise AttributeError(f"{self.actor_name}: no method {method!r} in its protocol")
 
-        async def call(*args: Any) -> Any:
-            ref = getattr(self._handle(), method).remote(*args)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            ref = getattr(self._handle(), method).remote(*args, **kwargs)
             if method in self._fire_and_forget:
                 return None
             return await ref
@@ -89,7 +97,7 @@ class _ActorPort:
 
 def port(actor_name: str, protocol: type[P], *, fire_and_forget: frozenset[str] = frozenset()) -> P:
     """The named actor, typed on its protocol (`actors/ports.py`)."""
-    return cast(P, _ActorPort(actor_name, fire_and_forget))
+    return cast(P, _ActorPort(actor_name, _methods(protocol), fire_and_forget))
 
 
 def router_port() -> ports.RouterApi:
@@ -144,8 +152,8 @@ class _Lazy:
 
 
 def _forward(name: str) -> Callable[..., Awaitable[Any]]:
-    async def forward(self: _Lazy, *args: Any) -> Any:
-        return await getattr(await self.inner(), name)(*args)
+    async def forward(self: _Lazy, *args: Any, **kwargs: Any) -> Any:
+        return await getattr(await self.inner(), name)(*args, **kwargs)
 
     forward.__name__ = name
     return forward
@@ -158,7 +166,7 @@ def _shell(
     """An actor class that only wraps: each method of `protocol` forwards to the worker that
     `build(*constructor args)` makes. `eager`: build at start (from an `async def __init__`)
     rather than on the first call, for actors whose work comes from the log's notices."""
-    methods = [m for m, f in vars(protocol).items() if callable(f) and not m.startswith("_")]
+    methods = _methods(protocol)
 
     if eager:
         async def __init__(self: _Lazy, *args: Any) -> None:
