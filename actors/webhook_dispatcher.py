@@ -2,7 +2,7 @@
 
 A task that ended with a callback has `webhook: pending` in the read model, in the same
 statement that recorded its end; that statement also notifies the log's listeners, so the
-dispatcher hears of every end at its commit, whoever recorded it (`EventLog.listen_ended`). It
+dispatcher hears of every end at its commit, whoever recorded it (`TaskNotices.listen_ended`). It
 also scans the outbox (ids only) at start and each time its listener reconnects, so an end
 whose notice was lost (the dispatcher was restarting, its listener reconnecting) is still
 delivered, and on a slow timer as a safety net. Each try is an event; the delay
@@ -20,16 +20,15 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from actors import metrics
 from comfy_fleet import errors
-from comfy_fleet.log import events, task_state
+from comfy_fleet.log import event_log, events, task_state
 from comfy_fleet.delivery import webhooks
 from comfy_fleet.delivery.slots import UNKNOWN, DeliverySlots, receiver_of
-from comfy_fleet.log.event_log import EventLog
 from comfy_fleet.log.task_state import TaskState
 
 log = logging.getLogger("comfy_fleet.webhooks")
@@ -50,11 +49,16 @@ BodyBuilder = Callable[[TaskState], Awaitable[dict[str, Any]]]
 _DONE, _PARKED = "done", "parked"
 
 
+class DispatcherLog(event_log.TaskStream, event_log.TaskQueries, event_log.TaskNotices, Protocol):
+    """What the dispatcher needs of the log: the outbox and the task ends' notices, each task's
+    state, and its stream to record each try."""
+
+
 class WebhookDispatcher:
     def __init__(
         self,
         *,
-        log: EventLog,
+        log: DispatcherLog,
         sender: webhooks.WebhookSender,
         policy: webhooks.RetryPolicy,
         secret: str | None,
