@@ -64,6 +64,16 @@ async def slow_nodes(fleet: Fleet) -> AsyncIterator[None]:
 
 
 @pytest.fixture
+async def stalled(fleet: Fleet) -> AsyncIterator[None]:
+    """The stand-ins accept prompts but run none, so a task waits until it is cancelled."""
+    await knobs(fleet, {"stall_worker": True})
+    try:
+        yield
+    finally:
+        await knobs(fleet, {"stall_worker": False})
+
+
+@pytest.fixture
 def png_file(tmp_path: Path) -> Path:
     path = tmp_path / "in.png"
     Image.new("RGB", (6, 4), (10, 200, 30)).save(path)
@@ -166,7 +176,7 @@ async def test_command_submits_an_image_file_and_downloads_outputs(fleet: Fleet,
     assert "succeeded" in err  # the progress bar's last state, on stderr
 
 
-async def test_command_lists_shows_and_cancels(fleet: Fleet, slow_nodes: None) -> None:
+async def test_command_lists_shows_and_cancels(fleet: Fleet, stalled: None) -> None:
     status, out, _ = await cli("workflows", url=fleet.url)
     assert status == 0 and "solid" in out and "invert" in out
     status, out, _ = await cli("endpoints", "--json", url=fleet.url)
@@ -182,6 +192,17 @@ async def test_command_lists_shows_and_cancels(fleet: Fleet, slow_nodes: None) -
     assert status == 0 and task_id in [t["task_id"] for t in json.loads(out)]
     status, out, _ = await cli("task", task_id, url=fleet.url)
     assert status == 0 and "status:" in out and "cancelled" in out
+
+
+async def test_wait_and_watch_give_up_after_their_timeout(fleet: Fleet, stalled: None) -> None:
+    async with AsyncClient(fleet.url) as c:
+        task = await c.submit("solid", {"width": 8, "height": 8})
+        with pytest.raises(errors.WaitTimeout):
+            await c.wait(task.task_id, timeout=0.3)
+        status, _, err = await cli("watch", task.task_id, "--timeout", "0.3", url=fleet.url)
+        assert status == 2 and len(err.splitlines()) == 1 and "wait_timeout" in err
+        await c.cancel(task.task_id)
+        assert (await c.wait(task.task_id, timeout=60)).status == "cancelled"
 
 
 async def test_command_names_the_problem_of_a_bad_request(fleet: Fleet) -> None:

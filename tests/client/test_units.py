@@ -297,3 +297,47 @@ def test_sink_commits_only_matching_bytes(tmp_path: Path) -> None:
     with pytest.raises(errors.IntegrityError, match="sha256"):
         bad.commit()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.png"]
+
+
+# --- the command, without a server ------------------------------------------------------------
+
+
+def test_usage_errors_are_one_line_with_status_2() -> None:
+    import io
+
+    from comfy_fleet_client import cli
+
+    for argv in (["submit"], ["nonsense"], ["submit", "solid", "-p", "width"], []):
+        out, err = io.StringIO(), io.StringIO()
+        assert cli.main(argv, stdout=out, stderr=err) == 2, argv
+        assert len(err.getvalue().splitlines()) == 1 and err.getvalue().startswith("comfy-fleet: ")
+        assert out.getvalue() == ""
+
+
+def test_error_lines_name_the_problem_and_the_remedy() -> None:
+    from comfy_fleet_client import cli
+
+    bad_key = errors.Unauthorized("this API needs an API key", code="unauthorized", status=401)
+    assert cli.describe_error(bad_key, "u") == (
+        "unauthorized (401): this API needs an API key; set COMFY_FLEET_KEY or --key to a valid key"
+    )
+    params_bad = errors.InvalidRequest("invalid\nparameters", code="params_invalid", status=422,
+                                       details=[{"param": "width", "problem": "must be >= 1"}])
+    assert cli.describe_error(params_bad, "u") == "params_invalid (422): invalid parameters [width: must be >= 1]"
+    slow = errors.RateLimited("too many waiting", code="too_many_waiting", status=429, retry_after=4)
+    assert cli.describe_error(slow, "u").endswith("; retry after 4s")
+
+
+def test_progress_text_follows_the_task() -> None:
+    from comfy_fleet_client.cli import follow
+
+    state: dict[str, object] = {}
+
+    def ev(seq: int, type_: str, **data: object) -> models.Event:
+        return models.Event(seq=seq, type=type_, data=data)
+
+    assert follow.describe(models.QueueUpdate(position=3, eta_s=12), state) == "queued: position 3, about 12s"
+    assert follow.describe(ev(2, "task.dispatched", endpoint="h:1"), state) == "sent to h:1"
+    assert follow.describe(ev(3, "task.started"), state) == "running on h:1"
+    assert follow.describe(ev(6, "task.failed"), state) == "failed"
+    assert follow.describe(ev(7, "webhook.delivered"), state) is None

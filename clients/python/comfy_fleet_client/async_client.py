@@ -126,10 +126,13 @@ class AsyncClient:
         previews: bool = False,
         last_event_id: str | int | None = None,
         max_reconnects: int = 5,
+        timeout: float | None = None,
     ) -> AsyncIterator[models.StreamEvent]:
         """As `Client.stream`: `async for event in client.stream(task_id)`."""
         start = None if last_event_id is None else str(last_event_id)
-        async for event in self._stream(task_id, previews, sse.Resume(start, max_failures=max_reconnects), None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        resume = sse.Resume(start, max_failures=max_reconnects)
+        async for event in self._stream(task_id, previews, resume, deadline):
             yield event
 
     async def _stream(

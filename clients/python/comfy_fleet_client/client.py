@@ -134,12 +134,15 @@ class Client:
         previews: bool = False,
         last_event_id: str | int | None = None,
         max_reconnects: int = 5,
+        timeout: float | None = None,
     ) -> Iterator[models.StreamEvent]:
         """The task's events live (`Event`, plus `QueueUpdate` and, with `previews`,
         `Preview`), ending after the event that ends the task. A dropped connection is
-        reopened with `Last-Event-ID`, so no recorded event is lost or repeated."""
+        reopened with `Last-Event-ID`, so no recorded event is lost or repeated. With
+        `timeout` (seconds), raises `WaitTimeout` once that time has passed."""
         start = None if last_event_id is None else str(last_event_id)
-        yield from self._stream(task_id, previews, sse.Resume(start, max_failures=max_reconnects), None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        yield from self._stream(task_id, previews, sse.Resume(start, max_failures=max_reconnects), deadline)
 
     def _stream(
         self, task_id: str, previews: bool, resume: sse.Resume, deadline: float | None

@@ -35,7 +35,8 @@ def _common() -> argparse.ArgumentParser:
     # Options accepted before or after the command; SUPPRESS keeps a later absence from
     # overwriting an earlier value.
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--url", default=argparse.SUPPRESS, help="server (default $COMFY_FLEET_URL, else %s)" % protocol.DEFAULT_URL)
+    p.add_argument("--url", default=argparse.SUPPRESS,
+                   help=f"server (default $COMFY_FLEET_URL, else {protocol.DEFAULT_URL})")
     p.add_argument("--key", default=argparse.SUPPRESS, help="API key (default $COMFY_FLEET_KEY)")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     p.add_argument("--progress", choices=["auto", "always", "never"], default=argparse.SUPPRESS,
@@ -145,31 +146,8 @@ class _Run:
 
     def wait_for(self, task: models.Task) -> int:
         timeout = getattr(self.args, "timeout", None)
-        out_dir = getattr(self.args, "out", None)
-        if timeout is not None:
-            final = self.client.wait(task.task_id, timeout) if self.console is None else self._bar(task, timeout)
-        else:
-            final = follow.follow(self.client, task.task_id, self.console, task.workflow)
-        return self.finish(final, out_dir)
-
-    def _bar(self, task: models.Task, timeout: float) -> models.Task:
-        # A bar with a deadline: the bar follows the stream; wait() bounds the whole.
-        import threading
-
-        done = threading.Event()
-
-        def draw() -> None:
-            try:
-                follow.follow(self.client, task.task_id, self.console, task.workflow)
-            except errors.ComfyFleetError:
-                pass
-            finally:
-                done.set()
-
-        threading.Thread(target=draw, daemon=True).start()
-        final = self.client.wait(task.task_id, timeout)
-        done.wait(2.0)
-        return final
+        final = follow.follow(self.client, task.task_id, self.console, task.workflow, timeout)
+        return self.finish(final, getattr(self.args, "out", None))
 
     def workflow(self, name: str) -> models.Workflow:
         return self.client.workflow(name)

@@ -38,12 +38,13 @@ def describe(event: models.StreamEvent, state: dict[str, object]) -> str | None:
     return None
 
 
-def follow(client: Client, task_id: str, console: Console | None, label: str) -> models.Task:
-    """Follow `task_id` until it ends and return it; draws a bar on `console` (None: silent)."""
+def follow(
+    client: Client, task_id: str, console: Console | None, label: str, timeout: float | None = None
+) -> models.Task:
+    """Follow `task_id` until it ends and return it; draws a bar on `console` (None: silent).
+    Raises `WaitTimeout` after `timeout` seconds."""
     if console is None:
-        for _event in client.stream(task_id):
-            pass
-        return client.get(task_id)
+        return client.wait(task_id, timeout)
     columns = (
         SpinnerColumn(), TextColumn("[bold]{task.fields[label]}"), TextColumn("{task.description}"),
         BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -51,7 +52,7 @@ def follow(client: Client, task_id: str, console: Console | None, label: str) ->
     state: dict[str, object] = {}
     with Progress(*columns, console=console, transient=False) as bar:
         row = bar.add_task("waiting", total=None, label=label)
-        for event in client.stream(task_id):
+        for event in client.stream(task_id, timeout=timeout):
             text = describe(event, state)
             if text is not None:
                 bar.update(row, description=text)
