@@ -12,12 +12,13 @@ export RAY_AUTH_MODE := disabled
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements-s3.txt
+$(STAMP): pyproject.toml requirements-s3.txt clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "comfy-fleet needs Python 3.11 or newer")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "python venv is missing: apt-get install python3-venv"; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --require-hashes -r requirements-s3.txt
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e clients/python
 	@touch $(STAMP)
 
 run: install
