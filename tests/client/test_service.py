@@ -20,9 +20,10 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from comfy_fleet_client import AsyncClient, Client, errors, models
+from comfy_fleet_client import AsyncClient, Client, errors, models, verify_webhook
 from comfy_fleet_devstack.tcp_proxy import TcpProxy
-from tests.support.fleet import Fleet, free_port
+from tests.support.fleet import WEBHOOK_SECRET, Fleet, Receiver, free_port
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]
 
@@ -279,3 +280,72 @@ async def test_an_unreachable_server_is_one_line() -> None:
     assert "cannot reach the server at " + url in line
     with Client(url) as c, pytest.raises(errors.Unreachable):
         c.endpoints()
+
+
+# --- webhooks, reruns, and the models against the OpenAPI document ------------------------------
+
+
+async def test_webhooks_verify_with_the_client_and_can_be_redelivered(fleet: Fleet, receiver: Receiver) -> None:
+    async with AsyncClient(fleet.url) as c:
+        task = await c.submit("solid", {"width": 4, "height": 4}, callback_url=receiver.url)
+        await c.wait(task.task_id, timeout=60)
+        [first] = await receiver.wait_for(task.task_id)
+        event = verify_webhook(first["body"], first["headers"], WEBHOOK_SECRET)
+        assert event.type == "task.succeeded" and event.task is not None and event.task.task_id == task.task_id
+        with pytest.raises(errors.WebhookVerificationError):
+            verify_webhook(first["body"] + b" ", first["headers"], WEBHOOK_SECRET)
+        await eventually(
+            lambda: _webhook_settled(c, task.task_id), timeout=30, what="first delivery recorded"
+        )
+        again = await c.redeliver_webhook(task.task_id)
+        assert again.task_id == task.task_id
+        calls = await receiver.wait_for(task.task_id, count=2)
+        assert calls[0]["headers"]["webhook-id"] == calls[1]["headers"]["webhook-id"]
+        with pytest.raises(errors.Conflict):
+            await c.redeliver_webhook((await c.submit("solid", {"width": 4, "height": 5})).task_id)
+
+
+async def _webhook_settled(c: AsyncClient, task_id: str) -> bool:
+    return (await c.get(task_id)).webhook == "delivered"
+
+
+async def test_rerun_when_the_service_serves_it(fleet: Fleet) -> None:
+    async with AsyncClient(fleet.url) as c:
+        task = await c.submit("solid", {"width": 4, "height": 6}, wait=60)
+        try:
+            again = await c.rerun(task.task_id)
+        except errors.NotFound as exc:
+            if exc.code != "not_found":
+                raise
+            pytest.skip("this service does not serve POST /tasks/{id}/rerun yet (CONTRACT §7.3): 404 for the route")
+        assert again.task_id != task.task_id and again.rerun_of == task.task_id
+        assert (await c.wait(again.task_id, timeout=60)).succeeded
+
+
+def _resolve(doc: dict, schema: dict) -> dict:
+    while "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        schema = doc["components"]["schemas"][name]
+    return schema
+
+
+async def test_models_cover_the_documented_task_schema(fleet: Fleet) -> None:
+    root = fleet.url[: -len(fleet.settings.route_prefix)] if fleet.settings.route_prefix else fleet.url
+    async with httpx.AsyncClient() as http:
+        doc = (await http.get(f"{root}/openapi.json")).json()
+    operation = next(
+        (op for item in doc.get("paths", {}).values() for op in item.values()
+         if isinstance(op, dict) and op.get("operationId") == "getTask"),
+        None,
+    )
+    schema = (
+        ((operation or {}).get("responses", {}).get("200", {}).get("content", {})
+         .get("application/json", {}).get("schema"))
+    )
+    if not schema:
+        pytest.skip("the OpenAPI document has no getTask response schema yet (CONTRACT §7.7)")
+    task_schema = _resolve(doc, schema)
+    documented = set(task_schema.get("properties", {}))
+    assert documented <= set(models.Task.model_fields), documented - set(models.Task.model_fields)
+    required = {n for n, f in models.Task.model_fields.items() if f.is_required()}
+    assert required <= documented
