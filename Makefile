@@ -15,8 +15,8 @@ export RAY_AUTH_MODE := disabled
 install: $(STAMP)
 
 # Everything installed is pinned by version and wheel hash in requirements.lock (made by `make lock`
-# from pyproject.toml, dev extra included, for Python 3.11 on Linux x86_64); the project itself is
-# and the Python client (clients/python) are then installed on top without resolving anything.
+# from pyproject.toml and clients/python, dev extra included, for Python 3.11 on Linux x86_64); the
+# project and its Python client (clients/python) are then installed on top without resolving anything.
 $(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "comfy-fleet needs Python 3.11 or newer")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "python venv is missing: apt-get install python3-venv"; exit 1; }
