@@ -4,21 +4,32 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK_VENV := .venv-lock
+PIP_TOOLS_VERSION := 7.7.0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: run test test-unit install migrate rebuild reupload bench clean
+.PHONY: run test test-unit install lock migrate rebuild reupload bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements-s3.txt
+# Everything installed is pinned by version and wheel hash in requirements.lock (made by `make lock`
+# from pyproject.toml, dev extra included, for Python 3.11 on Linux x86_64); the project itself is
+# then installed on top without resolving anything.
+$(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "comfy-fleet needs Python 3.11 or newer")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "python venv is missing: apt-get install python3-venv"; exit 1; }
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --require-hashes -r requirements-s3.txt
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
+
+# Regenerates requirements.lock after a change to pyproject.toml's dependencies. Pins already in the
+# lock are kept when they still fit; `make lock LOCK_ARGS=--upgrade` moves everything to the newest.
+lock:
+	@test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet pip-tools==$(PIP_TOOLS_VERSION); }
+	$(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --extra dev --strip-extras --allow-unsafe \
+		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) -o requirements.lock pyproject.toml
 
 run: install
 	$(PY) -m serve_app.main

@@ -385,7 +385,7 @@ class Router:
             batches = {}
 
     async def _send(self, name: str, items: list[routing.Waiting]) -> None:
-        from actors.endpoint import ACCEPTED, RETRY
+        from comfy_fleet.prompts.decisions import ACCEPTED, RETRY
 
         try:
             results = await self.handles[name].dispatch_many([i.task_id for i in items])  # KeyError: removed

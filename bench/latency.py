@@ -29,7 +29,6 @@ STAGES = [
     ("acknowledged (POST answered)", "ack"),
     ("task.submitted recorded", "task.submitted"),
     ("task.dispatched recorded", "task.dispatched"),
-    ("task.prompt_queued (ComfyUI took it)", "task.prompt_queued"),
     ("task.started (ComfyUI runs it)", "task.started"),
     ("task.output_stored (done, fetched, in S3)", "task.output_stored"),
     ("task.succeeded recorded", "task.succeeded"),

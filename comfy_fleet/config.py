@@ -2,7 +2,7 @@
 
 `Settings.from_env(environ)` is the only code that reads configuration. A bad value raises
 `errors.ConfigError` whose message is one line naming the variable; secrets never appear in it.
-The names of the original ComfyUI-server keep their meaning (CONTRACT §2).
+The names of the original ComfyUI-server keep their meaning (docs/api.md §2).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
+
+import dotenv
 
 from comfy_fleet import errors
 
@@ -67,21 +69,17 @@ def parse_endpoint(raw: str, variable: str = "COMFYUI_ENDPOINTS") -> Endpoint:
 
 
 def _read_dotenv(path: Path) -> dict[str, str]:
-    """Minimal `.env` reader: KEY=VALUE lines, `#` comments, optional quotes."""
-    values: dict[str, str] = {}
+    """The `.env` file's values, read by python-dotenv's rules; {} when there is no file.
+
+    Those rules: `#` starts a comment on its own line or after whitespace outside quotes
+    (`API_KEYS=abc # prod` is `abc`); single quotes keep the text as is, double quotes take
+    backslash escapes; an `export ` prefix is allowed; `KEY=` is the empty string and a bare `KEY`
+    is skipped. `${VAR}` is not expanded: secrets may contain `$`, and a value means what it says.
+    """
     if not path.is_file():
-        return values
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        key = key.strip().removeprefix("export ").strip()
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key] = value
-    return values
+        return {}
+    values = dotenv.dotenv_values(path, interpolate=False, encoding="utf-8")
+    return {key: value for key, value in values.items() if value is not None}
 
 
 class _Reader:
@@ -170,7 +168,7 @@ def _shown(name: str, value: Any, secret: bool) -> str:
 
 @dataclass(frozen=True, repr=False)
 class Settings:
-    """Every setting of comfy-fleet. Defaults follow CONTRACT §2.
+    """Every setting of comfy-fleet. Defaults follow docs/api.md §2.
 
     ``repr`` and ``str`` show every setting but no secret: a field with ``metadata=SECRET``
     reads ``'***'`` when set, and URLs lose their password and query.

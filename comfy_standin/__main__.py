@@ -1,6 +1,10 @@
 """``python -m comfy_standin --port 8188 --input-dir … --output-dir … [--temp-dir …]
 [--models "checkpoints=a.safetensors,b.safetensors;unet=flux1-dev.safetensors"]
-[--node-delay 0.05]``
+[--node-delay 0.05] [--models-dir …]``
+
+``--models-dir`` holds the model folders the comfy-fleet extension's model routes pull into
+(default: ``<temp-dir>-models``); they take models from the bucket named by the environment's
+``COMFY_FLEET_MODEL_BUCKET_URL`` (disk budget ``COMFY_FLEET_MODEL_CACHE_BYTES``).
 
 Prints ``comfy_standin ready on 127.0.0.1:PORT`` once it listens; SIGTERM/SIGINT stop it.
 
@@ -50,6 +54,9 @@ async def _main(args: argparse.Namespace) -> None:
     servers = []
     for i in range(args.count):
         input_dir, output_dir, temp = _dirs(args, temp_root, i)
+        models_dir = None
+        if args.models_dir:
+            models_dir = Path(args.models_dir) / (f"standin-{i}" if args.count > 1 else "")
         server = StandIn(
             input_dir=input_dir,
             output_dir=output_dir,
@@ -57,6 +64,7 @@ async def _main(args: argparse.Namespace) -> None:
             models=parse_models(args.models or ""),
             knobs=Knobs(node_delay=args.node_delay),
             host=args.listen,
+            models_dir=models_dir,
         )
         await server.start(args.port + i if args.port else 0)
         servers.append(server)
@@ -78,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--temp-dir")
     p.add_argument("--models", default="")
+    p.add_argument("--models-dir", help="where pulled models go (see above)")
     p.add_argument("--node-delay", type=float, default=0.0)
     p.add_argument("--count", type=int, default=1, help="stand-ins in this process (see above)")
     args = p.parse_args(argv)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,14 @@ class Knobs:
     cleanup_extension: bool = True
     #: the extension version served: 1 is one file a request (no batches), 2 adds batches
     cleanup_extension_version: int = 2
+    #: serve the comfy-fleet extension's model routes (404 when off, as without them)
+    models_extension: bool = True
+    #: the bucket models may be pulled from (scheme://host[:port]/bucket); "" refuses pulls
+    model_bucket_url: str = field(
+        default_factory=lambda: os.environ.get("COMFY_FLEET_MODEL_BUCKET_URL", ""))
+    #: the disk budget of fetched models, bytes
+    model_cache_bytes: int = field(
+        default_factory=lambda: int(os.environ.get("COMFY_FLEET_MODEL_CACHE_BYTES") or 50 * 1024**3))
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
@@ -107,6 +116,9 @@ class Counters:
     #: requests to the cleanup extension's delete route (one file or a batch)
     cleanup_requests: int = 0
     uploads: int = 0
+    #: requests to the extension's model pull route, and the models it fetched from the bucket
+    model_pulls: int = 0
+    models_fetched: int = 0
     #: GET /view requests (answered or not)
     views: int = 0
     ws_connects: int = 0

@@ -1,6 +1,6 @@
 """The stand-in ComfyUI server: aiohttp routes of ComfyUI 0.3.64 (each also under ``/api``),
-the comfy-fleet cleanup extension's routes, and the ``/_standin/*`` control routes that the
-real server does not have.
+the comfy-fleet extension's routes (cleanup; models through ``model_folders``), and the
+``/_standin/*`` control routes that the real server does not have.
 
 ``StandIn`` owns one instance: its folders, catalogue, knobs and counters survive
 ``restart()``; its queue, history, sockets, cache and prompt counter do not (as with a real
@@ -29,7 +29,7 @@ from comfyui_extension.comfy_fleet_cleanup.handlers import delete_batch
 from comfyui_extension.comfy_fleet_cleanup.handlers import VERSION as CLEANUP_VERSION
 from comfyui_extension.comfy_fleet_cleanup.paths import prune_empty_parents
 
-from . import files
+from . import files, model_folders
 from .executor import Executor
 from .hub import Hub
 from .knobs import Counters, Knobs
@@ -41,28 +41,7 @@ log = logging.getLogger(__name__)
 COMFYUI_VERSION = "0.3.64"
 MAX_UPLOAD_SIZE = 100 * 1024 * 1024
 FEATURES = {"supports_preview_metadata": True, "max_upload_size": MAX_UPLOAD_SIZE}
-MODEL_FOLDERS = [
-    "checkpoints",
-    "configs",
-    "loras",
-    "vae",
-    "text_encoders",
-    "diffusion_models",
-    "clip_vision",
-    "style_models",
-    "embeddings",
-    "diffusers",
-    "vae_approx",
-    "controlnet",
-    "gligen",
-    "upscale_models",
-    "custom_nodes",
-    "hypernetworks",
-    "photomaker",
-    "classifiers",
-    "model_patches",
-    "audio_encoders",
-]
+MODEL_FOLDERS = model_folders.MODEL_FOLDERS
 _INTERNAL_ERROR = "500 Internal Server Error\n\nServer got itself in trouble"
 _INDEX_HTML = (
     '<!doctype html><html lang="en"><head><meta charset="UTF-8"><title>ComfyUI</title>'
@@ -119,17 +98,37 @@ class StandIn:
         models: dict[str, list[str]] | None = None,
         knobs: Knobs | None = None,
         host: str = "127.0.0.1",
+        models_dir: Path | None = None,
     ) -> None:
+        """``models`` are names the loaders list with no file behind them; ``models_dir``
+        (default: ``<temp_dir>-models``) holds the model folders the extension pulls into."""
         self.dirs = files.Dirs.create(Path(input_dir), Path(output_dir), Path(temp_dir))
-        self.catalogue = Catalogue.load(models)
         self.models = {k: list(v) for k, v in (models or {}).items()}
         self.knobs = knobs or Knobs()
         self.counters = Counters()
+        temp = Path(os.path.abspath(temp_dir))
+        self.model_folders = model_folders.ModelFolders(
+            Path(models_dir) if models_dir else temp.with_name(temp.name + "-models"),
+            self.models, self.knobs, self.counters, self._queued_prompts, self._set_catalogue)
+        self.catalogue = self.model_folders.catalogue()
         self.host = host
         self.port = 0
         self.rt: _Runtime | None = None
         self._runner: web.AppRunner | None = None
         self._restart_task: asyncio.Task[None] | None = None
+
+    def _queued_prompts(self) -> list[Any]:
+        if self.rt is None:
+            return []
+        running, pending = self.rt.queue.get_current_queue()
+        return [item[2] for item in [*running, *pending]]
+
+    def _set_catalogue(self, catalogue: Catalogue) -> None:
+        """A model folder changed: the loaders list its files from now on, as the real
+        server's do once its file-list cache sees the change."""
+        self.catalogue = catalogue
+        if self.rt is not None:
+            self.rt.executor.catalogue = catalogue
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -239,6 +238,9 @@ class StandIn:
             ("GET", "/users", self.users),
             ("POST", "/comfy-fleet/cleanup/delete", self.cleanup_delete),
             ("GET", "/comfy-fleet/cleanup/info", self.cleanup_info),
+            ("POST", "/comfy-fleet/models/pull", self.model_folders.pull),
+            ("GET", "/comfy-fleet/models", self.model_folders.listing),
+            ("GET", "/comfy-fleet/models/info", self.model_folders.info),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)

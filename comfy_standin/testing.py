@@ -86,8 +86,11 @@ async def run_standin(
     temp_dir: Path | str | None = None,
     models: Mapping[str, list[str]] | None = None,
     node_delay: float = 0.0,
+    models_dir: Path | str | None = None,
+    model_bucket_url: str | None = None,
 ) -> AsyncIterator[RunningStandIn]:
-    """A stand-in on 127.0.0.1 in this event loop; folders left None are temporary."""
+    """A stand-in on 127.0.0.1 in this event loop; folders left None are temporary.
+    ``model_bucket_url`` sets the knob of the same name (default: the environment's)."""
     scratch = Path(tempfile.mkdtemp(prefix="comfy-standin-"))
     try:
         ind = Path(input_dir) if input_dir else scratch / "input"
@@ -99,7 +102,10 @@ async def run_standin(
             temp_dir=tmpd,
             models={k: list(v) for k, v in (models or {}).items()},
             knobs=Knobs(node_delay=node_delay),
+            models_dir=Path(models_dir) if models_dir else scratch / "models",
         )
+        if model_bucket_url is not None:
+            server.knobs.model_bucket_url = model_bucket_url
         await server.start(port)
         try:
             yield RunningStandIn(server, ind, outd, tmpd)
@@ -154,6 +160,7 @@ class StandInProcess(_OnLoopback):
         python: str = sys.executable,
         ready_timeout_s: float = 15.0,
         count: int = 1,
+        models_dir: Path | str | None = None,
     ) -> None:
         self.port = port
         self.count = count
@@ -163,6 +170,9 @@ class StandInProcess(_OnLoopback):
         self.output_dir = Path(output_dir)
         self.temp_dir = Path(temp_dir) if temp_dir else None
         self.models = dict(models or {})
+        #: where pulled models go (``--models-dir``); the bucket comes from the environment's
+        #: COMFY_FLEET_MODEL_BUCKET_URL or the ``model_bucket_url`` knob
+        self.models_dir = Path(models_dir) if models_dir else None
         self.node_delay = node_delay
         self.python = python
         self.ready_timeout_s = ready_timeout_s
@@ -186,6 +196,8 @@ class StandInProcess(_OnLoopback):
             argv += ["--temp-dir", str(self.temp_dir)]
         if self.models:
             argv += ["--models", format_models(self.models)]
+        if self.models_dir is not None:
+            argv += ["--models-dir", str(self.models_dir)]
         if self.count != 1:
             argv += ["--count", str(self.count)]
         return argv

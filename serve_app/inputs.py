@@ -3,10 +3,13 @@ uploads them to the endpoint the task was given.
 
 Contract of `stage_images`: every image parameter's bytes are read (base64, a data: URL, or an
 http(s) URL fetched within `max_image_bytes` / `input_fetch_timeout_s` under the webhook URL
-policy), opened and verified by Pillow as one of the formats ComfyUI's LoadImage reads, checked
-against `max_image_pixels`, re-encoded as PNG and put under `inputs/<task_id>/<param>.png`.
-A refusal raises before anything is recorded: 413 `payload_too_large` (bytes or pixels), 422
-`input_rejected` / `url_forbidden` / `params_invalid`, each naming the parameter.
+policy), opened lazily by Pillow as one of the formats ComfyUI's LoadImage reads, measured from
+its headers (frames x width x height, `comfy_fleet.workflows.images`) against `max_image_pixels`
+and MAX_FRAMES before any pixel is decoded, verified, re-encoded as PNG and put under
+`inputs/<task_id>/<param>.png`. A refusal raises before anything is recorded: 413
+`payload_too_large` (bytes, pixels or frames; `details` give width, height, frames and the
+limit), 422 `input_rejected` / `url_forbidden` / `params_invalid`, each naming the parameter.
+Decoding holds one frame beyond what the PNG writer keeps of the output.
 
 Why PNG: the uploaded file name already ends in `.png`; one lossless format gives ComfyUI a
 predictable file, and re-encoding drops EXIF, ICC and text chunks the client may not mean to share
@@ -17,15 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import io
-import warnings
+import re
+import struct
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
-from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from comfy_fleet import errors
 
-from comfy_fleet.workflows import params
+from comfy_fleet.workflows import images, params
 
 from comfy_fleet.net import fetch
 from comfy_fleet.policies import url_policy
@@ -34,7 +39,8 @@ from comfy_fleet.policies import url_policy
 LOADIMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 #: Image modes PNG stores as they are; anything else becomes RGB or RGBA.
 _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
-#: Frames kept from an animated input (LoadImage makes a batch of them; a bound keeps memory sane).
+#: Frames an animated input may have (LoadImage makes a batch of them); more is refused, and
+#: counting stops there, so a file claiming millions of frames costs no more to refuse.
 MAX_FRAMES = 256
 
 
@@ -49,69 +55,135 @@ def _rejected(param: str, problem: str) -> errors.InputRejected:
     )
 
 
-def _too_large(param: str, problem: str) -> errors.PayloadTooLarge:
+def _too_large(param: str, problem: str, **facts: int) -> errors.PayloadTooLarge:
     return errors.PayloadTooLarge(
-        f"params.{param}: {problem}", [{"param": param, "problem": problem}]
+        f"params.{param}: {problem}", [{"param": param, "problem": problem, **facts}]
     )
 
 
 def normalise_image(data: bytes, *, max_pixels: int, param: str) -> bytes:
     """Open, verify and fully decode `data`; return it as PNG bytes.
 
-    Pure (no I/O) and CPU-bound: call it in a thread. Raises `errors.InputRejected` when the bytes
-    are not an image of LOADIMAGE_FORMATS or are damaged, `errors.PayloadTooLarge` when width x
-    height exceeds `max_pixels` (checked from the header, before any pixel is decoded).
+    Pure but for Pillow's process-wide guard (`images.guard_pillow`), and CPU-bound: call it in
+    a thread. Raises `errors.InputRejected` when the bytes are not an image of LOADIMAGE_FORMATS
+    or are damaged, `errors.PayloadTooLarge` when frames x width x height exceeds `max_pixels` or
+    the image has more than MAX_FRAMES frames: measured from the headers before any pixel is
+    decoded, and enforced again frame by frame while decoding.
     """
+    images.guard_pillow(max_pixels)
     fmt: str | None = None
     try:
-        with warnings.catch_warnings():
-            # Pillow's own decompression-bomb guard stays on; its warning becomes a refusal too.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=LOADIMAGE_FORMATS) as probe:
-                width, height = probe.size
-                fmt = probe.format
-                if width * height > max_pixels:
-                    raise _too_large(
-                        param,
-                        f"image is {width}x{height} = {width * height} pixels; "
-                        f"the limit is {max_pixels}",
-                    )
-                probe.verify()
-            # verify() leaves the image unusable: open again to decode every pixel.
-            with Image.open(io.BytesIO(data), formats=LOADIMAGE_FORMATS) as img:
-                return _to_png(img)
+        with Image.open(io.BytesIO(data), formats=LOADIMAGE_FORMATS) as probe:
+            fmt = probe.format
+            extent = images.measure(probe, data, max_frames=MAX_FRAMES)
+            problem = images.excess(extent, max_pixels=max_pixels, max_frames=MAX_FRAMES)
+            if problem is not None:
+                raise _too_large(
+                    param,
+                    problem,
+                    width=extent.width,
+                    height=extent.height,
+                    frames=extent.frames,
+                    limit=max_pixels,
+                )
+            probe.verify()
+        # verify() leaves the image unusable: open again to decode.
+        return _to_png(data, extent, param)
     except errors.FleetError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _too_large(param, f"image is too large to decode safely ({exc})") from None
+        # Pillow's own guard (set to the same limit) saw a frame over it first; its message
+        # quotes twice the limit when the frame is over that, so say it in our terms.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" of {found.group(1)} pixels" if found else ""
+        raise _too_large(
+            param,
+            f"image has a frame{size}, too large to decode safely; the limit is {max_pixels}",
+            limit=max_pixels,
+        ) from None
+    except images.Uncountable as exc:
+        raise _rejected(param, str(exc)) from None
     except UnidentifiedImageError:
         raise _rejected(
             param, "not an image ComfyUI can load (PNG, JPEG, WEBP, GIF, BMP or TIFF expected)"
         ) from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error) as exc:
         # Truncated or corrupt data: Pillow reports it with any of these.
         raise _rejected(param, f"the {fmt or 'image'} data is damaged ({exc})") from None
 
 
-def _to_png(img: Image.Image) -> bytes:
-    frames = []
-    for i, frame in enumerate(ImageSequence.Iterator(img)):
-        if i >= MAX_FRAMES:
-            break
-        frame = ImageOps.exif_transpose(frame) or frame
-        if frame.mode not in _PNG_MODES:
-            has_alpha = "A" in frame.mode or "transparency" in frame.info
-            frame = frame.convert("RGBA" if has_alpha else "RGB")
-        frame.load()
-        frames.append(frame.copy())
+def _to_png(data: bytes, extent: images.Extent, param: str) -> bytes:
     out = io.BytesIO()
-    first, rest = frames[0], frames[1:]
-    if rest:
-        # An animated input stays animated (APNG): LoadImage turns its frames into a batch.
-        first.save(out, format="PNG", save_all=True, append_images=rest, compress_level=4)
-    else:
+    with Image.open(io.BytesIO(data), formats=LOADIMAGE_FORMATS) as img:
+        first = next(_decoded_frames(img, extent, param))
+    if extent.frames == 1:
         first.save(out, format="PNG", compress_level=4)
+        return out.getvalue()
+    # An animated input stays animated (APNG): LoadImage turns its frames into a batch. Pillow's
+    # writer keeps every frame it writes and walks `append_images` twice (once for the mode, once
+    # to write): `_LaterFrames` decodes them one at a time on each walk, so no frame is held
+    # beyond the writer's own copies and the one being decoded.
+    first.save(
+        out,
+        format="PNG",
+        save_all=True,
+        append_images=_LaterFrames(data, extent, param),
+        compress_level=4,
+    )
     return out.getvalue()
+
+
+class _LaterFrames:
+    """Frames 1.. of an image, decoded afresh (and one at a time) on every iteration."""
+
+    def __init__(self, data: bytes, extent: images.Extent, param: str) -> None:
+        self._data = data
+        self._extent = extent
+        self._param = param
+
+    def __iter__(self) -> Iterator[Image.Image]:
+        with Image.open(io.BytesIO(self._data), formats=LOADIMAGE_FORMATS) as img:
+            frames = _decoded_frames(img, self._extent, self._param)
+            next(frames)  # frame 0 is the writer's first image, already held
+            yield from frames
+
+
+def _decoded_frames(
+    img: Image.Image, extent: images.Extent, param: str
+) -> Iterator[Image.Image]:
+    """Each frame of `img`, decoded and ready for PNG, never more or larger than `extent`.
+
+    The measured extent is enforced again here, before each frame is decoded, in case a file
+    reads differently when decoded than when measured: decoding stops at `extent.frames`, and a
+    frame larger than the measured canvas is refused.
+    """
+    for index in range(extent.frames):
+        if index:
+            try:
+                img.seek(index)
+            except EOFError:
+                return
+        if img.width > extent.width or img.height > extent.height:
+            raise _too_large(
+                param,
+                f"frame {index} is {img.width}x{img.height}, beyond the "
+                f"{extent.width}x{extent.height} its headers declared",
+                width=img.width,
+                height=img.height,
+                frames=extent.frames,
+            )
+        yield _ready_for_png(img)
+
+
+def _ready_for_png(frame: Image.Image) -> Image.Image:
+    """The decoded current frame as a new image (the source moves on to the next frame)."""
+    ready = ImageOps.exif_transpose(frame) or frame
+    if ready.mode not in _PNG_MODES:
+        has_alpha = "A" in ready.mode or "transparency" in ready.info
+        ready = ready.convert("RGBA" if has_alpha else "RGB")
+    if ready is frame:
+        ready = frame.copy()  # copy() loads (decodes) the frame
+    return ready
 
 
 async def read_image_value(services: Any, param: str, value: Any) -> bytes:

@@ -1,4 +1,4 @@
-"""The original ComfyUI-server route, kept for its clients (CONTRACT §3; docs/legacy-api.md).
+"""The original ComfyUI-server route, kept for its clients (docs/api.md §3; docs/legacy-api.md).
 
 `POST {ROUTE_PREFIX}` with `{"service_type", "client_task_id", "client_callback_url", "params"}`
 runs workflow `service_type` like `POST /tasks` does (same validation, idempotency and refusals)

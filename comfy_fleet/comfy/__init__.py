@@ -1,1 +1,1 @@
-"""ComfyUI's own protocol: what its answers and websocket frames mean."""
+"""ComfyUI's own protocol: the HTTP client, the websocket frames and the history entries."""

@@ -1,4 +1,4 @@
-"""Webhooks per CONTRACT section 5: Standard Webhooks signing, the retry policy, and one sender.
+"""Webhooks per docs/api.md section 5: Standard Webhooks signing, the retry policy, and one sender.
 
 Everything but ``WebhookSender`` is pure. The delivery loop (which task, when, which events to
 record) lives with the dispatcher; this module decides how one try looks and what it meant.

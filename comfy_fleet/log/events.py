@@ -9,7 +9,6 @@ name, never an import path. Stored events are never rewritten: a payload change 
 |-----------------------------|------------------|---------|
 | task.submitted              | ingress          | the request was accepted and durably recorded (the 202) |
 | task.dispatched             | endpoint actor   | a prompt_id was minted for this attempt and is about to be POSTed |
-| task.prompt_queued          | endpoint actor   | ComfyUI accepted the prompt (its queue number) |
 | task.started                | endpoint actor   | ComfyUI began executing the prompt |
 | task.progressed             | endpoint actor   | sampler progress (rate-limited) |
 | task.output_stored          | endpoint actor   | one output file is in S3 (or the fallback folder) |
@@ -82,7 +81,7 @@ class TaskDispatched(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class TaskPromptQueued(Event):
-    """ComfyUI answered 200 to POST /prompt."""
+    """ComfyUI answered 200 to POST /prompt. Not emitted: decoded only, should a log hold it."""
 
     TYPE: ClassVar[str] = "task.prompt_queued"
     prompt_id: str

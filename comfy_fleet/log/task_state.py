@@ -231,7 +231,7 @@ def _iso(at: datetime | None) -> str | None:
 
 
 def to_view(s: TaskState) -> dict[str, Any]:
-    """The task as the API shows it (CONTRACT §3), without presigned URLs (added per read)."""
+    """The task as the API shows it (docs/api.md §3), without presigned URLs (added per read)."""
     return {
         "task_id": s.task_id,
         "client_task_id": s.client_task_id,

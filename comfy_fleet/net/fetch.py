@@ -55,6 +55,9 @@ async def fetch_limited(
                         )
                     body = await _read_limited(response, max_bytes, parsed)
                     return body, response.headers.get("content-type")
+    except httpx.InvalidURL:
+        # httpx parses every redirect's Location, even one it does not follow.
+        raise errors.UrlForbidden(f"{parsed.redacted} redirected to a malformed URL") from None
     except (TimeoutError, httpx.TimeoutException):
         elapsed = time.monotonic() - started
         raise errors.InputRejected(

@@ -1,4 +1,4 @@
-"""Keys, roles and tenants (CONTRACT §7.1), pure: who a bearer token is, and what it may do.
+"""Keys, roles and tenants (docs/api.md §7.1), pure: who a bearer token is, and what it may do.
 
 Two roles. An **admin** (a key of `API_KEYS`, or anyone when no key is configured at all) may do
 everything. A **tenant** (a key of `TENANT_KEYS`, `<tenant>:<key>` pairs) may work with its own
@@ -25,7 +25,7 @@ from comfy_fleet import errors
 #: The tenant of tasks submitted by an admin without a `tenant`, and of tasks recorded before
 #: tenants existed.
 DEFAULT_TENANT = "default"
-#: What a tenant name may be (CONTRACT §7.1).
+#: What a tenant name may be (docs/api.md §7.1).
 TENANT_NAME = re.compile(r"[a-z0-9_-]{1,64}")
 
 
@@ -222,7 +222,7 @@ def may_access(principal: Principal, tenant: str | None) -> bool:
 
 def check_access(principal: Principal, tenant: str | None, missing: errors.NotFound) -> None:
     """Raise `missing` — the very error the caller raises for an unknown id — unless
-    `may_access`: another tenant's task answers exactly as an unknown one (CONTRACT §7.1)."""
+    `may_access`: another tenant's task answers exactly as an unknown one (docs/api.md §7.1)."""
     if not may_access(principal, tenant):
         raise missing
 

@@ -1,4 +1,4 @@
-"""FairShare: the tasks waiting in the router, and which tenant gets the next free slot (CONTRACT §7.1).
+"""FairShare: the tasks waiting in the router, and which tenant gets the next free slot (docs/api.md §7.1).
 
 Within one tenant, tasks go by `priority` (higher first), then age (`created_at`), then task id,
 as the router's single queue did. Among tenants, start-time fair queueing over dispatches:

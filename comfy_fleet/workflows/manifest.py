@@ -1,4 +1,4 @@
-"""Workflow manifests: ``<name>.toml`` beside ``<name>.json`` (CONTRACT section 4).
+"""Workflow manifests: ``<name>.toml`` beside ``<name>.json`` (docs/api.md section 4).
 
 The JSON file is a ComfyUI API-format graph; the TOML file says which request parameter is
 written into which node input, with what type and limits. Parsing checks the manifest against the

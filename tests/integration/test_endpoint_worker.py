@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from actors import endpoint as endpoint_module
-from actors.comfy_client import ComfyClient
+from comfy_fleet.comfy.client import ComfyClient
 from actors.endpoint import ACCEPTED, EndpointWorker
 from comfy_standin.knobs import FailRule
 from comfy_standin.testing import RunningStandIn, run_standin

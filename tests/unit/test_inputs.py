@@ -16,6 +16,14 @@ from comfy_fleet import errors
 from comfy_fleet import storage
 from comfy_fleet.policies.url_policy import UrlPolicy
 from serve_app import inputs
+from tests.support import image_bombs
+
+
+@pytest.fixture(autouse=True)
+def _pillow_guard_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    # normalise_image sets Pillow's process-wide guard to each test's limit; other test modules
+    # of the same run open images with Pillow's default.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
 
 
 def encoded(
@@ -106,9 +114,7 @@ def test_too_many_pixels_is_413_before_decoding() -> None:
     assert inputs.normalise_image(encoded("PNG", size=(100, 100)), max_pixels=10_000, param="image")
 
 
-def test_pillow_decompression_bomb_guard_stays_on() -> None:
-    # A header claiming more pixels than Pillow's own guard allows: refused even with our
-    # limit set higher, and without decoding anything.
+def test_a_header_over_the_limit_is_413_without_decoding() -> None:
     data = encoded("PNG", size=(1, 1))
     big = bytearray(data)
     # IHDR width/height live at bytes 16..24; patch them to 20000 x 20000 (400 MP), fix the CRC.
@@ -117,8 +123,139 @@ def test_pillow_decompression_bomb_guard_stays_on() -> None:
 
     big[16:24] = struct.pack(">II", 20000, 20000)
     big[29:33] = struct.pack(">I", zlib.crc32(bytes(big[12:29])) & 0xFFFFFFFF)
+    with pytest.raises(errors.PayloadTooLarge) as info:
+        inputs.normalise_image(bytes(big), max_pixels=10**8, param="p")
+    assert info.value.details[0]["limit"] == 10**8
+
+
+# --- animated and multi-page bombs ---------------------------------------------------------------
+
+
+@pytest.fixture
+def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make decoding a pixel of any frame fail the test: refusals must come from headers."""
+
+    def decoded(self: Image.Image, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a {self.format} frame was decoded")
+
+    from PIL import ImageFile, TiffImagePlugin, WebPImagePlugin
+
+    for cls in (ImageFile.ImageFile, TiffImagePlugin.TiffImageFile, WebPImagePlugin.WebPImageFile):
+        monkeypatch.setattr(cls, "load", decoded)
+
+
+@pytest.mark.parametrize("kind", sorted(image_bombs.BUILDERS))
+def test_frames_times_pixels_over_the_limit_is_413(kind: str) -> None:
+    # Every frame is within the limit (100 x 100 = 10000); the five frames together are not.
+    data = image_bombs.bomb(kind, 100, 100, 5)
+    with pytest.raises(errors.PayloadTooLarge) as info:
+        inputs.normalise_image(data, max_pixels=10_000, param="image")
+    assert info.value.status == 413 and info.value.code == "payload_too_large"
+    assert "params.image" in info.value.message and "5 frames" in info.value.message
+    detail = info.value.details[0]
+    assert {k: detail[k] for k in ("param", "width", "height", "frames", "limit")} == {
+        "param": "image", "width": 100, "height": 100, "frames": 5, "limit": 10_000
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "width", "height", "frames"),
+    [
+        ("gif", 6000, 6000, 256),  # 5.9 KB; 9.2 G pixels decoded
+        ("gif", 2000, 2000, 40),  # under 1 KB
+        ("apng", 6000, 6000, 256),
+        ("webp", 6000, 6000, 256),
+        ("tiff", 2000, 2000, 40),
+    ],
+)
+def test_bombs_are_refused_from_their_headers_without_decoding(
+    no_decoding: None, kind: str, width: int, height: int, frames: int
+) -> None:
+    data = image_bombs.bomb(kind, width, height, frames)
+    with pytest.raises(errors.PayloadTooLarge) as info:
+        inputs.normalise_image(data, max_pixels=40_000_000, param="image")
+    detail = info.value.details[0]
+    assert (detail["width"], detail["height"], detail["frames"]) == (width, height, frames)
+
+
+def test_more_frames_than_the_cap_is_413_after_counting_no_further() -> None:
+    data = image_bombs.gif(1, 1, 10_000)
+    with pytest.raises(errors.PayloadTooLarge) as info:
+        inputs.normalise_image(data, max_pixels=10**9, param="image")
+    assert f"more than {inputs.MAX_FRAMES} frames" in info.value.message
+    assert info.value.details[0]["frames"] == inputs.MAX_FRAMES + 1
+
+
+def test_an_apng_declaring_two_billion_frames_is_refused(no_decoding: None) -> None:
+    data = bytearray(image_bombs.apng(1, 1, 1))
+    # acTL follows the 8-byte signature and the 25-byte IHDR chunk.
+    import struct
+    import zlib
+
+    body = struct.pack(">II", 2**31 - 1, 0)
+    data[33 + 8 : 33 + 16] = body
+    data[33 + 16 : 33 + 20] = struct.pack(">I", zlib.crc32(b"acTL" + body))
     with pytest.raises(errors.PayloadTooLarge):
-        inputs.normalise_image(bytes(big), max_pixels=10**12, param="p")
+        inputs.normalise_image(bytes(data), max_pixels=10**9, param="image")
+
+
+def test_a_gif_frame_growing_the_canvas_counts_at_its_grown_size() -> None:
+    # The screen says 10x10; the third frame is 120x120, which Pillow would grow the canvas to.
+    small = image_bombs.gif(10, 10, 2)
+    grown = image_bombs.gif(10, 10, 1, frame=(0, 0, 120, 120))
+    data = small[:-1] + grown[grown.index(b"!\xf9") :]
+    with pytest.raises(errors.PayloadTooLarge) as info:
+        inputs.normalise_image(data, max_pixels=10_000, param="image")
+    assert (info.value.details[0]["width"], info.value.details[0]["frames"]) == (120, 3)
+
+
+def test_tiff_pages_count_at_the_largest_page() -> None:
+    pages = [Image.new("L", (10, 10)), Image.new("L", (90, 90))]
+    buf = io.BytesIO()
+    pages[0].save(buf, format="TIFF", save_all=True, append_images=pages[1:])
+    with pytest.raises(errors.PayloadTooLarge) as info:
+        inputs.normalise_image(buf.getvalue(), max_pixels=10_000, param="image")
+    assert (info.value.details[0]["width"], info.value.details[0]["frames"]) == (90, 2)
+
+
+def test_mpo_frames_are_counted() -> None:
+    frames = [Image.new("RGB", (100, 100), (i * 90, 0, 0)) for i in range(2)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="MPO", save_all=True, append_images=frames[1:])
+    with pytest.raises(errors.PayloadTooLarge) as info:
+        inputs.normalise_image(buf.getvalue(), max_pixels=10_000, param="image")
+    assert info.value.details[0]["frames"] == 2
+    png = inputs.normalise_image(buf.getvalue(), max_pixels=20_000, param="p")
+    out = Image.open(io.BytesIO(png))
+    assert getattr(out, "n_frames", 1) == 2
+
+
+def frames_of(data: bytes) -> list[bytes]:
+    with Image.open(io.BytesIO(data)) as img:
+        out = []
+        for i in range(getattr(img, "n_frames", 1)):
+            img.seek(i)
+            out.append(img.convert("RGBA").tobytes())
+        return out
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP", "TIFF"])
+def test_animated_inputs_within_the_limit_keep_every_frame(fmt: str) -> None:
+    frames = [Image.new("RGB", (8, 6), (40 * i, 255 - 40 * i, 7 * i)) for i in range(5)]
+    buf = io.BytesIO()
+    extra: dict[str, Any] = {"lossless": True} if fmt == "WEBP" else {}
+    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], duration=40, **extra)
+    png = inputs.normalise_image(buf.getvalue(), max_pixels=8 * 6 * 5, param="p")
+    assert Image.open(io.BytesIO(png)).format == "PNG"
+    assert frames_of(png) == frames_of(buf.getvalue())
+
+
+def test_pillow_guard_follows_the_limit() -> None:
+    inputs.normalise_image(encoded("PNG", size=(10, 10)), max_pixels=10_000, param="p")
+    assert Image.MAX_IMAGE_PIXELS == 10_000
+    # Anything else opening an image in this process is held to the same limit, as an error.
+    with pytest.raises(Image.DecompressionBombWarning):
+        Image.open(io.BytesIO(encoded("PNG", size=(101, 100))))
 
 
 def test_input_key() -> None:

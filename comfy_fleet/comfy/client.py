@@ -1,4 +1,4 @@
-"""ComfyClient: the HTTP side of one ComfyUI server (the websocket lives in the endpoint actor).
+"""ComfyClient: the HTTP side of one ComfyUI server (the websocket frames are read by `frames`).
 
 Every method translates transport problems exactly once: a refused or dropped connection, a
 timeout or a 5xx is `errors.EndpointUnavailable` (retryable elsewhere; `details["connect"]` is
