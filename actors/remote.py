@@ -11,6 +11,7 @@ workers decide from the log with optimistic concurrency.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -21,6 +22,8 @@ from comfy_fleet import storage
 from comfy_fleet.delivery import webhooks
 from comfy_fleet.config import Endpoint, Settings, parse_endpoint
 from comfy_fleet.log.postgres import PostgresEventLog
+from comfy_fleet.net import fleet_refresher
+from comfy_fleet.policies import fleet_addresses
 from comfy_fleet.policies.url_policy import UrlPolicy
 
 NAMESPACE = "comfy-fleet"
@@ -112,6 +115,22 @@ class WebhookPortOverRay:
         # Fire and forget: the log's notice and the outbox scan cover a lost call.
         self._handle().tasks_ended.remote([task_id])
 
+    async def fleet_add(self, endpoint: str) -> None:
+        await self._handle().fleet_add.remote(endpoint)
+
+
+async def router_endpoint_names() -> list[str]:
+    """The endpoints the router knows (configured, discovered, added; draining ones too)."""
+    stats = await ray.get_actor(ROUTER_NAME, namespace=NAMESPACE).stats.remote()
+    return fleet_refresher.endpoint_names(stats)
+
+
+def tell_webhooks_fleet_add(endpoint: str) -> None:
+    """Fire and forget: the webhook actor denies ``endpoint`` before it gets its first task
+    (its refresher would learn it within a second anyway)."""
+    with contextlib.suppress(Exception):
+        ray.get_actor(WEBHOOKS_NAME, namespace=NAMESPACE).fleet_add.remote(endpoint)
+
 
 class EndpointHandleOverRay:
     def __init__(self, name: str) -> None:
@@ -197,10 +216,17 @@ class RouterActor(_Lazy):
         from actors.router import Router
 
         settings = self.settings
+
+        def factory(name: str, labels: list[str]) -> EndpointHandleOverRay:
+            # Every endpoint (configured, discovered, added) joins the webhooks' URL policy
+            # before it can run a task whose callback could point at it.
+            tell_webhooks_fleet_add(name)
+            return start_endpoint_actor(settings, name, labels)
+
         router = Router(
             settings=settings,
             log=await PostgresEventLog.connect(settings.database_url or "", max_size=4),
-            factory=lambda name, labels: start_endpoint_actor(settings, name, labels),
+            factory=factory,
             destroy=stop_endpoint_actor,
             configured={name: list(labels) for name, labels in self.endpoints},
             discover=(lambda: discover_endpoints(settings)) if settings.comfyui_discovery else None,
@@ -271,7 +297,12 @@ class WebhookActor(_Lazy):
 
         s = self.settings
         store = await make_store(s)
-        policy = UrlPolicy.from_settings(s, extra_deny_hosts=self.extra_deny_hosts)
+        # One fleet, kept current from the router's endpoint list (and fleet_add).
+        self.fleet = fleet_addresses.for_settings(s)
+        policy = UrlPolicy.from_settings(s, extra_deny_hosts=self.extra_deny_hosts, fleet=self.fleet)
+        self.refresher = fleet_refresher.FleetRefresher(self.fleet, router_endpoint_names)
+        await self.refresher.refresh()
+        self.refresher.start()
 
         async def body(state: Any) -> dict[str, Any]:
             if state.origin == "legacy":
@@ -297,6 +328,12 @@ class WebhookActor(_Lazy):
 
     async def tasks_ended(self, task_ids: list[str]) -> None:
         await (await self.inner()).tasks_ended(task_ids)
+
+    async def fleet_add(self, endpoint: str) -> None:
+        """An endpoint joins the fleet: deny it to webhooks now."""
+        await self.inner()
+        with contextlib.suppress(ValueError):
+            self.fleet.add(endpoint)
 
     async def stats(self) -> dict[str, Any]:
         return await (await self.inner()).stats()  # type: ignore[no-any-return]

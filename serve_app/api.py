@@ -28,6 +28,7 @@ from comfy_fleet import errors, views
 from comfy_fleet.log import events, task_state
 from comfy_fleet.config import Settings
 from comfy_fleet.log.task_state import TaskState
+from comfy_fleet.policies import fleet_addresses
 from serve_app import schemas, submission
 from serve_app.services import Services
 
@@ -325,17 +326,35 @@ def create_app(settings: Settings, build_services: Callable[[], Awaitable[Servic
 
     @api.post("/endpoints", status_code=201, summary="Add a ComfyUI endpoint at run time")
     async def add_endpoint(body: schemas.AddEndpoint) -> Response:
+        from comfy_fleet.comfy import probe
         from comfy_fleet.config import parse_endpoint
 
+        s = svc()
         try:
             ep = parse_endpoint(body.endpoint, "endpoint")
         except errors.ConfigError as exc:
             raise errors.InvalidRequest(str(exc)) from None
-        return JSON(await svc().router.add_endpoint(ep.name, body.labels), status_code=201)
+        fleet = s.url_policy.fleet
+        # Nothing recorded for what the URL policy refuses or what does not answer as a ComfyUI.
+        await probe.check_endpoint(
+            ep.host, ep.port, fleet.current if fleet else fleet_addresses.FleetSnapshot(),
+            scheme=ep.scheme,
+        )
+        # Denied to callbacks and image URLs before it can run anything: here, in the webhook
+        # actor (the router tells it too), in other replicas at their next refresh.
+        if fleet is not None:
+            fleet.add(ep.name)
+        await s.webhooks.fleet_add(ep.name)
+        result = await s.router.add_endpoint(ep.name, body.labels)
+        await _refresh_fleet(s)
+        return JSON(result, status_code=201)
 
     @api.delete("/endpoints/{endpoint}", status_code=202, summary="Drain and remove an endpoint")
     async def remove_endpoint(endpoint: str) -> Response:
-        return JSON(await svc().router.remove_endpoint(endpoint), status_code=202)
+        s = svc()
+        result = await s.router.remove_endpoint(endpoint)
+        await _refresh_fleet(s)
+        return JSON(result, status_code=202)
 
     # --- health -----------------------------------------------------------------------------
 
@@ -372,6 +391,11 @@ def create_app(settings: Settings, build_services: Callable[[], Awaitable[Servic
 
     app.include_router(api)
     return app
+
+
+async def _refresh_fleet(s: Services) -> None:
+    if s.fleet_refresher is not None:
+        await s.fleet_refresher.refresh()
 
 
 async def _append_final(s: Services, task_id: str, event: events.Event) -> TaskState:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from comfy_fleet import storage
 from comfy_fleet.config import Settings
 from comfy_fleet.log.event_log import EventLog
+from comfy_fleet.net.fleet_refresher import FleetRefresher
 from comfy_fleet.policies.url_policy import UrlPolicy
 from comfy_fleet.workflows.registry import WorkflowRegistry
 
@@ -31,6 +32,7 @@ class RouterClient(Protocol):
 
 class WebhookClient(Protocol):
     async def task_ended(self, task_id: str) -> None: ...
+    async def fleet_add(self, endpoint: str) -> None: ...
 
 
 @dataclass
@@ -44,9 +46,13 @@ class Services:
     url_policy: UrlPolicy
     #: tasks waiting in the router as of the last answer from it (admission control)
     waiting_estimate: int = 0
+    #: keeps ``url_policy.fleet`` in step with the router's endpoints (None: a fixed fleet)
+    fleet_refresher: FleetRefresher | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     async def close(self) -> None:
+        if self.fleet_refresher is not None:
+            await self.fleet_refresher.stop()
         await self.log.close()
         if self.store is not None:
             await self.store.close()
