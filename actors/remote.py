@@ -24,6 +24,8 @@ from actors import ports
 from comfy_fleet.config import Endpoint, Settings, parse_endpoint
 from comfy_fleet.delivery import webhooks
 from comfy_fleet.log.postgres import PostgresEventLog
+from comfy_fleet.net import fleet_refresher
+from comfy_fleet.policies import fleet_addresses
 from comfy_fleet.policies.url_policy import UrlPolicy
 from comfy_fleet import storage
 
@@ -209,10 +211,16 @@ async def build_router(settings: Settings, endpoints: list[tuple[str, list[str]]
     """The router and its dependencies, started (it rebuilds its queue from the log)."""
     from actors.router import Router
 
+    def factory(name: str, labels: list[str]) -> ports.EndpointApi:
+        # Every endpoint (configured, discovered, added) joins the webhooks' URL policy before
+        # it can run a task whose callback could point at it.
+        tell_webhooks_fleet_add(name)
+        return start_endpoint_actor(settings, name, labels)
+
     router = Router(
         settings=settings,
         log=await connect_log(settings),
-        factory=lambda name, labels: start_endpoint_actor(settings, name, labels),
+        factory=factory,
         destroy=stop_endpoint_actor,
         configured={name: list(labels) for name, labels in endpoints},
         discover=(lambda: discover_endpoints(settings)) if settings.comfyui_discovery else None,
@@ -228,7 +236,9 @@ async def build_webhooks(settings: Settings, extra_deny_hosts: list[str]) -> Any
 
     s = settings
     store = await make_store(s)
-    policy = UrlPolicy.from_settings(s, extra_deny_hosts=extra_deny_hosts)
+    # One fleet, kept current from the router's endpoint list (and fleet_add).
+    fleet = fleet_addresses.for_settings(s)
+    policy = UrlPolicy.from_settings(s, extra_deny_hosts=extra_deny_hosts, fleet=fleet)
 
     async def body(state: Any) -> dict[str, Any]:
         if state.origin == "legacy":
@@ -246,9 +256,25 @@ async def build_webhooks(settings: Settings, extra_deny_hosts: list[str]) -> Any
         body_builder=body,
         max_in_flight=s.webhook_max_in_flight,
         max_per_receiver=s.webhook_max_per_receiver,
+        fleet=fleet,
+        fleet_refresher=fleet_refresher.FleetRefresher(fleet, router_endpoint_names),
     )
     await dispatcher.start()
     return dispatcher
+
+
+async def router_endpoint_names() -> list[str]:
+    """The endpoints the router knows (configured, discovered, added; draining ones too)."""
+    return fleet_refresher.endpoint_names(await router_port().stats())
+
+
+def tell_webhooks_fleet_add(endpoint: str) -> None:
+    """Fire and forget: the webhook actor denies `endpoint` before it gets its first task
+    (its refresher would learn of it within a second anyway)."""
+    try:
+        ray.get_actor(WEBHOOKS_NAME, namespace=NAMESPACE).fleet_add.remote(endpoint)
+    except Exception:  # not started yet: it reads the router's list when it starts
+        log.debug("webhooks not told of %s", endpoint, exc_info=True)
 
 
 def _node_id(self: Any) -> str:

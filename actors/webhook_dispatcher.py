@@ -16,6 +16,7 @@ carry the same `webhook-id` (derived from the seq of the final event).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -30,6 +31,8 @@ from comfy_fleet.log import event_log, events, task_state
 from comfy_fleet.delivery import webhooks
 from comfy_fleet.delivery.slots import UNKNOWN, DeliverySlots, receiver_of
 from comfy_fleet.log.task_state import TaskState
+from comfy_fleet.net.fleet_refresher import FleetRefresher
+from comfy_fleet.policies.fleet_addresses import FleetAddresses
 
 log = logging.getLogger("comfy_fleet.webhooks")
 
@@ -66,8 +69,13 @@ class WebhookDispatcher:
         rng: random.Random | None = None,
         max_in_flight: int = 256,
         max_per_receiver: int = 64,
+        fleet: FleetAddresses | None = None,
+        fleet_refresher: FleetRefresher | None = None,
     ) -> None:
         self.log = log
+        #: the fleet the sender's URL policy denies, kept current by `fleet_refresher`
+        self.fleet = fleet
+        self.fleet_refresher = fleet_refresher
         self.sender = sender
         self.policy = policy
         self.key = webhooks.parse_secret(secret) if secret else None
@@ -88,6 +96,9 @@ class WebhookDispatcher:
         if self._started:
             return
         self._started = True
+        if self.fleet_refresher is not None:
+            await self.fleet_refresher.refresh()
+            self.fleet_refresher.start()
         await self.log.listen_ended(self._on_ended, self._catch_up)
         task = asyncio.create_task(self._scan_loop())
         self._bg.add(task)
@@ -108,6 +119,8 @@ class WebhookDispatcher:
             timer.cancel()
         for t in [*self._bg, *self.active.values()]:
             t.cancel()
+        if self.fleet_refresher is not None:
+            await self.fleet_refresher.stop()
         await self.sender.aclose()
 
     async def task_ended(self, task_id: str) -> None:
@@ -119,6 +132,13 @@ class WebhookDispatcher:
         await self.start()
         for task_id in task_ids:
             self._ensure(task_id)
+
+    async def fleet_add(self, endpoint: str) -> None:
+        """An endpoint joins the fleet: callbacks to it are denied from now on (the refresher
+        would learn of it within a second; this closes that second)."""
+        if self.fleet is not None:
+            with contextlib.suppress(ValueError):
+                self.fleet.add(endpoint)
 
     async def stats(self) -> dict[str, Any]:
         """`active`: deliveries running now; `waiting`: ids waiting for a slot; `backoff`:

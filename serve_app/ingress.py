@@ -12,6 +12,8 @@ from ray import serve
 from actors import ports, remote
 from comfy_fleet import errors
 from comfy_fleet.config import Settings
+from comfy_fleet.net import fleet_refresher
+from comfy_fleet.policies import fleet_addresses
 from comfy_fleet.policies.url_policy import UrlPolicy
 from comfy_fleet.workflows.registry import WorkflowRegistry
 from serve_app import api
@@ -53,14 +55,25 @@ async def build_services(settings: Settings, extra_deny_hosts: list[str]) -> Ser
     registry, problems = WorkflowRegistry.load(settings.workflows_dir)
     for problem in problems:
         log.error("workflow not served: %s", problem.message)
+    router = cast(ports.RouterApi, RouterClientOverRay())
+    # This replica's view of the fleet, for callbacks and image URLs: the router's endpoint
+    # list re-read every second, and at once after POST/DELETE /endpoints here.
+    fleet = fleet_addresses.for_settings(settings)
+
+    async def endpoint_names() -> list[str]:
+        return fleet_refresher.endpoint_names(await router.stats())
+
+    refresher = fleet_refresher.FleetRefresher(fleet, endpoint_names)
+    refresher.start()
     services = Services(
         settings=settings,
         log=await remote.connect_log(settings, max_size=8),
         store=await remote.make_store(settings),
         registry=registry,
-        router=cast(ports.RouterApi, RouterClientOverRay()),
+        router=router,
         webhooks=remote.webhooks_port(),
-        url_policy=UrlPolicy.from_settings(settings, extra_deny_hosts=extra_deny_hosts),
+        url_policy=UrlPolicy.from_settings(settings, extra_deny_hosts=extra_deny_hosts, fleet=fleet),
+        fleet_refresher=refresher,
     )
     services.background.add(asyncio.create_task(_refresh_waiting(services)))
     return services

@@ -15,6 +15,7 @@ from actors import ports
 from comfy_fleet import storage
 from comfy_fleet.config import Settings
 from comfy_fleet.log.event_log import EventLog
+from comfy_fleet.net.fleet_refresher import FleetRefresher
 from comfy_fleet.policies.url_policy import UrlPolicy
 from comfy_fleet.workflows.registry import WorkflowRegistry
 
@@ -30,6 +31,8 @@ class Services:
     url_policy: UrlPolicy
     #: tasks waiting in the router as of the last answer from it (admission control)
     waiting_estimate: int = 0
+    #: keeps ``url_policy.fleet`` in step with the router's endpoints (None: a fixed fleet)
+    fleet_refresher: FleetRefresher | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     #: the replica's own loops (the waiting estimate's refresh), cancelled by `close`
     background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -37,6 +40,8 @@ class Services:
     async def close(self) -> None:
         for task in self.background:
             task.cancel()
+        if self.fleet_refresher is not None:
+            await self.fleet_refresher.stop()
         await self.log.close()
         if self.store is not None:
             await self.store.close()

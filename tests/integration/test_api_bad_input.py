@@ -72,6 +72,9 @@ class FakeWebhooks:
     async def task_ended(self, task_id: str) -> None:
         return None
 
+    async def fleet_add(self, endpoint: str) -> None:
+        return None
+
 
 @dataclass
 class Api:
