@@ -3,7 +3,8 @@
 `import_path: serve_app.app:app` in serve_config.yaml. Serve calls `app(args)` in a task on the
 cluster, on any node: the settings are that node's environment (ray_cluster.yaml sources the
 secrets file before `ray start`) overlaid with the config's `args`. `make run` does not come
-through here; it starts the same parts through `serve_app.launcher`.
+through here: it starts a local Ray (comfy_fleet_devstack.launch) and deploys through the same
+`serve_app.deploy`.
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ def app(args: dict[str, str]) -> Any:
     actors, and return the ingress application. Safe to run again: migrations are recorded,
     the bucket check is idempotent and the actors are looked up by name (get_if_exists)."""
     from actors import remote
-    from serve_app import launcher
+    from serve_app import deploy
     from serve_app.ingress import build_app
 
     settings = settings_from_args(args, os.environ)
-    applied = launcher.migrate_database(settings)
+    applied = deploy.migrate_database(settings)
     log.info("database ready (%d migration(s) applied)", len(applied))
-    launcher.ensure_bucket(settings)
-    # As in launcher.start_service: webhooks may never target a ComfyUI host.
+    deploy.ensure_bucket(settings)
+    # As in deploy.start_service: webhooks may never target a ComfyUI host.
     deny = [e.name for e in settings.comfyui_endpoints]
     remote.deploy_fleet(settings, deny)
     return build_app(settings, deny)

