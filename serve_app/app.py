@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from comfy_fleet import errors
 from comfy_fleet.config import Settings
 
 log = logging.getLogger("comfy_fleet.app")
@@ -35,14 +36,28 @@ def _as_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def require_token_auth(environ: Mapping[str, str]) -> None:
+    """A cluster runs with Ray's token authentication: every Serve replica opens a gRPC server
+    on all of its node's addresses, and Ray's token is the only check before its handler
+    unpickles what it is sent. ConfigError unless RAY_AUTH_MODE=token (deploy/ray-node.env)."""
+    mode = environ.get("RAY_AUTH_MODE", "")
+    if mode.lower() != "token":
+        raise errors.ConfigError(
+            f"RAY_AUTH_MODE={mode or '(unset)'}: comfy-fleet on a cluster needs Ray's token "
+            "authentication (RAY_AUTH_MODE=token on every node, see deploy/ray-node.env)"
+        )
+
+
 def app(args: dict[str, str]) -> Any:
     """Migrate the database, make sure the bucket exists, create (or find) the fleet's detached
     actors, and return the ingress application. Safe to run again: migrations are recorded,
-    the bucket check is idempotent and the actors are looked up by name (get_if_exists)."""
+    the bucket check is idempotent and the actors are looked up by name (get_if_exists).
+    Refuses (ConfigError) on a Ray without token authentication."""
     from actors import remote
     from serve_app import deploy
     from serve_app.ingress import build_app
 
+    require_token_auth(os.environ)
     settings = settings_from_args(args, os.environ)
     applied = deploy.migrate_database(settings)
     log.info("database ready (%d migration(s) applied)", len(applied))

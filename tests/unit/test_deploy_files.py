@@ -9,6 +9,7 @@ import copy
 import importlib
 import inspect
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -313,3 +314,21 @@ def test_cluster_nodes_and_a_local_ray_both_take_http_through_haproxy() -> None:
     assert len(local["RAY_SERVE_HAPROXY_SOCKET_PATH"]) + 57 <= 97
     off = launch.ingress_env(Settings.from_env({"INGRESS_PROXY": "serve"}, dotenv=REPO_ROOT / "no.env"))
     assert off == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+
+
+def test_cluster_nodes_run_haproxy_through_the_guard_and_require_ray_tokens() -> None:
+    from comfy_fleet import errors
+
+    values = dict(
+        line.split("=", 1) for line in RAY_NODE_ENV.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
+    assert values["RAY_AUTH_MODE"] == "token"
+    script = REPO_ROOT / "deploy" / "haproxy"
+    assert values["RAY_SERVE_HAPROXY_BINARY_PATH"] == "$HOME/comfy-fleet/deploy/haproxy"
+    assert os.access(script, os.X_OK)
+    assert "-m serve_app.haproxy_guard" in script.read_text() and "--side-host 127.0.0.1" in script.read_text()
+    app_module.require_token_auth({"RAY_AUTH_MODE": "token"})
+    for environ in ({}, {"RAY_AUTH_MODE": "disabled"}):
+        with pytest.raises(errors.ConfigError, match="RAY_AUTH_MODE"):
+            app_module.require_token_auth(environ)
