@@ -51,6 +51,9 @@ class _Signals:
     def __init__(self) -> None:
         self.serving = False
         self.stop = threading.Event()
+        self.install()
+
+    def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
 
@@ -90,6 +93,7 @@ def main() -> None:
     settings = _checked_settings()
     data_dir = Path(os.environ.get("DATA_DIR") or REPO_ROOT / "data").resolve()
     reaper.become_subreaper()
+    _stop_with_make()
     if not settings.ray_address:
         token = ray_token.enable(data_dir)
         say(f"Ray: token authentication on, token in {ray_token.hint(token)}")
@@ -120,6 +124,18 @@ def main() -> None:
     sys.exit(code)
 
 
+def _stop_with_make() -> None:
+    """Under `make run`, a signal to make's process alone (not its group) ends make and
+    would leave this process serving: SIGTERM here when make goes, so it stops as well."""
+    parent = os.getppid()
+    try:
+        name = Path(f"/proc/{parent}/comm").read_text().strip()
+    except OSError:
+        return
+    if name in ("make", "gmake") and reaper.die_with_parent(signal.SIGTERM) and os.getppid() != parent:
+        sys.exit("comfy-fleet: make has stopped")  # it went before the signal was armed
+
+
 def _fork_driver(settings: Settings, haproxy_dir: str) -> int:
     """Fork the Ray driver; returns its pid. The child never returns."""
     sys.stdout.flush()
@@ -148,6 +164,7 @@ def _drive(settings: Settings, haproxy_dir: str) -> int:
         say(f"database ready ({len(applied)} migration(s) applied)")
         launch.deploy.ensure_bucket(settings)
         launch.init_ray(settings, dashboard=True, haproxy_dir=haproxy_dir)
+        signals.install()  # ray.init() puts its own SIGTERM handler (sys.exit) in their place
         url = launch.deploy.start_service(settings)
         say(f"API on {url} (docs: http://{settings.service_host}:{settings.service_port}/docs)")
         say(f"Ray dashboard on http://{_dashboard_url()}")
