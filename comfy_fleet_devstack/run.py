@@ -81,7 +81,8 @@ def _checked_settings() -> Settings:
     taken = launch.port_holder(settings.service_host, settings.service_port)
     if taken:
         sys.exit(
-            f"comfy-fleet: port {settings.service_port} on {settings.service_host} is taken ({taken}): "
+            f"comfy-fleet: port {settings.service_port} on {settings.service_host} "
+            f"is taken ({taken}): "
             "stop what holds it, or set SERVICE_PORT"
         )
     return settings
@@ -132,7 +133,8 @@ def _stop_with_make() -> None:
         name = Path(f"/proc/{parent}/comm").read_text().strip()
     except OSError:
         return
-    if name in ("make", "gmake") and reaper.die_with_parent(signal.SIGTERM) and os.getppid() != parent:
+    armed = name in ("make", "gmake") and reaper.die_with_parent(signal.SIGTERM)
+    if armed and os.getppid() != parent:
         sys.exit("comfy-fleet: make has stopped")  # it went before the signal was armed
 
 

@@ -32,7 +32,9 @@ SIDE_SECTIONS = ("listen stats", "frontend prometheus")
 _BIND = re.compile(r"^(\s*)bind\s+(\S+)(.*)$")
 
 
-def harden(config: str, side_host: str, http_request_timeout_s: int = HTTP_REQUEST_TIMEOUT_S) -> str:
+def harden(
+    config: str, side_host: str, http_request_timeout_s: int = HTTP_REQUEST_TIMEOUT_S
+) -> str:
     """The HAProxy configuration `config` with the side sections bound to `side_host` and a
     `timeout http-request` in `defaults`. Idempotent."""
     has_timeout = re.search(r"^\s*timeout\s+http-request\b", config, re.M) is not None

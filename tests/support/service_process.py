@@ -74,7 +74,8 @@ class Service:
         url = f"http://127.0.0.1:{self.port}/api/v1/readyz"
         while True:
             if self.proc.poll() is not None:
-                raise AssertionError(f"the service exited ({self.proc.returncode}):\n{self.output()[-4000:]}")
+                code = self.proc.returncode
+                raise AssertionError(f"the service exited ({code}):\n{self.output()[-4000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url, timeout=2).status_code == 200:
                     return
@@ -128,9 +129,10 @@ def _pids() -> list[int]:
 
 def cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
 def processes(service: Service) -> dict[int, str]:
@@ -233,7 +235,9 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def wait_stopped(service: Service, snapshot: dict[int, str], timeout: float = 30.0) -> dict[int, str]:
+def wait_stopped(
+    service: Service, snapshot: dict[int, str], timeout: float = 30.0
+) -> dict[int, str]:
     """Wait up to `timeout` for every process of `snapshot` to end and the API port to be free;
     returns what is still alive then (empty: a clean stop)."""
     deadline = time.monotonic() + timeout

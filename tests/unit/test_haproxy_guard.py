@@ -38,7 +38,8 @@ def test_a_request_head_timeout_is_added_once() -> None:
 
 
 def test_a_timeout_ray_already_set_is_kept() -> None:
-    config = RENDERED.replace("    timeout client 3600s\n", "    timeout client 3600s\n    timeout http-request 30s\n")
+    client = "    timeout client 3600s\n"
+    config = RENDERED.replace(client, client + "    timeout http-request 30s\n")
     out = haproxy_guard.harden(config, "::1")
     assert out.count("timeout http-request") == 1 and "timeout http-request 30s" in out
     assert "  bind [::1]:8404" in out.splitlines()
