@@ -8,7 +8,8 @@ LOCK_VENV := .venv-lock
 PIP_TOOLS_VERSION := 7.7.0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
-export RAY_AUTH_MODE := disabled
+# The tests' own Ray runs without a token; `make run` turns Ray's token authentication on.
+test test-unit bench: export RAY_AUTH_MODE := disabled
 
 .PHONY: run test test-unit install lock migrate rebuild reupload bench clean
 
@@ -33,7 +34,7 @@ lock:
 		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) -o requirements.lock pyproject.toml clients/python/pyproject.toml
 
 run: install
-	$(PY) -m serve_app.main
+	$(PY) -m comfy_fleet_devstack.run
 
 test: install
 	$(PY) -m pytest
