@@ -8,20 +8,22 @@ LOCK_VENV := .venv-lock
 PIP_TOOLS_VERSION := 7.7.0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
-export RAY_AUTH_MODE := disabled
+# The tests' own Ray runs without a token; `make run` turns Ray's token authentication on.
+test test-unit bench: export RAY_AUTH_MODE := disabled
 
 .PHONY: run test test-unit install lock migrate rebuild reupload bench clean
 
 install: $(STAMP)
 
 # Everything installed is pinned by version and wheel hash in requirements.lock (made by `make lock`
-# from pyproject.toml, dev extra included, for Python 3.11 on Linux x86_64); the project itself is
-# then installed on top without resolving anything.
-$(STAMP): pyproject.toml requirements.lock
+# from pyproject.toml and clients/python, dev extra included, for Python 3.11 on Linux x86_64); the
+# project and its Python client (clients/python) are then installed on top without resolving anything.
+$(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "comfy-fleet needs Python 3.11 or newer")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "python venv is missing: apt-get install python3-venv"; exit 1; }
 	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet --no-deps -e clients/python
 	@touch $(STAMP)
 
 # Regenerates requirements.lock after a change to pyproject.toml's dependencies. Pins already in the
@@ -29,10 +31,10 @@ $(STAMP): pyproject.toml requirements.lock
 lock:
 	@test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet pip-tools==$(PIP_TOOLS_VERSION); }
 	$(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --extra dev --strip-extras --allow-unsafe \
-		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) -o requirements.lock pyproject.toml
+		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) -o requirements.lock pyproject.toml clients/python/pyproject.toml
 
 run: install
-	$(PY) -m serve_app.main
+	$(PY) -m comfy_fleet_devstack.run
 
 test: install
 	$(PY) -m pytest

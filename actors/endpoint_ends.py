@@ -15,7 +15,6 @@ from comfy_fleet import errors
 from comfy_fleet.comfy import history
 from comfy_fleet.comfy.client import ComfyClient
 from comfy_fleet.log import events
-from comfy_fleet.log.coalescer import Coalescer
 from comfy_fleet.prompts import decisions
 from comfy_fleet.prompts.inflight import InflightPrompt, InflightTable, Phase
 from comfy_fleet.prompts.janitor import HostJanitor
@@ -32,8 +31,6 @@ Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 
 class RouterPort(Protocol):
     async def endpoint_status(self, name: str, status: dict[str, Any]) -> None: ...
-    async def task_finished_many(self, name: str, task_ids: list[str]) -> None: ...
-    async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None: ...
 
 
 def ctx(endpoint: str, task_id: str, prompt_id: str | None, **more: Any) -> dict[str, Any]:
@@ -63,12 +60,8 @@ class PromptEnds:
         self.janitor = janitor
         self.router = router
         self.spawn = spawn
-        # Tasks let go of without recording their end, batched into one actor call (see
-        # comfy_fleet/log/coalescer). An end we record needs no call: the append notifies the
-        # router and the webhook dispatcher through the log (EventLog.listen_ended).
-        self.finished: Coalescer[str] = Coalescer(
-            lambda ids: router.task_finished_many(name, ids)
-        )
+        # No call tells the router a slot is free: every end and requeue is a notice of the log
+        # (tasks_ended_v1, tasks_queued_v1), whoever recorded it.
 
     # --- while it runs ----------------------------------------------------------------------
 
@@ -172,11 +165,8 @@ class PromptEnds:
         self, task_id: str, prompt_id: str, inputs: list[dict[str, Any]],
         entry: dict[str, Any] | None, *, ended: bool,
     ) -> None:
-        """The prompt is no longer ours: when the end was not ours to record (another
-        writer's, or the task moved on), tell the router our slot is free ourselves; then
-        clean the host."""
-        if not ended:
-            self.finished.add(task_id)
+        """The prompt is no longer ours: clean the host. (Whoever recorded the end, the log's
+        notice frees the router's slot.)"""
         self.spawn(self.janitor.after_end(prompt_id, inputs, entry))
 
     async def fail(
@@ -226,9 +216,5 @@ class PromptEnds:
             self.spawn(self.janitor.remove_uploads(list(state.inputs)))
         if new and isinstance(new[0], events.TaskRequeued):
             log.warning("task requeued: %s", reason, extra=ctx(self.name, task_id, prompt_id))
-            await safe(
-                self.router.task_requeued(task_id, state.priority, state.created_at.timestamp())
-            )
-            self.finished.add(task_id)
         elif new:
             self.ended(task_id)

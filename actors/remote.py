@@ -1,9 +1,12 @@
-"""The only Ray declarations: actor names, namespace, restart policy, and thin shells.
+"""The only Ray declarations: actor names, namespace, restart policy, the shells and the ports.
 
-Each shell builds its plain async worker lazily on its first call (Ray actors' constructors are
-synchronous; the worker needs an asyncpg pool and an S3 client), so a restarted actor rebuilds
-itself from the log on the first call that reaches it. The router's heartbeat calls every
-endpoint each second, which is also what brings a restarted endpoint back to work.
+Each actor has one protocol (`actors/ports.py`). Its shell is made from it: every method of the
+protocol forwards to the plain async worker, which the shell builds lazily on its first call
+(Ray actors' constructors are synchronous; the worker needs an asyncpg pool and an S3 client)
+with the actor's one factory of dependencies (`build_endpoint`, `build_router`,
+`build_webhooks`), so a restarted actor rebuilds itself from the log on the first call that
+reaches it. The router's heartbeat calls every endpoint each second, which is also what brings a
+restarted endpoint back to work. Callers reach an actor through `port(name, protocol)`.
 Methods are at-most-once (no task retries): every method is safe to call again because the
 workers decide from the log with optimistic concurrency.
 """
@@ -12,16 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import ray
 
-from comfy_fleet import storage
-
-from comfy_fleet.delivery import webhooks
+from actors import ports
 from comfy_fleet.config import Endpoint, Settings, parse_endpoint
+from comfy_fleet.delivery import webhooks
 from comfy_fleet.log.postgres import PostgresEventLog
+from comfy_fleet.net import fleet_refresher
+from comfy_fleet.policies import fleet_addresses
 from comfy_fleet.policies.url_policy import UrlPolicy
+from comfy_fleet import storage
 
 NAMESPACE = "comfy-fleet"
 ROUTER_NAME = "router"
@@ -33,13 +39,83 @@ HEAD_ONLY = {"node:__internal_head__": 0.001}
 
 log = logging.getLogger("comfy_fleet.remote")
 
+P = TypeVar("P")
+
 
 def endpoint_actor_name(endpoint: str) -> str:
     return ENDPOINT_PREFIX + endpoint
 
 
+# --- dependencies: the one place each is set up ---------------------------------------------
+
+
+async def connect_log(settings: Settings, *, max_size: int = 4) -> PostgresEventLog:
+    """The event log of the actors and the ingress (each its own pool of `max_size`)."""
+    return await PostgresEventLog.connect(settings.database_url or "", max_size=max_size)
+
+
 async def make_store(settings: Settings) -> storage.S3BlobStore:
     return await storage.S3BlobStore.from_settings(settings)
+
+
+# --- calling an actor -------------------------------------------------------------------------
+
+
+def _methods(protocol: type) -> list[str]:
+    """The public methods of an actor's protocol: what its shell and its port offer."""
+    return [m for m, f in vars(protocol).items() if callable(f) and not m.startswith("_")]
+
+
+class _ActorPort:
+    """A named actor through its protocol: `await port.m(*args)` is `await handle.m.remote(*args)`.
+    Methods in `fire_and_forget` are sent without waiting for their end (notices whose loss
+    the log covers). The handle is looked up on first use (the actor may start later)."""
+
+    def __init__(
+        self, actor_name: str, methods: list[str], fire_and_forget: frozenset[str] = frozenset()
+    ) -> None:
+        self.actor_name = actor_name
+        self._methods = frozenset(methods)
+        self._fire_and_forget = fire_and_forget
+        self._h: Any = None
+
+    def _handle(self) -> Any:
+        if self._h is None:
+            self._h = ray.get_actor(self.actor_name, namespace=NAMESPACE)
+        return self._h
+
+    def __getattr__(self, method: str) -> Callable[..., Awaitable[Any]]:
+        if method not in self._methods:
+            raise AttributeError(f"{self.actor_name}: no method {method!r} in its protocol")
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            ref = getattr(self._handle(), method).remote(*args, **kwargs)
+            if method in self._fire_and_forget:
+                return None
+            return await ref
+
+        return call
+
+
+def port(actor_name: str, protocol: type[P], *, fire_and_forget: frozenset[str] = frozenset()) -> P:
+    """The named actor, typed on its protocol (`actors/ports.py`)."""
+    return cast(P, _ActorPort(actor_name, _methods(protocol), fire_and_forget))
+
+
+def router_port() -> ports.RouterApi:
+    return port(ROUTER_NAME, ports.RouterApi)
+
+
+def webhooks_port() -> ports.WebhookApi:
+    # A task end's notice is fire and forget: the log's notice and the outbox scan cover a lost call.
+    return port(WEBHOOKS_NAME, ports.WebhookApi, fire_and_forget=frozenset({"task_ended", "tasks_ended"}))
+
+
+def endpoint_port(name: str) -> ports.EndpointApi:
+    return port(endpoint_actor_name(name), ports.EndpointApi)
+
+
+# --- the shells -------------------------------------------------------------------------------
 
 
 class _Lazy:
@@ -77,232 +153,159 @@ class _Lazy:
                 delay = min(delay * 2, 10.0)
 
 
-# --- ports over actor handles ---------------------------------------------------------------
+def _forward(name: str) -> Callable[..., Awaitable[Any]]:
+    async def forward(self: _Lazy, *args: Any, **kwargs: Any) -> Any:
+        return await getattr(await self.inner(), name)(*args, **kwargs)
+
+    forward.__name__ = name
+    return forward
 
 
-class RouterPortOverRay:
-    def __init__(self) -> None:
-        self._h: Any = None
+def _shell(
+    name: str, protocol: type, build: Callable[..., Awaitable[Any]], *, eager: bool,
+    doc: str, extra: dict[str, Any] | None = None,
+) -> type:
+    """An actor class that only wraps: each method of `protocol` forwards to the worker that
+    `build(*constructor args)` makes. `eager`: build at start (from an `async def __init__`)
+    rather than on the first call, for actors whose work comes from the log's notices."""
+    methods = _methods(protocol)
 
-    def _handle(self) -> Any:
-        if self._h is None:
-            self._h = ray.get_actor(ROUTER_NAME, namespace=NAMESPACE)
-        return self._h
+    if eager:
+        async def __init__(self: _Lazy, *args: Any) -> None:
+            _Lazy.__init__(self)
+            self._args = args  # type: ignore[attr-defined]
+            self.build_soon()
+    else:
+        def __init__(self: _Lazy, *args: Any) -> None:  # type: ignore[misc]
+            _Lazy.__init__(self)
+            self._args = args  # type: ignore[attr-defined]
 
-    async def endpoint_status(self, name: str, status: dict[str, Any]) -> None:
-        await self._handle().endpoint_status.remote(name, status)
+    async def _build(self: _Lazy) -> Any:
+        return await build(*self._args)  # type: ignore[attr-defined]
 
-    async def task_finished_many(self, name: str, task_ids: list[str]) -> None:
-        await self._handle().task_finished_many.remote(name, task_ids)
-
-    async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None:
-        await self._handle().task_requeued.remote(task_id, priority, created_at)
-
-
-class WebhookPortOverRay:
-    def __init__(self) -> None:
-        self._h: Any = None
-
-    def _handle(self) -> Any:
-        if self._h is None:
-            self._h = ray.get_actor(WEBHOOKS_NAME, namespace=NAMESPACE)
-        return self._h
-
-    async def task_ended(self, task_id: str) -> None:
-        # Fire and forget: the log's notice and the outbox scan cover a lost call.
-        self._handle().tasks_ended.remote([task_id])
+    namespace: dict[str, Any] = {
+        "__doc__": doc, "__module__": __name__, "__init__": __init__, "_build": _build,
+        **{m: _forward(m) for m in methods}, **(extra or {}),
+    }
+    return type(name, (_Lazy,), namespace)
 
 
-class EndpointHandleOverRay:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._h: Any = None
+async def build_endpoint(settings: Settings, endpoint: str, labels: list[str]) -> Any:
+    """The endpoint worker of one ComfyUI and its dependencies, started."""
+    from actors.endpoint import EndpointWorker
 
-    def _handle(self) -> Any:
-        if self._h is None:
-            self._h = ray.get_actor(endpoint_actor_name(self.name), namespace=NAMESPACE)
-        return self._h
-
-    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
-        return await self._handle().dispatch_many.remote(task_ids)  # type: ignore[no-any-return]
-
-    async def status(self) -> dict[str, Any]:
-        return await self._handle().status.remote()  # type: ignore[no-any-return]
-
-    async def cancel(self, task_id: str) -> str:
-        return await self._handle().cancel.remote(task_id)  # type: ignore[no-any-return]
-
-    async def reload_workflows(self) -> list[str] | None:
-        return await self._handle().reload_workflows.remote()  # type: ignore[no-any-return]
+    parsed: Endpoint = parse_endpoint(endpoint)
+    worker = EndpointWorker(
+        parsed,
+        settings=settings,
+        log=await connect_log(settings),
+        store=await make_store(settings),
+        router=router_port(),
+        labels=labels,
+    )
+    await worker.start()
+    return worker
 
 
-# --- the actors -----------------------------------------------------------------------------
+async def build_router(settings: Settings, endpoints: list[tuple[str, list[str]]]) -> Any:
+    """The router and its dependencies, started (it rebuilds its queue from the log)."""
+    from actors.router import Router
+
+    def factory(name: str, labels: list[str]) -> ports.EndpointApi:
+        # Every endpoint (configured, discovered, added) joins the webhooks' URL policy before
+        # it can run a task whose callback could point at it.
+        tell_webhooks_fleet_add(name)
+        return start_endpoint_actor(settings, name, labels)
+
+    router = Router(
+        settings=settings,
+        log=await connect_log(settings),
+        factory=factory,
+        destroy=stop_endpoint_actor,
+        configured={name: list(labels) for name, labels in endpoints},
+        discover=(lambda: discover_endpoints(settings)) if settings.comfyui_discovery else None,
+    )
+    await router.start()
+    return router
+
+
+async def build_webhooks(settings: Settings, extra_deny_hosts: list[str]) -> Any:
+    """The webhook dispatcher and its dependencies, started."""
+    from actors.webhook_dispatcher import WebhookDispatcher
+    from comfy_fleet import legacy_record, views
+
+    s = settings
+    store = await make_store(s)
+    # One fleet, kept current from the router's endpoint list (and fleet_add).
+    fleet = fleet_addresses.for_settings(s)
+    policy = UrlPolicy.from_settings(s, extra_deny_hosts=extra_deny_hosts, fleet=fleet)
+
+    async def body(state: Any) -> dict[str, Any]:
+        if state.origin == "legacy":
+            return await legacy_record.webhook_body(state, store, s.presign_expiry_s)
+        return await views.webhook_body(state, store, s.presign_expiry_s)
+
+    dispatcher = WebhookDispatcher(
+        log=await connect_log(s),
+        sender=webhooks.WebhookSender(policy, timeout_s=s.webhook_timeout_s),
+        policy=webhooks.RetryPolicy(
+            max_attempts=s.webhook_max_attempts, max_delay_s=s.webhook_max_delay_s,
+            base_delay_s=min(1.0, s.webhook_max_delay_s),
+        ),
+        secret=s.webhook_secret,
+        body_builder=body,
+        max_in_flight=s.webhook_max_in_flight,
+        max_per_receiver=s.webhook_max_per_receiver,
+        fleet=fleet,
+        fleet_refresher=fleet_refresher.FleetRefresher(fleet, router_endpoint_names),
+    )
+    await dispatcher.start()
+    return dispatcher
+
+
+async def router_endpoint_names() -> list[str]:
+    """The endpoints the router knows (configured, discovered, added; draining ones too)."""
+    return fleet_refresher.endpoint_names(await router_port().stats())
+
+
+def tell_webhooks_fleet_add(endpoint: str) -> None:
+    """Fire and forget: the webhook actor denies `endpoint` before it gets its first task
+    (its refresher would learn of it within a second anyway)."""
+    try:
+        ray.get_actor(WEBHOOKS_NAME, namespace=NAMESPACE).fleet_add.remote(endpoint)
+    except Exception:  # not started yet: it reads the router's list when it starts
+        log.debug("webhooks not told of %s", endpoint, exc_info=True)
+
+
+def _node_id(self: Any) -> str:
+    """The Ray node this actor runs on (placement checks, the dashboard)."""
+    return ray.get_runtime_context().get_node_id()
+
+
 # `enable_task_events=False`, as Ray Serve does for its replicas: every method call would
 # otherwise be buffered and reported to the GCS as a task for the dashboard's task list (a
 # dispatch per task, thousands a minute). The actor list, logs and metrics are unaffected.
+_ACTOR_OPTIONS: dict[str, Any] = {
+    "num_cpus": 0, "max_restarts": -1, "max_concurrency": 10_000, "enable_task_events": False,
+}
+
+#: One per ComfyUI server, named `endpoint:<host:port>`; args (settings, endpoint, labels).
+EndpointActor = ray.remote(**_ACTOR_OPTIONS)(_shell(
+    "EndpointActor", ports.EndpointApi, build_endpoint, eager=False,
+    doc="One per ComfyUI server, named `endpoint:<host:port>`.", extra={"node_id": _node_id},
+))
+#: The one router, named `router`; args (settings, [(endpoint, labels)]).
+RouterActor = ray.remote(**_ACTOR_OPTIONS)(_shell(
+    "RouterActor", ports.RouterApi, build_router, eager=True, doc="The one router, named `router`.",
+))
+#: The webhook dispatcher, named `webhooks`; args (settings, extra_deny_hosts).
+WebhookActor = ray.remote(**_ACTOR_OPTIONS)(_shell(
+    "WebhookActor", ports.WebhookApi, build_webhooks, eager=True,
+    doc="The webhook dispatcher, named `webhooks`.",
+))
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000, enable_task_events=False)
-class EndpointActor(_Lazy):
-    """One per ComfyUI server, named `endpoint:<host:port>`."""
-
-    def __init__(self, settings: Settings, endpoint: str, labels: list[str]) -> None:
-        super().__init__()
-        self.settings = settings
-        self.endpoint: Endpoint = parse_endpoint(endpoint)
-        self.labels = labels
-
-    async def _build(self) -> Any:
-        from actors.endpoint import EndpointWorker
-
-        worker = EndpointWorker(
-            self.endpoint,
-            settings=self.settings,
-            log=await PostgresEventLog.connect(self.settings.database_url or "", max_size=4),
-            store=await make_store(self.settings),
-            router=RouterPortOverRay(),
-            labels=self.labels,
-        )
-        await worker.start()
-        return worker
-
-    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
-        return await (await self.inner()).dispatch_many(task_ids)  # type: ignore[no-any-return]
-
-    async def status(self) -> dict[str, Any]:
-        return await (await self.inner()).status()  # type: ignore[no-any-return]
-
-    async def cancel(self, task_id: str) -> str:
-        return await (await self.inner()).cancel(task_id)  # type: ignore[no-any-return]
-
-    async def reload_workflows(self) -> list[str] | None:
-        return await (await self.inner()).reload_workflows()  # type: ignore[no-any-return]
-
-    def node_id(self) -> str:
-        """The Ray node this actor runs on (placement checks, the dashboard)."""
-        return ray.get_runtime_context().get_node_id()
-
-
-@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000, enable_task_events=False)
-class RouterActor(_Lazy):
-    """The one router, named `router`."""
-
-    async def __init__(self, settings: Settings, endpoints: list[tuple[str, list[str]]]) -> None:
-        super().__init__()
-        self.settings = settings
-        self.endpoints = endpoints
-        self.build_soon()  # its work arrives as the log's notifications, not only as calls
-
-    async def _build(self) -> Any:
-        from actors.router import Router
-
-        settings = self.settings
-        router = Router(
-            settings=settings,
-            log=await PostgresEventLog.connect(settings.database_url or "", max_size=4),
-            factory=lambda name, labels: start_endpoint_actor(settings, name, labels),
-            destroy=stop_endpoint_actor,
-            configured={name: list(labels) for name, labels in self.endpoints},
-            discover=(lambda: discover_endpoints(settings)) if settings.comfyui_discovery else None,
-        )
-        await router.start()
-        return router
-
-    async def add_endpoint(self, endpoint: str, labels: list[str]) -> dict[str, Any]:
-        return await (await self.inner()).add_endpoint(endpoint, labels)  # type: ignore[no-any-return]
-
-    async def remove_endpoint(self, endpoint: str) -> dict[str, Any]:
-        return await (await self.inner()).remove_endpoint(endpoint)  # type: ignore[no-any-return]
-
-    async def submit(self, task_id: str, priority: int, created_at: float, workflow: str, labels: list[str]) -> int:
-        return await (await self.inner()).submit(task_id, priority, created_at, workflow, labels)  # type: ignore[no-any-return]
-
-    async def cancel(self, task_id: str) -> str:
-        return await (await self.inner()).cancel(task_id)  # type: ignore[no-any-return]
-
-    async def stats(self) -> dict[str, Any]:
-        return await (await self.inner()).stats()  # type: ignore[no-any-return]
-
-    async def endpoint_status(self, name: str, status: dict[str, Any]) -> None:
-        await (await self.inner()).endpoint_status(name, status)
-
-    async def task_finished_many(self, name: str, task_ids: list[str]) -> None:
-        await (await self.inner()).task_finished_many(name, task_ids)
-
-    async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None:
-        await (await self.inner()).task_requeued(task_id, priority, created_at)
-
-    async def reload_workflows(self) -> dict[str, Any]:
-        return await (await self.inner()).reload_workflows()  # type: ignore[no-any-return]
-
-    async def endpoint_statuses(self) -> list[dict[str, Any]]:
-        router = await self.inner()
-        names = list(router.handles)
-        results = await asyncio.gather(
-            *(asyncio.wait_for(router.handles[n].status(), 5) for n in names), return_exceptions=True
-        )
-        out = []
-        for name, res in zip(names, results, strict=True):
-            load = router.loads.get(name)
-            if isinstance(res, BaseException):
-                res = {"endpoint": name, "state": "disconnected", "connected": False,
-                       "queue_remaining": 0, "inflight": 0, "last_seen": None}
-            if load is not None:
-                res["labels"] = sorted(load.labels)
-                if load.draining:
-                    res["state"] = "draining"
-            out.append(res)
-        return out
-
-
-@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000, enable_task_events=False)
-class WebhookActor(_Lazy):
-    """The webhook dispatcher, named `webhooks`."""
-
-    async def __init__(self, settings: Settings, extra_deny_hosts: list[str]) -> None:
-        super().__init__()
-        self.settings = settings
-        self.extra_deny_hosts = extra_deny_hosts
-        self.build_soon()  # its work arrives as the log's notifications, not only as calls
-
-    async def _build(self) -> Any:
-        from actors.webhook_dispatcher import WebhookDispatcher
-        from comfy_fleet import views
-
-        s = self.settings
-        store = await make_store(s)
-        policy = UrlPolicy.from_settings(s, extra_deny_hosts=self.extra_deny_hosts)
-
-        async def body(state: Any) -> dict[str, Any]:
-            if state.origin == "legacy":
-                from serve_app import legacy
-
-                return await legacy.webhook_body(state, store, s.presign_expiry_s)
-            return await views.webhook_body(state, store, s.presign_expiry_s)
-
-        dispatcher = WebhookDispatcher(
-            log=await PostgresEventLog.connect(s.database_url or "", max_size=4),
-            sender=webhooks.WebhookSender(policy, timeout_s=s.webhook_timeout_s),
-            policy=webhooks.RetryPolicy(
-                max_attempts=s.webhook_max_attempts, max_delay_s=s.webhook_max_delay_s,
-                base_delay_s=min(1.0, s.webhook_max_delay_s),
-            ),
-            secret=s.webhook_secret,
-            body_builder=body,
-            max_in_flight=s.webhook_max_in_flight,
-            max_per_receiver=s.webhook_max_per_receiver,
-        )
-        await dispatcher.start()
-        return dispatcher
-
-    async def tasks_ended(self, task_ids: list[str]) -> None:
-        await (await self.inner()).tasks_ended(task_ids)
-
-    async def stats(self) -> dict[str, Any]:
-        return await (await self.inner()).stats()  # type: ignore[no-any-return]
-
-
-def start_endpoint_actor(settings: Settings, name: str, labels: list[str]) -> EndpointHandleOverRay:
+def start_endpoint_actor(settings: Settings, name: str, labels: list[str]) -> ports.EndpointApi:
     """Create (or find) the endpoint actor of one ComfyUI, on that ComfyUI's node when a node
     matches (comfy_fleet.policies.placement), anywhere otherwise."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -321,7 +324,7 @@ def start_endpoint_actor(settings: Settings, name: str, labels: list[str]) -> En
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
         options["num_cpus"] = 0.01
     EndpointActor.options(**options).remote(settings, name, labels)  # type: ignore[attr-defined]
-    return EndpointHandleOverRay(name)
+    return endpoint_port(name)
 
 
 async def stop_endpoint_actor(name: str) -> None:

@@ -1,6 +1,7 @@
 """Router: keeps the tasks not yet dispatched and hands each to the least-loaded endpoint.
 
-A plain async class (`actors/remote.py` makes it the named Ray actor). Its queue is derived
+A plain async class implementing `actors.ports.RouterApi` (`actors/remote.py` makes it the
+named Ray actor). Its queue is derived
 state: on (re)start it is rebuilt from the log (every open task whose status is `queued`), so a
 router crash loses nothing. Dispatch is decided by `comfy_fleet.policies.routing.pick_endpoint`; the endpoint
 records `task.dispatched` with the expected seq, so even two routers could not assign a task twice.
@@ -16,12 +17,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from actors import metrics
+from actors import metrics, ports
 from comfy_fleet import errors
-from comfy_fleet.log import fleet, task_state
+from comfy_fleet.log import event_log, fleet, task_state
 from comfy_fleet.policies import routing
 from comfy_fleet.config import Settings
-from comfy_fleet.log.event_log import EventLog
 
 log = logging.getLogger("comfy_fleet.router")
 
@@ -37,11 +37,9 @@ DISCOVERY_S = 2.0
 HEARTBEAT_TIMEOUT_S = 5.0
 
 
-class EndpointHandle(Protocol):
-    async def dispatch_many(self, task_ids: list[str]) -> list[str]: ...
-    async def status(self) -> dict[str, Any]: ...
-    async def cancel(self, task_id: str) -> str: ...
-    async def reload_workflows(self) -> list[str] | None: ...
+class RouterLog(event_log.TaskQueries, event_log.TaskNotices, event_log.FleetLog, Protocol):
+    """What the router needs of the log: it reads tasks and hears of them, records only fleet
+    events (the endpoints record the tasks' events)."""
 
 
 class Router:
@@ -49,10 +47,10 @@ class Router:
         self,
         *,
         settings: Settings,
-        log: EventLog,
-        endpoints: dict[str, EndpointHandle] | None = None,
+        log: RouterLog,
+        endpoints: dict[str, ports.EndpointApi] | None = None,
         rng: random.Random | None = None,
-        factory: Callable[[str, list[str]], EndpointHandle] | None = None,
+        factory: Callable[[str, list[str]], ports.EndpointApi] | None = None,
         destroy: Callable[[str], Awaitable[None]] | None = None,
         configured: dict[str, list[str]] | None = None,
         discover: Callable[[], dict[str, list[str]]] | None = None,
@@ -66,7 +64,7 @@ class Router:
         #: discovery mode: the endpoints the cluster offers now (name → labels)
         self.discover = discover
         self.discovered: set[str] = set()
-        self.handles: dict[str, EndpointHandle] = dict(endpoints or {})
+        self.handles: dict[str, ports.EndpointApi] = dict(endpoints or {})
         self.loads: dict[str, routing.EndpointLoad] = {
             name: routing.EndpointLoad(name) for name in self.handles
         }
@@ -96,7 +94,7 @@ class Router:
                         state.workflow, state.required_labels,
                     )
             self._started = True
-            await self.log.listen_submitted(self._on_submitted)
+            await self.log.listen_queued(self._on_queued)
             await self.log.listen_ended(self._on_ended, self._catch_up_ended)
             self._spawn(self._dispatch_loop())
             self._spawn(self._heartbeat_loop())
@@ -108,10 +106,10 @@ class Router:
     def _push(
         self, task_id: str, priority: int, created_at: float, workflow: str, labels: Any
     ) -> bool:
-        """Queue a task unless it was handed out lately. Submissions reach the router by more
-        than one path (the log's NOTIFY, its scan, a direct submit), and one of them can arrive
-        after the task was already dispatched: without this it would wait again as a ghost and
-        inflate the waiting count that admission control reads."""
+        """Queue a task unless it was handed out lately. A waiting task reaches the router by
+        more than one path (the log's notice, its scan), and one of them can arrive after the
+        task was already dispatched: without this it would wait again as a ghost and inflate
+        the waiting count that admission control reads."""
         if task_id in self._taken:
             return False
         return self.waiting.push(task_id, priority, created_at, workflow, labels)
@@ -127,24 +125,16 @@ class Router:
 
     # --- calls from the ingress -------------------------------------------------------------
 
-    async def submit(
-        self,
-        task_id: str,
-        priority: int,
-        created_at: float,
-        workflow: str,
-        labels: list[str] | None = None,
-    ) -> int:
-        """A task was recorded as submitted: queue it. Returns how many tasks now wait."""
-        await self.start()
-        if self._push(task_id, priority, created_at, workflow, labels or ()):
-            self._wake.set()
-        return len(self.waiting)
-
-    def _on_submitted(
-        self, task_id: str, priority: int, created_at: float, workflow: str, labels: list[str]
+    def _on_queued(
+        self, task_id: str, priority: int, created_at: float, workflow: str, labels: list[str],
+        requeued: bool,
     ) -> None:
-        """A task was recorded (the log's notification): queue it."""
+        """A task waits for dispatch (the log's notice): queue it. A requeued one was let go of
+        by the endpoint it was given to: that slot is free, and it may be handed out again."""
+        if requeued:
+            for name in list(self.assigned):
+                self._free(name, task_id)
+            self._taken.pop(task_id, None)
         if self._push(task_id, priority, created_at, workflow, labels or ()):
             self._wake.set()
 
@@ -177,6 +167,28 @@ class Router:
             },
         }
 
+    async def endpoint_statuses(self) -> list[dict[str, Any]]:
+        """GET /endpoints: each endpoint's own status (asked now; `disconnected` when it does
+        not answer in time), with its labels, and `draining` once it is being removed."""
+        await self.start()
+        names = list(self.handles)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(self.handles[n].status(), HEARTBEAT_TIMEOUT_S) for n in names),
+            return_exceptions=True,
+        )
+        out = []
+        for name, res in zip(names, results, strict=True):
+            if isinstance(res, BaseException):
+                res = {"endpoint": name, "state": "disconnected", "connected": False,
+                       "queue_remaining": 0, "inflight": 0, "last_seen": None}
+            load = self.loads.get(name)
+            if load is not None:
+                res["labels"] = sorted(load.labels)
+                if load.draining:
+                    res["state"] = "draining"
+            out.append(res)
+        return out
+
     # --- calls from endpoints ---------------------------------------------------------------
 
     async def endpoint_status(self, name: str, status: dict[str, Any]) -> None:
@@ -200,13 +212,7 @@ class Router:
             self.loads[name].inflight = len(tasks)
             self._wake.set()
 
-    async def task_finished_many(self, name: str, task_ids: list[str]) -> None:
-        """The endpoint let go of these tasks without recording their end (requeued, or ended
-        by another writer): its slots are free. Ends it records reach `_on_ended` instead."""
-        for task_id in task_ids:
-            self._free(name, task_id)
-
-    # --- the log's notices of ended tasks -----------------------------------------------------
+    # --- the log's notices: the one path by which a slot becomes free ---------------------------
 
     def _on_ended(self, task_id: str, endpoint: str | None, _webhook_to: str | None) -> None:
         """A task's end was committed (by an endpoint, the ingress, anyone): the endpoint it ran
@@ -235,18 +241,6 @@ class Router:
             if task_id in ended:
                 self._free(name, task_id)
 
-    async def task_requeued(self, task_id: str, priority: int, created_at: float) -> None:
-        await self.start()
-        try:
-            state = await self.log.get(task_id)
-        except Exception:
-            return
-        self._taken.pop(task_id, None)  # it really waits again
-        if state.status == task_state.QUEUED and self.waiting.push(
-            task_id, priority, created_at, state.workflow, state.required_labels
-        ):
-            self._wake.set()
-
     async def reload_workflows(self) -> dict[str, Any]:
         """Tell every endpoint to re-read the workflows; returns what each can run now."""
         names = list(self.handles)
@@ -263,7 +257,7 @@ class Router:
 
     # --- endpoints at run time --------------------------------------------------------------
 
-    def _attach(self, name: str, labels: list[str], handle: EndpointHandle | None = None) -> None:
+    def _attach(self, name: str, labels: list[str], handle: ports.EndpointApi | None = None) -> None:
         if handle is None:
             assert self.factory is not None
             handle = self.factory(name, labels)
@@ -385,19 +379,17 @@ class Router:
             batches = {}
 
     async def _send(self, name: str, items: list[routing.Waiting]) -> None:
-        from comfy_fleet.prompts.decisions import ACCEPTED, RETRY
-
         try:
             results = await self.handles[name].dispatch_many([i.task_id for i in items])  # KeyError: removed
         except Exception:
             log.warning("dispatch of %d task(s) to %s failed", len(items), name, exc_info=True)
-            results = [RETRY] * len(items)
+            results = [ports.RETRY] * len(items)
         for item, result in zip(items, results, strict=True):
-            if result == ACCEPTED:
+            if result == ports.ACCEPTED:
                 continue
             self.assigned.get(name, set()).discard(item.task_id)
             self._taken.pop(item.task_id, None)
-            if result == RETRY:
+            if result == ports.RETRY:
                 if name in self.loads:
                     self.loads[name].connected = False
                 self.waiting.push(
@@ -406,16 +398,20 @@ class Router:
         self._wake.set()
 
     async def _scan_loop(self) -> None:
-        """Submissions are notified fire-and-forget; this scan of the log picks up any
-        notification that was lost (a router restart in between, a dropped batch)."""
+        """Queued tasks are notified best effort; this scan of the log picks up any notice that
+        was lost (a router restart in between, a listener reconnecting). A task the log says
+        waits but an endpoint holds here was requeued (its notice lost) once it was handed out
+        longer ago than TAKEN_MEMORY_S (by then its dispatch is recorded): its slot is free."""
         while True:
             await asyncio.sleep(SCAN_S)
             horizon = time.monotonic() - TAKEN_MEMORY_S
             self._taken = {t: at for t, at in self._taken.items() if at > horizon}
             try:
                 for task_id, priority, created_at, workflow, labels in await self.log.queued_tasks():
-                    if task_id in self.waiting or any(task_id in a for a in self.assigned.values()):
+                    if task_id in self.waiting or task_id in self._taken:
                         continue
+                    for name in list(self.assigned):
+                        self._free(name, task_id)
                     if self._push(task_id, priority, created_at, workflow, labels):
                         self._wake.set()
             except Exception:

@@ -2,7 +2,7 @@
 
 A task that ended with a callback has `webhook: pending` in the read model, in the same
 statement that recorded its end; that statement also notifies the log's listeners, so the
-dispatcher hears of every end at its commit, whoever recorded it (`EventLog.listen_ended`). It
+dispatcher hears of every end at its commit, whoever recorded it (`TaskNotices.listen_ended`). It
 also scans the outbox (ids only) at start and each time its listener reconnects, so an end
 whose notice was lost (the dispatcher was restarting, its listener reconnecting) is still
 delivered, and on a slow timer as a safety net. Each try is an event; the delay
@@ -16,21 +16,23 @@ carry the same `webhook-id` (derived from the seq of the final event).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from actors import metrics
 from comfy_fleet import errors
-from comfy_fleet.log import events, task_state
+from comfy_fleet.log import event_log, events, task_state
 from comfy_fleet.delivery import webhooks
 from comfy_fleet.delivery.slots import UNKNOWN, DeliverySlots, receiver_of
-from comfy_fleet.log.event_log import EventLog
 from comfy_fleet.log.task_state import TaskState
+from comfy_fleet.net.fleet_refresher import FleetRefresher
+from comfy_fleet.policies.fleet_addresses import FleetAddresses
 
 log = logging.getLogger("comfy_fleet.webhooks")
 
@@ -50,11 +52,16 @@ BodyBuilder = Callable[[TaskState], Awaitable[dict[str, Any]]]
 _DONE, _PARKED = "done", "parked"
 
 
+class DispatcherLog(event_log.TaskStream, event_log.TaskQueries, event_log.TaskNotices, Protocol):
+    """What the dispatcher needs of the log: the outbox and the task ends' notices, each task's
+    state, and its stream to record each try."""
+
+
 class WebhookDispatcher:
     def __init__(
         self,
         *,
-        log: EventLog,
+        log: DispatcherLog,
         sender: webhooks.WebhookSender,
         policy: webhooks.RetryPolicy,
         secret: str | None,
@@ -62,8 +69,13 @@ class WebhookDispatcher:
         rng: random.Random | None = None,
         max_in_flight: int = 256,
         max_per_receiver: int = 64,
+        fleet: FleetAddresses | None = None,
+        fleet_refresher: FleetRefresher | None = None,
     ) -> None:
         self.log = log
+        #: the fleet the sender's URL policy denies, kept current by `fleet_refresher`
+        self.fleet = fleet
+        self.fleet_refresher = fleet_refresher
         self.sender = sender
         self.policy = policy
         self.key = webhooks.parse_secret(secret) if secret else None
@@ -84,6 +96,9 @@ class WebhookDispatcher:
         if self._started:
             return
         self._started = True
+        if self.fleet_refresher is not None:
+            await self.fleet_refresher.refresh()
+            self.fleet_refresher.start()
         await self.log.listen_ended(self._on_ended, self._catch_up)
         task = asyncio.create_task(self._scan_loop())
         self._bg.add(task)
@@ -104,6 +119,8 @@ class WebhookDispatcher:
             timer.cancel()
         for t in [*self._bg, *self.active.values()]:
             t.cancel()
+        if self.fleet_refresher is not None:
+            await self.fleet_refresher.stop()
         await self.sender.aclose()
 
     async def task_ended(self, task_id: str) -> None:
@@ -115,6 +132,13 @@ class WebhookDispatcher:
         await self.start()
         for task_id in task_ids:
             self._ensure(task_id)
+
+    async def fleet_add(self, endpoint: str) -> None:
+        """An endpoint joins the fleet: callbacks to it are denied from now on (the refresher
+        would learn of it within a second; this closes that second)."""
+        if self.fleet is not None:
+            with contextlib.suppress(ValueError):
+                self.fleet.add(endpoint)
 
     async def stats(self) -> dict[str, Any]:
         """`active`: deliveries running now; `waiting`: ids waiting for a slot; `backoff`:

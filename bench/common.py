@@ -26,7 +26,8 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from comfy_fleet.config import Settings  # noqa: E402
-from serve_app import launcher  # noqa: E402
+from comfy_fleet_devstack import launch  # noqa: E402
+from serve_app import deploy  # noqa: E402
 
 
 def free_port() -> int:
@@ -53,7 +54,7 @@ def rss_mb(pid: int | None = None) -> float:
 def service(
     *, endpoints: int = 4, env: dict[str, str] | None = None, node_delay: float = 0.0,
     standins_in_one_process: bool = False,
-) -> Iterator[tuple[str, Settings, launcher.LocalParts]]:
+) -> Iterator[tuple[str, Settings, launch.LocalParts]]:
     """The whole service, started as `make run` starts it, on a database of its own.
     `standins_in_one_process`: the stand-ins (standing for GPU hosts) share one process."""
     from comfy_fleet_devstack import postgres
@@ -65,19 +66,19 @@ def service(
     settings = Settings.from_env(
         {"DATABASE_URL": dsn, "SERVICE_PORT": str(free_port()), **(env or {})}, dotenv=data / "none"
     )
-    settings, parts = launcher.start_local_parts(
+    settings, parts = launch.start_local_parts(
         settings, data, standins=endpoints, standin_node_delay=node_delay,
         standins_in_one_process=standins_in_one_process, say=lambda _m: None,
     )
     try:
-        launcher.migrate_database(settings)
-        launcher.ensure_bucket(settings)
-        launcher.init_ray(settings, num_cpus=os.cpu_count() or 2)
-        url = launcher.start_service(settings)
+        deploy.migrate_database(settings)
+        deploy.ensure_bucket(settings)
+        launch.init_ray(settings, num_cpus=os.cpu_count() or 2)
+        url = deploy.start_service(settings)
         wait_ready(url, endpoints)
         yield url, settings, parts
     finally:
-        launcher.stop_service(settings)
+        launch.stop_service(settings)
         parts.stop()
         asyncio.run(postgres.drop_database(admin, name))
 

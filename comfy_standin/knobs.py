@@ -123,6 +123,8 @@ class Counters:
     views: int = 0
     ws_connects: int = 0
     restarts: int = 0
+    #: POST /interrupt requests (each one stops whatever runs)
+    interrupts: int = 0
 
     def to_json(self) -> dict[str, int]:
         return dataclasses.asdict(self)

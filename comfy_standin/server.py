@@ -373,6 +373,7 @@ class StandIn:
         return _empty()
 
     async def post_interrupt(self, request: web.Request) -> web.Response:
+        self.counters.interrupts += 1
         try:
             body = json.loads(await request.text())
         except ValueError:

@@ -34,9 +34,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from comfy_fleet import errors
-
-
 DATA_FILE = Path(__file__).parent / "data" / "object_info_full.json"
 
 # model folder -> (class_type, input name) whose choices list that folder's files.
@@ -200,8 +197,10 @@ def list_input_images(input_dir: Path) -> list[str]:
 # --------------------------------------------------------------------------- validation
 
 
-class PromptCrashed(errors.FleetError):
-    """The real server raises an unhandled exception for this body (it answers HTTP 500)."""
+class PromptCrashed(Exception):
+    """The real server raises an unhandled exception for this body (it answers HTTP 500).
+
+    The stand-in's own error: it imports nothing of the project it stands in for."""
 
 
 @dataclasses.dataclass

@@ -12,6 +12,7 @@ from typing import Any
 from comfy_fleet import config, errors
 from comfy_fleet.log import events, task_state
 from comfy_fleet.log.task_state import TaskState
+from comfy_fleet.policies import fleet_addresses
 from serve_app import submission
 from serve_app.services import Services
 
@@ -102,17 +103,40 @@ async def reload_workflows(services: Services) -> dict[str, Any]:
 
 async def add_endpoint(services: Services, endpoint: str, labels: list[str]) -> dict[str, Any]:
     """Add a ComfyUI endpoint (`host:port`) at run time. Raises InvalidRequest for a malformed
-    address."""
+    address, UrlForbidden for one the URL policy refuses (link-local, metadata, the service
+    itself) and NotAComfyUI (422 `endpoint_not_comfyui`) for one that does not answer as a ComfyUI: nothing is
+    recorded for any of them. The endpoint is denied to callbacks and image URLs (here, in the
+    webhook actor, and in other replicas at their next refresh) before it can run anything."""
+    from comfy_fleet.comfy import probe
+
     try:
         parsed = config.parse_endpoint(endpoint, "endpoint")
     except errors.ConfigError as exc:
         raise errors.InvalidRequest(str(exc)) from None
-    return await services.router.add_endpoint(parsed.name, labels)
+    fleet = services.url_policy.fleet
+    await probe.check_endpoint(
+        parsed.host, parsed.port,
+        fleet.current if fleet is not None else fleet_addresses.FleetSnapshot(),
+        scheme=parsed.scheme,
+    )
+    if fleet is not None:
+        fleet.add(parsed.name)
+    await services.webhooks.fleet_add(parsed.name)
+    added = await services.router.add_endpoint(parsed.name, labels)
+    await _refresh_fleet(services)
+    return added
 
 
 async def remove_endpoint(services: Services, endpoint: str) -> dict[str, Any]:
     """Drain and remove an endpoint. Raises EndpointNotFound for one the fleet does not have."""
-    return await services.router.remove_endpoint(endpoint)
+    removed = await services.router.remove_endpoint(endpoint)
+    await _refresh_fleet(services)
+    return removed
+
+
+async def _refresh_fleet(services: Services) -> None:
+    if services.fleet_refresher is not None:
+        await services.fleet_refresher.refresh()
 
 
 async def _append_final(services: Services, task_id: str, event: events.Event) -> TaskState:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, cast
 
-import ray
 from ray import serve
 
-from actors import remote
+from actors import ports, remote
 from comfy_fleet import errors
 from comfy_fleet.config import Settings
-from comfy_fleet.log.postgres import PostgresEventLog
+from comfy_fleet.net import fleet_refresher
+from comfy_fleet.policies import fleet_addresses
 from comfy_fleet.policies.url_policy import UrlPolicy
 from comfy_fleet.workflows.registry import WorkflowRegistry
 from serve_app import api
@@ -26,68 +26,57 @@ WAITING_REFRESH_S = 1.0
 
 
 class RouterClientOverRay:
-    """The ingress's view of the router actor (and, through it, of the endpoints)."""
+    """The ingress's view of the router actor (and, through it, of the endpoints): the router's
+    protocol over Ray, with its "no such endpoint" answer as the API's error."""
 
     def __init__(self) -> None:
-        self._h: Any = None
-        self._waiting = 0
-        self._refresher: asyncio.Task[None] | None = None
+        self._router = remote.router_port()
 
-    def _handle(self) -> Any:
-        if self._h is None:
-            self._h = ray.get_actor(remote.ROUTER_NAME, namespace=remote.NAMESPACE)
-        return self._h
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                self._waiting = (await self.stats())["waiting"]
-            await asyncio.sleep(WAITING_REFRESH_S)
-
-    async def submit(self, task_id: str, priority: int, created_at: float, workflow: str, labels: list[str]) -> int:
-        """Nothing to send: the router follows new tasks from the log (LISTEN/NOTIFY, and a
-        scan). A call per task from here would cost more than the rest of the request. This
-        returns the router's waiting count as last seen (admission control)."""
-        if self._refresher is None:
-            self._refresher = asyncio.create_task(self._refresh_forever())
-        self._waiting += 1
-        return self._waiting
-
-    async def cancel(self, task_id: str) -> str:
-        return await self._handle().cancel.remote(task_id)  # type: ignore[no-any-return]
-
-    async def stats(self) -> dict[str, Any]:
-        return await self._handle().stats.remote()  # type: ignore[no-any-return]
-
-    async def endpoint_statuses(self) -> list[dict[str, Any]]:
-        return await self._handle().endpoint_statuses.remote()  # type: ignore[no-any-return]
-
-    async def reload_workflows(self) -> dict[str, Any]:
-        return await self._handle().reload_workflows.remote()  # type: ignore[no-any-return]
-
-    async def add_endpoint(self, endpoint: str, labels: list[str]) -> dict[str, Any]:
-        return await self._handle().add_endpoint.remote(endpoint, labels)  # type: ignore[no-any-return]
+    def __getattr__(self, method: str) -> Any:
+        return getattr(self._router, method)
 
     async def remove_endpoint(self, endpoint: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._handle().remove_endpoint.remote(endpoint)
+        result: dict[str, Any] = await self._router.remove_endpoint(endpoint)
         if result.get("error") == "endpoint_not_found":
             raise errors.EndpointNotFound(f"no endpoint {endpoint!r}; GET /endpoints lists them")
         return result
+
+
+async def _refresh_waiting(services: Services) -> None:
+    """Keep the replica's estimate of the router's waiting tasks fresh (admission control;
+    between refreshes each submission counts itself in, serve_app/submission.py)."""
+    while True:
+        with contextlib.suppress(Exception):
+            services.waiting_estimate = int((await services.router.stats())["waiting"])
+        await asyncio.sleep(WAITING_REFRESH_S)
 
 
 async def build_services(settings: Settings, extra_deny_hosts: list[str]) -> Services:
     registry, problems = WorkflowRegistry.load(settings.workflows_dir)
     for problem in problems:
         log.error("workflow not served: %s", problem.message)
-    return Services(
+    router = cast(ports.RouterApi, RouterClientOverRay())
+    # This replica's view of the fleet, for callbacks and image URLs: the router's endpoint
+    # list re-read every second, and at once after POST/DELETE /endpoints here.
+    fleet = fleet_addresses.for_settings(settings)
+
+    async def endpoint_names() -> list[str]:
+        return fleet_refresher.endpoint_names(await router.stats())
+
+    refresher = fleet_refresher.FleetRefresher(fleet, endpoint_names)
+    refresher.start()
+    services = Services(
         settings=settings,
-        log=await PostgresEventLog.connect(settings.database_url or "", max_size=8),
+        log=await remote.connect_log(settings, max_size=8),
         store=await remote.make_store(settings),
         registry=registry,
-        router=RouterClientOverRay(),
-        webhooks=remote.WebhookPortOverRay(),
-        url_policy=UrlPolicy.from_settings(settings, extra_deny_hosts=extra_deny_hosts),
+        router=router,
+        webhooks=remote.webhooks_port(),
+        url_policy=UrlPolicy.from_settings(settings, extra_deny_hosts=extra_deny_hosts, fleet=fleet),
+        fleet_refresher=refresher,
     )
+    services.background.add(asyncio.create_task(_refresh_waiting(services)))
+    return services
 
 
 @serve.deployment(name="ingress")

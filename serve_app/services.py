@@ -1,36 +1,23 @@
 """What the ingress talks to, as ports: the log, the store, the workflows, and the actors.
 
-`Services` is built once per ingress replica. The actor ports are Protocols so the API can be
-exercised in-process (tests of bad input need no Ray); `actors/remote.py` implements them
-over Ray actor handles.
+`Services` is built once per ingress replica. The actors are their protocols
+(`actors/ports.py`), so the API can be exercised in-process (tests of bad input need no Ray);
+`actors/remote.py` calls them over Ray.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from actors import ports
 from comfy_fleet import storage
 from comfy_fleet.config import Settings
 from comfy_fleet.log.event_log import EventLog
+from comfy_fleet.net.fleet_refresher import FleetRefresher
 from comfy_fleet.policies.url_policy import UrlPolicy
 from comfy_fleet.workflows.registry import WorkflowRegistry
-
-
-class RouterClient(Protocol):
-    async def submit(
-        self, task_id: str, priority: int, created_at: float, workflow: str, labels: list[str]
-    ) -> int: ...
-    async def cancel(self, task_id: str) -> str: ...
-    async def stats(self) -> dict[str, Any]: ...
-    async def endpoint_statuses(self) -> list[dict[str, Any]]: ...
-    async def reload_workflows(self) -> dict[str, Any]: ...
-    async def add_endpoint(self, endpoint: str, labels: list[str]) -> dict[str, Any]: ...
-    async def remove_endpoint(self, endpoint: str) -> dict[str, Any]: ...
-
-
-class WebhookClient(Protocol):
-    async def task_ended(self, task_id: str) -> None: ...
 
 
 @dataclass
@@ -39,14 +26,22 @@ class Services:
     log: EventLog
     store: storage.BlobStore | None
     registry: WorkflowRegistry
-    router: RouterClient
-    webhooks: WebhookClient
+    router: ports.RouterApi
+    webhooks: ports.WebhookApi
     url_policy: UrlPolicy
     #: tasks waiting in the router as of the last answer from it (admission control)
     waiting_estimate: int = 0
+    #: keeps ``url_policy.fleet`` in step with the router's endpoints (None: a fixed fleet)
+    fleet_refresher: FleetRefresher | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the replica's own loops (the waiting estimate's refresh), cancelled by `close`
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     async def close(self) -> None:
+        for task in self.background:
+            task.cancel()
+        if self.fleet_refresher is not None:
+            await self.fleet_refresher.stop()
         await self.log.close()
         if self.store is not None:
             await self.store.close()

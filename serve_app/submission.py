@@ -173,16 +173,10 @@ async def submit(
         if existing is None:
             raise
         return _same_or_conflict(existing, digest), False
-    # No actor call: the router follows new tasks from the log; the port's `submit` only
-    # counts the task into its waiting estimate (serve_app/ingress.py: RouterClientOverRay).
-    try:
-        services.waiting_estimate = await services.router.submit(
-            task_id, priority, state.created_at.timestamp(), workflow.name,
-            list(workflow.required_labels),
-        )
-    except Exception:
-        # Recorded is what counts: a router that missed this rebuilds its queue from the log.
-        pass
+    # No actor call: the router follows new tasks from the log (its notice, and a scan). The
+    # replica counts the task into its estimate of the waiting tasks until its next refresh
+    # from the router (serve_app/ingress.py).
+    services.waiting_estimate += 1
     return state, True
 
 

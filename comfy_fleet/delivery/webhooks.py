@@ -32,6 +32,7 @@ from yarl import URL
 from comfy_fleet import errors
 
 from comfy_fleet.net import pinned
+from comfy_fleet.delivery import ids
 from comfy_fleet.policies import url_policy
 
 SIGNATURE_VERSION = "v1"
@@ -41,6 +42,9 @@ USER_AGENT = "comfy-fleet"
 WEBHOOK_TIMEOUT_S = 10.0
 #: How far a receiver's clock may be from ours when verifying, per the specification.
 DEFAULT_TOLERANCE_S = 300
+
+#: The id of one task end's webhook (comfy_fleet/delivery/ids.py), in every try's headers.
+webhook_id = ids.webhook_id
 
 Outcome = Literal["delivered", "retry"]
 
@@ -105,19 +109,6 @@ def verify(
         # No early exit: every candidate costs the same, whichever one matches.
         valid |= hmac.compare_digest(expected, candidate.encode())
     return valid
-
-
-def webhook_id(task_id: str, end_seq: int) -> str:
-    """The ``webhook-id`` of one task end: the same for every try and redelivery of that end.
-
-    ``end_seq`` is the seq of the event that ended the task, so a later end (none today) would
-    get a new id while repeats of this one keep theirs.
-    """
-    if not task_id or any(c.isspace() or c == "." for c in task_id):
-        raise ValueError("task_id must be non-empty, without spaces or dots")
-    if end_seq < 1:
-        raise ValueError("end_seq must be a positive event seq")
-    return f"msg_{task_id}_{end_seq}"
 
 
 def build_headers(

@@ -1,5 +1,6 @@
-"""The event log port: append a task's events with optimistic concurrency, read them back, and
-query the read model of folded task states.
+"""The event log's ports: append a task's events with optimistic concurrency and read them back
+(`TaskStream`), query the read model of folded task states (`TaskQueries`), hear of what was
+just recorded (`TaskNotices`), and the fleet's own events (`FleetLog`); `EventLog` is all of them.
 
 Contract of `append(task_id, expected_seq, new_events, state)`:
 - the events get seqs `expected_seq + 1 …` and are stored atomically, all or none;
@@ -29,10 +30,28 @@ from comfy_fleet.delivery.slots import receiver_of
 from comfy_fleet.log.task_state import TaskState
 
 
-#: (task_id, priority, created_at, workflow, labels) of a newly submitted task
-SubmittedCallback = Callable[[str, int, float, str, list[str]], None]
+#: (task_id, priority, created_at, workflow, labels, requeued) of a task that now waits for
+#: dispatch (see `queued_notice`)
+QueuedCallback = Callable[[str, int, float, str, list[str], bool], None]
 #: (task_id, endpoint, webhook_to) of a task whose end was just recorded (see `ended_notice`)
 EndedCallback = Callable[[str, str | None, str | None], None]
+
+
+def queued_notice(
+    before: TaskState | None, after: TaskState
+) -> tuple[str, int, float, str, list[str], bool] | None:
+    """What `listen_queued` callers hear of an append: `(task_id, priority, created_at,
+    workflow, labels, requeued)` when it made the task wait for dispatch, else None. `requeued`
+    is False for a submission, True for a task requeued after a lost attempt: the endpoint it
+    was given to has let go of it, so the router frees that slot and queues the task again."""
+    if after.status != task_state.QUEUED:
+        return None
+    if before is not None and before.status == task_state.QUEUED:
+        return None
+    return (
+        after.task_id, after.priority, after.created_at.timestamp(), after.workflow,
+        list(after.required_labels), before is not None,
+    )
 
 
 def ended_notice(before: TaskState | None, after: TaskState) -> tuple[str, str | None, str | None] | None:
@@ -53,7 +72,9 @@ def ended_notice(before: TaskState | None, after: TaskState) -> tuple[str, str |
     return after.task_id, after.endpoint, webhook_to
 
 
-class EventLog(Protocol):
+class TaskStream(Protocol):
+    """A task's events: append with optimistic concurrency (the module's contract), read back."""
+
     async def append(
         self,
         task_id: str,
@@ -63,6 +84,10 @@ class EventLog(Protocol):
     ) -> TaskState: ...
 
     async def read(self, task_id: str, after_seq: int = 0) -> list[events.StoredEvent]: ...
+
+
+class TaskQueries(Protocol):
+    """The read model of folded task states (written with the events, so it never lags)."""
 
     async def get(self, task_id: str) -> TaskState:
         """The task's folded state from the read model; TaskNotFound when unknown."""
@@ -98,8 +123,13 @@ class EventLog(Protocol):
         """The ids among `task_ids` of tasks that have ended (unknown ids are not)."""
         ...
 
-    async def listen_submitted(self, callback: SubmittedCallback) -> None:
-        """Be told of every task submitted from now on (best effort; scan as a fallback)."""
+
+class TaskNotices(Protocol):
+    """Being told of what was just recorded. Best effort: callers also scan the queries."""
+
+    async def listen_queued(self, callback: QueuedCallback) -> None:
+        """Be told of every task that waits for dispatch from now on, submitted or requeued
+        (`queued_notice`). Best effort: scan `queued_tasks()` as a fallback."""
         ...
 
     async def listen_ended(
@@ -111,15 +141,25 @@ class EventLog(Protocol):
         from the log."""
         ...
 
+    async def wait_for_change(self, task_id: str, after_seq: int, timeout_s: float) -> None:
+        """Return when the task has an event after `after_seq`, or after the timeout."""
+        ...
+
+
+class FleetLog(Protocol):
+    """Facts about the fleet: endpoints added or removed at run time (comfy_fleet/log/fleet.py)."""
+
     async def append_fleet(self, event: fleet.FleetEvent) -> None:
         """Record a fact about the fleet (comfy_fleet/log/fleet.py)."""
         ...
 
     async def read_fleet(self) -> list[fleet.FleetEvent]: ...
 
-    async def wait_for_change(self, task_id: str, after_seq: int, timeout_s: float) -> None:
-        """Return when the task has an event after `after_seq`, or after the timeout."""
-        ...
+
+class EventLog(TaskStream, TaskQueries, TaskNotices, FleetLog, Protocol):
+    """The whole log, for whoever holds its connection (the ingress, the tools). Its users
+    are typed on the ports they use: the stream, the queries, the notices, the fleet log.
+    `PostgresEventLog` and `InMemoryEventLog` implement them all."""
 
     async def ping(self) -> None: ...
 
@@ -192,7 +232,7 @@ class InMemoryEventLog:
         self._clients: dict[str, str] = {}
         self._position = 0
         self._changed = asyncio.Condition()
-        self._submitted: list[SubmittedCallback] = []
+        self._queued: list[QueuedCallback] = []
         self._ended: list[EndedCallback] = []
         self._fleet: list[fleet.FleetEvent] = []
 
@@ -222,10 +262,10 @@ class InMemoryEventLog:
         self._states[task_id] = new_state
         if new_state.client_task_id and expected_seq == 0:
             self._clients[new_state.client_task_id] = task_id
-        if expected_seq == 0:
-            for cb in self._submitted:
-                cb(task_id, new_state.priority, new_state.created_at.timestamp(),
-                   new_state.workflow, list(new_state.required_labels))
+        queued = queued_notice(base, new_state)
+        if queued is not None:
+            for cb in self._queued:
+                cb(*queued)
         notice = ended_notice(base, new_state)
         if notice is not None:
             for ended in self._ended:
@@ -293,8 +333,8 @@ class InMemoryEventLog:
     async def ended_among(self, task_ids: Sequence[str]) -> set[str]:
         return {t for t in task_ids if t in self._states and self._states[t].is_final}
 
-    async def listen_submitted(self, callback: SubmittedCallback) -> None:
-        self._submitted.append(callback)
+    async def listen_queued(self, callback: QueuedCallback) -> None:
+        self._queued.append(callback)
 
     async def listen_ended(
         self, callback: EndedCallback, on_listening: Callable[[], None] | None = None

@@ -1,8 +1,5 @@
-"""PostgresEventLog: the EventLog contract on an asyncpg pool.
-
-Driver errors are translated here, once: a unique violation on the (task_id, seq) key is a
-`ConcurrencyConflict`, on client_task_id a `DuplicateClientTaskId`; a lost or refused
-connection is `DatabaseUnavailable` (retryable, the API's 503).
+"""PostgresEventLog: every port of the event log (comfy_fleet/log/event_log.py) on an asyncpg
+pool. Driver errors become the project's once, around each statement (`pg_errors.translated`).
 
 Why no gap-free global position: nothing tails this log by `position`. The read model is written
 in the appending statement, the webhook outbox is a query on it, and live readers (SSE, waits)
@@ -26,16 +23,17 @@ import orjson
 
 from comfy_fleet import errors
 
-from comfy_fleet.log import events, fleet, task_state
+from comfy_fleet.log import events, fleet, pg_errors, task_state
 
 from comfy_fleet.cli import rebuild
 from comfy_fleet.delivery.slots import UNKNOWN as UNKNOWN_RECEIVER
 from comfy_fleet.log.event_log import (
     EndedCallback,
-    SubmittedCallback,
+    QueuedCallback,
     decode_cursor,
     encode_cursor,
     ended_notice,
+    queued_notice,
     stamp,
     state_from_json,
     state_to_json,
@@ -46,22 +44,10 @@ from comfy_fleet.log.task_state import TaskState
 log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "task_events_v1"
-SUBMITTED_CHANNEL = "tasks_submitted_v1"
+QUEUED_CHANNEL = "tasks_queued_v1"
 ENDED_CHANNEL = "tasks_ended_v1"
 #: Seconds between pings of the notification listener's connection (a dead one is replaced).
 LISTENER_PING_S = 1.0
-
-_UNAVAILABLE = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-)
-
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
@@ -77,24 +63,6 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     for each statement). Pooled connections here never hold session state: LISTEN, advisory
     locks and SET run on dedicated connections (listeners, migrations, rebuild), and SET LOCAL
     ends with its transaction. An open transaction is still rolled back by asyncpg itself."""
-
-
-@contextlib.contextmanager
-def _translated(task_id: str | None = None, expected_seq: int | None = None):  # type: ignore[no-untyped-def]
-    try:
-        yield
-    except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name == "tasks_client_task_id_key":
-            raise errors.DuplicateClientTaskId("client_task_id is already recorded") from exc
-        raise errors.ConcurrencyConflict(
-            f"task {task_id}: seq {(expected_seq or 0) + 1} is taken"
-        ) from exc
-    except _UNAVAILABLE as exc:
-        raise errors.DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
-    except asyncpg.PostgresError as exc:
-        if isinstance(exc, asyncpg.exceptions.DataError):
-            raise errors.InvalidRequest(f"invalid value: {exc.__class__.__name__}") from exc
-        raise
 
 
 class PostgresEventLog:
@@ -114,7 +82,7 @@ class PostgresEventLog:
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 8) -> PostgresEventLog:
-        with _translated():
+        with pg_errors.translated():
             pool = await asyncpg.create_pool(
                 dsn,
                 min_size=min_size,
@@ -135,7 +103,7 @@ class PostgresEventLog:
         await self._pool.close()
 
     async def ping(self) -> None:
-        with _translated():
+        with pg_errors.translated():
             await self._pool.fetchval("SELECT 1", timeout=5)
 
     async def append(
@@ -156,7 +124,7 @@ class PostgresEventLog:
         for s in stored:
             new_state = task_state.evolve(new_state, s)
         assert new_state is not None
-        with _translated(task_id, expected_seq):
+        with pg_errors.translated(task_id, expected_seq):
             row = await self._pool.fetchrow(
                 queries["append_events"],
                 task_id,
@@ -175,7 +143,7 @@ class PostgresEventLog:
                 new_state.updated_at,
                 state_to_json(new_state),
                 expected_seq,
-                _submitted_payload(new_state) if expected_seq == 0 else None,
+                _queued_payload(state, new_state),
                 _ended_payload(state, new_state),
             )
         if row["upserted"] != 1:
@@ -185,12 +153,12 @@ class PostgresEventLog:
         return new_state
 
     async def read(self, task_id: str, after_seq: int = 0) -> list[events.StoredEvent]:
-        with _translated():
+        with pg_errors.translated():
             rows = await self._pool.fetch(queries["select_task_events"], task_id, after_seq)
         return [_stored(task_id, r) for r in rows]
 
     async def get(self, task_id: str) -> TaskState:
-        with _translated():
+        with pg_errors.translated():
             try:
                 data = await self._pool.fetchval(queries["select_task_state"], task_id)
             except asyncpg.exceptions.DataError:
@@ -200,7 +168,7 @@ class PostgresEventLog:
         return state_from_json(data)
 
     async def find_client_task(self, client_task_id: str) -> TaskState | None:
-        with _translated():
+        with pg_errors.translated():
             data = await self._pool.fetchval(queries["select_client_task"], client_task_id)
         return state_from_json(data) if data is not None else None
 
@@ -214,7 +182,7 @@ class PostgresEventLog:
         cursor: str | None = None,
     ) -> tuple[list[TaskState], str | None]:
         after: tuple[datetime | None, str | None] = decode_cursor(cursor) if cursor else (None, None)
-        with _translated():
+        with pg_errors.translated():
             rows = await self._pool.fetch(
                 queries["list_tasks"], status, workflow, client_task_id, after[0], after[1], limit + 1
             )
@@ -227,12 +195,12 @@ class PostgresEventLog:
         return [state_from_json(r["state"]) for r in page], next_cursor
 
     async def open_tasks(self) -> list[TaskState]:
-        with _translated():
+        with pg_errors.translated():
             rows = await self._pool.fetch(queries["open_tasks"])
         return [state_from_json(r["state"]) for r in rows]
 
     async def queued_tasks(self) -> list[tuple[str, int, float, str, list[str]]]:
-        with _translated():
+        with pg_errors.translated():
             rows = await self._pool.fetch(queries["queued_tasks"])
         return [
             (str(r["task_id"]), r["priority"], r["created_at"].timestamp(), r["workflow"], list(r["labels"] or []))
@@ -240,7 +208,7 @@ class PostgresEventLog:
         ]
 
     async def pending_webhooks(self) -> list[tuple[str, str | None]]:
-        with _translated():
+        with pg_errors.translated():
             rows = await self._pool.fetch(queries["pending_webhooks"])
         return [(str(r["task_id"]), r["callback_url"]) for r in rows]
 
@@ -248,7 +216,7 @@ class PostgresEventLog:
         ids = [t for t in task_ids if _is_uuid(t)]  # no other id names a task here
         if not ids:
             return set()
-        with _translated():
+        with pg_errors.translated():
             rows = await self._pool.fetch(queries["ended_among"], ids)
         return {r["task_id"] for r in rows}
 
@@ -291,27 +259,28 @@ class PostgresEventLog:
     # --- facts about the fleet -----------------------------------------------------------------
 
     async def append_fleet(self, event: fleet.FleetEvent) -> None:
-        with _translated():
+        with pg_errors.translated():
             await self._pool.execute(
                 queries["append_fleet_event"], event.TYPE, event.SCHEMA_VERSION, event.payload()
             )
 
     async def read_fleet(self) -> list[fleet.FleetEvent]:
-        with _translated():
+        with pg_errors.translated():
             rows = await self._pool.fetch(queries["select_fleet_events"])
         return [fleet.decode(r["type"], r["schema_version"], r["payload"]) for r in rows]
 
-    # --- notifications: new tasks (the router), ended tasks (the router, the webhooks) ---------
+    # --- notifications: queued tasks (the router), ended tasks (the router, the webhooks) ------
 
-    async def listen_submitted(self, callback: SubmittedCallback) -> None:
-        """Call `callback(task_id, priority, created_at, workflow, labels)` for every task
-        submitted from now on. Delivery is best effort: callers also scan `queued_tasks()`."""
+    async def listen_queued(self, callback: QueuedCallback) -> None:
+        """Call `callback(task_id, priority, created_at, workflow, labels, requeued)` for every
+        task submitted or requeued from now on (`event_log.queued_notice`), sent by the
+        appending statement. Delivery is best effort: callers also scan `queued_tasks()`."""
 
         def on_payload(payload: str) -> None:
-            task_id, priority, created_at, workflow, labels = orjson.loads(payload)
-            callback(task_id, priority, created_at, workflow, labels)
+            task_id, priority, created_at, workflow, labels, requeued = orjson.loads(payload)
+            callback(task_id, priority, created_at, workflow, labels, bool(requeued))
 
-        await self._listen(SUBMITTED_CHANNEL, on_payload)
+        await self._listen(QUEUED_CHANNEL, on_payload)
 
     async def listen_ended(
         self, callback: EndedCallback, on_listening: Callable[[], None] | None = None
@@ -399,10 +368,9 @@ def _ended_payload(before: TaskState | None, after: TaskState) -> str | None:
     return None if notice is None else _dumps(list(notice))
 
 
-def _submitted_payload(s: TaskState) -> str:
-    return _dumps(
-        [s.task_id, s.priority, s.created_at.timestamp(), s.workflow, list(s.required_labels)]
-    )
+def _queued_payload(before: TaskState | None, after: TaskState) -> str | None:
+    notice = queued_notice(before, after)
+    return None if notice is None else _dumps(list(notice))
 
 
 def _stored(task_id: str, r: asyncpg.Record) -> events.StoredEvent:

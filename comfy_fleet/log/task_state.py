@@ -18,7 +18,7 @@ from comfy_fleet import errors
 
 from comfy_fleet.log import events
 
-from comfy_fleet.delivery import webhooks
+from comfy_fleet.delivery import ids
 
 #: API statuses. `queued`: waiting in the router (or requeued); `dispatched`: sent to a ComfyUI;
 #: `running`: ComfyUI executes it; the last three are final.
@@ -101,7 +101,10 @@ def apply(
     in_place: bool = False,
 ) -> TaskState:
     """`evolve` with the envelope's fields as arguments: the fold itself, for a caller that has
-    them at hand (a rebuild, per event of the log, builds no `StoredEvent`)."""
+    them at hand (a rebuild, per event of the log, builds no `StoredEvent`).
+
+    Long because it is one `match` with a case per event type: every transition and every
+    late-event rule ("a final task changes no more") reads in one place."""
     if state is None:
         if not isinstance(ev, events.TaskSubmitted):
             raise errors.FleetError(f"task {task_id}: stream starts with {ev.TYPE}")
@@ -179,7 +182,7 @@ def apply(
             s.outputs = [dict(o) for o in ev.outputs]
             s.error, s.webhook_attempts = None, 0
             if s.end_seq is not None:
-                s.past_webhook_ids.append(webhooks.webhook_id(s.task_id, s.end_seq))
+                s.past_webhook_ids.append(ids.webhook_id(s.task_id, s.end_seq))
             _finish(s, seq, at, CANCELLED if s.cancel_requested else SUCCEEDED)
         case events.TaskRequeued() if not final:
             s.status, s.progress, s.outputs = QUEUED, None, []

@@ -23,6 +23,9 @@ Addresses, in this order of precedence (the first rule that matches decides):
   1. ``deny_hosts`` (host or host:port; names, IPv4 or IPv6): denied. Meant for the ComfyUI
      endpoints and the service itself. A name entry also matches the addresses it resolves to;
      an unspecified address entry (``0.0.0.0:8000``, ``[::]:8000``) matches loopback on that port.
+  1b. the fleet (``fleet_addresses``): a ComfyUI endpoint's port on any address of its host, on
+     loopback and on this machine's own addresses; the service's own ports likewise. It follows
+     the endpoints discovered, added and removed while the service runs.
   2. the built-in metadata names (``metadata.google.internal``, ...): denied.
   3. ``deny_cidrs``: denied.
   4. ``allow_cidrs``: allowed. An operator's allow list overrides the built-in denies below, but
@@ -35,8 +38,9 @@ Addresses, in this order of precedence (the first rule that matches decides):
      network are common, and our tests run them on 127.0.0.1).
   7. anything else: allowed.
 
-IPv4-mapped (``::ffff:a.b.c.d``) and NAT64 (``64:ff9b::a.b.c.d``) IPv6 addresses are checked as the
-IPv4 address they carry. A name is allowed only when every address it resolves to is allowed.
+An IPv6 address is checked as itself and as every IPv4 address it carries (IPv4-mapped,
+-translated and -compatible, NAT64 and local NAT64, 6to4, Teredo: ``ip_ranges.readings``); it is
+denied when any reading is. A name is allowed only when every address it resolves to is allowed.
 """
 
 from __future__ import annotations
@@ -47,13 +51,14 @@ import logging
 import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from comfy_fleet import errors
-from comfy_fleet.policies import ip_ranges
+from comfy_fleet.policies import fleet_addresses, ip_ranges
 
 if TYPE_CHECKING:
     from comfy_fleet.net import pinned
@@ -114,31 +119,7 @@ class ParsedUrl:
         return f"{self.scheme}://{host}:{self.port}{path}"
 
 
-def _parse_host_entry(entry: str) -> tuple[str, int | None]:
-    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address → (normalised host, port)."""
-    text = entry.strip().lower()
-    if "://" in text:
-        text = text.split("://", 1)[1]
-    text = text.split("/", 1)[0]
-    port: int | None = None
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest.startswith(":"):
-            port = int(rest[1:])
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        port = int(port_text)
-    else:
-        host = text  # a name, an IPv4 address, or a bare IPv6 address
-    host = host.rstrip(".")
-    if not host or (port is not None and not 0 < port < 65536):
-        raise ValueError(entry)
-    try:
-        host = str(ipaddress.ip_address(host))
-    except ValueError:
-        if not _HOST_NAME.match(host):
-            raise ValueError(entry) from None
-    return host, port
+_parse_host_entry = fleet_addresses.parse_host_entry
 
 
 async def _system_resolver(host: str, port: int) -> list[str]:
@@ -161,6 +142,9 @@ class UrlPolicy:
     resolve_timeout_s: float = RESOLVE_TIMEOUT_S
     #: DNS; the system resolver unless a test injects one
     resolver: Resolver | None = field(default=None, compare=False, repr=False)
+    #: the fleet's current endpoints and the service's ports (rule 1b); kept up to date by
+    #: ``comfy_fleet.net.fleet_refresher`` and read at each check
+    fleet: fleet_addresses.FleetAddresses | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def build(
@@ -211,27 +195,30 @@ class UrlPolicy:
         )
 
     @classmethod
-    def from_settings(cls, settings: Any, *, extra_deny_hosts: Iterable[str] = ()) -> UrlPolicy:
+    def from_settings(
+        cls,
+        settings: Any,
+        *,
+        extra_deny_hosts: Iterable[str] = (),
+        fleet: fleet_addresses.FleetAddresses | None = None,
+    ) -> UrlPolicy:
         """The policy of a ``comfy_fleet.config.Settings``.
 
-        Denies the ComfyUI endpoints and the service's own ``host:port``, plus the optional
-        settings ``url_deny_hosts``, ``url_deny_cidrs``, ``url_allow_cidrs`` (sequences of strings)
-        and ``url_deny_private`` (bool), read with defaults so that settings without them work.
-        Stand-ins started at run time are not in the settings: pass them as ``extra_deny_hosts``.
+        Denies the ComfyUI endpoints and the service's own ``host:port`` (rule 1b, through
+        ``fleet``: a new one holding them when none is given), plus the optional settings
+        ``url_deny_hosts``, ``url_deny_cidrs``, ``url_allow_cidrs`` (sequences of strings) and
+        ``url_deny_private`` (bool), read with defaults so that settings without them work.
+        ``extra_deny_hosts`` are denied by exact host (rule 1).
         """
-        own = [f"{_hostport(settings.service_host, settings.service_port)}"]
-        endpoints = [e.name for e in getattr(settings, "comfyui_endpoints", ())]
-        return cls.build(
-            deny_hosts=[
-                *own,
-                *endpoints,
-                *extra_deny_hosts,
-                *getattr(settings, "url_deny_hosts", ()),
-            ],
+        if fleet is None:
+            fleet = fleet_addresses.for_settings(settings)
+        policy = cls.build(
+            deny_hosts=[*extra_deny_hosts, *getattr(settings, "url_deny_hosts", ())],
             deny_cidrs=getattr(settings, "url_deny_cidrs", ()),
             allow_cidrs=getattr(settings, "url_allow_cidrs", ()),
             deny_private=bool(getattr(settings, "url_deny_private", False)),
         )
+        return dataclasses.replace(policy, fleet=fleet)
 
     # -- syntax -------------------------------------------------------------------------------
 
@@ -302,14 +289,24 @@ class UrlPolicy:
         for host, port in self.deny_hosts:
             if host == url.host and port in (None, url.port):
                 raise errors.UrlForbidden(f"host {_hostport(url.host, url.port)} is denied")
+        why = self.fleet.current.denies_name(url.host, url.port) if self.fleet else None
+        if why is not None:
+            raise errors.UrlForbidden(f"host {_hostport(url.host, url.port)} is {why}")
 
     # -- addresses ----------------------------------------------------------------------------
 
     def check_address(self, ip: IPAddress, port: int, *, host: str | None = None) -> None:
-        """Raise ``errors.UrlForbidden`` unless ``ip:port`` is allowed (rules 1 and 3-7)."""
+        """Raise ``errors.UrlForbidden`` unless ``ip:port`` is allowed (rules 1, 1b and 3-7),
+        under each of its readings (``ip_ranges.readings``)."""
         shown = host if host and host != str(ip) else str(ip)
         where = f"{shown} ({ip})" if shown != str(ip) else shown
-        plain = ip_ranges.unwrap_ip(ip)
+        why = self.fleet.current.denial(ip, port) if self.fleet is not None else None
+        if why is not None:
+            raise errors.UrlForbidden(f"{_hostport(where, port)} is {why}")
+        for plain in ip_ranges.readings(ip):
+            self._check_reading(plain, port, where)
+
+    def _check_reading(self, plain: IPAddress, port: int, where: str) -> None:
         for deny_host, deny_port in self.deny_hosts:
             if deny_port not in (None, port):
                 continue
@@ -365,16 +362,17 @@ class UrlPolicy:
         self, url: ParsedUrl, ips: list[IPAddress], resolve: Resolver
     ) -> None:
         """Rule 1 for name entries: ``localhost:8188`` also denies ``127.0.0.1:8188``."""
-        names = [h for h, p in self.deny_hosts if p in (None, url.port) and not _is_ip(h)]
+        names = [h for h, p in self.deny_hosts if p in (None, url.port) and fleet_addresses.literal(h) is None]
         if not names:
             return
-        wanted = {ip_ranges.unwrap_ip(ip) for ip in ips}
+        wanted = {r for ip in ips for r in ip_ranges.readings(ip)}
         for name in names:
             try:
                 async with asyncio.timeout(self.resolve_timeout_s):
                     answer = await resolve(name, url.port)
                 denied = {
-                    ip_ranges.unwrap_ip(ipaddress.ip_address(a.split("%", 1)[0])) for a in answer
+                    r for a in answer
+                    for r in ip_ranges.readings(ipaddress.ip_address(a.split("%", 1)[0]))
                 }
             except (OSError, UnicodeError, ValueError, TimeoutError):
                 continue  # an entry that does not resolve denies nothing by address
@@ -390,14 +388,6 @@ class UrlPolicy:
         from comfy_fleet.net import pinned
 
         return pinned.PinnedTransport(self, httpx.AsyncHTTPTransport(**kwargs))
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _hostport(host: str, port: int) -> str:

@@ -1,12 +1,13 @@
 """POST {ROUTE_PREFIX}: the original ComfyUI-server route, kept for its clients (the record it
-answers with is `serve_app.legacy`'s)."""
+answers with is `comfy_fleet.legacy_record`'s)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from serve_app import commands, legacy, schemas
+from comfy_fleet import legacy_record
+from serve_app import commands, schemas
 from serve_app.routes import context
 
 router = APIRouter()
@@ -28,4 +29,4 @@ async def legacy_submit(body: schemas.LegacySubmit, request: Request) -> Respons
         origin="legacy",
     )
     view = await context.task_view(s, state)
-    return JSONResponse({**legacy.record(state), "task": view}, status_code=200)
+    return JSONResponse({**legacy_record.record(state), "task": view}, status_code=200)

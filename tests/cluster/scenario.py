@@ -89,7 +89,7 @@ class Stack:
 
     def standin(self) -> str:
         from comfy_standin.testing import StandInProcess
-        from serve_app.launcher import STANDIN_MODELS
+        from comfy_fleet_devstack.launch import STANDIN_MODELS
 
         root = self.data / f"standin-{len(self.standins)}"
         for d in ("input", "output", "temp"):
@@ -120,7 +120,8 @@ class Stack:
     def start_service(self, env: dict[str, str]) -> str:
         from comfy_fleet.config import Settings
         from comfy_fleet_devstack import postgres
-        from serve_app import launcher
+        from comfy_fleet_devstack import launch
+        from serve_app import deploy
 
         self.admin_dsn = postgres.find_test_server(embedded_dir=self.data / "pg")
         self.db_name = postgres.unique_database_name("cluster")
@@ -137,20 +138,20 @@ class Stack:
             },
             dotenv=self.data / "none",
         )
-        settings, self.parts = launcher.start_local_parts(settings, self.data, say=say)
+        settings, self.parts = launch.start_local_parts(settings, self.data, say=say)
         self.settings = settings
-        launcher.migrate_database(settings)
-        launcher.ensure_bucket(settings)
-        launcher.init_ray(settings)
+        deploy.migrate_database(settings)
+        deploy.ensure_bucket(settings)
+        launch.init_ray(settings)
         self.service_up = True
-        return launcher.start_service(settings)
+        return deploy.start_service(settings)
 
     def close(self) -> None:
-        from serve_app import launcher
+        from comfy_fleet_devstack import launch
 
         if self.service_up:
             with contextlib.suppress(Exception):
-                launcher.stop_service(self.settings)
+                launch.stop_service(self.settings)
         if self.cluster is not None:
             with contextlib.suppress(Exception):
                 self.cluster.shutdown()
@@ -172,7 +173,7 @@ class Stack:
 def stack() -> Iterator[Stack]:
     from ray.cluster_utils import Cluster
 
-    from serve_app.launcher import RAY_ENV
+    from comfy_fleet_devstack.launch import RAY_ENV
 
     # Before the cluster starts: its nodes' processes inherit these.
     for key, value in RAY_ENV.items():

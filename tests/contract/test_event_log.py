@@ -168,6 +168,25 @@ class EventLogContract:
         assert await log.ended_among([with_hook, without, str(uuid.uuid4()), "not-a-task"]) == {with_hook, without}
         assert await log.ended_among([]) == set()
 
+    async def test_waiting_tasks_are_told_when_submitted_and_when_requeued(self, log: EventLog) -> None:
+        heard: list[tuple[str, int, float, str, list[str], bool]] = []
+        caught_up: list[int] = []
+        await log.listen_queued(lambda *notice: heard.append(notice))
+        await log.listen_ended(lambda *_: None, lambda: caught_up.append(1))  # the same listener
+        await eventually(lambda: caught_up, what="listening")
+        tid = str(uuid.uuid4())
+
+        s = await log.append(tid, 0, [submitted(priority=3)])
+        s = await log.append(tid, s.seq, [events.TaskDispatched(endpoint="e:1", prompt_id="p", attempt=1)], s)
+        s = await log.append(tid, s.seq, [events.TaskRequeued(endpoint="e:1", prompt_id="p", reason="lost")], s)
+        s = await log.append(tid, s.seq, [events.TaskCancelRequested()], s)  # still waiting: no news
+
+        created = s.created_at.timestamp()
+        expected = [(tid, 3, created, "solid", [], False), (tid, 3, created, "solid", [], True)]
+        await eventually(lambda: len(heard) >= 2, what="two notices")
+        await asyncio.sleep(0.2)  # and no more
+        assert [(t, p, pytest.approx(c), w, labels, r) for t, p, c, w, labels, r in heard] == expected
+
 
 class TestInMemoryEventLog(EventLogContract):
     @pytest.fixture

@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 from comfy_fleet.delivery import webhooks
-from serve_app import legacy
+from comfy_fleet import legacy_record
 from tests.support.fleet import WEBHOOK_SECRET, Fleet, Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]
 
-RECORD = set(legacy.RECORD_FIELDS)
+RECORD = set(legacy_record.RECORD_FIELDS)
 
 
 async def post_legacy(fleet: Fleet, body: dict) -> httpx.Response:
@@ -118,7 +118,7 @@ async def test_a_failed_task_reports_its_error_code(fleet: Fleet, receiver: Rece
     assert (
         sent["type"] == "task.failed" and sent["task"]["error"]["code"] == "comfyui_execution_error"
     )
-    assert sent["error_code"] == legacy.OTHER and sent["s3_key"] is None
+    assert sent["error_code"] == legacy_record.OTHER and sent["s3_key"] is None
 
 
 async def test_refusals_use_the_api_error_shape_and_record_nothing(fleet: Fleet) -> None:

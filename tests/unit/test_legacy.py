@@ -10,7 +10,7 @@ from comfy_fleet.log import events, task_state
 
 from comfy_fleet import storage
 from comfy_fleet.log.events import StoredEvent
-from serve_app import legacy
+from comfy_fleet import legacy_record
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SUB = events.TaskSubmitted(
@@ -51,8 +51,8 @@ def fold(*evs: events.Event) -> task_state.TaskState:
 
 
 def test_record_at_submit_has_every_field_and_error_code_zero() -> None:
-    rec = legacy.record(fold(SUB))
-    assert tuple(rec) == legacy.RECORD_FIELDS
+    rec = legacy_record.record(fold(SUB))
+    assert tuple(rec) == legacy_record.RECORD_FIELDS
     assert rec == {
         "id": "t1",
         "client_task_id": "order-7",
@@ -65,7 +65,7 @@ def test_record_at_submit_has_every_field_and_error_code_zero() -> None:
 
 
 def test_record_of_a_success_names_the_first_output() -> None:
-    rec = legacy.record(
+    rec = legacy_record.record(
         fold(
             SUB,
             DISPATCHED,
@@ -93,11 +93,11 @@ def test_record_of_a_success_names_the_first_output() -> None:
 )
 def test_error_code_mapping(code: str, expected: int) -> None:
     state = fold(SUB, DISPATCHED, events.TaskFailed(code=code, message="m", prompt_id="p1"))
-    assert legacy.record(state)["error_code"] == expected
+    assert legacy_record.record(state)["error_code"] == expected
 
 
 def test_cancelled_is_other() -> None:
-    assert legacy.error_code(fold(SUB, events.TaskCancelled(where="router"))) == legacy.OTHER
+    assert legacy_record.error_code(fold(SUB, events.TaskCancelled(where="router"))) == legacy_record.OTHER
 
 
 def test_storage_failure_names_the_kept_file_but_no_s3_key() -> None:
@@ -115,7 +115,7 @@ def test_storage_failure_names_the_kept_file_but_no_s3_key() -> None:
             code="storage_failed", message="S3 down", prompt_id="p1", details={"outputs": [failure]}
         ),
     )
-    rec = legacy.record(state)
+    rec = legacy_record.record(state)
     assert rec["error_code"] == 2 and rec["s3_key"] is None
     assert rec["comfyui_filepath"] == "a_00001_.png"
 
@@ -123,8 +123,8 @@ def test_storage_failure_names_the_kept_file_but_no_s3_key() -> None:
 async def test_webhook_body_is_the_record_plus_the_task() -> None:
     store = storage.InMemoryBlobStore()
     state = fold(SUB, DISPATCHED, out(0, "a.png"), events.TaskSucceeded(prompt_id="p1"))
-    body = await legacy.webhook_body(state, store, 60)
-    assert set(body) == {*legacy.RECORD_FIELDS, "task"}
+    body = await legacy_record.webhook_body(state, store, 60)
+    assert set(body) == {*legacy_record.RECORD_FIELDS, "task"}
     assert body["task"]["task_id"] == "t1" and body["task"]["status"] == "succeeded"
     assert body["task"]["outputs"][0]["url"].startswith("memory://")
     assert body["s3_key"] == body["task"]["outputs"][0]["s3_key"]

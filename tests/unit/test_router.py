@@ -53,6 +53,27 @@ async def submit(log: InMemoryEventLog, *, priority: int = 0, workflow: str = "s
     return task_id
 
 
+async def end_in_log(log: InMemoryEventLog, task_id: str, endpoint: str) -> None:
+    """What the endpoint does: record the dispatch there, then the task's end."""
+    state = await log.get(task_id)
+    state = await log.append(
+        task_id, state.seq, [events.TaskDispatched(endpoint=endpoint, prompt_id=f"p-{task_id}", attempt=1)], state
+    )
+    await log.append(task_id, state.seq, [events.TaskSucceeded(prompt_id=f"p-{task_id}")], state)
+
+
+async def requeue_in_log(log: InMemoryEventLog, task_id: str, endpoint: str) -> None:
+    """What the endpoint does when it loses a prompt: record the dispatch there, then the
+    requeue."""
+    state = await log.get(task_id)
+    state = await log.append(
+        task_id, state.seq, [events.TaskDispatched(endpoint=endpoint, prompt_id=f"p-{task_id}", attempt=1)], state
+    )
+    await log.append(
+        task_id, state.seq, [events.TaskRequeued(endpoint=endpoint, prompt_id=f"p-{task_id}", reason="lost")], state
+    )
+
+
 @pytest.fixture(autouse=True)
 def fast_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
     # The heartbeat is what reconnects an endpoint after a RETRY; a second is long in a test.
@@ -82,8 +103,10 @@ def make_router(
 
 
 async def enqueue(r: Router, log: InMemoryEventLog, task_id: str) -> None:
-    state = await log.get(task_id)
-    await r.submit(task_id, state.priority, state.created_at.timestamp(), state.workflow, [])
+    """The router holds the recorded task: it hears of it from the log (once started), or
+    finds it in the log when it starts."""
+    await r.start()
+    assert task_id in r.waiting or any(task_id in a for a in r.assigned.values())
 
 
 async def queue_tasks(r: Router, log: InMemoryEventLog, n: int) -> list[str]:
@@ -138,7 +161,7 @@ async def test_dispatches_to_the_least_loaded_and_never_above_depth(started: lis
 
     # Finishing one on b frees exactly one slot there.
     done = eps[1].dispatched[0]
-    await r.task_finished_many("b:1", [done])
+    await end_in_log(log, done, "b:1")
     await eventually(lambda: len(eps[1].dispatched) == 3, what="a third dispatch to b")
     assert len(eps[0].dispatched) == 2
     stats = await r.stats()
@@ -146,8 +169,8 @@ async def test_dispatches_to_the_least_loaded_and_never_above_depth(started: lis
     assert stats["endpoints"]["b:1"]["inflight"] == 2
     assert stats["waiting"] == 2
 
-    # A finished task that is not there (a repeat) frees nothing.
-    await r.task_finished_many("b:1", [done])
+    # A repeated notice of that end frees nothing more.
+    r._on_ended(done, "b:1", None)  # noqa: SLF001
     await asyncio.sleep(0.1)
     assert len(all_dispatched(eps)) == 5
 
@@ -155,7 +178,7 @@ async def test_dispatches_to_the_least_loaded_and_never_above_depth(started: lis
     for _ in range(10):
         for e in eps:
             for t in list(r.assigned[e.name]):
-                await r.task_finished_many(e.name, [t])
+                await end_in_log(log, t, e.name)
         await asyncio.sleep(0.05)
     assert sorted(all_dispatched(eps)) == sorted(tasks)
 
@@ -171,7 +194,7 @@ async def test_ties_spread_over_both_endpoints(started: list[Router]) -> None:
         holder = await eventually(
             lambda t=t: next((e for e in eps if t in e.dispatched), None), what="dispatch"
         )
-        await r.task_finished_many(holder.name, [t])
+        await end_in_log(log, t, holder.name)
     assert len(eps[0].dispatched) + len(eps[1].dispatched) == 20
     assert eps[0].dispatched and eps[1].dispatched
 
@@ -268,7 +291,7 @@ async def test_cancel_of_a_waiting_task_removes_it(started: list[Router]) -> Non
     # A dispatched task is the endpoint's to cancel.
     assert await r.cancel(running) == "interrupting"
     assert ep.cancels == [running]
-    await r.task_finished_many("a:1", [running])
+    await end_in_log(log, running, "a:1")
     await asyncio.sleep(0.1)
     assert ep.dispatched == [running]
 
@@ -288,39 +311,50 @@ async def test_priorities_are_honoured_while_waiting(started: list[Router]) -> N
     for t in (low, high, mid, low2):
         await enqueue(r, log, t)
     for expected_len in (2, 3, 4, 5):
-        await r.task_finished_many("a:1", [ep.dispatched[-1]])
+        await end_in_log(log, ep.dispatched[-1], "a:1")
         await eventually(lambda n=expected_len: len(ep.dispatched) == n, what=f"dispatch {expected_len}")
     assert ep.dispatched == [blocker, high, mid, low, low2]
 
 
-async def test_task_requeued_waits_again_only_when_the_log_says_queued(started: list[Router]) -> None:
+async def test_a_requeue_recorded_in_the_log_frees_the_slot_and_the_task_waits_again(
+    started: list[Router],
+) -> None:
     log = InMemoryEventLog()
-    ep = FakeEndpoint("a:1", connected=False)
-    r = make_router(log, [ep], started)
+    ep = FakeEndpoint("a:1")
+    r = make_router(log, [ep], started, depth=1)
     await r.start()
+    first, second = await queue_tasks(r, log, 2)
+    await eventually(lambda: ep.dispatched == [first], what="first dispatch")
+
+    # The endpoint loses the prompt and records the requeue: the log's notice alone frees its
+    # slot and queues the task again, where it is the oldest, so it goes out first.
+    await requeue_in_log(log, first, "a:1")
+    await eventually(lambda: ep.dispatched == [first, first], what="the notice frees the slot")
+    assert second in r.waiting and r.assigned["a:1"] == {first}
+    await end_in_log(log, first, "a:1")
+    await eventually(lambda: ep.dispatched == [first, first, second], what="the second task")
+
+
+class NoQueuedNotices(InMemoryEventLog):
+    """Loses every notice of a waiting task, as a listener does while it reconnects."""
+
+    async def listen_queued(self, callback: Any) -> None:
+        return None
+
+
+async def test_a_requeue_whose_notice_was_lost_is_found_by_the_scan(
+    started: list[Router], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(router_module, "SCAN_S", 0.02)
+    monkeypatch.setattr(router_module, "TAKEN_MEMORY_S", 0.05)
+    log = NoQueuedNotices()
+    ep = FakeEndpoint("a:1")
     task = await submit(log)
-    assert task in r.waiting  # the router follows submissions in the log
-    r.waiting.remove(task)  # as if dispatched
-    await log.append(task, 1, [
-        events.TaskDispatched(endpoint="a:1", prompt_id="p", attempt=1),
-    ])
-    state = await log.get(task)
-    await r.task_requeued(task, 0, state.created_at.timestamp())
-    assert task not in r.waiting  # still dispatched in the log: not ours to queue
-    await log.append(task, 2, [events.TaskRequeued(endpoint="a:1", prompt_id="p", reason="lost")])
-    await r.task_requeued(task, 0, state.created_at.timestamp())
-    assert task in r.waiting
-    await r.task_requeued(str(uuid.uuid4()), 0, 0.0)  # unknown: ignored
-    assert len(r.waiting) == 1
-
-
-async def end_in_log(log: InMemoryEventLog, task_id: str, endpoint: str) -> None:
-    """What the endpoint does: record the dispatch there, then the task's end."""
-    state = await log.get(task_id)
-    state = await log.append(
-        task_id, state.seq, [events.TaskDispatched(endpoint=endpoint, prompt_id=f"p-{task_id}", attempt=1)], state
-    )
-    await log.append(task_id, state.seq, [events.TaskSucceeded(prompt_id=f"p-{task_id}")], state)
+    r = make_router(log, [ep], started, depth=1)
+    await r.start()  # finds the task in the log
+    await eventually(lambda: ep.dispatched == [task], what="dispatch")
+    await requeue_in_log(log, task, "a:1")
+    await eventually(lambda: ep.dispatched == [task, task], what="the scan frees and requeues it")
 
 
 async def test_an_end_recorded_in_the_log_frees_the_slot_without_a_call(started: list[Router]) -> None:

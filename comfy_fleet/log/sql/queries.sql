@@ -6,8 +6,9 @@
 -- implicit transaction, one round trip). $1 task_id, $2 seqs, $3 types, $4 versions,
 -- $5 payloads, $6 recorded_at, $7 client_task_id, $8 workflow, $9 status, $10 priority,
 -- $11 webhook, $12 last_seq, $13 created_at, $14 updated_at, $15 state, $16 expected_seq,
--- $17 submitted notification payload (JSON text) or NULL, $18 ended notification payload
--- (JSON text: the task reached an end or its webhook became pending) or NULL
+-- $17 queued notification payload (JSON text: the task was submitted or requeued) or NULL,
+-- $18 ended notification payload (JSON text: the task reached an end or its webhook became
+-- pending) or NULL
 WITH ins AS (
     INSERT INTO task_events (task_id, seq, type, schema_version, payload, recorded_at)
     SELECT $1, u.seq, u.type, u.version, u.payload, u.at
@@ -25,16 +26,17 @@ WITH ins AS (
     RETURNING 1
 ), notified AS (
     SELECT pg_notify('task_events_v1', $1::text || ':' || $12::text)
-), submitted AS (
-    -- The router follows new tasks through this channel (no call from the ingress).
-    SELECT pg_notify('tasks_submitted_v1', $17::text) WHERE $17::text IS NOT NULL
+), queued AS (
+    -- The router follows tasks that wait for dispatch through this channel: new ones (no call
+    -- from the ingress) and requeued ones (no call from the endpoint that let go of them).
+    SELECT pg_notify('tasks_queued_v1', $17::text) WHERE $17::text IS NOT NULL
 ), ended AS (
     -- The router frees the endpoint's slot and the webhook dispatcher delivers, on commit.
     SELECT pg_notify('tasks_ended_v1', $18::text) WHERE $18::text IS NOT NULL
 )
 SELECT (SELECT array_agg(position ORDER BY position) FROM ins) AS positions,
        (SELECT count(*) FROM up) AS upserted,
-       (SELECT count(*) FROM notified) + (SELECT count(*) FROM submitted)
+       (SELECT count(*) FROM notified) + (SELECT count(*) FROM queued)
            + (SELECT count(*) FROM ended) AS notified;
 
 -- select_task_events --

