@@ -49,13 +49,18 @@ class Authenticate:
         self.app = app
         self.keys = [k.encode() for k in settings.api_keys]
         self.open = {settings.route_prefix + p for p in OPEN_PATHS}
+        #: API routes are never the console's, whatever ROUTE_PREFIX is (e.g. "/console/api")
+        self.api_root = settings.route_prefix.rstrip("/") + "/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         principal = self.resolve(scope) if self.keys else OPEN_ADMIN
-        open_path = scope["path"] in self.open or console.is_open(scope["path"])
+        path = scope["path"]
+        open_path = path in self.open or (
+            console.is_open(path) and self.api_root != "/" and not path.startswith(self.api_root)
+        )
         if principal is None and not open_path:
             await responses.error(
                 401, "unauthorized",
