@@ -21,7 +21,6 @@ REASON = "long because"
 KNOWN_OFFENDERS = {
     "actors/router.py",
     "comfy_fleet/config.py:Settings.from_env",
-    "comfy_fleet/policies/url_policy.py",
     "comfy_fleet/workflows/manifest.py",
     "comfy_fleet/workflows/manifest.py:_parse_param",
     "comfy_fleet/workflows/params.py:validate_params",
