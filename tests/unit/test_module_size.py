@@ -21,8 +21,6 @@ REASON = "long because"
 KNOWN_OFFENDERS = {
     "actors/router.py",
     "comfy_fleet/config.py:Settings.from_env",
-    "comfy_standin/executor.py",
-    "comfy_standin/executor.py:Executor.execute",
     "comfy_standin/server.py",
     "serve_app/submission.py:submit",
 }
