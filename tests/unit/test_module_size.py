@@ -21,7 +21,6 @@ REASON = "long because"
 KNOWN_OFFENDERS = {
     "actors/router.py",
     "comfy_fleet/config.py:Settings.from_env",
-    "comfy_standin/server.py",
     "serve_app/submission.py:submit",
 }
 
