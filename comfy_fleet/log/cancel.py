@@ -130,9 +130,7 @@ def request(s: CancelState) -> list[events.Event]:
 
 def decide(s: CancelState, where: Where) -> Decision:
     """What happens to the task ``s`` found at ``where`` (the module docstring's table)."""
-    if s.is_final:
-        return Decision(Action.NOTHING)
-    if not s.cancel_requested:
+    if s.is_final or not s.cancel_requested:
         return Decision(Action.NOTHING)
     if where in _RECORDED:
         return Decision(_ACTIONS[where], (events.TaskCancelled(where=where.value),))
