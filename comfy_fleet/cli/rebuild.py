@@ -24,6 +24,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import re
+import tempfile
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -291,9 +292,59 @@ async def _rows_from_processes(
             pipe.close()
 
 
-async def rebuild_read_model(dsn: str, workers: int | None = None) -> int:
-    """Replace the read model by the fold of the log, in `workers` processes (default: one per
-    core; 1 folds in this process); returns the number of tasks. See the module docstring."""
+#: How a rebuild computes the rows: "sql" (the default) folds the common lifecycles in one
+#: INSERT ... SELECT and the rest in Python in this process; "fold" folds every task in Python,
+#: in `workers` processes.
+METHODS = ("sql", "fold")
+
+#: The SQL fold's session: no JIT (compiling this query costs more than it saves), memory for
+#: its per-task aggregate.
+_SQL_SESSION = "SET LOCAL jit = off; SET LOCAL work_mem = '64MB'"
+
+
+async def _rebuild_in_sql(conn: asyncpg.Connection) -> int:
+    """In the rebuild's transaction, after the read model was emptied: the common lifecycles'
+    rows by `rebuild_plain_tasks` (folded in SQL, never sent to Python), then every other task
+    folded by `LogFold` in this process from `select_log_unrebuilt` and COPYd in. The rows of the
+    second part wait in a temporary file (in memory up to 64 MiB): one connection cannot COPY
+    out and in at once. Returns the number of tasks."""
+    await conn.execute(_SQL_SESSION)
+    status = await conn.execute(queries["rebuild_plain_tasks"])
+    plain = int(status.split()[-1])
+    fold = LogFold()
+    failed: list[BaseException] = []
+    with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
+
+        async def sink(data: bytes) -> None:
+            if failed:
+                return
+            try:
+                spool.write(fold.feed(data))
+            except BaseException as exc:
+                # As in fold_range: asyncpg's COPY TO does not survive an error raised by its
+                # output; the caller terminates the connection (rolling back) and we raise it.
+                failed.append(exc)
+                conn.terminate()
+
+        try:
+            await conn.copy_from_query(queries["select_log_unrebuilt"], output=sink)
+        except BaseException as exc:
+            raise (failed[0] if failed else exc) from None
+        if failed:
+            raise failed[0]
+        spool.write(fold.finish())
+        if fold.tasks:
+            spool.seek(0)
+            await conn.copy_to_table("tasks", source=spool, columns=list(COLUMNS), format="text")
+    return plain + fold.tasks
+
+
+async def rebuild_read_model(dsn: str, workers: int | None = None, method: str = "sql") -> int:
+    """Replace the read model by the fold of the log; returns the number of tasks. `method`:
+    see METHODS; `workers` (default: one per core; 1 folds in this process) is the number of
+    fold processes of "fold". See the module docstring."""
+    if method not in METHODS:
+        raise ValueError(f"rebuild: method must be one of {METHODS}, not {method!r}")
     n = max(1, workers if workers is not None else os.cpu_count() or 1)
     ranges = task_id_ranges(n)
     tasks: list[int] = []
@@ -307,13 +358,16 @@ async def rebuild_read_model(dsn: str, workers: int | None = None) -> int:
         # its own error, before any fold starts.
         columns = list(COLUMNS)
         await conn.copy_to_table("tasks", source=memoryview(b""), columns=columns, format="text")
-        rows = (
-            _rows_in_process(dsn, snapshot, *ranges[0], tasks)
-            if n == 1
-            else _rows_from_processes(dsn, snapshot, ranges, tasks)
-        )
-        async with contextlib.aclosing(rows):
-            await conn.copy_to_table("tasks", source=rows, columns=columns, format="text")
+        if method == "sql":
+            tasks.append(await _rebuild_in_sql(conn))
+        else:
+            rows = (
+                _rows_in_process(dsn, snapshot, *ranges[0], tasks)
+                if n == 1
+                else _rows_from_processes(dsn, snapshot, ranges, tasks)
+            )
+            async with contextlib.aclosing(rows):
+                await conn.copy_to_table("tasks", source=rows, columns=columns, format="text")
         await conn.execute("COMMIT")
     except BaseException:
         # Disconnecting rolls the transaction back. Not ROLLBACK: after a COPY that the server
@@ -331,7 +385,10 @@ def main() -> None:
         description="\n\n".join(__doc__.split("\n\n")[:2]),
     )
     ap.add_argument("dsn", nargs="?", help="default: DATABASE_URL (or RDB_*) from the environment")
-    ap.add_argument("--workers", type=int, help="fold processes (default: one per core)")
+    ap.add_argument("--method", choices=METHODS, default="sql",
+                    help="sql (default): the common lifecycles folded in SQL, the rest in Python;"
+                         " fold: every task folded in Python, in --workers processes")
+    ap.add_argument("--workers", type=int, help="fold processes of --method fold (default: one per core)")
     args = ap.parse_args()
     dsn = args.dsn
     if not dsn:
@@ -340,7 +397,7 @@ def main() -> None:
         dsn = Settings.from_env().database_url
     if not dsn:
         ap.exit(1, "comfy_fleet.cli.rebuild: no DATABASE_URL (or RDB_*) configured and no DSN given\n")
-    print(f"rebuilt {asyncio.run(rebuild_read_model(dsn, args.workers))} task(s) from the log")
+    print(f"rebuilt {asyncio.run(rebuild_read_model(dsn, args.workers, args.method))} task(s) from the log")
 
 
 if __name__ == "__main__":
