@@ -1,5 +1,5 @@
 """The rebuild against the real PostgreSQL: the read model it writes (the common lifecycles
-folded in SQL by `rebuild_plain_tasks`, the rest by the Python fold) equals `replay` of every
+folded in SQL by `rebuild_plain_tasks`, in parallel sessions, the rest by the Python fold) equals `replay` of every
 task, for a log with every event type and every late-event rule, and equals, row for row, the
 rebuild that folds every task in Python."""
 
@@ -111,13 +111,13 @@ async def _rows(dsn: str) -> list[asyncpg.Record]:
 
 
 async def _sql_folded(dsn: str) -> set[str]:
-    """The task ids `rebuild_plain_tasks` alone writes (rolled back)."""
+    """The task ids `rebuild_plain_tasks` alone stages, over the whole task-id space (rolled
+    back)."""
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction():
-            await conn.execute(queries["empty_read_model"])
-            await conn.execute(queries["rebuild_plain_tasks"])
-            ids = {str(r[0]) for r in await conn.fetch("SELECT task_id FROM tasks")}
+            await conn.execute(queries["rebuild_plain_tasks"], *rebuild.task_id_ranges(1)[0])
+            ids = {str(r[0]) for r in await conn.fetch("SELECT task_id FROM task_rebuild_stage")}
             raise _Rollback
     except _Rollback:
         return ids
@@ -166,13 +166,35 @@ async def test_sql_folds_the_common_lifecycles_and_leaves_the_rest(
     assert 0 < len(folded - set(ids)) < len(written) - len(names)
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 async def test_sql_and_python_rebuilds_write_the_same_rows(
-    pg_dsn: str, written: list[list[StoredEvent]]
+    pg_dsn: str, written: list[list[StoredEvent]], workers: int
 ) -> None:
     assert await rebuild.rebuild_read_model(pg_dsn, workers=2, method="fold") == len(written)
     by_fold = await _rows(pg_dsn)
-    assert await rebuild.rebuild_read_model(pg_dsn, method="sql") == len(written)
+    assert await rebuild.rebuild_read_model(pg_dsn, workers=workers, method="sql") == len(written)
     assert await _rows(pg_dsn) == by_fold
+    conn = await asyncpg.connect(pg_dsn)
+    try:  # the stage is emptied after the commit
+        assert await conn.fetchval("SELECT count(*) FROM task_rebuild_stage") == 0
+    finally:
+        await conn.close()
+
+
+async def test_a_second_sql_rebuild_at_once_is_refused(
+    pg_dsn: str, written: list[list[StoredEvent]]
+) -> None:
+    from comfy_fleet import errors
+    from comfy_fleet.cli import rebuild_sql
+
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", rebuild_sql.REBUILD_LOCK)
+        with pytest.raises(errors.FleetError, match="another rebuild"):
+            await rebuild.rebuild_read_model(pg_dsn, method="sql")
+    finally:
+        await conn.close()
+    assert await rebuild.rebuild_read_model(pg_dsn, method="sql") == len(written)
 
 
 @pytest.mark.parametrize("broken", ["gap", "no submitted"])

@@ -111,13 +111,15 @@ INSERT INTO fleet_events (type, schema_version, payload) VALUES ($1, $2, $3) RET
 SELECT type, schema_version, payload FROM fleet_events ORDER BY position;
 
 -- rebuild_plain_tasks --
--- A rebuild's bulk, in its transaction after empty_read_model: the read-model rows of the tasks
--- whose events take the common path, folded here exactly as comfy_fleet/log/task_state.py's
--- `apply` does (same status, webhook and state JSON, times as Python's isoformat in UTC), so
--- they never travel to Python and back. tests/integration/test_rebuild_sql.py compares every row
--- with `replay`. The other tasks get no row here; select_log_unrebuilt then hands them to the
--- Python fold. Written for schema version 1 of every event type (events.py): a task with an
--- event of another version is left to the Python fold.
+-- A rebuild's bulk, one range of task ids per session ($1 first task_id, $2 last, inclusive), as
+-- of the rebuild's snapshot: the read-model rows of the tasks whose events take the common path,
+-- folded here exactly as comfy_fleet/log/task_state.py's `apply` does (same status, webhook and
+-- state JSON, times as Python's isoformat in UTC), so they never travel to Python and back,
+-- into task_rebuild_stage (move_stage_to_read_model then moves them in the rebuild's
+-- transaction). tests/integration/test_rebuild_sql.py compares every row with `replay`. The
+-- other tasks get no row here; select_log_unrebuilt then hands them to the Python fold.
+-- Written for schema version 1 of every event type (events.py): a task with an event of
+-- another version is left to the Python fold.
 WITH e AS (
     -- Each event, with whether it is one the SQL below folds exactly as task_state.apply does
     -- (ok: schema version 1, the fields it reads present and of the types the fold assumes)
@@ -163,6 +165,7 @@ WITH e AS (
                 THEN payload->>'prompt_id' END COLLATE "C" AS pid,
            lead(seq) OVER (PARTITION BY task_id ORDER BY seq) IS NULL AS last
     FROM task_events
+    WHERE task_id BETWEEN $1::uuid AND $2::uuid
 ), t AS (
     -- Per task, without ordered aggregates (each would sort per task): what the state needs.
     SELECT task_id,
@@ -221,7 +224,7 @@ WITH e AS (
       AND (n_pid = 0 OR min_pid = max_pid)
       AND n_out <= 1
 )
-INSERT INTO tasks (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
+INSERT INTO task_rebuild_stage (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
                    created_at, updated_at, state)
 SELECT task_id, sub->>'client_task_id', sub->>'workflow', status, (sub->>'priority')::int,
        webhook, last_seq, created_at, updated_at,
@@ -253,6 +256,23 @@ SELECT task_id, sub->>'client_task_id', sub->>'workflow', status, (sub->>'priori
            'webhook_attempts', greatest(0, coalesce(hook_attempts, 0)),
            'past_prompt_ids', '[]'::jsonb, 'past_webhook_ids', '[]'::jsonb)
 FROM plain;
+
+-- empty_rebuild_stage --
+-- Before a rebuild's SQL folds (a failed rebuild may have left rows) and after its commit.
+TRUNCATE task_rebuild_stage;
+
+-- move_stage_to_read_model --
+-- In the rebuild's transaction, after empty_read_model: the rows the SQL folds staged.
+INSERT INTO tasks (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
+                   created_at, updated_at, state)
+SELECT task_id, client_task_id, workflow, status, priority, webhook, last_seq,
+       created_at, updated_at, state
+FROM task_rebuild_stage;
+
+-- log_extent --
+-- What a rebuild compares between the snapshot its folds read and the one it writes in: equal
+-- unless something appended in between.
+SELECT count(*) AS events, coalesce(max(position), 0) AS last FROM task_events;
 
 -- select_log_unrebuilt --
 -- The events of the tasks that rebuild_plain_tasks gave no row, each task's together and in
