@@ -7,8 +7,8 @@ state from N events (default 1,000,000), and API-style reads of one task with th
 
 `--only-rebuild` skips the append rates and the reads: fill, then time the rebuild. The rebuild
 is timed once per method of `--rebuild-methods` (default sql,fold: the common lifecycles folded in
-SQL, and every task folded in Python in `--rebuild-workers` processes, default one per core), in
-the same run, with the ratio of the first to each other.
+SQL sessions, and every task folded in Python processes; `--rebuild-workers` of each, default one
+per core), in the same run, with the ratio of the first to each other.
 
 Runs on a database of its own (created on the test PostgreSQL server, dropped at the end).
 The N events are written with COPY (the append-only trigger refuses UPDATE/DELETE/TRUNCATE,
@@ -172,7 +172,8 @@ async def run(args: argparse.Namespace) -> None:
             rebuilt = await rebuild.rebuild_read_model(dsn, args.rebuild_workers, method)
             timed[method] = time.monotonic() - t
             folds = args.rebuild_workers or os.cpu_count()
-            how = f"{folds} fold process{'es' if folds != 1 else ''}" if method == "fold" else "in SQL"
+            how = (f"{folds} Python fold process{'es' if folds != 1 else ''}" if method == "fold"
+                   else f"{folds} SQL fold session{'s' if folds != 1 else ''}")
             print(f"rebuild_read_model ({method}, {how}): {rebuilt} tasks from {total} events in "
                   f"{timed[method]:.1f} s ({total / timed[method]:,.0f} events/s; target 5 s) "
                   f"(load {os.getloadavg()[0]:.2f})")
@@ -205,7 +206,7 @@ def main() -> None:
     ap.add_argument("--reads", type=int, default=2000)
     ap.add_argument("--only-rebuild", action="store_true", help="fill and time the rebuild only")
     ap.add_argument("--rebuild-workers", type=int, default=None,
-                    help="fold processes of the fold method (default: one per core)")
+                    help="SQL fold sessions / Python fold processes (default: one per core)")
     ap.add_argument("--rebuild-methods", default="sql,fold",
                     help=f"comma-separated, of {', '.join(rebuild.METHODS)}; each is timed in turn")
     asyncio.run(run(ap.parse_args()))
