@@ -1,12 +1,21 @@
-"""`python -m comfy_fleet.cli.rebuild [DSN] [--workers N]`: recompute the read model (`tasks`) from the log.
+"""`python -m comfy_fleet.cli.rebuild [DSN] [--method sql|fold] [--workers N]`: recompute the read
+model (`tasks`) from the log.
 
 Run it with the service stopped: writers append to the log and the read model together, and a
 rebuild folds the log as of one snapshot, so the rows it writes could miss an append racing
 with it.
 
-How (`rebuild_read_model`): one transaction (REPEATABLE READ) exports its snapshot, empties the
-read model (TRUNCATE: readers wait for the commit) and COPYs the new rows in; it commits only
-if every row was folded, so no reader sees a half-built read model and a failure leaves the old
+How (`rebuild_read_model`, method "sql", the default): PostgreSQL folds the tasks whose events
+take the common path itself, in N sessions (one per task-id range, as of one exported snapshot)
+into the UNLOGGED `task_rebuild_stage` (comfy_fleet/cli/rebuild_sql.py); then one transaction
+checks the log is as those sessions saw it, empties the read model, moves the staged rows in
+(one INSERT) and folds every other task in Python (`LogFold`, in this process) from the events
+of the tasks still without a row; it commits only if every task got its row.
+tests/integration/test_rebuild_sql.py shows the rows equal the fold of every task.
+
+Method "fold" (the Python fold of every task): one transaction (REPEATABLE READ) exports its
+snapshot, empties the read model (TRUNCATE: readers wait for the commit) and COPYs the new rows
+in; it commits only if every row was folded, so no reader sees a half-built read model and a failure leaves the old
 one intact. The rows come from N folds (N = cores by default), each over one range of task ids
 (`task_id_ranges`) in a process of its own: it reads its range as of that snapshot with
 `COPY ... TO STDOUT`, ordered by (task_id, seq), folds each task with `task_state.apply` (the
@@ -24,6 +33,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import re
+import tempfile
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +44,7 @@ import orjson
 
 from comfy_fleet import errors
 
+from comfy_fleet.cli import rebuild_sql
 from comfy_fleet.log import events, task_state
 from comfy_fleet.log.event_log import state_json
 from comfy_fleet.log.sql import queries
@@ -291,14 +302,59 @@ async def _rows_from_processes(
             pipe.close()
 
 
-async def rebuild_read_model(dsn: str, workers: int | None = None) -> int:
-    """Replace the read model by the fold of the log, in `workers` processes (default: one per
-    core; 1 folds in this process); returns the number of tasks. See the module docstring."""
+#: How a rebuild computes the rows: "sql" (the default) has PostgreSQL fold the common
+#: lifecycles in `workers` sessions (comfy_fleet/cli/rebuild_sql.py) and folds the rest in Python
+#: in this process; "fold" folds every task in Python, in `workers` processes.
+METHODS = ("sql", "fold")
+
+async def _fold_rest(conn: asyncpg.Connection) -> int:
+    """In the rebuild's transaction, after the staged rows were moved in: every task without a
+    row yet, folded by `LogFold` in this process from `select_log_unrebuilt` and COPYd in. The
+    rows wait in a temporary file (in memory up to 64 MiB): one connection cannot COPY out and
+    in at once. Returns the number of tasks."""
+    fold = LogFold()
+    failed: list[BaseException] = []
+    with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
+
+        async def sink(data: bytes) -> None:
+            if failed:
+                return
+            try:
+                spool.write(fold.feed(data))
+            except BaseException as exc:
+                # As in fold_range: asyncpg's COPY TO does not survive an error raised by its
+                # output; the caller terminates the connection (rolling back) and we raise it.
+                failed.append(exc)
+                conn.terminate()
+
+        try:
+            await conn.copy_from_query(queries["select_log_unrebuilt"], output=sink)
+        except BaseException as exc:
+            raise (failed[0] if failed else exc) from None
+        if failed:
+            raise failed[0]
+        spool.write(fold.finish())
+        if fold.tasks:
+            spool.seek(0)
+            await conn.copy_to_table("tasks", source=spool, columns=list(COLUMNS), format="text")
+    return fold.tasks
+
+
+async def rebuild_read_model(dsn: str, workers: int | None = None, method: str = "sql") -> int:
+    """Replace the read model by the fold of the log; returns the number of tasks. `method`:
+    see METHODS; `workers` (default: one per core) is the number of SQL fold sessions of "sql",
+    of fold processes of "fold" (1 folds in this process). See the module docstring."""
+    if method not in METHODS:
+        raise ValueError(f"rebuild: method must be one of {METHODS}, not {method!r}")
     n = max(1, workers if workers is not None else os.cpu_count() or 1)
     ranges = task_id_ranges(n)
     tasks: list[int] = []
     conn = await asyncpg.connect(dsn)
     try:
+        if method == "sql":
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", rebuild_sql.REBUILD_LOCK):
+                raise errors.FleetError("rebuild: another rebuild is running")
+            staged, extent = await rebuild_sql.stage(dsn, conn, ranges)
         await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
         await conn.execute("SET LOCAL statement_timeout = 0")
@@ -307,14 +363,25 @@ async def rebuild_read_model(dsn: str, workers: int | None = None) -> int:
         # its own error, before any fold starts.
         columns = list(COLUMNS)
         await conn.copy_to_table("tasks", source=memoryview(b""), columns=columns, format="text")
-        rows = (
-            _rows_in_process(dsn, snapshot, *ranges[0], tasks)
-            if n == 1
-            else _rows_from_processes(dsn, snapshot, ranges, tasks)
-        )
-        async with contextlib.aclosing(rows):
-            await conn.copy_to_table("tasks", source=rows, columns=columns, format="text")
+        if method == "sql":
+            if tuple(await conn.fetchrow(queries["log_extent"])) != extent:
+                raise errors.FleetError(
+                    "rebuild: the log changed while it was being folded; stop the service and"
+                    " run the rebuild again"
+                )
+            await conn.execute(queries["move_stage_to_read_model"])
+            tasks += [staged, await _fold_rest(conn)]
+        else:
+            rows = (
+                _rows_in_process(dsn, snapshot, *ranges[0], tasks)
+                if n == 1
+                else _rows_from_processes(dsn, snapshot, ranges, tasks)
+            )
+            async with contextlib.aclosing(rows):
+                await conn.copy_to_table("tasks", source=rows, columns=columns, format="text")
         await conn.execute("COMMIT")
+        if method == "sql":
+            await conn.execute(queries["empty_rebuild_stage"])
     except BaseException:
         # Disconnecting rolls the transaction back. Not ROLLBACK: after a COPY that the server
         # refused at its start and that our rows then failed too, asyncpg never answers again.
@@ -331,7 +398,10 @@ def main() -> None:
         description="\n\n".join(__doc__.split("\n\n")[:2]),
     )
     ap.add_argument("dsn", nargs="?", help="default: DATABASE_URL (or RDB_*) from the environment")
-    ap.add_argument("--workers", type=int, help="fold processes (default: one per core)")
+    ap.add_argument("--method", choices=METHODS, default="sql",
+                    help="sql (default): the common lifecycles folded in SQL, the rest in Python;"
+                         " fold: every task folded in Python, in --workers processes")
+    ap.add_argument("--workers", type=int, help="fold processes of --method fold (default: one per core)")
     args = ap.parse_args()
     dsn = args.dsn
     if not dsn:
@@ -340,7 +410,7 @@ def main() -> None:
         dsn = Settings.from_env().database_url
     if not dsn:
         ap.exit(1, "comfy_fleet.cli.rebuild: no DATABASE_URL (or RDB_*) configured and no DSN given\n")
-    print(f"rebuilt {asyncio.run(rebuild_read_model(dsn, args.workers))} task(s) from the log")
+    print(f"rebuilt {asyncio.run(rebuild_read_model(dsn, args.workers, args.method))} task(s) from the log")
 
 
 if __name__ == "__main__":
