@@ -31,7 +31,7 @@ import orjson
 
 from bench.common import machine, percentile
 from comfy_fleet.log import events
-from comfy_fleet.cli import rebuild
+from comfy_fleet.log import rebuild
 from comfy_fleet.cli.migrate import apply_dsn
 from comfy_fleet.log.postgres import PostgresEventLog
 from comfy_fleet.log.task_state import TaskState

@@ -1,5 +1,5 @@
-"""`python -m comfy_fleet.cli.rebuild [DSN] [--method sql|fold] [--workers N]`: recompute the read
-model (`tasks`) from the log.
+"""Recompute the read model (`tasks`) from the log (`rebuild_read_model`; the command is
+`python -m comfy_fleet.cli.rebuild [DSN] [--method sql|fold] [--workers N]`).
 
 Run it with the service stopped: writers append to the log and the read model together, and a
 rebuild folds the log as of one snapshot, so the rows it writes could miss an append racing
@@ -7,7 +7,7 @@ with it.
 
 How (`rebuild_read_model`, method "sql", the default): PostgreSQL folds the tasks whose events
 take the common path itself, in N sessions (one per task-id range, as of one exported snapshot)
-into the UNLOGGED `task_rebuild_stage` (comfy_fleet/cli/rebuild_sql.py); then one transaction
+into the UNLOGGED `task_rebuild_stage` (comfy_fleet/log/rebuild_sql.py); then one transaction
 checks the log is as those sessions saw it, empties the read model, moves the staged rows in
 (one INSERT) and folds every other task in Python (`LogFold`, in this process) from the events
 of the tasks still without a row; it commits only if every task got its row.
@@ -26,7 +26,6 @@ equals the fold of every task, whatever N.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import multiprocessing
@@ -44,7 +43,7 @@ import orjson
 
 from comfy_fleet import errors
 
-from comfy_fleet.cli import rebuild_sql
+from comfy_fleet.log import rebuild_sql
 from comfy_fleet.log import events, task_state
 from comfy_fleet.log.event_log import state_json
 from comfy_fleet.log.sql import queries
@@ -303,7 +302,7 @@ async def _rows_from_processes(
 
 
 #: How a rebuild computes the rows: "sql" (the default) has PostgreSQL fold the common
-#: lifecycles in `workers` sessions (comfy_fleet/cli/rebuild_sql.py) and folds the rest in Python
+#: lifecycles in `workers` sessions (comfy_fleet/log/rebuild_sql.py) and folds the rest in Python
 #: in this process; "fold" folds every task in Python, in `workers` processes.
 METHODS = ("sql", "fold")
 
@@ -390,28 +389,3 @@ async def rebuild_read_model(dsn: str, workers: int | None = None, method: str =
     finally:
         await conn.close()
     return sum(tasks)
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        prog="python -m comfy_fleet.cli.rebuild", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="\n\n".join(__doc__.split("\n\n")[:2]),
-    )
-    ap.add_argument("dsn", nargs="?", help="default: DATABASE_URL (or RDB_*) from the environment")
-    ap.add_argument("--method", choices=METHODS, default="sql",
-                    help="sql (default): the common lifecycles folded in SQL, the rest in Python;"
-                         " fold: every task folded in Python, in --workers processes")
-    ap.add_argument("--workers", type=int, help="fold processes of --method fold (default: one per core)")
-    args = ap.parse_args()
-    dsn = args.dsn
-    if not dsn:
-        from comfy_fleet.config import Settings
-
-        dsn = Settings.from_env().database_url
-    if not dsn:
-        ap.exit(1, "comfy_fleet.cli.rebuild: no DATABASE_URL (or RDB_*) configured and no DSN given\n")
-    print(f"rebuilt {asyncio.run(rebuild_read_model(dsn, args.workers, args.method))} task(s) from the log")
-
-
-if __name__ == "__main__":
-    main()

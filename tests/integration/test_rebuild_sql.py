@@ -14,7 +14,7 @@ import asyncpg
 import orjson
 import pytest
 
-from comfy_fleet.cli import rebuild
+from comfy_fleet.log import rebuild
 from comfy_fleet.log import events, task_state
 from comfy_fleet.log.event_log import state_from_json, state_to_json
 from comfy_fleet.log.events import StoredEvent
@@ -185,7 +185,7 @@ async def test_a_second_sql_rebuild_at_once_is_refused(
     pg_dsn: str, written: list[list[StoredEvent]]
 ) -> None:
     from comfy_fleet import errors
-    from comfy_fleet.cli import rebuild_sql
+    from comfy_fleet.log import rebuild_sql
 
     conn = await asyncpg.connect(pg_dsn)
     try:
