@@ -50,5 +50,5 @@ def create_app(settings: Settings, build_services: Callable[[], Awaitable[Servic
 
     for resource in (tasks, workflows, endpoints, health, legacy):
         app.include_router(resource.router, prefix=settings.route_prefix)
-    document.install(app)
+    document.install(app, keys_required=bool(settings.api_keys))
     return app

@@ -67,28 +67,32 @@ async def _on_http(req: Request, exc: Exception) -> Response:
     )
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        named = {m.strip() for m in headers.get("Allow", "").split(",") if m.strip()}
-        headers["Allow"] = ", ".join(sorted(named | allowed_methods(req)))
+        # Starlette's Allow stays for paths the document does not hold (/openapi.json, /docs).
+        documented = allowed_methods(req)
+        if documented:
+            headers["Allow"] = ", ".join(sorted(documented))
     return error(exc.status_code, code, str(exc.detail), headers=headers or None)
 
 
 def allowed_methods(req: Request) -> set[str]:
-    """Every method some route answers at the request's path (RFC 9110: a 405 names them in
-    `Allow`). Starlette's own 405 names only the first route matching the path, and a path
-    such as /tasks has one route per method; the paths of the OpenAPI document have them all."""
+    """The methods the OpenAPI document gives the request's path (RFC 9110: a 405 names them
+    in `Allow`). Starlette's own 405 names only the first route matching the path, and a path
+    such as /tasks has one route per method. As in OpenAPI, a path without parameters wins
+    over a templated one that also matches (/workflows/reload over /workflows/{name})."""
     app = req.app
-    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "allow_table", None)
+    table: list[tuple[re.Pattern[str], bool, set[str]]] | None = getattr(
+        app.state, "allow_table", None
+    )
     if table is None:
         table = [
-            (compile_path(path)[0], {m.upper() for m in operations})
+            (compile_path(path)[0], "{" not in path, {m.upper() for m in operations})
             for path, operations in app.openapi().get("paths", {}).items()
         ]
         app.state.allow_table = table
-    methods: set[str] = set()
-    for pattern, route_methods in table:
-        if pattern.match(req.url.path):
-            methods |= route_methods
-    return methods
+    matches = [(literal, methods) for pattern, literal, methods in table
+               if pattern.match(req.url.path)]
+    literal = [methods for is_literal, methods in matches if is_literal]
+    return set().union(*(literal or [methods for _l, methods in matches]))
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 #: The security scheme's name in `components.securitySchemes`.
 BEARER = "bearer"
@@ -26,8 +27,10 @@ TAGS: list[dict[str, str]] = [
 _FASTAPI_422 = "#/components/schemas/HTTPValidationError"
 
 
-def build(app: FastAPI) -> dict[str, Any]:
-    """The document of `app`'s routes, finished (see the module docstring)."""
+def build(app: FastAPI, *, keys_required: bool = True) -> dict[str, Any]:
+    """The document of `app`'s routes, finished (see the module docstring). Without keys
+    (`keys_required` false: no API_KEYS, loopback) the bearer key is documented as optional,
+    which is what the service does then."""
     doc = get_openapi(
         title=app.title,
         version=app.version,
@@ -43,18 +46,34 @@ def build(app: FastAPI) -> dict[str, Any]:
             "description": "A key of API_KEYS, needed only when the service has keys set",
         }
     }
+    security: list[dict[str, list[str]]] = [{BEARER: []}] if keys_required else [{BEARER: []}, {}]
     for operations in doc.get("paths", {}).values():
         for operation in operations.values():
-            _finish(operation)
+            _finish(operation, security)
     schemas = components.get("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
+    _restore_examples(schemas)
     return doc
 
 
-def _finish(operation: dict[str, Any]) -> None:
+def _restore_examples(schemas: dict[str, Any]) -> None:
+    """FastAPI drops every null from the document (`exclude_none`), examples' nulls too, which
+    leaves a task example without its required `callback_url`: put the models' own back."""
+    from serve_app.models import endpoints, health, legacy, tasks, workflows
+
+    for module in (endpoints, health, legacy, tasks, workflows):
+        for model in vars(module).values():
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                continue
+            extra = model.model_config.get("json_schema_extra")
+            if isinstance(extra, dict) and model.__name__ in schemas and "examples" in extra:
+                schemas[model.__name__]["examples"] = extra["examples"]
+
+
+def _finish(operation: dict[str, Any], security: list[dict[str, list[str]]]) -> None:
     if operation.get("operationId") not in OPEN_OPERATIONS:
-        operation["security"] = [{BEARER: []}]
+        operation["security"] = security
     responses = operation.get("responses", {})
     default_422 = responses.get("422", {}).get("content", {}).get("application/json", {})
     if default_422.get("schema", {}).get("$ref") == _FASTAPI_422:
@@ -63,12 +82,12 @@ def _finish(operation: dict[str, Any]) -> None:
         del responses["422"]
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, *, keys_required: bool) -> None:
     """Serve the finished document (built once, on first use, as FastAPI does)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = build(app)
+            app.openapi_schema = build(app, keys_required=keys_required)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
