@@ -69,9 +69,12 @@ _WWW_AUTHENTICATE = {
 }
 
 
-def answer(status: int) -> dict[str, Any]:
-    """The OpenAPI answer of one error status: the error shape, an example, its headers."""
+def answer(status: int, example: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The OpenAPI answer of one error status: the error shape, an example (its code and
+    message: `example`, else the status's usual one), its headers."""
     description, code, message, details = _ERRORS[status]
+    if example is not None:
+        code, message = example
     body: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         body["details"] = details
@@ -87,9 +90,17 @@ def answer(status: int) -> dict[str, Any]:
     return doc
 
 
-def answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route: each of `statuses`, in the error shape."""
-    return {status: answer(status) for status in statuses}
+def answers(
+    *statuses: int, examples: dict[int, tuple[str, str]] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each of `statuses`, in the error shape (`examples`: the
+    route's own code and message for some of them)."""
+    return {status: answer(status, (examples or {}).get(status)) for status in statuses}
+
+
+#: The 404 examples of the routes that name a workflow or an endpoint.
+NO_WORKFLOW = {404: ("workflow_not_found", "no workflow named 'x' (available: solid, invert)")}
+NO_ENDPOINT = {404: ("endpoint_not_found", "no endpoint 'x'; GET /endpoints lists them")}
 
 
 #: What any route behind the key answers when its key is missing or wrong.

@@ -44,7 +44,9 @@ async def add_endpoint(body: schemas.AddEndpoint, request: Request) -> Response:
     summary="Drain and remove an endpoint",
     operation_id="removeEndpoint",
     response_model=models.EndpointRemoval,
-    responses=error_answers.answers(*error_answers.AUTH, 404, 503),
+    responses=error_answers.answers(
+        *error_answers.AUTH, 404, 503, examples=error_answers.NO_ENDPOINT
+    ),
 )
 async def remove_endpoint(endpoint: str, request: Request) -> Response:
     removed = await commands.remove_endpoint(context.services(request), endpoint)

@@ -32,7 +32,9 @@ async def list_workflows(request: Request) -> Response:
     summary="One workflow",
     operation_id="getWorkflow",
     response_model=models.Workflow,
-    responses=error_answers.answers(*error_answers.AUTH, 404),
+    responses=error_answers.answers(
+        *error_answers.AUTH, 404, examples=error_answers.NO_WORKFLOW
+    ),
 )
 async def get_workflow(name: str, request: Request) -> Response:
     s = context.services(request)
