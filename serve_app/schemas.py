@@ -63,7 +63,7 @@ class LegacySubmit(BaseModel):
 class AddEndpoint(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"endpoint": "10.0.0.7:8188", "labels": ["gpu"]}]},
+        json_schema_extra={"examples": [{"endpoint": "127.0.0.1:8189", "labels": ["gpu"]}]},
     )
 
     # host:port; control characters and spaces can be no part of one (and would reach the
