@@ -3,15 +3,23 @@ typo in a task request must not silently drop what the client meant."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 
 class SubmitTask(BaseModel):
     """POST /tasks."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"workflow": "solid", "params": {"width": 64, "height": 64, "color": 16711680},
+                 "client_task_id": "order-1234", "priority": 0}
+            ]
+        },
+    )
 
     workflow: str = Field(min_length=1, max_length=200, description="Name of a served workflow")
     params: dict[str, Any] = Field(default_factory=dict, description="The workflow's parameters")
@@ -29,16 +37,34 @@ class LegacySubmit(BaseModel):
     """The original ComfyUI-server route: POST {ROUTE_PREFIX}."""
 
     # Its early clients sent numeric client_task_ids; they are kept as strings.
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+    model_config = ConfigDict(
+        extra="ignore",
+        coerce_numbers_to_str=True,
+        json_schema_extra={
+            "examples": [{"service_type": "solid", "client_task_id": "1234",
+                          "params": {"width": 64, "height": 64}}]
+        },
+    )
 
     service_type: str = Field(min_length=1, max_length=200)
-    client_task_id: str | None = Field(default=None, max_length=128)
+    client_task_id: Annotated[
+        str | None,
+        # What is accepted: a number is taken as its text (documented, or a client generated
+        # from the document could not send what those clients send).
+        WithJsonSchema(
+            {"anyOf": [{"type": "string", "maxLength": 128}, {"type": "number"}, {"type": "null"}],
+             "description": "Your id for this task (a number is taken as its text)"}
+        ),
+    ] = Field(default=None, max_length=128)
     client_callback_url: str | None = Field(default=None, max_length=2048)
     params: dict[str, Any] = Field(default_factory=dict)
 
 
 class AddEndpoint(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"endpoint": "127.0.0.1:8189", "labels": ["gpu"]}]},
+    )
 
     # host:port; control characters and spaces can be no part of one (and would reach the
     # router's name table and the ComfyUI URL as they are).

@@ -8,12 +8,20 @@ from fastapi.responses import JSONResponse, Response
 
 from comfy_fleet import legacy_record
 from serve_app import commands, schemas
+from serve_app.models import errors as error_answers
+from serve_app.models import legacy as models
 from serve_app.routes import context
 
-router = APIRouter()
+router = APIRouter(tags=["legacy"])
 
 
-@router.post("", summary="The original ComfyUI-server API (kept for its clients)")
+@router.post(
+    "",
+    summary="The original ComfyUI-server API (kept for its clients)",
+    operation_id="legacySubmit",
+    response_model=models.LegacyAnswer,
+    responses=error_answers.answers(*error_answers.AUTH, *error_answers.BODY, 409, 429, 503),
+)
 async def legacy_submit(body: schemas.LegacySubmit, request: Request) -> Response:
     """Run `service_type` with `params`; answer 200 with the record and the task. Same refusals
     as POST /tasks (unknown workflow, invalid params or images, forbidden callback, overload,

@@ -5,24 +5,83 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from comfy_fleet import errors, views
 from comfy_fleet.log import events
 from serve_app import commands, schemas
+from serve_app.models import errors as error_answers
+from serve_app.models import tasks as models
 from serve_app.responses import JSON
 from serve_app.routes import context
 
-router = APIRouter()
+# The routes return prebuilt JSON (orjson, from `views`): FastAPI sends a returned Response as
+# it is, so `response_model` documents the answer without validating it per request (that
+# would cost 15-45 µs per task, more than the rest of GET /tasks/{id} in-process).
+router = APIRouter(tags=["tasks"])
+
+_ANSWERED = "The task, as it is now"
 
 #: How long the stream waits for a new event before sending a keep-alive comment.
 KEEP_ALIVE_S = 15.0
 #: The largest seq an event can have (the log's `seq integer` column).
 MAX_SEQ = 2**31 - 1
 
+STREAM_FRAMES = (
+    "Frames `id: <seq>`, `event: <type>`, `data: <the event as GET /tasks/{task_id}/events "
+    "shows it, one JSON object>`, each ended by a blank line; `: keep-alive` comment lines "
+    "while nothing happens. The stream ends after the task's final event (`task.succeeded`, "
+    "`task.failed` or `task.cancelled`)."
+)
+STREAM_DESCRIPTION = (
+    "`text/event-stream` of the task's events, from its first (or after `Last-Event-ID`), "
+    "live until the task ends. " + STREAM_FRAMES + " Event types are those of "
+    "`TaskEvent.type`: task.submitted, task.dispatched, task.prompt_queued, task.started, "
+    "task.progressed, task.output_stored, task.succeeded, task.failed, task.requeued, "
+    "task.outputs_recovered, task.cancel_requested, task.cancelled, webhook.attempted, "
+    "webhook.delivered, webhook.dead, webhook.redelivery_requested."
+)
+#: One Server-Sent Event of the stream (OpenAPI 3.2's reading of a `text/event-stream`
+#: schema, and what generators and checkers take before 3.2: the schema of each event).
+STREAM_EVENT_SCHEMA = {
+    "type": "object",
+    "description": STREAM_FRAMES,
+    "properties": {
+        "id": {"type": "string", "description": "the event's seq (send it as Last-Event-ID)"},
+        "event": {"type": "string", "description": "the event's type, e.g. task.progressed"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/TaskEvent"},
+        },
+    },
+    "required": ["data"],
+}
+STREAM_EXAMPLE = (
+    'id: 1\nevent: task.submitted\ndata: {"seq":1,"type":"task.submitted",'
+    '"at":"2026-12-07T07:00:00.000000Z","data":{"workflow":"solid","params":{}}}\n\n'
+    'id: 5\nevent: task.succeeded\ndata: {"seq":5,"type":"task.succeeded",'
+    '"at":"2026-12-07T07:00:01.200000Z","data":{"prompt_id":"5f1c6e0a"}}\n\n'
+)
 
-@router.post("/tasks", status_code=202, summary="Submit a task")
+
+@router.post(
+    "/tasks",
+    status_code=202,
+    summary="Submit a task",
+    operation_id="createTask",
+    response_model=models.Task,
+    response_description="The task, recorded (still running, or unended when `wait` ran out)",
+    responses={
+        200: {
+            "model": models.Task,
+            "description": "The task already submitted with this `client_task_id` and body "
+            "(nothing new is started), or the task ended within `wait`",
+        },
+        **error_answers.answers(*error_answers.AUTH, *error_answers.BODY, 409, 429, 503),
+    },
+)
 async def post_task(
     body: schemas.SubmitTask,
     request: Request,
@@ -45,7 +104,13 @@ async def post_task(
     return JSON(await context.task_view(s, state), status_code=status)
 
 
-@router.get("/tasks", summary="List tasks, newest first")
+@router.get(
+    "/tasks",
+    summary="List tasks, newest first",
+    operation_id="listTasks",
+    response_model=models.TaskPage,
+    responses=error_answers.answers(*error_answers.AUTH, 422, 503),
+)
 async def list_tasks(
     request: Request,
     client_task_id: str | None = Query(default=None, max_length=128),
@@ -64,13 +129,26 @@ async def list_tasks(
     return JSON({"tasks": tasks, "next_cursor": next_cursor})
 
 
-@router.get("/tasks/{task_id}", summary="One task")
+@router.get(
+    "/tasks/{task_id}",
+    summary="One task",
+    operation_id="getTask",
+    response_model=models.Task,
+    response_description=_ANSWERED,
+    responses=error_answers.answers(*error_answers.AUTH, 404, 503),
+)
 async def get_task(task_id: str, request: Request) -> Response:
     s = context.services(request)
     return JSON(await context.task_view(s, await s.log.get(context.task_id_of(task_id))))
 
 
-@router.get("/tasks/{task_id}/events", summary="The task's events, in order")
+@router.get(
+    "/tasks/{task_id}/events",
+    summary="The task's events, in order",
+    operation_id="getTaskEvents",
+    response_model=list[models.TaskEvent],
+    responses=error_answers.answers(*error_answers.AUTH, 404, 503),
+)
 async def get_events(task_id: str, request: Request) -> Response:
     tid = context.task_id_of(task_id)
     stream = await context.services(request).log.read(tid)
@@ -79,11 +157,38 @@ async def get_events(task_id: str, request: Request) -> Response:
     return JSON([views.event_view(e) for e in stream])
 
 
-@router.get("/tasks/{task_id}/stream", summary="Server-Sent Events of the task's events")
-async def stream_task(task_id: str, request: Request) -> Response:
+@router.get(
+    "/tasks/{task_id}/stream",
+    summary="Server-Sent Events of the task's events",
+    description=STREAM_DESCRIPTION,
+    operation_id="streamTask",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The task's events as Server-Sent Events, live until it ends",
+            "content": {
+                "text/event-stream": {
+                    "schema": STREAM_EVENT_SCHEMA,
+                    "example": STREAM_EXAMPLE,
+                }
+            },
+        },
+        **error_answers.answers(*error_answers.AUTH, 404, 422, 503),
+    },
+)
+async def stream_task(
+    task_id: str,
+    request: Request,
+    last_event_id_header: str | None = Header(
+        default=None,
+        alias="Last-Event-ID",
+        description="Resume after this event's seq (what a browser's EventSource sends)",
+        examples=["3"],
+    ),
+) -> Response:
     tid = context.task_id_of(task_id)
     s = context.services(request)
-    after = last_event_id(request.headers.get("last-event-id"))
+    after = last_event_id(last_event_id_header)
     if not await s.log.read(tid, 0):
         raise errors.TaskNotFound(f"no task {tid}")
 
@@ -125,7 +230,16 @@ def last_event_id(value: str | None) -> int:
     )
 
 
-@router.post("/tasks/{task_id}/cancel", status_code=202, summary="Cancel a task wherever it is")
+@router.post(
+    "/tasks/{task_id}/cancel",
+    status_code=202,
+    summary="Cancel a task wherever it is",
+    operation_id="cancelTask",
+    response_model=models.Task,
+    response_description="The task after a short wait for its end: `cancelled`, or the end it "
+    "reached first",
+    responses=error_answers.answers(*error_answers.AUTH, 404, 503),
+)
 async def cancel_task(task_id: str, request: Request) -> Response:
     s = context.services(request)
     state = await commands.cancel(s, context.task_id_of(task_id))
@@ -133,7 +247,13 @@ async def cancel_task(task_id: str, request: Request) -> Response:
 
 
 @router.post(
-    "/tasks/{task_id}/webhook", status_code=202, summary="Deliver the task's webhook again"
+    "/tasks/{task_id}/webhook",
+    status_code=202,
+    summary="Deliver the task's webhook again",
+    operation_id="redeliverWebhook",
+    response_model=models.Task,
+    response_description="The task, its webhook `pending` again",
+    responses=error_answers.answers(*error_answers.AUTH, 404, 409, 503),
 )
 async def redeliver(task_id: str, request: Request) -> Response:
     s = context.services(request)
