@@ -166,6 +166,21 @@ def _shown(name: str, value: Any, secret: bool) -> str:
     return repr(value)
 
 
+def _autoscale(r: Any) -> dict[str, Any]:
+    """The AUTOSCALE_* settings; autoscaling needs discovery (new hosts get endpoints by it)."""
+    on = r.bool("AUTOSCALE", False)
+    if on and not r.bool("COMFYUI_DISCOVERY", False):
+        raise errors.ConfigError("AUTOSCALE: true needs COMFYUI_DISCOVERY=true (new hosts join by discovery)")
+    low = r.int("AUTOSCALE_MIN_HOSTS", 0, minimum=0)
+    return dict(
+        autoscale=on,
+        autoscale_min_hosts=low,
+        autoscale_max_hosts=r.int("AUTOSCALE_MAX_HOSTS", max(4, low), minimum=max(1, low)),
+        autoscale_window_s=r.float("AUTOSCALE_WINDOW_S", 10.0),
+        autoscale_release_grace_s=r.float("AUTOSCALE_RELEASE_GRACE_S", 600.0),
+    )
+
+
 @dataclass(frozen=True, repr=False)
 class Settings:
     """Every setting of comfy-fleet. Defaults follow docs/api.md §2.
@@ -197,6 +212,12 @@ class Settings:
     comfyui_discovery_port: int = 8188
     #: ComfyUI queue depth we keep per endpoint (late binding: tasks wait in the router).
     endpoint_queue_depth: int = 2
+    #: Ask Ray's autoscaler for GPU hosts on queue depth (comfy_fleet/policies/autoscale.py).
+    autoscale: bool = False
+    autoscale_min_hosts: int = 0
+    autoscale_max_hosts: int = 4
+    autoscale_window_s: float = 10.0
+    autoscale_release_grace_s: float = 600.0
     #: Tasks waiting in the router above which POST /tasks answers 429.
     max_waiting_tasks: int = 10_000
     #: Dispatch attempts of one task before it fails with `endpoint_lost`.
@@ -302,6 +323,7 @@ class Settings:
             comfyui_discovery=r.bool("COMFYUI_DISCOVERY", False),
             comfyui_discovery_port=r.int("COMFYUI_DISCOVERY_PORT", 8188, minimum=1, maximum=65535),
             endpoint_queue_depth=r.int("ENDPOINT_QUEUE_DEPTH", 2, minimum=1),
+            **_autoscale(r),
             max_waiting_tasks=r.int("MAX_WAITING_TASKS", 10_000, minimum=1),
             task_max_attempts=r.int("TASK_MAX_ATTEMPTS", 3, minimum=1),
             endpoint_lost_after_s=r.float("ENDPOINT_LOST_AFTER_S", 30.0, minimum=1.0),
