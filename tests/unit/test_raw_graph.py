@@ -172,3 +172,19 @@ def test_class_labels_round_trip() -> None:
     labels = raw_graph.class_labels(LOAD_BLUR)
     assert labels == ["node:ImageBlur", "node:LoadImage", "node:SaveImage"]
     assert raw_graph.classes_of_labels([*labels, "gpu"]) == {"ImageBlur", "LoadImage", "SaveImage"}
+
+
+def test_settings(tmp_path: Path) -> None:
+    from comfy_fleet.config import Settings
+
+    off = Settings.from_env({}, dotenv=tmp_path / "none")
+    assert (off.raw_graphs, off.raw_graphs_tenants, off.raw_graph_allow_nodes) == (False, False, ())
+    on = Settings.from_env(
+        {"RAW_GRAPHS": "true", "RAW_GRAPH_ALLOW_NODES": "EmptyImage, SaveImage",
+         "RAW_GRAPH_MAX_NODES": "20"}, dotenv=tmp_path / "none")
+    assert on.raw_graphs and on.raw_graph_allow_nodes == ("EmptyImage", "SaveImage")
+    assert on.raw_graph_max_nodes == 20
+    with pytest.raises(errors.ConfigError, match="RAW_GRAPHS"):
+        Settings.from_env({"RAW_GRAPHS": "maybe"}, dotenv=tmp_path / "none")
+    with pytest.raises(errors.ConfigError, match="RAW_GRAPH_MAX_NODES"):
+        Settings.from_env({"RAW_GRAPH_MAX_NODES": "0"}, dotenv=tmp_path / "none")
