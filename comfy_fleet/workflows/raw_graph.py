@@ -47,7 +47,7 @@ MAX_CLASS_LABEL_CHARS = 4000
 #: The most files a raw graph may bring.
 MAX_FILES = 32
 #: A file name in ``files``: a key only (the uploaded name is the service's own).
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Upload flags of a combo whose choices are the files of an endpoint's input folder.
 _UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "upload")
 #: Literal types ComfyUI converts before its min/max check (and what a JSON value may be).
@@ -218,8 +218,9 @@ def _check_files(files: Collection[str]) -> None:
     for name in files:
         if not _FILE_NAME.match(name):
             raise errors.GraphInvalid(
-                f"files: {name[:80]!r} is not a file name (letters, digits, '.', '_', '-', "
-                "' '; at most 128 characters)", {"file": name[:128], "problem": "bad_file_name"})
+                f"files: {name[:80]!r} is not a file name (a letter or digit, then letters, "
+                "digits, '.', '_' or '-'; at most 128 characters)",
+                {"file": name[:128], "problem": "bad_file_name"})
 
 
 def _check_on(nodes: Mapping[str, Mapping[str, Any]], order: list[str],
