@@ -29,7 +29,7 @@ from comfy_fleet import errors
 from comfy_fleet.comfy import history
 from comfy_fleet.comfy.client import ComfyClient
 from comfy_fleet.config import Endpoint, Settings
-from comfy_fleet.log import events, task_state
+from comfy_fleet.log import cancel, task_state
 from comfy_fleet.log.event_log import EventLog
 from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.prompts import decisions, inflight, janitor, outputs
@@ -331,7 +331,8 @@ class EndpointWorker:
     # --- cancel -----------------------------------------------------------------------------
 
     async def cancel(self, task_id: str) -> str:
-        """Cancel a task we hold (the ingress already recorded `cancel_requested`).
+        """Cancel a task we hold (the ingress already recorded `cancel_requested`): find where
+        it is and do what `cancel.decide` says there.
 
         Queued in ComfyUI: deleted from its queue, then recorded cancelled. Running: interrupted
         by prompt_id (ComfyUI ignores that unless this very prompt runs), and the
@@ -341,36 +342,40 @@ class EndpointWorker:
         await self.start()
         item = self.table.of_task(task_id)
         if item is None:
-            return "unknown"
+            return cancel.UNKNOWN
+        storing = cancel.decide(cancel.REQUESTED, cancel.Where.STORING)
         if not item.can_finish:
-            return "storing"
+            return storing.answer
         prompt_id = item.prompt_id
         self.ledger.forget(task_id)
         try:
             running, pending = await self.client.queue()
             if prompt_id in pending:
+                queued = cancel.decide(cancel.REQUESTED, cancel.Where.COMFYUI_QUEUE)
                 await self.client.delete_from_queue([prompt_id])
                 running, pending = await self.client.queue()
                 if prompt_id not in running and prompt_id not in pending and item.can_finish:
                     entry = await self.client.history(prompt_id)
                     if history.outcome(entry).kind == history.UNKNOWN:
-                        return await self._cancelled_in_queue(item)
+                        return await self._cancelled_in_queue(item, queued)
             if prompt_id in running:
                 await self.client.interrupt(prompt_id)
-                return "interrupting"
+                return cancel.decide(cancel.REQUESTED, cancel.Where.RUNNING).answer
         except errors.EndpointUnavailable:
-            return "unreachable"
-        return "storing"
+            return cancel.UNREACHABLE
+        return storing.answer
 
-    async def _cancelled_in_queue(self, item: inflight.InflightPrompt) -> str:
-        """Deleted from ComfyUI's queue before it ran: record it cancelled, let go of it."""
+    async def _cancelled_in_queue(
+        self, item: inflight.InflightPrompt, decision: cancel.Decision
+    ) -> str:
+        """Deleted from ComfyUI's queue before it ran: record `decision` (cancelled), let go."""
         if not item.can_finish:
-            return "storing"  # its end came meanwhile: it finishes (the fold sees the cancel)
+            # its end came meanwhile: it finishes (the fold sees the cancel)
+            return cancel.decide(cancel.REQUESTED, cancel.Where.STORING).answer
         ran = item.ran
         self.table.remove(item.prompt_id)  # nobody else may finish it now
         inputs = list((await self.ledger.state(item.task_id)).inputs)
-        final: list[events.Event] = [events.TaskCancelled(where="comfyui_queue")]
-        ended = await self.ends.end(item.task_id, item.prompt_id, final, ran=ran)
+        ended = await self.ends.end(item.task_id, item.prompt_id, list(decision.record), ran=ran)
         self.ends.let_go(item.task_id, item.prompt_id, inputs, None, ended=ended)
-        return "cancelled"
+        return decision.answer
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from actors import metrics, ports, router_nodes
 from comfy_fleet import errors
 from comfy_fleet.log import event_log, fleet, task_state
+from comfy_fleet.log import cancel
 from comfy_fleet.policies import routing
 from comfy_fleet.config import Settings
 
@@ -144,12 +145,13 @@ class Router:
         handled: the endpoint holding it is asked to cancel, or 'unknown'."""
         await self.start()
         if self.waiting.remove(task_id):
-            return "removed"
+            # Waiting here: the cancel's decision is to remove it (done); the ingress records it.
+            return cancel.decide(cancel.REQUESTED, cancel.Where.WAITING).answer
         for name, tasks in self.assigned.items():
             if task_id in tasks:
                 with contextlib.suppress(Exception):
                     return await self.handles[name].cancel(task_id)
-        return "unknown"
+        return cancel.UNKNOWN
 
     async def stats(self) -> dict[str, Any]:
         await self.start()

@@ -11,6 +11,7 @@ from typing import Any
 
 from comfy_fleet import config, errors
 from comfy_fleet.log import events, task_state
+from comfy_fleet.log import cancel as cancel_module
 from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.policies import fleet_addresses
 from serve_app import submission
@@ -68,13 +69,16 @@ async def cancel(services: Services, task_id: str) -> TaskState:
     state = await log.get(task_id)
     if state.is_final:
         return state
-    if not state.cancel_requested:
+    requested = cancel_module.request(state)
+    if requested:
         # Lost a race with another writer: the cancel is decided from the state that won.
         with contextlib.suppress(errors.ConcurrencyConflict):
-            state = await log.append(task_id, state.seq, [events.TaskCancelRequested()], state)
-    where = await services.router.cancel(task_id)
-    if where == "removed":
-        await _append_final(services, task_id, events.TaskCancelled(where="router"))
+            state = await log.append(task_id, state.seq, requested, state)
+    answer = await services.router.cancel(task_id)
+    removed = cancel_module.decide(cancel_module.REQUESTED, cancel_module.Where.WAITING)
+    if answer == removed.answer:
+        (event,) = removed.record
+        await _append_final(services, task_id, event)
     return await wait_final(services, await log.get(task_id), CANCEL_WAIT_S)
 
 

@@ -25,7 +25,7 @@ from comfy_fleet import errors
 
 from comfy_fleet.log import events, fleet, pg_errors, task_state
 
-from comfy_fleet.cli import rebuild
+from comfy_fleet.log import rebuild
 from comfy_fleet.delivery.slots import UNKNOWN as UNKNOWN_RECEIVER
 from comfy_fleet.log.event_log import (
     EndedCallback,
@@ -351,7 +351,7 @@ class PostgresEventLog:
     async def rebuild_read_model(self, workers: int | None = None) -> int:
         """Replace every read-model row by the fold of the log, in one transaction; returns the
         number of tasks. The log's task-id ranges are folded in `workers` processes (default:
-        one per core); see comfy_fleet/cli/rebuild.py. Run it with the service stopped."""
+        one per core); see comfy_fleet/log/rebuild.py. Run it with the service stopped."""
         return await rebuild.rebuild_read_model(self._dsn, workers)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from comfy_fleet import errors
 
-from comfy_fleet.log import events
+from comfy_fleet.log import cancel, events
 
 from comfy_fleet.delivery import ids
 
@@ -162,7 +162,7 @@ def apply(
         case events.TaskSucceeded() if not final:
             # A cancel that arrived while outputs were being stored wins: the task ends
             # cancelled (with its outputs) and no success webhook goes out.
-            _finish(s, seq, at, CANCELLED if s.cancel_requested else SUCCEEDED)
+            _finish(s, seq, at, CANCELLED if cancel.ends_cancelled(s) else SUCCEEDED)
         case events.TaskFailed() if not final:
             s.error = {
                 "code": ev.code,
@@ -183,7 +183,7 @@ def apply(
             s.error, s.webhook_attempts = None, 0
             if s.end_seq is not None:
                 s.past_webhook_ids.append(ids.webhook_id(s.task_id, s.end_seq))
-            _finish(s, seq, at, CANCELLED if s.cancel_requested else SUCCEEDED)
+            _finish(s, seq, at, CANCELLED if cancel.ends_cancelled(s) else SUCCEEDED)
         case events.TaskRequeued() if not final:
             s.status, s.progress, s.outputs = QUEUED, None, []
             if s.prompt_id:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from comfy_fleet import errors
 
-from comfy_fleet.workflows import graph as graph_module, manifest as manifest_module
+from comfy_fleet.workflows import graph as graph_module, param_spec
 from comfy_fleet.workflows.manifest import Manifest, ParamSpec
 
 #: A drawn seed stays below 2**53 so it survives every JSON reader, JavaScript's doubles included;
@@ -118,21 +118,10 @@ def validate_params(
         else:
             continue  # the graph keeps its own value
 
-        if spec.type == "image":
-            problem = manifest_module.check_value(spec, value)
-            if problem is None:
-                try:
-                    classify_image_value(value, max_bytes=limits.max_image_bytes, param=name)
-                except errors.PayloadTooLarge as exc:
-                    problem, too_large = exc.message, too_large + 1
-                except errors.WorkflowParamsInvalid as exc:
-                    problem = exc.details[0]["problem"]
-        else:
-            problem = manifest_module.check_value(
-                spec, value, max_string_length=limits.max_string_length
-            )
+        problem, over_size = _value_problem(spec, value, limits)
         if problem is not None:
             problems.append({"param": name, "problem": problem})
+            too_large += over_size
             continue
         if spec.type == "seed" and value == "random":
             value = _draw_seed(spec, draw)
@@ -149,9 +138,26 @@ def validate_params(
     return resolved
 
 
+def _value_problem(spec: ParamSpec, value: Any, limits: ParamLimits) -> tuple[str | None, bool]:
+    """Why ``value`` is not valid for ``spec`` (None when it is), and whether the only reason is
+    an image over ``limits.max_image_bytes``."""
+    if spec.type != "image":
+        return param_spec.check_value(spec, value, max_string_length=limits.max_string_length), False
+    problem = param_spec.check_value(spec, value)
+    if problem is not None:
+        return problem, False
+    try:
+        classify_image_value(value, max_bytes=limits.max_image_bytes, param=spec.name)
+    except errors.PayloadTooLarge as exc:
+        return exc.message, True
+    except errors.WorkflowParamsInvalid as exc:
+        return exc.details[0]["problem"], False
+    return None, False
+
+
 def _draw_seed(spec: ParamSpec, draw: Rng) -> int:
     lo = int(spec.min) if spec.min is not None else 0
-    hi = int(spec.max) if spec.max is not None else manifest_module.SEED_MAX
+    hi = int(spec.max) if spec.max is not None else param_spec.SEED_MAX
     if lo <= DRAWN_SEED_MAX:
         hi = min(hi, DRAWN_SEED_MAX)
     return draw(lo, hi)
@@ -366,7 +372,7 @@ def _param_schema(spec: ParamSpec, max_string_length: int | None) -> dict[str, A
             s["maximum"] = spec.max
     elif spec.type == "seed":
         lo = spec.min if spec.min is not None else 0
-        hi = spec.max if spec.max is not None else manifest_module.SEED_MAX
+        hi = spec.max if spec.max is not None else param_spec.SEED_MAX
         s["oneOf"] = [
             {"type": "integer", "minimum": lo, "maximum": hi},
             {"const": "random"},

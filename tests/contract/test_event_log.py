@@ -16,7 +16,7 @@ from comfy_fleet.log import events, task_state
 from comfy_fleet.delivery.slots import UNKNOWN, receiver_of
 from comfy_fleet.log.event_log import EventLog, InMemoryEventLog
 from comfy_fleet.log.postgres import PostgresEventLog
-from comfy_fleet.cli.rebuild import task_id_ranges
+from comfy_fleet.log.rebuild import task_id_ranges
 from tests.support.polling import eventually
 
 

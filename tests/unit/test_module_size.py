@@ -21,15 +21,6 @@ REASON = "long because"
 KNOWN_OFFENDERS = {
     "actors/router.py",
     "comfy_fleet/config.py:Settings.from_env",
-    "comfy_fleet/policies/url_policy.py",
-    "comfy_fleet/workflows/manifest.py",
-    "comfy_fleet/workflows/manifest.py:_parse_param",
-    "comfy_fleet/workflows/params.py:validate_params",
-    "comfy_standin/executor.py",
-    "comfy_standin/executor.py:Executor.execute",
-    "comfy_standin/server.py",
-    "comfy_standin/validation.py:_validate_inputs",
-    "comfy_standin/validation.py:validate_prompt",
     "serve_app/submission.py:submit",
 }
 

@@ -15,7 +15,7 @@ from comfy_fleet import errors
 from comfy_fleet.log import events, task_state
 from comfy_fleet.log.event_log import state_from_json, state_json, state_to_json
 from comfy_fleet.log.events import StoredEvent
-from comfy_fleet.cli.rebuild import COLUMNS, LogFold, read_model_row, task_id_ranges
+from comfy_fleet.log.rebuild import COLUMNS, LogFold, read_model_row, task_id_ranges
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ODD = "tab\there, newline\nthere, back\\slash, \"quote\", \r, é, \u2603"
