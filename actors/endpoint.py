@@ -35,6 +35,7 @@ from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.prompts import decisions, inflight, janitor, outputs
 from comfy_fleet.prompts.ledger import TaskLedger
 from comfy_fleet import storage
+from comfy_fleet.workflows import raw_graph
 from comfy_fleet.workflows.registry import WorkflowRegistry
 
 # Re-exported: the router and the tests know them from here.
@@ -78,6 +79,9 @@ class EndpointWorker:
         # socket of its previous life.
         self.client_id = f"comfy-fleet-{uuid.uuid4().hex}"
         self.object_info: dict[str, Any] | None = None
+        #: the node classes and input types we report (`raw_graph.normalised`) and their digest
+        self.node_info: dict[str, Any] | None = None
+        self.node_info_digest: str | None = None
         #: workflows this endpoint can run (its node classes and model files), None until known
         self.runnable: list[str] | None = None
         self.registry: WorkflowRegistry | None = None
@@ -193,6 +197,7 @@ class EndpointWorker:
             "zombies": conn.zombies,
             "cleanup_extension": self.janitor.has_extension,
             "workflows": self.runnable,
+            "node_info_digest": self.node_info_digest,
         }
 
     def _foreign_queue(self) -> int:
@@ -210,6 +215,8 @@ class EndpointWorker:
         """After a connect: its node classes (what we can run) and its cleanup extension."""
         if self.object_info is None:
             self.object_info = await self.client.object_info()
+            self.node_info = raw_graph.normalised(self.object_info)
+            self.node_info_digest = raw_graph.digest(self.node_info)
             self._learn_workflows()
             self._report(now=True)
         await self.janitor.probe()
@@ -239,8 +246,16 @@ class EndpointWorker:
             "inflight": len(self.table),
             "foreign_queue": self._foreign_queue(),
             "workflows": self.runnable,
+            "node_info_digest": self.node_info_digest,
         }
         await safe(self.router.endpoint_status(self.name, status))
+
+    async def node_catalog(self) -> dict[str, Any] | None:
+        """The node classes and input types we report: `{"digest", "object_info"}` (the
+        normalised /object_info), or None before ComfyUI first answered."""
+        if self.node_info is None:
+            return None
+        return {"digest": self.node_info_digest, "object_info": self.node_info}
 
     # --- dispatch ---------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from actors import metrics, ports
+from actors import metrics, ports, router_nodes
 from comfy_fleet import errors
 from comfy_fleet.log import event_log, fleet, task_state
 from comfy_fleet.log import cancel
@@ -79,6 +79,7 @@ class Router:
         self.dispatched_total = 0
         #: task_id → when it was handed to an endpoint (forgotten after TAKEN_MEMORY_S)
         self._taken: dict[str, float] = {}
+        self.node_info = router_nodes.NodeInfo(self.handles.get, self._spawn, self._wake.set)
 
     async def start(self) -> None:
         async with self._start_lock:
@@ -164,6 +165,7 @@ class Router:
                     "foreign_queue": ld.foreign,
                     "inflight": len(self.assigned.get(name, ())),
                     "draining": ld.draining,
+                    "node_info_digest": ld.node_info_digest,
                 }
                 for name, ld in self.loads.items()
             },
@@ -204,8 +206,12 @@ class Router:
         load.foreign = int(status.get("foreign_queue") or 0)
         workflows = status.get("workflows")
         load.workflows = frozenset(workflows) if workflows is not None else None
+        self.node_info.observe(name, load, status.get("node_info_digest"))
         if load.connected and not was or load.load < self.settings.endpoint_queue_depth:
             self._wake.set()
+
+    async def node_catalog(self, digest: str) -> dict[str, Any] | None:
+        return await self.node_info.catalog(digest, router_nodes.reporting(self.loads, digest))
 
     def _free(self, name: str, task_id: str) -> None:
         tasks = self.assigned.get(name)

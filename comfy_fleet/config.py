@@ -247,6 +247,13 @@ class Settings:
     #: straight to the replicas) or "serve" (Serve's Python proxy actor). docs/performance.md.
     ingress_proxy: str = "haproxy"
     log_level: str = "INFO"
+    #: `RAW_GRAPHS`: POST /tasks may carry an API-format graph (docs/api.md §7.4); admin keys
+    #: only unless `RAW_GRAPHS_TENANTS` lets tenant keys too.
+    raw_graphs: bool = False
+    raw_graphs_tenants: bool = False
+    #: `RAW_GRAPH_ALLOW_NODES`: the node classes a raw graph may use (empty: any the fleet has).
+    raw_graph_allow_nodes: tuple[str, ...] = ()
+    raw_graph_max_nodes: int = 500
 
     def __repr__(self) -> str:
         shown = (
@@ -346,6 +353,10 @@ class Settings:
             ingress_max_ongoing_requests=r.int("INGRESS_MAX_ONGOING_REQUESTS", 256, minimum=1),
             ingress_proxy=r.choice("INGRESS_PROXY", ("haproxy", "serve"), "haproxy"),
             log_level=(r.str("LOG_LEVEL", "INFO") or "INFO").upper(),
+            raw_graphs=r.bool("RAW_GRAPHS", False),
+            raw_graphs_tenants=r.bool("RAW_GRAPHS_TENANTS", False),
+            raw_graph_allow_nodes=tuple(r.list("RAW_GRAPH_ALLOW_NODES")),
+            raw_graph_max_nodes=r.int("RAW_GRAPH_MAX_NODES", 500, minimum=1, maximum=10_000),
         )
 
     def replace(self, **changes: Any) -> Settings:

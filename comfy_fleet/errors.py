@@ -16,7 +16,9 @@
     │   ├── ManifestInvalid          a workflow manifest or graph is broken (names file and key)
     │   ├── InputRejected            an input (image, URL) is unusable
     │   ├── PayloadTooLarge          → HTTP 413
-    │   └── UrlForbidden             a URL resolves to an address the policy denies
+    │   ├── UrlForbidden             a URL resolves to an address the policy denies
+    │   ├── GraphInvalid             a raw graph is refused (names the node)
+    │   └── RawGraphsDisabled        → HTTP 403: raw graphs are off here, or not for this key
     ├── Unavailable                  → HTTP 503, retryable
     │   ├── DatabaseUnavailable
     │   ├── StorageUnavailable
@@ -162,6 +164,19 @@ class UrlForbidden(InvalidRequest):
     """The URL is not allowed."""
 
     code = "url_forbidden"
+
+
+class GraphInvalid(InvalidRequest):
+    """The raw graph cannot run on this fleet."""
+
+    code = "graph_invalid"
+
+
+class RawGraphsDisabled(InvalidRequest):
+    """Raw graphs are not accepted here (RAW_GRAPHS)."""
+
+    code = "raw_graphs_disabled"
+    status = 403
 
 
 class Unavailable(FleetError):

@@ -34,6 +34,9 @@ async def submit(
     callback_url: str | None,
     priority: int,
     origin: str = "tasks",
+    graph: dict[str, Any] | None = None,
+    files: dict[str, Any] | None = None,
+    principal: Any = None,
 ) -> tuple[TaskState, bool]:
     """Record a new task (→ (state, True)) or find the same earlier one (→ (state, False)).
     See `serve_app.submission.submit` for its checks and refusals."""
@@ -45,6 +48,9 @@ async def submit(
         callback_url=callback_url,
         priority=priority,
         origin=origin,
+        graph=graph,
+        files=files,
+        principal=principal,
     )
 
 

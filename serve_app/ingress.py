@@ -44,10 +44,14 @@ class RouterClientOverRay:
 
 async def _refresh_waiting(services: Services) -> None:
     """Keep the replica's estimate of the router's waiting tasks fresh (admission control;
-    between refreshes each submission counts itself in, serve_app/submission.py)."""
+    between refreshes each submission counts itself in, serve_app/submission.py), and its
+    view of the endpoints' node info (`Services.node_catalog`)."""
     while True:
         with contextlib.suppress(Exception):
-            services.waiting_estimate = int((await services.router.stats())["waiting"])
+            stats = await services.router.stats()
+            services.waiting_estimate = int(stats["waiting"])
+            # The same answer says which node info each endpoint reports (raw graphs).
+            services.node_catalog.observe(stats.get("endpoints") or {})
         await asyncio.sleep(WAITING_REFRESH_S)
 
 

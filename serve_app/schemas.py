@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 
 class SubmitTask(BaseModel):
@@ -21,8 +21,19 @@ class SubmitTask(BaseModel):
         },
     )
 
-    workflow: str = Field(min_length=1, max_length=200, description="Name of a served workflow")
+    workflow: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Name of a served workflow"
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="The workflow's parameters")
+    graph: dict[str, Any] | None = Field(
+        default=None,
+        description="An API-format ComfyUI graph, instead of `workflow` (needs RAW_GRAPHS=true)",
+    )
+    files: dict[str, str] | None = Field(
+        default=None,
+        description="Images the graph's LoadImage nodes name: file name -> base64, data: URL "
+        "or http(s) URL",
+    )
     client_task_id: str | None = Field(
         default=None, min_length=1, max_length=128,
         description="Your id for this task; the same id with the same body is answered once",
@@ -31,6 +42,16 @@ class SubmitTask(BaseModel):
         default=None, max_length=2048, description="http(s) URL called when the task ends"
     )
     priority: int = Field(default=0, ge=-1_000_000, le=1_000_000, description="Higher runs first")
+
+    @model_validator(mode="after")
+    def _workflow_or_graph(self) -> SubmitTask:
+        if (self.workflow is None) == (self.graph is None):
+            raise ValueError("give either `workflow` (a served workflow's name) or `graph`")
+        if self.graph is not None and self.params:
+            raise ValueError("`params` are a workflow's; a graph carries its own values")
+        if self.files is not None and self.graph is None:
+            raise ValueError("`files` go with a `graph`; a workflow takes images as params")
+        return self
 
 
 class LegacySubmit(BaseModel):

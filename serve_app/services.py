@@ -17,6 +17,7 @@ from comfy_fleet.config import Settings
 from comfy_fleet.log.event_log import EventLog
 from comfy_fleet.net.fleet_refresher import FleetRefresher
 from comfy_fleet.policies.url_policy import UrlPolicy
+from comfy_fleet.workflows.node_catalog import NodeCatalog
 from comfy_fleet.workflows.registry import WorkflowRegistry
 
 
@@ -34,6 +35,9 @@ class Services:
     #: keeps ``url_policy.fleet`` in step with the router's endpoints (None: a fixed fleet)
     fleet_refresher: FleetRefresher | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the fleet's node info for raw graphs (digests from the router's stats, kept fresh by
+    #: serve_app/ingress.py)
+    node_catalog: NodeCatalog = field(default_factory=NodeCatalog)
     #: the replica's own loops (the waiting estimate's refresh), cancelled by `close`
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 

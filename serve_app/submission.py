@@ -17,6 +17,8 @@ from comfy_fleet import errors
 
 from comfy_fleet.log import events
 from comfy_fleet.log.task_state import TaskState
+from comfy_fleet.workflows import raw_graph
+from serve_app import raw_graphs
 from serve_app.services import Services
 
 
@@ -97,8 +99,12 @@ async def submit(
     callback_url: str | None,
     priority: int,
     origin: str = "tasks",
+    graph: dict[str, Any] | None = None,
+    files: dict[str, Any] | None = None,
+    principal: Any = None,
 ) -> tuple[TaskState, bool]:
     """Record a new task (→ (state, True)) or find the same earlier one (→ (state, False)).
+    With `graph`, a raw graph (`serve_app.raw_graphs`: who may, its check, its files).
 
     Raises IdempotencyConflict for the same client_task_id with another body, Overloaded past
     the admission limit, DatabaseUnavailable when the log cannot record it.
@@ -110,21 +116,28 @@ async def submit(
         "priority": priority,
         "origin": origin,
     }
+    if graph is not None:
+        raw_graphs.permit(services.settings, principal)
+        files = files or {}
+        body.update(graph=graph, files=files)
     digest = request_hash(body)
     if client_task_id is not None:
         existing = await services.log.find_client_task(client_task_id)
         if existing is not None:
             return _same_or_conflict(existing, digest), False
 
-    try:
-        workflow = services.registry.get(workflow_name)
-    except errors.WorkflowNotFound:
-        raise errors.UnknownWorkflow(
-            f"workflow {workflow_name!r} is not served; GET /workflows lists them",
-            {"workflow": workflow_name, "known": services.registry.names()},
-        ) from None
     settings = services.settings
-    resolved = workflow.validate(params, limits=settings)
+    if graph is not None:
+        checked = await raw_graphs.check(services, graph, files or {})
+    else:
+        try:
+            workflow = services.registry.get(workflow_name)
+        except errors.WorkflowNotFound:
+            raise errors.UnknownWorkflow(
+                f"workflow {workflow_name!r} is not served; GET /workflows lists them",
+                {"workflow": workflow_name, "known": services.registry.names()},
+            ) from None
+        resolved = workflow.validate(params, limits=settings)
     if callback_url is not None:
         parsed = services.url_policy.check_url(callback_url)
         await services.url_policy.resolve_and_check(parsed)
@@ -141,6 +154,15 @@ async def submit(
         )
 
     task_id = str(uuid.uuid4())
+    if graph is not None:
+        prompt, inputs = await raw_graphs.stage(services, task_id, graph, files or {}, checked)
+        event = events.TaskSubmitted(
+            workflow=raw_graph.WORKFLOW, workflow_version=raw_graph.digest(graph), params={},
+            prompt=prompt, client_task_id=client_task_id, callback_url=callback_url,
+            priority=priority, request_hash=digest, origin=origin, inputs=inputs,
+            required_labels=checked.labels,
+        )
+        return await _record(services, task_id, event, client_task_id, digest)
     image_names = {
         name: f"fleet/{task_id}-{name}.png"
         for name, spec in workflow.manifest.params.items()
@@ -164,6 +186,14 @@ async def submit(
         inputs=inputs,
         required_labels=list(workflow.required_labels),
     )
+    return await _record(services, task_id, event, client_task_id, digest)
+
+
+async def _record(
+    services: Services, task_id: str, event: events.TaskSubmitted, client_task_id: str | None,
+    digest: str,
+) -> tuple[TaskState, bool]:
+    """Append `task.submitted`: the one write of a submission."""
     try:
         state = await services.log.append(task_id, 0, [event])
     except errors.DuplicateClientTaskId:

@@ -18,7 +18,7 @@ from typing import Any
 
 from comfy_fleet import errors
 
-from comfy_fleet.workflows import graph as graph_module, manifest as manifest_module, params as params_module
+from comfy_fleet.workflows import graph as graph_module, manifest as manifest_module, params as params_module, raw_graph
 from comfy_fleet.workflows.manifest import Manifest
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -110,6 +110,10 @@ def load_workflow(directory: Path, name: str) -> Workflow:
         raise errors.ManifestInvalid(
             f"{toml_path}: a workflow name is a letter or digit, then letters, digits, _ or - "
             "(≤ 64 characters)"
+        )
+    if name == raw_graph.WORKFLOW:
+        raise errors.ManifestInvalid(
+            f"{toml_path}: {name!r} is the workflow name of raw graphs; name the files otherwise"
         )
     json_bytes = _read(json_path)
     toml_bytes = _read(toml_path)

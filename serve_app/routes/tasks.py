@@ -10,6 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from comfy_fleet import errors, views
 from comfy_fleet.log import events
+from comfy_fleet.workflows import raw_graph
 from serve_app import commands, schemas
 from serve_app.models import errors as error_answers
 from serve_app.models import tasks as models
@@ -92,11 +93,14 @@ async def post_task(
     s = context.services(request)
     state, created = await commands.submit(
         s,
-        workflow_name=body.workflow,
+        workflow_name=body.workflow or raw_graph.WORKFLOW,
         params=body.params,
         client_task_id=body.client_task_id,
         callback_url=body.callback_url,
         priority=body.priority,
+        graph=body.graph,
+        files=body.files,
+        principal=context.principal(request),
     )
     if wait:
         state = await commands.wait_final(s, state, wait)
