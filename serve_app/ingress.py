@@ -16,7 +16,7 @@ from comfy_fleet.net import fleet_refresher
 from comfy_fleet.policies import fleet_addresses
 from comfy_fleet.policies.url_policy import UrlPolicy
 from comfy_fleet.workflows.registry import WorkflowRegistry
-from serve_app import api
+from serve_app import api, submission
 from serve_app.services import Services
 
 log = logging.getLogger("comfy_fleet.ingress")
@@ -47,7 +47,7 @@ async def _refresh_waiting(services: Services) -> None:
     between refreshes each submission counts itself in, serve_app/submission.py)."""
     while True:
         with contextlib.suppress(Exception):
-            services.waiting_estimate = int((await services.router.stats())["waiting"])
+            submission.absorb_stats(services, await services.router.stats())
         await asyncio.sleep(WAITING_REFRESH_S)
 
 

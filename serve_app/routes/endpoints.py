@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from serve_app import commands, schemas
 from serve_app.responses import JSON
 from serve_app.routes import context
 
-router = APIRouter()
+#: Every route here reads or changes the fleet: admin keys only (403 `forbidden` to a tenant's).
+router = APIRouter(dependencies=[Depends(context.admin_only)])
 
 
 @router.get("/endpoints", summary="The ComfyUI endpoints")

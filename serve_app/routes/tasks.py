@@ -10,6 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from comfy_fleet import errors, views
 from comfy_fleet.log import events
+from comfy_fleet.policies import access
 from serve_app import commands, schemas
 from serve_app.responses import JSON
 from serve_app.routes import context
@@ -31,6 +32,7 @@ async def post_task(
     ),
 ) -> Response:
     s = context.services(request)
+    tenant = access.submit_tenant(context.principal(request), body.tenant)
     state, created = await commands.submit(
         s,
         workflow_name=body.workflow,
@@ -38,6 +40,7 @@ async def post_task(
         client_task_id=body.client_task_id,
         callback_url=body.callback_url,
         priority=body.priority,
+        tenant=tenant,
     )
     if wait:
         state = await commands.wait_final(s, state, wait)
@@ -55,10 +58,14 @@ async def list_tasks(
     workflow: str | None = Query(default=None, max_length=200),
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = Query(default=None, max_length=500),
+    # Checked by policies.access: a tenant key naming another tenant is 403, whatever the name.
+    tenant: str | None = Query(default=None, description="an admin's filter by tenant"),
 ) -> Response:
     s = context.services(request)
+    tenant = access.list_tenant(context.principal(request), tenant)
     states, next_cursor = await s.log.list_tasks(
-        status=status, workflow=workflow, client_task_id=client_task_id, limit=limit, cursor=cursor
+        status=status, workflow=workflow, client_task_id=client_task_id, limit=limit,
+        cursor=cursor, tenant=tenant,
     )
     tasks = [await context.task_view(s, state) for state in states]
     return JSON({"tasks": tasks, "next_cursor": next_cursor})
@@ -67,15 +74,15 @@ async def list_tasks(
 @router.get("/tasks/{task_id}", summary="One task")
 async def get_task(task_id: str, request: Request) -> Response:
     s = context.services(request)
-    return JSON(await context.task_view(s, await s.log.get(context.task_id_of(task_id))))
+    state = await context.own_task(request, s, context.task_id_of(task_id))
+    return JSON(await context.task_view(s, state))
 
 
 @router.get("/tasks/{task_id}/events", summary="The task's events, in order")
 async def get_events(task_id: str, request: Request) -> Response:
     tid = context.task_id_of(task_id)
     stream = await context.services(request).log.read(tid)
-    if not stream:
-        raise errors.TaskNotFound(f"no task {tid}")
+    context.check_stream(request, tid, stream)
     return JSON([views.event_view(e) for e in stream])
 
 
@@ -84,8 +91,7 @@ async def stream_task(task_id: str, request: Request) -> Response:
     tid = context.task_id_of(task_id)
     s = context.services(request)
     after = last_event_id(request.headers.get("last-event-id"))
-    if not await s.log.read(tid, 0):
-        raise errors.TaskNotFound(f"no task {tid}")
+    context.check_stream(request, tid, await s.log.read(tid, 0))
 
     async def frames() -> AsyncIterator[bytes]:
         nonlocal after
@@ -128,7 +134,7 @@ def last_event_id(value: str | None) -> int:
 @router.post("/tasks/{task_id}/cancel", status_code=202, summary="Cancel a task wherever it is")
 async def cancel_task(task_id: str, request: Request) -> Response:
     s = context.services(request)
-    state = await commands.cancel(s, context.task_id_of(task_id))
+    state = await commands.cancel(s, context.task_id_of(task_id), context.principal(request))
     return JSON(await context.task_view(s, state), status_code=202)
 
 
@@ -137,5 +143,5 @@ async def cancel_task(task_id: str, request: Request) -> Response:
 )
 async def redeliver(task_id: str, request: Request) -> Response:
     s = context.services(request)
-    state = await commands.redeliver(s, context.task_id_of(task_id))
+    state = await commands.redeliver(s, context.task_id_of(task_id), context.principal(request))
     return JSON(await context.task_view(s, state), status_code=202)

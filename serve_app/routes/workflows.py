@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from serve_app import commands
@@ -25,6 +25,9 @@ async def get_workflow(name: str, request: Request) -> Response:
     return JSON(s.registry.get(name).describe(max_string_length=s.settings.max_string_length))
 
 
-@router.post("/workflows/reload", summary="Pick up added, changed and removed workflows")
+@router.post(
+    "/workflows/reload", summary="Pick up added, changed and removed workflows",
+    dependencies=[Depends(context.admin_only)],
+)
 async def reload_workflows(request: Request) -> Response:
     return JSON(await commands.reload_workflows(context.services(request)), status_code=200)
