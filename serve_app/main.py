@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -28,9 +29,11 @@ def main() -> None:
     _, problems = WorkflowRegistry.load(settings.workflows_dir)
     if problems:
         sys.exit(f"comfy-fleet: configuration error: WORKFLOWS_DIR: {problems[0].message}")
-    if not settings.api_keys:
+    if not settings.api_keys and not settings.tenant_keys:
         say(f"API_KEYS is not set: serving on loopback only ({settings.service_host})")
-    settings, parts = launcher.start_local_parts(settings, REPO_ROOT / "data", say=say)
+    # DATA_DIR: where the parts started here keep their files (a test's or a bench's own).
+    data_dir = Path(os.environ.get("DATA_DIR") or REPO_ROOT / "data").resolve()
+    settings, parts = launcher.start_local_parts(settings, data_dir, say=say)
     try:
         applied = launcher.migrate_database(settings)
         say(f"database ready ({len(applied)} migration(s) applied)")
