@@ -162,6 +162,7 @@ def main() -> None:
     service.add_argument("--node-delay", type=float, default=0.05, help="stand-in seconds per node")
     service.add_argument("--burst-after", type=int, default=300, help="A's tasks in before B's")
     service.add_argument("--concurrency", type=int, default=16, help="requests in flight per tenant")
+    service.add_argument("--cut-flood", action="store_true", help="stop A's flood once B is done")
     service.add_argument("--timeout", type=float, default=900, help="longest wait for B's tasks (s)")
     args = parser.parse_args()
     if args.service:

@@ -4,9 +4,9 @@ The service runs as `make run` runs it (`python -m serve_app.main` in a process 
 database of its own on the local PostgreSQL) with tenant keys for A and B, in front of ComfyUI
 stand-ins that take `--node-delay` seconds per node (the `solid` workflow has two nodes), so
 work waits. Tenant A floods `--flood` tasks over HTTP; once `--burst-after` of them are recorded,
-tenant B submits `--burst`. When B's tasks have all ended, A's remaining flood is cut short and
-the service is stopped. The figures come from the log (`task_events`): when each task was
-submitted, first dispatched and ended.
+tenant B submits `--burst`. When B's tasks have all ended and A's flood is all submitted,
+the service is stopped (`--cut-flood`: A's flood stops being submitted then too). The figures
+come from the log (`task_events`): when each task was submitted, first dispatched and ended.
 
 Printed, for equal weights and for A:B = 3:1 (one service start each):
 - B's share of the dispatches made while both A and B had tasks waiting;
@@ -86,6 +86,7 @@ def analyse(tasks: dict[str, Task]) -> dict[str, Any]:
         + [(t.dispatched, 1, t.tenant, -1) for t in tasks.values() if t.dispatched is not None]
     )
     waiting = {"a": 0, "b": 0}
+    a_waiting_at_b = 0
     contested: list[str] = []
     both_since: datetime | None = None
     both_until: datetime | None = None
@@ -93,6 +94,8 @@ def analyse(tasks: dict[str, Task]) -> dict[str, Any]:
         if kind == 1 and waiting["a"] > 0 and waiting["b"] > 0:
             contested.append(tenant)
             both_until = at
+        if tenant == "b" and delta > 0 and waiting["b"] == 0 and not a_waiting_at_b:
+            a_waiting_at_b = waiting["a"]
         waiting[tenant] += delta
         if both_since is None and waiting["a"] > 0 and waiting["b"] > 0:
             both_since = at
@@ -113,6 +116,7 @@ def analyse(tasks: dict[str, Task]) -> dict[str, Any]:
         "b_median_wait": statistics.median(waits),
         "b_p95_wait": pct(waits, 0.95),
         "a_recorded": sum(t.tenant == "a" for t in tasks.values()),
+        "a_waiting_at_b": a_waiting_at_b,
     }
 
 
@@ -156,7 +160,7 @@ async def wait_ended(client: httpx.AsyncClient, ids: list[str], timeout: float) 
 
 async def flooded(url: str, args: Any) -> None:
     """A floods; B submits its burst once `burst_after` of A's are recorded; returns when B's
-    tasks have all ended (A's flood is cut short then)."""
+    tasks have all ended and A's flood is all submitted (or, with `cut_flood`, cut short)."""
     headers = {k: {"Authorization": f"Bearer {key}"} for k, key in KEYS.items()}
     limits = httpx.Limits(max_connections=64)
     async with (
@@ -169,7 +173,8 @@ async def flooded(url: str, args: Any) -> None:
             await asyncio.sleep(0.05)
         b_ids = await post_tasks(b, args.burst, args.concurrency)
         await wait_ended(b, b_ids, timeout=args.timeout)
-        flood.cancel()
+        if args.cut_flood:
+            flood.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flood
 
@@ -250,6 +255,7 @@ def main(args: Any) -> None:
             f"{figures['completion_share_decided']:.1%} of tasks dispatched while both waited, "
             f"{figures['completion_share_all']:.1%} of all (target {target:.0%} ± 5 %); "
             f"B's median wait {figures['b_median_wait']:.2f} s, p95 {figures['b_p95_wait']:.2f} s "
-            f"(idle fleet: {idle_median:.2f} s); A recorded {figures['a_recorded']} "
+            f"(idle fleet: {idle_median:.2f} s); A had {figures['a_waiting_at_b']} waiting when "
+            f"B came, {figures['a_recorded']} recorded in all "
             f"[{time.monotonic() - started:.0f} s]"
         )
