@@ -14,5 +14,9 @@ ALTER TABLE tasks DROP CONSTRAINT tasks_client_task_id_key;
 CREATE INDEX tasks_tenant_newest ON tasks (tenant, created_at DESC, task_id DESC);
 -- Counting and scanning one tenant's waiting tasks (TENANT_MAX_WAITING, the router's scan).
 CREATE INDEX tasks_tenant_queued ON tasks (tenant, created_at) WHERE status = 'queued';
+-- A rebuild's stage (`task_rebuild_stage`, `LIKE tasks`, when a migration made one) keeps the
+-- read model's columns.
+ALTER TABLE IF EXISTS task_rebuild_stage ADD COLUMN IF NOT EXISTS tenant text NOT NULL DEFAULT 'default';
+
 -- The router's fair share is rebuilt from the latest dispatches, newest first.
 CREATE INDEX task_events_dispatched ON task_events (position) WHERE type = 'task.dispatched';
