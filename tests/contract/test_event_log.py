@@ -243,6 +243,31 @@ class TestPostgresEventLog(EventLogContract):
         finally:
             await log.close()
 
+    async def test_a_queued_notice_without_tenant_is_tenant_default(
+        self, log: PostgresEventLog, pg_dsn: str
+    ) -> None:
+        """Rolling upgrade: an ingress of the release before tenants sends the notice without
+        the tenant; the router hears a task of tenant `default`."""
+        import asyncpg
+
+        heard: list[tuple[object, ...]] = []
+        caught_up: list[int] = []
+        await log.listen_queued(lambda *notice: heard.append(notice))
+        await log.listen_ended(lambda *_: None, lambda: caught_up.append(1))
+        await eventually(lambda: caught_up, what="listening")
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            old = orjson.dumps(["t-old", 2, 1.5, "solid", [], False]).decode()
+            new = orjson.dumps(["t-new", 0, 1.5, "solid", ["gpu"], True, "acme"]).decode()
+            await conn.execute("SELECT pg_notify('tasks_queued_v1', $1), pg_notify('tasks_queued_v1', $2)", old, new)
+        finally:
+            await conn.close()
+        await eventually(lambda: len(heard) >= 2, what="two notices")
+        assert heard == [
+            ("t-old", 2, 1.5, "solid", [], False, "default"),
+            ("t-new", 0, 1.5, "solid", ["gpu"], True, "acme"),
+        ]
+
     async def test_database_refuses_update_and_delete(self, log: PostgresEventLog, pg_dsn: str) -> None:
         import asyncpg
 
