@@ -15,7 +15,7 @@ import asyncpg
 
 from comfy_fleet import errors
 
-#: The unique keys on client_task_id: per tenant (migrations/0003_tenants.sql), and the
+#: The unique keys on client_task_id: per tenant (migrations/0004_tenants.sql), and the
 #: single-column one of the schema before it.
 CLIENT_TASK_ID_KEYS = frozenset({"tasks_tenant_client_task_id_key", "tasks_client_task_id_key"})
 
