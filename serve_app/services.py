@@ -32,6 +32,8 @@ class Services:
     url_policy: UrlPolicy
     #: tasks waiting in the router as of the last answer from it (admission control)
     waiting_estimate: int = 0
+    #: each tenant's tasks waiting in the router, likewise (TENANT_MAX_WAITING)
+    tenant_waiting: dict[str, int] = field(default_factory=dict)
     #: keeps ``url_policy.fleet`` in step with the router's endpoints (None: a fixed fleet)
     fleet_refresher: FleetRefresher | None = None
     extra: dict[str, Any] = field(default_factory=dict)

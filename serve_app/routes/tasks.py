@@ -10,6 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from comfy_fleet import errors, views
 from comfy_fleet.log import events
+from comfy_fleet.policies import access
 from comfy_fleet.workflows import raw_graph
 from serve_app import commands, schemas
 from serve_app.models import errors as error_answers
@@ -91,6 +92,7 @@ async def post_task(
     ),
 ) -> Response:
     s = context.services(request)
+    tenant = access.submit_tenant(context.principal(request), body.tenant)
     state, created = await commands.submit(
         s,
         workflow_name=body.workflow or raw_graph.WORKFLOW,
@@ -101,6 +103,7 @@ async def post_task(
         graph=body.graph,
         files=body.files,
         principal=context.principal(request),
+        tenant=tenant,
     )
     if wait:
         state = await commands.wait_final(s, state, wait)
@@ -124,10 +127,14 @@ async def list_tasks(
     workflow: str | None = Query(default=None, max_length=200),
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = Query(default=None, max_length=500),
+    # Checked by policies.access: a tenant key naming another tenant is 403, whatever the name.
+    tenant: str | None = Query(default=None, description="an admin's filter by tenant"),
 ) -> Response:
     s = context.services(request)
+    tenant = access.list_tenant(context.principal(request), tenant)
     states, next_cursor = await s.log.list_tasks(
-        status=status, workflow=workflow, client_task_id=client_task_id, limit=limit, cursor=cursor
+        status=status, workflow=workflow, client_task_id=client_task_id, limit=limit,
+        cursor=cursor, tenant=tenant,
     )
     tasks = [await context.task_view(s, state) for state in states]
     return JSON({"tasks": tasks, "next_cursor": next_cursor})
@@ -143,7 +150,8 @@ async def list_tasks(
 )
 async def get_task(task_id: str, request: Request) -> Response:
     s = context.services(request)
-    return JSON(await context.task_view(s, await s.log.get(context.task_id_of(task_id))))
+    state = await context.own_task(request, s, context.task_id_of(task_id))
+    return JSON(await context.task_view(s, state))
 
 
 @router.get(
@@ -156,8 +164,7 @@ async def get_task(task_id: str, request: Request) -> Response:
 async def get_events(task_id: str, request: Request) -> Response:
     tid = context.task_id_of(task_id)
     stream = await context.services(request).log.read(tid)
-    if not stream:
-        raise errors.TaskNotFound(f"no task {tid}")
+    context.check_stream(request, tid, stream)
     return JSON([views.event_view(e) for e in stream])
 
 
@@ -193,8 +200,7 @@ async def stream_task(
     tid = context.task_id_of(task_id)
     s = context.services(request)
     after = last_event_id(last_event_id_header)
-    if not await s.log.read(tid, 0):
-        raise errors.TaskNotFound(f"no task {tid}")
+    context.check_stream(request, tid, await s.log.read(tid, 0))
 
     async def frames() -> AsyncIterator[bytes]:
         nonlocal after
@@ -246,7 +252,7 @@ def last_event_id(value: str | None) -> int:
 )
 async def cancel_task(task_id: str, request: Request) -> Response:
     s = context.services(request)
-    state = await commands.cancel(s, context.task_id_of(task_id))
+    state = await commands.cancel(s, context.task_id_of(task_id), context.principal(request))
     return JSON(await context.task_view(s, state), status_code=202)
 
 
@@ -261,5 +267,5 @@ async def cancel_task(task_id: str, request: Request) -> Response:
 )
 async def redeliver(task_id: str, request: Request) -> Response:
     s = context.services(request)
-    state = await commands.redeliver(s, context.task_id_of(task_id))
+    state = await commands.redeliver(s, context.task_id_of(task_id), context.principal(request))
     return JSON(await context.task_view(s, state), status_code=202)
