@@ -24,6 +24,7 @@ from typing import Any
 
 from actors import metrics
 from actors.endpoint_ends import PromptEnds, RouterPort, ctx, safe
+from actors.endpoint_previews import PreviewHolder
 from actors.endpoint_watch import Watch
 from comfy_fleet import errors
 from comfy_fleet.comfy import history
@@ -100,8 +101,10 @@ class EndpointWorker:
             ),
             janitor=self.janitor, router=router, spawn=self._spawn,
         )
+        self.previews = PreviewHolder()
         self.watch = Watch(
             endpoint, client=self.client, client_id=self.client_id, table=self.table,
+            previews=self.previews,
             ends=self.ends, spawn=self._spawn, report=self._report,
             learn_server=self._learn_server, lost_after_s=settings.endpoint_lost_after_s,
             # read from this module when built: tests shorten it here
@@ -256,6 +259,18 @@ class EndpointWorker:
         if self.node_info is None:
             return None
         return {"digest": self.node_info_digest, "object_info": self.node_info}
+
+    async def preview(
+        self, task_id: str, after_version: int, timeout_s: float
+    ) -> dict[str, Any] | None:
+        """The task's latest preview, `{"version", "content_type", "data"}`, once its version
+        is not `after_version`; None if none comes within `timeout_s` (at most
+        PREVIEW_WAIT_MAX_S), if its prompt ends meanwhile, or at once if it is not in flight
+        here. Previews are never logged."""
+        found = await self.previews.next(
+            task_id, after_version, timeout_s, held=lambda: task_id in self.table.by_task
+        )
+        return None if found is None else found.answer()
 
     # --- dispatch ---------------------------------------------------------------------------
 

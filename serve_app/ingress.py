@@ -78,6 +78,7 @@ async def build_services(settings: Settings, extra_deny_hosts: list[str]) -> Ser
         webhooks=remote.webhooks_port(),
         url_policy=UrlPolicy.from_settings(settings, extra_deny_hosts=extra_deny_hosts, fleet=fleet),
         fleet_refresher=refresher,
+        endpoints=remote.endpoint_port,
     )
     services.background.add(asyncio.create_task(_refresh_waiting(services)))
     return services

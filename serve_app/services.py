@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from actors import ports
@@ -40,6 +41,8 @@ class Services:
     #: the fleet's node info for raw graphs (digests from the router's stats, kept fresh by
     #: serve_app/ingress.py)
     node_catalog: NodeCatalog = field(default_factory=NodeCatalog)
+    #: an endpoint actor by name (a stream's previews); None: not reachable (no previews)
+    endpoints: Callable[[str], ports.EndpointApi] | None = None
     #: the replica's own loops (the waiting estimate's refresh), cancelled by `close`
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 

@@ -12,7 +12,7 @@ from comfy_fleet import errors, views
 from comfy_fleet.log import events
 from comfy_fleet.policies import access
 from comfy_fleet.workflows import raw_graph
-from serve_app import commands, schemas
+from serve_app import commands, preview_relay, schemas
 from serve_app.models import errors as error_answers
 from serve_app.models import tasks as models
 from serve_app.responses import JSON
@@ -34,7 +34,10 @@ STREAM_FRAMES = (
     "Frames `id: <seq>`, `event: <type>`, `data: <the event as GET /tasks/{task_id}/events "
     "shows it, one JSON object>`, each ended by a blank line; `: keep-alive` comment lines "
     "while nothing happens. The stream ends after the task's final event (`task.succeeded`, "
-    "`task.failed` or `task.cancelled`)."
+    "`task.failed` or `task.cancelled`). With `?previews=true`, also `event: preview` frames "
+    "without `id:`, `data: {\"content_type\", \"data\": <the image, base64>}`: ComfyUI's latest "
+    "latent preview while the task runs (a slow reader gets the newest, not every one); "
+    "previews are not events of the task and are never recorded."
 )
 STREAM_DESCRIPTION = (
     "`text/event-stream` of the task's events, from its first (or after `Last-Event-ID`), "
@@ -51,11 +54,17 @@ STREAM_EVENT_SCHEMA = {
     "description": STREAM_FRAMES,
     "properties": {
         "id": {"type": "string", "description": "the event's seq (send it as Last-Event-ID)"},
-        "event": {"type": "string", "description": "the event's type, e.g. task.progressed"},
+        "event": {
+            "type": "string",
+            "description": "the event's type, e.g. task.progressed; `preview` for a preview",
+        },
         "data": {
             "type": "string",
             "contentMediaType": "application/json",
-            "contentSchema": {"$ref": "#/components/schemas/TaskEvent"},
+            "contentSchema": {"oneOf": [
+                {"$ref": "#/components/schemas/TaskEvent"},
+                models.TaskPreview.model_json_schema(),
+            ]},
         },
     },
     "required": ["data"],
@@ -190,6 +199,11 @@ async def get_events(task_id: str, request: Request) -> Response:
 async def stream_task(
     task_id: str,
     request: Request,
+    previews: bool = Query(
+        default=False,
+        description="also send `event: preview` frames: ComfyUI's latent previews while the "
+        "task runs (never recorded)",
+    ),
     last_event_id_header: str | None = Header(
         default=None,
         alias="Last-Event-ID",
@@ -202,21 +216,40 @@ async def stream_task(
     after = last_event_id(last_event_id_header)
     context.check_stream(request, tid, await s.log.read(tid, 0))
 
+    # Previews only when asked for, and only where the endpoints can be reached (over Ray).
+    relay = (
+        preview_relay.PreviewRelay(s.log, tid, s.endpoints)
+        if previews and s.endpoints is not None else None
+    )
+
     async def frames() -> AsyncIterator[bytes]:
         nonlocal after
-        while True:
-            batch = await s.log.read(tid, after)
-            final = False
-            for e in batch:
-                after = e.seq
-                data = orjson.dumps(views.event_view(e)).decode()
-                yield f"id: {e.seq}\nevent: {e.event.TYPE}\ndata: {data}\n\n".encode()
-                final = final or e.event.TYPE in events.FINAL_TYPES
-            if final or (batch == [] and (await s.log.get(tid)).is_final):
-                return
-            await s.log.wait_for_change(tid, after, KEEP_ALIVE_S)
-            if not batch:
-                yield b": keep-alive\n\n"
+        if relay is not None:
+            relay.start()
+        try:
+            while True:
+                batch = await s.log.read(tid, after)
+                final = False
+                for e in batch:
+                    after = e.seq
+                    data = orjson.dumps(views.event_view(e)).decode()
+                    yield f"id: {e.seq}\nevent: {e.event.TYPE}\ndata: {data}\n\n".encode()
+                    final = final or e.event.TYPE in events.FINAL_TYPES
+                if final or (batch == [] and (await s.log.get(tid)).is_final):
+                    return
+                if relay is None:
+                    await s.log.wait_for_change(tid, after, KEEP_ALIVE_S)
+                else:
+                    if batch:
+                        relay.task_changed()
+                    async for line in relay.during(s.log.wait_for_change(tid, after, KEEP_ALIVE_S)):
+                        yield line
+                if not batch:
+                    yield b": keep-alive\n\n"
+        finally:
+            # the task ended or the client left: no preview loop outlives the stream
+            if relay is not None:
+                await relay.close()
 
     return StreamingResponse(
         frames(), media_type="text/event-stream",
