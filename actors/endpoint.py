@@ -22,7 +22,7 @@ from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from actors import metrics
+from actors import endpoint_models, metrics
 from actors.endpoint_ends import PromptEnds, RouterPort, ctx, safe
 from actors.endpoint_watch import Watch
 from comfy_fleet import errors
@@ -32,7 +32,7 @@ from comfy_fleet.config import Endpoint, Settings
 from comfy_fleet.log import cancel, task_state
 from comfy_fleet.log.event_log import EventLog
 from comfy_fleet.log.task_state import TaskState
-from comfy_fleet.prompts import decisions, inflight, janitor, outputs
+from comfy_fleet.prompts import decisions, inflight, janitor, model_pulls, outputs
 from comfy_fleet.prompts.ledger import TaskLedger
 from comfy_fleet import storage
 from comfy_fleet.workflows import raw_graph
@@ -93,6 +93,7 @@ class EndpointWorker:
         self.table = inflight.InflightTable()
         self.ledger = TaskLedger(log)
         self.janitor = janitor.HostJanitor(self.name, self.client, store)
+        self.models = model_pulls.ModelHost(self.name, self.client)
         self.ends = PromptEnds(
             self.name, ledger=self.ledger, table=self.table, client=self.client,
             storer=outputs.OutputStorer(
@@ -198,6 +199,8 @@ class EndpointWorker:
             "cleanup_extension": self.janitor.has_extension,
             "workflows": self.runnable,
             "node_info_digest": self.node_info_digest,
+            "models_route": self.models.route,
+            "models": sorted(self.models.held),
         }
 
     def _foreign_queue(self) -> int:
@@ -220,6 +223,10 @@ class EndpointWorker:
             self._learn_workflows()
             self._report(now=True)
         await self.janitor.probe()
+        route, held = self.models.route, set(self.models.held)
+        await self.models.probe()
+        if (route, held) != (self.models.route, self.models.held):
+            self._report(now=True)
 
     def _learn_workflows(self) -> None:
         if self.object_info is None:
@@ -247,6 +254,8 @@ class EndpointWorker:
             "foreign_queue": self._foreign_queue(),
             "workflows": self.runnable,
             "node_info_digest": self.node_info_digest,
+            "models_route": self.models.route,
+            "models": sorted(self.models.held),
         }
         await safe(self.router.endpoint_status(self.name, status))
 
@@ -294,8 +303,10 @@ class EndpointWorker:
         """Upload the task's inputs and POST its prompt; what went wrong decides the answer."""
         task_id, prompt_id = item.task_id, item.prompt_id
         try:
-            # Inputs go to the endpoint the task was given, at dispatch: a re-dispatched task
-            # uploads again to its new endpoint.
+            # Inputs and models go to the endpoint the task was given, at dispatch: a
+            # re-dispatched task uploads (and pulls) again on its new endpoint.
+            if state.models and not await endpoint_models.pull(self, item, state):
+                return decisions.ACCEPTED
             await self._upload_inputs(state)
             await self.client.post_prompt(state.prompt, prompt_id, self.client_id)
         except errors.PromptRejected as exc:

@@ -79,10 +79,12 @@ class Workflow:
         *,
         task_id: str,
         image_names: Mapping[str, str] | None = None,
+        model_names: Mapping[str, str] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """``comfy_fleet.workflows.params.build_prompt`` for this workflow."""
         return params_module.build_prompt(
-            self.graph, self.manifest, resolved, task_id=task_id, image_names=image_names
+            self.graph, self.manifest, resolved, task_id=task_id, image_names=image_names,
+            model_names=model_names,
         )
 
     def describe(self, *, max_string_length: int | None = None) -> dict[str, Any]:

@@ -134,7 +134,8 @@ WITH e AS (
                        'inputs', 'required_labels']
                    AND payload - ARRAY['workflow', 'workflow_version', 'params', 'prompt',
                        'client_task_id', 'callback_url', 'priority', 'request_hash', 'origin',
-                       'inputs', 'required_labels'] = '{}'
+                       'inputs', 'required_labels', 'models'] = '{}'
+                   AND coalesce(jsonb_typeof(payload->'models'), 'array') = 'array'
                    AND jsonb_typeof(payload->'workflow') = 'string'
                    AND jsonb_typeof(payload->'client_task_id') IN ('string', 'null')
                    AND jsonb_typeof(payload->'callback_url') IN ('string', 'null')
@@ -230,7 +231,8 @@ INSERT INTO task_rebuild_stage (task_id, client_task_id, workflow, status, prior
                    created_at, updated_at, state)
 SELECT task_id, sub->>'client_task_id', sub->>'workflow', status, (sub->>'priority')::int,
        webhook, last_seq, created_at, updated_at,
-       sub || jsonb_build_object(
+       -- `models` came with the submitted event (absent from events recorded before it).
+       jsonb_build_object('models', '[]'::jsonb) || sub || jsonb_build_object(
            'task_id', task_id, 'seq', last_seq,
            'created_at', replace(to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), '.000000+', '+'),
            'updated_at', replace(to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), '.000000+', '+'),
