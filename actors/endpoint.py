@@ -24,6 +24,7 @@ from typing import Any
 
 from actors import endpoint_models, metrics
 from actors.endpoint_ends import PromptEnds, RouterPort, ctx, safe
+from actors.endpoint_previews import PreviewHolder
 from actors.endpoint_watch import Watch
 from comfy_fleet import errors
 from comfy_fleet.comfy import history
@@ -101,8 +102,10 @@ class EndpointWorker:
             ),
             janitor=self.janitor, router=router, spawn=self._spawn,
         )
+        self.previews = PreviewHolder()
         self.watch = Watch(
             endpoint, client=self.client, client_id=self.client_id, table=self.table,
+            previews=self.previews,
             ends=self.ends, spawn=self._spawn, report=self._report,
             learn_server=self._learn_server, lost_after_s=settings.endpoint_lost_after_s,
             # read from this module when built: tests shorten it here
@@ -199,8 +202,7 @@ class EndpointWorker:
             "cleanup_extension": self.janitor.has_extension,
             "workflows": self.runnable,
             "node_info_digest": self.node_info_digest,
-            "models_route": self.models.route,
-            "models": sorted(self.models.held),
+            **self.models.status(),
         }
 
     def _foreign_queue(self) -> int:
@@ -223,10 +225,7 @@ class EndpointWorker:
             self._learn_workflows()
             self._report(now=True)
         await self.janitor.probe()
-        route, held = self.models.route, set(self.models.held)
-        await self.models.probe()
-        if (route, held) != (self.models.route, self.models.held):
-            self._report(now=True)
+        await endpoint_models.probe(self)
 
     def _learn_workflows(self) -> None:
         if self.object_info is None:
@@ -254,8 +253,7 @@ class EndpointWorker:
             "foreign_queue": self._foreign_queue(),
             "workflows": self.runnable,
             "node_info_digest": self.node_info_digest,
-            "models_route": self.models.route,
-            "models": sorted(self.models.held),
+            **self.models.status(),
         }
         await safe(self.router.endpoint_status(self.name, status))
 
@@ -265,6 +263,18 @@ class EndpointWorker:
         if self.node_info is None:
             return None
         return {"digest": self.node_info_digest, "object_info": self.node_info}
+
+    async def preview(
+        self, task_id: str, after_version: int, timeout_s: float
+    ) -> dict[str, Any] | None:
+        """The task's latest preview, `{"version", "content_type", "data"}`, once its version
+        is not `after_version`; None if none comes within `timeout_s` (at most
+        PREVIEW_WAIT_MAX_S), if its prompt ends meanwhile, or at once if it is not in flight
+        here. Previews are never logged."""
+        found = await self.previews.next(
+            task_id, after_version, timeout_s, held=lambda: task_id in self.table.by_task
+        )
+        return None if found is None else found.answer()
 
     # --- dispatch ---------------------------------------------------------------------------
 
@@ -303,8 +313,8 @@ class EndpointWorker:
         """Upload the task's inputs and POST its prompt; what went wrong decides the answer."""
         task_id, prompt_id = item.task_id, item.prompt_id
         try:
-            # Inputs and models go to the endpoint the task was given, at dispatch: a
-            # re-dispatched task uploads (and pulls) again on its new endpoint.
+            # Inputs go to the endpoint the task was given, at dispatch: a re-dispatched task
+            # uploads again to its new endpoint.
             if state.models and not await endpoint_models.pull(self, item, state):
                 return decisions.ACCEPTED
             await self._upload_inputs(state)

@@ -13,6 +13,15 @@ if TYPE_CHECKING:
     from actors.endpoint import EndpointWorker
 
 
+async def probe(worker: EndpointWorker) -> None:
+    """After a connect: ask the host about models; tell the router at once when it changed
+    (e.g. the extension was installed, or models were evicted by someone else)."""
+    before = worker.models.status()
+    await worker.models.probe()
+    if worker.models.status() != before:
+        worker._report(now=True)
+
+
 async def pull(worker: EndpointWorker, item: inflight.InflightPrompt, state: TaskState) -> bool:
     """Pull the task's models onto the host (`model_pulls`); False when the task cannot go
     on here: then its failure (the model is at fault) or its requeue is recorded."""

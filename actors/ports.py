@@ -40,6 +40,15 @@ class EndpointApi(Protocol):
         ComfyUI's /object_info, `raw_graph.normalised`); None until known."""
         ...
 
+    async def preview(
+        self, task_id: str, after_version: int, timeout_s: float
+    ) -> dict[str, Any] | None:
+        """From the ingress (a stream with previews): the running task's latest preview,
+        `{"version", "content_type", "data": bytes}`, once its version is not `after_version`
+        (0 at first); None after `timeout_s` without one, when its prompt ends, or at once
+        when the task is not in flight there."""
+        ...
+
 
 class RouterApi(Protocol):
     """The router actor: calls from the ingress and from the endpoints."""

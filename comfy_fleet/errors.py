@@ -2,6 +2,7 @@
 
     FleetError
     ├── ConfigError                  a setting is missing or malformed (names the variable)
+    ├── Forbidden                    → HTTP 403: this key may not do that (docs/api.md §7.1)
     ├── NotFound                     → HTTP 404
     │   ├── TaskNotFound
     │   ├── WorkflowNotFound
@@ -73,6 +74,13 @@ class ConfigError(FleetError):
     """A configuration value is invalid."""
 
     code = "config_invalid"
+
+
+class Forbidden(FleetError):
+    """This key may not do that."""
+
+    code = "forbidden"
+    status = 403
 
 
 class NotFound(FleetError):

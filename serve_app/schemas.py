@@ -41,7 +41,15 @@ class SubmitTask(BaseModel):
     callback_url: str | None = Field(
         default=None, max_length=2048, description="http(s) URL called when the task ends"
     )
-    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000, description="Higher runs first")
+    priority: int = Field(
+        default=0, ge=-1_000_000, le=1_000_000, description="Higher runs first (within a tenant)"
+    )
+    # Checked by policies.access (a tenant key naming another tenant is 403, not 422).
+    tenant: str | None = Field(
+        default=None,
+        description="The tenant the task belongs to: an admin key may name one (else `default`); "
+        "a tenant key's tasks are its tenant's",
+    )
 
     @model_validator(mode="after")
     def _workflow_or_graph(self) -> SubmitTask:

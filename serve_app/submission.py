@@ -17,6 +17,7 @@ from comfy_fleet import errors
 
 from comfy_fleet.log import events
 from comfy_fleet.log.task_state import TaskState
+from comfy_fleet.policies import access
 from comfy_fleet.workflows import raw_graph
 from serve_app import model_inputs, raw_graphs
 from serve_app.services import Services
@@ -98,16 +99,19 @@ async def submit(
     client_task_id: str | None,
     callback_url: str | None,
     priority: int,
+    tenant: str,
     origin: str = "tasks",
     graph: dict[str, Any] | None = None,
     files: dict[str, Any] | None = None,
     principal: Any = None,
 ) -> tuple[TaskState, bool]:
-    """Record a new task (→ (state, True)) or find the same earlier one (→ (state, False)).
-    With `graph`, a raw graph (`serve_app.raw_graphs`: who may, its check, its files).
+    """Record a new task of `tenant` (→ (state, True)) or find the same earlier one of that
+    tenant (→ (state, False)): client_task_id is unique per tenant. With `graph`, a raw graph
+    (`serve_app.raw_graphs`: who may, its check, its files).
 
     Raises IdempotencyConflict for the same client_task_id with another body, Overloaded past
-    the admission limit, DatabaseUnavailable when the log cannot record it.
+    the admission limits (the fleet's, and the tenant's TENANT_MAX_WAITING), DatabaseUnavailable
+    when the log cannot record it.
     """
     body = {
         "workflow": workflow_name,
@@ -122,7 +126,7 @@ async def submit(
         body.update(graph=graph, files=files)
     digest = request_hash(body)
     if client_task_id is not None:
-        existing = await services.log.find_client_task(client_task_id)
+        existing = await services.log.find_client_task(client_task_id, tenant)
         if existing is not None:
             return _same_or_conflict(existing, digest), False
 
@@ -142,16 +146,7 @@ async def submit(
         parsed = services.url_policy.check_url(callback_url)
         await services.url_policy.resolve_and_check(parsed)
 
-    if services.waiting_estimate >= settings.max_waiting_tasks:
-        # The estimate only grows between refreshes: ask the router before refusing.
-        with contextlib.suppress(Exception):
-            services.waiting_estimate = int((await services.router.stats())["waiting"])
-    if services.waiting_estimate >= settings.max_waiting_tasks:
-        raise errors.Overloaded(
-            f"{services.waiting_estimate} tasks are waiting (limit {settings.max_waiting_tasks}); "
-            "retry later",
-            {"retry_after_s": 5},
-        )
+    await _admit(services, tenant)
 
     task_id = str(uuid.uuid4())
     if graph is not None:
@@ -160,7 +155,7 @@ async def submit(
             workflow=raw_graph.WORKFLOW, workflow_version=raw_graph.digest(graph), params={},
             prompt=prompt, client_task_id=client_task_id, callback_url=callback_url,
             priority=priority, request_hash=digest, origin=origin, inputs=inputs,
-            required_labels=checked.labels,
+            required_labels=checked.labels, tenant=tenant,
         )
         return await _record(services, task_id, event, client_task_id, digest)
     image_names = {
@@ -189,6 +184,7 @@ async def submit(
         origin=origin,
         inputs=inputs,
         required_labels=list(workflow.required_labels) + staged.labels,
+        tenant=tenant,
         models=staged.models,
     )
     return await _record(services, task_id, event, client_task_id, digest, staged.fetched)
@@ -199,12 +195,13 @@ async def _record(
     digest: str, also: list[events.Event] | None = None,
 ) -> tuple[TaskState, bool]:
     """Append `task.submitted` (and `also`: the models it fetched): the one write of a submission."""
+    tenant = event.tenant
     try:
         state = await services.log.append(task_id, 0, [event, *(also or [])])
     except errors.DuplicateClientTaskId:
         # Lost a race with the same client_task_id: answer as the winner was answered.
         assert client_task_id is not None
-        existing = await services.log.find_client_task(client_task_id)
+        existing = await services.log.find_client_task(client_task_id, tenant)
         if existing is None:
             raise
         return _same_or_conflict(existing, digest), False
@@ -212,8 +209,35 @@ async def _record(
     # replica counts the task into its estimate of the waiting tasks until its next refresh
     # from the router (serve_app/ingress.py).
     services.waiting_estimate += 1
+    services.tenant_waiting[tenant] = services.tenant_waiting.get(tenant, 0) + 1
     return state, True
 
+
+async def _admit(services: Services, tenant: str) -> None:
+    """Admission control: refuse (429 with Retry-After) past MAX_WAITING_TASKS in all, or past
+    TENANT_MAX_WAITING of `tenant`'s own; other tenants go on. The estimates only grow between
+    refreshes from the router, so the router is asked before refusing."""
+    settings = services.settings
+    limit = settings.tenant_max_waiting
+    over_all = services.waiting_estimate >= settings.max_waiting_tasks
+    over_tenant = limit is not None and services.tenant_waiting.get(tenant, 0) >= limit
+    if over_all or over_tenant:
+        with contextlib.suppress(Exception):
+            absorb_stats(services, await services.router.stats())
+    if services.waiting_estimate >= settings.max_waiting_tasks:
+        raise errors.Overloaded(
+            f"{services.waiting_estimate} tasks are waiting (limit {settings.max_waiting_tasks}); "
+            "retry later",
+            {"retry_after_s": 5},
+        )
+    access.check_waiting(tenant, services.tenant_waiting.get(tenant, 0), limit)
+
+
+def absorb_stats(services: Services, stats: dict[str, Any]) -> None:
+    """Take the router's counts of waiting tasks (`Router.stats()`: in all, and per tenant)
+    as the replica's estimates, which each submission then counts itself into."""
+    services.waiting_estimate = int(stats["waiting"])
+    services.tenant_waiting = {str(t): int(n) for t, n in (stats.get("tenants") or {}).items()}
 
 def _same_or_conflict(existing: TaskState, digest: str) -> TaskState:
     if existing.request_hash != digest:

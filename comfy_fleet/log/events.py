@@ -67,6 +67,9 @@ class TaskSubmitted(Event):
     #: input files to upload at dispatch: [{"param", "node", "field", "s3_key", "filename"}].
     inputs: list[dict[str, Any]] = field(default_factory=list)
     required_labels: list[str] = field(default_factory=list)
+    #: Whose task it is (docs/api.md §7.1). A task recorded before tenants existed has no
+    #: `tenant` in its payload and decodes as tenant `default`.
+    tenant: str = "default"
     #: models given by URL, pulled onto the endpoint at dispatch:
     #: [{"param", "sha256", "s3_key", "filename", "folder"}] (absent in events recorded before).
     models: list[dict[str, Any]] = field(default_factory=list)

@@ -94,6 +94,10 @@ class ModelHost:
     #: sha256s of the models it holds
     held: set[str] = field(default_factory=set)
 
+    def status(self) -> dict[str, Any]:
+        """Its part of the endpoint's status (the router's routing, GET /endpoints)."""
+        return {"models_route": self.route, "models": sorted(self.held)}
+
     async def probe(self) -> None:
         """Ask the host (after each connect) whether it pulls models, and which it holds."""
         try:

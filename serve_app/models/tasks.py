@@ -146,3 +146,15 @@ class TaskEvent(BaseModel):
     )
     at: datetime
     data: dict[str, Any]
+
+
+class TaskPreview(BaseModel):
+    """The `data:` of a stream's `event: preview` line (`?previews=true`): ComfyUI's latest
+    latent preview of the running task. Not an event of the task: never recorded, no `id:`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"content_type": "image/jpeg", "data": "/9j/4AAQSkZJRg…"}]}
+    )
+
+    content_type: str = Field(description="the image's type: image/jpeg (latent previews) or image/png")
+    data: str = Field(description="the image, base64")

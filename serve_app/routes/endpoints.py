@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from serve_app import commands, schemas
@@ -11,7 +11,8 @@ from serve_app.models import errors as error_answers
 from serve_app.responses import JSON
 from serve_app.routes import context
 
-router = APIRouter(tags=["endpoints"])
+#: Every route here reads or changes the fleet: admin keys only (403 `forbidden` to a tenant's).
+router = APIRouter(tags=["endpoints"], dependencies=[Depends(context.admin_only)])
 
 
 @router.get(
@@ -19,7 +20,7 @@ router = APIRouter(tags=["endpoints"])
     summary="The ComfyUI endpoints",
     operation_id="listEndpoints",
     response_model=list[models.Endpoint],
-    responses=error_answers.answers(*error_answers.AUTH, 503),
+    responses=error_answers.answers(*error_answers.AUTH, 403, 503),
 )
 async def list_endpoints(request: Request) -> Response:
     return JSON(await context.services(request).router.endpoint_statuses())
@@ -31,7 +32,7 @@ async def list_endpoints(request: Request) -> Response:
     summary="Add a ComfyUI endpoint at run time",
     operation_id="addEndpoint",
     response_model=models.EndpointAdded,
-    responses=error_answers.answers(*error_answers.AUTH, *error_answers.BODY, 503),
+    responses=error_answers.answers(*error_answers.AUTH, 403, *error_answers.BODY, 503),
 )
 async def add_endpoint(body: schemas.AddEndpoint, request: Request) -> Response:
     added = await commands.add_endpoint(context.services(request), body.endpoint, body.labels)

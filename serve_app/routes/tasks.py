@@ -10,8 +10,9 @@ from fastapi.responses import Response, StreamingResponse
 
 from comfy_fleet import errors, views
 from comfy_fleet.log import events
+from comfy_fleet.policies import access
 from comfy_fleet.workflows import raw_graph
-from serve_app import commands, schemas
+from serve_app import commands, preview_relay, schemas
 from serve_app.models import errors as error_answers
 from serve_app.models import tasks as models
 from serve_app.responses import JSON
@@ -33,7 +34,10 @@ STREAM_FRAMES = (
     "Frames `id: <seq>`, `event: <type>`, `data: <the event as GET /tasks/{task_id}/events "
     "shows it, one JSON object>`, each ended by a blank line; `: keep-alive` comment lines "
     "while nothing happens. The stream ends after the task's final event (`task.succeeded`, "
-    "`task.failed` or `task.cancelled`)."
+    "`task.failed` or `task.cancelled`). With `?previews=true`, also `event: preview` frames "
+    "without `id:`, `data: {\"content_type\", \"data\": <the image, base64>}`: ComfyUI's latest "
+    "latent preview while the task runs (a slow reader gets the newest, not every one); "
+    "previews are not events of the task and are never recorded."
 )
 STREAM_DESCRIPTION = (
     "`text/event-stream` of the task's events, from its first (or after `Last-Event-ID`), "
@@ -50,11 +54,17 @@ STREAM_EVENT_SCHEMA = {
     "description": STREAM_FRAMES,
     "properties": {
         "id": {"type": "string", "description": "the event's seq (send it as Last-Event-ID)"},
-        "event": {"type": "string", "description": "the event's type, e.g. task.progressed"},
+        "event": {
+            "type": "string",
+            "description": "the event's type, e.g. task.progressed; `preview` for a preview",
+        },
         "data": {
             "type": "string",
             "contentMediaType": "application/json",
-            "contentSchema": {"$ref": "#/components/schemas/TaskEvent"},
+            "contentSchema": {"oneOf": [
+                {"$ref": "#/components/schemas/TaskEvent"},
+                models.TaskPreview.model_json_schema(),
+            ]},
         },
     },
     "required": ["data"],
@@ -91,6 +101,7 @@ async def post_task(
     ),
 ) -> Response:
     s = context.services(request)
+    tenant = access.submit_tenant(context.principal(request), body.tenant)
     state, created = await commands.submit(
         s,
         workflow_name=body.workflow or raw_graph.WORKFLOW,
@@ -101,6 +112,7 @@ async def post_task(
         graph=body.graph,
         files=body.files,
         principal=context.principal(request),
+        tenant=tenant,
     )
     if wait:
         state = await commands.wait_final(s, state, wait)
@@ -124,10 +136,14 @@ async def list_tasks(
     workflow: str | None = Query(default=None, max_length=200),
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = Query(default=None, max_length=500),
+    # Checked by policies.access: a tenant key naming another tenant is 403, whatever the name.
+    tenant: str | None = Query(default=None, description="an admin's filter by tenant"),
 ) -> Response:
     s = context.services(request)
+    tenant = access.list_tenant(context.principal(request), tenant)
     states, next_cursor = await s.log.list_tasks(
-        status=status, workflow=workflow, client_task_id=client_task_id, limit=limit, cursor=cursor
+        status=status, workflow=workflow, client_task_id=client_task_id, limit=limit,
+        cursor=cursor, tenant=tenant,
     )
     tasks = [await context.task_view(s, state) for state in states]
     return JSON({"tasks": tasks, "next_cursor": next_cursor})
@@ -143,7 +159,8 @@ async def list_tasks(
 )
 async def get_task(task_id: str, request: Request) -> Response:
     s = context.services(request)
-    return JSON(await context.task_view(s, await s.log.get(context.task_id_of(task_id))))
+    state = await context.own_task(request, s, context.task_id_of(task_id))
+    return JSON(await context.task_view(s, state))
 
 
 @router.get(
@@ -156,8 +173,7 @@ async def get_task(task_id: str, request: Request) -> Response:
 async def get_events(task_id: str, request: Request) -> Response:
     tid = context.task_id_of(task_id)
     stream = await context.services(request).log.read(tid)
-    if not stream:
-        raise errors.TaskNotFound(f"no task {tid}")
+    context.check_stream(request, tid, stream)
     return JSON([views.event_view(e) for e in stream])
 
 
@@ -183,6 +199,11 @@ async def get_events(task_id: str, request: Request) -> Response:
 async def stream_task(
     task_id: str,
     request: Request,
+    previews: bool = Query(
+        default=False,
+        description="also send `event: preview` frames: ComfyUI's latent previews while the "
+        "task runs (never recorded)",
+    ),
     last_event_id_header: str | None = Header(
         default=None,
         alias="Last-Event-ID",
@@ -193,24 +214,42 @@ async def stream_task(
     tid = context.task_id_of(task_id)
     s = context.services(request)
     after = last_event_id(last_event_id_header)
-    if not await s.log.read(tid, 0):
-        raise errors.TaskNotFound(f"no task {tid}")
+    context.check_stream(request, tid, await s.log.read(tid, 0))
+
+    # Previews only when asked for, and only where the endpoints can be reached (over Ray).
+    relay = (
+        preview_relay.PreviewRelay(s.log, tid, s.endpoints)
+        if previews and s.endpoints is not None else None
+    )
 
     async def frames() -> AsyncIterator[bytes]:
         nonlocal after
-        while True:
-            batch = await s.log.read(tid, after)
-            final = False
-            for e in batch:
-                after = e.seq
-                data = orjson.dumps(views.event_view(e)).decode()
-                yield f"id: {e.seq}\nevent: {e.event.TYPE}\ndata: {data}\n\n".encode()
-                final = final or e.event.TYPE in events.FINAL_TYPES
-            if final or (batch == [] and (await s.log.get(tid)).is_final):
-                return
-            await s.log.wait_for_change(tid, after, KEEP_ALIVE_S)
-            if not batch:
-                yield b": keep-alive\n\n"
+        if relay is not None:
+            relay.start()
+        try:
+            while True:
+                batch = await s.log.read(tid, after)
+                final = False
+                for e in batch:
+                    after = e.seq
+                    data = orjson.dumps(views.event_view(e)).decode()
+                    yield f"id: {e.seq}\nevent: {e.event.TYPE}\ndata: {data}\n\n".encode()
+                    final = final or e.event.TYPE in events.FINAL_TYPES
+                if final or (batch == [] and (await s.log.get(tid)).is_final):
+                    return
+                if relay is None:
+                    await s.log.wait_for_change(tid, after, KEEP_ALIVE_S)
+                else:
+                    if batch:
+                        relay.task_changed()
+                    async for line in relay.during(s.log.wait_for_change(tid, after, KEEP_ALIVE_S)):
+                        yield line
+                if not batch:
+                    yield b": keep-alive\n\n"
+        finally:
+            # the task ended or the client left: no preview loop outlives the stream
+            if relay is not None:
+                await relay.close()
 
     return StreamingResponse(
         frames(), media_type="text/event-stream",
@@ -246,7 +285,7 @@ def last_event_id(value: str | None) -> int:
 )
 async def cancel_task(task_id: str, request: Request) -> Response:
     s = context.services(request)
-    state = await commands.cancel(s, context.task_id_of(task_id))
+    state = await commands.cancel(s, context.task_id_of(task_id), context.principal(request))
     return JSON(await context.task_view(s, state), status_code=202)
 
 
@@ -261,5 +300,5 @@ async def cancel_task(task_id: str, request: Request) -> Response:
 )
 async def redeliver(task_id: str, request: Request) -> Response:
     s = context.services(request)
-    state = await commands.redeliver(s, context.task_id_of(task_id))
+    state = await commands.redeliver(s, context.task_id_of(task_id), context.principal(request))
     return JSON(await context.task_view(s, state), status_code=202)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from serve_app import commands
@@ -46,7 +46,8 @@ async def get_workflow(name: str, request: Request) -> Response:
     summary="Pick up added, changed and removed workflows",
     operation_id="reloadWorkflows",
     response_model=models.ReloadResult,
-    responses=error_answers.answers(*error_answers.AUTH, 503),
+    responses=error_answers.answers(*error_answers.AUTH, 403, 503),
+    dependencies=[Depends(context.admin_only)],
 )
 async def reload_workflows(request: Request) -> Response:
     return JSON(await commands.reload_workflows(context.services(request)), status_code=200)

@@ -69,6 +69,7 @@ async def submit(s: Services, graph: Any, *, files: dict[str, Any] | None = None
     return await submission.submit(
         s, workflow_name="graph", params={}, client_task_id=client_task_id, callback_url=None,
         priority=0, graph=graph, files=files, principal=principal,
+        tenant=getattr(principal, "tenant", None) or "default",
     )
 
 
