@@ -22,7 +22,7 @@ from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from actors import endpoint_models, metrics
+from actors import endpoint_stage, metrics
 from actors.endpoint_ends import PromptEnds, RouterPort, ctx, safe
 from actors.endpoint_previews import PreviewHolder
 from actors.endpoint_watch import Watch
@@ -225,7 +225,7 @@ class EndpointWorker:
             self._learn_workflows()
             self._report(now=True)
         await self.janitor.probe()
-        await endpoint_models.probe(self)
+        await endpoint_stage.probe(self)
 
     def _learn_workflows(self) -> None:
         if self.object_info is None:
@@ -313,11 +313,10 @@ class EndpointWorker:
         """Upload the task's inputs and POST its prompt; what went wrong decides the answer."""
         task_id, prompt_id = item.task_id, item.prompt_id
         try:
-            # Inputs go to the endpoint the task was given, at dispatch: a re-dispatched task
-            # uploads again to its new endpoint.
-            if state.models and not await endpoint_models.pull(self, item, state):
-                return decisions.ACCEPTED
-            await self._upload_inputs(state)
+            # Inputs and models go to the endpoint the task was given, at dispatch: a
+            # re-dispatched task uploads (and pulls) again on its new endpoint.
+            if not await endpoint_stage.prepare(self, item, state):
+                return decisions.ACCEPTED  # failed or requeued there
             await self.client.post_prompt(state.prompt, prompt_id, self.client_id)
         except errors.PromptRejected as exc:
             self.table.remove(prompt_id)
@@ -338,12 +337,6 @@ class EndpointWorker:
             return decisions.ACCEPTED
         item.on_posted(time.monotonic(), answered=True)
         return decisions.ACCEPTED
-
-    async def _upload_inputs(self, state: TaskState) -> None:
-        for spec in state.inputs:
-            subfolder, _, name = str(spec["filename"]).rpartition("/")
-            data = await self.store.get(spec["s3_key"])
-            await self.client.upload_image(data, name, subfolder)
 
     async def dispatch_many(self, task_ids: list[str]) -> list[str]:
         """`dispatch` for a batch (one actor call from the router for many tasks)."""

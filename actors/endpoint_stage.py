@@ -1,5 +1,6 @@
-"""The endpoint's part in models by URL (docs/api.md §7.5): pull a task's models onto its host
-before its prompt is sent (`comfy_fleet.prompts.model_pulls` holds the host's side)."""
+"""What a prompt needs on its endpoint's host before it is sent: the task's models pulled
+(models by URL, docs/api.md §7.5; `comfy_fleet.prompts.model_pulls` holds the host's side) and
+its image inputs uploaded, again at each dispatch (a requeued task's next host needs them too)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,18 @@ async def probe(worker: EndpointWorker) -> None:
     await worker.models.probe()
     if worker.models.status() != before:
         worker._report(now=True)
+
+
+async def prepare(worker: EndpointWorker, item: inflight.InflightPrompt, state: TaskState) -> bool:
+    """Pull the task's models, then upload its inputs; False when the task cannot go on here
+    (`pull`). Errors of the host or the store propagate to the caller, as a POST would."""
+    if state.models and not await pull(worker, item, state):
+        return False
+    for spec in state.inputs:
+        subfolder, _, name = str(spec["filename"]).rpartition("/")
+        data = await worker.store.get(spec["s3_key"])
+        await worker.client.upload_image(data, name, subfolder)
+    return True
 
 
 async def pull(worker: EndpointWorker, item: inflight.InflightPrompt, state: TaskState) -> bool:
