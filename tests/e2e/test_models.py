@@ -172,6 +172,10 @@ async def test_bad_model_values_are_refused_before_any_fetch(
         ({"url": url}, "params_invalid"),
         ({"url": url, "sha256": sha.upper()}, "params_invalid"),
         ({"url": "http://169.254.169.254/x", "sha256": sha}, "url_forbidden"),
+        ({"url": f"http://{fleet.standins[0].host_port}/view?filename=x", "sha256": sha},
+         "url_forbidden"),
+        ({"url": f"http://localhost:{fleet.standins[1].host_port.rsplit(':', 1)[1]}/x",
+          "sha256": sha}, "url_forbidden"),
         ({"url": f"{model_server.url}/missing", "sha256": sha}, "model_fetch_failed"),
     ):
         r = await fleet.http.post(
