@@ -74,6 +74,8 @@ class TaskState:
     #: webhook-ids of ends that a later end replaced (`task.outputs_recovered`): a late record of
     #: a try of one of them must not count for the current end.
     past_webhook_ids: list[str] = field(default_factory=list)
+    #: models given by URL (`events.TaskSubmitted.models`)
+    models: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_final(self) -> bool:
@@ -129,6 +131,7 @@ def apply(
             origin=ev.origin,
             inputs=list(ev.inputs),
             required_labels=list(ev.required_labels),
+            models=list(ev.models),
             tenant=ev.tenant,
             created_at=at,
             updated_at=at,
@@ -195,6 +198,8 @@ def apply(
             if s.prompt_id:
                 s.past_prompt_ids.append(s.prompt_id)
             s.prompt_id, s.endpoint = None, None
+        case events.TaskModelFetched():
+            pass  # a fact for the timeline (GET /tasks/{id}/events): the state is unchanged
         case events.TaskCancelRequested():
             s.cancel_requested = True
         case events.TaskCancelled() if not final:
@@ -255,6 +260,10 @@ def to_view(s: TaskState) -> dict[str, Any]:
         "progress": s.progress,
         "outputs": [
             {k: v for k, v in o.items() if k not in ("subfolder", "kind")} for o in s.outputs
+        ],
+        "models": [
+            {k: m[k] for k in ("param", "sha256", "s3_key", "filename") if k in m}
+            for m in s.models
         ],
         "error": s.error,
         "webhook": s.webhook,
