@@ -30,6 +30,8 @@ _PHASES = {
     "task.requeued": task_state.QUEUED,
     "task.dispatched": task_state.DISPATCHED,
     "task.started": task_state.RUNNING,
+    # the first progress of a prompt may come before (or without) its start
+    "task.progressed": task_state.RUNNING,
 }
 ENDED = "ended"
 
@@ -37,7 +39,9 @@ ENDED = "ended"
 def phase_after(types: Iterable[str], phase: str = task_state.QUEUED) -> str:
     """The task's phase after events of these types, from `phase`."""
     for t in types:
-        phase = ENDED if t in events.FINAL_TYPES else _PHASES.get(t, phase)
+        if phase == ENDED or t in events.FINAL_TYPES:
+            return ENDED
+        phase = _PHASES.get(t, phase)
     return phase
 
 

@@ -255,15 +255,17 @@ async def stream_task(
                     yield line
                 if relay is not None and batch:
                     relay.task_changed()
-                wait = s.log.wait_for_change(tid, after, KEEP_ALIVE_S)
-                if feed.polling:
+                if relay is None and feed.polling:
                     # the task waits: its place, asked every POLL_S until the log changes
+                    wait = s.log.wait_for_change(tid, after, KEEP_ALIVE_S)
                     async for line in feed.during(wait):
                         yield line
                 elif relay is None:
-                    await wait
+                    await s.log.wait_for_change(tid, after, KEEP_ALIVE_S)
                 else:
-                    async for line in relay.during(wait):
+                    # previews too: while the task waits, come back every POLL_S for its place
+                    timeout = queue_feed.POLL_S if feed.polling else KEEP_ALIVE_S
+                    async for line in relay.during(s.log.wait_for_change(tid, after, timeout)):
                         yield line
                 if not batch:
                     yield b": keep-alive\n\n"
