@@ -17,13 +17,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from actors import metrics, ports, router_fleet, router_nodes, router_waiting
 from comfy_fleet.config import Settings
 from comfy_fleet.log import cancel, event_log, fleet
-from comfy_fleet.policies import routing
+from comfy_fleet.policies import queue_eta, routing
 from comfy_fleet.policies.fair_share import WaitingTask
 
 log = logging.getLogger("comfy_fleet.router")
@@ -77,6 +78,8 @@ class Router(router_fleet.FleetMembership):
         self._start_lock = asyncio.Lock()
         self._bg: set[asyncio.Task[Any]] = set()
         self.dispatched_total = 0
+        #: what each endpoint holds in dispatch order, and run times (queue position and ETA)
+        self.book = queue_eta.QueueBook()
         self.node_info = router_nodes.NodeInfo(self.handles.get, self._spawn, self._wake.set)
 
     async def start(self) -> None:
@@ -138,6 +141,17 @@ class Router(router_fleet.FleetMembership):
                     return await self.handles[name].cancel(task_id)
         return cancel.UNKNOWN
 
+    async def queue_info(
+        self, task_ids: list[str], running: list[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        await self.start()
+        self.book.keep_only({t for tasks in self.assigned.values() for t in tasks})
+        takers = sum(1 for ld in self.loads.values() if ld.connected and not ld.draining)
+        return self.book.estimate(
+            task_ids, self.waiting.place, running=set(running or ()), parallelism=takers,
+            now=time.monotonic(),
+        )
+
     async def stats(self) -> dict[str, Any]:
         await self.start()
         return {
@@ -184,6 +198,7 @@ class Router(router_fleet.FleetMembership):
         tasks = self.assigned.get(name)
         if tasks is not None and task_id in tasks:
             tasks.discard(task_id)
+            self.book.dropped(task_id)
             self.loads[name].inflight = len(tasks)
             self._wake.set()
 
@@ -192,6 +207,7 @@ class Router(router_fleet.FleetMembership):
     def _on_ended(self, task_id: str, endpoint: str | None, _webhook_to: str | None) -> None:
         """A task's end was committed (by an endpoint, the ingress, anyone): the endpoint it ran
         on has room again. One notice from the log, where the endpoint used to make a Ray call."""
+        self.book.ended(task_id, time.monotonic())
         if endpoint is not None and endpoint in self.assigned:
             self._free(endpoint, task_id)
         else:
@@ -255,6 +271,7 @@ class Router(router_fleet.FleetMembership):
                     break
                 ep = chosen[-1]
                 self.assigned[ep.name].add(item.task_id)
+                self.book.dispatched(item.task_id, ep.name, item.workflow, time.monotonic())
                 ep.inflight = len(self.assigned[ep.name])
                 self.dispatched_total += 1
                 batches.setdefault(ep.name, []).append(item)
@@ -273,6 +290,7 @@ class Router(router_fleet.FleetMembership):
             if result == ports.ACCEPTED:
                 continue
             self.assigned.get(name, set()).discard(item.task_id)
+            self.book.dropped(item.task_id)
             if result == ports.RETRY:
                 if name in self.loads:
                     self.loads[name].connected = False
