@@ -356,17 +356,17 @@ class Router:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while len(self.waiting):
-                # The endpoints with room, once per decision: the scan of waiting tasks tries
-                # up to 64 of them, each against these only (against every endpoint it cost
-                # milliseconds at 1,024 endpoints). pick_endpoint would skip the others anyway.
-                # None has room: nothing to do.
-                room = [
-                    ld for n, ld in self.loads.items()
-                    if ld.connected and not ld.draining and self._effective(n).load < depth
-                ]
-                if not room:
-                    break
+            # The endpoints with room, once per pass (nothing else changes a load until the
+            # pass ends: it does not yield): each decision tries up to 64 waiting tasks against
+            # these only, and drops an endpoint once it is full. Trying them against every
+            # endpoint cost milliseconds at 1,024 endpoints; pick_endpoint skips the others.
+            room: list[routing.EndpointLoad] = []
+            for n, ld in self.loads.items():
+                if ld.connected and not ld.draining:
+                    ld.inflight = len(self.assigned[n])
+                    if ld.load < depth:
+                        room.append(ld)
+            while room and len(self.waiting):
                 chosen: list[routing.EndpointLoad] = []
 
                 def fits(item: routing.Waiting) -> bool:
@@ -385,6 +385,8 @@ class Router:
                 self._taken[item.task_id] = time.monotonic()
                 self.assigned[ep.name].add(item.task_id)
                 ep.inflight = len(self.assigned[ep.name])
+                if ep.load >= depth:
+                    room.remove(ep)
                 self.dispatched_total += 1
                 batches.setdefault(ep.name, []).append(item)
             # One call per endpoint for everything decided in this pass.
