@@ -270,6 +270,9 @@ def report(n: int, d: dict[str, Any], i: dict[str, float], ray_call: dict[str, f
               f"{calls_s / n * ray_call['callee_us_call'] / 1000:.2f} ms CPU/s")
         print(f"  router at idle with Ray's calls: {total:.0f} ms CPU/s = {total / 10:.1f} % of one core "
               f"(in process {i['ms_s']:.1f} + {calls_s:.0f} calls/s × {ray_call['us_call']:.0f} µs)")
+        every = n / router_module.HEARTBEAT_S  # a call to each endpoint every HEARTBEAT_S, uncapped
+        print(f"  (a status call to each every {router_module.HEARTBEAT_S:.0f} s would be {every:.0f} calls/s: "
+              f"{every * ray_call['us_call'] / 1000:.0f} ms CPU/s of Ray calls, {every * b / 1024:.0f} KiB/s)")
         out |= {"ray_total": total, "kib_s": calls_s * b / 1024}
     return out
 
