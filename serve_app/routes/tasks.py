@@ -95,7 +95,7 @@ STREAM_EXAMPLE = (
             "description": "The task already submitted with this `client_task_id` and body "
             "(nothing new is started), or the task ended within `wait`",
         },
-        **error_answers.answers(*error_answers.AUTH, *error_answers.BODY, 409, 429, 503),
+        **error_answers.answers(*error_answers.AUTH, 403, *error_answers.BODY, 409, 429, 503),
     },
 )
 async def post_task(
@@ -130,7 +130,7 @@ async def post_task(
     summary="List tasks, newest first",
     operation_id="listTasks",
     response_model=models.TaskPage,
-    responses=error_answers.answers(*error_answers.AUTH, 422, 503),
+    responses=error_answers.answers(*error_answers.AUTH, 403, 422, 503),
 )
 async def list_tasks(
     request: Request,
