@@ -14,14 +14,18 @@ from comfy_fleet.log.task_state import TaskState
 
 
 async def task_view(state: TaskState, store: storage.BlobStore | None, expires_s: int) -> dict[str, Any]:
-    """`task_state.to_view` plus a presigned GET URL per stored output (made at each read,
-    so it is always fresh; a URL is a local signature, no request to S3)."""
+    """`task_state.to_view` plus a presigned GET URL per stored output and kept input (made
+    at each read, so it is always fresh; a URL is a local signature, no request to S3)."""
     view = task_state.to_view(state)
     for out in view["outputs"]:
         if store is not None and out.get("s3_key") and not out.get("fallback_path"):
             out["url"] = await store.presign_get(out["s3_key"], expires_s)
         else:
             out["url"] = None
+    for kept in view["inputs"]:
+        kept["url"] = None
+        if store is not None and kept.get("s3_key"):
+            kept["url"] = await store.presign_get(kept["s3_key"], expires_s)
     return view
 
 

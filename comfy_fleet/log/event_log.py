@@ -1,6 +1,7 @@
 """The event log's ports: append a task's events with optimistic concurrency and read them back
 (`TaskStream`), query the read model of folded task states (`TaskQueries`), hear of what was
-just recorded (`TaskNotices`), and the fleet's own events (`FleetLog`); `EventLog` is all of them.
+just recorded (`TaskNotices`), the fleet's own events (`FleetLog`) and the workflow versions
+tasks used (`WorkflowVersions`); `EventLog` is all of them.
 
 Contract of `append(task_id, expected_seq, new_events, state)`:
 - the events get seqs `expected_seq + 1 …` and are stored atomically, all or none;
@@ -25,9 +26,10 @@ import orjson
 
 from comfy_fleet import errors
 
-from comfy_fleet.log import events, fleet, task_state
+from comfy_fleet.log import events, fleet, task_state, version_store
 from comfy_fleet.delivery.slots import receiver_of
 from comfy_fleet.log.task_state import TaskState
+from comfy_fleet.workflows import versions
 
 
 #: (task_id, priority, created_at, workflow, labels, requeued) of a task that now waits for
@@ -156,7 +158,24 @@ class FleetLog(Protocol):
     async def read_fleet(self) -> list[fleet.FleetEvent]: ...
 
 
-class EventLog(TaskStream, TaskQueries, TaskNotices, FleetLog, Protocol):
+class WorkflowVersions(Protocol):
+    """The workflow versions tasks used, each stored once, when first used
+    (comfy_fleet/workflows/versions.py); append-only like the log."""
+
+    async def remember_version(self, stored: versions.StoredVersion) -> None:
+        """Store the version unless it is stored already (then nothing changes)."""
+        ...
+
+    async def get_version(self, name: str, version: str) -> versions.StoredVersion | None:
+        """The stored version (with `created_at`), None when it was never stored."""
+        ...
+
+    async def list_versions(self, name: str) -> list[versions.StoredVersion]:
+        """Every stored version of the workflow `name`, oldest first."""
+        ...
+
+
+class EventLog(TaskStream, TaskQueries, TaskNotices, FleetLog, WorkflowVersions, Protocol):
     """The whole log, for whoever holds its connection (the ingress, the tools). Its users
     are typed on the ports they use: the stream, the queries, the notices, the fleet log.
     `PostgresEventLog` and `InMemoryEventLog` implement them all."""
@@ -223,10 +242,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise errors.InvalidRequest("cursor: not a cursor returned by this API") from None
 
 
-class InMemoryEventLog:
+class InMemoryEventLog(version_store.InMemoryVersions):
     """The EventLog contract in memory, for unit tests of actors and the fold."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._streams: dict[str, list[events.StoredEvent]] = {}
         self._states: dict[str, TaskState] = {}
         self._clients: dict[str, str] = {}

@@ -12,7 +12,7 @@ from comfy_fleet.log import event_log
 from comfy_fleet.log.postgres import PostgresEventLog
 
 PORTS = (event_log.TaskStream, event_log.TaskQueries, event_log.TaskNotices, event_log.FleetLog,
-         event_log.EventLog)
+         event_log.WorkflowVersions, event_log.EventLog)
 
 
 def _methods(port: type) -> dict[str, inspect.Signature]:
