@@ -32,7 +32,7 @@ from comfy_fleet.config import Endpoint, Settings
 from comfy_fleet.log import cancel, task_state
 from comfy_fleet.log.event_log import EventLog
 from comfy_fleet.log.task_state import TaskState
-from comfy_fleet.prompts import decisions, inflight, janitor, outputs
+from comfy_fleet.prompts import decisions, inflight, janitor, outputs, render
 from comfy_fleet.prompts.ledger import TaskLedger
 from comfy_fleet import storage
 from comfy_fleet.workflows.registry import WorkflowRegistry
@@ -88,6 +88,7 @@ class EndpointWorker:
 
         self.table = inflight.InflightTable()
         self.ledger = TaskLedger(log)
+        self.renderer = render.PromptRenderer(log)
         self.janitor = janitor.HostJanitor(self.name, self.client, store)
         self.ends = PromptEnds(
             self.name, ledger=self.ledger, table=self.table, client=self.client,
@@ -279,13 +280,17 @@ class EndpointWorker:
         """Upload the task's inputs and POST its prompt; what went wrong decides the answer."""
         task_id, prompt_id = item.task_id, item.prompt_id
         try:
+            # The version the task was accepted with, from the log (never the files on disk).
+            prompt = await self.renderer.prompt_of(state)
             # Inputs go to the endpoint the task was given, at dispatch: a re-dispatched task
             # uploads again to its new endpoint.
             await self._upload_inputs(state)
-            await self.client.post_prompt(state.prompt, prompt_id, self.client_id)
-        except errors.PromptRejected as exc:
+            await self.client.post_prompt(prompt, prompt_id, self.client_id)
+        except (errors.PromptRejected, errors.WorkflowVersionUnknown) as exc:
             self.table.remove(prompt_id)
-            error = {"code": history.CODE_REJECTED, "message": exc.message, "details": exc.details}
+            unknown = isinstance(exc, errors.WorkflowVersionUnknown)
+            code = exc.code if unknown else history.CODE_REJECTED
+            error = {"code": code, "message": exc.message, "details": exc.details}
             ended = await self.ends.fail(task_id, prompt_id, error)
             self.ends.let_go(task_id, prompt_id, list(state.inputs), None, ended=ended)
             return decisions.ACCEPTED
@@ -306,7 +311,8 @@ class EndpointWorker:
     async def _upload_inputs(self, state: TaskState) -> None:
         for spec in state.inputs:
             subfolder, _, name = str(spec["filename"]).rpartition("/")
-            data = await self.store.get(spec["s3_key"])
+            # "upload_key": the PNG made of the bytes received ("s3_key" before inputs were kept)
+            data = await self.store.get(spec.get("upload_key") or spec["s3_key"])
             await self.client.upload_image(data, name, subfolder)
 
     async def dispatch_many(self, task_ids: list[str]) -> list[str]:
