@@ -34,6 +34,7 @@ async def submit(
     callback_url: str | None,
     priority: int,
     origin: str = "tasks",
+    workflow_version: str | None = None,
 ) -> tuple[TaskState, bool]:
     """Record a new task (→ (state, True)) or find the same earlier one (→ (state, False)).
     See `serve_app.submission.submit` for its checks and refusals."""
@@ -45,6 +46,7 @@ async def submit(
         callback_url=callback_url,
         priority=priority,
         origin=origin,
+        workflow_version=workflow_version,
     )
 
 

@@ -23,6 +23,30 @@ class SubmitTask(BaseModel):
         default=None, max_length=2048, description="http(s) URL called when the task ends"
     )
     priority: int = Field(default=0, ge=-1_000_000, le=1_000_000, description="Higher runs first")
+    workflow_version: str | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="Run this version of the workflow (GET /workflows/{name}/versions) rather "
+        "than the current one; a version the service does not hold answers 409",
+    )
+
+
+class RerunTask(BaseModel):
+    """POST /tasks/{task_id}/rerun."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Parameters to change; the others are the task's own"
+    )
+    priority: int | None = Field(
+        default=None, ge=-1_000_000, le=1_000_000, description="Default: the task's priority"
+    )
+    same_seed: bool = Field(
+        default=False, description="Keep the seeds the task drew (default: draw them afresh)"
+    )
+    callback_url: str | None = Field(
+        default=None, max_length=2048, description="Default: the task's callback_url"
+    )
 
 
 class LegacySubmit(BaseModel):

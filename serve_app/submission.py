@@ -17,6 +17,8 @@ from comfy_fleet import errors
 
 from comfy_fleet.log import events
 from comfy_fleet.log.task_state import TaskState
+from comfy_fleet.workflows import reruns
+from serve_app import workflow_versions
 from serve_app.services import Services
 
 
@@ -97,11 +99,16 @@ async def submit(
     callback_url: str | None,
     priority: int,
     origin: str = "tasks",
+    workflow_version: str | None = None,
 ) -> tuple[TaskState, bool]:
     """Record a new task (→ (state, True)) or find the same earlier one (→ (state, False)).
 
-    Raises IdempotencyConflict for the same client_task_id with another body, Overloaded past
-    the admission limit, DatabaseUnavailable when the log cannot record it.
+    Runs the current files' version of the workflow, or the pinned `workflow_version`; the
+    version is stored (once) before the task, which records the version and its resolved
+    params: the endpoint renders the prompt from them at dispatch. Raises IdempotencyConflict
+    for the same client_task_id with another body, WorkflowVersionUnknown for a pinned version
+    the service does not hold, Overloaded past the admission limit, DatabaseUnavailable when
+    the log cannot record it.
     """
     body = {
         "workflow": workflow_name,
@@ -109,6 +116,8 @@ async def submit(
         "callback_url": callback_url,
         "priority": priority,
         "origin": origin,
+        # only when pinned: the hash of an unpinned request is what it was before pinning
+        **({"workflow_version": workflow_version} if workflow_version is not None else {}),
     }
     digest = request_hash(body)
     if client_task_id is not None:
@@ -116,29 +125,15 @@ async def submit(
         if existing is not None:
             return _same_or_conflict(existing, digest), False
 
-    try:
-        workflow = services.registry.get(workflow_name)
-    except errors.WorkflowNotFound:
-        raise errors.UnknownWorkflow(
-            f"workflow {workflow_name!r} is not served; GET /workflows lists them",
-            {"workflow": workflow_name, "known": services.registry.names()},
-        ) from None
+    book = workflow_versions.book(services)
+    workflow = await book.resolve(workflow_name, workflow_version)
     settings = services.settings
+    seeds_drawn = reruns.drawn_seeds(workflow.manifest, params)
     resolved = workflow.validate(params, limits=settings)
     if callback_url is not None:
         parsed = services.url_policy.check_url(callback_url)
         await services.url_policy.resolve_and_check(parsed)
-
-    if services.waiting_estimate >= settings.max_waiting_tasks:
-        # The estimate only grows between refreshes: ask the router before refusing.
-        with contextlib.suppress(Exception):
-            services.waiting_estimate = int((await services.router.stats())["waiting"])
-    if services.waiting_estimate >= settings.max_waiting_tasks:
-        raise errors.Overloaded(
-            f"{services.waiting_estimate} tasks are waiting (limit {settings.max_waiting_tasks}); "
-            "retry later",
-            {"retry_after_s": 5},
-        )
+    await admit(services)
 
     task_id = str(uuid.uuid4())
     image_names = {
@@ -146,16 +141,17 @@ async def submit(
         for name, spec in workflow.manifest.params.items()
         if spec.type == "image" and name in resolved
     }
-    prompt = workflow.build_prompt(resolved, task_id=task_id, image_names=image_names)
     inputs: list[dict[str, Any]] = []
     if image_names:
         inputs = await _stage_images(services, task_id, workflow, resolved, image_names)
-        resolved = {k: ("<image>" if k in image_names else v) for k, v in resolved.items()}
+        resolved = {
+            k: (reruns.IMAGE_PLACEHOLDER if k in image_names else v) for k, v in resolved.items()
+        }
+    await book.remember(workflow)
     event = events.TaskSubmitted(
         workflow=workflow.name,
         workflow_version=workflow.version,
         params=resolved,
-        prompt=prompt,
         client_task_id=client_task_id,
         callback_url=callback_url,
         priority=priority,
@@ -163,6 +159,7 @@ async def submit(
         origin=origin,
         inputs=inputs,
         required_labels=list(workflow.required_labels),
+        seeds_drawn=seeds_drawn,
     )
     try:
         state = await services.log.append(task_id, 0, [event])
@@ -178,6 +175,21 @@ async def submit(
     # from the router (serve_app/ingress.py).
     services.waiting_estimate += 1
     return state, True
+
+
+async def admit(services: Services) -> None:
+    """Raise Overloaded when the router holds MAX_WAITING_TASKS waiting tasks already."""
+    settings = services.settings
+    if services.waiting_estimate >= settings.max_waiting_tasks:
+        # The estimate only grows between refreshes: ask the router before refusing.
+        with contextlib.suppress(Exception):
+            services.waiting_estimate = int((await services.router.stats())["waiting"])
+    if services.waiting_estimate >= settings.max_waiting_tasks:
+        raise errors.Overloaded(
+            f"{services.waiting_estimate} tasks are waiting (limit {settings.max_waiting_tasks}); "
+            "retry later",
+            {"retry_after_s": 5},
+        )
 
 
 def _same_or_conflict(existing: TaskState, digest: str) -> TaskState:

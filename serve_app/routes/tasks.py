@@ -38,6 +38,7 @@ async def post_task(
         client_task_id=body.client_task_id,
         callback_url=body.callback_url,
         priority=body.priority,
+        workflow_version=body.workflow_version,
     )
     if wait:
         state = await commands.wait_final(s, state, wait)
