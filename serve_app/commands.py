@@ -14,7 +14,7 @@ from comfy_fleet.log import events, task_state
 from comfy_fleet.log import cancel as cancel_module
 from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.policies import fleet_addresses
-from serve_app import submission
+from serve_app import reruns, submission
 from serve_app.services import Services
 
 #: The longest a request may hold its answer for a task to end (`?wait=`).
@@ -47,6 +47,23 @@ async def submit(
         priority=priority,
         origin=origin,
         workflow_version=workflow_version,
+    )
+
+
+async def rerun(
+    services: Services,
+    original: TaskState,
+    *,
+    overrides: dict[str, Any],
+    priority: int | None,
+    same_seed: bool,
+    callback_url: str | None = None,
+) -> TaskState:
+    """Record a new task that runs `original` again (a task the caller may see). See
+    `serve_app.reruns.rerun` for what it reuses and its refusals."""
+    return await reruns.rerun(
+        services, original, overrides=overrides, priority=priority, same_seed=same_seed,
+        callback_url=callback_url,
     )
 
 

@@ -52,8 +52,7 @@ class VersionBook:
             ) from None
 
     async def remember(self, workflow: Workflow) -> None:
-        """Store the version (once) before a task that uses it is recorded. A version parsed
-        from the log is stored already."""
+        """Store the version (once per replica) before a task that uses it is recorded."""
         key = (workflow.name, workflow.version)
         if key in self._remembered or not workflow.graph_json:
             return
@@ -75,7 +74,10 @@ class VersionBook:
 
     async def one(self, name: str, version: str) -> dict[str, Any]:
         """GET /workflows/{name}/versions/{version}: the version with its two files' text."""
-        workflow = await self.resolve(name, version)
+        try:
+            workflow = await self.resolve(name, version)
+        except errors.WorkflowVersionUnknown as exc:
+            raise errors.WorkflowNotFound(exc.message, exc.details) from None
         held = await self.services.log.get_version(name, version)
         entry = _entry(version, held.created_at if held else None, self.current(name))
         return {

@@ -126,6 +126,23 @@ def last_event_id(value: str | None) -> int:
     )
 
 
+@router.post(
+    "/tasks/{task_id}/rerun", status_code=202, summary="Run a task again, as a new task",
+    operation_id="rerunTask",
+)
+async def rerun_task(
+    task_id: str, request: Request, body: schemas.RerunTask | None = None
+) -> Response:
+    s = context.services(request)
+    body = body or schemas.RerunTask()
+    original = await s.log.get(context.task_id_of(task_id))
+    state = await commands.rerun(
+        s, original, overrides=body.params, priority=body.priority, same_seed=body.same_seed,
+        callback_url=body.callback_url,
+    )
+    return JSON(await context.task_view(s, state), status_code=202)
+
+
 @router.post("/tasks/{task_id}/cancel", status_code=202, summary="Cancel a task wherever it is")
 async def cancel_task(task_id: str, request: Request) -> Response:
     s = context.services(request)
