@@ -24,6 +24,7 @@ from typing import Any
 
 from actors import metrics
 from actors.endpoint_ends import PromptEnds, RouterPort, ctx, safe
+from actors.endpoint_previews import PreviewHolder
 from actors.endpoint_watch import Watch
 from comfy_fleet import errors
 from comfy_fleet.comfy import history
@@ -35,6 +36,7 @@ from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.prompts import decisions, inflight, janitor, outputs, render
 from comfy_fleet.prompts.ledger import TaskLedger
 from comfy_fleet import storage
+from comfy_fleet.workflows import raw_graph
 from comfy_fleet.workflows.registry import WorkflowRegistry
 
 # Re-exported: the router and the tests know them from here.
@@ -78,6 +80,9 @@ class EndpointWorker:
         # socket of its previous life.
         self.client_id = f"comfy-fleet-{uuid.uuid4().hex}"
         self.object_info: dict[str, Any] | None = None
+        #: the node classes and input types we report (`raw_graph.normalised`) and their digest
+        self.node_info: dict[str, Any] | None = None
+        self.node_info_digest: str | None = None
         #: workflows this endpoint can run (its node classes and model files), None until known
         self.runnable: list[str] | None = None
         self.registry: WorkflowRegistry | None = None
@@ -97,8 +102,10 @@ class EndpointWorker:
             ),
             janitor=self.janitor, router=router, spawn=self._spawn,
         )
+        self.previews = PreviewHolder()
         self.watch = Watch(
             endpoint, client=self.client, client_id=self.client_id, table=self.table,
+            previews=self.previews,
             ends=self.ends, spawn=self._spawn, report=self._report,
             learn_server=self._learn_server, lost_after_s=settings.endpoint_lost_after_s,
             # read from this module when built: tests shorten it here
@@ -194,6 +201,7 @@ class EndpointWorker:
             "zombies": conn.zombies,
             "cleanup_extension": self.janitor.has_extension,
             "workflows": self.runnable,
+            "node_info_digest": self.node_info_digest,
         }
 
     def _foreign_queue(self) -> int:
@@ -211,6 +219,8 @@ class EndpointWorker:
         """After a connect: its node classes (what we can run) and its cleanup extension."""
         if self.object_info is None:
             self.object_info = await self.client.object_info()
+            self.node_info = raw_graph.normalised(self.object_info)
+            self.node_info_digest = raw_graph.digest(self.node_info)
             self._learn_workflows()
             self._report(now=True)
         await self.janitor.probe()
@@ -240,8 +250,28 @@ class EndpointWorker:
             "inflight": len(self.table),
             "foreign_queue": self._foreign_queue(),
             "workflows": self.runnable,
+            "node_info_digest": self.node_info_digest,
         }
         await safe(self.router.endpoint_status(self.name, status))
+
+    async def node_catalog(self) -> dict[str, Any] | None:
+        """The node classes and input types we report: `{"digest", "object_info"}` (the
+        normalised /object_info), or None before ComfyUI first answered."""
+        if self.node_info is None:
+            return None
+        return {"digest": self.node_info_digest, "object_info": self.node_info}
+
+    async def preview(
+        self, task_id: str, after_version: int, timeout_s: float
+    ) -> dict[str, Any] | None:
+        """The task's latest preview, `{"version", "content_type", "data"}`, once its version
+        is not `after_version`; None if none comes within `timeout_s` (at most
+        PREVIEW_WAIT_MAX_S), if its prompt ends meanwhile, or at once if it is not in flight
+        here. Previews are never logged."""
+        found = await self.previews.next(
+            task_id, after_version, timeout_s, held=lambda: task_id in self.table.by_task
+        )
+        return None if found is None else found.answer()
 
     # --- dispatch ---------------------------------------------------------------------------
 
@@ -288,8 +318,7 @@ class EndpointWorker:
             await self.client.post_prompt(prompt, prompt_id, self.client_id)
         except (errors.PromptRejected, errors.WorkflowVersionUnknown) as exc:
             self.table.remove(prompt_id)
-            unknown = isinstance(exc, errors.WorkflowVersionUnknown)
-            code = exc.code if unknown else history.CODE_REJECTED
+            code = history.CODE_REJECTED if isinstance(exc, errors.PromptRejected) else exc.code
             error = {"code": code, "message": exc.message, "details": exc.details}
             ended = await self.ends.fail(task_id, prompt_id, error)
             self.ends.let_go(task_id, prompt_id, list(state.inputs), None, ended=ended)
@@ -311,8 +340,7 @@ class EndpointWorker:
     async def _upload_inputs(self, state: TaskState) -> None:
         for spec in state.inputs:
             subfolder, _, name = str(spec["filename"]).rpartition("/")
-            # "upload_key": the PNG made of the bytes received ("s3_key" before inputs were kept)
-            data = await self.store.get(spec.get("upload_key") or spec["s3_key"])
+            data = await self.store.get(render.upload_key(spec))
             await self.client.upload_image(data, name, subfolder)
 
     async def dispatch_many(self, task_ids: list[str]) -> list[str]:

@@ -2,6 +2,7 @@
 
     FleetError
     ├── ConfigError                  a setting is missing or malformed (names the variable)
+    ├── Forbidden                    → HTTP 403: this key may not do that (docs/api.md §7.1)
     ├── NotFound                     → HTTP 404
     │   ├── TaskNotFound
     │   ├── WorkflowNotFound
@@ -18,7 +19,9 @@
     │   ├── ManifestInvalid          a workflow manifest or graph is broken (names file and key)
     │   ├── InputRejected            an input (image, URL) is unusable
     │   ├── PayloadTooLarge          → HTTP 413
-    │   └── UrlForbidden             a URL resolves to an address the policy denies
+    │   ├── UrlForbidden             a URL resolves to an address the policy denies
+    │   ├── GraphInvalid             a raw graph is refused (names the node)
+    │   └── RawGraphsDisabled        → HTTP 403: raw graphs are off here, or not for this key
     ├── Unavailable                  → HTTP 503, retryable
     │   ├── DatabaseUnavailable
     │   ├── StorageUnavailable
@@ -70,6 +73,13 @@ class ConfigError(FleetError):
     """A configuration value is invalid."""
 
     code = "config_invalid"
+
+
+class Forbidden(FleetError):
+    """This key may not do that."""
+
+    code = "forbidden"
+    status = 403
 
 
 class NotFound(FleetError):
@@ -177,6 +187,19 @@ class UrlForbidden(InvalidRequest):
     """The URL is not allowed."""
 
     code = "url_forbidden"
+
+
+class GraphInvalid(InvalidRequest):
+    """The raw graph cannot run on this fleet."""
+
+    code = "graph_invalid"
+
+
+class RawGraphsDisabled(InvalidRequest):
+    """Raw graphs are not accepted here (RAW_GRAPHS)."""
+
+    code = "raw_graphs_disabled"
+    status = 403
 
 
 class Unavailable(FleetError):

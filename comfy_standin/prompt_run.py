@@ -272,14 +272,14 @@ class PromptRun:
             self.progress.update(node_id, value, maximum)
             self._send_progress_state()
             if preview is not None and sid is not None and self._flagged(sid):
-                self.hub.send_image(preview, _preview_meta(node_id, prompt_id), sid)
+                self.hub.send_image(preview, _preview_meta(node_id, prompt_id, preview), sid)
             self.hub.send(
                 "progress",
                 {"value": value, "max": maximum, "prompt_id": prompt_id, "node": node_id},
                 sid,
             )
             if preview is not None and (sid is None or not self._flagged(sid)):
-                self.hub.send_image(preview, _preview_meta(node_id, prompt_id), sid)
+                self.hub.send_image(preview, _preview_meta(node_id, prompt_id, preview), sid)
             await asyncio.sleep(0)
 
         return NodeContext(
@@ -379,12 +379,13 @@ def _meta(node_id: str) -> dict[str, Any]:
     }
 
 
-def _preview_meta(node_id: str, prompt_id: str) -> dict[str, Any]:
+def _preview_meta(node_id: str, prompt_id: str, image: bytes) -> dict[str, Any]:
     return {
         "node_id": node_id,
         "prompt_id": prompt_id,
         "display_node_id": node_id,
         "parent_node_id": None,
         "real_node_id": node_id,
-        "image_type": "image/png",
+        # latent previews are JPEGs, SaveImageWebsocket's images PNGs
+        "image_type": "image/jpeg" if image[:2] == b"\xff\xd8" else "image/png",
     }

@@ -1,2 +1,2 @@
--- Placeholder for the number another branch takes (tenants / batches): drop at merge.
+-- Placeholder for the number another branch takes (batches): drop at merge.
 SELECT 1;

@@ -1,4 +1,4 @@
-"""What the API's writes do, free of HTTP: submit, cancel, redeliver, reload the workflows, add
+"""What the API's writes do, free of HTTP: submit, rerun, cancel, redeliver, reload the workflows, add
 and remove endpoints. Routes translate requests into these calls and their results into
 answers; the commands raise `comfy_fleet.errors` for every refusal.
 """
@@ -13,7 +13,7 @@ from comfy_fleet import config, errors
 from comfy_fleet.log import events, task_state
 from comfy_fleet.log import cancel as cancel_module
 from comfy_fleet.log.task_state import TaskState
-from comfy_fleet.policies import fleet_addresses
+from comfy_fleet.policies import access, fleet_addresses
 from serve_app import reruns, submission
 from serve_app.services import Services
 
@@ -33,11 +33,15 @@ async def submit(
     client_task_id: str | None,
     callback_url: str | None,
     priority: int,
+    tenant: str,
     origin: str = "tasks",
+    graph: dict[str, Any] | None = None,
+    files: dict[str, Any] | None = None,
+    principal: Any = None,
     workflow_version: str | None = None,
 ) -> tuple[TaskState, bool]:
-    """Record a new task (→ (state, True)) or find the same earlier one (→ (state, False)).
-    See `serve_app.submission.submit` for its checks and refusals."""
+    """Record a new task of `tenant` (→ (state, True)) or find the same earlier one of that
+    tenant (→ (state, False)). See `serve_app.submission.submit` for its checks and refusals."""
     return await submission.submit(
         services,
         workflow_name=workflow_name,
@@ -45,26 +49,41 @@ async def submit(
         client_task_id=client_task_id,
         callback_url=callback_url,
         priority=priority,
+        tenant=tenant,
         origin=origin,
+        graph=graph,
+        files=files,
+        principal=principal,
         workflow_version=workflow_version,
     )
 
 
 async def rerun(
     services: Services,
-    original: TaskState,
+    task_id: str,
+    principal: access.Principal,
     *,
     overrides: dict[str, Any],
     priority: int | None,
     same_seed: bool,
     callback_url: str | None = None,
 ) -> TaskState:
-    """Record a new task that runs `original` again (a task the caller may see). See
-    `serve_app.reruns.rerun` for what it reuses and its refusals."""
+    """Record a new task that runs task `task_id` again, as its tenant's task; another
+    tenant's task is unknown (`visible_task`). See `serve_app.reruns.rerun` for what it reuses
+    and its refusals."""
+    original = await visible_task(services, task_id, principal)
     return await reruns.rerun(
         services, original, overrides=overrides, priority=priority, same_seed=same_seed,
         callback_url=callback_url,
     )
+
+
+async def visible_task(services: Services, task_id: str, principal: access.Principal) -> TaskState:
+    """The task, when `principal` may act on it; another tenant's task raises exactly what an
+    unknown id raises (`TaskNotFound`, same message), so its existence is not revealed."""
+    state = await services.log.get(task_id)
+    access.check_access(principal, state.tenant, errors.TaskNotFound(f"no task {task_id}"))
+    return state
 
 
 async def wait_final(services: Services, state: TaskState, wait_s: float) -> TaskState:
@@ -80,12 +99,13 @@ async def wait_final(services: Services, state: TaskState, wait_s: float) -> Tas
     return state
 
 
-async def cancel(services: Services, task_id: str) -> TaskState:
+async def cancel(services: Services, task_id: str, principal: access.Principal) -> TaskState:
     """Cancel the task wherever it is: record the request (once), ask the router to drop it
     from its queue, or let the endpoint running it interrupt it. Returns the state after a
-    short wait for the end; an ended task is returned as it is."""
+    short wait for the end; an ended task is returned as it is. Another tenant's task is
+    unknown (`visible_task`)."""
     log = services.log
-    state = await log.get(task_id)
+    state = await visible_task(services, task_id, principal)
     if state.is_final:
         return state
     requested = cancel_module.request(state)
@@ -101,11 +121,11 @@ async def cancel(services: Services, task_id: str) -> TaskState:
     return await wait_final(services, await log.get(task_id), CANCEL_WAIT_S)
 
 
-async def redeliver(services: Services, task_id: str) -> TaskState:
+async def redeliver(services: Services, task_id: str, principal: access.Principal) -> TaskState:
     """Deliver an ended task's webhook again. Raises Conflict for a task without a callback
-    or one that has not ended."""
+    or one that has not ended; another tenant's task is unknown (`visible_task`)."""
     log = services.log
-    state = await log.get(task_id)
+    state = await visible_task(services, task_id, principal)
     if not state.callback_url:
         raise errors.Conflict("the task has no callback_url")
     if not state.is_final:

@@ -32,7 +32,8 @@ async def rerun(
     same_seed: bool,
     callback_url: str | None,
 ) -> TaskState:
-    """Record the rerun of `original` (a task the caller may see) and return its state.
+    """Record the rerun of `original` (a task the caller may see) as a task of its tenant,
+    and return its state.
 
     Raises WorkflowVersionUnknown when the service no longer holds the task's version (a task
     recorded before versions were stored, of files changed since), RerunInputsGone when its
@@ -52,7 +53,7 @@ async def rerun(
     if callback_url is not None:
         parsed = services.url_policy.check_url(callback_url)
         await services.url_policy.resolve_and_check(parsed)
-    await submission.admit(services)
+    await submission._admit(services, original.tenant)
 
     task_id = str(uuid.uuid4())
     params, inputs = await _inputs(services, task_id, original, workflow, resolved, reused)
@@ -69,9 +70,9 @@ async def rerun(
         required_labels=list(workflow.required_labels),
         seeds_drawn=seeds_drawn,
         rerun_of=original.task_id,
+        tenant=original.tenant,
     )
-    state = await services.log.append(task_id, 0, [event])
-    services.waiting_estimate += 1
+    state, _created = await submission._record(services, task_id, event, None, digest)
     return state
 
 

@@ -17,8 +17,9 @@ from comfy_fleet import errors
 
 from comfy_fleet.log import events
 from comfy_fleet.log.task_state import TaskState
-from comfy_fleet.workflows import reruns
-from serve_app import workflow_versions
+from comfy_fleet.policies import access
+from comfy_fleet.workflows import raw_graph, reruns
+from serve_app import raw_graphs, workflow_versions
 from serve_app.services import Services
 
 
@@ -98,17 +99,24 @@ async def submit(
     client_task_id: str | None,
     callback_url: str | None,
     priority: int,
+    tenant: str,
     origin: str = "tasks",
+    graph: dict[str, Any] | None = None,
+    files: dict[str, Any] | None = None,
+    principal: Any = None,
     workflow_version: str | None = None,
 ) -> tuple[TaskState, bool]:
-    """Record a new task (→ (state, True)) or find the same earlier one (→ (state, False)).
+    """Record a new task of `tenant` (→ (state, True)) or find the same earlier one of that
+    tenant (→ (state, False)): client_task_id is unique per tenant. With `graph`, a raw graph
+    (`serve_app.raw_graphs`: who may, its check, its files). Else the current files' version
+    of the workflow runs, or the pinned `workflow_version`: the version is stored (once) before
+    the task, which records the version and its resolved params (the endpoint renders the
+    prompt from them at dispatch).
 
-    Runs the current files' version of the workflow, or the pinned `workflow_version`; the
-    version is stored (once) before the task, which records the version and its resolved
-    params: the endpoint renders the prompt from them at dispatch. Raises IdempotencyConflict
-    for the same client_task_id with another body, WorkflowVersionUnknown for a pinned version
-    the service does not hold, Overloaded past the admission limit, DatabaseUnavailable when
-    the log cannot record it.
+    Raises IdempotencyConflict for the same client_task_id with another body, Overloaded past
+    the admission limits (the fleet's, and the tenant's TENANT_MAX_WAITING),
+    WorkflowVersionUnknown for a pinned version the service does not hold, DatabaseUnavailable
+    when the log cannot record it.
     """
     body = {
         "workflow": workflow_name,
@@ -119,23 +127,40 @@ async def submit(
         # only when pinned: the hash of an unpinned request is what it was before pinning
         **({"workflow_version": workflow_version} if workflow_version is not None else {}),
     }
+    if graph is not None:
+        raw_graphs.permit(services.settings, principal)
+        files = files or {}
+        body.update(graph=graph, files=files)
     digest = request_hash(body)
     if client_task_id is not None:
-        existing = await services.log.find_client_task(client_task_id)
+        existing = await services.log.find_client_task(client_task_id, tenant)
         if existing is not None:
             return _same_or_conflict(existing, digest), False
 
-    book = workflow_versions.book(services)
-    workflow = await book.resolve(workflow_name, workflow_version)
     settings = services.settings
-    seeds_drawn = reruns.drawn_seeds(workflow.manifest, params)
-    resolved = workflow.validate(params, limits=settings)
+    if graph is not None:
+        checked = await raw_graphs.check(services, graph, files or {})
+    else:
+        book = workflow_versions.book(services)
+        workflow = await book.resolve(workflow_name, workflow_version)
+        seeds_drawn = reruns.drawn_seeds(workflow.manifest, params)
+        resolved = workflow.validate(params, limits=settings)
     if callback_url is not None:
         parsed = services.url_policy.check_url(callback_url)
         await services.url_policy.resolve_and_check(parsed)
-    await admit(services)
+
+    await _admit(services, tenant)
 
     task_id = str(uuid.uuid4())
+    if graph is not None:
+        prompt, inputs = await raw_graphs.stage(services, task_id, graph, files or {}, checked)
+        event = events.TaskSubmitted(
+            workflow=raw_graph.WORKFLOW, workflow_version=raw_graph.digest(graph), params={},
+            prompt=prompt, client_task_id=client_task_id, callback_url=callback_url,
+            priority=priority, request_hash=digest, origin=origin, inputs=inputs,
+            required_labels=checked.labels, tenant=tenant,
+        )
+        return await _record(services, task_id, event, client_task_id, digest)
     image_names = {
         name: f"fleet/{task_id}-{name}.png"
         for name, spec in workflow.manifest.params.items()
@@ -159,14 +184,24 @@ async def submit(
         origin=origin,
         inputs=inputs,
         required_labels=list(workflow.required_labels),
+        tenant=tenant,
         seeds_drawn=seeds_drawn,
     )
+    return await _record(services, task_id, event, client_task_id, digest)
+
+
+async def _record(
+    services: Services, task_id: str, event: events.TaskSubmitted, client_task_id: str | None,
+    digest: str,
+) -> tuple[TaskState, bool]:
+    """Append `task.submitted`: the one write of a submission."""
+    tenant = event.tenant
     try:
         state = await services.log.append(task_id, 0, [event])
     except errors.DuplicateClientTaskId:
         # Lost a race with the same client_task_id: answer as the winner was answered.
         assert client_task_id is not None
-        existing = await services.log.find_client_task(client_task_id)
+        existing = await services.log.find_client_task(client_task_id, tenant)
         if existing is None:
             raise
         return _same_or_conflict(existing, digest), False
@@ -174,23 +209,35 @@ async def submit(
     # replica counts the task into its estimate of the waiting tasks until its next refresh
     # from the router (serve_app/ingress.py).
     services.waiting_estimate += 1
+    services.tenant_waiting[tenant] = services.tenant_waiting.get(tenant, 0) + 1
     return state, True
 
 
-async def admit(services: Services) -> None:
-    """Raise Overloaded when the router holds MAX_WAITING_TASKS waiting tasks already."""
+async def _admit(services: Services, tenant: str) -> None:
+    """Admission control: refuse (429 with Retry-After) past MAX_WAITING_TASKS in all, or past
+    TENANT_MAX_WAITING of `tenant`'s own; other tenants go on. The estimates only grow between
+    refreshes from the router, so the router is asked before refusing."""
     settings = services.settings
-    if services.waiting_estimate >= settings.max_waiting_tasks:
-        # The estimate only grows between refreshes: ask the router before refusing.
+    limit = settings.tenant_max_waiting
+    over_all = services.waiting_estimate >= settings.max_waiting_tasks
+    over_tenant = limit is not None and services.tenant_waiting.get(tenant, 0) >= limit
+    if over_all or over_tenant:
         with contextlib.suppress(Exception):
-            services.waiting_estimate = int((await services.router.stats())["waiting"])
+            absorb_stats(services, await services.router.stats())
     if services.waiting_estimate >= settings.max_waiting_tasks:
         raise errors.Overloaded(
             f"{services.waiting_estimate} tasks are waiting (limit {settings.max_waiting_tasks}); "
             "retry later",
             {"retry_after_s": 5},
         )
+    access.check_waiting(tenant, services.tenant_waiting.get(tenant, 0), limit)
 
+
+def absorb_stats(services: Services, stats: dict[str, Any]) -> None:
+    """Take the router's counts of waiting tasks (`Router.stats()`: in all, and per tenant)
+    as the replica's estimates, which each submission then counts itself into."""
+    services.waiting_estimate = int(stats["waiting"])
+    services.tenant_waiting = {str(t): int(n) for t, n in (stats.get("tenants") or {}).items()}
 
 def _same_or_conflict(existing: TaskState, digest: str) -> TaskState:
     if existing.request_hash != digest:

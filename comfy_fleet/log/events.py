@@ -78,6 +78,9 @@ class TaskSubmitted(Event):
     seeds_drawn: list[str] = field(default_factory=list)
     #: the task this one reruns (POST /tasks/{id}/rerun), else None.
     rerun_of: str | None = None
+    #: Whose task it is (docs/api.md §7.1). A task recorded before tenants existed has no
+    #: `tenant` in its payload and decodes as tenant `default`.
+    tenant: str = "default"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,8 +28,10 @@ from comfy_fleet.log import events, fleet, pg_errors, task_state, version_store
 from comfy_fleet.log import rebuild
 from comfy_fleet.delivery.slots import UNKNOWN as UNKNOWN_RECEIVER
 from comfy_fleet.log.event_log import (
+    DISPATCH_HISTORY,
     EndedCallback,
     QueuedCallback,
+    QueuedRow,
     decode_cursor,
     encode_cursor,
     ended_notice,
@@ -145,6 +147,7 @@ class PostgresEventLog(version_store.PostgresVersions):
                 expected_seq,
                 _queued_payload(state, new_state),
                 _ended_payload(state, new_state),
+                new_state.tenant,
             )
         if row["upserted"] != 1:
             # The events were stored (their seqs were free) but the read model row did not
@@ -167,9 +170,11 @@ class PostgresEventLog(version_store.PostgresVersions):
             raise errors.TaskNotFound(f"no task {task_id}")
         return state_from_json(data)
 
-    async def find_client_task(self, client_task_id: str) -> TaskState | None:
+    async def find_client_task(
+        self, client_task_id: str, tenant: str = task_state.DEFAULT_TENANT
+    ) -> TaskState | None:
         with pg_errors.translated():
-            data = await self._pool.fetchval(queries["select_client_task"], client_task_id)
+            data = await self._pool.fetchval(queries["select_client_task"], tenant, client_task_id)
         return state_from_json(data) if data is not None else None
 
     async def list_tasks(
@@ -180,11 +185,13 @@ class PostgresEventLog(version_store.PostgresVersions):
         client_task_id: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        tenant: str | None = None,
     ) -> tuple[list[TaskState], str | None]:
         after: tuple[datetime | None, str | None] = decode_cursor(cursor) if cursor else (None, None)
         with pg_errors.translated():
             rows = await self._pool.fetch(
-                queries["list_tasks"], status, workflow, client_task_id, after[0], after[1], limit + 1
+                queries["list_tasks"], status, workflow, client_task_id, after[0], after[1],
+                limit + 1, tenant,
             )
         page = rows[:limit]
         next_cursor = (
@@ -199,13 +206,19 @@ class PostgresEventLog(version_store.PostgresVersions):
             rows = await self._pool.fetch(queries["open_tasks"])
         return [state_from_json(r["state"]) for r in rows]
 
-    async def queued_tasks(self) -> list[tuple[str, int, float, str, list[str]]]:
+    async def queued_tasks(self) -> list[QueuedRow]:
         with pg_errors.translated():
             rows = await self._pool.fetch(queries["queued_tasks"])
         return [
-            (str(r["task_id"]), r["priority"], r["created_at"].timestamp(), r["workflow"], list(r["labels"] or []))
+            (str(r["task_id"]), r["priority"], r["created_at"].timestamp(), r["workflow"],
+             list(r["labels"] or []), r["tenant"])
             for r in rows
         ]
+
+    async def dispatch_tenants(self, limit: int = DISPATCH_HISTORY) -> list[str]:
+        with pg_errors.translated():
+            rows = await self._pool.fetch(queries["dispatch_tenants"], limit)
+        return [r["tenant"] for r in rows]
 
     async def pending_webhooks(self) -> list[tuple[str, str | None]]:
         with pg_errors.translated():
@@ -272,13 +285,15 @@ class PostgresEventLog(version_store.PostgresVersions):
     # --- notifications: queued tasks (the router), ended tasks (the router, the webhooks) ------
 
     async def listen_queued(self, callback: QueuedCallback) -> None:
-        """Call `callback(task_id, priority, created_at, workflow, labels, requeued)` for every
-        task submitted or requeued from now on (`event_log.queued_notice`), sent by the
-        appending statement. Delivery is best effort: callers also scan `queued_tasks()`."""
+        """Call `callback(task_id, priority, created_at, workflow, labels, requeued, tenant)` for
+        every task submitted or requeued from now on (`event_log.queued_notice`), sent by the
+        appending statement. Delivery is best effort: callers also scan `queued_tasks()`. A
+        writer from before tenants sends no tenant: its tasks are tenant `default`."""
 
         def on_payload(payload: str) -> None:
-            task_id, priority, created_at, workflow, labels, requeued = orjson.loads(payload)
-            callback(task_id, priority, created_at, workflow, labels, bool(requeued))
+            task_id, priority, created_at, workflow, labels, requeued, *rest = orjson.loads(payload)
+            tenant = rest[0] if rest and isinstance(rest[0], str) else task_state.DEFAULT_TENANT
+            callback(task_id, priority, created_at, workflow, labels, bool(requeued), tenant)
 
         await self._listen(QUEUED_CHANNEL, on_payload)
 

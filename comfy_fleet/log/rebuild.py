@@ -51,7 +51,7 @@ from comfy_fleet.log.task_state import TaskState
 
 #: The read model's columns, in the order of `read_model_row`.
 COLUMNS = ("task_id", "client_task_id", "workflow", "status", "priority", "webhook",
-           "last_seq", "created_at", "updated_at", "state")
+           "last_seq", "created_at", "updated_at", "state", "tenant")
 
 #: Bytes of rows a fold sends at a time.
 CHUNK = 1 << 18
@@ -96,10 +96,11 @@ def _unescape(field: bytes) -> bytes:
 def read_model_row(s: TaskState) -> bytes:
     """The read-model row of a state (COLUMNS) as one line of COPY text. The JSON text has no raw
     control characters (JSON escapes them), so only its backslashes need doubling."""
-    return b"%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\n" % (
+    return b"%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\t%s\n" % (
         s.task_id.encode(), _text(s.client_task_id), _text(s.workflow), _text(s.status),
         s.priority, _text(s.webhook), s.seq, s.created_at.isoformat().encode(),
         s.updated_at.isoformat().encode(), state_json(s).replace(b"\\", b"\\\\"),
+        _text(s.tenant),
     )
 
 

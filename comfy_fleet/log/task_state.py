@@ -29,6 +29,9 @@ FINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 #: The error code of a task whose outputs could not be stored (kept in the fallback folder).
 STORAGE_FAILED = "storage_failed"
 
+#: The tenant of a task recorded before tenants existed (and of an admin's task naming none).
+DEFAULT_TENANT = "default"
+
 #: Webhook delivery states of a finished task with a callback.
 WEBHOOK_PENDING, WEBHOOK_DELIVERED, WEBHOOK_DEAD = "pending", "delivered", "dead"
 
@@ -64,6 +67,8 @@ class TaskState:
     cancel_requested: bool = False
     webhook: str | None = None
     webhook_attempts: int = 0
+    #: whose task it is; `default` for a task (or a read-model row) from before tenants existed
+    tenant: str = DEFAULT_TENANT
     #: prompt_ids of earlier attempts (a late completion of one is never run twice to the client).
     past_prompt_ids: list[str] = field(default_factory=list)
     #: webhook-ids of ends that a later end replaced (`task.outputs_recovered`): a late record of
@@ -130,6 +135,7 @@ def apply(
             required_labels=list(ev.required_labels),
             seeds_drawn=list(ev.seeds_drawn),
             rerun_of=ev.rerun_of,
+            tenant=ev.tenant,
             created_at=at,
             updated_at=at,
         )
@@ -253,6 +259,7 @@ def to_view(s: TaskState) -> dict[str, Any]:
     return {
         "task_id": s.task_id,
         "client_task_id": s.client_task_id,
+        "tenant": s.tenant,
         "workflow": s.workflow,
         "workflow_version": s.workflow_version,
         "status": s.status,

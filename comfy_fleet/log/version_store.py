@@ -1,15 +1,32 @@
-"""The log's `WorkflowVersions` port (comfy_fleet/log/event_log.py), in memory and on
+"""The log's `WorkflowVersions` port (a part of `event_log.EventLog`), in memory and on
 PostgreSQL (`workflow_versions`, migrations/0006): each a part of its whole log class."""
 
 from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from comfy_fleet.log import pg_errors
 from comfy_fleet.log.sql import queries
 from comfy_fleet.workflows import versions
+
+
+class WorkflowVersions(Protocol):
+    """The workflow versions tasks used, each stored once, when first used
+    (comfy_fleet/workflows/versions.py); append-only like the log."""
+
+    async def remember_version(self, stored: versions.StoredVersion) -> None:
+        """Store the version unless it is stored already (then nothing changes)."""
+        ...
+
+    async def get_version(self, name: str, version: str) -> versions.StoredVersion | None:
+        """The stored version (with `created_at`), None when it was never stored."""
+        ...
+
+    async def list_versions(self, name: str) -> list[versions.StoredVersion]:
+        """Every stored version of the workflow `name`, oldest first."""
+        ...
 
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
@@ -18,8 +35,12 @@ _NEVER = datetime.min.replace(tzinfo=UTC)
 class InMemoryVersions:
     """`WorkflowVersions` in a dict; part of `InMemoryEventLog`."""
 
-    def __init__(self) -> None:
-        self._versions: dict[tuple[str, str], versions.StoredVersion] = {}
+    @property
+    def _versions(self) -> dict[tuple[str, str], versions.StoredVersion]:
+        # made on first use: the whole log's __init__ need not know of this part
+        held: dict[tuple[str, str], versions.StoredVersion]
+        held = self.__dict__.setdefault("_held_versions", {})
+        return held
 
     async def remember_version(self, stored: versions.StoredVersion) -> None:
         key = (stored.name, stored.version)

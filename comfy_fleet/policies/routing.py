@@ -17,6 +17,8 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from comfy_fleet.workflows import raw_graph
+
 
 @dataclass
 class EndpointLoad:
@@ -30,17 +32,32 @@ class EndpointLoad:
     labels: frozenset[str] = frozenset()
     #: workflows this endpoint can run (None: not known yet — assume all).
     workflows: frozenset[str] | None = None
+    #: node classes its ComfyUI has (None: not known yet — a raw graph waits), and the digest
+    #: of the node info they came with (`raw_graph.digest`)
+    classes: frozenset[str] | None = None
+    node_info_digest: str | None = None
 
     @property
     def load(self) -> int:
         return max(self.queue_remaining, self.inflight + self.foreign)
 
     def can_take(self, workflow: str | None, labels: Iterable[str] = ()) -> bool:
+        """Connected, not draining, runs the workflow, and carries every label; a label
+        `node:<class>` (a raw graph's) is met by the node classes its ComfyUI reports."""
         if not self.connected or self.draining:
             return False
-        if workflow is not None and self.workflows is not None and workflow not in self.workflows:
+        if (
+            workflow is not None and workflow != raw_graph.WORKFLOW
+            and self.workflows is not None and workflow not in self.workflows
+        ):
             return False
-        return set(labels) <= self.labels
+        wanted = set(labels)
+        classes = raw_graph.classes_of_labels(wanted)
+        if classes:
+            if self.classes is None or not classes <= self.classes:
+                return False
+            wanted = {w for w in wanted if not w.startswith(raw_graph.NODE_LABEL_PREFIX)}
+        return wanted <= self.labels
 
 
 def pick_endpoint(

@@ -33,6 +33,12 @@ def image_names(inputs: list[dict[str, Any]]) -> dict[str, str]:
     return {str(spec["param"]): str(spec["filename"]) for spec in inputs}
 
 
+def upload_key(spec: dict[str, Any]) -> str:
+    """Where the file dispatch uploads for one input is in S3: the PNG made of the bytes
+    received ("upload_key"); a task recorded before inputs were kept has only "s3_key"."""
+    return str(spec.get("upload_key") or spec["s3_key"])
+
+
 class PromptRenderer:
     def __init__(self, source: VersionSource, *, cache_size: int = CACHE_SIZE) -> None:
         self.source = source

@@ -17,7 +17,7 @@ from typing import Any
 
 from comfy_fleet import errors
 
-from comfy_fleet.workflows import graph as graph_module, manifest as manifest_module, params as params_module
+from comfy_fleet.workflows import graph as graph_module, manifest as manifest_module, params as params_module, raw_graph
 from comfy_fleet.workflows import versions
 from comfy_fleet.workflows.manifest import Manifest
 
@@ -113,6 +113,10 @@ def load_workflow(directory: Path, name: str) -> Workflow:
         raise errors.ManifestInvalid(
             f"{toml_path}: a workflow name is a letter or digit, then letters, digits, _ or - "
             "(≤ 64 characters)"
+        )
+    if name == raw_graph.WORKFLOW:
+        raise errors.ManifestInvalid(
+            f"{toml_path}: {name!r} is the workflow name of raw graphs; name the files otherwise"
         )
     return parse_files(
         name, _read(json_path), _read(toml_path), json_source=str(json_path),

@@ -9,8 +9,9 @@ from typing import Any
 from fastapi import Request
 
 from comfy_fleet import errors, views
+from comfy_fleet.log import events
 from comfy_fleet.log.task_state import TaskState
-from serve_app.middleware import auth
+from comfy_fleet.policies import access
 from serve_app.services import Services
 
 
@@ -20,11 +21,46 @@ def services(request: Request) -> Services:
     return built
 
 
-def principal(request: Request) -> auth.Principal | None:
-    """Who the request acts for, as `middleware.auth.Authenticate` resolved it (None only on
-    an open path reached without a key)."""
-    found: auth.Principal | None = getattr(request.state, "principal", None)
+def principal(request: Request) -> access.Principal:
+    """Who the request acts for, as `middleware.auth.Authenticate` resolved it. Only an open
+    path is reached without one, and no route that asks for it is open: refuse, never guess."""
+    found: access.Principal | None = getattr(request.state, "principal", None)
+    if found is None:
+        raise errors.Forbidden("no key resolved for this request")
     return found
+
+
+def admin_only(request: Request) -> None:
+    """A route that reads or changes the fleet: 403 `forbidden` to a tenant key (a dependency,
+    so it answers before the body is even validated)."""
+    access.check_fleet(principal(request))
+
+
+def unknown_task(task_id: str) -> errors.TaskNotFound:
+    """The one answer for a task id that is unknown or another tenant's (docs/api.md §7.1:
+    the same 404, code and message, so a task's existence is not revealed)."""
+    return errors.TaskNotFound(f"no task {task_id}")
+
+
+def check_task(request: Request, task_id: str, tenant: str | None) -> None:
+    """Raise `unknown_task` unless the request's principal may see tasks of `tenant`."""
+    access.check_access(principal(request), tenant, unknown_task(task_id))
+
+
+def check_stream(request: Request, task_id: str, stream: list[events.StoredEvent]) -> None:
+    """For routes that read a task's events: unknown (no events) or another tenant's → 404."""
+    if not stream:
+        raise unknown_task(task_id)
+    first = stream[0].event
+    tenant = first.tenant if isinstance(first, events.TaskSubmitted) else None
+    check_task(request, task_id, tenant)
+
+
+async def own_task(request: Request, s: Services, task_id: str) -> TaskState:
+    """The task, if the request's principal may see it (else the unknown id's 404)."""
+    state = await s.log.get(task_id)
+    check_task(request, task_id, state.tenant)
+    return state
 
 
 def task_id_of(raw: str) -> str:

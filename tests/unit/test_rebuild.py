@@ -121,7 +121,7 @@ def expected_row(s: task_state.TaskState) -> dict[str, str | None]:
         "task_id": s.task_id, "client_task_id": s.client_task_id, "workflow": s.workflow,
         "status": s.status, "priority": str(s.priority), "webhook": s.webhook,
         "last_seq": str(s.seq), "created_at": s.created_at.isoformat(),
-        "updated_at": s.updated_at.isoformat(),
+        "updated_at": s.updated_at.isoformat(), "tenant": s.tenant,
     }
 
 

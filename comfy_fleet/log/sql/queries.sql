@@ -8,7 +8,7 @@
 -- $11 webhook, $12 last_seq, $13 created_at, $14 updated_at, $15 state, $16 expected_seq,
 -- $17 queued notification payload (JSON text: the task was submitted or requeued) or NULL,
 -- $18 ended notification payload (JSON text: the task reached an end or its webhook became
--- pending) or NULL
+-- pending) or NULL, $19 tenant
 WITH ins AS (
     INSERT INTO task_events (task_id, seq, type, schema_version, payload, recorded_at)
     SELECT $1, u.seq, u.type, u.version, u.payload, u.at
@@ -17,8 +17,8 @@ WITH ins AS (
     RETURNING position
 ), up AS (
     INSERT INTO tasks AS t (task_id, client_task_id, workflow, status, priority, webhook,
-                            last_seq, created_at, updated_at, state)
-    VALUES ($1, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                            last_seq, created_at, updated_at, state, tenant)
+    VALUES ($1, $7, $8, $9, $10, $11, $12, $13, $14, $15, $19)
     ON CONFLICT (task_id) DO UPDATE
         SET status = EXCLUDED.status, webhook = EXCLUDED.webhook, last_seq = EXCLUDED.last_seq,
             updated_at = EXCLUDED.updated_at, state = EXCLUDED.state
@@ -49,14 +49,15 @@ FROM task_events WHERE task_id = $1 AND seq > $2 ORDER BY seq;
 SELECT state FROM tasks WHERE task_id = $1;
 
 -- select_client_task --
--- $1 client_task_id
-SELECT state FROM tasks WHERE client_task_id = $1;
+-- Idempotency is per tenant. $1 tenant, $2 client_task_id
+SELECT state FROM tasks WHERE tenant = $1 AND client_task_id = $2;
 
 -- list_tasks --
 -- Newest first, keyset paging. $1 status|null, $2 workflow|null, $3 client_task_id|null,
--- $4 cursor created_at|null, $5 cursor task_id|null, $6 limit
+-- $4 cursor created_at|null, $5 cursor task_id|null, $6 limit, $7 tenant|null
 SELECT state, created_at, task_id FROM tasks
-WHERE ($1::text IS NULL OR status = $1)
+WHERE ($7::text IS NULL OR tenant = $7)
+  AND ($1::text IS NULL OR status = $1)
   AND ($2::text IS NULL OR workflow = $2)
   AND ($3::text IS NULL OR client_task_id = $3)
   AND ($4::timestamptz IS NULL OR (created_at, task_id) < ($4, $5::uuid))
@@ -69,8 +70,17 @@ ORDER BY created_at;
 
 -- queued_tasks --
 -- What the router needs of every task waiting for dispatch (no state JSON: it is a scan).
-SELECT task_id, priority, created_at, workflow, state->'required_labels' AS labels
+SELECT task_id, priority, created_at, workflow, state->'required_labels' AS labels, tenant
 FROM tasks WHERE status = 'queued' ORDER BY created_at;
+
+-- dispatch_tenants --
+-- The tenants of the latest $1 dispatches (task.dispatched facts), oldest first: the router
+-- replays them into its fair share at start, so the share survives restarts.
+SELECT t.tenant FROM (
+    SELECT task_id, position FROM task_events WHERE type = 'task.dispatched'
+    ORDER BY position DESC LIMIT $1
+) AS d JOIN tasks AS t USING (task_id)
+ORDER BY d.position;
 
 -- ended_among --
 -- Which of these tasks have ended ($1 task ids; by the primary key).
@@ -100,10 +110,10 @@ TRUNCATE tasks;
 
 -- insert_read_model --
 -- $1 task_id, $2 client_task_id, $3 workflow, $4 status, $5 priority, $6 webhook, $7 last_seq,
--- $8 created_at, $9 updated_at, $10 state
+-- $8 created_at, $9 updated_at, $10 state, $11 tenant
 INSERT INTO tasks (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
-                   created_at, updated_at, state)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10);
+                   created_at, updated_at, state, tenant)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11);
 
 -- append_fleet_event --
 -- $1 type, $2 schema_version, $3 payload
@@ -132,10 +142,11 @@ WITH e AS (
                    AND payload ?& ARRAY['workflow', 'workflow_version', 'params', 'prompt',
                        'client_task_id', 'callback_url', 'priority', 'request_hash', 'origin',
                        'inputs', 'required_labels']
-                   -- seeds_drawn and rerun_of came later: optional (defaults below)
+                   -- tenant, seeds_drawn and rerun_of came later: optional (defaults below)
                    AND payload - ARRAY['workflow', 'workflow_version', 'params', 'prompt',
                        'client_task_id', 'callback_url', 'priority', 'request_hash', 'origin',
-                       'inputs', 'required_labels', 'seeds_drawn', 'rerun_of'] = '{}'
+                       'inputs', 'required_labels', 'tenant', 'seeds_drawn', 'rerun_of'] = '{}'
+                   AND jsonb_typeof(coalesce(payload->'tenant', '"default"')) = 'string'
                    AND coalesce(jsonb_typeof(payload->'seeds_drawn'), 'array') = 'array'
                    AND coalesce(jsonb_typeof(payload->'rerun_of'), 'null') IN ('string', 'null')
                    AND jsonb_typeof(payload->'workflow') = 'string'
@@ -230,10 +241,12 @@ WITH e AS (
       AND n_out <= 1
 )
 INSERT INTO task_rebuild_stage (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
-                   created_at, updated_at, state)
+                   created_at, updated_at, state, tenant)
 SELECT task_id, sub->>'client_task_id', sub->>'workflow', status, (sub->>'priority')::int,
        webhook, last_seq, created_at, updated_at,
        sub || jsonb_build_object(
+           -- A task recorded before tenants existed belongs to tenant "default".
+           'tenant', coalesce(sub->'tenant', '"default"'),
            'task_id', task_id, 'seq', last_seq,
            'seeds_drawn', coalesce(sub->'seeds_drawn', '[]'), 'rerun_of', sub->'rerun_of',
            'created_at', replace(to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), '.000000+', '+'),
@@ -260,7 +273,8 @@ SELECT task_id, sub->>'client_task_id', sub->>'workflow', status, (sub->>'priori
            'end_seq', end_seq, 'end_type', end_type,
            'cancel_requested', false, 'webhook', webhook,
            'webhook_attempts', greatest(0, coalesce(hook_attempts, 0)),
-           'past_prompt_ids', '[]'::jsonb, 'past_webhook_ids', '[]'::jsonb)
+           'past_prompt_ids', '[]'::jsonb, 'past_webhook_ids', '[]'::jsonb),
+       coalesce(sub->>'tenant', 'default')
 FROM plain;
 
 -- empty_rebuild_stage --
@@ -270,9 +284,9 @@ TRUNCATE task_rebuild_stage;
 -- move_stage_to_read_model --
 -- In the rebuild's transaction, after empty_read_model: the rows the SQL folds staged.
 INSERT INTO tasks (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
-                   created_at, updated_at, state)
+                   created_at, updated_at, state, tenant)
 SELECT task_id, client_task_id, workflow, status, priority, webhook, last_seq,
-       created_at, updated_at, state
+       created_at, updated_at, state, tenant
 FROM task_rebuild_stage;
 
 -- log_extent --
