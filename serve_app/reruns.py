@@ -17,7 +17,7 @@ from typing import Any
 from comfy_fleet import errors
 from comfy_fleet.log import events
 from comfy_fleet.log.task_state import TaskState
-from comfy_fleet.workflows import params as params_module, reruns
+from comfy_fleet.workflows import params as params_module, raw_graph, reruns
 from comfy_fleet.workflows.registry import Workflow
 from serve_app import inputs as inputs_module, submission, workflow_versions
 from serve_app.services import Services
@@ -45,6 +45,12 @@ async def rerun(
         "same_seed": same_seed, "callback_url": callback_url,
     }
     digest = submission.request_hash(body)  # also refuses values the log cannot record
+    if original.workflow == raw_graph.WORKFLOW:
+        raise errors.WorkflowVersionUnknown(
+            f"task {original.task_id} ran a raw graph, which is not kept as a version: "
+            "POST /tasks with its graph again",
+            {"workflow": original.workflow, "workflow_version": original.workflow_version},
+        )
     book = workflow_versions.book(services)
     workflow = await book.resolve(original.workflow, original.workflow_version)
     resolved, reused, seeds_drawn = _params(

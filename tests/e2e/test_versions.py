@@ -201,3 +201,16 @@ async def test_rerun_overrides_and_seeds(fleet: Fleet) -> None:
         final = await fleet.wait_final(t["task_id"])
         assert final["status"] == "succeeded", final
         assert final["inputs"][0]["sha256"] == first["inputs"][0]["sha256"]
+
+
+async def test_a_raw_graph_task_is_not_rerun(fleet: Fleet) -> None:
+    from tests.e2e.test_raw_graphs import SOLID, ready
+
+    await ready(fleet)
+    r = await fleet.http.post("/tasks", json={"graph": SOLID})
+    assert r.status_code == 202, r.text
+    again = await fleet.http.post(f"/tasks/{r.json()['task_id']}/rerun")
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "workflow_version_unknown"
+    assert "raw graph" in again.json()["error"]["message"]
+    await fleet.wait_final(r.json()["task_id"])
