@@ -1,5 +1,5 @@
-"""What the API's writes do, free of HTTP: submit, rerun, cancel, redeliver, reload the workflows, add
-and remove endpoints. Routes translate requests into these calls and their results into
+"""What the API's writes do, free of HTTP: submit, rerun, cancel, redeliver, reload the
+workflows, add and remove endpoints. Routes translate requests into these calls and their results into
 answers; the commands raise `comfy_fleet.errors` for every refusal.
 """
 
