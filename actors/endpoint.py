@@ -22,7 +22,7 @@ from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from actors import metrics
+from actors import endpoint_stage, metrics
 from actors.endpoint_ends import PromptEnds, RouterPort, ctx, safe
 from actors.endpoint_previews import PreviewHolder
 from actors.endpoint_watch import Watch
@@ -33,7 +33,7 @@ from comfy_fleet.config import Endpoint, Settings
 from comfy_fleet.log import cancel, task_state
 from comfy_fleet.log.event_log import EventLog
 from comfy_fleet.log.task_state import TaskState
-from comfy_fleet.prompts import decisions, inflight, janitor, outputs, render
+from comfy_fleet.prompts import decisions, inflight, janitor, model_pulls, outputs, render
 from comfy_fleet.prompts.ledger import TaskLedger
 from comfy_fleet import storage
 from comfy_fleet.workflows import raw_graph
@@ -95,6 +95,7 @@ class EndpointWorker:
         self.ledger = TaskLedger(log)
         self.renderer = render.PromptRenderer(log)
         self.janitor = janitor.HostJanitor(self.name, self.client, store)
+        self.models = model_pulls.ModelHost(self.name, self.client)
         self.ends = PromptEnds(
             self.name, ledger=self.ledger, table=self.table, client=self.client,
             storer=outputs.OutputStorer(
@@ -202,6 +203,7 @@ class EndpointWorker:
             "cleanup_extension": self.janitor.has_extension,
             "workflows": self.runnable,
             "node_info_digest": self.node_info_digest,
+            **self.models.status(),
         }
 
     def _foreign_queue(self) -> int:
@@ -224,6 +226,7 @@ class EndpointWorker:
             self._learn_workflows()
             self._report(now=True)
         await self.janitor.probe()
+        await endpoint_stage.probe(self)
 
     def _learn_workflows(self) -> None:
         if self.object_info is None:
@@ -251,6 +254,7 @@ class EndpointWorker:
             "foreign_queue": self._foreign_queue(),
             "workflows": self.runnable,
             "node_info_digest": self.node_info_digest,
+            **self.models.status(),
         }
         await safe(self.router.endpoint_status(self.name, status))
 
@@ -312,9 +316,10 @@ class EndpointWorker:
         try:
             # The version the task was accepted with, from the log (never the files on disk).
             prompt = await self.renderer.prompt_of(state)
-            # Inputs go to the endpoint the task was given, at dispatch: a re-dispatched task
-            # uploads again to its new endpoint.
-            await self._upload_inputs(state)
+            # Inputs and models go to the endpoint the task was given, at dispatch: a
+            # re-dispatched task uploads (and pulls) again on its new endpoint.
+            if not await endpoint_stage.prepare(self, item, state):
+                return decisions.ACCEPTED  # failed or requeued there
             await self.client.post_prompt(prompt, prompt_id, self.client_id)
         except (errors.PromptRejected, errors.WorkflowVersionUnknown) as exc:
             self.table.remove(prompt_id)
@@ -336,12 +341,6 @@ class EndpointWorker:
             return decisions.ACCEPTED
         item.on_posted(time.monotonic(), answered=True)
         return decisions.ACCEPTED
-
-    async def _upload_inputs(self, state: TaskState) -> None:
-        for spec in state.inputs:
-            subfolder, _, name = str(spec["filename"]).rpartition("/")
-            data = await self.store.get(render.upload_key(spec))
-            await self.client.upload_image(data, name, subfolder)
 
     async def dispatch_many(self, task_ids: list[str]) -> list[str]:
         """`dispatch` for a batch (one actor call from the router for many tasks)."""

@@ -172,6 +172,8 @@ class Router(router_fleet.FleetMembership):
         workflows = status.get("workflows")
         load.workflows = frozenset(workflows) if workflows is not None else None
         self.node_info.observe(name, load, status.get("node_info_digest"))
+        if "models" in status:  # models by URL: can it pull them, which it holds
+            load.models_route, load.models = status.get("models_route"), frozenset(status["models"] or ())
         if load.connected and not was or load.load < self.settings.endpoint_queue_depth:
             self._wake.set()
 

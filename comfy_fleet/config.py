@@ -170,6 +170,11 @@ class Settings:
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     input_fetch_timeout_s: float = 20.0
+    #: Models by URL (docs/api.md §7.5): the largest model fetched, the disk budget of fetched
+    #: models per ComfyUI host, and the time limit of one fetch into the bucket.
+    max_model_bytes: int = 32 * 1024**3
+    model_cache_bytes: int = 50 * 1024**3
+    model_fetch_timeout_s: float = 3600.0
     #: Outgoing-URL policy (callbacks, image URLs): comfy_fleet/policies/url_policy.py has the precedence.
     url_deny_hosts: tuple[str, ...] = ()
     url_deny_cidrs: tuple[str, ...] = ()
@@ -375,4 +380,7 @@ def _limits(r: env.Reader) -> dict[str, Any]:
         "max_image_bytes": r.int("MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
         "max_image_pixels": r.int("MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
         "input_fetch_timeout_s": r.float("INPUT_FETCH_TIMEOUT_S", 20.0, minimum=0.1),
+        "max_model_bytes": r.int("MAX_MODEL_BYTES", 32 * 1024**3, minimum=1),
+        "model_cache_bytes": r.int("MODEL_CACHE_BYTES", 50 * 1024**3, minimum=1),
+        "model_fetch_timeout_s": r.float("MODEL_FETCH_TIMEOUT_S", 3600.0, minimum=0.1),
     }

@@ -21,6 +21,9 @@
     │   ├── PayloadTooLarge          → HTTP 413
     │   ├── UrlForbidden             a URL resolves to an address the policy denies
     │   ├── GraphInvalid             a raw graph is refused (names the node)
+    │   ├── ModelChecksumMismatch    a model's bytes do not have the sha256 the request gave
+    │   ├── ModelFetchFailed         a model URL could not be fetched (status, network, time)
+    │   ├── ModelTooLarge            → HTTP 413: a model is over MAX_MODEL_BYTES
     │   └── RawGraphsDisabled        → HTTP 403: raw graphs are off here, or not for this key
     ├── Unavailable                  → HTTP 503, retryable
     │   ├── DatabaseUnavailable
@@ -193,6 +196,25 @@ class GraphInvalid(InvalidRequest):
     """The raw graph cannot run on this fleet."""
 
     code = "graph_invalid"
+
+
+class ModelChecksumMismatch(InvalidRequest):
+    """The model's bytes do not have the sha256 the request gave."""
+
+    code = "model_checksum_mismatch"
+
+
+class ModelFetchFailed(InvalidRequest):
+    """The model could not be fetched from its URL."""
+
+    code = "model_fetch_failed"
+
+
+class ModelTooLarge(InvalidRequest):
+    """The model is larger than MAX_MODEL_BYTES."""
+
+    code = "model_too_large"
+    status = 413
 
 
 class RawGraphsDisabled(InvalidRequest):

@@ -19,7 +19,7 @@ from comfy_fleet.log import events
 from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.workflows import params as params_module, raw_graph, reruns
 from comfy_fleet.workflows.registry import Workflow
-from serve_app import inputs as inputs_module, submission, workflow_versions
+from serve_app import inputs as inputs_module, model_inputs, submission, workflow_versions
 from serve_app.services import Services
 
 
@@ -62,6 +62,8 @@ async def rerun(
     await submission._admit(services, original.tenant)
 
     task_id = str(uuid.uuid4())
+    # models by URL: in the bucket already (the original put them there), so nothing is fetched
+    staged = await model_inputs.stage_models(services, workflow, resolved)
     params, inputs = await _inputs(services, task_id, original, workflow, resolved, reused)
     await book.remember(workflow)
     event = events.TaskSubmitted(
@@ -73,12 +75,15 @@ async def rerun(
         request_hash=digest,
         origin=original.origin,
         inputs=inputs,
-        required_labels=list(workflow.required_labels),
+        required_labels=list(workflow.required_labels) + staged.labels,
+        models=staged.models,
         seeds_drawn=seeds_drawn,
         rerun_of=original.task_id,
         tenant=original.tenant,
     )
-    state, _created = await submission._record(services, task_id, event, None, digest)
+    state, _created = await submission._record(
+        services, task_id, event, None, digest, staged.fetched
+    )
     return state
 
 

@@ -19,7 +19,7 @@ from comfy_fleet.log import events
 from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.policies import access
 from comfy_fleet.workflows import raw_graph, reruns
-from serve_app import raw_graphs, workflow_versions
+from serve_app import model_inputs, raw_graphs, workflow_versions
 from serve_app.services import Services
 
 
@@ -166,6 +166,8 @@ async def submit(
         for name, spec in workflow.manifest.params.items()
         if spec.type == "image" and name in resolved
     }
+    # Models by URL are in the bucket before anything is recorded (serve_app/model_inputs.py).
+    staged = await model_inputs.stage_models(services, workflow, resolved)
     inputs: list[dict[str, Any]] = []
     if image_names:
         inputs = await _stage_images(services, task_id, workflow, resolved, image_names)
@@ -183,21 +185,22 @@ async def submit(
         request_hash=digest,
         origin=origin,
         inputs=inputs,
-        required_labels=list(workflow.required_labels),
+        required_labels=list(workflow.required_labels) + staged.labels,
         tenant=tenant,
         seeds_drawn=seeds_drawn,
+        models=staged.models,
     )
-    return await _record(services, task_id, event, client_task_id, digest)
+    return await _record(services, task_id, event, client_task_id, digest, staged.fetched)
 
 
 async def _record(
     services: Services, task_id: str, event: events.TaskSubmitted, client_task_id: str | None,
-    digest: str,
+    digest: str, also: list[events.Event] | None = None,
 ) -> tuple[TaskState, bool]:
-    """Append `task.submitted`: the one write of a submission."""
+    """Append `task.submitted` (and `also`: the models it fetched): the one write of a submission."""
     tenant = event.tenant
     try:
-        state = await services.log.append(task_id, 0, [event])
+        state = await services.log.append(task_id, 0, [event, *(also or [])])
     except errors.DuplicateClientTaskId:
         # Lost a race with the same client_task_id: answer as the winner was answered.
         assert client_task_id is not None

@@ -78,6 +78,8 @@ class TaskState:
     seeds_drawn: list[str] = field(default_factory=list)
     #: the task this one reruns, else None
     rerun_of: str | None = None
+    #: models given by URL (`events.TaskSubmitted.models`)
+    models: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_final(self) -> bool:
@@ -135,6 +137,7 @@ def apply(
             required_labels=list(ev.required_labels),
             seeds_drawn=list(ev.seeds_drawn),
             rerun_of=ev.rerun_of,
+            models=list(ev.models),
             tenant=ev.tenant,
             created_at=at,
             updated_at=at,
@@ -201,6 +204,8 @@ def apply(
             if s.prompt_id:
                 s.past_prompt_ids.append(s.prompt_id)
             s.prompt_id, s.endpoint = None, None
+        case events.TaskModelFetched():
+            pass  # a fact for the timeline (GET /tasks/{id}/events): the state is unchanged
         case events.TaskCancelRequested():
             s.cancel_requested = True
         case events.TaskCancelled() if not final:
@@ -271,6 +276,10 @@ def to_view(s: TaskState) -> dict[str, Any]:
         "progress": s.progress,
         "outputs": [
             {k: v for k, v in o.items() if k not in ("subfolder", "kind")} for o in s.outputs
+        ],
+        "models": [
+            {k: m[k] for k in ("param", "sha256", "s3_key", "filename") if k in m}
+            for m in s.models
         ],
         "error": s.error,
         "webhook": s.webhook,

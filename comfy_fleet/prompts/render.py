@@ -75,5 +75,7 @@ class PromptRenderer:
             return state.prompt
         workflow = await self.workflow(state.workflow, state.workflow_version)
         return workflow.build_prompt(
-            state.params, task_id=state.task_id, image_names=image_names(state.inputs)
+            state.params, task_id=state.task_id, image_names=image_names(state.inputs),
+            # models by URL: the name each is pulled under (docs/api.md §7.5)
+            model_names={str(m["param"]): str(m["filename"]) for m in state.models},
         )

@@ -11,7 +11,10 @@ Manifest keys (all optional except ``params.<name>.node/field/type``)::
     labels = ["gpu"]             # the endpoint must carry all of these labels
     output_prefix = "fleet"      # output files go to <output_prefix>/<task_id>/<original prefix>
     [params.<name>]
-    node, field, type, required, default, min, max, max_length, choices, description
+    node, field, type, required, default, min, max, max_length, choices, description,
+    folder (type "model": the ComfyUI model folder, e.g. "loras"),
+    bypass (true: left out, the parameter's node is taken out of the prompt, its users linked
+            to its own linked inputs in order; e.g. an optional LoraLoader)
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ PARAM_KEYS: tuple[str, ...] = (
     "max_length",
     "choices",
     "description",
+    "folder",
+    "bypass",
 )
 
 #: Which types each optional key makes sense for.
@@ -59,7 +64,13 @@ _KEY_TYPES: dict[str, tuple[str, ...]] = {
     "max_length": ("string",),
     "choices": ("choice",),
     "default": ("string", "int", "float", "bool", "seed", "choice"),
+    "folder": ("model",),
 }
+
+#: A ComfyUI model folder name (``checkpoints``, ``loras``, ``upscale_models``, …).
+_FOLDER = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
+#: Folders that hold no models.
+_NOT_MODEL_FOLDERS = frozenset({"custom_nodes", "configs"})
 
 #: Default root folder (under ComfyUI's output dir) of every task's output files.
 DEFAULT_OUTPUT_PREFIX: str = "fleet"
@@ -83,6 +94,10 @@ class Manifest:
     def image_fields(self) -> set[tuple[str, str]]:
         """``(node, field)`` of every image parameter: inputs filled by an upload at dispatch."""
         return {(p.node, p.field) for p in self.params.values() if p.type == "image"}
+
+    def model_fields(self) -> set[tuple[str, str]]:
+        """``(node, field)`` of every model parameter: a model by URL is pulled at dispatch."""
+        return {(p.node, p.field) for p in self.params.values() if p.type == "model"}
 
 
 def parse_graph(data: Any, *, source: str) -> dict[str, dict[str, Any]]:
@@ -207,6 +222,12 @@ def _parse_param(pname: str, raw: Any, graph: dict[str, dict[str, Any]], fail: A
         raise fail(f"{key}.description", "must be a string")
     pmin, pmax, max_length = _param_bounds(key, raw, ptype, fail)
     choices = _param_choices(key, raw, fail) if ptype == "choice" else None
+    folder = _param_folder(key, raw, fail) if ptype == "model" else None
+    bypass = raw.get("bypass", False)
+    if not isinstance(bypass, bool):
+        raise fail(f"{key}.bypass", "must be true or false")
+    if bypass:
+        _check_bypass(key, raw, node, graph, fail)
 
     default = raw.get("default")
     if default is not None:
@@ -231,7 +252,35 @@ def _parse_param(pname: str, raw: Any, graph: dict[str, dict[str, Any]], fail: A
         max_length=max_length,
         choices=choices,
         description=description,
+        folder=folder,
+        bypass=bypass,
     )
+
+
+def _param_folder(key: str, raw: dict[str, Any], fail: Any) -> str:
+    folder = raw.get("folder")
+    if folder is None:
+        raise fail(f"{key}.folder", "a model parameter names its ComfyUI model folder, e.g. \"loras\"")
+    if not isinstance(folder, str) or not _FOLDER.match(folder) or folder in _NOT_MODEL_FOLDERS:
+        raise fail(f"{key}.folder", f"{folder!r} is not a ComfyUI model folder name")
+    return folder
+
+
+def _check_bypass(
+    key: str, raw: dict[str, Any], node: str, graph: dict[str, dict[str, Any]], fail: Any
+) -> None:
+    """A bypassed node passes its ``i``-th linked input to users of its output ``i``."""
+    if raw.get("required") or raw.get("default") is not None:
+        raise fail(f"{key}.bypass", "only an optional parameter without a default can bypass")
+    linked = [v for v in graph[node]["inputs"].values() if graph_module.is_link(v)]
+    for other_id, other in graph.items():
+        for name, value in other["inputs"].items():
+            if graph_module.is_link(value) and value[0] == node and value[1] >= len(linked):
+                raise fail(
+                    f"{key}.bypass",
+                    f"node {other_id!r} input {name!r} uses output {value[1]} of node {node!r}, "
+                    f"which has only {len(linked)} linked input(s) to pass on when bypassed",
+                )
 
 
 def _param_type(pname: str, raw: Any, fail: Any) -> str:

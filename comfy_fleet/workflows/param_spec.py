@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 #: The parameter types a manifest may declare.
-PARAM_TYPES: tuple[str, ...] = ("string", "int", "float", "bool", "seed", "image", "choice")
+PARAM_TYPES: tuple[str, ...] = (
+    "string", "int", "float", "bool", "seed", "image", "choice", "model",
+)
 
 #: The largest seed ComfyUI accepts (its INT inputs are unsigned 64-bit).
 SEED_MAX: int = 2**64 - 1
+
+#: A model given by URL names its content: 64 lower-case hex digits of its sha256.
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+#: The longest model file name or URL accepted.
+MODEL_VALUE_MAX = 4096
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,11 @@ class ParamSpec:
     max_length: int | None = None
     choices: tuple[Any, ...] | None = None
     description: str = ""
+    #: ``model`` parameters: the ComfyUI model folder the file goes to (``loras``, …).
+    folder: str | None = None
+    #: Left out of the request, the parameter's node is bypassed: taken out of the prompt, each
+    #: link to its output ``i`` going to its ``i``-th linked input (``params.bypassed``).
+    bypass: bool = False
 
 
 
@@ -79,7 +93,38 @@ def check_value(spec: ParamSpec, value: Any, *, max_string_length: int | None = 
         return None
     if t == "image":
         return None if isinstance(value, str) else f"expected a string, got {_kind(value)}"
+    if t == "model":
+        return model_problem(value)
     return f"unknown type {t!r}"
+
+
+def model_problem(value: Any) -> str | None:
+    """Why ``value`` is neither a model file name nor ``{"url", "sha256"}`` (None when it is).
+
+    The URL's syntax only: the policy check and the fetch come later (``serve_app.models``)."""
+    if isinstance(value, str):
+        if not value or len(value) > MODEL_VALUE_MAX:
+            return f"a model file name has 1 to {MODEL_VALUE_MAX} characters"
+        parts = value.split("/")
+        if _CONTROL.search(value) or any(p in ("", ".", "..") for p in parts):
+            return f"{value!r} is not a model file name (relative, no '..', no backslash)"
+        return None
+    if not isinstance(value, dict):
+        return f"expected a model file name or {{\"url\", \"sha256\"}}, got {_kind(value)}"
+    missing = [k for k in ("url", "sha256") if k not in value]
+    extra = sorted(str(k) for k in value if k not in ("url", "sha256"))
+    if missing or extra:
+        what = [f"missing {', '.join(missing)}"] if missing else []
+        what += [f"unknown key {', '.join(extra)}"] if extra else []
+        return f"a model by URL is {{\"url\", \"sha256\"}}: {'; '.join(what)}"
+    url, sha = value["url"], value["sha256"]
+    if not isinstance(sha, str) or not SHA256_HEX.match(sha):
+        return "sha256: expected 64 lower-case hex digits"
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+        return "url: expected an http(s) URL"
+    if len(url) > MODEL_VALUE_MAX or _CONTROL.search(url) or any(c.isspace() for c in url):
+        return f"url: not a URL (whitespace, control characters, or over {MODEL_VALUE_MAX})"
+    return None
 
 
 def _same_choice(value: Any, choice: Any) -> bool:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from comfy_fleet import errors
 
-from comfy_fleet.workflows import graph as graph_module, param_spec
+from comfy_fleet.workflows import graph as graph_module, model_params, param_spec
 from comfy_fleet.workflows.manifest import Manifest, ParamSpec
 
 #: A drawn seed stays below 2**53 so it survives every JSON reader, JavaScript's doubles included;
@@ -29,10 +29,8 @@ from comfy_fleet.workflows.manifest import Manifest, ParamSpec
 DRAWN_SEED_MAX: int = 2**53 - 1
 
 #: The accepted forms of an image value, as told to clients.
-IMAGE_FORMS: str = (
-    "an image as base64, as a data: URL (data:image/png;base64,...), or as an http(s) URL "
-    "that the service fetches"
-)
+IMAGE_FORMS: str = ("an image as base64, as a data: URL (data:image/png;base64,...), "
+                    "or as an http(s) URL that the service fetches")
 
 _DATA_URL = re.compile(r"^data:([^,;]*)((?:;[^,;]*)*),(.*)$", re.DOTALL)
 _WHITESPACE = re.compile(r"\s+")
@@ -45,7 +43,6 @@ class ParamLimits(Protocol):
 
     @property
     def max_string_length(self) -> int: ...
-
     @property
     def max_image_bytes(self) -> int: ...
 
@@ -277,25 +274,28 @@ def apply_params(
     resolved: Mapping[str, Any],
     *,
     image_names: Mapping[str, str] | None = None,
+    model_names: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """A deep copy of ``graph`` with the resolved values written into their node inputs.
-
-    Image parameters get their uploaded file name from ``image_names``; with ``image_names=None``
-    image inputs are left as they are (enough for routing checks, which ignore them).
-    """
+    """A deep copy of ``graph`` with the resolved values in their node inputs, the nodes of
+    ``bypass`` parameters left out taken out. Images get their upload's name from
+    ``image_names``, models by URL their pulled name from ``model_names``; None leaves those
+    inputs as they are (routing checks ignore them)."""
     prompt: dict[str, dict[str, Any]] = copy.deepcopy(dict(graph))
+    gone = model_params.bypassed_nodes(manifest.params, resolved)
     for name, value in resolved.items():
         spec = manifest.params.get(name)
         if spec is None:
             raise ValueError(f"workflow {manifest.name!r} has no parameter {name!r}")
-        if spec.type == "image":
-            if image_names is None:
+        if spec.node in gone:
+            continue
+        if spec.type == "image" or (spec.type == "model" and isinstance(value, Mapping)):
+            if (names := image_names if spec.type == "image" else model_names) is None:
                 continue
-            if name not in image_names:
-                raise ValueError(f"no uploaded file name for image parameter {name!r}")
-            value = image_names[name]
+            if name not in names:
+                raise ValueError(f"no file name for {spec.type} parameter {name!r}")
+            value = names[name]
         prompt[spec.node]["inputs"][spec.field] = copy.deepcopy(value)
-    return prompt
+    return model_params.bypass(prompt, gone)
 
 
 def build_prompt(
@@ -305,6 +305,7 @@ def build_prompt(
     *,
     task_id: str,
     image_names: Mapping[str, str] | None = None,
+    model_names: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The prompt to send to ComfyUI for one task; ``graph`` is left untouched.
 
@@ -317,7 +318,9 @@ def build_prompt(
         spec = manifest.params.get(name)
         if spec is None or spec.type != "image":
             raise ValueError(f"{name!r} is not an image parameter of workflow {manifest.name!r}")
-    prompt = apply_params(graph, manifest, resolved, image_names=names)
+    prompt = apply_params(
+        graph, manifest, resolved, image_names=names, model_names=dict(model_names or {})
+    )
     for node_id in graph_module.prefix_nodes(prompt):
         inputs = prompt[node_id]["inputs"]
         inputs["filename_prefix"] = task_filename_prefix(
@@ -387,6 +390,9 @@ def _param_schema(spec: ParamSpec, max_string_length: int | None) -> dict[str, A
         s["type"] = "string"
         extra = f"Takes {IMAGE_FORMS}."
         description = f"{description} {extra}".strip()
+    elif spec.type == "model":
+        s.update(model_params.json_schema(spec))
+        description = f'{description} A model file name, or {{"url", "sha256"}}.'.strip()
     if spec.default is not None:
         s["default"] = spec.default
     if description:

@@ -40,6 +40,12 @@ class Endpoint(BaseModel):
         default=None, description="whether its ComfyUI has the cleanup extension (null: unknown)"
     )
     workflows: list[str] | None = Field(default=None, description="workflows it can run")
+    models_route: bool | None = Field(
+        default=None, description="whether its ComfyUI can pull models given by URL (null: unknown)"
+    )
+    models: list[str] | None = Field(
+        default=None, description="sha256s of the models given by URL that it holds"
+    )
 
 
 class EndpointAdded(BaseModel):

@@ -75,6 +75,16 @@ class TaskInput(BaseModel):
     url: str | None = Field(description="a presigned GET URL, fresh at each read")
 
 
+class TaskModel(BaseModel):
+    """A model given by URL: kept in the bucket under `s3_key`, pulled onto the endpoint that
+    runs the task under `filename` (in its parameter's model folder)."""
+
+    param: str
+    sha256: str
+    s3_key: str
+    filename: str
+
+
 class TaskError(BaseModel):
     """Why a task failed."""
 
@@ -101,6 +111,7 @@ class Task(BaseModel):
     comfyui_task_id: str | None = Field(description="the prompt_id sent to ComfyUI")
     progress: Progress | None
     outputs: list[Output]
+    models: list[TaskModel] = Field(default=[], description="models given by URL (§7.5)")
     error: TaskError | None
     webhook: Literal["pending", "delivered", "dead"] | None = Field(
         description="delivery of the end webhook; null without callback_url or before the end"
@@ -144,7 +155,7 @@ class TaskEvent(BaseModel):
 
     seq: int = Field(description="1, 2, … in the task's order; the stream's `id:`")
     type: str = Field(
-        description="task.submitted, task.dispatched, task.prompt_queued, task.started, "
+        description="task.submitted, task.model_fetched, task.dispatched, task.prompt_queued, task.started, "
         "task.progressed, task.output_stored, task.succeeded, task.failed, task.requeued, "
         "task.outputs_recovered, task.cancel_requested, task.cancelled, webhook.attempted, "
         "webhook.delivered, webhook.dead, webhook.redelivery_requested; more may be added"

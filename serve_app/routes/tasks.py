@@ -42,7 +42,7 @@ STREAM_FRAMES = (
 STREAM_DESCRIPTION = (
     "`text/event-stream` of the task's events, from its first (or after `Last-Event-ID`), "
     "live until the task ends. " + STREAM_FRAMES + " Event types are those of "
-    "`TaskEvent.type`: task.submitted, task.dispatched, task.prompt_queued, task.started, "
+    "`TaskEvent.type`: task.submitted, task.model_fetched, task.dispatched, task.prompt_queued, task.started, "
     "task.progressed, task.output_stored, task.succeeded, task.failed, task.requeued, "
     "task.outputs_recovered, task.cancel_requested, task.cancelled, webhook.attempted, "
     "webhook.delivered, webhook.dead, webhook.redelivery_requested."

@@ -3,7 +3,8 @@ the API answers 401, keeps it in localStorage and sends it as a bearer token.
 
 The app is `serve_app.api.create_app` with API_KEYS, served by uvicorn on a free loopback port
 over a real PostgreSQL event log and the shipped workflows, with an in-memory blob store and a
-stand-in router client (no Ray: what is under test is the page and the door).
+stand-in router client (no Ray: what is under test is the page and the door). With TENANT_KEYS
+(CONTRACT §7.1) a tenant's console shows only its tenant's tasks and hides the fleet.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from serve_app.services import Services
 pytestmark = pytest.mark.postgres
 
 API_KEY = "console-test-key-8d1f0a"
+#: Two tenants, one key each (TENANT_KEYS=acme:<key>,beta:<key>).
+TENANT_KEYS = (("acme", "acme-console-key-4c7e21"), ("beta", "beta-console-key-93ab05"))
 COMFY = "127.0.0.1:8188"
 
 
@@ -82,11 +85,12 @@ async def keyed_service(pg_dsn: str) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def serve(pg_dsn: str, wrap: Any = None) -> AsyncIterator[str]:
+async def serve(pg_dsn: str, wrap: Any = None,
+                tenant_keys: tuple[tuple[str, str], ...] = ()) -> AsyncIterator[str]:
     port = free_port()
     settings = Settings(
         comfyui_endpoints=(parse_endpoint(COMFY),), use_standins=False, database_url=pg_dsn,
-        service_port=port, api_keys=(API_KEY,),
+        service_port=port, api_keys=(API_KEY,), tenant_keys=tenant_keys,
     )
 
     async def build() -> Services:
@@ -180,7 +184,54 @@ async def test_a_key_that_may_not_read_the_fleet_hides_it(pg_dsn: str, page: Any
         assert not page.problems, page.problems
 
 
-@pytest.mark.skip(reason="needs tenant keys (integration pending)")
-async def test_a_tenant_key_sees_no_other_tenants_task_and_no_fleet() -> None:
-    """With TENANT_KEYS: a tenant's console lists only its tenant's tasks, and the fleet view and
-    strip are hidden (GET /endpoints answers 403) instead of showing an error."""
+async def submit_as(http: httpx.AsyncClient, key: str, width: int) -> dict[str, Any]:
+    """One task submitted through the API with `key`; the task it answers with."""
+    r = await http.post("/api/v1/tasks", headers={"authorization": f"Bearer {key}"},
+                        json={"workflow": "solid", "params": {"width": width, "height": 8}})
+    assert r.status_code == 202, r.text
+    return dict(r.json())
+
+
+async def test_a_tenant_key_sees_no_other_tenants_task_and_no_fleet(pg_dsn: str, page: Any) -> None:
+    """With TENANT_KEYS: a tenant's console lists only its tenant's tasks, another tenant's task
+    shows as an unknown one, and the fleet view and strip are hidden (GET /endpoints answers 403)
+    instead of showing an error."""
+    (tenant_a, key_a), (tenant_b, key_b) = TENANT_KEYS
+    async with serve(pg_dsn, tenant_keys=TENANT_KEYS) as url:
+        async with httpx.AsyncClient(base_url=url) as http:
+            mine = [await submit_as(http, key_a, w) for w in (8, 16)]
+            theirs = [await submit_as(http, key_b, w) for w in (24, 32)]
+            assert {t["tenant"] for t in mine} == {tenant_a}
+            assert {t["tenant"] for t in theirs} == {tenant_b}
+            # The door the page relies on: the fleet is refused to a tenant key.
+            fleet = await http.get("/api/v1/endpoints",
+                                   headers={"authorization": f"Bearer {key_a}"})
+            assert fleet.status_code == 403 and fleet.json()["error"]["code"] == "forbidden"
+
+        await page.add_init_script(f"localStorage.setItem('comfy-fleet.key', '{key_a}')")
+        await page.goto(url + "/console/#/tasks")
+        for task in mine:
+            await page.locator(f"#task-rows tr[data-task-id='{task['task_id']}']").wait_for()
+        rows = page.locator("#task-rows tr[data-task-id]")
+        shown = {await rows.nth(i).get_attribute("data-task-id") for i in range(await rows.count())}
+        assert shown == {t["task_id"] for t in mine}
+        listed = await page.locator("#task-rows").inner_text()
+        for task in theirs:
+            assert task["task_id"] not in listed and task["task_id"][:8] not in listed
+        assert not await page.locator("#nav-fleet").is_visible()
+        assert not await page.locator(".strip").is_visible()
+
+        # The other tenant's task looks exactly like an id that does not exist.
+        await page.goto(url + f"/console/#/tasks/{theirs[0]['task_id']}")
+        await page.locator(".banner.bad", has_text="task_not_found").wait_for()
+        assert theirs[0]["workflow"] not in await page.locator(".head").inner_text()
+        assert not await page.locator("#cancel").count()
+        assert not await page.locator("#timeline tr").count()
+
+        # The fleet's own address sends the tenant back to its task list.
+        await page.goto(url + "/console/#/fleet")
+        await page.wait_for_function("() => location.hash === '#/tasks'")
+        await page.locator(f"#task-rows tr[data-task-id='{mine[0]['task_id']}']").wait_for()
+        assert not await page.locator("#nav-fleet").is_visible()
+        assert not await page.locator(".banner.bad").count()
+        assert not page.problems, page.problems

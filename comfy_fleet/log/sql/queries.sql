@@ -142,11 +142,13 @@ WITH e AS (
                    AND payload ?& ARRAY['workflow', 'workflow_version', 'params', 'prompt',
                        'client_task_id', 'callback_url', 'priority', 'request_hash', 'origin',
                        'inputs', 'required_labels']
-                   -- tenant, seeds_drawn and rerun_of came later: optional (defaults below)
+                   -- tenant, models, seeds_drawn, rerun_of came later: optional (defaults below)
                    AND payload - ARRAY['workflow', 'workflow_version', 'params', 'prompt',
                        'client_task_id', 'callback_url', 'priority', 'request_hash', 'origin',
-                       'inputs', 'required_labels', 'tenant', 'seeds_drawn', 'rerun_of'] = '{}'
+                       'inputs', 'required_labels', 'tenant', 'models', 'seeds_drawn',
+                       'rerun_of'] = '{}'
                    AND jsonb_typeof(coalesce(payload->'tenant', '"default"')) = 'string'
+                   AND coalesce(jsonb_typeof(payload->'models'), 'array') = 'array'
                    AND coalesce(jsonb_typeof(payload->'seeds_drawn'), 'array') = 'array'
                    AND coalesce(jsonb_typeof(payload->'rerun_of'), 'null') IN ('string', 'null')
                    AND jsonb_typeof(payload->'workflow') = 'string'
@@ -244,7 +246,8 @@ INSERT INTO task_rebuild_stage (task_id, client_task_id, workflow, status, prior
                    created_at, updated_at, state, tenant)
 SELECT task_id, sub->>'client_task_id', sub->>'workflow', status, (sub->>'priority')::int,
        webhook, last_seq, created_at, updated_at,
-       sub || jsonb_build_object(
+       -- `models` came with the submitted event (absent from events recorded before it).
+       jsonb_build_object('models', '[]'::jsonb) || sub || jsonb_build_object(
            -- A task recorded before tenants existed belongs to tenant "default".
            'tenant', coalesce(sub->'tenant', '"default"'),
            'task_id', task_id, 'seq', last_seq,
