@@ -30,17 +30,16 @@ class VersionBook:
 
     async def resolve(self, name: str, version: str | None) -> Workflow:
         """The workflow a request runs: the current files' when no version is pinned, else the
-        pinned version. Raises UnknownWorkflow for a name not served (no version pinned) and
+        pinned version. Raises UnknownWorkflow for a name not served now (pinned or not: the
+        endpoints run, and the router routes, only the workflows served) and
         WorkflowVersionUnknown for a pinned version the service does not hold."""
         current = self.current(name)
-        if version is None:
-            if current is None:
-                raise errors.UnknownWorkflow(
-                    f"workflow {name!r} is not served; GET /workflows lists them",
-                    {"workflow": name, "known": self.services.registry.names()},
-                )
-            return current
-        if current is not None and current.version == version:
+        if current is None:
+            raise errors.UnknownWorkflow(
+                f"workflow {name!r} is not served; GET /workflows lists them",
+                {"workflow": name, "known": self.services.registry.names()},
+            )
+        if version is None or current.version == version:
             return current
         try:
             return await self.stored.workflow(name, version)
@@ -74,10 +73,17 @@ class VersionBook:
 
     async def one(self, name: str, version: str) -> dict[str, Any]:
         """GET /workflows/{name}/versions/{version}: the version with its two files' text."""
-        try:
-            workflow = await self.resolve(name, version)
-        except errors.WorkflowVersionUnknown as exc:
-            raise errors.WorkflowNotFound(exc.message, exc.details) from None
+        current = self.current(name)
+        if current is not None and current.version == version:
+            workflow = current
+        else:
+            try:
+                workflow = await self.stored.workflow(name, version)
+            except errors.WorkflowVersionUnknown:
+                raise errors.WorkflowNotFound(
+                    f"workflow {name!r} has no version {version[:64]!r} here",
+                    {"workflow": name, "workflow_version": version[:64]},
+                ) from None
         held = await self.services.log.get_version(name, version)
         entry = _entry(version, held.created_at if held else None, self.current(name))
         return {

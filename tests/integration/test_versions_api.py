@@ -146,6 +146,16 @@ async def test_versions_are_listed_pinned_and_unknown_ones_refused(served: Serve
     r = await served.http.get(f"/api/v1/workflows/solid/versions/{'0' * 16}")
     assert r.status_code == 404
     assert (await served.http.get("/api/v1/workflows/nothing/versions")).status_code == 404
+    # A workflow no longer served: its versions stay readable, none of them runs.
+    for suffix in (".json", ".toml"):
+        (served.folder / f"solid{suffix}").unlink()
+    assert (await served.reload())["removed"] == ["solid"]
+    listed = (await served.http.get("/api/v1/workflows/solid/versions")).json()
+    assert [(v["version"], v["current"]) for v in listed] == [(before, False), (after, False)]
+    one = await served.http.get(f"/api/v1/workflows/solid/versions/{before}")
+    assert one.status_code == 200 and "default = 512" in one.json()["manifest"]
+    r = await submit(served, {"workflow": "solid", "workflow_version": before})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_workflow"
 
 
 async def _count(s: Served) -> int:
