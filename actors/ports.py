@@ -60,6 +60,14 @@ class RouterApi(Protocol):
     async def reload_workflows(self) -> dict[str, Any]: ...
     async def add_endpoint(self, endpoint: str, labels: list[str]) -> dict[str, Any]: ...
     async def remove_endpoint(self, endpoint: str) -> dict[str, Any]: ...
+    async def queue_info(
+        self, task_ids: list[str], running: list[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """`{task_id: {"position", "eta_s"}}` (CONTRACT §7.6) for the tasks it holds, waiting
+        or handed to an endpoint; `running` are those the caller knows run (position 0). A task
+        it does not hold is left out."""
+        ...
+
     async def node_catalog(self, digest: str) -> dict[str, Any] | None:
         """The normalised /object_info of the endpoints reporting `digest` (raw graphs are
         checked against it), or None when none does now."""

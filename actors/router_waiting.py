@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from comfy_fleet.log.event_log import QueuedRow
-from comfy_fleet.policies import fair_share
+from comfy_fleet.policies import fair_share, queue_eta
 from comfy_fleet.policies.fair_share import WaitingTask
 
 
@@ -75,6 +75,14 @@ class WaitingTasks:
     def counts(self) -> dict[str, int]:
         """Waiting tasks per tenant (tenants with none omitted)."""
         return self.share.waiting_counts()
+
+    def place(self, task_id: str) -> queue_eta.Waiting | None:
+        """A waiting task's fair-share position (1 = next) and workflow; None if not waiting."""
+        position = self.share.position(task_id)
+        task = self.share.get(task_id)
+        if position is None or task is None:
+            return None
+        return queue_eta.Waiting(position, task.workflow)
 
     def lately_handed_out(self, task_id: str) -> bool:
         return task_id in self.handed_out

@@ -95,6 +95,23 @@ class TaskError(BaseModel):
     details: Any = Field(default=None, description="more, by code (absent when none)")
 
 
+class QueuePlace(BaseModel):
+    """Where a task not ended stands in the fleet's queue (an estimate, CONTRACT §7.6)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"position": 3, "eta_s": 12.5}]})
+
+    position: int = Field(
+        ge=0,
+        description="its place in the fleet's dispatch order, given its tenant's share: 1 = "
+        "next (queued, or dispatched and still in ComfyUI's queue); 0 = running",
+    )
+    eta_s: float = Field(
+        ge=0,
+        description="estimated seconds until it starts (running: until it ends), from recent "
+        "run times of its workflow and the connected endpoints",
+    )
+
+
 class Task(BaseModel):
     """A task as the API and its webhooks show it."""
 
@@ -124,6 +141,11 @@ class Task(BaseModel):
     )
     inputs: list[TaskInput] = Field(default_factory=list, description="its image inputs")
     rerun_of: str | None = Field(default=None, description="the task this one reruns")
+    queue: QueuePlace | None = Field(
+        default=None,
+        description="GET /tasks/{task_id} of a task not ended: its queue position and ETA "
+        "(absent when ended, and when no estimate could be had)",
+    )
 
 
 class TaskPage(BaseModel):

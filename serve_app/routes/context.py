@@ -3,16 +3,20 @@ and the shared ways of naming and showing a task."""
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import Request
 
 from comfy_fleet import errors, views
-from comfy_fleet.log import events
+from comfy_fleet.log import events, task_state
 from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.policies import access
 from serve_app.services import Services
+
+log = logging.getLogger("comfy_fleet.ingress")
 
 
 def services(request: Request) -> Services:
@@ -72,6 +76,23 @@ def task_id_of(raw: str) -> str:
         raise errors.TaskNotFound(f"no task {raw[:64]!r}") from None
 
 
-async def task_view(s: Services, state: TaskState) -> dict[str, Any]:
-    """The task as the API shows it (outputs with fresh presigned links)."""
-    return await views.task_view(state, s.store, s.settings.presign_expiry_s)
+async def task_view(s: Services, state: TaskState, *, queue: bool = False) -> dict[str, Any]:
+    """The task as the API shows it (outputs with fresh presigned links); with `queue`, a
+    task not ended also carries its queue position and ETA (one router call)."""
+    place = (await queue_places(s, [state])).get(state.task_id) if queue else None
+    return await views.task_view(state, s.store, s.settings.presign_expiry_s, place)
+
+
+async def queue_places(s: Services, states: Iterable[TaskState]) -> dict[str, dict[str, Any]]:
+    """The router's queue position and ETA of the tasks not ended among `states`, in one call
+    (none when all have ended). The router unreachable, or not holding a task (its notice not
+    yet heard), leaves it out: a read never fails for an estimate."""
+    open_states = [st for st in states if not st.is_final]
+    if not open_states:
+        return {}
+    running = [st.task_id for st in open_states if st.status == task_state.RUNNING]
+    try:
+        return await s.router.queue_info([st.task_id for st in open_states], running or None)
+    except Exception:
+        log.debug("queue_info failed; tasks shown without queue", exc_info=True)
+        return {}

@@ -12,7 +12,7 @@ from comfy_fleet import errors, views
 from comfy_fleet.log import events
 from comfy_fleet.policies import access
 from comfy_fleet.workflows import raw_graph
-from serve_app import commands, preview_relay, schemas
+from serve_app import commands, preview_relay, queue_feed, schemas
 from serve_app.models import errors as error_answers
 from serve_app.models import tasks as models
 from serve_app.responses import JSON
@@ -37,7 +37,10 @@ STREAM_FRAMES = (
     "`task.failed` or `task.cancelled`). With `?previews=true`, also `event: preview` frames "
     "without `id:`, `data: {\"content_type\", \"data\": <the image, base64>}`: ComfyUI's latest "
     "latent preview while the task runs (a slow reader gets the newest, not every one); "
-    "previews are not events of the task and are never recorded."
+    "previews are not events of the task and are never recorded. While the task has not "
+    "ended, also `event: queue` frames without `id:`, `data: {\"position\", \"eta_s\"}` (as the "
+    "task's `queue`): once on connect and whenever its position changes (0 once it runs); "
+    "never recorded either."
 )
 STREAM_DESCRIPTION = (
     "`text/event-stream` of the task's events, from its first (or after `Last-Event-ID`), "
@@ -56,7 +59,8 @@ STREAM_EVENT_SCHEMA = {
         "id": {"type": "string", "description": "the event's seq (send it as Last-Event-ID)"},
         "event": {
             "type": "string",
-            "description": "the event's type, e.g. task.progressed; `preview` for a preview",
+            "description": "the event's type, e.g. task.progressed; `preview` for a preview, "
+            "`queue` for the task's queue position",
         },
         "data": {
             "type": "string",
@@ -64,6 +68,7 @@ STREAM_EVENT_SCHEMA = {
             "contentSchema": {"oneOf": [
                 {"$ref": "#/components/schemas/TaskEvent"},
                 models.TaskPreview.model_json_schema(),
+                models.QueuePlace.model_json_schema(),
             ]},
         },
     },
@@ -146,7 +151,12 @@ async def list_tasks(
         status=status, workflow=workflow, client_task_id=client_task_id, limit=limit,
         cursor=cursor, tenant=tenant,
     )
-    tasks = [await context.task_view(s, state) for state in states]
+    # One router call for the page's tasks not ended (their queue position and ETA).
+    places = await context.queue_places(s, states)
+    tasks = [
+        await views.task_view(state, s.store, s.settings.presign_expiry_s, places.get(state.task_id))
+        for state in states
+    ]
     return JSON({"tasks": tasks, "next_cursor": next_cursor})
 
 
@@ -161,7 +171,7 @@ async def list_tasks(
 async def get_task(task_id: str, request: Request) -> Response:
     s = context.services(request)
     state = await context.own_task(request, s, context.task_id_of(task_id))
-    return JSON(await context.task_view(s, state))
+    return JSON(await context.task_view(s, state, queue=True))
 
 
 @router.get(
@@ -215,7 +225,10 @@ async def stream_task(
     tid = context.task_id_of(task_id)
     s = context.services(request)
     after = last_event_id(last_event_id_header)
-    context.check_stream(request, tid, await s.log.read(tid, 0))
+    history = await s.log.read(tid, 0)
+    context.check_stream(request, tid, history)
+    # event: queue lines while the task has not ended (asks the router only while it waits)
+    feed = queue_feed.QueueFeed(s, tid, (e.event.TYPE for e in history))
 
     # Previews only when asked for, and only where the endpoints can be reached (over Ray).
     relay = (
@@ -238,12 +251,22 @@ async def stream_task(
                     final = final or e.event.TYPE in events.FINAL_TYPES
                 if final or (batch == [] and (await s.log.get(tid)).is_final):
                     return
-                if relay is None:
+                feed.observe(e.event.TYPE for e in batch)
+                if (line := await feed.line()) is not None:
+                    yield line
+                if relay is not None and batch:
+                    relay.task_changed()
+                if relay is None and feed.polling:
+                    # the task waits: its place, asked every POLL_S until the log changes
+                    wait = s.log.wait_for_change(tid, after, KEEP_ALIVE_S)
+                    async for line in feed.during(wait):
+                        yield line
+                elif relay is None:
                     await s.log.wait_for_change(tid, after, KEEP_ALIVE_S)
                 else:
-                    if batch:
-                        relay.task_changed()
-                    async for line in relay.during(s.log.wait_for_change(tid, after, KEEP_ALIVE_S)):
+                    # previews too: while the task waits, come back every POLL_S for its place
+                    timeout = queue_feed.POLL_S if feed.polling else KEEP_ALIVE_S
+                    async for line in relay.during(s.log.wait_for_change(tid, after, timeout)):
                         yield line
                 if not batch:
                     yield b": keep-alive\n\n"
