@@ -10,7 +10,9 @@
     ├── Conflict                     → HTTP 409
     │   ├── ConcurrencyConflict      a stale writer appended at a seq that is taken
     │   ├── IdempotencyConflict      same client_task_id, different body
-    │   └── DuplicateClientTaskId    the log already holds a task with this client_task_id
+    │   ├── DuplicateClientTaskId    the log already holds a task with this client_task_id
+    │   ├── WorkflowVersionUnknown   a workflow version the service does not hold
+    │   └── RerunInputsGone          a rerun of a task whose image inputs were not kept
     ├── InvalidRequest               → HTTP 422 (or 400 / 413 by `status`)
     │   ├── WorkflowParamsInvalid
     │   ├── UnknownWorkflow          a task names a workflow that is not served
@@ -131,6 +133,19 @@ class DuplicateClientTaskId(Conflict):
     """A task with this client_task_id is already recorded."""
 
     code = "client_task_id_taken"
+
+
+class WorkflowVersionUnknown(Conflict):
+    """The service holds no such version of this workflow."""
+
+    code = "workflow_version_unknown"
+
+
+class RerunInputsGone(Conflict):
+    """The task's image inputs were not kept (it was recorded before inputs were), so it
+    cannot run again from them; submit it anew with its images."""
+
+    code = "rerun_inputs_gone"
 
 
 class InvalidRequest(FleetError):

@@ -18,8 +18,8 @@ from comfy_fleet import errors
 from comfy_fleet.log import events
 from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.policies import access
-from comfy_fleet.workflows import raw_graph
-from serve_app import model_inputs, raw_graphs
+from comfy_fleet.workflows import raw_graph, reruns
+from serve_app import model_inputs, raw_graphs, workflow_versions
 from serve_app.services import Services
 
 
@@ -104,13 +104,18 @@ async def submit(
     graph: dict[str, Any] | None = None,
     files: dict[str, Any] | None = None,
     principal: Any = None,
+    workflow_version: str | None = None,
 ) -> tuple[TaskState, bool]:
     """Record a new task of `tenant` (→ (state, True)) or find the same earlier one of that
     tenant (→ (state, False)): client_task_id is unique per tenant. With `graph`, a raw graph
-    (`serve_app.raw_graphs`: who may, its check, its files).
+    (`serve_app.raw_graphs`: who may, its check, its files). Else the current files' version
+    of the workflow runs, or the pinned `workflow_version`: the version is stored (once) before
+    the task, which records the version and its resolved params (the endpoint renders the
+    prompt from them at dispatch).
 
     Raises IdempotencyConflict for the same client_task_id with another body, Overloaded past
-    the admission limits (the fleet's, and the tenant's TENANT_MAX_WAITING), DatabaseUnavailable
+    the admission limits (the fleet's, and the tenant's TENANT_MAX_WAITING),
+    WorkflowVersionUnknown for a pinned version the service does not hold, DatabaseUnavailable
     when the log cannot record it.
     """
     body = {
@@ -119,6 +124,8 @@ async def submit(
         "callback_url": callback_url,
         "priority": priority,
         "origin": origin,
+        # only when pinned: the hash of an unpinned request is what it was before pinning
+        **({"workflow_version": workflow_version} if workflow_version is not None else {}),
     }
     if graph is not None:
         raw_graphs.permit(services.settings, principal)
@@ -134,13 +141,9 @@ async def submit(
     if graph is not None:
         checked = await raw_graphs.check(services, graph, files or {})
     else:
-        try:
-            workflow = services.registry.get(workflow_name)
-        except errors.WorkflowNotFound:
-            raise errors.UnknownWorkflow(
-                f"workflow {workflow_name!r} is not served; GET /workflows lists them",
-                {"workflow": workflow_name, "known": services.registry.names()},
-            ) from None
+        book = workflow_versions.book(services)
+        workflow = await book.resolve(workflow_name, workflow_version)
+        seeds_drawn = reruns.drawn_seeds(workflow.manifest, params)
         resolved = workflow.validate(params, limits=settings)
     if callback_url is not None:
         parsed = services.url_policy.check_url(callback_url)
@@ -165,18 +168,17 @@ async def submit(
     }
     # Models by URL are in the bucket before anything is recorded (serve_app/model_inputs.py).
     staged = await model_inputs.stage_models(services, workflow, resolved)
-    prompt = workflow.build_prompt(
-        resolved, task_id=task_id, image_names=image_names, model_names=staged.names
-    )
     inputs: list[dict[str, Any]] = []
     if image_names:
         inputs = await _stage_images(services, task_id, workflow, resolved, image_names)
-        resolved = {k: ("<image>" if k in image_names else v) for k, v in resolved.items()}
+        resolved = {
+            k: (reruns.IMAGE_PLACEHOLDER if k in image_names else v) for k, v in resolved.items()
+        }
+    await book.remember(workflow)
     event = events.TaskSubmitted(
         workflow=workflow.name,
         workflow_version=workflow.version,
         params=resolved,
-        prompt=prompt,
         client_task_id=client_task_id,
         callback_url=callback_url,
         priority=priority,
@@ -185,6 +187,7 @@ async def submit(
         inputs=inputs,
         required_labels=list(workflow.required_labels) + staged.labels,
         tenant=tenant,
+        seeds_drawn=seeds_drawn,
         models=staged.models,
     )
     return await _record(services, task_id, event, client_task_id, digest, staged.fetched)

@@ -23,7 +23,7 @@ import orjson
 
 from comfy_fleet import errors
 
-from comfy_fleet.log import events, fleet, pg_errors, task_state
+from comfy_fleet.log import events, fleet, pg_errors, task_state, version_store
 
 from comfy_fleet.log import rebuild
 from comfy_fleet.delivery.slots import UNKNOWN as UNKNOWN_RECEIVER
@@ -67,7 +67,7 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     ends with its transaction. An open transaction is still rolled back by asyncpg itself."""
 
 
-class PostgresEventLog:
+class PostgresEventLog(version_store.PostgresVersions):
     """The event log in PostgreSQL. Build with `await PostgresEventLog.connect(dsn)`."""
 
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:

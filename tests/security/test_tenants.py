@@ -109,6 +109,7 @@ async def test_another_tenants_task_answers_exactly_as_an_unknown_id(http: dict[
         for method, path in [
             ("GET", "/tasks/{}"), ("GET", "/tasks/{}/events"), ("GET", "/tasks/{}/stream"),
             ("POST", "/tasks/{}/cancel"), ("POST", "/tasks/{}/webhook"),
+            ("POST", "/tasks/{}/rerun"),
         ]:
             theirs = await acme.request(method, path.format(tid))
             nobodys = await acme.request(method, path.format(unknown))
@@ -126,6 +127,21 @@ async def test_another_tenants_task_answers_exactly_as_an_unknown_id(http: dict[
     assert mine["tenant"] == "acme"
     assert (await acme.get(f"/tasks/{mine['task_id']}")).status_code == 200
     assert (await beta.post(f"/tasks/{parked['task_id']}/cancel")).status_code == 202
+
+
+async def test_a_rerun_is_a_task_of_the_original_tenant(
+    http: dict[str, httpx.AsyncClient],
+) -> None:
+    beta = http["beta"]
+    parked = await submit(beta, PARKED)
+    mine = await beta.post(f"/tasks/{parked['task_id']}/rerun", json={"params": {"width": 9}})
+    assert mine.status_code == 202, mine.text
+    assert mine.json()["tenant"] == "beta" and mine.json()["rerun_of"] == parked["task_id"]
+    # an admin may rerun any task: the rerun is still the original tenant's
+    by_admin = await http["admin"].post(f"/tasks/{parked['task_id']}/rerun")
+    assert by_admin.status_code == 202 and by_admin.json()["tenant"] == "beta"
+    for task in (parked, mine.json(), by_admin.json()):
+        assert (await beta.post(f"/tasks/{task['task_id']}/cancel")).status_code == 202
 
 
 async def test_listings_hold_only_the_keys_tenant(http: dict[str, httpx.AsyncClient]) -> None:
