@@ -127,8 +127,8 @@ async def test_a_try_that_cannot_reach_the_database_is_tried_again_by_itself(
             events.TaskDispatched(endpoint="e:1", prompt_id="p", attempt=1),
             events.TaskSucceeded(prompt_id="p"),
         ], state)
-        await eventually(lambda: heard == [500], what="the first try answered 500")
-        await eventually(lambda: dispatcher.slots.paused == 1, what="backing off")
+        await eventually(lambda: heard == [500], timeout=30, what="the first try answered 500")
+        await eventually(lambda: dispatcher.slots.paused == 1, timeout=30, what="backing off")
         await proxy.pause()  # PostgreSQL goes away for the dispatcher during the backoff
         await asyncio.sleep(1.5)  # the retry (due within 1 s) meets the outage
         assert heard == [500]  # nothing sent while the task could not be read
@@ -137,7 +137,7 @@ async def test_a_try_that_cannot_reach_the_database_is_tried_again_by_itself(
         async def delivered() -> bool:
             return (await direct.get(task_id)).webhook == task_state.WEBHOOK_DELIVERED
 
-        await eventually(delivered, timeout=20, what="delivered once PostgreSQL was back")
+        await eventually(delivered, timeout=40, what="delivered once PostgreSQL was back")
         assert heard == [500, 200]
     finally:
         if proxy.paused:
