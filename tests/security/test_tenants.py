@@ -317,7 +317,7 @@ async def test_every_answer_with_keys_is_documented(service: tuple[Service, str]
     (`ignored_auth`: it must answer 401 in the documented shape)."""
     import schemathesis
 
-    from tests.api.test_schemathesis import _config, _run
+    from tests.support.openapi_checks import _config, _run
 
     svc, _ = service
     root = svc.url.removesuffix("/api/v1")
