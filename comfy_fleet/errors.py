@@ -5,11 +5,14 @@
     ├── NotFound                     → HTTP 404
     │   ├── TaskNotFound
     │   ├── WorkflowNotFound
-    │   └── EndpointNotFound
+    │   ├── EndpointNotFound
+    │   └── BatchNotFound
     ├── Conflict                     → HTTP 409
     │   ├── ConcurrencyConflict      a stale writer appended at a seq that is taken
     │   ├── IdempotencyConflict      same client_task_id, different body
-    │   └── DuplicateClientTaskId    the log already holds a task with this client_task_id
+    │   ├── DuplicateClientTaskId    the log already holds a task with this client_task_id
+    │   ├── BatchIdempotencyConflict same client_batch_id, different body
+    │   └── DuplicateClientBatchId   the log already holds a batch with this client_batch_id
     ├── InvalidRequest               → HTTP 422 (or 400 / 413 by `status`)
     │   ├── WorkflowParamsInvalid
     │   ├── UnknownWorkflow          a task names a workflow that is not served
@@ -95,6 +98,12 @@ class EndpointNotFound(NotFound):
     code = "endpoint_not_found"
 
 
+class BatchNotFound(NotFound):
+    """No batch has this id."""
+
+    code = "batch_not_found"
+
+
 class Conflict(FleetError):
     """The request conflicts with the current state."""
 
@@ -118,6 +127,18 @@ class DuplicateClientTaskId(Conflict):
     """A task with this client_task_id is already recorded."""
 
     code = "client_task_id_taken"
+
+
+class BatchIdempotencyConflict(Conflict):
+    """A batch with this client_batch_id exists with a different body."""
+
+    code = "client_batch_id_conflict"
+
+
+class DuplicateClientBatchId(Conflict):
+    """A batch with this client_batch_id is already recorded for the tenant."""
+
+    code = "client_batch_id_taken"
 
 
 class InvalidRequest(FleetError):

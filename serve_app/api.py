@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from comfy_fleet.config import Settings
 from serve_app import responses
 from serve_app.middleware import auth, body_limit, json_bounds
-from serve_app.routes import endpoints, health, legacy, tasks, workflows
+from serve_app.routes import batches, endpoints, health, legacy, tasks, workflows
 from serve_app.services import Services
 
 
@@ -46,6 +46,6 @@ def create_app(settings: Settings, build_services: Callable[[], Awaitable[Servic
     app.add_middleware(auth.Authenticate, settings=settings)
     responses.install_handlers(app)
 
-    for resource in (tasks, workflows, endpoints, health, legacy):
+    for resource in (tasks, batches, workflows, endpoints, health, legacy):
         app.include_router(resource.router, prefix=settings.route_prefix)
     return app

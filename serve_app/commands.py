@@ -61,9 +61,17 @@ async def wait_final(services: Services, state: TaskState, wait_s: float) -> Tas
 
 
 async def cancel(services: Services, task_id: str) -> TaskState:
-    """Cancel the task wherever it is: record the request (once), ask the router to drop it
-    from its queue, or let the endpoint running it interrupt it. Returns the state after a
-    short wait for the end; an ended task is returned as it is."""
+    """Cancel the task wherever it is (`request_cancel`). Returns the state after a short
+    wait for the end; an ended task is returned as it is."""
+    state = await request_cancel(services, task_id)
+    if state.is_final:
+        return state
+    return await wait_final(services, await services.log.get(task_id), CANCEL_WAIT_S)
+
+
+async def request_cancel(services: Services, task_id: str) -> TaskState:
+    """Record the cancel (once), ask the router to drop the task from its queue, or let the
+    endpoint running it interrupt it; no wait for the end (a batch's cancel runs it per task)."""
     log = services.log
     state = await log.get(task_id)
     if state.is_final:
@@ -74,8 +82,8 @@ async def cancel(services: Services, task_id: str) -> TaskState:
             state = await log.append(task_id, state.seq, [events.TaskCancelRequested()], state)
     where = await services.router.cancel(task_id)
     if where == "removed":
-        await _append_final(services, task_id, events.TaskCancelled(where="router"))
-    return await wait_final(services, await log.get(task_id), CANCEL_WAIT_S)
+        state = await _append_final(services, task_id, events.TaskCancelled(where="router"))
+    return state
 
 
 async def redeliver(services: Services, task_id: str) -> TaskState:

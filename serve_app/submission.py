@@ -1,12 +1,15 @@
 """Accepting a task: validate everything, record `task.submitted`, hand it to the router.
 
 Nothing is recorded for a rejected request: every check (workflow, params, URL, admission)
-runs before the one append, and the 202 is sent only after that append committed.
+runs before the one append, and the 202 is sent only after that append committed. The steps
+are separate so a batch (serve_app/batches.py) runs them per task and records all at once:
+`check` validates one task, `prepare` builds its first event, `admit` applies the limit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import uuid
 from typing import Any
@@ -88,6 +91,112 @@ def _problem_of(value: Any, depth: int) -> str | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """One task that passed every check, not yet recorded (nothing of it is stored yet)."""
+
+    workflow: Any
+    #: params with defaults applied and random seeds drawn
+    resolved: dict[str, Any]
+    #: `request_hash` of the task's body: what the same client_task_id must match
+    digest: str
+    client_task_id: str | None
+    callback_url: str | None
+    priority: int
+    origin: str
+
+
+def task_body(
+    workflow_name: str, params: dict[str, Any], callback_url: str | None, priority: int, origin: str
+) -> dict[str, Any]:
+    """The canonical body of a task request (what `request_hash` digests)."""
+    return {
+        "workflow": workflow_name, "params": params, "callback_url": callback_url,
+        "priority": priority, "origin": origin,
+    }
+
+
+async def check(
+    services: Services,
+    *,
+    workflow_name: str,
+    params: dict[str, Any],
+    client_task_id: str | None,
+    callback_url: str | None,
+    priority: int,
+    origin: str = "tasks",
+    digest: str | None = None,
+    checked_urls: set[str] | None = None,
+) -> Checked:
+    """Validate one task as POST /tasks does (workflow, params, callback URL), recording nothing.
+
+    Raises UnknownWorkflow, WorkflowParamsInvalid, UrlForbidden or InvalidRequest naming the
+    problem. `checked_urls` (a batch's) skips the URL policy for callbacks it already passed."""
+    if digest is None:
+        digest = request_hash(task_body(workflow_name, params, callback_url, priority, origin))
+    try:
+        workflow = services.registry.get(workflow_name)
+    except errors.WorkflowNotFound:
+        raise errors.UnknownWorkflow(
+            f"workflow {workflow_name!r} is not served; GET /workflows lists them",
+            {"workflow": workflow_name, "known": services.registry.names()},
+        ) from None
+    resolved = workflow.validate(params, limits=services.settings)
+    if callback_url is not None and (checked_urls is None or callback_url not in checked_urls):
+        parsed = services.url_policy.check_url(callback_url)
+        await services.url_policy.resolve_and_check(parsed)
+        if checked_urls is not None:
+            checked_urls.add(callback_url)
+    return Checked(workflow, resolved, digest, client_task_id, callback_url, priority, origin)
+
+
+async def admit(services: Services, count: int = 1) -> None:
+    """Raise Overloaded when `count` more waiting tasks would pass the admission limit."""
+    settings = services.settings
+    if services.waiting_estimate + count > settings.max_waiting_tasks:
+        # The estimate only grows between refreshes: ask the router before refusing.
+        with contextlib.suppress(Exception):
+            services.waiting_estimate = int((await services.router.stats())["waiting"])
+    if services.waiting_estimate + count > settings.max_waiting_tasks:
+        raise errors.Overloaded(
+            f"{services.waiting_estimate} tasks are waiting (limit {settings.max_waiting_tasks}); "
+            "retry later",
+            {"retry_after_s": 5},
+        )
+
+
+async def prepare(
+    services: Services, checked: Checked, task_id: str, batch_id: str | None = None
+) -> events.TaskSubmitted:
+    """The task's first event: its prompt built, its image inputs staged in S3 (kept there
+    until dispatch uploads them). Records nothing in the log."""
+    workflow, resolved = checked.workflow, checked.resolved
+    image_names = {
+        name: f"fleet/{task_id}-{name}.png"
+        for name, spec in workflow.manifest.params.items()
+        if spec.type == "image" and name in resolved
+    }
+    prompt = workflow.build_prompt(resolved, task_id=task_id, image_names=image_names)
+    inputs: list[dict[str, Any]] = []
+    if image_names:
+        inputs = await _stage_images(services, task_id, workflow, resolved, image_names)
+        resolved = {k: ("<image>" if k in image_names else v) for k, v in resolved.items()}
+    return events.TaskSubmitted(
+        workflow=workflow.name,
+        workflow_version=workflow.version,
+        params=resolved,
+        prompt=prompt,
+        client_task_id=checked.client_task_id,
+        callback_url=checked.callback_url,
+        priority=checked.priority,
+        request_hash=checked.digest,
+        origin=checked.origin,
+        inputs=inputs,
+        required_labels=list(workflow.required_labels),
+        batch_id=batch_id,
+    )
+
+
 async def submit(
     services: Services,
     *,
@@ -103,67 +212,19 @@ async def submit(
     Raises IdempotencyConflict for the same client_task_id with another body, Overloaded past
     the admission limit, DatabaseUnavailable when the log cannot record it.
     """
-    body = {
-        "workflow": workflow_name,
-        "params": params,
-        "callback_url": callback_url,
-        "priority": priority,
-        "origin": origin,
-    }
-    digest = request_hash(body)
+    digest = request_hash(task_body(workflow_name, params, callback_url, priority, origin))
     if client_task_id is not None:
         existing = await services.log.find_client_task(client_task_id)
         if existing is not None:
             return _same_or_conflict(existing, digest), False
 
-    try:
-        workflow = services.registry.get(workflow_name)
-    except errors.WorkflowNotFound:
-        raise errors.UnknownWorkflow(
-            f"workflow {workflow_name!r} is not served; GET /workflows lists them",
-            {"workflow": workflow_name, "known": services.registry.names()},
-        ) from None
-    settings = services.settings
-    resolved = workflow.validate(params, limits=settings)
-    if callback_url is not None:
-        parsed = services.url_policy.check_url(callback_url)
-        await services.url_policy.resolve_and_check(parsed)
-
-    if services.waiting_estimate >= settings.max_waiting_tasks:
-        # The estimate only grows between refreshes: ask the router before refusing.
-        with contextlib.suppress(Exception):
-            services.waiting_estimate = int((await services.router.stats())["waiting"])
-    if services.waiting_estimate >= settings.max_waiting_tasks:
-        raise errors.Overloaded(
-            f"{services.waiting_estimate} tasks are waiting (limit {settings.max_waiting_tasks}); "
-            "retry later",
-            {"retry_after_s": 5},
-        )
-
-    task_id = str(uuid.uuid4())
-    image_names = {
-        name: f"fleet/{task_id}-{name}.png"
-        for name, spec in workflow.manifest.params.items()
-        if spec.type == "image" and name in resolved
-    }
-    prompt = workflow.build_prompt(resolved, task_id=task_id, image_names=image_names)
-    inputs: list[dict[str, Any]] = []
-    if image_names:
-        inputs = await _stage_images(services, task_id, workflow, resolved, image_names)
-        resolved = {k: ("<image>" if k in image_names else v) for k, v in resolved.items()}
-    event = events.TaskSubmitted(
-        workflow=workflow.name,
-        workflow_version=workflow.version,
-        params=resolved,
-        prompt=prompt,
-        client_task_id=client_task_id,
-        callback_url=callback_url,
-        priority=priority,
-        request_hash=digest,
-        origin=origin,
-        inputs=inputs,
-        required_labels=list(workflow.required_labels),
+    checked = await check(
+        services, workflow_name=workflow_name, params=params, client_task_id=client_task_id,
+        callback_url=callback_url, priority=priority, origin=origin, digest=digest,
     )
+    await admit(services)
+    task_id = str(uuid.uuid4())
+    event = await prepare(services, checked, task_id)
     try:
         state = await services.log.append(task_id, 0, [event])
     except errors.DuplicateClientTaskId:

@@ -26,6 +26,7 @@ import orjson
 from comfy_fleet import errors
 
 from comfy_fleet.log import events, fleet, task_state
+from comfy_fleet.log.batch_log import BatchLog, InMemoryBatches
 from comfy_fleet.delivery.slots import receiver_of
 from comfy_fleet.log.task_state import TaskState
 
@@ -103,6 +104,7 @@ class TaskQueries(Protocol):
         client_task_id: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        batch_id: str | None = None,
     ) -> tuple[list[TaskState], str | None]: ...
 
     async def open_tasks(self) -> list[TaskState]:
@@ -156,7 +158,7 @@ class FleetLog(Protocol):
     async def read_fleet(self) -> list[fleet.FleetEvent]: ...
 
 
-class EventLog(TaskStream, TaskQueries, TaskNotices, FleetLog, Protocol):
+class EventLog(TaskStream, TaskQueries, TaskNotices, FleetLog, BatchLog, Protocol):
     """The whole log, for whoever holds its connection (the ingress, the tools). Its users
     are typed on the ports they use: the stream, the queries, the notices, the fleet log.
     `PostgresEventLog` and `InMemoryEventLog` implement them all."""
@@ -223,7 +225,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise errors.InvalidRequest("cursor: not a cursor returned by this API") from None
 
 
-class InMemoryEventLog:
+class InMemoryEventLog(InMemoryBatches):
     """The EventLog contract in memory, for unit tests of actors and the fold."""
 
     def __init__(self) -> None:
@@ -235,6 +237,7 @@ class InMemoryEventLog:
         self._queued: list[QueuedCallback] = []
         self._ended: list[EndedCallback] = []
         self._fleet: list[fleet.FleetEvent] = []
+        self._batches_init()
 
     async def append(
         self,
@@ -270,6 +273,7 @@ class InMemoryEventLog:
         if notice is not None:
             for ended in self._ended:
                 ended(*notice)
+        self._notify_batch_ended(base, new_state)
         async with self._changed:
             self._changed.notify_all()
         return new_state
@@ -295,6 +299,7 @@ class InMemoryEventLog:
         client_task_id: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        batch_id: str | None = None,
     ) -> tuple[list[TaskState], str | None]:
         rows = sorted(self._states.values(), key=lambda s: (s.created_at, s.task_id), reverse=True)
         if cursor:
@@ -306,6 +311,7 @@ class InMemoryEventLog:
             if (status is None or s.status == status)
             and (workflow is None or s.workflow == workflow)
             and (client_task_id is None or s.client_task_id == client_task_id)
+            and (batch_id is None or s.batch_id == batch_id)
         ]
         page = rows[:limit]
         more = len(rows) > limit

@@ -23,7 +23,7 @@ import orjson
 
 from comfy_fleet import errors
 
-from comfy_fleet.log import events, fleet, pg_errors, task_state
+from comfy_fleet.log import batch_log, events, fleet, pg_errors, postgres_batches, task_state
 
 from comfy_fleet.cli import rebuild
 from comfy_fleet.delivery.slots import UNKNOWN as UNKNOWN_RECEIVER
@@ -65,7 +65,7 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     ends with its transaction. An open transaction is still rolled back by asyncpg itself."""
 
 
-class PostgresEventLog:
+class PostgresEventLog(postgres_batches.PostgresBatches):
     """The event log in PostgreSQL. Build with `await PostgresEventLog.connect(dsn)`."""
 
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
@@ -79,6 +79,8 @@ class PostgresEventLog:
         self._on_listening: list[Callable[[], None]] = []
         self._notify_conn: asyncpg.Connection | None = None
         self._notify_task: asyncio.Task[None] | None = None
+        #: reads of a batch's queued tasks on its notice (postgres_batches), kept referenced
+        self._bg_fetches: set[asyncio.Task[Any]] = set()
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 8) -> PostgresEventLog:
@@ -145,6 +147,7 @@ class PostgresEventLog:
                 expected_seq,
                 _queued_payload(state, new_state),
                 _ended_payload(state, new_state),
+                batch_log.batch_ended_notice(state, new_state),
             )
         if row["upserted"] != 1:
             # The events were stored (their seqs were free) but the read model row did not
@@ -180,11 +183,15 @@ class PostgresEventLog:
         client_task_id: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        batch_id: str | None = None,
     ) -> tuple[list[TaskState], str | None]:
         after: tuple[datetime | None, str | None] = decode_cursor(cursor) if cursor else (None, None)
+        # Within a batch: its own query, on the index of a batch's tasks.
+        args: tuple[Any, ...] = () if batch_id is None else (batch_id,)
         with pg_errors.translated():
             rows = await self._pool.fetch(
-                queries["list_tasks"], status, workflow, client_task_id, after[0], after[1], limit + 1
+                queries["list_tasks" if batch_id is None else "list_batch_tasks"],
+                status, workflow, client_task_id, after[0], after[1], limit + 1, *args,
             )
         page = rows[:limit]
         next_cursor = (
@@ -277,7 +284,11 @@ class PostgresEventLog:
         appending statement. Delivery is best effort: callers also scan `queued_tasks()`."""
 
         def on_payload(payload: str) -> None:
-            task_id, priority, created_at, workflow, labels, requeued = orjson.loads(payload)
+            notice = orjson.loads(payload)
+            if isinstance(notice, dict):  # a batch's tasks: one notice for them all
+                self._on_batch_queued(str(notice["batch"]), callback)
+                return
+            task_id, priority, created_at, workflow, labels, requeued = notice
             callback(task_id, priority, created_at, workflow, labels, bool(requeued))
 
         await self._listen(QUEUED_CHANNEL, on_payload)

@@ -69,6 +69,8 @@ class TaskState:
     #: webhook-ids of ends that a later end replaced (`task.outputs_recovered`): a late record of
     #: a try of one of them must not count for the current end.
     past_webhook_ids: list[str] = field(default_factory=list)
+    #: the batch the task belongs to (POST /batches), else None.
+    batch_id: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -124,6 +126,7 @@ def apply(
             origin=ev.origin,
             inputs=list(ev.inputs),
             required_labels=list(ev.required_labels),
+            batch_id=ev.batch_id,
             created_at=at,
             updated_at=at,
         )
@@ -251,6 +254,7 @@ def to_view(s: TaskState) -> dict[str, Any]:
         ],
         "error": s.error,
         "webhook": s.webhook,
+        "batch_id": s.batch_id,
         "created_at": _iso(s.created_at),
         "updated_at": _iso(s.updated_at),
         "finished_at": _iso(s.finished_at),

@@ -10,7 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from comfy_fleet import errors, views
 from comfy_fleet.log import events
-from serve_app import commands, schemas
+from serve_app import batches, commands, schemas
 from serve_app.responses import JSON
 from serve_app.routes import context
 
@@ -55,10 +55,19 @@ async def list_tasks(
     workflow: str | None = Query(default=None, max_length=200),
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = Query(default=None, max_length=500),
+    batch_id: str | None = Query(default=None, max_length=64, description="tasks of one batch"),
 ) -> Response:
     s = context.services(request)
+    if batch_id is not None:
+        # Another tenant's batch, or no batch: no tasks (its existence is not revealed).
+        tenant = getattr(context.principal(request), "tenant", None)
+        try:
+            batch_id = (await batches.get(s, batch_id, tenant)).batch_id
+        except errors.BatchNotFound:
+            return JSON({"tasks": [], "next_cursor": None})
     states, next_cursor = await s.log.list_tasks(
-        status=status, workflow=workflow, client_task_id=client_task_id, limit=limit, cursor=cursor
+        status=status, workflow=workflow, client_task_id=client_task_id, limit=limit,
+        cursor=cursor, batch_id=batch_id,
     )
     tasks = [await context.task_view(s, state) for state in states]
     return JSON({"tasks": tasks, "next_cursor": next_cursor})
