@@ -30,7 +30,6 @@ KNOWN_OFFENDERS = {
     "comfy_standin/server.py",
     "comfy_standin/validation.py:_validate_inputs",
     "comfy_standin/validation.py:validate_prompt",
-    "serve_app/submission.py:submit",
 }
 
 
