@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from comfy_fleet import errors
 
 from comfy_fleet.workflows import graph as graph_module, manifest as manifest_module
@@ -277,7 +279,9 @@ def apply_params(
     Image parameters get their uploaded file name from ``image_names``; with ``image_names=None``
     image inputs are left as they are (enough for routing checks, which ignore them).
     """
-    prompt: dict[str, dict[str, Any]] = copy.deepcopy(dict(graph))
+    # A JSON round trip is the deep copy: the graph is JSON (parsed from its file), and orjson
+    # copies it some ten times faster than copy.deepcopy (a batch builds 1,000 prompts at once).
+    prompt: dict[str, dict[str, Any]] = orjson.loads(orjson.dumps(dict(graph)))
     for name, value in resolved.items():
         spec = manifest.params.get(name)
         if spec is None:
