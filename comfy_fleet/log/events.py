@@ -55,7 +55,10 @@ class Event:
     SCHEMA_VERSION: ClassVar[int] = 1
 
     def payload(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The stored payload: the event's fields. Shallow: the nested params and prompt are
+        the event's own (`dataclasses.asdict` deep-copied them on every append; the log's
+        encoder and the API's views only read them)."""
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True, kw_only=True)
