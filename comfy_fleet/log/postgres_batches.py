@@ -45,6 +45,32 @@ def batch_queued_payload(batch_id: str) -> str:
     return orjson.dumps({"batch": batch_id}).decode()
 
 
+def append_batch_args(
+    batch_id: str, submitted: events.BatchSubmitted,
+    tasks: Sequence[tuple[str, events.TaskSubmitted]],
+) -> tuple[BatchState, list[TaskState], tuple[Any, ...]]:
+    """The batch's and its tasks' first states, and the arguments of `append_batch` (its
+    statement's parameters, in their order; bench/batch_intake.py times the statement alone)."""
+    from comfy_fleet.log import event_log
+
+    at = event_log.now()
+    batch, states = stamp_batch(batch_id, submitted, tasks, at)
+    args = (
+        batch_id, submitted.TYPE, submitted.SCHEMA_VERSION, submitted.payload(), at,
+        submitted.tenant, submitted.client_batch_id, submitted.callback_url,
+        [t for t, _ in tasks],
+        [ev.payload() for _, ev in tasks],
+        [s.created_at for s in states],
+        [s.client_task_id for s in states],
+        [s.workflow for s in states],
+        [s.priority for s in states],
+        [event_log.state_to_json(s) for s in states],
+        events.TaskSubmitted.SCHEMA_VERSION,
+        batch_queued_payload(batch_id),
+    )
+    return batch, states, args
+
+
 class PostgresBatches:
     """The batch methods of `PostgresEventLog`."""
 
@@ -56,25 +82,9 @@ class PostgresBatches:
         self, batch_id: str, submitted: events.BatchSubmitted,
         tasks: Sequence[tuple[str, events.TaskSubmitted]],
     ) -> tuple[BatchState, list[TaskState]]:
-        from comfy_fleet.log import event_log
-
-        at = event_log.now()
-        batch, states = stamp_batch(batch_id, submitted, tasks, at)
+        batch, states, args = append_batch_args(batch_id, submitted, tasks)
         with pg_errors.translated(batch_id, 0):
-            row = await self._pool.fetchrow(
-                queries["append_batch"],
-                batch_id, submitted.TYPE, submitted.SCHEMA_VERSION, submitted.payload(), at,
-                submitted.tenant, submitted.client_batch_id, submitted.callback_url,
-                [t for t, _ in tasks],
-                [ev.payload() for _, ev in tasks],
-                [s.created_at for s in states],
-                [s.client_task_id for s in states],
-                [s.workflow for s in states],
-                [s.priority for s in states],
-                [event_log.state_to_json(s) for s in states],
-                events.TaskSubmitted.SCHEMA_VERSION,
-                batch_queued_payload(batch_id),
-            )
+            row = await self._pool.fetchrow(queries["append_batch"], *args)
         if row["tasks"] != len(tasks) or row["events"] != len(tasks) or row["batch_rows"] != 2:
             raise errors.FleetError(f"batch {batch_id}: recorded {dict(row)} of {len(tasks)} tasks")
         return batch, states
