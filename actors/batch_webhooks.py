@@ -142,7 +142,8 @@ class BatchDeliveries:
         """One try of a batch's `batch.completed` webhook (as `_try` is for a task's end)."""
         batch_id = key[len(BATCH_KEY):]
         state: BatchState = await self.log.get_batch(batch_id)
-        if state.webhook != task_state.WEBHOOK_PENDING or not state.callback_url or state.end_seq is None:
+        pending = state.webhook == task_state.WEBHOOK_PENDING
+        if not pending or not state.callback_url or state.end_seq is None:
             return _DONE
         if not self.slots.bind(key, receiver_of(state.callback_url)):
             return _PARKED
@@ -151,9 +152,8 @@ class BatchDeliveries:
         body = orjson.dumps({"type": "batch.completed", "batch": view})
         attempt = state.webhook_attempts + 1
         started = self._first_try.setdefault(key, time.monotonic())
-        result = await self.sender.send(
-            state.callback_url, body, webhooks.build_headers(msg_id, int(time.time()), body, self.key)
-        )
+        headers = webhooks.build_headers(msg_id, int(time.time()), body, self.key)
+        result = await self.sender.send(state.callback_url, body, headers)
         delay: float | None = None
         if result.ok:
             new: list[events.Event] = [events.WebhookDelivered(

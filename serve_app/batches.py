@@ -182,7 +182,8 @@ async def _check_client_task_ids(services: Services, items: list[Item]) -> None:
             continue
         if it.client_task_id in seen:
             raise errors.InvalidRequest(
-                f"tasks[{i}]: client_task_id {it.client_task_id!r} is also tasks[{seen[it.client_task_id]}]'s",
+                f"tasks[{i}]: client_task_id {it.client_task_id!r} is also that of "
+                f"tasks[{seen[it.client_task_id]}]",
                 {"index": i, "client_task_id": it.client_task_id},
             )
         seen[it.client_task_id] = i

@@ -40,7 +40,9 @@ def batch_ended_notice(before: TaskState | None, after: TaskState) -> str | None
 
 
 def stamp_batch(
-    batch_id: str, submitted: events.BatchSubmitted, tasks: Sequence[tuple[str, events.TaskSubmitted]],
+    batch_id: str,
+    submitted: events.BatchSubmitted,
+    tasks: Sequence[tuple[str, events.TaskSubmitted]],
     at: datetime,
 ) -> tuple[BatchState, list[TaskState]]:
     """The batch's and its tasks' first states. Task `i` is recorded `i` microseconds after the

@@ -30,10 +30,10 @@ recorded in the one transaction that records `batch.submitted`. Its state is a p
 
 | type (batch stream)         | emitted by       | meaning |
 |-----------------------------|------------------|---------|
-| batch.submitted             | ingress          | the batch and every one of its tasks were recorded (the 202) |
-| batch.cancel_requested      | ingress          | a client asked to cancel the batch (each open task then gets its own cancel) |
-| batch.completed             | webhook actor    | every task of the batch has ended; once per batch (the stream's seq decides) |
-| webhook.attempted/delivered/dead | webhook actor | tries of the batch's `batch.completed` webhook, as for a task |
+| batch.submitted             | ingress          | the batch and all its tasks were recorded (the 202) |
+| batch.cancel_requested      | ingress          | a client asked to cancel the batch's open tasks |
+| batch.completed             | webhook actor    | every task has ended; once (the stream's seq decides) |
+| webhook.*                   | webhook actor    | tries of the batch's `batch.completed` webhook |
 """
 
 from __future__ import annotations

@@ -100,7 +100,9 @@ class PostgresBatches:
         if state is None or state.seq != expected_seq:
             state = await self.get_batch(batch_id)
             if state.seq != expected_seq:
-                raise errors.ConcurrencyConflict(f"batch {batch_id}: seq {expected_seq + 1} is taken")
+                raise errors.ConcurrencyConflict(
+                    f"batch {batch_id}: seq {expected_seq + 1} is taken"
+                )
         stored = event_log.stamp(batch_id, expected_seq, new_events)
         new_state = state
         for s in stored:
@@ -143,7 +145,9 @@ class PostgresBatches:
 
     async def find_client_batch(self, tenant: str, client_batch_id: str) -> BatchState | None:
         with pg_errors.translated():
-            batch_id = await self._pool.fetchval(queries["select_client_batch"], tenant, client_batch_id)
+            batch_id = await self._pool.fetchval(
+                queries["select_client_batch"], tenant, client_batch_id
+            )
         return None if batch_id is None else await self.get_batch(batch_id)
 
     async def batch_counts(self, batch_id: str) -> dict[str, int]:
@@ -178,7 +182,9 @@ class PostgresBatches:
             rows = await self._pool.fetch(queries["pending_batch_webhooks"])
         return [(r["batch_id"], r["callback_url"]) for r in rows]
 
-    async def queued_tasks_of_batch(self, batch_id: str) -> list[tuple[str, int, float, str, list[str]]]:
+    async def queued_tasks_of_batch(
+        self, batch_id: str
+    ) -> list[tuple[str, int, float, str, list[str]]]:
         """As `queued_tasks`, for one batch."""
         with pg_errors.translated():
             rows = await self._pool.fetch(queries["queued_tasks_of_batch"], batch_id)
@@ -199,8 +205,8 @@ class PostgresBatches:
 
         async def fetch() -> None:
             try:
-                for task_id, priority, created_at, workflow, labels in await self.queued_tasks_of_batch(batch_id):
-                    callback(task_id, priority, created_at, workflow, labels, False)
+                for queued in await self.queued_tasks_of_batch(batch_id):
+                    callback(*queued, False)
             except Exception:
                 log.debug("reading the queued tasks of batch %s failed", batch_id, exc_info=True)
 

@@ -131,7 +131,8 @@ async def get_batch(batch_id: str, request: Request) -> Response:
 
 
 @router.post(
-    "/batches/{batch_id}/cancel", status_code=202, summary="Cancel every task of the batch not yet ended",
+    "/batches/{batch_id}/cancel", status_code=202,
+    summary="Cancel every task of the batch not yet ended",
     operation_id="cancelBatch", responses={202: {"model": Batch}},
 )
 async def cancel_batch(batch_id: str, request: Request) -> Response:

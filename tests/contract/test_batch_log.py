@@ -146,7 +146,9 @@ class TestPostgresBatchLog(BatchLogContract):
         finally:
             await log.close()
 
-    async def test_the_batch_stream_is_append_only(self, log: PostgresEventLog, pg_dsn: str) -> None:
+    async def test_the_batch_stream_is_append_only(
+        self, log: PostgresEventLog, pg_dsn: str
+    ) -> None:
         import asyncpg
 
         batch_id, sub, tasks = batch(1)

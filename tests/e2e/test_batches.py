@@ -87,7 +87,8 @@ async def test_a_sweep_of_1000_in_one_request_and_one_signed_batch_webhook(
     body = calls[0]["json"]
     assert body["batch"]["status"] == "completed" and body["batch"]["counts"]["succeeded"] == 1000
     assert body["batch"]["task_ids"] == ids
-    assert webhooks.verify(webhooks.parse_secret(WEBHOOK_SECRET), calls[0]["headers"], calls[0]["body"])
+    key = webhooks.parse_secret(WEBHOOK_SECRET)
+    assert webhooks.verify(key, calls[0]["headers"], calls[0]["body"])
     # Only the batch's callback: its tasks have none of their own.
     assert all(c["json"].get("type") == "batch.completed" for c in receiver.calls)
 
@@ -172,7 +173,7 @@ async def test_a_task_list_its_tasks_own_callbacks_and_the_listing(
     assert unknown["tasks"] == []
 
     await wait_completed(fleet, batch["batch_id"])
-    await eventually(lambda: batch_calls(receiver, batch["batch_id"]), timeout=30, what="batch hook")
+    await eventually(lambda: batch_calls(receiver, batch["batch_id"]), timeout=30, what="hook")
     task_calls = [c for c in receiver.calls if "task" in c["json"]]
     assert [c["json"]["task"]["task_id"] for c in task_calls] == [ids[3]]
     assert len(batch_calls(receiver, batch["batch_id"])) == 1
@@ -196,7 +197,8 @@ async def test_index_in_a_string_param_of_a_sweep(fleet: Fleet) -> None:
     r = await fleet.http.post("/batches", json={
         "workflow": "solid_named", "params": {"prefix": "p{index}"}, "sweep": {"width": [1, 2]},
     })
-    assert [(await submitted_params(fleet, t))["prefix"] for t in r.json()["task_ids"]] == ["p0", "p1"]
+    prefixes = [(await submitted_params(fleet, t))["prefix"] for t in r.json()["task_ids"]]
+    assert prefixes == ["p0", "p1"]
     await wait_completed(fleet, r.json()["batch_id"])
 
 

@@ -115,4 +115,5 @@ async def test_batch_ended_while_the_webhook_actor_was_dead_completes_once_at_re
     finally:
         await conn.close()
     assert types == ["batch.submitted", "batch.completed", "webhook.delivered"]
-    assert (await fleet.http.get(f"/batches/{batch_id}")).json()["finished_at"] == shown["finished_at"]
+    after = (await fleet.http.get(f"/batches/{batch_id}")).json()
+    assert after["finished_at"] == shown["finished_at"]

@@ -48,7 +48,9 @@ def test_webhook_tries_and_cancel() -> None:
     ))
     assert s is not None
     assert s.cancel_requested and s.webhook == "delivered" and s.webhook_attempts == 2
-    dead = batch_state.replay(stream(SUB, completed(), events.WebhookDead(webhook_id="m", attempts=4)))
+    dead = batch_state.replay(
+        stream(SUB, completed(), events.WebhookDead(webhook_id="m", attempts=4))
+    )
     assert dead is not None and dead.webhook == "dead"
 
 
