@@ -160,3 +160,28 @@ class TestPostgresBatchLog(BatchLogContract):
                     await conn.execute(stmt)
         finally:
             await conn.close()
+
+
+@pytest.mark.postgres
+async def test_concurrent_deciders_record_one_completion(pg_dsn: str) -> None:
+    """Several deciders at once on the real log (as when the last tasks end together on
+    several endpoints): the batch stream's seq lets one `batch.completed` in."""
+    import asyncio
+
+    from actors import batch_webhooks
+
+    logs = [await PostgresEventLog.connect(pg_dsn) for _ in range(4)]
+    try:
+        batch_id, sub, tasks = batch(4)
+        await logs[0].append_batch(batch_id, sub, tasks)
+        await asyncio.gather(*(end(logs[i], t) for i, (t, _) in enumerate(tasks)))
+        done = await asyncio.gather(
+            *(batch_webhooks.complete_if_done(log, batch_id) for log in logs for _ in range(3))
+        )
+        assert all(d is not None and d.end_seq == 2 for d in done)
+        assert [e.type for e in await logs[0].read_batch(batch_id)] == [
+            "batch.submitted", "batch.completed",
+        ]
+    finally:
+        for log in logs:
+            await log.close()
