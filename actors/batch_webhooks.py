@@ -48,10 +48,13 @@ async def complete_if_done(log_: Any, batch_id: str) -> BatchState | None:
     """Record `batch.completed` when every task of the batch has ended (once: the stream's seq
     decides between concurrent deciders). Returns the batch's state when it is completed."""
     for _ in range(APPEND_ATTEMPTS):
+        # The counts first: while the batch runs (most notices) that one query is all it costs.
+        counts = batch_state.full_counts(await log_.batch_counts(batch_id))
+        if any(counts[s] for s in batch_state.STATUSES if s not in task_state.FINAL_STATUSES):
+            return None
         state: BatchState = await log_.get_batch(batch_id)
         if state.end_seq is not None:
             return state
-        counts = batch_state.full_counts(await log_.batch_counts(batch_id))
         if not batch_state.all_ended(state, counts):
             return None
         last_end = await log_.batch_last_end(batch_id)
