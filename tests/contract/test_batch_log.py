@@ -3,6 +3,7 @@ in memory and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -51,6 +52,10 @@ class BatchLogContract:
     async def test_a_batch_and_its_tasks_are_recorded_together(self, log: EventLog) -> None:
         heard: list[str] = []
         await log.listen_queued(lambda tid, *_: heard.append(tid))
+        # Notices are best effort: wait for LISTEN (on every channel asked for) to be on.
+        listening = asyncio.Event()
+        await log.listen_ended(lambda *_: None, listening.set)
+        await asyncio.wait_for(listening.wait(), 10)
         batch_id, sub, tasks = batch(5, client_batch_id="c1")
         state, states = await log.append_batch(batch_id, sub, tasks)
         assert state.batch_id == batch_id and state.seq == 1 and state.status == "running"
@@ -97,7 +102,10 @@ class BatchLogContract:
 
     async def test_completion_is_recorded_once(self, log: EventLog) -> None:
         ended: list[str] = []
-        await log.listen_batch_task_ended(ended.append)
+        listening = asyncio.Event()
+        # Notices are best effort: only those sent once LISTEN is on are heard.
+        await log.listen_batch_task_ended(ended.append, listening.set)
+        await asyncio.wait_for(listening.wait(), 10)
         batch_id, sub, tasks = batch(2)
         state, _ = await log.append_batch(batch_id, sub, tasks)
         await end(log, sub.task_ids[0])
@@ -166,8 +174,6 @@ class TestPostgresBatchLog(BatchLogContract):
 async def test_concurrent_deciders_record_one_completion(pg_dsn: str) -> None:
     """Several deciders at once on the real log (as when the last tasks end together on
     several endpoints): the batch stream's seq lets one `batch.completed` in."""
-    import asyncio
-
     from actors import batch_webhooks
 
     logs = [await PostgresEventLog.connect(pg_dsn) for _ in range(4)]
