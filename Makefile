@@ -37,6 +37,7 @@ run: install
 	$(PY) -m comfy_fleet_devstack.run
 
 test: install
+	@./scripts/ensure-chromium
 	$(PY) -m pytest
 
 test-unit: install

@@ -22,19 +22,21 @@ from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from actors import metrics
+from actors import endpoint_stage, metrics
 from actors.endpoint_ends import PromptEnds, RouterPort, ctx, safe
+from actors.endpoint_previews import PreviewHolder
 from actors.endpoint_watch import Watch
 from comfy_fleet import errors
 from comfy_fleet.comfy import history
 from comfy_fleet.comfy.client import ComfyClient
 from comfy_fleet.config import Endpoint, Settings
-from comfy_fleet.log import events, task_state
+from comfy_fleet.log import cancel, task_state
 from comfy_fleet.log.event_log import EventLog
 from comfy_fleet.log.task_state import TaskState
-from comfy_fleet.prompts import decisions, inflight, janitor, outputs
+from comfy_fleet.prompts import decisions, inflight, janitor, model_pulls, outputs
 from comfy_fleet.prompts.ledger import TaskLedger
 from comfy_fleet import storage
+from comfy_fleet.workflows import raw_graph
 from comfy_fleet.workflows.registry import WorkflowRegistry
 
 # Re-exported: the router and the tests know them from here.
@@ -78,6 +80,9 @@ class EndpointWorker:
         # socket of its previous life.
         self.client_id = f"comfy-fleet-{uuid.uuid4().hex}"
         self.object_info: dict[str, Any] | None = None
+        #: the node classes and input types we report (`raw_graph.normalised`) and their digest
+        self.node_info: dict[str, Any] | None = None
+        self.node_info_digest: str | None = None
         #: workflows this endpoint can run (its node classes and model files), None until known
         self.runnable: list[str] | None = None
         self.registry: WorkflowRegistry | None = None
@@ -89,6 +94,7 @@ class EndpointWorker:
         self.table = inflight.InflightTable()
         self.ledger = TaskLedger(log)
         self.janitor = janitor.HostJanitor(self.name, self.client, store)
+        self.models = model_pulls.ModelHost(self.name, self.client)
         self.ends = PromptEnds(
             self.name, ledger=self.ledger, table=self.table, client=self.client,
             storer=outputs.OutputStorer(
@@ -96,8 +102,10 @@ class EndpointWorker:
             ),
             janitor=self.janitor, router=router, spawn=self._spawn,
         )
+        self.previews = PreviewHolder()
         self.watch = Watch(
             endpoint, client=self.client, client_id=self.client_id, table=self.table,
+            previews=self.previews,
             ends=self.ends, spawn=self._spawn, report=self._report,
             learn_server=self._learn_server, lost_after_s=settings.endpoint_lost_after_s,
             # read from this module when built: tests shorten it here
@@ -193,6 +201,8 @@ class EndpointWorker:
             "zombies": conn.zombies,
             "cleanup_extension": self.janitor.has_extension,
             "workflows": self.runnable,
+            "node_info_digest": self.node_info_digest,
+            **self.models.status(),
         }
 
     def _foreign_queue(self) -> int:
@@ -210,9 +220,12 @@ class EndpointWorker:
         """After a connect: its node classes (what we can run) and its cleanup extension."""
         if self.object_info is None:
             self.object_info = await self.client.object_info()
+            self.node_info = raw_graph.normalised(self.object_info)
+            self.node_info_digest = raw_graph.digest(self.node_info)
             self._learn_workflows()
             self._report(now=True)
         await self.janitor.probe()
+        await endpoint_stage.probe(self)
 
     def _learn_workflows(self) -> None:
         if self.object_info is None:
@@ -239,8 +252,29 @@ class EndpointWorker:
             "inflight": len(self.table),
             "foreign_queue": self._foreign_queue(),
             "workflows": self.runnable,
+            "node_info_digest": self.node_info_digest,
+            **self.models.status(),
         }
         await safe(self.router.endpoint_status(self.name, status))
+
+    async def node_catalog(self) -> dict[str, Any] | None:
+        """The node classes and input types we report: `{"digest", "object_info"}` (the
+        normalised /object_info), or None before ComfyUI first answered."""
+        if self.node_info is None:
+            return None
+        return {"digest": self.node_info_digest, "object_info": self.node_info}
+
+    async def preview(
+        self, task_id: str, after_version: int, timeout_s: float
+    ) -> dict[str, Any] | None:
+        """The task's latest preview, `{"version", "content_type", "data"}`, once its version
+        is not `after_version`; None if none comes within `timeout_s` (at most
+        PREVIEW_WAIT_MAX_S), if its prompt ends meanwhile, or at once if it is not in flight
+        here. Previews are never logged."""
+        found = await self.previews.next(
+            task_id, after_version, timeout_s, held=lambda: task_id in self.table.by_task
+        )
+        return None if found is None else found.answer()
 
     # --- dispatch ---------------------------------------------------------------------------
 
@@ -279,9 +313,10 @@ class EndpointWorker:
         """Upload the task's inputs and POST its prompt; what went wrong decides the answer."""
         task_id, prompt_id = item.task_id, item.prompt_id
         try:
-            # Inputs go to the endpoint the task was given, at dispatch: a re-dispatched task
-            # uploads again to its new endpoint.
-            await self._upload_inputs(state)
+            # Inputs and models go to the endpoint the task was given, at dispatch: a
+            # re-dispatched task uploads (and pulls) again on its new endpoint.
+            if not await endpoint_stage.prepare(self, item, state):
+                return decisions.ACCEPTED  # failed or requeued there
             await self.client.post_prompt(state.prompt, prompt_id, self.client_id)
         except errors.PromptRejected as exc:
             self.table.remove(prompt_id)
@@ -303,12 +338,6 @@ class EndpointWorker:
         item.on_posted(time.monotonic(), answered=True)
         return decisions.ACCEPTED
 
-    async def _upload_inputs(self, state: TaskState) -> None:
-        for spec in state.inputs:
-            subfolder, _, name = str(spec["filename"]).rpartition("/")
-            data = await self.store.get(spec["s3_key"])
-            await self.client.upload_image(data, name, subfolder)
-
     async def dispatch_many(self, task_ids: list[str]) -> list[str]:
         """`dispatch` for a batch (one actor call from the router for many tasks)."""
         return list(await asyncio.gather(*(self.dispatch(t) for t in task_ids)))
@@ -316,7 +345,8 @@ class EndpointWorker:
     # --- cancel -----------------------------------------------------------------------------
 
     async def cancel(self, task_id: str) -> str:
-        """Cancel a task we hold (the ingress already recorded `cancel_requested`).
+        """Cancel a task we hold (the ingress already recorded `cancel_requested`): find where
+        it is and do what `cancel.decide` says there.
 
         Queued in ComfyUI: deleted from its queue, then recorded cancelled. Running: interrupted
         by prompt_id (ComfyUI ignores that unless this very prompt runs), and the
@@ -326,36 +356,40 @@ class EndpointWorker:
         await self.start()
         item = self.table.of_task(task_id)
         if item is None:
-            return "unknown"
+            return cancel.UNKNOWN
+        storing = cancel.decide(cancel.REQUESTED, cancel.Where.STORING)
         if not item.can_finish:
-            return "storing"
+            return storing.answer
         prompt_id = item.prompt_id
         self.ledger.forget(task_id)
         try:
             running, pending = await self.client.queue()
             if prompt_id in pending:
+                queued = cancel.decide(cancel.REQUESTED, cancel.Where.COMFYUI_QUEUE)
                 await self.client.delete_from_queue([prompt_id])
                 running, pending = await self.client.queue()
                 if prompt_id not in running and prompt_id not in pending and item.can_finish:
                     entry = await self.client.history(prompt_id)
                     if history.outcome(entry).kind == history.UNKNOWN:
-                        return await self._cancelled_in_queue(item)
+                        return await self._cancelled_in_queue(item, queued)
             if prompt_id in running:
                 await self.client.interrupt(prompt_id)
-                return "interrupting"
+                return cancel.decide(cancel.REQUESTED, cancel.Where.RUNNING).answer
         except errors.EndpointUnavailable:
-            return "unreachable"
-        return "storing"
+            return cancel.UNREACHABLE
+        return storing.answer
 
-    async def _cancelled_in_queue(self, item: inflight.InflightPrompt) -> str:
-        """Deleted from ComfyUI's queue before it ran: record it cancelled, let go of it."""
+    async def _cancelled_in_queue(
+        self, item: inflight.InflightPrompt, decision: cancel.Decision
+    ) -> str:
+        """Deleted from ComfyUI's queue before it ran: record `decision` (cancelled), let go."""
         if not item.can_finish:
-            return "storing"  # its end came meanwhile: it finishes (the fold sees the cancel)
+            # its end came meanwhile: it finishes (the fold sees the cancel)
+            return cancel.decide(cancel.REQUESTED, cancel.Where.STORING).answer
         ran = item.ran
         self.table.remove(item.prompt_id)  # nobody else may finish it now
         inputs = list((await self.ledger.state(item.task_id)).inputs)
-        final: list[events.Event] = [events.TaskCancelled(where="comfyui_queue")]
-        ended = await self.ends.end(item.task_id, item.prompt_id, final, ran=ran)
+        ended = await self.ends.end(item.task_id, item.prompt_id, list(decision.record), ran=ran)
         self.ends.let_go(item.task_id, item.prompt_id, inputs, None, ended=ended)
-        return "cancelled"
+        return decision.answer
 

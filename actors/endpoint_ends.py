@@ -14,7 +14,7 @@ from actors import metrics
 from comfy_fleet import errors
 from comfy_fleet.comfy import history
 from comfy_fleet.comfy.client import ComfyClient
-from comfy_fleet.log import events
+from comfy_fleet.log import cancel, events
 from comfy_fleet.prompts import decisions
 from comfy_fleet.prompts.inflight import InflightPrompt, InflightTable, Phase
 from comfy_fleet.prompts.janitor import HostJanitor
@@ -157,7 +157,7 @@ class PromptEnds:
             metrics.output_store(workflow, time.monotonic() - stored_from)
             return ended
         if ending is decisions.Ending.CANCELLED:
-            final = [events.TaskCancelled(where="running")]
+            final = list(cancel.decide(cancel.REQUESTED, cancel.Where.RUNNING).record)
             return await self.end(item.task_id, item.prompt_id, final, ran=True)
         return await self.fail(item.task_id, item.prompt_id, result.error or {}, ran=True)
 

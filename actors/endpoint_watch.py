@@ -22,6 +22,7 @@ import websockets
 
 from actors import metrics
 from actors.endpoint_ends import PromptEnds, Spawn, safe
+from actors.endpoint_previews import PreviewHolder
 from comfy_fleet import errors
 from comfy_fleet.comfy import frames, history
 from comfy_fleet.comfy.client import ComfyClient
@@ -65,7 +66,7 @@ class Watch:
         self, endpoint: Endpoint, *, client: ComfyClient, client_id: str, table: InflightTable,
         ends: PromptEnds, spawn: Spawn, report: Callable[[], None],
         learn_server: Callable[[], Awaitable[None]], lost_after_s: float,
-        poll_interval_s: float = POLL_INTERVAL_S,
+        poll_interval_s: float = POLL_INTERVAL_S, previews: PreviewHolder | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.name = endpoint.name
@@ -88,6 +89,11 @@ class Watch:
         self._reconcile_lock = asyncio.Lock()
         #: `task.started` timers, by prompt_id (one per prompt: set when it enters RUNNING)
         self._started_timers: dict[str, asyncio.TimerHandle] = {}
+        #: the latest preview of each prompt of ours (never logged)
+        self.previews = previews if previews is not None else PreviewHolder()
+        #: our prompt that runs now, by its last frame: a type-1 preview names no prompt
+        #: (ComfyUI runs one prompt at a time; any other prompt's frame or an end clears it)
+        self.running_prompt: str | None = None
 
     def stop(self) -> None:
         """Let the loops end (their tasks are the caller's to cancel)."""
@@ -159,9 +165,10 @@ class Watch:
         await self.reconcile(force=True)
 
     def on_message(self, raw: str | bytes) -> None:
-        """One websocket message. Binary frames (previews, websocket images) carry nothing we
-        act on and do not count as signs of life (the text frames do)."""
+        """One websocket message. Binary frames (previews, websocket images) are only kept as
+        previews and do not count as signs of life (the text frames do)."""
         if not isinstance(raw, str):
+            self._on_binary(frames.parse(raw))
             return
         self.conn.last_seen = time.time()
         self.conn.last_frame_at = time.monotonic()
@@ -173,8 +180,12 @@ class Watch:
         if not isinstance(frame, frames.ABOUT_A_PROMPT):
             return
         item = self.table.get(frame.prompt_id)
+        ended = isinstance(frame, frames.Failed | frames.Done)
+        self.running_prompt = frame.prompt_id if item is not None and not ended else None
         if item is None:
             return
+        if ended:
+            self.previews.drop(item.task_id)
         item.last_frame = time.monotonic()
         if isinstance(frame, frames.Started):
             if item.phase in (Phase.POSTING, Phase.QUEUED):
@@ -196,6 +207,17 @@ class Watch:
         elif isinstance(frame, frames.Done):
             # The "done" marker: history is complete by now.
             self.spawn(self.ends.collect(item))
+
+    def _on_binary(self, frame: frames.Frame) -> None:
+        """A preview of one of our prompts is kept (the latest only); anything else dropped."""
+        if not isinstance(frame, frames.Preview):
+            return
+        prompt_id = frame.prompt_id or self.running_prompt
+        item = self.table.get(prompt_id) if prompt_id is not None else None
+        if item is None:
+            return
+        self.previews.keep_only(self.table.by_task)
+        self.previews.put(item.task_id, frame.content_type, frame.image)
 
     def _started_due(self, item: InflightPrompt) -> None:
         self._started_timers.pop(item.prompt_id, None)

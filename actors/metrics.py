@@ -75,6 +75,19 @@ def router_waiting(count: int) -> None:
     _get("gauge", "comfy_fleet_router_waiting_tasks", "tasks waiting in the router", ()).set(count)
 
 
+def autoscale(*, requested_hosts: int, unplaced: int, retired: int) -> None:
+    """The autoscaling loop's view (actors/autoscaler.py): what it asks Ray for."""
+    _get("gauge", "comfy_fleet_autoscale_requested_hosts", "GPU hosts requested from Ray's autoscaler", ()).set(
+        requested_hosts
+    )
+    _get("gauge", "comfy_fleet_autoscale_unplaced_tasks", "waiting tasks beyond the endpoints' room", ()).set(
+        unplaced
+    )
+    _get("gauge", "comfy_fleet_autoscale_retired_endpoints", "endpoints let go for their node to be removed", ()).set(
+        retired
+    )
+
+
 # --- tasks ----------------------------------------------------------------------------------
 
 

@@ -35,6 +35,20 @@ class EndpointApi(Protocol):
         """Re-read the workflows; the ones it can run (None: not known yet)."""
         ...
 
+    async def node_catalog(self) -> dict[str, Any] | None:
+        """`{"digest", "object_info"}`: the node classes and input types it reports (its
+        ComfyUI's /object_info, `raw_graph.normalised`); None until known."""
+        ...
+
+    async def preview(
+        self, task_id: str, after_version: int, timeout_s: float
+    ) -> dict[str, Any] | None:
+        """From the ingress (a stream with previews): the running task's latest preview,
+        `{"version", "content_type", "data": bytes}`, once its version is not `after_version`
+        (0 at first); None after `timeout_s` without one, when its prompt ends, or at once
+        when the task is not in flight there."""
+        ...
+
 
 class RouterApi(Protocol):
     """The router actor: calls from the ingress and from the endpoints."""
@@ -46,6 +60,18 @@ class RouterApi(Protocol):
     async def reload_workflows(self) -> dict[str, Any]: ...
     async def add_endpoint(self, endpoint: str, labels: list[str]) -> dict[str, Any]: ...
     async def remove_endpoint(self, endpoint: str) -> dict[str, Any]: ...
+    async def queue_info(
+        self, task_ids: list[str], running: list[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """`{task_id: {"position", "eta_s"}}` (CONTRACT §7.6) for the tasks it holds, waiting
+        or handed to an endpoint; `running` are those the caller knows run (position 0). A task
+        it does not hold is left out."""
+        ...
+
+    async def node_catalog(self, digest: str) -> dict[str, Any] | None:
+        """The normalised /object_info of the endpoints reporting `digest` (raw graphs are
+        checked against it), or None when none does now."""
+        ...
 
     # --- from the endpoints -----------------------------------------------------------------
     # A slot becomes free by the log's notices alone (a task's end, a requeue), never by a call.

@@ -209,6 +209,7 @@ async def build_endpoint(settings: Settings, endpoint: str, labels: list[str]) -
 
 async def build_router(settings: Settings, endpoints: list[tuple[str, list[str]]]) -> Any:
     """The router and its dependencies, started (it rebuilds its queue from the log)."""
+    from actors.autoscaler import Autoscaler
     from actors.router import Router
 
     def factory(name: str, labels: list[str]) -> ports.EndpointApi:
@@ -217,15 +218,23 @@ async def build_router(settings: Settings, endpoints: list[tuple[str, list[str]]
         tell_webhooks_fleet_add(name)
         return start_endpoint_actor(settings, name, labels)
 
+    # AUTOSCALE: a loop beside the router asks Ray's autoscaler for hosts and hides the
+    # endpoints it lets go from discovery (actors/autoscaler.py).
+    scaler = Autoscaler(settings) if settings.autoscale else None
     router = Router(
         settings=settings,
         log=await connect_log(settings),
         factory=factory,
         destroy=stop_endpoint_actor,
         configured={name: list(labels) for name, labels in endpoints},
-        discover=(lambda: discover_endpoints(settings)) if settings.comfyui_discovery else None,
+        discover=(
+            (lambda: scaler.visible(discover_endpoints(settings))) if scaler
+            else (lambda: discover_endpoints(settings))
+        ) if settings.comfyui_discovery else None,
     )
     await router.start()
+    if scaler is not None:
+        scaler.start(router)
     return router
 
 

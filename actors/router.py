@@ -1,10 +1,14 @@
 """Router: keeps the tasks not yet dispatched and hands each to the least-loaded endpoint.
 
 A plain async class implementing `actors.ports.RouterApi` (`actors/remote.py` makes it the
-named Ray actor). Its queue is derived
-state: on (re)start it is rebuilt from the log (every open task whose status is `queued`), so a
-router crash loses nothing. Dispatch is decided by `comfy_fleet.policies.routing.pick_endpoint`; the endpoint
-records `task.dispatched` with the expected seq, so even two routers could not assign a task twice.
+named Ray actor). Its waiting tasks (`actors.router_waiting`) are derived state: on (re)start
+they are rebuilt from the log (every task whose status is `queued`), and so is the fair share
+among tenants (the tenants of the latest logged dispatches), so a router crash loses nothing and
+a restart keeps the share. Each free slot goes to the task `FairShare.next` picks (the tenant
+with the least weighted service lately, then priority and age within it) among those an
+endpoint can take (`comfy_fleet.policies.routing.pick_endpoint`); the endpoint records
+`task.dispatched` with the expected seq, so even two routers could not assign a task twice.
+Which endpoints there are is `actors.router_fleet`'s.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from actors import metrics, ports
-from comfy_fleet import errors
-from comfy_fleet.log import event_log, fleet, task_state
-from comfy_fleet.policies import routing
+from actors import metrics, ports, router_fleet, router_nodes, router_waiting
 from comfy_fleet.config import Settings
+from comfy_fleet.log import cancel, event_log, fleet
+from comfy_fleet.policies import queue_eta, routing
+from comfy_fleet.policies.fair_share import WaitingTask
 
 log = logging.getLogger("comfy_fleet.router")
 
@@ -29,12 +33,10 @@ log = logging.getLogger("comfy_fleet.router")
 HEARTBEAT_S = 2.0
 #: Seconds between scans of the log for queued tasks the router does not hold.
 SCAN_S = 5.0
-#: How long the router remembers that it handed a task out (see Router._push).
+#: How long the router remembers that it handed a task out (see actors/router_waiting.py).
 TAKEN_MEMORY_S = 60.0
-#: Seconds between looks at the cluster in discovery mode.
-DISCOVERY_S = 2.0
 #: A heartbeat slower than this marks the endpoint disconnected.
-HEARTBEAT_TIMEOUT_S = 5.0
+HEARTBEAT_TIMEOUT_S = router_fleet.HEARTBEAT_TIMEOUT_S
 
 
 class RouterLog(event_log.TaskQueries, event_log.TaskNotices, event_log.FleetLog, Protocol):
@@ -42,7 +44,7 @@ class RouterLog(event_log.TaskQueries, event_log.TaskNotices, event_log.FleetLog
     events (the endpoints record the tasks' events)."""
 
 
-class Router:
+class Router(router_fleet.FleetMembership):
     def __init__(
         self,
         *,
@@ -69,15 +71,16 @@ class Router:
             name: routing.EndpointLoad(name) for name in self.handles
         }
         self.assigned: dict[str, set[str]] = {name: set() for name in self.handles}
-        self.waiting = routing.WaitQueue()
+        self.waiting = router_waiting.WaitingTasks(settings.weights, memory_s=TAKEN_MEMORY_S)
         self.rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._started = False
         self._start_lock = asyncio.Lock()
         self._bg: set[asyncio.Task[Any]] = set()
         self.dispatched_total = 0
-        #: task_id → when it was handed to an endpoint (forgotten after TAKEN_MEMORY_S)
-        self._taken: dict[str, float] = {}
+        #: what each endpoint holds in dispatch order, and run times (queue position and ETA)
+        self.book = queue_eta.QueueBook()
+        self.node_info = router_nodes.NodeInfo(self.handles.get, self._spawn, self._wake.set)
 
     async def start(self) -> None:
         async with self._start_lock:
@@ -87,12 +90,7 @@ class Router:
                 # The configured endpoints plus what was added or removed at run time.
                 for name, labels in fleet.endpoints(self.configured, await self.log.read_fleet()).items():
                     self._attach(name, labels)
-            for state in await self.log.open_tasks():
-                if state.status == task_state.QUEUED:
-                    self.waiting.push(
-                        state.task_id, state.priority, state.created_at.timestamp(),
-                        state.workflow, state.required_labels,
-                    )
+            self.waiting.rebuild(await self.log.dispatch_tenants(), await self.log.queued_tasks())
             self._started = True
             await self.log.listen_queued(self._on_queued)
             await self.log.listen_ended(self._on_ended, self._catch_up_ended)
@@ -102,17 +100,6 @@ class Router:
             if self.discover is not None:
                 self._spawn(self._discovery_loop())
             self._wake.set()
-
-    def _push(
-        self, task_id: str, priority: int, created_at: float, workflow: str, labels: Any
-    ) -> bool:
-        """Queue a task unless it was handed out lately. A waiting task reaches the router by
-        more than one path (the log's notice, its scan), and one of them can arrive after the
-        task was already dispatched: without this it would wait again as a ghost and inflate
-        the waiting count that admission control reads."""
-        if task_id in self._taken:
-            return False
-        return self.waiting.push(task_id, priority, created_at, workflow, labels)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -127,15 +114,18 @@ class Router:
 
     def _on_queued(
         self, task_id: str, priority: int, created_at: float, workflow: str, labels: list[str],
-        requeued: bool,
+        requeued: bool, tenant: str = "default",
     ) -> None:
         """A task waits for dispatch (the log's notice): queue it. A requeued one was let go of
         by the endpoint it was given to: that slot is free, and it may be handed out again."""
+        task = router_waiting.waiting_task(task_id, priority, created_at, workflow, labels, tenant)
         if requeued:
             for name in list(self.assigned):
                 self._free(name, task_id)
-            self._taken.pop(task_id, None)
-        if self._push(task_id, priority, created_at, workflow, labels or ()):
+            queued = self.waiting.requeue(task)
+        else:
+            queued = self.waiting.push(task)
+        if queued:
             self._wake.set()
 
     async def cancel(self, task_id: str) -> str:
@@ -143,17 +133,31 @@ class Router:
         handled: the endpoint holding it is asked to cancel, or 'unknown'."""
         await self.start()
         if self.waiting.remove(task_id):
-            return "removed"
+            # Waiting here: the cancel's decision is to remove it (done); the ingress records it.
+            return cancel.decide(cancel.REQUESTED, cancel.Where.WAITING).answer
         for name, tasks in self.assigned.items():
             if task_id in tasks:
                 with contextlib.suppress(Exception):
                     return await self.handles[name].cancel(task_id)
-        return "unknown"
+        return cancel.UNKNOWN
+
+    async def queue_info(
+        self, task_ids: list[str], running: list[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        await self.start()
+        self.book.keep_only({t for tasks in self.assigned.values() for t in tasks})
+        takers = sum(1 for ld in self.loads.values() if ld.connected and not ld.draining)
+        return self.book.estimate(
+            task_ids, self.waiting.place, running=set(running or ()), parallelism=takers,
+            now=time.monotonic(),
+        )
 
     async def stats(self) -> dict[str, Any]:
         await self.start()
         return {
             "waiting": len(self.waiting),
+            #: waiting tasks per tenant (TENANT_MAX_WAITING; tenants with none omitted)
+            "tenants": self.waiting.counts(),
             "dispatched_total": self.dispatched_total,
             "endpoints": {
                 name: {
@@ -162,32 +166,11 @@ class Router:
                     "foreign_queue": ld.foreign,
                     "inflight": len(self.assigned.get(name, ())),
                     "draining": ld.draining,
+                    "node_info_digest": ld.node_info_digest,
                 }
                 for name, ld in self.loads.items()
             },
         }
-
-    async def endpoint_statuses(self) -> list[dict[str, Any]]:
-        """GET /endpoints: each endpoint's own status (asked now; `disconnected` when it does
-        not answer in time), with its labels, and `draining` once it is being removed."""
-        await self.start()
-        names = list(self.handles)
-        results = await asyncio.gather(
-            *(asyncio.wait_for(self.handles[n].status(), HEARTBEAT_TIMEOUT_S) for n in names),
-            return_exceptions=True,
-        )
-        out = []
-        for name, res in zip(names, results, strict=True):
-            if isinstance(res, BaseException):
-                res = {"endpoint": name, "state": "disconnected", "connected": False,
-                       "queue_remaining": 0, "inflight": 0, "last_seen": None}
-            load = self.loads.get(name)
-            if load is not None:
-                res["labels"] = sorted(load.labels)
-                if load.draining:
-                    res["state"] = "draining"
-            out.append(res)
-        return out
 
     # --- calls from endpoints ---------------------------------------------------------------
 
@@ -202,13 +185,20 @@ class Router:
         load.foreign = int(status.get("foreign_queue") or 0)
         workflows = status.get("workflows")
         load.workflows = frozenset(workflows) if workflows is not None else None
+        self.node_info.observe(name, load, status.get("node_info_digest"))
+        if "models" in status:  # models by URL: can it pull them, which it holds
+            load.models_route, load.models = status.get("models_route"), frozenset(status["models"] or ())
         if load.connected and not was or load.load < self.settings.endpoint_queue_depth:
             self._wake.set()
+
+    async def node_catalog(self, digest: str) -> dict[str, Any] | None:
+        return await self.node_info.catalog(digest, router_nodes.reporting(self.loads, digest))
 
     def _free(self, name: str, task_id: str) -> None:
         tasks = self.assigned.get(name)
         if tasks is not None and task_id in tasks:
             tasks.discard(task_id)
+            self.book.dropped(task_id)
             self.loads[name].inflight = len(tasks)
             self._wake.set()
 
@@ -217,6 +207,7 @@ class Router:
     def _on_ended(self, task_id: str, endpoint: str | None, _webhook_to: str | None) -> None:
         """A task's end was committed (by an endpoint, the ingress, anyone): the endpoint it ran
         on has room again. One notice from the log, where the endpoint used to make a Ray call."""
+        self.book.ended(task_id, time.monotonic())
         if endpoint is not None and endpoint in self.assigned:
             self._free(endpoint, task_id)
         else:
@@ -241,96 +232,6 @@ class Router:
             if task_id in ended:
                 self._free(name, task_id)
 
-    async def reload_workflows(self) -> dict[str, Any]:
-        """Tell every endpoint to re-read the workflows; returns what each can run now."""
-        names = list(self.handles)
-        results = await asyncio.gather(
-            *(self.handles[n].reload_workflows() for n in names), return_exceptions=True
-        )
-        out: dict[str, Any] = {}
-        for name, res in zip(names, results, strict=True):
-            if not isinstance(res, BaseException):
-                self.loads[name].workflows = frozenset(res) if res is not None else None
-                out[name] = res
-        self._wake.set()
-        return out
-
-    # --- endpoints at run time --------------------------------------------------------------
-
-    def _attach(self, name: str, labels: list[str], handle: ports.EndpointApi | None = None) -> None:
-        if handle is None:
-            assert self.factory is not None
-            handle = self.factory(name, labels)
-        self.handles[name] = handle
-        self.loads[name] = routing.EndpointLoad(name, labels=frozenset(labels))
-        self.assigned.setdefault(name, set())
-        self._wake.set()
-
-    async def add_endpoint(self, name: str, labels: list[str] | None = None) -> dict[str, Any]:
-        """POST /endpoints: record it (a restart keeps it), start its actor, route to it."""
-        await self.start()
-        labels = list(labels or [])
-        if name in self.handles and not self.loads[name].draining:
-            return {"endpoint": name, "state": "known", "labels": sorted(self.loads[name].labels)}
-        if self.factory is None:
-            raise errors.InvalidRequest("this router cannot start endpoints")
-        await self.log.append_fleet(fleet.EndpointAdded(endpoint=name, labels=labels))
-        self._attach(name, labels)
-        return {"endpoint": name, "state": "added", "labels": labels}
-
-    async def remove_endpoint(self, name: str, *, record: bool = True) -> dict[str, Any]:
-        """DELETE /endpoints/{e}: no new tasks; when nothing is in flight there, stop it."""
-        await self.start()
-        if name not in self.handles:
-            return {"error": "endpoint_not_found", "endpoint": name}
-        if record:
-            await self.log.append_fleet(fleet.EndpointRemoved(endpoint=name))
-        load = self.loads[name]
-        if not load.draining:
-            load.draining = True
-            self._spawn(self._drain(name))
-        return {"endpoint": name, "state": "draining", "inflight": len(self.assigned[name])}
-
-    async def _drain(self, name: str) -> None:
-        while True:
-            inflight = len(self.assigned.get(name, ()))
-            if inflight == 0:
-                try:
-                    status = await asyncio.wait_for(self.handles[name].status(), HEARTBEAT_TIMEOUT_S)
-                    inflight = int(status.get("inflight") or 0)
-                except Exception:
-                    inflight = 0  # gone: its prompts were handed back when it was lost
-            if inflight == 0 or not self.loads[name].draining:
-                break
-            await asyncio.sleep(0.5)
-        if not self.loads[name].draining:
-            return  # added again meanwhile
-        if self.destroy is not None:
-            with contextlib.suppress(Exception):
-                await self.destroy(name)
-        self.handles.pop(name, None)
-        self.loads.pop(name, None)
-        self.assigned.pop(name, None)
-        self.discovered.discard(name)
-
-    async def _discovery_loop(self) -> None:
-        """Discovery mode: every node with the ComfyUI resource has an endpoint; a node that
-        leaves takes its endpoint out of routing (its prompts are recovered as lost ones)."""
-        assert self.discover is not None
-        while True:
-            try:
-                found = self.discover()
-                for name, labels in found.items():
-                    if name not in self.handles:
-                        self._attach(name, labels)
-                        self.discovered.add(name)
-                for name in list(self.discovered):
-                    if name not in found and name in self.loads and not self.loads[name].draining:
-                        await self.remove_endpoint(name, record=False)
-            except Exception:
-                log.warning("discovery failed", exc_info=True)
-            await asyncio.sleep(DISCOVERY_S)
-
     # --- loops ------------------------------------------------------------------------------
 
     def _effective(self, name: str) -> routing.EndpointLoad:
@@ -340,13 +241,13 @@ class Router:
 
     async def _dispatch_loop(self) -> None:
         depth = self.settings.endpoint_queue_depth
-        batches: dict[str, list[routing.Waiting]] = {}
+        batches: dict[str, list[WaitingTask]] = {}
         while True:
             await self._wake.wait()
             self._wake.clear()
             while len(self.waiting):
                 # Nothing to do while no endpoint has room: skip the scan of waiting tasks
-                # (it tries up to 64 of them against every endpoint).
+                # (it tries up to 64 of each tenant's against every endpoint).
                 if not any(
                     ld.connected and not ld.draining and self._effective(n).load < depth
                     for n, ld in self.loads.items()
@@ -354,7 +255,7 @@ class Router:
                     break
                 chosen: list[routing.EndpointLoad] = []
 
-                def fits(item: routing.Waiting) -> bool:
+                def fits(item: WaitingTask) -> bool:
                     ep = routing.pick_endpoint(
                         (self._effective(n) for n in self.loads), depth, self.rng,
                         workflow=item.workflow, labels=item.labels,
@@ -364,12 +265,13 @@ class Router:
                     chosen.append(ep)
                     return True
 
-                item = self.waiting.pop_first(fits)
+                # The fair share's choice: its tenant is charged one dispatch.
+                item = self.waiting.next(fits)
                 if item is None:
                     break
                 ep = chosen[-1]
-                self._taken[item.task_id] = time.monotonic()
                 self.assigned[ep.name].add(item.task_id)
+                self.book.dispatched(item.task_id, ep.name, item.workflow, time.monotonic())
                 ep.inflight = len(self.assigned[ep.name])
                 self.dispatched_total += 1
                 batches.setdefault(ep.name, []).append(item)
@@ -378,7 +280,7 @@ class Router:
                 self._spawn(self._send(name, items))
             batches = {}
 
-    async def _send(self, name: str, items: list[routing.Waiting]) -> None:
+    async def _send(self, name: str, items: list[WaitingTask]) -> None:
         try:
             results = await self.handles[name].dispatch_many([i.task_id for i in items])  # KeyError: removed
         except Exception:
@@ -388,13 +290,13 @@ class Router:
             if result == ports.ACCEPTED:
                 continue
             self.assigned.get(name, set()).discard(item.task_id)
-            self._taken.pop(item.task_id, None)
+            self.book.dropped(item.task_id)
             if result == ports.RETRY:
                 if name in self.loads:
                     self.loads[name].connected = False
-                self.waiting.push(
-                    item.task_id, -item.sort_key[0], item.sort_key[1], item.workflow, item.labels
-                )
+                self.waiting.requeue(item)
+            else:
+                self.waiting.released(item.task_id)
         self._wake.set()
 
     async def _scan_loop(self) -> None:
@@ -404,15 +306,15 @@ class Router:
         longer ago than TAKEN_MEMORY_S (by then its dispatch is recorded): its slot is free."""
         while True:
             await asyncio.sleep(SCAN_S)
-            horizon = time.monotonic() - TAKEN_MEMORY_S
-            self._taken = {t: at for t, at in self._taken.items() if at > horizon}
+            self.waiting.forget_old()
             try:
-                for task_id, priority, created_at, workflow, labels in await self.log.queued_tasks():
-                    if task_id in self.waiting or task_id in self._taken:
+                for row in await self.log.queued_tasks():
+                    task = router_waiting.from_row(row)
+                    if task.task_id in self.waiting or self.waiting.lately_handed_out(task.task_id):
                         continue
                     for name in list(self.assigned):
-                        self._free(name, task_id)
-                    if self._push(task_id, priority, created_at, workflow, labels):
+                        self._free(name, task.task_id)
+                    if self.waiting.push(task):
                         self._wake.set()
             except Exception:
                 log.debug("queued-task scan failed", exc_info=True)

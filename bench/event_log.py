@@ -3,10 +3,12 @@ state from N events (default 1,000,000), and API-style reads of one task with th
 
     .venv/bin/python -m bench.event_log [--events 1000000] [--writers 1,4,16] [--seconds 8]
                                         [--pool 8] [--reads 2000] [--only-rebuild]
-                                        [--rebuild-workers N]
+                                        [--rebuild-workers N] [--rebuild-methods sql,fold]
 
-`--only-rebuild` skips the append rates and the reads: fill, then time the rebuild (in
-`--rebuild-workers` processes; default one per core).
+`--only-rebuild` skips the append rates and the reads: fill, then time the rebuild. The rebuild
+is timed once per method of `--rebuild-methods` (default sql,fold: the common lifecycles folded in
+SQL sessions, and every task folded in Python processes; `--rebuild-workers` of each, default one
+per core), in the same run, with the ratio of the first to each other.
 
 Runs on a database of its own (created on the test PostgreSQL server, dropped at the end).
 The N events are written with COPY (the append-only trigger refuses UPDATE/DELETE/TRUNCATE,
@@ -29,6 +31,7 @@ import orjson
 
 from bench.common import machine, percentile
 from comfy_fleet.log import events
+from comfy_fleet.log import rebuild
 from comfy_fleet.cli.migrate import apply_dsn
 from comfy_fleet.log.postgres import PostgresEventLog
 from comfy_fleet.log.task_state import TaskState
@@ -163,17 +166,24 @@ async def run(args: argparse.Namespace) -> None:
         total = await conn.fetchval("SELECT count(*) FROM task_events")
         await conn.close()
         print(f"filled: {total} events ({tasks} tasks) by COPY in {fill_s:.1f} s")
-        log = await PostgresEventLog.connect(dsn)
-        t = time.monotonic()
-        rebuilt = await log.rebuild_read_model(workers=args.rebuild_workers)
-        rebuild_s = time.monotonic() - t
-        await log.close()
-        folds = args.rebuild_workers or os.cpu_count()
-        print(f"rebuild_read_model ({folds} fold{'s' if folds != 1 else ''}): "
-              f"{rebuilt} tasks from {total} events in {rebuild_s:.1f} s "
-              f"({total / rebuild_s:,.0f} events/s; floor 10 s) (load {os.getloadavg()[0]:.2f})")
+        timed: dict[str, float] = {}
+        for method in args.rebuild_methods.split(","):
+            t = time.monotonic()
+            rebuilt = await rebuild.rebuild_read_model(dsn, args.rebuild_workers, method)
+            timed[method] = time.monotonic() - t
+            folds = args.rebuild_workers or os.cpu_count()
+            how = (f"{folds} Python fold process{'es' if folds != 1 else ''}" if method == "fold"
+                   else f"{folds} SQL fold session{'s' if folds != 1 else ''}")
+            print(f"rebuild_read_model ({method}, {how}): {rebuilt} tasks from {total} events in "
+                  f"{timed[method]:.1f} s ({total / timed[method]:,.0f} events/s; target 5 s) "
+                  f"(load {os.getloadavg()[0]:.2f})")
+        first, *others = timed
+        for other in others:
+            print(f"rebuild: {first} takes {timed[first] / timed[other]:.2f}x the time of {other}")
+        rebuild_s = timed[first]
         if args.only_rebuild:
-            print(f"SUMMARY event_log rebuild_events={total} rebuild_s={rebuild_s:.1f}")
+            print(f"SUMMARY event_log rebuild_events={total} "
+                  + " ".join(f"rebuild_{m}_s={v:.1f}" for m, v in timed.items()))
             return
         r = await reads(dsn, args.reads)
         print(f"reads with {total} events stored, {len(r['get'])} random tasks one at a time: "
@@ -195,7 +205,10 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=8, help="asyncpg pool size (the ingress uses 8, actors 4)")
     ap.add_argument("--reads", type=int, default=2000)
     ap.add_argument("--only-rebuild", action="store_true", help="fill and time the rebuild only")
-    ap.add_argument("--rebuild-workers", type=int, default=None, help="default: one per core")
+    ap.add_argument("--rebuild-workers", type=int, default=None,
+                    help="SQL fold sessions / Python fold processes (default: one per core)")
+    ap.add_argument("--rebuild-methods", default="sql,fold",
+                    help=f"comma-separated, of {', '.join(rebuild.METHODS)}; each is timed in turn")
     asyncio.run(run(ap.parse_args()))
 
 

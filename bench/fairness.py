@@ -16,6 +16,12 @@ slots runs each task for a given time (with optional jitter); every free slot ta
 Simulated time makes the figures independent of this machine's speed, except the last.
 
     python bench/fairness.py [--slots 8] [--run-s 1.0] [--jitter 0.2] [--flood 5000] [--burst 50]
+
+With `--service`, the same flood and burst go through the real service instead (its router's
+FairShare, over HTTP, on ComfyUI stand-ins): see bench/fairness_service.py.
+
+    python bench/fairness.py --service [--endpoints 4] [--node-delay 0.05] [--flood 5000]
+        [--burst 50] [--burst-after 300] [--concurrency 16]
 """
 
 from __future__ import annotations
@@ -150,7 +156,20 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=50, help="tenant B's tasks, a moment later")
     parser.add_argument("--burst-at", type=float, default=0.5, help="when B submits (s)")
     parser.add_argument("--seed", type=int, default=1)
+    service = parser.add_argument_group("--service: through the real service")
+    service.add_argument("--service", action="store_true", help="run through the real service")
+    service.add_argument("--endpoints", type=int, default=4, help="ComfyUI stand-ins")
+    service.add_argument("--node-delay", type=float, default=0.05, help="stand-in seconds per node")
+    service.add_argument("--burst-after", type=int, default=300, help="A's tasks in before B's")
+    service.add_argument("--concurrency", type=int, default=16, help="requests in flight per tenant")
+    service.add_argument("--cut-flood", action="store_true", help="stop A's flood once B is done")
+    service.add_argument("--timeout", type=float, default=900, help="longest wait for B's tasks (s)")
     args = parser.parse_args()
+    if args.service:
+        from bench import fairness_service
+
+        fairness_service.main(args)
+        return
     common = dict(
         slots=args.slots, run_s=args.run_s, jitter=args.jitter, burst=args.burst,
         burst_at=args.burst_at, seed=args.seed,

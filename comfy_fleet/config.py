@@ -12,13 +12,12 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import dotenv
-
-from comfy_fleet import errors
+from comfy_fleet import env, errors
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,77 +67,6 @@ def parse_endpoint(raw: str, variable: str = "COMFYUI_ENDPOINTS") -> Endpoint:
     return Endpoint(host=parts.hostname, port=port, scheme=parts.scheme)
 
 
-def _read_dotenv(path: Path) -> dict[str, str]:
-    """The `.env` file's values, read by python-dotenv's rules; {} when there is no file.
-
-    Those rules: `#` starts a comment on its own line or after whitespace outside quotes
-    (`API_KEYS=abc # prod` is `abc`); single quotes keep the text as is, double quotes take
-    backslash escapes; an `export ` prefix is allowed; `KEY=` is the empty string and a bare `KEY`
-    is skipped. `${VAR}` is not expanded: secrets may contain `$`, and a value means what it says.
-    """
-    if not path.is_file():
-        return {}
-    values = dotenv.dotenv_values(path, interpolate=False, encoding="utf-8")
-    return {key: value for key, value in values.items() if value is not None}
-
-
-class _Reader:
-    """Typed access to one environment mapping; every failure names its variable."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-
-    def str(self, name: str, default: str | None = None) -> str | None:
-        value = self.env.get(name)
-        return default if value is None or value == "" else value
-
-    def int(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
-        raw = self.str(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise errors.ConfigError(f"{name}: {raw!r} is not an integer") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-            raise errors.ConfigError(f"{name}: {value} must be {bound}")
-        return value
-
-    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
-        raw = self.str(name)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise errors.ConfigError(f"{name}: {raw!r} is not a number") from None
-        if value < minimum:
-            raise errors.ConfigError(f"{name}: {value} must be >= {minimum}")
-        return value
-
-    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
-        value = (self.str(name, default) or default).strip().lower()
-        if value not in choices:
-            raise errors.ConfigError(f"{name}: {value!r} must be one of {', '.join(choices)}")
-        return value
-
-    def bool(self, name: str, default: bool) -> bool:
-        raw = self.str(name)
-        if raw is None:
-            return default
-        lowered = raw.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise errors.ConfigError(f"{name}: {raw!r} is not a boolean (true/false)")
-
-    def list(self, name: str) -> list[str]:
-        raw = self.str(name)
-        return [item.strip() for item in raw.split(",") if item.strip()] if raw else []
-
-
 #: Field metadata of a setting whose value is a secret: ``repr`` shows only whether it is set.
 SECRET: Mapping[str, Any] = {"secret": True}
 #: Settings holding a URL that may carry a password (in its user info or its query).
@@ -166,6 +94,21 @@ def _shown(name: str, value: Any, secret: bool) -> str:
     return repr(value)
 
 
+def _autoscale(r: Any) -> dict[str, Any]:
+    """The AUTOSCALE_* settings; autoscaling needs discovery (new hosts get endpoints by it)."""
+    on = r.bool("AUTOSCALE", False)
+    if on and not r.bool("COMFYUI_DISCOVERY", False):
+        raise errors.ConfigError("AUTOSCALE: true needs COMFYUI_DISCOVERY=true (new hosts join by discovery)")
+    low = r.int("AUTOSCALE_MIN_HOSTS", 0, minimum=0)
+    return dict(
+        autoscale=on,
+        autoscale_min_hosts=low,
+        autoscale_max_hosts=r.int("AUTOSCALE_MAX_HOSTS", max(4, low), minimum=max(1, low)),
+        autoscale_window_s=r.float("AUTOSCALE_WINDOW_S", 10.0),
+        autoscale_release_grace_s=r.float("AUTOSCALE_RELEASE_GRACE_S", 600.0),
+    )
+
+
 @dataclass(frozen=True, repr=False)
 class Settings:
     """Every setting of comfy-fleet. Defaults follow docs/api.md §2.
@@ -190,6 +133,12 @@ class Settings:
     workflows_dir: Path = REPO_ROOT / "workflows"
     webhook_secret: str | None = field(default=None, metadata=SECRET)
     api_keys: tuple[str, ...] = field(default=(), metadata=SECRET)
+    #: `TENANT_KEYS`: (tenant, key) pairs (docs/api.md §7.1).
+    tenant_keys: tuple[tuple[str, str], ...] = field(default=(), metadata=SECRET)
+    #: `TENANT_WEIGHTS`: (tenant, weight) pairs; a tenant not listed has weight 1.
+    tenant_weights: tuple[tuple[str, Fraction], ...] = ()
+    #: `TENANT_MAX_WAITING`: the most tasks one tenant may have waiting (None: no cap).
+    tenant_max_waiting: int | None = None
     allow_open_bind: bool = False
     ray_address: str | None = None
     #: Discovery mode: every Ray node with the `comfyui` resource gets an endpoint.
@@ -197,6 +146,12 @@ class Settings:
     comfyui_discovery_port: int = 8188
     #: ComfyUI queue depth we keep per endpoint (late binding: tasks wait in the router).
     endpoint_queue_depth: int = 2
+    #: Ask Ray's autoscaler for GPU hosts on queue depth (comfy_fleet/policies/autoscale.py).
+    autoscale: bool = False
+    autoscale_min_hosts: int = 0
+    autoscale_max_hosts: int = 4
+    autoscale_window_s: float = 10.0
+    autoscale_release_grace_s: float = 600.0
     #: Tasks waiting in the router above which POST /tasks answers 429.
     max_waiting_tasks: int = 10_000
     #: Dispatch attempts of one task before it fails with `endpoint_lost`.
@@ -215,6 +170,11 @@ class Settings:
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     input_fetch_timeout_s: float = 20.0
+    #: Models by URL (docs/api.md §7.5): the largest model fetched, the disk budget of fetched
+    #: models per ComfyUI host, and the time limit of one fetch into the bucket.
+    max_model_bytes: int = 32 * 1024**3
+    model_cache_bytes: int = 50 * 1024**3
+    model_fetch_timeout_s: float = 3600.0
     #: Outgoing-URL policy (callbacks, image URLs): comfy_fleet/policies/url_policy.py has the precedence.
     url_deny_hosts: tuple[str, ...] = ()
     url_deny_cidrs: tuple[str, ...] = ()
@@ -226,6 +186,13 @@ class Settings:
     #: straight to the replicas) or "serve" (Serve's Python proxy actor). docs/performance.md.
     ingress_proxy: str = "haproxy"
     log_level: str = "INFO"
+    #: `RAW_GRAPHS`: POST /tasks may carry an API-format graph (docs/api.md §7.4); admin keys
+    #: only unless `RAW_GRAPHS_TENANTS` lets tenant keys too.
+    raw_graphs: bool = False
+    raw_graphs_tenants: bool = False
+    #: `RAW_GRAPH_ALLOW_NODES`: the node classes a raw graph may use (empty: any the fleet has).
+    raw_graph_allow_nodes: tuple[str, ...] = ()
+    raw_graph_max_nodes: int = 500
 
     def __repr__(self) -> str:
         shown = (
@@ -237,94 +204,33 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: Path | None = None) -> Settings:
-        """Build settings from `environ` (default os.environ) over a `.env` file in the cwd."""
-        base = dict(_read_dotenv(dotenv if dotenv is not None else Path.cwd() / ".env"))
+        """Build settings from `environ` (default os.environ) over a `.env` file in the cwd.
+        Each group of settings is read (and checked) by a function of its own below."""
+        base = dict(env.read_dotenv(dotenv if dotenv is not None else Path.cwd() / ".env"))
         base.update(os.environ if environ is None else environ)
-        r = _Reader(base)
-
-        endpoints = tuple(parse_endpoint(item) for item in r.list("COMFYUI_ENDPOINTS"))
-        names = [e.name for e in endpoints]
-        if len(set(names)) != len(names):
-            raise errors.ConfigError("COMFYUI_ENDPOINTS: an endpoint is listed twice")
-
-        prefix = r.str("ROUTE_PREFIX", "/api/v1") or ""
-        if prefix and (not prefix.startswith("/") or prefix.endswith("/") or " " in prefix):
-            raise errors.ConfigError(
-                f"ROUTE_PREFIX: {prefix!r} must start with '/' and not end with '/'"
-            )
-
-        host = r.str("SERVICE_HOST", "127.0.0.1") or "127.0.0.1"
-        api_keys = tuple(r.list("API_KEYS"))
-        allow_open = r.bool("ALLOW_UNAUTHENTICATED_BIND", False)
-        if not api_keys and not is_loopback(host) and not allow_open:
-            raise errors.ConfigError(
-                f"SERVICE_HOST: binding {host} without API_KEYS is refused "
-                "(set API_KEYS, or ALLOW_UNAUTHENTICATED_BIND=true to accept the risk)"
-            )
-
-        secret = r.str("WEBHOOK_SECRET")
-        if secret is not None:
-            from comfy_fleet.delivery import webhooks
-
-            webhooks.parse_secret(secret)  # ConfigError naming WEBHOOK_SECRET, never echoing it
-
-        from comfy_fleet.policies.url_policy import UrlPolicy
-
-        # Malformed entries stop the start with a line naming the variable.
-        UrlPolicy.build(
-            deny_hosts=r.list("URL_DENY_HOSTS"), deny_cidrs=r.list("URL_DENY_CIDRS"),
-            allow_cidrs=r.list("URL_ALLOW_CIDRS"),
-        )
-        workflows_dir = Path(r.str("WORKFLOWS_DIR") or cls.workflows_dir)
-        if not workflows_dir.is_dir():
-            raise errors.ConfigError(f"WORKFLOWS_DIR: {workflows_dir} is not a folder")
-
+        r = env.Reader(base)
+        endpoints = _endpoints(r)
         return cls(
             comfyui_endpoints=endpoints,
             use_standins=not endpoints and not r.bool("COMFYUI_DISCOVERY", False),
-            database_url=r.str("DATABASE_URL") or _rdb_dsn(r),
-            s3_bucket=r.str("S3_BUCKET", "comfy-fleet") or "comfy-fleet",
-            s3_region=r.str("S3_REGION_NAME", "us-east-1") or "us-east-1",
-            s3_endpoint_url=r.str("S3_ENDPOINT_URL"),
-            aws_access_key_id=r.str("AWS_ACCESS_KEY_ID"),
-            aws_secret_access_key=r.str("AWS_SECRET_ACCESS_KEY"),
-            default_failed_image_path=Path(
-                r.str("DEFAULT_FAILED_IMAGE_PATH") or cls.default_failed_image_path
-            ),
-            service_host=host,
-            service_port=r.int("SERVICE_PORT", 8000, minimum=1, maximum=65535),
-            route_prefix=prefix,
-            workflows_dir=workflows_dir,
-            webhook_secret=secret,
-            api_keys=api_keys,
-            allow_open_bind=allow_open,
-            ray_address=r.str("RAY_ADDRESS"),
-            comfyui_discovery=r.bool("COMFYUI_DISCOVERY", False),
-            comfyui_discovery_port=r.int("COMFYUI_DISCOVERY_PORT", 8188, minimum=1, maximum=65535),
-            endpoint_queue_depth=r.int("ENDPOINT_QUEUE_DEPTH", 2, minimum=1),
-            max_waiting_tasks=r.int("MAX_WAITING_TASKS", 10_000, minimum=1),
-            task_max_attempts=r.int("TASK_MAX_ATTEMPTS", 3, minimum=1),
-            endpoint_lost_after_s=r.float("ENDPOINT_LOST_AFTER_S", 30.0, minimum=1.0),
-            webhook_max_attempts=r.int("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1),
-            webhook_timeout_s=r.float("WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1),
-            webhook_max_delay_s=r.float("WEBHOOK_MAX_DELAY_S", 300.0, minimum=0.0),
-            webhook_max_in_flight=r.int("WEBHOOK_MAX_IN_FLIGHT", 256, minimum=1),
-            webhook_max_per_receiver=r.int("WEBHOOK_MAX_PER_RECEIVER", 64, minimum=1),
-            presign_expiry_s=r.int("PRESIGN_EXPIRY_S", 3600, minimum=1, maximum=604800),
-            max_body_bytes=r.int("MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024),
-            max_string_length=r.int("MAX_STRING_LENGTH", 10_000, minimum=1),
-            max_image_bytes=r.int("MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
-            max_image_pixels=r.int("MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
-            input_fetch_timeout_s=r.float("INPUT_FETCH_TIMEOUT_S", 20.0, minimum=0.1),
-            url_deny_hosts=tuple(r.list("URL_DENY_HOSTS")),
-            url_deny_cidrs=tuple(r.list("URL_DENY_CIDRS")),
-            url_allow_cidrs=tuple(r.list("URL_ALLOW_CIDRS")),
-            url_deny_private=r.bool("URL_DENY_PRIVATE", False),
-            ingress_replicas=r.int("INGRESS_REPLICAS", 1, minimum=1),
-            ingress_max_ongoing_requests=r.int("INGRESS_MAX_ONGOING_REQUESTS", 256, minimum=1),
-            ingress_proxy=r.choice("INGRESS_PROXY", ("haproxy", "serve"), "haproxy"),
+            **_storage(r),
+            **_http(r),
+            **_access(r),
+            **_outgoing(r),
+            **_fleet(r),
+            **_limits(r),
+            **_autoscale(r),
             log_level=(r.str("LOG_LEVEL", "INFO") or "INFO").upper(),
+            raw_graphs=r.bool("RAW_GRAPHS", False),
+            raw_graphs_tenants=r.bool("RAW_GRAPHS_TENANTS", False),
+            raw_graph_allow_nodes=tuple(r.list("RAW_GRAPH_ALLOW_NODES")),
+            raw_graph_max_nodes=r.int("RAW_GRAPH_MAX_NODES", 500, minimum=1, maximum=10_000),
         )
+
+    @property
+    def weights(self) -> dict[str, Fraction]:
+        """`tenant_weights` as a mapping (FairShare's argument)."""
+        return dict(self.tenant_weights)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -340,7 +246,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _rdb_dsn(r: _Reader) -> str | None:
+def _rdb_dsn(r: env.Reader) -> str | None:
     """The original ComfyUI-server's RDB_* variables, when any is set."""
     names = ("RDB_USERNAME", "RDB_PASSWORD", "RDB_HOST", "RDB_PORT", "RDB_NAME")
     if not any(r.str(n) for n in names):
@@ -352,3 +258,129 @@ def _rdb_dsn(r: _Reader) -> str | None:
     host = r.str("RDB_HOST", "127.0.0.1")
     name = r.str("RDB_NAME", "comfy_fleet")
     return f"postgresql://{auth}@{host}:{port}/{name}"
+
+
+# --- reading the settings, one group at a time (each returns Settings fields) -----------------
+
+
+def _endpoints(r: env.Reader) -> tuple[Endpoint, ...]:
+    endpoints = tuple(parse_endpoint(item) for item in r.list("COMFYUI_ENDPOINTS"))
+    names = [e.name for e in endpoints]
+    if len(set(names)) != len(names):
+        raise errors.ConfigError("COMFYUI_ENDPOINTS: an endpoint is listed twice")
+    return endpoints
+
+
+def _storage(r: env.Reader) -> dict[str, Any]:
+    """The database and the object store."""
+    return {
+        "database_url": r.str("DATABASE_URL") or _rdb_dsn(r),
+        "s3_bucket": r.str("S3_BUCKET", "comfy-fleet") or "comfy-fleet",
+        "s3_region": r.str("S3_REGION_NAME", "us-east-1") or "us-east-1",
+        "s3_endpoint_url": r.str("S3_ENDPOINT_URL"),
+        "aws_access_key_id": r.str("AWS_ACCESS_KEY_ID"),
+        "aws_secret_access_key": r.str("AWS_SECRET_ACCESS_KEY"),
+        "default_failed_image_path": Path(
+            r.str("DEFAULT_FAILED_IMAGE_PATH") or Settings.default_failed_image_path
+        ),
+    }
+
+
+def _http(r: env.Reader) -> dict[str, Any]:
+    """Where the API listens, under which prefix, and what it serves."""
+    prefix = r.str("ROUTE_PREFIX", "/api/v1") or ""
+    if prefix and (not prefix.startswith("/") or prefix.endswith("/") or " " in prefix):
+        raise errors.ConfigError(f"ROUTE_PREFIX: {prefix!r} must start with '/' and not end with '/'")
+    workflows_dir = Path(r.str("WORKFLOWS_DIR") or Settings.workflows_dir)
+    if not workflows_dir.is_dir():
+        raise errors.ConfigError(f"WORKFLOWS_DIR: {workflows_dir} is not a folder")
+    return {
+        "service_host": r.str("SERVICE_HOST", "127.0.0.1") or "127.0.0.1",
+        "service_port": r.int("SERVICE_PORT", 8000, minimum=1, maximum=65535),
+        "route_prefix": prefix,
+        "workflows_dir": workflows_dir,
+        "ingress_replicas": r.int("INGRESS_REPLICAS", 1, minimum=1),
+        "ingress_max_ongoing_requests": r.int("INGRESS_MAX_ONGOING_REQUESTS", 256, minimum=1),
+        "ingress_proxy": r.choice("INGRESS_PROXY", ("haproxy", "serve"), "haproxy"),
+    }
+
+
+def _access(r: env.Reader) -> dict[str, Any]:
+    """Keys, roles and tenants (docs/api.md §7.1). A key listed twice, a malformed pair, weight
+    or cap stops the start with a line naming the variable (never the key)."""
+    from comfy_fleet.policies import access
+
+    api_keys = access.parse_api_keys(r.str("API_KEYS"))
+    tenant_keys = access.parse_tenant_keys(r.str("TENANT_KEYS"))
+    access.KeyRing.build(api_keys, tenant_keys)
+    host = r.str("SERVICE_HOST", "127.0.0.1") or "127.0.0.1"
+    allow_open = r.bool("ALLOW_UNAUTHENTICATED_BIND", False)
+    if not api_keys and not tenant_keys and not is_loopback(host) and not allow_open:
+        raise errors.ConfigError(
+            f"SERVICE_HOST: binding {host} without API_KEYS is refused "
+            "(set API_KEYS, or ALLOW_UNAUTHENTICATED_BIND=true to accept the risk)"
+        )
+    weights = access.parse_tenant_weights(r.str("TENANT_WEIGHTS"))
+    return {
+        "api_keys": api_keys,
+        "tenant_keys": tenant_keys,
+        "tenant_weights": tuple(weights.items()),
+        "tenant_max_waiting": access.parse_tenant_max_waiting(r.str("TENANT_MAX_WAITING")),
+        "allow_open_bind": allow_open,
+    }
+
+
+def _outgoing(r: env.Reader) -> dict[str, Any]:
+    """Webhooks and the outgoing-URL policy (callbacks, image URLs)."""
+    secret = r.str("WEBHOOK_SECRET")
+    if secret is not None:
+        from comfy_fleet.delivery import webhooks
+
+        webhooks.parse_secret(secret)  # ConfigError naming WEBHOOK_SECRET, never echoing it
+    from comfy_fleet.policies.url_policy import UrlPolicy
+
+    # Malformed entries stop the start with a line naming the variable.
+    UrlPolicy.build(
+        deny_hosts=r.list("URL_DENY_HOSTS"), deny_cidrs=r.list("URL_DENY_CIDRS"),
+        allow_cidrs=r.list("URL_ALLOW_CIDRS"),
+    )
+    return {
+        "webhook_secret": secret,
+        "webhook_max_attempts": r.int("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1),
+        "webhook_timeout_s": r.float("WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1),
+        "webhook_max_delay_s": r.float("WEBHOOK_MAX_DELAY_S", 300.0, minimum=0.0),
+        "webhook_max_in_flight": r.int("WEBHOOK_MAX_IN_FLIGHT", 256, minimum=1),
+        "webhook_max_per_receiver": r.int("WEBHOOK_MAX_PER_RECEIVER", 64, minimum=1),
+        "url_deny_hosts": tuple(r.list("URL_DENY_HOSTS")),
+        "url_deny_cidrs": tuple(r.list("URL_DENY_CIDRS")),
+        "url_allow_cidrs": tuple(r.list("URL_ALLOW_CIDRS")),
+        "url_deny_private": r.bool("URL_DENY_PRIVATE", False),
+    }
+
+
+def _fleet(r: env.Reader) -> dict[str, Any]:
+    """Ray, discovery and how tasks go to the endpoints."""
+    return {
+        "ray_address": r.str("RAY_ADDRESS"),
+        "comfyui_discovery": r.bool("COMFYUI_DISCOVERY", False),
+        "comfyui_discovery_port": r.int("COMFYUI_DISCOVERY_PORT", 8188, minimum=1, maximum=65535),
+        "endpoint_queue_depth": r.int("ENDPOINT_QUEUE_DEPTH", 2, minimum=1),
+        "max_waiting_tasks": r.int("MAX_WAITING_TASKS", 10_000, minimum=1),
+        "task_max_attempts": r.int("TASK_MAX_ATTEMPTS", 3, minimum=1),
+        "endpoint_lost_after_s": r.float("ENDPOINT_LOST_AFTER_S", 30.0, minimum=1.0),
+    }
+
+
+def _limits(r: env.Reader) -> dict[str, Any]:
+    """Bounds on what a request may carry."""
+    return {
+        "presign_expiry_s": r.int("PRESIGN_EXPIRY_S", 3600, minimum=1, maximum=604800),
+        "max_body_bytes": r.int("MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024),
+        "max_string_length": r.int("MAX_STRING_LENGTH", 10_000, minimum=1),
+        "max_image_bytes": r.int("MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
+        "max_image_pixels": r.int("MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
+        "input_fetch_timeout_s": r.float("INPUT_FETCH_TIMEOUT_S", 20.0, minimum=0.1),
+        "max_model_bytes": r.int("MAX_MODEL_BYTES", 32 * 1024**3, minimum=1),
+        "model_cache_bytes": r.int("MODEL_CACHE_BYTES", 50 * 1024**3, minimum=1),
+        "model_fetch_timeout_s": r.float("MODEL_FETCH_TIMEOUT_S", 3600.0, minimum=0.1),
+    }

@@ -2,6 +2,7 @@
 
     FleetError
     ├── ConfigError                  a setting is missing or malformed (names the variable)
+    ├── Forbidden                    → HTTP 403: this key may not do that (docs/api.md §7.1)
     ├── NotFound                     → HTTP 404
     │   ├── TaskNotFound
     │   ├── WorkflowNotFound
@@ -19,7 +20,12 @@
     │   ├── ManifestInvalid          a workflow manifest or graph is broken (names file and key)
     │   ├── InputRejected            an input (image, URL) is unusable
     │   ├── PayloadTooLarge          → HTTP 413
-    │   └── UrlForbidden             a URL resolves to an address the policy denies
+    │   ├── UrlForbidden             a URL resolves to an address the policy denies
+    │   ├── GraphInvalid             a raw graph is refused (names the node)
+    │   ├── ModelChecksumMismatch    a model's bytes do not have the sha256 the request gave
+    │   ├── ModelFetchFailed         a model URL could not be fetched (status, network, time)
+    │   ├── ModelTooLarge            → HTTP 413: a model is over MAX_MODEL_BYTES
+    │   └── RawGraphsDisabled        → HTTP 403: raw graphs are off here, or not for this key
     ├── Unavailable                  → HTTP 503, retryable
     │   ├── DatabaseUnavailable
     │   ├── StorageUnavailable
@@ -71,6 +77,13 @@ class ConfigError(FleetError):
     """A configuration value is invalid."""
 
     code = "config_invalid"
+
+
+class Forbidden(FleetError):
+    """This key may not do that."""
+
+    code = "forbidden"
+    status = 403
 
 
 class NotFound(FleetError):
@@ -183,6 +196,38 @@ class UrlForbidden(InvalidRequest):
     """The URL is not allowed."""
 
     code = "url_forbidden"
+
+
+class GraphInvalid(InvalidRequest):
+    """The raw graph cannot run on this fleet."""
+
+    code = "graph_invalid"
+
+
+class ModelChecksumMismatch(InvalidRequest):
+    """The model's bytes do not have the sha256 the request gave."""
+
+    code = "model_checksum_mismatch"
+
+
+class ModelFetchFailed(InvalidRequest):
+    """The model could not be fetched from its URL."""
+
+    code = "model_fetch_failed"
+
+
+class ModelTooLarge(InvalidRequest):
+    """The model is larger than MAX_MODEL_BYTES."""
+
+    code = "model_too_large"
+    status = 413
+
+
+class RawGraphsDisabled(InvalidRequest):
+    """Raw graphs are not accepted here (RAW_GRAPHS)."""
+
+    code = "raw_graphs_disabled"
+    status = 403
 
 
 class Unavailable(FleetError):

@@ -13,16 +13,27 @@ from comfy_fleet.log import task_state
 from comfy_fleet.log.task_state import TaskState
 
 
-async def task_view(state: TaskState, store: storage.BlobStore | None, expires_s: int) -> dict[str, Any]:
+async def task_view(
+    state: TaskState, store: storage.BlobStore | None, expires_s: int,
+    queue: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """`task_state.to_view` plus a presigned GET URL per stored output (made at each read,
-    so it is always fresh; a URL is a local signature, no request to S3)."""
+    so it is always fresh; a URL is a local signature, no request to S3), and `queue` (its
+    position and ETA, CONTRACT §7.6) when given and the task has not ended."""
     view = task_state.to_view(state)
+    if queue is not None and not state.is_final:
+        view["queue"] = queue_view(queue)
     for out in view["outputs"]:
         if store is not None and out.get("s3_key") and not out.get("fallback_path"):
             out["url"] = await store.presign_get(out["s3_key"], expires_s)
         else:
             out["url"] = None
     return view
+
+
+def queue_view(place: dict[str, Any]) -> dict[str, Any]:
+    """`{"position", "eta_s"}` of the router's answer for one task (nothing else of it)."""
+    return {"position": int(place["position"]), "eta_s": float(place["eta_s"])}
 
 
 def event_view(stored: Any) -> dict[str, Any]:

@@ -141,12 +141,13 @@ def start_local_parts(
                 proc = StandInProcess(
                     input_dir=root / "input", output_dir=root / "output", temp_dir=root / "temp",
                     models=STANDIN_MODELS, node_delay=standin_node_delay,
-                    count=standins if standins_in_one_process else 1,
+                    count=standins if standins_in_one_process else 1, models_dir=root / "models",
                 )
                 for d in ("input", "output", "temp"):
                     (root / d).mkdir(parents=True, exist_ok=True)
                 proc.start()
                 parts.processes.append(proc)
+                _standin_bucket(proc.members, {**settings.__dict__, **changes})
                 parts.standins.extend(proc.members)
                 endpoints.extend(parse_endpoint(m.host_port) for m in proc.members)
             changes["comfyui_endpoints"] = tuple(endpoints)
@@ -158,6 +159,25 @@ def start_local_parts(
         parts.stop()
         raise
     return settings.replace(**changes), parts
+
+
+def _standin_bucket(members: list[Any], values: dict[str, Any]) -> None:
+    """Point the stand-ins' model route at the service's bucket (path-style), as
+    COMFY_FLEET_MODEL_BUCKET_URL does for a real ComfyUI with the extension."""
+    import json
+    import urllib.request
+
+    endpoint = values.get("s3_endpoint_url")
+    if not endpoint:
+        return
+    body = json.dumps({"model_bucket_url": f"{endpoint.rstrip('/')}/{values['s3_bucket']}"})
+    for member in members:
+        request = urllib.request.Request(
+            member.url + "/_standin/knobs", data=body.encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5):
+            pass
 
 
 #: Where HAProxy's side ports are taken from: above Ray's worker ports (10002-19999), below

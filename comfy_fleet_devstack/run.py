@@ -98,7 +98,7 @@ def main() -> None:
     if not settings.ray_address:
         token = ray_token.enable(data_dir)
         say(f"Ray: token authentication on, token in {ray_token.hint(token)}")
-    if not settings.api_keys:
+    if not settings.api_keys and not settings.tenant_keys:
         say(f"API_KEYS is not set: serving on loopback only ({settings.service_host})")
     parts = None
     driver = 0

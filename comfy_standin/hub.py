@@ -66,11 +66,13 @@ class Hub:
         """Queue a text frame for ``sid``, or for every socket when ``sid`` is None."""
         self._out.put_nowait((json.dumps({"type": event, "data": data}), sid))
 
-    def send_image(self, png: bytes, metadata: dict[str, Any], sid: str | None) -> None:
-        """Queue a preview: type 4 for sockets that negotiated metadata, else type 1."""
+    def send_image(self, image: bytes, metadata: dict[str, Any], sid: str | None) -> None:
+        """Queue a preview: type 4 for sockets that negotiated metadata, else type 1 (with
+        image format 1 for a JPEG, 2 for a PNG, by `metadata["image_type"]`)."""
         meta = json.dumps(metadata).encode()
-        type4 = struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + png
-        type1 = struct.pack(">II", PREVIEW_IMAGE, 2) + png
+        type4 = struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + image
+        image_format = 1 if metadata.get("image_type") == "image/jpeg" else 2
+        type1 = struct.pack(">II", PREVIEW_IMAGE, image_format) + image
         self._out.put_nowait(((type1, type4), sid))
 
     async def _pump(self) -> None:

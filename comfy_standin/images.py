@@ -114,6 +114,13 @@ def to_pil(frame: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(i, 0, 255).astype(np.uint8))
 
 
+def jpeg_bytes(img: Image.Image, quality: int = 95) -> bytes:
+    """Encode a JPEG, as ComfyUI encodes its latent previews (quality 95)."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def png_bytes(img: Image.Image, texts: dict[str, str] | None, compress_level: int) -> bytes:
     """Encode a PNG with optional text chunks."""
     info = None

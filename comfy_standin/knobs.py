@@ -34,6 +34,10 @@ class Knobs:
     node_delays: dict[str, float] = field(default_factory=dict)
     #: steps a simulated sampler reports when its inputs name none
     sampler_steps: int = 4
+    #: latent previews of sampler steps, as the real server's `--preview-method`: "none" sends
+    #: none (the real server's default); anything else ("auto", "latent2rgb", "taesd") sends a
+    #: JPEG after each step's `progress`, as a GPU host run with previews on does
+    preview_method: str = "auto"
     #: injected run-time failures, consumed in order
     fail: list[FailRule] = field(default_factory=list)
     #: accept TCP connections but answer nothing: requests wait, websocket frames are held

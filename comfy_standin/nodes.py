@@ -321,6 +321,23 @@ async def _save_image_websocket(ctx: NodeContext, inp: dict[str, Any]) -> None:
         await ctx.progress(step, total, png)
 
 
+#: the real server's `--preview-size` default: previews are fit into this many pixels a side
+PREVIEW_MAX_SIZE = 512
+
+
+def _latent_preview(ctx: NodeContext, inp: dict[str, Any], step: int) -> bytes | None:
+    """What a real sampler with previews on sends after a step: a JPEG of the latent decoded
+    to RGB (Latent2RGB), the latent's size (an eighth of the image's), at most
+    PREVIEW_MAX_SIZE a side; None with `preview_method` "none", as the real default."""
+    if ctx.knobs.preview_method == "none":
+        return None
+    w, h, _b = _dims(inp)
+    scale = min(1.0, PREVIEW_MAX_SIZE / max(w // 8, h // 8, 1))
+    pw, ph = max(1, int(w // 8 * scale)), max(1, int(h // 8 * scale))
+    frame = _sim_image(pw, ph, 1, _seed(ctx, inp) + step)[0]
+    return images.jpeg_bytes(images.to_pil(frame))
+
+
 async def run_node(ctx: NodeContext, inp: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Execute one node (after its configured delay). Exceptions propagate to the executor."""
     delay = ctx.knobs.delay_for(ctx.class_type)
@@ -334,7 +351,7 @@ async def run_node(ctx: NodeContext, inp: dict[str, Any]) -> tuple[tuple[Any, ..
         for i in range(1, steps + 1):
             if delay:
                 await asyncio.sleep(delay / steps)
-            await ctx.progress(i, steps, None)
+            await ctx.progress(i, steps, _latent_preview(ctx, inp, i))
         return _sim_outputs(ctx, inp), {}
     if delay:
         await asyncio.sleep(delay)

@@ -1,6 +1,9 @@
 """The stand-in ComfyUI server: aiohttp routes of ComfyUI 0.3.64 (each also under ``/api``),
-the comfy-fleet extension's routes (cleanup; models through ``model_folders``), and the
-``/_standin/*`` control routes that the real server does not have.
+the comfy-fleet extension's routes (cleanup in ``file_routes``; models through
+``model_folders``), and the ``/_standin/*`` control routes that the real server does not have
+(``control_routes``). This module holds the instance, its route table, the websocket and the
+prompt, queue and history routes; the file routes are in ``file_routes``, those that describe
+the server in ``info_routes``, the middlewares in ``middlewares``.
 
 ``StandIn`` owns one instance: its folders, catalogue, knobs and counters survive
 ``restart()``; its queue, history, sockets, cache and prompt counter do not (as with a real
@@ -10,26 +13,16 @@ restart). Temp files are wiped at every start, as the real server does.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
-import mimetypes
 import os
-import sys
-import urllib.parse
 import uuid
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from PIL import Image
 
-from comfyui_extension.comfy_fleet_cleanup.handlers import delete_batch
-from comfyui_extension.comfy_fleet_cleanup.handlers import VERSION as CLEANUP_VERSION
-from comfyui_extension.comfy_fleet_cleanup.paths import prune_empty_parents
-
-from . import files, model_folders
+from . import control_routes, file_routes, files, info_routes, middlewares, model_folders, responses
 from .executor import Executor
 from .hub import Hub
 from .knobs import Counters, Knobs
@@ -38,34 +31,10 @@ from .validation import Catalogue, PromptCrashed, validate_prompt
 
 log = logging.getLogger(__name__)
 
-COMFYUI_VERSION = "0.3.64"
-MAX_UPLOAD_SIZE = 100 * 1024 * 1024
-FEATURES = {"supports_preview_metadata": True, "max_upload_size": MAX_UPLOAD_SIZE}
-MODEL_FOLDERS = model_folders.MODEL_FOLDERS
-_INTERNAL_ERROR = "500 Internal Server Error\n\nServer got itself in trouble"
-_INDEX_HTML = (
-    '<!doctype html><html lang="en"><head><meta charset="UTF-8"><title>ComfyUI</title>'
-    "</head><body>comfy_standin: a stand-in for ComfyUI " + COMFYUI_VERSION + "</body></html>"
-)
-
-
-def _empty(status: int = 200) -> web.Response:
-    return web.Response(status=status)
-
-
-def _internal_error() -> web.Response:
-    return web.Response(status=500, text=_INTERNAL_ERROR, content_type="text/plain")
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+COMFYUI_VERSION = info_routes.COMFYUI_VERSION
+MAX_UPLOAD_SIZE = info_routes.MAX_UPLOAD_SIZE
+FEATURES = info_routes.FEATURES
+MODEL_FOLDERS = info_routes.MODEL_FOLDERS
 
 
 class _Runtime:
@@ -115,7 +84,9 @@ class StandIn:
         self.port = 0
         self.rt: _Runtime | None = None
         self._runner: web.AppRunner | None = None
-        self._restart_task: asyncio.Task[None] | None = None
+        self.file_routes = file_routes.FileRoutes(self)
+        self.info_routes = info_routes.InfoRoutes(self)
+        self.control_routes = control_routes.ControlRoutes(self)
 
     def _queued_prompts(self) -> list[Any]:
         if self.rt is None:
@@ -146,7 +117,7 @@ class StandIn:
         self.rt.hub.start()
         self.rt.executor.start()
         app = web.Application(
-            middlewares=[self._hang_middleware, self._origin_middleware],
+            middlewares=[middlewares.hang(self.knobs), middlewares.origin_only],
             client_max_size=MAX_UPLOAD_SIZE,
         )
         self._add_routes(app)
@@ -183,33 +154,6 @@ class StandIn:
         if self.rt is not None:
             self.rt.hub.drop_all()
 
-    # -- middlewares -----------------------------------------------------------------------------
-    @web.middleware
-    async def _hang_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if self.knobs.hang and not request.path.startswith("/_standin/"):
-            while self.knobs.hang:  # noqa: ASYNC110 - the knob is a plain attribute
-                await asyncio.sleep(0.05)
-        return await handler(request)
-
-    @web.middleware
-    async def _origin_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        host = request.headers.get("Host")
-        origin = request.headers.get("Origin")
-        if host and origin:
-            host_domain = host.lower()
-            parsed = urllib.parse.urlparse(origin)
-            origin_domain: str | None = parsed.netloc.lower()
-            host_parsed = urllib.parse.urlsplit("//" + host_domain)
-            loopback = _is_loopback(host_parsed.hostname)
-            host_cmp: str | None = host_domain
-            if parsed.port is None:
-                host_cmp = host_parsed.hostname
-            if host_parsed.port is None:
-                origin_domain = parsed.hostname
-            if loopback and host_cmp and origin_domain and host_cmp != origin_domain:
-                return _empty(403)
-        return await handler(request)
-
     # -- routes ----------------------------------------------------------------------------------
     def _add_routes(self, app: web.Application) -> None:
         routes = [
@@ -221,23 +165,23 @@ class StandIn:
             ("GET", "/history", self.get_history),
             ("GET", "/history/{prompt_id}", self.get_history_item),
             ("POST", "/history", self.post_history),
-            ("GET", "/view", self.view),
-            ("POST", "/upload/image", self.upload_image),
+            ("GET", "/view", self.file_routes.view),
+            ("POST", "/upload/image", self.file_routes.upload_image),
             ("POST", "/interrupt", self.post_interrupt),
             ("POST", "/free", self.post_free),
-            ("GET", "/system_stats", self.system_stats),
-            ("GET", "/features", self.features),
-            ("GET", "/object_info", self.object_info),
-            ("GET", "/object_info/{node_class}", self.object_info_node),
-            ("GET", "/embeddings", self.embeddings),
-            ("GET", "/models", self.models_list),
-            ("GET", "/models/{folder}", self.models_folder),
-            ("GET", "/view_metadata/{folder_name}", self.view_metadata),
-            ("GET", "/extensions", self.extensions),
-            ("GET", "/settings", self.settings),
-            ("GET", "/users", self.users),
-            ("POST", "/comfy-fleet/cleanup/delete", self.cleanup_delete),
-            ("GET", "/comfy-fleet/cleanup/info", self.cleanup_info),
+            ("GET", "/system_stats", self.info_routes.system_stats),
+            ("GET", "/features", self.info_routes.features),
+            ("GET", "/object_info", self.info_routes.object_info),
+            ("GET", "/object_info/{node_class}", self.info_routes.object_info_node),
+            ("GET", "/embeddings", self.info_routes.embeddings),
+            ("GET", "/models", self.info_routes.models_list),
+            ("GET", "/models/{folder}", self.info_routes.models_folder),
+            ("GET", "/view_metadata/{folder_name}", self.info_routes.view_metadata),
+            ("GET", "/extensions", self.info_routes.extensions),
+            ("GET", "/settings", self.info_routes.settings),
+            ("GET", "/users", self.info_routes.users),
+            ("POST", "/comfy-fleet/cleanup/delete", self.file_routes.cleanup_delete),
+            ("GET", "/comfy-fleet/cleanup/info", self.file_routes.cleanup_info),
             ("POST", "/comfy-fleet/models/pull", self.model_folders.pull),
             ("GET", "/comfy-fleet/models", self.model_folders.listing),
             ("GET", "/comfy-fleet/models/info", self.model_folders.info),
@@ -245,12 +189,12 @@ class StandIn:
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
             app.router.add_route(method, "/api" + path, handler)
-        app.router.add_get("/", self.index)
-        app.router.add_get("/_standin/knobs", self.control_get_knobs)
-        app.router.add_post("/_standin/knobs", self.control_set_knobs)
-        app.router.add_get("/_standin/counters", self.control_counters)
-        app.router.add_post("/_standin/drop_websockets", self.control_drop_websockets)
-        app.router.add_post("/_standin/restart", self.control_restart)
+        app.router.add_get("/", self.info_routes.index)
+        app.router.add_get("/_standin/knobs", self.control_routes.control_get_knobs)
+        app.router.add_post("/_standin/knobs", self.control_routes.control_set_knobs)
+        app.router.add_get("/_standin/counters", self.control_routes.control_counters)
+        app.router.add_post("/_standin/drop_websockets", self.control_routes.control_drop_websockets)
+        app.router.add_post("/_standin/restart", self.control_routes.control_restart)
 
     @property
     def _rt(self) -> _Runtime:
@@ -260,7 +204,7 @@ class StandIn:
     # websocket ------------------------------------------------------------------------------
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         if self.knobs.refuse_websockets:
-            return _empty(503)
+            return responses.empty(503)
         rt = self._rt
         ws = web.WebSocketResponse()
         await ws.prepare(request)
@@ -315,7 +259,7 @@ class StandIn:
                     number = -number
                 rt.number += 1
         except (ValueError, TypeError):
-            return _internal_error()
+            return responses.internal_error()
         if "prompt" not in body:
             self.counters.prompts_rejected += 1
             error = {
@@ -337,7 +281,7 @@ class StandIn:
                 partial_execution_targets=body.get("partial_execution_targets"),
             )
         except PromptCrashed:
-            return _internal_error()
+            return responses.internal_error()
         extra_data = body.get("extra_data", {})
         extra_data = dict(extra_data) if isinstance(extra_data, dict) else {}
         if "client_id" in body:
@@ -363,14 +307,14 @@ class StandIn:
         try:
             body = json.loads(await request.text())
         except ValueError:
-            return _internal_error()
+            return responses.internal_error()
         q = self._rt.queue
         if isinstance(body, dict):
             if body.get("clear"):
                 q.wipe()
             for pid in body.get("delete", []) or []:
                 q.delete(pid)
-        return _empty()
+        return responses.empty()
 
     async def post_interrupt(self, request: web.Request) -> web.Response:
         self.counters.interrupts += 1
@@ -386,20 +330,20 @@ class StandIn:
                 ex.interrupt()
         else:
             ex.interrupt()
-        return _empty()
+        return responses.empty()
 
     async def post_free(self, request: web.Request) -> web.Response:
         try:
             body = json.loads(await request.text())
         except ValueError:
-            return _internal_error()
+            return responses.internal_error()
         if isinstance(body, dict) and body.get("free_memory"):
             ex = self._rt.executor
             if ex.running_prompt_id is None:
                 ex.cache.clear()
             else:
                 ex.free_memory_requested = True
-        return _empty()
+        return responses.empty()
 
     # history --------------------------------------------------------------------------------
     async def get_history(self, request: web.Request) -> web.Response:
@@ -408,7 +352,7 @@ class StandIn:
             max_items = int(q["max_items"]) if "max_items" in q else None
             offset = int(q["offset"]) if "offset" in q else -1
         except ValueError:
-            return _internal_error()
+            return responses.internal_error()
         return web.json_response(self._rt.queue.get_history(max_items=max_items, offset=offset))
 
     async def get_history_item(self, request: web.Request) -> web.Response:
@@ -418,263 +362,14 @@ class StandIn:
         try:
             body = json.loads(await request.text())
         except ValueError:
-            return _internal_error()
+            return responses.internal_error()
         q = self._rt.queue
         if isinstance(body, dict):
             if body.get("clear"):
                 q.wipe_history()
             for pid in body.get("delete", []) or []:
                 q.delete_history(pid)
-        return _empty()
-
-    # files ----------------------------------------------------------------------------------
-    async def view(self, request: web.Request) -> web.StreamResponse:
-        self.counters.views += 1
-        if self.knobs.view_delay > 0:
-            await asyncio.sleep(self.knobs.view_delay)
-        query = dict(request.rel_url.query)
-        target = files.resolve_view(self.dirs, query)
-        if target.status != 200:
-            return _empty(target.status)
-        disposition = {"Content-Disposition": f'filename="{target.filename}"'}
-        channel = query.get("channel", "rgba")
-        if "preview" in query:
-            info = query["preview"].split(";")
-            fmt = info[0]
-            if fmt not in ("webp", "jpeg") or "a" in query.get("channel", ""):
-                fmt = "webp"
-            quality = int(info[-1]) if info[-1].isdigit() else 90
-            with Image.open(target.path) as img:
-                out = img.convert("RGB") if fmt == "jpeg" or channel == "rgb" else img
-                buf = BytesIO()
-                out.save(buf, format=fmt, quality=quality)
-            return web.Response(
-                body=buf.getvalue(), content_type=f"image/{fmt}", headers=disposition
-            )
-        if channel in ("rgb", "a"):
-            with Image.open(target.path) as img:
-                if channel == "rgb":
-                    if img.mode == "RGBA":
-                        out = Image.merge("RGB", img.split()[:3])
-                    else:
-                        out = img.convert("RGB")
-                else:
-                    alpha = img.split()[3] if img.mode == "RGBA" else Image.new("L", img.size, 255)
-                    out = Image.new("RGBA", img.size)
-                    out.putalpha(alpha)
-                buf = BytesIO()
-                out.save(buf, format="PNG")
-            return web.Response(body=buf.getvalue(), content_type="image/png", headers=disposition)
-        ctype = mimetypes.guess_type(target.filename)[0] or "application/octet-stream"
-        if ctype in {
-            "text/html",
-            "text/html-sandboxed",
-            "application/xhtml+xml",
-            "text/javascript",
-            "text/css",
-        }:
-            ctype = "application/octet-stream"
-        return web.FileResponse(target.path, headers={**disposition, "Content-Type": ctype})
-
-    async def upload_image(self, request: web.Request) -> web.Response:
-        post = await request.post()
-        image = post.get("image")
-        if not isinstance(image, web.FileField) or image.file is None:
-            return _empty(400)
-        kind = post.get("type")
-        if kind is not None and kind not in ("input", "temp", "output"):
-            return _internal_error()
-        subfolder = str(post.get("subfolder", ""))
-        overwrite = post.get("overwrite")
-        data = image.file.read()
-        try:
-            name, kind_out, _ = files.store_upload(
-                self.dirs,
-                data,
-                image.filename,
-                subfolder,
-                str(kind) if kind is not None else None,
-                str(overwrite) if overwrite is not None else None,
-            )
-        except files.UploadRejected:
-            return _empty(400)
-        self.counters.uploads += 1
-        return web.json_response({"name": name, "subfolder": subfolder, "type": kind_out})
-
-    # catalogue and info ---------------------------------------------------------------------
-    async def system_stats(self, request: web.Request) -> web.Response:
-        try:
-            ram_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-            ram_free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-        except (ValueError, OSError):
-            ram_total = ram_free = 0
-        return web.json_response(
-            {
-                "system": {
-                    "os": os.name,
-                    "ram_total": ram_total,
-                    "ram_free": ram_free,
-                    "comfyui_version": COMFYUI_VERSION,
-                    "required_frontend_version": "1.27.10",
-                    "installed_templates_version": "0.1.95",
-                    "required_templates_version": "0.1.95",
-                    "python_version": sys.version,
-                    "pytorch_version": "2.14.1+cu130",
-                    "embedded_python": False,
-                    "argv": self._argv(),
-                },
-                "devices": [
-                    {
-                        "name": "cpu",
-                        "type": "cpu",
-                        "index": None,
-                        "vram_total": ram_total,
-                        "vram_free": ram_free,
-                        "torch_vram_total": ram_total,
-                        "torch_vram_free": ram_free,
-                    }
-                ],
-            }
-        )
-
-    def _argv(self) -> list[str]:
-        # The command line a real server with these folders would show (17 items, as recorded).
-        user = os.path.join(os.path.dirname(self.dirs.temp), "user")
-        return [
-            "main.py",
-            "--cpu",
-            "--listen",
-            self.host,
-            "--port",
-            str(self.port),
-            "--disable-auto-launch",
-            "--input-directory",
-            self.dirs.input,
-            "--output-directory",
-            self.dirs.output,
-            "--temp-directory",
-            os.path.dirname(self.dirs.temp),
-            "--user-directory",
-            user,
-            "--database-url",
-            f"sqlite:///{user}/comfyui.db",
-        ]
-
-    async def features(self, request: web.Request) -> web.Response:
-        return web.json_response(FEATURES)
-
-    async def object_info(self, request: web.Request) -> web.Response:
-        return web.json_response(self.catalogue.object_info(Path(self.dirs.input)))
-
-    async def object_info_node(self, request: web.Request) -> web.Response:
-        name = request.match_info["node_class"]
-        info = self.catalogue.object_info(Path(self.dirs.input))
-        return web.json_response({name: info[name]} if name in info else {})
-
-    async def embeddings(self, request: web.Request) -> web.Response:
-        names = self.catalogue.model_files("embeddings") or []
-        return web.json_response([os.path.splitext(n)[0] for n in names])
-
-    async def models_list(self, request: web.Request) -> web.Response:
-        return web.json_response(MODEL_FOLDERS)
-
-    async def models_folder(self, request: web.Request) -> web.Response:
-        folder = request.match_info["folder"]
-        if folder not in MODEL_FOLDERS:
-            return _empty(404)
-        return web.json_response(self.catalogue.model_files(folder) or [])
-
-    async def view_metadata(self, request: web.Request) -> web.Response:
-        return _empty(404)  # no real safetensors files behind the configured names
-
-    async def extensions(self, request: web.Request) -> web.Response:
-        return web.json_response([])
-
-    async def settings(self, request: web.Request) -> web.Response:
-        return web.json_response({})
-
-    async def users(self, request: web.Request) -> web.Response:
-        return web.json_response({"storage": "server", "migrated": True})
-
-    async def index(self, request: web.Request) -> web.Response:
-        # bytes, so the Content-Type stays the recorded bare "text/html"
-        return web.Response(
-            body=_INDEX_HTML.encode(),
-            content_type="text/html",
-            headers={"Cache-Control": "no-cache"},
-        )
-
-    # the comfy-fleet cleanup extension -------------------------------------------------------
-    async def cleanup_info(self, request: web.Request) -> web.Response:
-        if not self.knobs.cleanup_extension:
-            return _empty(404)
-        return web.json_response({"version": min(CLEANUP_VERSION, self.knobs.cleanup_extension_version)})
-
-    async def cleanup_delete(self, request: web.Request) -> web.Response:
-        """The extension's delete route: one file, or a batch ``{"files": [...]}`` (version 2)."""
-        if not self.knobs.cleanup_extension:
-            return _empty(404)
-        self.counters.cleanup_requests += 1
-        try:
-            body = json.loads(await request.text())
-        except ValueError:
-            return web.json_response({"error": "body must be JSON"}, status=400)
-        if isinstance(body, dict) and "files" in body and self.knobs.cleanup_extension_version >= 2:
-            status, answer = delete_batch(body["files"], self._cleanup_one)
-        else:
-            status, answer = self._cleanup_one(body)
-        return web.json_response(answer, status=status)
-
-    def _cleanup_one(self, body: Any) -> tuple[int, dict[str, Any]]:
-        if not isinstance(body, dict):
-            return 400, {"error": "body must be a JSON object"}
-        try:
-            target = files.cleanup_target(
-                self.dirs, body.get("type"), body.get("filename"), body.get("subfolder", "")
-            )
-            target.unlink()
-            prune_empty_parents(Path(self.dirs.by_type(body.get("type")) or ""), target)
-        except files.CleanupError as err:
-            return err.status, {"error": err.args[1]}
-        except FileNotFoundError:
-            return 404, {"error": "no such file"}
-        self.counters.files_deleted += 1
-        return 200, {"deleted": True}
-
-    # control routes (not in the real server) --------------------------------------------------
-    async def control_get_knobs(self, request: web.Request) -> web.Response:
-        return web.json_response(self.knobs.to_json())
-
-    async def control_set_knobs(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-            self.knobs.update(body)
-        except (ValueError, TypeError, KeyError) as ex:
-            return web.json_response({"error": f"bad knobs: {ex!r}"}, status=400)
-        if self.rt is not None:
-            self.rt.queue.wake()
-        return web.json_response(self.knobs.to_json())
-
-    async def control_counters(self, request: web.Request) -> web.Response:
-        return web.json_response(self.counters.to_json())
-
-    async def control_drop_websockets(self, request: web.Request) -> web.Response:
-        self.drop_websockets()
-        return web.json_response({"dropped": True})
-
-    async def control_restart(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json() if request.can_read_body else {}
-        except ValueError:
-            body = {}
-        down_s = float(body.get("down_s", 0.0)) if isinstance(body, dict) else 0.0
-
-        async def later() -> None:
-            await asyncio.sleep(0.05)  # let this answer go out first
-            await self.restart(down_s)
-
-        self._restart_task = asyncio.get_running_loop().create_task(later())
-        return web.json_response({"restarting": True, "down_s": down_s})
+        return responses.empty()
 
 
 __all__ = ["FEATURES", "StandIn"]

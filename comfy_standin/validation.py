@@ -344,7 +344,12 @@ def _input_specs(node_info: dict[str, Any]) -> list[tuple[str, str, list[Any]]]:
 
 
 def _validate_inputs(ctx: _Context, item: Any) -> tuple[bool, list[dict[str, Any]], Any]:
-    """execution.validate_inputs for one node; results are memoised in ``ctx.validated``."""
+    """execution.validate_inputs for one node; results are memoised in ``ctx.validated``.
+
+    Long because it mirrors ComfyUI 0.3.64's ``execution.validate_inputs`` branch for branch
+    (missing input, link, literal coercion, min/max, combo, custom validation), in its order:
+    kept in one piece so the two can be read side by side when ComfyUI changes.
+    """
     if item in ctx.validated:
         return ctx.validated[item]
     prompt = ctx.prompt
@@ -496,6 +501,10 @@ def validate_prompt(
     Literal values are coerced in place (``"8"`` -> ``8`` for an INT), as the real server does.
     ``output_dir``/``temp_dir`` serve LoadImage names annotated ``[output]``/``[temp]``.
     Raises ``PromptCrashed`` where the real server fails with HTTP 500.
+
+    Long because it mirrors ComfyUI 0.3.64's ``execution.validate_prompt`` step for step
+    (class types and outputs, each output's validation, node_errors attribution, the summary
+    error), after the checks its ``post_prompt`` handler makes first.
     """
     if prompt is None:
         return _rejected(_error("no_prompt", "No prompt provided", "No prompt provided", {}), {})

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import FastAPI
 
 from comfy_fleet.config import Settings
-from serve_app import responses
+from serve_app import console, responses
+from serve_app.models import document
 from serve_app.middleware import auth, body_limit, json_bounds
 from serve_app.routes import batches, endpoints, health, legacy, tasks, workflows
 from serve_app.services import Services
@@ -38,6 +39,7 @@ def create_app(settings: Settings, build_services: Callable[[], Awaitable[Servic
         default_response_class=responses.JSON,
         docs_url="/docs",
         openapi_url="/openapi.json",
+        openapi_tags=document.TAGS,
     )
     # The last added runs first: authenticate, then limit the body of who is let in, then
     # bound the shape of that body before anything parses it.
@@ -48,4 +50,6 @@ def create_app(settings: Settings, build_services: Callable[[], Awaitable[Servic
 
     for resource in (tasks, batches, workflows, endpoints, health, legacy):
         app.include_router(resource.router, prefix=settings.route_prefix)
+    console.mount(app, settings)
+    document.install(app, keys_required=bool(settings.api_keys))
     return app

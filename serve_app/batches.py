@@ -5,6 +5,10 @@ Every task of a batch is checked exactly as POST /tasks checks one (`submission.
 first bad one refuses the whole batch with `details.index` naming it, before anything is
 recorded (image inputs are staged only once every task passed). Then `submission.prepare`
 builds each task's first event and the log records the batch and all its tasks at once.
+
+A batch's tasks are its tenant's. Raw graphs and models given by URL are refused in a batch
+(422 naming the task): a model fetched for a task is a `task.model_fetched` event of its own,
+which the one statement recording a batch does not store.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from comfy_fleet import errors
 from comfy_fleet.batches import batch_state, sweep
 from comfy_fleet.batches.batch_state import BatchState
 from comfy_fleet.log import events
+from comfy_fleet.policies import access
+from comfy_fleet.workflows import model_params
 from serve_app import commands, schemas, submission
 from serve_app.services import Services
 
@@ -95,7 +101,8 @@ def items_of(req: BatchRequest) -> tuple[list[Item], str]:
                 f"tasks: a batch holds 1 to {sweep.MAX_TASKS} tasks; got {len(req.tasks)}",
                 {"loc": ["body", "tasks"], "tasks": len(req.tasks), "max": sweep.MAX_TASKS},
             )
-        return [_task_item(i, raw, req.priority) for i, raw in enumerate(req.tasks)], "tasks"
+        items = [_task_item(i, raw, req.priority, req.tenant) for i, raw in enumerate(req.tasks)]
+        return items, "tasks"
     if req.workflow is None or req.sweep is None:
         raise errors.InvalidRequest(
             "a batch needs \"tasks\" (a list of task bodies) or \"workflow\" with \"sweep\"",
@@ -106,7 +113,7 @@ def items_of(req: BatchRequest) -> tuple[list[Item], str]:
     return [Item(req.workflow, p, None, None, priority) for p in expanded], "sweep"
 
 
-def _task_item(index: int, raw: Any, batch_priority: int | None) -> Item:
+def _task_item(index: int, raw: Any, batch_priority: int | None, tenant: str) -> Item:
     try:
         body = schemas.SubmitTask.model_validate(raw)
     except pydantic.ValidationError as exc:
@@ -118,6 +125,22 @@ def _task_item(index: int, raw: Any, batch_priority: int | None) -> Item:
         raise errors.InvalidRequest(
             f"tasks[{index}]: {where}", {"index": index, "problems": problems}
         ) from None
+    if body.graph is not None or body.files is not None:
+        raise errors.InvalidRequest(
+            f"tasks[{index}]: a raw graph cannot be part of a batch; submit it with POST /tasks",
+            {"index": index, "reason": "raw_graph", "loc": ["body", "tasks", str(index), "graph"]},
+        )
+    if body.workflow is None:
+        raise errors.InvalidRequest(
+            f"tasks[{index}]: workflow is required",
+            {"index": index, "loc": ["body", "tasks", str(index), "workflow"]},
+        )
+    if body.tenant is not None and body.tenant != tenant:
+        raise errors.InvalidRequest(
+            f"tasks[{index}]: a batch's tasks are the batch's tenant's; name the tenant on the "
+            "batch",
+            {"index": index, "loc": ["body", "tasks", str(index), "tenant"]},
+        )
     explicit = "priority" in body.model_fields_set
     priority = body.priority if explicit or batch_priority is None else batch_priority
     return Item(body.workflow, body.params, body.client_task_id, body.callback_url, priority)
@@ -133,7 +156,7 @@ async def submit(services: Services, req: BatchRequest) -> tuple[BatchState, boo
         if existing is not None:
             return _same_or_conflict(existing, digest), False
     items, kind = items_of(req)
-    await _check_client_task_ids(services, items)
+    await _check_client_task_ids(services, req.tenant, items)
     urls: set[str] = set()
     if req.callback_url is not None:
         parsed = services.url_policy.check_url(req.callback_url)
@@ -142,15 +165,17 @@ async def submit(services: Services, req: BatchRequest) -> tuple[BatchState, boo
         await _item(i, submission.check(
             services, workflow_name=it.workflow, params=it.params,
             client_task_id=it.client_task_id, callback_url=it.callback_url,
-            priority=it.priority, checked_urls=urls,
+            priority=it.priority, tenant=req.tenant, checked_urls=urls,
         ))
         for i, it in enumerate(items)
     ]
-    await submission.admit(services, len(checked))
+    for i, c in enumerate(checked):
+        _refuse_models_by_url(i, c)
+    await submission.admit(services, req.tenant, len(checked))
     batch_id = str(uuid.uuid4())
     task_ids = [str(uuid.uuid4()) for _ in checked]
     prepared = [
-        (tid, await _item(i, submission.prepare(services, c, tid, batch_id)))
+        (tid, (await _item(i, submission.prepare(services, c, tid, batch_id)))[0])
         for i, (tid, c) in enumerate(zip(task_ids, checked, strict=True))
     ]
     submitted = events.BatchSubmitted(
@@ -170,11 +195,23 @@ async def submit(services: Services, req: BatchRequest) -> tuple[BatchState, boo
         raise errors.IdempotencyConflict(
             "a client_task_id of the batch was recorded meanwhile; nothing of the batch was"
         ) from None
-    services.waiting_estimate += len(prepared)
+    submission.count_admitted(services, req.tenant, len(prepared))
     return state, True
 
 
-async def _check_client_task_ids(services: Services, items: list[Item]) -> None:
+def _refuse_models_by_url(index: int, checked: submission.Checked) -> None:
+    """A model given by URL is refused in a batch (see the module's docstring)."""
+    by_url = model_params.by_url(checked.workflow.manifest.params, checked.resolved)
+    if by_url:
+        param = sorted(by_url)[0]
+        raise errors.WorkflowParamsInvalid(
+            f"tasks[{index}]: {param}: a model given by URL cannot be part of a batch; name a "
+            "model file the fleet holds, or submit the task with POST /tasks",
+            {"index": index, "reason": "model_by_url", "param": param},
+        )
+
+
+async def _check_client_task_ids(services: Services, tenant: str, items: list[Item]) -> None:
     """A client_task_id may name one task: not two of the batch, nor one already recorded."""
     seen: dict[str, int] = {}
     for i, it in enumerate(items):
@@ -187,7 +224,7 @@ async def _check_client_task_ids(services: Services, items: list[Item]) -> None:
                 {"index": i, "client_task_id": it.client_task_id},
             )
         seen[it.client_task_id] = i
-    taken = await services.log.taken_client_task_ids(list(seen))
+    taken = await services.log.taken_client_task_ids(tenant, list(seen))
     if taken:
         first = min(seen[c] for c in taken)
         raise errors.IdempotencyConflict(
@@ -214,12 +251,11 @@ def batch_id_of(raw: str) -> str:
         raise errors.BatchNotFound(f"no batch {raw[:64]!r}") from None
 
 
-async def get(services: Services, batch_id: str, tenant: str | None) -> BatchState:
-    """The batch, if `tenant` (None: an admin) may see it; else BatchNotFound, as for an
-    unknown id, so another tenant's batch is not revealed."""
+async def get(services: Services, batch_id: str, principal: access.Principal) -> BatchState:
+    """The batch, if `principal` may see it; else BatchNotFound, as for an unknown id, so
+    another tenant's batch is not revealed."""
     state = await services.log.get_batch(batch_id_of(batch_id))
-    if tenant is not None and state.tenant != tenant:
-        raise errors.BatchNotFound(f"no batch {batch_id}")
+    access.check_access(principal, state.tenant, errors.BatchNotFound(f"no batch {batch_id}"))
     return state
 
 
@@ -246,10 +282,12 @@ async def cancel(services: Services, state: BatchState) -> BatchState:
         except errors.ConcurrencyConflict:
             state = await log.get_batch(state.batch_id)
     gate = asyncio.Semaphore(CANCEL_CONCURRENCY)
+    # The batch's own tenant: every task of the batch is its tenant's.
+    principal = access.Principal(state.tenant)
 
     async def one(task_id: str) -> None:
         async with gate:
-            await commands.request_cancel(services, task_id)
+            await commands.request_cancel(services, task_id, principal)
 
     await asyncio.gather(*(one(t) for t in await log.open_tasks_of_batch(state.batch_id)))
     return state

@@ -11,8 +11,9 @@ from typing import Any
 
 from comfy_fleet import config, errors
 from comfy_fleet.log import events, task_state
+from comfy_fleet.log import cancel as cancel_module
 from comfy_fleet.log.task_state import TaskState
-from comfy_fleet.policies import fleet_addresses
+from comfy_fleet.policies import access, fleet_addresses
 from serve_app import submission
 from serve_app.services import Services
 
@@ -32,10 +33,14 @@ async def submit(
     client_task_id: str | None,
     callback_url: str | None,
     priority: int,
+    tenant: str,
     origin: str = "tasks",
+    graph: dict[str, Any] | None = None,
+    files: dict[str, Any] | None = None,
+    principal: Any = None,
 ) -> tuple[TaskState, bool]:
-    """Record a new task (→ (state, True)) or find the same earlier one (→ (state, False)).
-    See `serve_app.submission.submit` for its checks and refusals."""
+    """Record a new task of `tenant` (→ (state, True)) or find the same earlier one of that
+    tenant (→ (state, False)). See `serve_app.submission.submit` for its checks and refusals."""
     return await submission.submit(
         services,
         workflow_name=workflow_name,
@@ -43,8 +48,20 @@ async def submit(
         client_task_id=client_task_id,
         callback_url=callback_url,
         priority=priority,
+        tenant=tenant,
         origin=origin,
+        graph=graph,
+        files=files,
+        principal=principal,
     )
+
+
+async def visible_task(services: Services, task_id: str, principal: access.Principal) -> TaskState:
+    """The task, when `principal` may act on it; another tenant's task raises exactly what an
+    unknown id raises (`TaskNotFound`, same message), so its existence is not revealed."""
+    state = await services.log.get(task_id)
+    access.check_access(principal, state.tenant, errors.TaskNotFound(f"no task {task_id}"))
+    return state
 
 
 async def wait_final(services: Services, state: TaskState, wait_s: float) -> TaskState:
@@ -60,37 +77,44 @@ async def wait_final(services: Services, state: TaskState, wait_s: float) -> Tas
     return state
 
 
-async def cancel(services: Services, task_id: str) -> TaskState:
-    """Cancel the task wherever it is (`request_cancel`). Returns the state after a short
-    wait for the end; an ended task is returned as it is."""
-    state = await request_cancel(services, task_id)
+async def cancel(services: Services, task_id: str, principal: access.Principal) -> TaskState:
+    """Cancel the task wherever it is (`request_cancel`). Returns the state after a short wait
+    for the end; an ended task is returned as it is. Another tenant's task is unknown
+    (`visible_task`)."""
+    state = await request_cancel(services, task_id, principal)
     if state.is_final:
         return state
     return await wait_final(services, await services.log.get(task_id), CANCEL_WAIT_S)
 
 
-async def request_cancel(services: Services, task_id: str) -> TaskState:
+async def request_cancel(
+    services: Services, task_id: str, principal: access.Principal
+) -> TaskState:
     """Record the cancel (once), ask the router to drop the task from its queue, or let the
-    endpoint running it interrupt it; no wait for the end (a batch's cancel runs it per task)."""
+    endpoint running it interrupt it; no wait for the end (a batch's cancel runs it per task).
+    Another tenant's task is unknown (`visible_task`)."""
     log = services.log
-    state = await log.get(task_id)
+    state = await visible_task(services, task_id, principal)
     if state.is_final:
         return state
-    if not state.cancel_requested:
+    requested = cancel_module.request(state)
+    if requested:
         # Lost a race with another writer: the cancel is decided from the state that won.
         with contextlib.suppress(errors.ConcurrencyConflict):
-            state = await log.append(task_id, state.seq, [events.TaskCancelRequested()], state)
-    where = await services.router.cancel(task_id)
-    if where == "removed":
-        state = await _append_final(services, task_id, events.TaskCancelled(where="router"))
+            state = await log.append(task_id, state.seq, requested, state)
+    answer = await services.router.cancel(task_id)
+    removed = cancel_module.decide(cancel_module.REQUESTED, cancel_module.Where.WAITING)
+    if answer == removed.answer:
+        (event,) = removed.record
+        state = await _append_final(services, task_id, event)
     return state
 
 
-async def redeliver(services: Services, task_id: str) -> TaskState:
+async def redeliver(services: Services, task_id: str, principal: access.Principal) -> TaskState:
     """Deliver an ended task's webhook again. Raises Conflict for a task without a callback
-    or one that has not ended."""
+    or one that has not ended; another tenant's task is unknown (`visible_task`)."""
     log = services.log
-    state = await log.get(task_id)
+    state = await visible_task(services, task_id, principal)
     if not state.callback_url:
         raise errors.Conflict("the task has no callback_url")
     if not state.is_final:

@@ -16,7 +16,7 @@ from comfy_fleet.net import fleet_refresher
 from comfy_fleet.policies import fleet_addresses
 from comfy_fleet.policies.url_policy import UrlPolicy
 from comfy_fleet.workflows.registry import WorkflowRegistry
-from serve_app import api
+from serve_app import api, submission
 from serve_app.services import Services
 
 log = logging.getLogger("comfy_fleet.ingress")
@@ -44,10 +44,14 @@ class RouterClientOverRay:
 
 async def _refresh_waiting(services: Services) -> None:
     """Keep the replica's estimate of the router's waiting tasks fresh (admission control;
-    between refreshes each submission counts itself in, serve_app/submission.py)."""
+    between refreshes each submission counts itself in, serve_app/submission.py), and its
+    view of the endpoints' node info (`Services.node_catalog`)."""
     while True:
         with contextlib.suppress(Exception):
-            services.waiting_estimate = int((await services.router.stats())["waiting"])
+            stats = await services.router.stats()
+            submission.absorb_stats(services, stats)
+            # The same answer says which node info each endpoint reports (raw graphs).
+            services.node_catalog.observe(stats.get("endpoints") or {})
         await asyncio.sleep(WAITING_REFRESH_S)
 
 
@@ -74,6 +78,7 @@ async def build_services(settings: Settings, extra_deny_hosts: list[str]) -> Ser
         webhooks=remote.webhooks_port(),
         url_policy=UrlPolicy.from_settings(settings, extra_deny_hosts=extra_deny_hosts, fleet=fleet),
         fleet_refresher=refresher,
+        endpoints=remote.endpoint_port,
     )
     services.background.add(asyncio.create_task(_refresh_waiting(services)))
     return services

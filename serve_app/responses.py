@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -10,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from comfy_fleet import errors
 
@@ -58,12 +60,39 @@ async def _on_validation(_req: Request, exc: Exception) -> Response:
     return error(422, "invalid_request", f"invalid request: {where}", problems)
 
 
-async def _on_http(_req: Request, exc: Exception) -> Response:
+async def _on_http(req: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
         exc.status_code, "http_error"
     )
-    return error(exc.status_code, code, str(exc.detail))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette's Allow stays for paths the document does not hold (/openapi.json, /docs).
+        documented = allowed_methods(req)
+        if documented:
+            headers["Allow"] = ", ".join(sorted(documented))
+    return error(exc.status_code, code, str(exc.detail), headers=headers or None)
+
+
+def allowed_methods(req: Request) -> set[str]:
+    """The methods the OpenAPI document gives the request's path (RFC 9110: a 405 names them
+    in `Allow`). Starlette's own 405 names only the first route matching the path, and a path
+    such as /tasks has one route per method. As in OpenAPI, a path without parameters wins
+    over a templated one that also matches (/workflows/reload over /workflows/{name})."""
+    app = req.app
+    table: list[tuple[re.Pattern[str], bool, set[str]]] | None = getattr(
+        app.state, "allow_table", None
+    )
+    if table is None:
+        table = [
+            (compile_path(path)[0], "{" not in path, {m.upper() for m in operations})
+            for path, operations in app.openapi().get("paths", {}).items()
+        ]
+        app.state.allow_table = table
+    matches = [(literal, methods) for pattern, literal, methods in table
+               if pattern.match(req.url.path)]
+    literal = [methods for is_literal, methods in matches if is_literal]
+    return set().union(*(literal or [methods for _l, methods in matches]))
 
 
 def install_handlers(app: FastAPI) -> None:

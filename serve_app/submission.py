@@ -2,16 +2,16 @@
 
 Nothing is recorded for a rejected request: every check (workflow, params, URL, admission)
 runs before the one append, and the 202 is sent only after that append committed. The steps
-are separate so a batch (serve_app/batches.py) runs them per task and records all at once:
-`check` validates one task, `prepare` builds its first event, `admit` applies the limit.
+are apart (`check`, `admit`, `prepare`) because a batch (serve_app/batches.py) runs them for
+each of its tasks before it records them all at once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -20,6 +20,9 @@ from comfy_fleet import errors
 
 from comfy_fleet.log import events
 from comfy_fleet.log.task_state import TaskState
+from comfy_fleet.policies import access
+from comfy_fleet.workflows import raw_graph
+from serve_app import model_inputs, raw_graphs
 from serve_app.services import Services
 
 
@@ -91,12 +94,13 @@ def _problem_of(value: Any, depth: int) -> str | None:
     return None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class Checked:
     """One task that passed every check, not yet recorded (nothing of it is stored yet)."""
 
+    #: the served workflow, or None for a raw graph
     workflow: Any
-    #: params with defaults applied and random seeds drawn
+    #: params with defaults applied and random seeds drawn ({} for a raw graph)
     resolved: dict[str, Any]
     #: `request_hash` of the task's body: what the same client_task_id must match
     digest: str
@@ -104,16 +108,24 @@ class Checked:
     callback_url: str | None
     priority: int
     origin: str
+    tenant: str
+    graph: dict[str, Any] | None = None
+    files: dict[str, Any] | None = None
+    graph_check: raw_graphs.Checked | None = None
 
 
 def task_body(
-    workflow_name: str, params: dict[str, Any], callback_url: str | None, priority: int, origin: str
+    workflow_name: str, params: dict[str, Any], callback_url: str | None, priority: int,
+    origin: str, graph: dict[str, Any] | None = None, files: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The canonical body of a task request (what `request_hash` digests)."""
-    return {
+    body: dict[str, Any] = {
         "workflow": workflow_name, "params": params, "callback_url": callback_url,
         "priority": priority, "origin": origin,
     }
+    if graph is not None:
+        body.update(graph=graph, files=files or {})
+    return body
 
 
 async def check(
@@ -124,59 +136,74 @@ async def check(
     client_task_id: str | None,
     callback_url: str | None,
     priority: int,
+    tenant: str,
     origin: str = "tasks",
+    graph: dict[str, Any] | None = None,
+    files: dict[str, Any] | None = None,
     digest: str | None = None,
     checked_urls: set[str] | None = None,
 ) -> Checked:
-    """Validate one task as POST /tasks does (workflow, params, callback URL), recording nothing.
-
-    Raises UnknownWorkflow, WorkflowParamsInvalid, UrlForbidden or InvalidRequest naming the
-    problem. `checked_urls` (a batch's) skips the URL policy for callbacks it already passed."""
+    """Validate one task as POST /tasks does (the workflow and its params, or the raw graph;
+    the callback URL), recording nothing. Raises UnknownWorkflow, WorkflowParamsInvalid,
+    GraphInvalid, UrlForbidden or InvalidRequest naming the problem. `checked_urls` (a batch's)
+    skips the URL policy for callbacks it already passed."""
     if digest is None:
-        digest = request_hash(task_body(workflow_name, params, callback_url, priority, origin))
-    try:
-        workflow = services.registry.get(workflow_name)
-    except errors.WorkflowNotFound:
-        raise errors.UnknownWorkflow(
-            f"workflow {workflow_name!r} is not served; GET /workflows lists them",
-            {"workflow": workflow_name, "known": services.registry.names()},
-        ) from None
-    resolved = workflow.validate(params, limits=services.settings)
+        digest = request_hash(
+            task_body(workflow_name, params, callback_url, priority, origin, graph, files)
+        )
+    workflow: Any = None
+    resolved: dict[str, Any] = {}
+    graph_check: raw_graphs.Checked | None = None
+    if graph is not None:
+        graph_check = await raw_graphs.check(services, graph, files or {})
+    else:
+        try:
+            workflow = services.registry.get(workflow_name)
+        except errors.WorkflowNotFound:
+            raise errors.UnknownWorkflow(
+                f"workflow {workflow_name!r} is not served; GET /workflows lists them",
+                {"workflow": workflow_name, "known": services.registry.names()},
+            ) from None
+        resolved = workflow.validate(params, limits=services.settings)
     if callback_url is not None and (checked_urls is None or callback_url not in checked_urls):
         parsed = services.url_policy.check_url(callback_url)
         await services.url_policy.resolve_and_check(parsed)
         if checked_urls is not None:
             checked_urls.add(callback_url)
-    return Checked(workflow, resolved, digest, client_task_id, callback_url, priority, origin)
-
-
-async def admit(services: Services, count: int = 1) -> None:
-    """Raise Overloaded when `count` more waiting tasks would pass the admission limit."""
-    settings = services.settings
-    if services.waiting_estimate + count > settings.max_waiting_tasks:
-        # The estimate only grows between refreshes: ask the router before refusing.
-        with contextlib.suppress(Exception):
-            services.waiting_estimate = int((await services.router.stats())["waiting"])
-    if services.waiting_estimate + count > settings.max_waiting_tasks:
-        raise errors.Overloaded(
-            f"{services.waiting_estimate} tasks are waiting (limit {settings.max_waiting_tasks}); "
-            "retry later",
-            {"retry_after_s": 5},
-        )
+    return Checked(
+        workflow, resolved, digest, client_task_id, callback_url, priority, origin, tenant,
+        graph, files, graph_check,
+    )
 
 
 async def prepare(
     services: Services, checked: Checked, task_id: str, batch_id: str | None = None
-) -> events.TaskSubmitted:
-    """The task's first event: its prompt built, its image inputs staged in S3 (kept there
-    until dispatch uploads them). Records nothing in the log."""
+) -> tuple[events.TaskSubmitted, list[events.Event]]:
+    """The task's first event and the events to record with it (`task.model_fetched` of the
+    models by URL it fetched): models staged in the bucket, the prompt built, image inputs
+    staged in S3 (kept there until dispatch uploads them). Records nothing in the log."""
+    if checked.graph is not None:
+        assert checked.graph_check is not None
+        graph, files = checked.graph, checked.files or {}
+        prompt, inputs = await raw_graphs.stage(services, task_id, graph, files, checked.graph_check)
+        return events.TaskSubmitted(
+            workflow=raw_graph.WORKFLOW, workflow_version=raw_graph.digest(graph), params={},
+            prompt=prompt, client_task_id=checked.client_task_id,
+            callback_url=checked.callback_url, priority=checked.priority,
+            request_hash=checked.digest, origin=checked.origin, inputs=inputs,
+            required_labels=checked.graph_check.labels, tenant=checked.tenant, batch_id=batch_id,
+        ), []
     workflow, resolved = checked.workflow, checked.resolved
     image_names = {
         name: f"fleet/{task_id}-{name}.png"
         for name, spec in workflow.manifest.params.items()
         if spec.type == "image" and name in resolved
     }
-    prompt = workflow.build_prompt(resolved, task_id=task_id, image_names=image_names)
+    # Models by URL are in the bucket before anything is recorded (serve_app/model_inputs.py).
+    staged = await model_inputs.stage_models(services, workflow, resolved)
+    prompt = workflow.build_prompt(
+        resolved, task_id=task_id, image_names=image_names, model_names=staged.names
+    )
     inputs: list[dict[str, Any]] = []
     if image_names:
         inputs = await _stage_images(services, task_id, workflow, resolved, image_names)
@@ -192,9 +219,11 @@ async def prepare(
         request_hash=checked.digest,
         origin=checked.origin,
         inputs=inputs,
-        required_labels=list(workflow.required_labels),
+        required_labels=list(workflow.required_labels) + staged.labels,
+        tenant=checked.tenant,
+        models=staged.models,
         batch_id=batch_id,
-    )
+    ), list(staged.fetched)
 
 
 async def submit(
@@ -205,41 +234,101 @@ async def submit(
     client_task_id: str | None,
     callback_url: str | None,
     priority: int,
+    tenant: str,
     origin: str = "tasks",
+    graph: dict[str, Any] | None = None,
+    files: dict[str, Any] | None = None,
+    principal: Any = None,
 ) -> tuple[TaskState, bool]:
-    """Record a new task (→ (state, True)) or find the same earlier one (→ (state, False)).
+    """Record a new task of `tenant` (→ (state, True)) or find the same earlier one of that
+    tenant (→ (state, False)): client_task_id is unique per tenant. With `graph`, a raw graph
+    (`serve_app.raw_graphs`: who may, its check, its files).
 
     Raises IdempotencyConflict for the same client_task_id with another body, Overloaded past
-    the admission limit, DatabaseUnavailable when the log cannot record it.
+    the admission limits (the fleet's, and the tenant's TENANT_MAX_WAITING), DatabaseUnavailable
+    when the log cannot record it.
     """
-    digest = request_hash(task_body(workflow_name, params, callback_url, priority, origin))
+    if graph is not None:
+        raw_graphs.permit(services.settings, principal)
+        files = files or {}
+    digest = request_hash(
+        task_body(workflow_name, params, callback_url, priority, origin, graph, files)
+    )
     if client_task_id is not None:
-        existing = await services.log.find_client_task(client_task_id)
+        existing = await services.log.find_client_task(client_task_id, tenant)
         if existing is not None:
             return _same_or_conflict(existing, digest), False
-
     checked = await check(
         services, workflow_name=workflow_name, params=params, client_task_id=client_task_id,
-        callback_url=callback_url, priority=priority, origin=origin, digest=digest,
+        callback_url=callback_url, priority=priority, tenant=tenant, origin=origin, graph=graph,
+        files=files, digest=digest,
     )
-    await admit(services)
+    await admit(services, tenant)
     task_id = str(uuid.uuid4())
-    event = await prepare(services, checked, task_id)
+    event, also = await prepare(services, checked, task_id)
+    return await _record(services, task_id, event, client_task_id, digest, also)
+
+
+async def _record(
+    services: Services, task_id: str, event: events.TaskSubmitted, client_task_id: str | None,
+    digest: str, also: list[events.Event] | None = None,
+) -> tuple[TaskState, bool]:
+    """Append `task.submitted` (and `also`: the models it fetched): the one write of a submission."""
+    tenant = event.tenant
     try:
-        state = await services.log.append(task_id, 0, [event])
+        state = await services.log.append(task_id, 0, [event, *(also or [])])
     except errors.DuplicateClientTaskId:
         # Lost a race with the same client_task_id: answer as the winner was answered.
         assert client_task_id is not None
-        existing = await services.log.find_client_task(client_task_id)
+        existing = await services.log.find_client_task(client_task_id, tenant)
         if existing is None:
             raise
         return _same_or_conflict(existing, digest), False
     # No actor call: the router follows new tasks from the log (its notice, and a scan). The
     # replica counts the task into its estimate of the waiting tasks until its next refresh
     # from the router (serve_app/ingress.py).
-    services.waiting_estimate += 1
+    count_admitted(services, tenant, 1)
     return state, True
 
+
+def count_admitted(services: Services, tenant: str, count: int) -> None:
+    """Count `count` recorded tasks of `tenant` into the replica's estimates of waiting tasks."""
+    services.waiting_estimate += count
+    services.tenant_waiting[tenant] = services.tenant_waiting.get(tenant, 0) + count
+
+
+async def admit(services: Services, tenant: str, count: int = 1) -> None:
+    """Admission control: refuse (429 with Retry-After) when `count` more tasks of `tenant`
+    would pass MAX_WAITING_TASKS in all, or TENANT_MAX_WAITING of `tenant`'s own; other tenants
+    go on. The estimates only grow between refreshes from the router, so the router is asked
+    before refusing."""
+    settings = services.settings
+    limit = settings.tenant_max_waiting
+
+    def over_all() -> bool:
+        return services.waiting_estimate + count > settings.max_waiting_tasks
+
+    def over_tenant() -> bool:
+        return limit is not None and services.tenant_waiting.get(tenant, 0) + count > limit
+
+    if over_all() or over_tenant():
+        with contextlib.suppress(Exception):
+            absorb_stats(services, await services.router.stats())
+    if over_all():
+        raise errors.Overloaded(
+            f"{services.waiting_estimate} tasks are waiting (limit {settings.max_waiting_tasks}); "
+            "retry later",
+            {"retry_after_s": 5},
+        )
+    # access.check_waiting refuses at `waiting >= limit`: what is there plus all but the last.
+    access.check_waiting(tenant, services.tenant_waiting.get(tenant, 0) + count - 1, limit)
+
+
+def absorb_stats(services: Services, stats: dict[str, Any]) -> None:
+    """Take the router's counts of waiting tasks (`Router.stats()`: in all, and per tenant)
+    as the replica's estimates, which each submission then counts itself into."""
+    services.waiting_estimate = int(stats["waiting"])
+    services.tenant_waiting = {str(t): int(n) for t, n in (stats.get("tenants") or {}).items()}
 
 def _same_or_conflict(existing: TaskState, digest: str) -> TaskState:
     if existing.request_hash != digest:

@@ -63,3 +63,11 @@ async def pg_dsn(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # The embedded PostgreSQL's atexit hook logs after pytest has closed its capture streams;
+    # a log call that cannot write must not print a "Logging error" traceback at exit.
+    import logging
+
+    logging.raiseExceptions = False

@@ -46,7 +46,8 @@ class ComfyClient:
             await self._session.close()
 
     async def _request(
-        self, method: str, path: str, *, timeout_s: float | None = None, **kw: Any
+        self, method: str, path: str, *, timeout_s: float | None = None,
+        keep_5xx: bool = False, **kw: Any,
     ) -> tuple[int, bytes]:
         if timeout_s is not None:
             kw["timeout"] = aiohttp.ClientTimeout(total=timeout_s, connect=min(5.0, timeout_s))
@@ -67,7 +68,7 @@ class ComfyClient:
                 f"{self.endpoint.name}: {method} {path} failed: {type(exc).__name__}",
                 {"connect": False},
             ) from exc
-        if status >= 500:
+        if status >= 500 and not keep_5xx:
             raise errors.EndpointUnavailable(f"{self.endpoint.name}: {method} {path} answered {status}")
         return status, body
 
@@ -199,3 +200,25 @@ class ComfyClient:
             json={"type": type_, "filename": filename, "subfolder": subfolder},
         )
         return status
+
+    async def models_info(self) -> dict[str, Any] | None:
+        """Our extension's model route (``GET /comfy-fleet/models/info``); None without it."""
+        status, data = await self._json("GET", "/comfy-fleet/models/info")
+        return data if status == 200 and isinstance(data, dict) else None
+
+    async def models_held(self) -> list[dict[str, Any]]:
+        """The models our extension pulled onto this host (``GET /comfy-fleet/models``)."""
+        status, data = await self._json("GET", "/comfy-fleet/models")
+        models = data.get("models") if status == 200 and isinstance(data, dict) else None
+        return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+
+    async def pull_model(self, body: dict[str, Any], *, timeout_s: float) -> tuple[int, Any]:
+        """``POST /comfy-fleet/models/pull``: (status, answer), error statuses included."""
+        status, data = await self._request(
+            "POST", "/comfy-fleet/models/pull", timeout_s=timeout_s, keep_5xx=True,
+            data=orjson.dumps(body), headers={"Content-Type": "application/json"},
+        )
+        try:
+            return status, orjson.loads(data) if data else None
+        except orjson.JSONDecodeError:
+            return status, None

@@ -9,12 +9,16 @@ Pure: no I/O. `parse(raw)` never raises; a frame that is not what the protocol s
 - `execution_error` / `execution_interrupted` → `Failed` (the task's error fields already
   read by `history.error_from_message`, and the history outcome kind);
 - `executing` with `node: null` → `Done` (history is complete by then); with a node → `Other`;
-- binary frames (previews, SaveImageWebsocket images) → `Binary` with their event type.
+- binary preview frames (protocol §3.6) → `Preview`: type 1 (`PREVIEW_IMAGE`: a 4-byte image
+  format, 1 JPEG or 2 PNG, then the image; it names no prompt: it is the running one's) and
+  type 4 (`PREVIEW_IMAGE_WITH_METADATA`: a 4-byte length, that much JSON metadata naming the
+  prompt and the image type, then the image); any other binary frame, or a preview frame that
+  does not hold together, → `Binary` with its event type.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -76,11 +80,28 @@ class Binary:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """A preview image of a running prompt (a sampler's latent preview, or an image that
+    SaveImageWebsocket streams)."""
+
+    #: the prompt it is of (type 4 names it); None for type 1: the prompt running then
+    prompt_id: str | None
+    #: "image/jpeg" or "image/png" (type 1), or what type 4's metadata says ("image/…")
+    content_type: str
+    image: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Unreadable:
     """Text that is not a JSON object: ignored (the reconciler reads /queue and /history)."""
 
 
-Frame = Status | Started | Progress | Failed | Done | Other | Binary | Unreadable
+Frame = Status | Started | Progress | Failed | Done | Other | Preview | Binary | Unreadable
+
+#: binary event types (ComfyUI's `protocol.BinaryEventTypes`) and type 1's image formats
+PREVIEW_IMAGE = 1
+PREVIEW_IMAGE_WITH_METADATA = 4
+IMAGE_FORMATS = {1: "image/jpeg", 2: "image/png"}
 
 #: frame types that may name a prompt (`prompt_id`); the rest is broadcast or unreadable
 ABOUT_A_PROMPT = (Started, Progress, Failed, Done, Other)
@@ -89,9 +110,7 @@ ABOUT_A_PROMPT = (Started, Progress, Failed, Done, Other)
 def parse(raw: str | bytes) -> Frame:
     """Read one websocket message as the server sent it (str for text, bytes for binary)."""
     if isinstance(raw, bytes | bytearray | memoryview):
-        data = bytes(raw)
-        event_type = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
-        return Binary(event_type=event_type, length=len(data))
+        return _binary(bytes(raw))
     try:
         frame = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -124,3 +143,23 @@ def parse(raw: str | bytes) -> Frame:
     if kind == "executing" and data.get("node") is None:
         return Done(prompt_id)
     return Other(kind if isinstance(kind, str) else None, prompt_id)
+
+
+def _binary(data: bytes) -> Preview | Binary:
+    """A binary frame: a preview when it is one that holds together, else `Binary`."""
+    if len(data) < 8:
+        return Binary(int.from_bytes(data[:4], "big") if len(data) >= 4 else None, len(data))
+    event_type, word = int.from_bytes(data[:4], "big"), int.from_bytes(data[4:8], "big")
+    if event_type == PREVIEW_IMAGE and word in IMAGE_FORMATS and len(data) > 8:
+        return Preview(None, IMAGE_FORMATS[word], data[8:])
+    if event_type == PREVIEW_IMAGE_WITH_METADATA and len(data) > 8 + word:
+        try:
+            meta = orjson.loads(data[8 : 8 + word])
+        except orjson.JSONDecodeError:
+            meta = None
+        if isinstance(meta, dict):
+            image_type, prompt_id = meta.get("image_type"), meta.get("prompt_id")
+            if isinstance(image_type, str) and image_type.startswith("image/"):
+                pid = prompt_id if isinstance(prompt_id, str) else None
+                return Preview(pid, image_type, data[8 + word :])
+    return Binary(event_type, len(data))

@@ -88,7 +88,9 @@ class BatchLog(Protocol):
 
     async def open_tasks_of_batch(self, batch_id: str) -> list[str]: ...
 
-    async def taken_client_task_ids(self, client_task_ids: Sequence[str]) -> set[str]: ...
+    async def taken_client_task_ids(self, tenant: str, client_task_ids: Sequence[str]) -> set[str]:
+        """Which of these client_task_ids a task of `tenant` already has (unique per tenant)."""
+        ...
 
     async def batches_to_complete(self, limit: int = 100) -> list[str]:
         """Running batches whose tasks have all ended (their completion is still to record)."""
@@ -111,7 +113,7 @@ class InMemoryBatches:
 
     _streams: dict[str, list[events.StoredEvent]]
     _states: dict[str, TaskState]
-    _clients: dict[str, str]
+    _clients: dict[tuple[str, str], str]
     _position: int
     _queued: list[Any]
 
@@ -130,7 +132,9 @@ class InMemoryBatches:
         if submitted.client_batch_id is not None and key in self._client_batches:
             raise errors.DuplicateClientBatchId("client_batch_id is already recorded")
         ctids = [ev.client_task_id for _, ev in tasks if ev.client_task_id is not None]
-        if len(set(ctids)) != len(ctids) or any(c in self._clients for c in ctids):
+        if len(set(ctids)) != len(ctids) or any(
+            (submitted.tenant, c) in self._clients for c in ctids
+        ):
             raise errors.DuplicateClientTaskId("client_task_id is already recorded")
         if batch_id in self._batch_streams or any(t in self._streams for t, _ in tasks):
             raise errors.ConcurrencyConflict(f"batch {batch_id}: an id is taken")
@@ -149,7 +153,7 @@ class InMemoryBatches:
             ]
             self._states[task_id] = state
             if state.client_task_id:
-                self._clients[state.client_task_id] = task_id
+                self._clients[(state.tenant, state.client_task_id)] = task_id
         for state in states:
             notice = event_log.queued_notice(None, state)
             if notice is not None:
@@ -207,8 +211,8 @@ class InMemoryBatches:
         tasks = sorted(self._batch_tasks(batch_id), key=lambda s: s.created_at)
         return [s.task_id for s in tasks if not s.is_final]
 
-    async def taken_client_task_ids(self, client_task_ids: Sequence[str]) -> set[str]:
-        return {c for c in client_task_ids if c in self._clients}
+    async def taken_client_task_ids(self, tenant: str, client_task_ids: Sequence[str]) -> set[str]:
+        return {c for c in client_task_ids if (tenant, c) in self._clients}
 
     async def batches_to_complete(self, limit: int = 100) -> list[str]:
         out = []

@@ -31,27 +31,32 @@ from comfy_fleet.delivery.slots import receiver_of
 from comfy_fleet.log.task_state import TaskState
 
 
-#: (task_id, priority, created_at, workflow, labels, requeued) of a task that now waits for
-#: dispatch (see `queued_notice`)
-QueuedCallback = Callable[[str, int, float, str, list[str], bool], None]
+#: (task_id, priority, created_at, workflow, labels, requeued, tenant) of a task that now waits
+#: for dispatch (see `queued_notice`)
+QueuedCallback = Callable[[str, int, float, str, list[str], bool, str], None]
+#: (task_id, priority, created_at, workflow, labels, tenant) of a task waiting for dispatch
+QueuedRow = tuple[str, int, float, str, list[str], str]
+#: How many of the latest dispatches the router replays into its fair share at start.
+DISPATCH_HISTORY = 10_000
 #: (task_id, endpoint, webhook_to) of a task whose end was just recorded (see `ended_notice`)
 EndedCallback = Callable[[str, str | None, str | None], None]
 
 
 def queued_notice(
     before: TaskState | None, after: TaskState
-) -> tuple[str, int, float, str, list[str], bool] | None:
+) -> tuple[str, int, float, str, list[str], bool, str] | None:
     """What `listen_queued` callers hear of an append: `(task_id, priority, created_at,
-    workflow, labels, requeued)` when it made the task wait for dispatch, else None. `requeued`
-    is False for a submission, True for a task requeued after a lost attempt: the endpoint it
-    was given to has let go of it, so the router frees that slot and queues the task again."""
+    workflow, labels, requeued, tenant)` when it made the task wait for dispatch, else None.
+    `requeued` is False for a submission, True for a task requeued after a lost attempt: the
+    endpoint it was given to has let go of it, so the router frees that slot and queues the task
+    again. `tenant` comes last: a notice of a writer from before tenants has none (`default`)."""
     if after.status != task_state.QUEUED:
         return None
     if before is not None and before.status == task_state.QUEUED:
         return None
     return (
         after.task_id, after.priority, after.created_at.timestamp(), after.workflow,
-        list(after.required_labels), before is not None,
+        list(after.required_labels), before is not None, after.tenant,
     )
 
 
@@ -94,25 +99,32 @@ class TaskQueries(Protocol):
         """The task's folded state from the read model; TaskNotFound when unknown."""
         ...
 
-    async def find_client_task(self, client_task_id: str) -> TaskState | None: ...
+    async def find_client_task(
+        self, client_task_id: str, tenant: str = task_state.DEFAULT_TENANT
+    ) -> TaskState | None:
+        """The task `tenant` recorded with this client_task_id (idempotency is per tenant)."""
+        ...
 
     async def list_tasks(
-        self,
-        *,
-        status: str | None = None,
-        workflow: str | None = None,
-        client_task_id: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        batch_id: str | None = None,
-    ) -> tuple[list[TaskState], str | None]: ...
+        self, *, status: str | None = None, workflow: str | None = None,
+        client_task_id: str | None = None, limit: int = 50, cursor: str | None = None,
+        batch_id: str | None = None, tenant: str | None = None,
+    ) -> tuple[list[TaskState], str | None]:
+        """A page of tasks, newest first; `tenant` None: every tenant's."""
+        ...
 
     async def open_tasks(self) -> list[TaskState]:
         """Every task that is not final, oldest first (what the actors rebuild from)."""
         ...
 
-    async def queued_tasks(self) -> list[tuple[str, int, float, str, list[str]]]:
-        """Every task waiting for dispatch: (task_id, priority, created_at, workflow, labels)."""
+    async def queued_tasks(self) -> list[QueuedRow]:
+        """Every task waiting for dispatch: (task_id, priority, created_at, workflow, labels,
+        tenant), oldest first."""
+        ...
+
+    async def dispatch_tenants(self, limit: int = DISPATCH_HISTORY) -> list[str]:
+        """The tenant of each of the latest `limit` dispatches (`task.dispatched`), oldest
+        first: what the router's fair share is rebuilt from."""
         ...
 
     async def pending_webhooks(self) -> list[tuple[str, str | None]]:
@@ -231,7 +243,10 @@ class InMemoryEventLog(InMemoryBatches):
     def __init__(self) -> None:
         self._streams: dict[str, list[events.StoredEvent]] = {}
         self._states: dict[str, TaskState] = {}
-        self._clients: dict[str, str] = {}
+        #: (tenant, client_task_id) → task_id
+        self._clients: dict[tuple[str, str], str] = {}
+        #: the tenant of every task.dispatched, in log order
+        self._dispatches: list[str] = []
         self._position = 0
         self._changed = asyncio.Condition()
         self._queued: list[QueuedCallback] = []
@@ -252,7 +267,7 @@ class InMemoryEventLog(InMemoryBatches):
         stored = stamp(task_id, expected_seq, new_events)
         if expected_seq == 0 and isinstance(new_events[0], events.TaskSubmitted):
             ctid = new_events[0].client_task_id
-            if ctid is not None and ctid in self._clients:
+            if ctid is not None and (new_events[0].tenant, ctid) in self._clients:
                 raise errors.DuplicateClientTaskId(f"client_task_id {ctid!r} exists")
         base = self._states.get(task_id) if state is None else state
         new_state = base
@@ -264,7 +279,10 @@ class InMemoryEventLog(InMemoryBatches):
         stream.extend(stored)
         self._states[task_id] = new_state
         if new_state.client_task_id and expected_seq == 0:
-            self._clients[new_state.client_task_id] = task_id
+            self._clients[(new_state.tenant, new_state.client_task_id)] = task_id
+        self._dispatches += [
+            new_state.tenant for s in stored if isinstance(s.event, events.TaskDispatched)
+        ]
         queued = queued_notice(base, new_state)
         if queued is not None:
             for cb in self._queued:
@@ -287,19 +305,16 @@ class InMemoryEventLog(InMemoryBatches):
         except KeyError:
             raise errors.TaskNotFound(f"no task {task_id}") from None
 
-    async def find_client_task(self, client_task_id: str) -> TaskState | None:
-        task_id = self._clients.get(client_task_id)
+    async def find_client_task(
+        self, client_task_id: str, tenant: str = task_state.DEFAULT_TENANT
+    ) -> TaskState | None:
+        task_id = self._clients.get((tenant, client_task_id))
         return self._states[task_id].copy() if task_id else None
 
     async def list_tasks(
-        self,
-        *,
-        status: str | None = None,
-        workflow: str | None = None,
-        client_task_id: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        batch_id: str | None = None,
+        self, *, status: str | None = None, workflow: str | None = None,
+        client_task_id: str | None = None, limit: int = 50, cursor: str | None = None,
+        batch_id: str | None = None, tenant: str | None = None,
     ) -> tuple[list[TaskState], str | None]:
         rows = sorted(self._states.values(), key=lambda s: (s.created_at, s.task_id), reverse=True)
         if cursor:
@@ -308,7 +323,8 @@ class InMemoryEventLog(InMemoryBatches):
         rows = [
             s
             for s in rows
-            if (status is None or s.status == status)
+            if (tenant is None or s.tenant == tenant)
+            and (status is None or s.status == status)
             and (workflow is None or s.workflow == workflow)
             and (client_task_id is None or s.client_task_id == client_task_id)
             and (batch_id is None or s.batch_id == batch_id)
@@ -325,12 +341,16 @@ class InMemoryEventLog(InMemoryBatches):
             key=lambda s: s.created_at,
         )
 
-    async def queued_tasks(self) -> list[tuple[str, int, float, str, list[str]]]:
+    async def queued_tasks(self) -> list[QueuedRow]:
         return [
-            (s.task_id, s.priority, s.created_at.timestamp(), s.workflow, list(s.required_labels))
+            (s.task_id, s.priority, s.created_at.timestamp(), s.workflow, list(s.required_labels),
+             s.tenant)
             for s in sorted(self._states.values(), key=lambda s: s.created_at)
             if s.status == task_state.QUEUED
         ]
+
+    async def dispatch_tenants(self, limit: int = DISPATCH_HISTORY) -> list[str]:
+        return self._dispatches[-limit:] if limit > 0 else []
 
     async def pending_webhooks(self) -> list[tuple[str, str | None]]:
         pending = [s for s in self._states.values() if s.webhook == task_state.WEBHOOK_PENDING]

@@ -8,6 +8,7 @@ name, never an import path. Stored events are never rewritten: a payload change 
 | type                        | emitted by       | meaning |
 |-----------------------------|------------------|---------|
 | task.submitted              | ingress          | the request was accepted and durably recorded (the 202) |
+| task.model_fetched          | ingress/endpoint | a model given by URL was fetched for it: into the bucket (ingress) or onto its ComfyUI (endpoint) |
 | task.dispatched             | endpoint actor   | a prompt_id was minted for this attempt and is about to be POSTed |
 | task.started                | endpoint actor   | ComfyUI began executing the prompt |
 | task.progressed             | endpoint actor   | sampler progress (rate-limited) |
@@ -83,6 +84,25 @@ class TaskSubmitted(Event):
     required_labels: list[str] = field(default_factory=list)
     #: the batch the task was submitted in (POST /batches), else None.
     batch_id: str | None = None
+    #: Whose task it is (docs/api.md §7.1). A task recorded before tenants existed has no
+    #: `tenant` in its payload and decodes as tenant `default`.
+    tenant: str = "default"
+    #: models given by URL, pulled onto the endpoint at dispatch:
+    #: [{"param", "sha256", "s3_key", "filename", "folder"}] (absent in events recorded before).
+    models: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskModelFetched(Event):
+    """A model given by URL was fetched for this task, into the bucket (``where="bucket"``) or
+    onto the ComfyUI of ``endpoint`` (``where="endpoint"``), taking ``seconds``."""
+
+    TYPE: ClassVar[str] = "task.model_fetched"
+    sha256: str
+    bytes: int
+    seconds: float
+    where: str = "bucket"
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -281,6 +301,7 @@ REGISTRY: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
         TaskSubmitted,
+        TaskModelFetched,
         TaskDispatched,
         TaskPromptQueued,
         TaskStarted,

@@ -16,6 +16,10 @@ import asyncpg
 
 from comfy_fleet import errors
 
+#: The unique keys on client_task_id: per tenant (migrations/0004_tenants.sql), and the
+#: single-column one of the schema before it.
+CLIENT_TASK_ID_KEYS = frozenset({"tasks_tenant_client_task_id_key", "tasks_client_task_id_key"})
+
 UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
@@ -34,7 +38,7 @@ def translated(task_id: str | None = None, expected_seq: int | None = None) -> I
     try:
         yield
     except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name == "tasks_client_task_id_key":
+        if exc.constraint_name in CLIENT_TASK_ID_KEYS:
             raise errors.DuplicateClientTaskId("client_task_id is already recorded") from exc
         if exc.constraint_name == "batches_tenant_client_batch_id_key":
             raise errors.DuplicateClientBatchId("client_batch_id is already recorded") from exc

@@ -22,14 +22,14 @@ import asyncpg
 import orjson
 
 from comfy_fleet import errors
-
 from comfy_fleet.log import batch_log, events, fleet, pg_errors, postgres_batches, task_state
-
-from comfy_fleet.cli import rebuild
+from comfy_fleet.log import rebuild
 from comfy_fleet.delivery.slots import UNKNOWN as UNKNOWN_RECEIVER
 from comfy_fleet.log.event_log import (
+    DISPATCH_HISTORY,
     EndedCallback,
     QueuedCallback,
+    QueuedRow,
     decode_cursor,
     encode_cursor,
     ended_notice,
@@ -147,6 +147,7 @@ class PostgresEventLog(postgres_batches.PostgresBatches):
                 expected_seq,
                 _queued_payload(state, new_state),
                 _ended_payload(state, new_state),
+                new_state.tenant,
                 batch_log.batch_ended_notice(state, new_state),
             )
         if row["upserted"] != 1:
@@ -170,20 +171,17 @@ class PostgresEventLog(postgres_batches.PostgresBatches):
             raise errors.TaskNotFound(f"no task {task_id}")
         return state_from_json(data)
 
-    async def find_client_task(self, client_task_id: str) -> TaskState | None:
+    async def find_client_task(
+        self, client_task_id: str, tenant: str = task_state.DEFAULT_TENANT
+    ) -> TaskState | None:
         with pg_errors.translated():
-            data = await self._pool.fetchval(queries["select_client_task"], client_task_id)
+            data = await self._pool.fetchval(queries["select_client_task"], tenant, client_task_id)
         return state_from_json(data) if data is not None else None
 
     async def list_tasks(
-        self,
-        *,
-        status: str | None = None,
-        workflow: str | None = None,
-        client_task_id: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        batch_id: str | None = None,
+        self, *, status: str | None = None, workflow: str | None = None,
+        client_task_id: str | None = None, limit: int = 50, cursor: str | None = None,
+        batch_id: str | None = None, tenant: str | None = None,
     ) -> tuple[list[TaskState], str | None]:
         after: tuple[datetime | None, str | None] = decode_cursor(cursor) if cursor else (None, None)
         # Within a batch: its own query, on the index of a batch's tasks.
@@ -191,7 +189,7 @@ class PostgresEventLog(postgres_batches.PostgresBatches):
         with pg_errors.translated():
             rows = await self._pool.fetch(
                 queries["list_tasks" if batch_id is None else "list_batch_tasks"],
-                status, workflow, client_task_id, after[0], after[1], limit + 1, *args,
+                status, workflow, client_task_id, after[0], after[1], limit + 1, tenant, *args,
             )
         page = rows[:limit]
         next_cursor = (
@@ -206,13 +204,19 @@ class PostgresEventLog(postgres_batches.PostgresBatches):
             rows = await self._pool.fetch(queries["open_tasks"])
         return [state_from_json(r["state"]) for r in rows]
 
-    async def queued_tasks(self) -> list[tuple[str, int, float, str, list[str]]]:
+    async def queued_tasks(self) -> list[QueuedRow]:
         with pg_errors.translated():
             rows = await self._pool.fetch(queries["queued_tasks"])
         return [
-            (str(r["task_id"]), r["priority"], r["created_at"].timestamp(), r["workflow"], list(r["labels"] or []))
+            (str(r["task_id"]), r["priority"], r["created_at"].timestamp(), r["workflow"],
+             list(r["labels"] or []), r["tenant"])
             for r in rows
         ]
+
+    async def dispatch_tenants(self, limit: int = DISPATCH_HISTORY) -> list[str]:
+        with pg_errors.translated():
+            rows = await self._pool.fetch(queries["dispatch_tenants"], limit)
+        return [r["tenant"] for r in rows]
 
     async def pending_webhooks(self) -> list[tuple[str, str | None]]:
         with pg_errors.translated():
@@ -279,17 +283,19 @@ class PostgresEventLog(postgres_batches.PostgresBatches):
     # --- notifications: queued tasks (the router), ended tasks (the router, the webhooks) ------
 
     async def listen_queued(self, callback: QueuedCallback) -> None:
-        """Call `callback(task_id, priority, created_at, workflow, labels, requeued)` for every
-        task submitted or requeued from now on (`event_log.queued_notice`), sent by the
-        appending statement. Delivery is best effort: callers also scan `queued_tasks()`."""
+        """Call `callback(task_id, priority, created_at, workflow, labels, requeued, tenant)` for
+        every task submitted or requeued from now on (`event_log.queued_notice`), sent by the
+        appending statement. Delivery is best effort: callers also scan `queued_tasks()`. A
+        writer from before tenants sends no tenant: its tasks are tenant `default`."""
 
         def on_payload(payload: str) -> None:
             notice = orjson.loads(payload)
             if isinstance(notice, dict):  # a batch's tasks: one notice for them all
                 self._on_batch_queued(str(notice["batch"]), callback)
                 return
-            task_id, priority, created_at, workflow, labels, requeued = notice
-            callback(task_id, priority, created_at, workflow, labels, bool(requeued))
+            task_id, priority, created_at, workflow, labels, requeued, *rest = notice
+            tenant = rest[0] if rest and isinstance(rest[0], str) else task_state.DEFAULT_TENANT
+            callback(task_id, priority, created_at, workflow, labels, bool(requeued), tenant)
 
         await self._listen(QUEUED_CHANNEL, on_payload)
 
@@ -362,7 +368,7 @@ class PostgresEventLog(postgres_batches.PostgresBatches):
     async def rebuild_read_model(self, workers: int | None = None) -> int:
         """Replace every read-model row by the fold of the log, in one transaction; returns the
         number of tasks. The log's task-id ranges are folded in `workers` processes (default:
-        one per core); see comfy_fleet/cli/rebuild.py. Run it with the service stopped."""
+        one per core); see comfy_fleet/log/rebuild.py. Run it with the service stopped."""
         return await rebuild.rebuild_read_model(self._dsn, workers)
 
 

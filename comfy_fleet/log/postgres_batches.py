@@ -25,6 +25,7 @@ from comfy_fleet.batches import batch_state
 from comfy_fleet.batches.batch_state import BatchState
 from comfy_fleet.log import events, pg_errors
 from comfy_fleet.log.batch_log import BatchTaskEndedCallback, stamp_batch
+from comfy_fleet.log.event_log import QueuedRow
 from comfy_fleet.log.sql import queries
 from comfy_fleet.log.task_state import TaskState
 
@@ -165,11 +166,13 @@ class PostgresBatches:
             rows = await self._pool.fetch(queries["open_tasks_of_batch"], batch_id)
         return [r["task_id"] for r in rows]
 
-    async def taken_client_task_ids(self, client_task_ids: Sequence[str]) -> set[str]:
+    async def taken_client_task_ids(self, tenant: str, client_task_ids: Sequence[str]) -> set[str]:
         if not client_task_ids:
             return set()
         with pg_errors.translated():
-            rows = await self._pool.fetch(queries["taken_client_task_ids"], list(client_task_ids))
+            rows = await self._pool.fetch(
+                queries["taken_client_task_ids"], tenant, list(client_task_ids)
+            )
         return {r["client_task_id"] for r in rows}
 
     async def batches_to_complete(self, limit: int = 100) -> list[str]:
@@ -182,15 +185,13 @@ class PostgresBatches:
             rows = await self._pool.fetch(queries["pending_batch_webhooks"])
         return [(r["batch_id"], r["callback_url"]) for r in rows]
 
-    async def queued_tasks_of_batch(
-        self, batch_id: str
-    ) -> list[tuple[str, int, float, str, list[str]]]:
+    async def queued_tasks_of_batch(self, batch_id: str) -> list[QueuedRow]:
         """As `queued_tasks`, for one batch."""
         with pg_errors.translated():
             rows = await self._pool.fetch(queries["queued_tasks_of_batch"], batch_id)
         return [
             (str(r["task_id"]), r["priority"], r["created_at"].timestamp(), r["workflow"],
-             list(r["labels"] or []))
+             list(r["labels"] or []), r["tenant"])
             for r in rows
         ]
 
@@ -205,8 +206,10 @@ class PostgresBatches:
 
         async def fetch() -> None:
             try:
-                for queued in await self.queued_tasks_of_batch(batch_id):
-                    callback(*queued, False)
+                for task_id, priority, created_at, workflow, labels, tenant in (
+                    await self.queued_tasks_of_batch(batch_id)
+                ):
+                    callback(task_id, priority, created_at, workflow, labels, False, tenant)
             except Exception:
                 log.debug("reading the queued tasks of batch %s failed", batch_id, exc_info=True)
 

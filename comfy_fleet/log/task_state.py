@@ -16,7 +16,7 @@ from typing import Any
 
 from comfy_fleet import errors
 
-from comfy_fleet.log import events
+from comfy_fleet.log import cancel, events
 
 from comfy_fleet.delivery import ids
 
@@ -28,6 +28,9 @@ FINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 #: The error code of a task whose outputs could not be stored (kept in the fallback folder).
 STORAGE_FAILED = "storage_failed"
+
+#: The tenant of a task recorded before tenants existed (and of an admin's task naming none).
+DEFAULT_TENANT = "default"
 
 #: Webhook delivery states of a finished task with a callback.
 WEBHOOK_PENDING, WEBHOOK_DELIVERED, WEBHOOK_DEAD = "pending", "delivered", "dead"
@@ -64,6 +67,8 @@ class TaskState:
     cancel_requested: bool = False
     webhook: str | None = None
     webhook_attempts: int = 0
+    #: whose task it is; `default` for a task (or a read-model row) from before tenants existed
+    tenant: str = DEFAULT_TENANT
     #: prompt_ids of earlier attempts (a late completion of one is never run twice to the client).
     past_prompt_ids: list[str] = field(default_factory=list)
     #: webhook-ids of ends that a later end replaced (`task.outputs_recovered`): a late record of
@@ -71,6 +76,8 @@ class TaskState:
     past_webhook_ids: list[str] = field(default_factory=list)
     #: the batch the task belongs to (POST /batches), else None.
     batch_id: str | None = None
+    #: models given by URL (`events.TaskSubmitted.models`)
+    models: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_final(self) -> bool:
@@ -127,6 +134,8 @@ def apply(
             inputs=list(ev.inputs),
             required_labels=list(ev.required_labels),
             batch_id=ev.batch_id,
+            models=list(ev.models),
+            tenant=ev.tenant,
             created_at=at,
             updated_at=at,
         )
@@ -165,7 +174,7 @@ def apply(
         case events.TaskSucceeded() if not final:
             # A cancel that arrived while outputs were being stored wins: the task ends
             # cancelled (with its outputs) and no success webhook goes out.
-            _finish(s, seq, at, CANCELLED if s.cancel_requested else SUCCEEDED)
+            _finish(s, seq, at, CANCELLED if cancel.ends_cancelled(s) else SUCCEEDED)
         case events.TaskFailed() if not final:
             s.error = {
                 "code": ev.code,
@@ -186,12 +195,14 @@ def apply(
             s.error, s.webhook_attempts = None, 0
             if s.end_seq is not None:
                 s.past_webhook_ids.append(ids.webhook_id(s.task_id, s.end_seq))
-            _finish(s, seq, at, CANCELLED if s.cancel_requested else SUCCEEDED)
+            _finish(s, seq, at, CANCELLED if cancel.ends_cancelled(s) else SUCCEEDED)
         case events.TaskRequeued() if not final:
             s.status, s.progress, s.outputs = QUEUED, None, []
             if s.prompt_id:
                 s.past_prompt_ids.append(s.prompt_id)
             s.prompt_id, s.endpoint = None, None
+        case events.TaskModelFetched():
+            pass  # a fact for the timeline (GET /tasks/{id}/events): the state is unchanged
         case events.TaskCancelRequested():
             s.cancel_requested = True
         case events.TaskCancelled() if not final:
@@ -241,6 +252,7 @@ def to_view(s: TaskState) -> dict[str, Any]:
     return {
         "task_id": s.task_id,
         "client_task_id": s.client_task_id,
+        "tenant": s.tenant,
         "workflow": s.workflow,
         "status": s.status,
         "callback_url": s.callback_url,
@@ -251,6 +263,10 @@ def to_view(s: TaskState) -> dict[str, Any]:
         "progress": s.progress,
         "outputs": [
             {k: v for k, v in o.items() if k not in ("subfolder", "kind")} for o in s.outputs
+        ],
+        "models": [
+            {k: m[k] for k in ("param", "sha256", "s3_key", "filename") if k in m}
+            for m in s.models
         ],
         "error": s.error,
         "webhook": s.webhook,

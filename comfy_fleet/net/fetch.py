@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -23,7 +24,27 @@ async def fetch_limited(
     timeout_s: float,
     max_redirects: int = 3,
 ) -> tuple[bytes, str | None]:
-    """GET ``url`` within bounds; return (body, content type).
+    """GET ``url`` within bounds; return (body, content type). ``stream_limited`` tells how."""
+    chunks: list[bytes] = []
+    content_type = await stream_limited(
+        client, url, policy, max_bytes=max_bytes, timeout_s=timeout_s,
+        max_redirects=max_redirects, sink=chunks.append,
+    )
+    return b"".join(chunks), content_type
+
+
+async def stream_limited(
+    client: httpx.AsyncClient,
+    url: str,
+    policy: url_policy.UrlPolicy,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    sink: Callable[[bytes], object],
+    max_redirects: int = 3,
+) -> str | None:
+    """GET ``url`` within bounds, handing each chunk of the body to ``sink``; return the
+    content type.
 
     Redirects are followed by hand, each ``Location`` checked against the policy before it is
     requested. Raises ``errors.UrlForbidden`` (a URL or redirect the policy denies),
@@ -53,8 +74,8 @@ async def fetch_limited(
                         raise errors.InputRejected(
                             f"{parsed.redacted} answered HTTP {response.status_code}"
                         )
-                    body = await _read_limited(response, max_bytes, parsed)
-                    return body, response.headers.get("content-type")
+                    await _read_limited(response, max_bytes, parsed, sink)
+                    return response.headers.get("content-type")
     except httpx.InvalidURL:
         # httpx parses every redirect's Location, even one it does not follow.
         raise errors.UrlForbidden(f"{parsed.redacted} redirected to a malformed URL") from None
@@ -73,17 +94,16 @@ async def fetch_limited(
 
 
 async def _read_limited(
-    response: httpx.Response, max_bytes: int, url: url_policy.ParsedUrl
-) -> bytes:
+    response: httpx.Response, max_bytes: int, url: url_policy.ParsedUrl,
+    sink: Callable[[bytes], object],
+) -> None:
     too_large = errors.PayloadTooLarge(f"{url.redacted} is larger than {max_bytes} bytes")
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise too_large
-    chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > max_bytes:
             raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+        sink(chunk)

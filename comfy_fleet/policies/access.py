@@ -29,14 +29,6 @@ DEFAULT_TENANT = "default"
 TENANT_NAME = re.compile(r"[a-z0-9_-]{1,64}")
 
 
-class Forbidden(errors.FleetError):
-    """This key may not do that."""
-
-    # Belongs in comfy_fleet/errors.py (a root of its own, like NotFound); defined here until
-    # the lead moves it, so that the tree keeps one file.
-    code = "forbidden"
-    status = 403
-
 
 @dataclass(frozen=True)
 class Principal:
@@ -254,7 +246,7 @@ def is_fleet_route(method: str, path: str) -> bool:
 def check_fleet(principal: Principal) -> None:
     """Fleet routes (`GET`/`POST`/`DELETE /endpoints`, `POST /workflows/reload`) are admin only."""
     if not principal.is_admin:
-        raise Forbidden("a tenant key may not read or change the fleet", {"tenant": principal.tenant})
+        raise errors.Forbidden("a tenant key may not read or change the fleet", {"tenant": principal.tenant})
 
 
 def _checked_name(name: object, where: str) -> str:
@@ -272,7 +264,7 @@ def submit_tenant(principal: Principal, requested: object = None) -> str:
     name any valid tenant (else 422), and gets `default` when it names none."""
     if principal.tenant is not None:
         if requested is not None and requested != principal.tenant:
-            raise Forbidden("a tenant key may not name another tenant", {"field": "tenant"})
+            raise errors.Forbidden("a tenant key may not name another tenant", {"field": "tenant"})
         return principal.tenant
     if requested is None:
         return DEFAULT_TENANT
@@ -285,7 +277,7 @@ def list_tenant(principal: Principal, requested: str | None = None) -> str | Non
     one it names (a malformed name: 422)."""
     if principal.tenant is not None:
         if requested is not None and requested != principal.tenant:
-            raise Forbidden("a tenant key may not list another tenant's tasks", {"field": "tenant"})
+            raise errors.Forbidden("a tenant key may not list another tenant's tasks", {"field": "tenant"})
         return principal.tenant
     if requested is None:
         return None

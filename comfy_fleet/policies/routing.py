@@ -6,7 +6,9 @@ prompts of other clients in its queue (`foreign`, from the endpoint's last readi
 router keeps `queue_remaining` only when it is fresh; its heartbeat readings go to `foreign`,
 because a one-second-old queue length would hold back dispatches to a queue that has drained. Endpoints already holding
 `depth` prompts are skipped, so a task binds to an endpoint as late as possible. Ties are spread
-at random so equal endpoints share the work.
+at random so equal endpoints share the work. A task that needs models given by URL (labels
+`model:<sha256>`) goes only to endpoints whose ComfyUI can pull models, and among those with
+room, preferably to one that already holds more of its models (then the least loaded).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import itertools
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from comfy_fleet.workflows import model_params, raw_graph
 
 
 @dataclass
@@ -30,17 +34,39 @@ class EndpointLoad:
     labels: frozenset[str] = frozenset()
     #: workflows this endpoint can run (None: not known yet — assume all).
     workflows: frozenset[str] | None = None
+    #: node classes its ComfyUI has (None: not known yet — a raw graph waits), and the digest
+    #: of the node info they came with (`raw_graph.digest`)
+    classes: frozenset[str] | None = None
+    node_info_digest: str | None = None
+    #: whether its ComfyUI can pull models by URL (None: not known yet), and the sha256s it holds
+    models_route: bool | None = None
+    models: frozenset[str] = frozenset()
 
     @property
     def load(self) -> int:
         return max(self.queue_remaining, self.inflight + self.foreign)
 
     def can_take(self, workflow: str | None, labels: Iterable[str] = ()) -> bool:
+        """Connected, not draining, runs the workflow, and carries every label; a label
+        `node:<class>` (a raw graph's) is met by the node classes its ComfyUI reports."""
         if not self.connected or self.draining:
             return False
-        if workflow is not None and self.workflows is not None and workflow not in self.workflows:
+        if (
+            workflow is not None and workflow != raw_graph.WORKFLOW
+            and self.workflows is not None and workflow not in self.workflows
+        ):
             return False
-        return set(labels) <= self.labels
+        wanted = set(labels)
+        if any(w.startswith(model_params.LABEL_PREFIX) for w in wanted):
+            if not self.models_route:
+                return False
+            wanted = {w for w in wanted if not w.startswith(model_params.LABEL_PREFIX)}
+        classes = raw_graph.classes_of_labels(wanted)
+        if classes:
+            if self.classes is None or not classes <= self.classes:
+                return False
+            wanted = {w for w in wanted if not w.startswith(raw_graph.NODE_LABEL_PREFIX)}
+        return wanted <= self.labels
 
 
 def pick_endpoint(
@@ -51,17 +77,20 @@ def pick_endpoint(
     workflow: str | None = None,
     labels: Iterable[str] = (),
 ) -> EndpointLoad | None:
-    """The least-loaded endpoint that can take the task and has room, or None."""
+    """The endpoint that can take the task, has room, holds most of the task's models (by its
+    `model:` labels) and, among those, is the least loaded; or None."""
     labels = tuple(labels)
+    needs = model_params.shas_of_labels(labels)
     best: list[EndpointLoad] = []
-    best_load = depth
+    best_key = (0, depth)
     for ep in endpoints:
-        if not ep.can_take(workflow, labels):
-            continue
         load = ep.load
-        if load < best_load:
-            best, best_load = [ep], load
-        elif load == best_load and load < depth:
+        if load >= depth or not ep.can_take(workflow, labels):
+            continue
+        key = (-len(needs & ep.models), load)
+        if not best or key < best_key:
+            best, best_key = [ep], key
+        elif key == best_key:
             best.append(ep)
     if not best:
         return None

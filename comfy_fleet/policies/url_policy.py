@@ -10,14 +10,8 @@ use ``policy.transport()`` (httpx), or ``pinned.PinnedResolver`` (aiohttp, the w
 which connects only to the addresses the caller checked. ``comfy_fleet.net.fetch`` GETs a URL
 within the policy and size and time bounds.
 
-Syntax (``check_url``), always, before anything else:
-  * scheme ``http`` or ``https``; a host; a port in 1..65535; at most 2048 characters;
-  * no user info (``user:password@``): credentials have no place in a callback URL and would
-    end up in logs and events;
-  * no IPv6 zone id; a host name made of letters, digits, ``-``, ``_`` and ``.``;
-  * a host whose last label is a number must be a canonical dotted-quad IPv4 address.
-    ``2130706433``, ``0x7f.1``, ``127.1`` and ``017700000001`` all reach 127.0.0.1 through the
-    C resolver; they are refused rather than second-guessed.
+Syntax (``check_url``), always, before anything else: ``url_syntax.parse`` (http or https, a
+host, no user info, no zone id, canonical IPv4 only; its docstring has the rules).
 
 Addresses, in this order of precedence (the first rule that matches decides):
   1. ``deny_hosts`` (host or host:port; names, IPv4 or IPv6): denied. Meant for the ComfyUI
@@ -48,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 import dataclasses
@@ -58,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from comfy_fleet import errors
-from comfy_fleet.policies import fleet_addresses, ip_ranges
+from comfy_fleet.policies import fleet_addresses, ip_ranges, url_syntax
 
 if TYPE_CHECKING:
     from comfy_fleet.net import pinned
@@ -76,18 +69,12 @@ Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 #: swallows queries must not hold a submission or a webhook delivery slot for ever.
 RESOLVE_TIMEOUT_S = 5.0
 #: The longest URL accepted, in characters.
-MAX_URL_LENGTH = 2048
-ALLOWED_SCHEMES = frozenset({"http", "https"})
-DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_URL_LENGTH = url_syntax.MAX_URL_LENGTH
 
 #: Names of cloud metadata services; they resolve to denied addresses anyway, this is a second lock.
 METADATA_HOSTS = frozenset(
     {"metadata.google.internal", "metadata.goog", "metadata", "instance-data"}
 )
-
-
-_HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
-_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 
 
 class HostUnresolvable(errors.InputRejected):
@@ -96,28 +83,7 @@ class HostUnresolvable(errors.InputRejected):
     code = "host_unresolvable"
 
 
-@dataclass(frozen=True)
-class ParsedUrl:
-    """A URL that passed ``UrlPolicy.check_url``."""
-
-    url: str
-    scheme: str
-    #: lower case, ASCII (IDNA), without brackets or a trailing dot
-    host: str
-    #: the effective port (80/443 when the URL names none)
-    port: int
-    #: the host as an address when the URL names one literally
-    ip: IPAddress | None
-    #: path and query, for building requests
-    target: str
-
-    @property
-    def redacted(self) -> str:
-        """The URL without query and fragment: safe for logs and error messages."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        path = self.target.split("?", 1)[0]
-        return f"{self.scheme}://{host}:{self.port}{path}"
-
+ParsedUrl = url_syntax.ParsedUrl
 
 _parse_host_entry = fleet_addresses.parse_host_entry
 
@@ -223,64 +189,16 @@ class UrlPolicy:
     # -- syntax -------------------------------------------------------------------------------
 
     def check_url(self, url: str) -> ParsedUrl:
-        """Check the URL's syntax and, when its host is an address, that address.
+        """Check the URL's syntax (``url_syntax.parse``) and, when its host is an address, that
+        address.
 
         Raises ``errors.InvalidRequest`` for a malformed URL and ``errors.UrlForbidden`` for one the
         policy refuses. Messages never repeat user info or the query string.
         """
-        if not isinstance(url, str) or not url:
-            raise errors.InvalidRequest("the URL is empty")
-        if len(url) > self.max_url_length:
-            raise errors.InvalidRequest(f"the URL is longer than {self.max_url_length} characters")
-        if any(ord(c) < 0x21 or c == "\x7f" for c in url):
-            raise errors.InvalidRequest("the URL contains spaces or control characters")
-        try:
-            parsed = httpx.URL(url)
-        except (httpx.InvalidURL, ValueError, TypeError):
-            raise errors.InvalidRequest("the URL is malformed") from None
-        scheme = parsed.scheme
-        if scheme not in ALLOWED_SCHEMES:
-            raise errors.UrlForbidden(
-                f"URL scheme {scheme or '(none)'!r} is not allowed; use http or https"
-            )
-        if parsed.userinfo:
-            # Never echo it: it is exactly the part that may hold a password.
-            raise errors.UrlForbidden("credentials in the URL (user:password@) are not allowed")
-        raw_host = parsed.raw_host.decode("ascii", "replace").lower()
-        if not raw_host:
-            raise errors.InvalidRequest("the URL has no host")
-        port = parsed.port if parsed.port is not None else DEFAULT_PORTS[scheme]
-        if not 0 < port < 65536:
-            raise errors.InvalidRequest(f"the URL's port {port} is out of range")
-        if "%" in raw_host:
-            raise errors.UrlForbidden("IPv6 zone identifiers are not allowed in URLs")
-        host = raw_host[:-1] if raw_host.endswith(".") else raw_host
-        ip: IPAddress | None
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            ip = None
-            labels = host.split(".")
-            if _NUMERIC_LABEL.match(labels[-1]):
-                # The WHATWG URL standard and inet_aton read such hosts as IPv4 numbers in
-                # decimal, octal or hex; ipaddress does not. Refuse the disagreement.
-                raise errors.UrlForbidden(
-                    f"host {host!r} is a non-canonical IPv4 address; write it as a.b.c.d"
-                ) from None
-            if not _HOST_NAME.match(host) or len(host) > 253:
-                raise errors.InvalidRequest(f"host {host!r} is not a valid host name") from None
-        target = parsed.raw_path.decode("ascii", "replace")
-        result = ParsedUrl(
-            url=str(parsed.copy_with(fragment=None)),
-            scheme=scheme,
-            host=str(ip) if ip is not None else host,
-            port=port,
-            ip=ip,
-            target=target,
-        )
+        result = url_syntax.parse(url, max_length=self.max_url_length)
         self._check_host_name(result)
-        if ip is not None:
-            self.check_address(ip, port, host=result.host)
+        if result.ip is not None:
+            self.check_address(result.ip, result.port, host=result.host)
         return result
 
     def _check_host_name(self, url: ParsedUrl) -> None:
@@ -390,14 +308,5 @@ class UrlPolicy:
         return pinned.PinnedTransport(self, httpx.AsyncHTTPTransport(**kwargs))
 
 
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
-def url_redacted(url: str) -> str:
-    """The URL without user info, query and fragment, for messages; never raises."""
-    try:
-        parsed = httpx.URL(url)
-        return str(parsed.copy_with(userinfo=b"", query=None, fragment=None))[:200]
-    except Exception:
-        return "(malformed URL)"
+_hostport = url_syntax.hostport
+url_redacted = url_syntax.url_redacted

@@ -12,7 +12,7 @@ import enum
 from typing import Any
 
 from comfy_fleet.comfy import history
-from comfy_fleet.log import events, task_state
+from comfy_fleet.log import cancel, events, task_state
 from comfy_fleet.log.task_state import TaskState
 
 #: What `EndpointWorker.dispatch` answers the router: ACCEPTED (it is ours now, or it ended),
@@ -29,7 +29,7 @@ def dispatch(
     if s.is_final or s.status != task_state.QUEUED:
         return []
     if s.cancel_requested:
-        return [events.TaskCancelled(where="router")]
+        return list(cancel.decide(s, cancel.Where.WAITING).record)
     if s.attempt >= max_attempts:
         return [
             events.TaskFailed(
@@ -82,7 +82,7 @@ def requeue(s: TaskState, *, endpoint: str, prompt_id: str, reason: str) -> list
     if not _ours(s, prompt_id):
         return []
     if s.cancel_requested:
-        return [events.TaskCancelled(where="endpoint")]
+        return list(cancel.decide(s, cancel.Where.LOST).record)
     return [events.TaskRequeued(endpoint=endpoint, prompt_id=prompt_id, reason=reason)]
 
 
@@ -150,7 +150,7 @@ def ending(outcome_kind: str, *, cancel_requested: bool) -> Ending:
     """What a prompt's seen end (`history.SUCCESS`, `ERROR` or `INTERRUPTED`) means."""
     if outcome_kind == history.SUCCESS:
         return Ending.STORE
-    if outcome_kind == history.INTERRUPTED and cancel_requested:
+    if outcome_kind == history.INTERRUPTED and cancel_requested:  # see cancel.ends_cancelled
         return Ending.CANCELLED
     return Ending.FAILED
 

@@ -25,6 +25,10 @@ class InMemoryBlobStore:
         self._check()
         self.objects[key] = (bytes(data), content_type)
 
+    async def put_file(self, key: str, path: str, content_type: str) -> None:
+        with open(path, "rb") as f:
+            await self.put(key, f.read(), content_type)
+
     async def get(self, key: str) -> bytes:
         self._check()
         try:

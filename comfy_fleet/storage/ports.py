@@ -31,6 +31,10 @@ class BlobStore(Protocol):
 
     async def put(self, key: str, data: bytes, content_type: str) -> None: ...
 
+    async def put_file(self, key: str, path: str, content_type: str) -> None:
+        """``put`` of a file's bytes, which may be too large to hold in memory (models)."""
+        ...
+
     async def get(self, key: str) -> bytes:
         """The object's bytes; BlobNotFound when there is none."""
         ...

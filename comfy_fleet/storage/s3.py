@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import re
 import time
@@ -68,6 +69,16 @@ def _is_retryable(exc: BaseException) -> bool:
         return status >= 500 or code in _RETRYABLE_CODES
     transient = (bx.ConnectionError, bx.HTTPClientError, aiohttp.ClientError, TimeoutError, OSError)
     return isinstance(exc, transient)
+
+
+#: Part size of multipart uploads (``put_file``); S3 allows 10,000 parts, so up to ~640 GiB.
+MULTIPART_PART_BYTES = 64 * 1024 * 1024
+
+
+def _read_part(path: str, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
 
 
 class S3BlobStore:
@@ -239,6 +250,34 @@ class S3BlobStore:
             await self._sender.put(url, data, content_type)
 
         await self._call("put", key, op)
+
+    async def put_file(self, key: str, path: str, content_type: str) -> None:
+        """PUT a file too large to hold in memory: one PUT up to MULTIPART_PART_BYTES, else a
+        multipart upload of parts of that size (each retried; aborted when one fails for good,
+        so no object and no dangling parts are left)."""
+        size = os.path.getsize(path)
+        if size <= MULTIPART_PART_BYTES:
+            await self.put(key, await asyncio.to_thread(_read_part, path, 0, size), content_type)
+            return
+        upload = await self._call("create_multipart_upload", key, lambda: self._s3.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ContentType=content_type
+        ))
+        upload_id = upload["UploadId"]
+        try:
+            parts = []
+            for number, offset in enumerate(range(0, size, MULTIPART_PART_BYTES), start=1):
+                data = await asyncio.to_thread(_read_part, path, offset, MULTIPART_PART_BYTES)
+                answer = await self._call("upload_part", key, lambda n=number, d=data: self._s3.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=n, Body=d
+                ))
+                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            await self._call("complete_multipart_upload", key, lambda: self._s3.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            ))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
 
     def _signed_url(
         self, method: str, key: str, expires_s: int, content_type: str | None = None

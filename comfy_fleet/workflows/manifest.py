@@ -11,7 +11,10 @@ Manifest keys (all optional except ``params.<name>.node/field/type``)::
     labels = ["gpu"]             # the endpoint must carry all of these labels
     output_prefix = "fleet"      # output files go to <output_prefix>/<task_id>/<original prefix>
     [params.<name>]
-    node, field, type, required, default, min, max, max_length, choices, description
+    node, field, type, required, default, min, max, max_length, choices, description,
+    folder (type "model": the ComfyUI model folder, e.g. "loras"),
+    bypass (true: left out, the parameter's node is taken out of the prompt, its users linked
+            to its own linked inputs in order; e.g. an optional LoraLoader)
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from typing import Any
 
 from comfy_fleet import errors
 
-from comfy_fleet.workflows import graph as graph_module
+from comfy_fleet.workflows import graph as graph_module, param_spec
 
-#: The parameter types a manifest may declare.
-PARAM_TYPES: tuple[str, ...] = ("string", "int", "float", "bool", "seed", "image", "choice")
-
-#: The largest seed ComfyUI accepts (its INT inputs are unsigned 64-bit).
-SEED_MAX: int = 2**64 - 1
+# One parameter's spec and the check of a value against it live in ``param_spec``; these names
+# stay here for the manifest's readers.
+PARAM_TYPES = param_spec.PARAM_TYPES
+SEED_MAX = param_spec.SEED_MAX
+ParamSpec = param_spec.ParamSpec
+check_value = param_spec.check_value
 
 #: Top-level manifest keys.
 MANIFEST_KEYS: tuple[str, ...] = ("description", "labels", "output_prefix", "params")
@@ -49,6 +53,8 @@ PARAM_KEYS: tuple[str, ...] = (
     "max_length",
     "choices",
     "description",
+    "folder",
+    "bypass",
 )
 
 #: Which types each optional key makes sense for.
@@ -58,35 +64,19 @@ _KEY_TYPES: dict[str, tuple[str, ...]] = {
     "max_length": ("string",),
     "choices": ("choice",),
     "default": ("string", "int", "float", "bool", "seed", "choice"),
+    "folder": ("model",),
 }
+
+#: A ComfyUI model folder name (``checkpoints``, ``loras``, ``upscale_models``, …).
+_FOLDER = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
+#: Folders that hold no models.
+_NOT_MODEL_FOLDERS = frozenset({"custom_nodes", "configs"})
 
 #: Default root folder (under ComfyUI's output dir) of every task's output files.
 DEFAULT_OUTPUT_PREFIX: str = "fleet"
 
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One request parameter and where it goes in the graph."""
-
-    name: str
-    #: Node id in the graph that receives the value.
-    node: str
-    #: Input of that node that receives the value (always a literal in the graph, never a link).
-    field: str
-    #: One of PARAM_TYPES.
-    type: str
-    required: bool = False
-    #: Applied when the request leaves the parameter out; None means "keep the graph's value"
-    #: (for ``seed``: draw a fresh one).
-    default: Any = None
-    min: int | float | None = None
-    max: int | float | None = None
-    max_length: int | None = None
-    choices: tuple[Any, ...] | None = None
-    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,6 +94,10 @@ class Manifest:
     def image_fields(self) -> set[tuple[str, str]]:
         """``(node, field)`` of every image parameter: inputs filled by an upload at dispatch."""
         return {(p.node, p.field) for p in self.params.values() if p.type == "image"}
+
+    def model_fields(self) -> set[tuple[str, str]]:
+        """``(node, field)`` of every model parameter: a model by URL is pulled at dispatch."""
+        return {(p.node, p.field) for p in self.params.values() if p.type == "model"}
 
 
 def parse_graph(data: Any, *, source: str) -> dict[str, dict[str, Any]]:
@@ -216,94 +210,24 @@ def parse_manifest(
 
 
 def _parse_param(pname: str, raw: Any, graph: dict[str, dict[str, Any]], fail: Any) -> ParamSpec:
+    """One ``[params.<name>]`` table as a spec, checked in the order its keys are explained."""
     key = f"params.{pname}"
-    if not _PARAM_NAME.match(pname):
-        raise fail(key, "a parameter name is a letter or _ then letters, digits or _ (≤ 64)")
-    if not isinstance(raw, dict):
-        raise fail(key, "must be a table with node, field and type")
-    unknown = sorted(set(raw) - set(PARAM_KEYS))
-    if unknown:
-        raise fail(
-            ", ".join(f"{key}.{k}" for k in unknown),
-            f"unknown key{'s' if len(unknown) > 1 else ''} (allowed: {', '.join(PARAM_KEYS)})",
-        )
-    for required_key in ("node", "field", "type"):
-        if required_key not in raw:
-            raise fail(f"{key}.{required_key}", "missing")
-
-    ptype = raw["type"]
-    if ptype not in PARAM_TYPES:
-        raise fail(
-            f"{key}.type", f"unknown type {ptype!r} (expected one of {', '.join(PARAM_TYPES)})"
-        )
-    for opt, types in _KEY_TYPES.items():
-        if opt in raw and ptype not in types:
-            raise fail(f"{key}.{opt}", f"not allowed for type {ptype!r} (only {', '.join(types)})")
-
-    node = raw["node"]
-    if isinstance(node, int) and not isinstance(node, bool):
-        node = str(node)  # `node = 6` is an easy slip; ids are strings in the graph
-    if not isinstance(node, str):
-        raise fail(f"{key}.node", "must be a node id string, e.g. \"6\"")
-    if node not in graph:
-        raise fail(f"{key}.node", f"node {node!r} is not in the graph")
-    pfield = raw["field"]
-    if not isinstance(pfield, str):
-        raise fail(f"{key}.field", "must be a string")
-    inputs = graph[node]["inputs"]
-    cls = graph[node]["class_type"]
-    if pfield not in inputs:
-        raise fail(
-            f"{key}.field",
-            f"node {node!r} ({cls}) has no input {pfield!r} "
-            f"(it has: {', '.join(inputs) or 'none'})",
-        )
-    if graph_module.is_link(inputs[pfield]):
-        raise fail(
-            f"{key}.field",
-            f"input {pfield!r} of node {node!r} ({cls}) is a link from node "
-            f"{inputs[pfield][0]!r}; a parameter can only replace a widget value, not a connection",
-        )
-
+    ptype = _param_type(pname, raw, fail)
+    node, pfield = _param_target(key, raw, graph, fail)
     required = raw.get("required", False)
     if not isinstance(required, bool):
         raise fail(f"{key}.required", "must be true or false")
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise fail(f"{key}.description", "must be a string")
-
-    pmin, pmax = raw.get("min"), raw.get("max")
-    for bound_key, bound in (("min", pmin), ("max", pmax)):
-        if bound is None:
-            continue
-        if ptype in ("int", "seed"):
-            if not _is_int(bound):
-                raise fail(f"{key}.{bound_key}", f"must be an integer, got {bound!r}")
-            if ptype == "seed" and not 0 <= bound <= SEED_MAX:
-                raise fail(f"{key}.{bound_key}", f"a seed bound must be within 0..{SEED_MAX}")
-        elif not _is_number(bound):
-            raise fail(f"{key}.{bound_key}", f"must be a number, got {bound!r}")
-    if pmin is not None and pmax is not None and pmin > pmax:
-        raise fail(f"{key}.min", f"min {pmin!r} is greater than max {pmax!r}")
-
-    max_length = raw.get("max_length")
-    if max_length is not None and (not _is_int(max_length) or max_length < 1):
-        raise fail(f"{key}.max_length", "must be a positive integer")
-
-    choices: tuple[Any, ...] | None = None
-    if ptype == "choice":
-        raw_choices = raw.get("choices")
-        if raw_choices is None:
-            raise fail(f"{key}.choices", "a choice parameter needs a list of choices")
-        if not isinstance(raw_choices, list) or not raw_choices:
-            raise fail(f"{key}.choices", "must be a non-empty list")
-        for c in raw_choices:
-            finite = not isinstance(c, float) or math.isfinite(c)
-            if not isinstance(c, str | int | float) or not finite:
-                raise fail(f"{key}.choices", f"{c!r} is not a string, number or boolean")
-        if len({(type(c), c) for c in raw_choices}) != len(raw_choices):
-            raise fail(f"{key}.choices", "has duplicates")
-        choices = tuple(raw_choices)
+    pmin, pmax, max_length = _param_bounds(key, raw, ptype, fail)
+    choices = _param_choices(key, raw, fail) if ptype == "choice" else None
+    folder = _param_folder(key, raw, fail) if ptype == "model" else None
+    bypass = raw.get("bypass", False)
+    if not isinstance(bypass, bool):
+        raise fail(f"{key}.bypass", "must be true or false")
+    if bypass:
+        _check_bypass(key, raw, node, graph, fail)
 
     default = raw.get("default")
     if default is not None:
@@ -328,88 +252,131 @@ def _parse_param(pname: str, raw: Any, graph: dict[str, dict[str, Any]], fail: A
         max_length=max_length,
         choices=choices,
         description=description,
+        folder=folder,
+        bypass=bypass,
     )
 
 
-def check_value(spec: ParamSpec, value: Any, *, max_string_length: int | None = None) -> str | None:
-    """Why ``value`` is not valid for ``spec`` (None when it is); images are checked elsewhere.
-
-    Strict on purpose: ``True`` is not an int, ``3.0`` is not an int (clients should send what the
-    schema says), but an int is a fine float.
-    """
-    t = spec.type
-    if t == "string":
-        if not isinstance(value, str):
-            return f"expected a string, got {_kind(value)}"
-        limits = [x for x in (spec.max_length, max_string_length) if x is not None]
-        if limits and len(value) > min(limits):
-            return f"is {len(value)} characters long; the limit is {min(limits)}"
-        return None
-    if t == "bool":
-        return None if isinstance(value, bool) else f"expected true or false, got {_kind(value)}"
-    if t in ("int", "seed"):
-        if t == "seed" and value == "random":
-            return None
-        if not _is_int(value):
-            want = "an integer or \"random\"" if t == "seed" else "an integer"
-            return f"expected {want}, got {_kind(value)}"
-        lo = spec.min if spec.min is not None else (0 if t == "seed" else None)
-        hi = spec.max if spec.max is not None else (SEED_MAX if t == "seed" else None)
-        return _range_problem(value, lo, hi)
-    if t == "float":
-        if not _is_number(value):
-            return f"expected a number, got {_kind(value)}"
-        return _range_problem(value, spec.min, spec.max)
-    if t == "choice":
-        assert spec.choices is not None
-        if not any(_same_choice(value, c) for c in spec.choices):
-            return f"{value!r} is not one of {', '.join(repr(c) for c in spec.choices)}"
-        return None
-    if t == "image":
-        return None if isinstance(value, str) else f"expected a string, got {_kind(value)}"
-    return f"unknown type {t!r}"
+def _param_folder(key: str, raw: dict[str, Any], fail: Any) -> str:
+    folder = raw.get("folder")
+    if folder is None:
+        raise fail(f"{key}.folder", "a model parameter names its ComfyUI model folder, e.g. \"loras\"")
+    if not isinstance(folder, str) or not _FOLDER.match(folder) or folder in _NOT_MODEL_FOLDERS:
+        raise fail(f"{key}.folder", f"{folder!r} is not a ComfyUI model folder name")
+    return folder
 
 
-def _same_choice(value: Any, choice: Any) -> bool:
-    # Equal and of the same JSON kind: True is not 1, "1" is not 1, but 2 matches a float 2.0.
-    if isinstance(value, bool) or isinstance(choice, bool):
-        return type(value) is type(choice) and value == choice
-    if isinstance(choice, float) and isinstance(value, int):
-        return value == choice
-    return type(value) is type(choice) and value == choice
+def _check_bypass(
+    key: str, raw: dict[str, Any], node: str, graph: dict[str, dict[str, Any]], fail: Any
+) -> None:
+    """A bypassed node passes its ``i``-th linked input to users of its output ``i``."""
+    if raw.get("required") or raw.get("default") is not None:
+        raise fail(f"{key}.bypass", "only an optional parameter without a default can bypass")
+    linked = [v for v in graph[node]["inputs"].values() if graph_module.is_link(v)]
+    for other_id, other in graph.items():
+        for name, value in other["inputs"].items():
+            if graph_module.is_link(value) and value[0] == node and value[1] >= len(linked):
+                raise fail(
+                    f"{key}.bypass",
+                    f"node {other_id!r} input {name!r} uses output {value[1]} of node {node!r}, "
+                    f"which has only {len(linked)} linked input(s) to pass on when bypassed",
+                )
 
 
-def _range_problem(value: float, lo: float | None, hi: float | None) -> str | None:
-    if lo is not None and value < lo:
-        return f"{value!r} is below the minimum {lo!r}"
-    if hi is not None and value > hi:
-        return f"{value!r} is above the maximum {hi!r}"
-    return None
+def _param_type(pname: str, raw: Any, fail: Any) -> str:
+    """The table's shape (a name, known keys, node/field/type present) and its type."""
+    key = f"params.{pname}"
+    if not _PARAM_NAME.match(pname):
+        raise fail(key, "a parameter name is a letter or _ then letters, digits or _ (≤ 64)")
+    if not isinstance(raw, dict):
+        raise fail(key, "must be a table with node, field and type")
+    unknown = sorted(set(raw) - set(PARAM_KEYS))
+    if unknown:
+        raise fail(
+            ", ".join(f"{key}.{k}" for k in unknown),
+            f"unknown key{'s' if len(unknown) > 1 else ''} (allowed: {', '.join(PARAM_KEYS)})",
+        )
+    for required_key in ("node", "field", "type"):
+        if required_key not in raw:
+            raise fail(f"{key}.{required_key}", "missing")
+
+    ptype = raw["type"]
+    if ptype not in PARAM_TYPES:
+        raise fail(
+            f"{key}.type", f"unknown type {ptype!r} (expected one of {', '.join(PARAM_TYPES)})"
+        )
+    for opt, types in _KEY_TYPES.items():
+        if opt in raw and ptype not in types:
+            raise fail(f"{key}.{opt}", f"not allowed for type {ptype!r} (only {', '.join(types)})")
+    return ptype
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _param_target(
+    key: str, raw: dict[str, Any], graph: dict[str, dict[str, Any]], fail: Any
+) -> tuple[str, str]:
+    """``(node, field)``: a literal input of a node in the graph."""
+    node = raw["node"]
+    if isinstance(node, int) and not isinstance(node, bool):
+        node = str(node)  # `node = 6` is an easy slip; ids are strings in the graph
+    if not isinstance(node, str):
+        raise fail(f"{key}.node", "must be a node id string, e.g. \"6\"")
+    if node not in graph:
+        raise fail(f"{key}.node", f"node {node!r} is not in the graph")
+    pfield = raw["field"]
+    if not isinstance(pfield, str):
+        raise fail(f"{key}.field", "must be a string")
+    inputs = graph[node]["inputs"]
+    cls = graph[node]["class_type"]
+    if pfield not in inputs:
+        raise fail(
+            f"{key}.field",
+            f"node {node!r} ({cls}) has no input {pfield!r} "
+            f"(it has: {', '.join(inputs) or 'none'})",
+        )
+    if graph_module.is_link(inputs[pfield]):
+        raise fail(
+            f"{key}.field",
+            f"input {pfield!r} of node {node!r} ({cls}) is a link from node "
+            f"{inputs[pfield][0]!r}; a parameter can only replace a widget value, not a connection",
+        )
+    return node, pfield
 
 
-def _is_number(v: Any) -> bool:
-    if isinstance(v, bool):
-        return False
-    if isinstance(v, int):
-        return True
-    return isinstance(v, float) and math.isfinite(v)
+def _param_bounds(
+    key: str, raw: dict[str, Any], ptype: str, fail: Any
+) -> tuple[int | float | None, int | float | None, int | None]:
+    """``(min, max, max_length)``, each None when the table leaves it out."""
+    pmin, pmax = raw.get("min"), raw.get("max")
+    for bound_key, bound in (("min", pmin), ("max", pmax)):
+        if bound is None:
+            continue
+        if ptype in ("int", "seed"):
+            if not param_spec.is_int(bound):
+                raise fail(f"{key}.{bound_key}", f"must be an integer, got {bound!r}")
+            if ptype == "seed" and not 0 <= bound <= SEED_MAX:
+                raise fail(f"{key}.{bound_key}", f"a seed bound must be within 0..{SEED_MAX}")
+        elif not param_spec.is_number(bound):
+            raise fail(f"{key}.{bound_key}", f"must be a number, got {bound!r}")
+    if pmin is not None and pmax is not None and pmin > pmax:
+        raise fail(f"{key}.min", f"min {pmin!r} is greater than max {pmax!r}")
+
+    max_length = raw.get("max_length")
+    if max_length is not None and (not param_spec.is_int(max_length) or max_length < 1):
+        raise fail(f"{key}.max_length", "must be a positive integer")
+    return pmin, pmax, max_length
 
 
-def _kind(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return f"boolean {json.dumps(v)}"
-    if isinstance(v, int | float):
-        return f"{type(v).__name__} {v!r}"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "a list"
-    if isinstance(v, dict):
-        return "an object"
-    return type(v).__name__
+def _param_choices(key: str, raw: dict[str, Any], fail: Any) -> tuple[Any, ...]:
+    """A choice parameter's choices: a non-empty list of distinct strings, numbers or booleans."""
+    raw_choices = raw.get("choices")
+    if raw_choices is None:
+        raise fail(f"{key}.choices", "a choice parameter needs a list of choices")
+    if not isinstance(raw_choices, list) or not raw_choices:
+        raise fail(f"{key}.choices", "must be a non-empty list")
+    for c in raw_choices:
+        finite = not isinstance(c, float) or math.isfinite(c)
+        if not isinstance(c, str | int | float) or not finite:
+            raise fail(f"{key}.choices", f"{c!r} is not a string, number or boolean")
+    if len({(type(c), c) for c in raw_choices}) != len(raw_choices):
+        raise fail(f"{key}.choices", "has duplicates")
+    return tuple(raw_choices)

@@ -22,8 +22,7 @@ from typing import Any, Protocol
 import orjson
 
 from comfy_fleet import errors
-
-from comfy_fleet.workflows import graph as graph_module, manifest as manifest_module
+from comfy_fleet.workflows import graph as graph_module, model_params, param_spec
 from comfy_fleet.workflows.manifest import Manifest, ParamSpec
 
 #: A drawn seed stays below 2**53 so it survives every JSON reader, JavaScript's doubles included;
@@ -31,10 +30,8 @@ from comfy_fleet.workflows.manifest import Manifest, ParamSpec
 DRAWN_SEED_MAX: int = 2**53 - 1
 
 #: The accepted forms of an image value, as told to clients.
-IMAGE_FORMS: str = (
-    "an image as base64, as a data: URL (data:image/png;base64,...), or as an http(s) URL "
-    "that the service fetches"
-)
+IMAGE_FORMS: str = ("an image as base64, as a data: URL (data:image/png;base64,...), "
+                    "or as an http(s) URL that the service fetches")
 
 _DATA_URL = re.compile(r"^data:([^,;]*)((?:;[^,;]*)*),(.*)$", re.DOTALL)
 _WHITESPACE = re.compile(r"\s+")
@@ -47,7 +44,6 @@ class ParamLimits(Protocol):
 
     @property
     def max_string_length(self) -> int: ...
-
     @property
     def max_image_bytes(self) -> int: ...
 
@@ -120,21 +116,10 @@ def validate_params(
         else:
             continue  # the graph keeps its own value
 
-        if spec.type == "image":
-            problem = manifest_module.check_value(spec, value)
-            if problem is None:
-                try:
-                    classify_image_value(value, max_bytes=limits.max_image_bytes, param=name)
-                except errors.PayloadTooLarge as exc:
-                    problem, too_large = exc.message, too_large + 1
-                except errors.WorkflowParamsInvalid as exc:
-                    problem = exc.details[0]["problem"]
-        else:
-            problem = manifest_module.check_value(
-                spec, value, max_string_length=limits.max_string_length
-            )
+        problem, over_size = _value_problem(spec, value, limits)
         if problem is not None:
             problems.append({"param": name, "problem": problem})
+            too_large += over_size
             continue
         if spec.type == "seed" and value == "random":
             value = _draw_seed(spec, draw)
@@ -151,9 +136,26 @@ def validate_params(
     return resolved
 
 
+def _value_problem(spec: ParamSpec, value: Any, limits: ParamLimits) -> tuple[str | None, bool]:
+    """Why ``value`` is not valid for ``spec`` (None when it is), and whether the only reason is
+    an image over ``limits.max_image_bytes``."""
+    if spec.type != "image":
+        return param_spec.check_value(spec, value, max_string_length=limits.max_string_length), False
+    problem = param_spec.check_value(spec, value)
+    if problem is not None:
+        return problem, False
+    try:
+        classify_image_value(value, max_bytes=limits.max_image_bytes, param=spec.name)
+    except errors.PayloadTooLarge as exc:
+        return exc.message, True
+    except errors.WorkflowParamsInvalid as exc:
+        return exc.details[0]["problem"], False
+    return None, False
+
+
 def _draw_seed(spec: ParamSpec, draw: Rng) -> int:
     lo = int(spec.min) if spec.min is not None else 0
-    hi = int(spec.max) if spec.max is not None else manifest_module.SEED_MAX
+    hi = int(spec.max) if spec.max is not None else param_spec.SEED_MAX
     if lo <= DRAWN_SEED_MAX:
         hi = min(hi, DRAWN_SEED_MAX)
     return draw(lo, hi)
@@ -273,27 +275,29 @@ def apply_params(
     resolved: Mapping[str, Any],
     *,
     image_names: Mapping[str, str] | None = None,
+    model_names: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """A deep copy of ``graph`` with the resolved values written into their node inputs.
-
-    Image parameters get their uploaded file name from ``image_names``; with ``image_names=None``
-    image inputs are left as they are (enough for routing checks, which ignore them).
-    """
-    # A JSON round trip is the deep copy: the graph is JSON (parsed from its file), and orjson
-    # copies it some ten times faster than copy.deepcopy (a batch builds 1,000 prompts at once).
+    """A deep copy of ``graph`` with the resolved values in their node inputs, the nodes of
+    ``bypass`` parameters left out taken out. Images get their upload's name from
+    ``image_names``, models by URL their pulled name from ``model_names``; None leaves those
+    inputs as they are (routing checks ignore them). The copy is a JSON round trip, ten times
+    faster than copy.deepcopy (a batch builds 1,000 prompts)."""
     prompt: dict[str, dict[str, Any]] = orjson.loads(orjson.dumps(dict(graph)))
+    gone = model_params.bypassed_nodes(manifest.params, resolved)
     for name, value in resolved.items():
         spec = manifest.params.get(name)
         if spec is None:
             raise ValueError(f"workflow {manifest.name!r} has no parameter {name!r}")
-        if spec.type == "image":
-            if image_names is None:
+        if spec.node in gone:
+            continue
+        if spec.type == "image" or (spec.type == "model" and isinstance(value, Mapping)):
+            if (names := image_names if spec.type == "image" else model_names) is None:
                 continue
-            if name not in image_names:
-                raise ValueError(f"no uploaded file name for image parameter {name!r}")
-            value = image_names[name]
+            if name not in names:
+                raise ValueError(f"no file name for {spec.type} parameter {name!r}")
+            value = names[name]
         prompt[spec.node]["inputs"][spec.field] = copy.deepcopy(value)
-    return prompt
+    return model_params.bypass(prompt, gone)
 
 
 def build_prompt(
@@ -303,24 +307,24 @@ def build_prompt(
     *,
     task_id: str,
     image_names: Mapping[str, str] | None = None,
+    model_names: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The prompt to send to ComfyUI for one task; ``graph`` is left untouched.
-
-    Writes the resolved values (image parameters: their uploaded file names from
-    ``image_names``, one for each image parameter in ``resolved``), then points every node's
-    literal ``filename_prefix`` at ``task_filename_prefix(...)``.
-    """
+    """The prompt to send to ComfyUI for one task; ``graph`` is left untouched. Writes the
+    resolved values (image parameters: their uploaded file names from ``image_names``, one for
+    each image parameter in ``resolved``), then points every node's literal ``filename_prefix``
+    at ``task_filename_prefix(...)``."""
     names = dict(image_names or {})
     for name in names:
         spec = manifest.params.get(name)
         if spec is None or spec.type != "image":
             raise ValueError(f"{name!r} is not an image parameter of workflow {manifest.name!r}")
-    prompt = apply_params(graph, manifest, resolved, image_names=names)
+    prompt = apply_params(
+        graph, manifest, resolved, image_names=names, model_names=dict(model_names or {})
+    )
     for node_id in graph_module.prefix_nodes(prompt):
         inputs = prompt[node_id]["inputs"]
-        inputs["filename_prefix"] = task_filename_prefix(
-            manifest, task_id, inputs["filename_prefix"]
-        )
+        prefix = inputs["filename_prefix"]
+        inputs["filename_prefix"] = task_filename_prefix(manifest, task_id, prefix)
     return prompt
 
 
@@ -370,7 +374,7 @@ def _param_schema(spec: ParamSpec, max_string_length: int | None) -> dict[str, A
             s["maximum"] = spec.max
     elif spec.type == "seed":
         lo = spec.min if spec.min is not None else 0
-        hi = spec.max if spec.max is not None else manifest_module.SEED_MAX
+        hi = spec.max if spec.max is not None else param_spec.SEED_MAX
         s["oneOf"] = [
             {"type": "integer", "minimum": lo, "maximum": hi},
             {"const": "random"},
@@ -385,6 +389,9 @@ def _param_schema(spec: ParamSpec, max_string_length: int | None) -> dict[str, A
         s["type"] = "string"
         extra = f"Takes {IMAGE_FORMS}."
         description = f"{description} {extra}".strip()
+    elif spec.type == "model":
+        s.update(model_params.json_schema(spec))
+        description = f'{description} A model file name, or {{"url", "sha256"}}.'.strip()
     if spec.default is not None:
         s["default"] = spec.default
     if description:

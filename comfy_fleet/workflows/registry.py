@@ -18,7 +18,7 @@ from typing import Any
 
 from comfy_fleet import errors
 
-from comfy_fleet.workflows import graph as graph_module, manifest as manifest_module, params as params_module
+from comfy_fleet.workflows import graph as graph_module, manifest as manifest_module, params as params_module, raw_graph
 from comfy_fleet.workflows.manifest import Manifest
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -40,7 +40,13 @@ class Workflow:
         return self.manifest.required_labels
 
     def required_models(self, object_info: Mapping[str, Any] | None = None) -> set[str]:
-        return graph_module.required_models(self.graph, object_info)
+        """The model files the graph names, without the nodes bypassed when their optional
+        parameter is left out, nor the inputs of model parameters."""
+        graph = params_module.apply_params(self.graph, self.manifest, {})
+        for node, name in self.manifest.model_fields():
+            if node in graph:
+                graph[node]["inputs"].pop(name, None)
+        return graph_module.required_models(graph, object_info)
 
     def can_run(
         self, object_info: Mapping[str, Any], resolved: Mapping[str, Any] | None = None
@@ -48,13 +54,20 @@ class Workflow:
         """Whether an endpoint with this ``object_info`` can run the workflow (and why not).
 
         With ``resolved`` params, the check is on the graph as the task would send it (e.g. a
-        choice parameter that picks a model); image inputs are never checked, since their file
-        is uploaded at dispatch.
+        choice parameter that picks a model); image inputs and models given by URL are never
+        checked, since their file is uploaded or pulled at dispatch; the nodes of ``bypass``
+        parameters left out are not checked, as they are not sent.
         """
-        graph = self.graph
-        if resolved:
-            graph = params_module.apply_params(graph, self.manifest, resolved)
-        return graph_module.can_run(graph, object_info, ignore=self.manifest.image_fields())
+        graph = params_module.apply_params(self.graph, self.manifest, resolved or {})
+        ignore = self.manifest.image_fields()
+        if not resolved:
+            ignore |= self.manifest.model_fields()
+        else:
+            ignore |= {
+                (spec.node, spec.field) for name, spec in self.manifest.params.items()
+                if spec.type == "model" and isinstance(resolved.get(name), Mapping)
+            }
+        return graph_module.can_run(graph, object_info, ignore=ignore)
 
     def validate(self, params: Any, **kwargs: Any) -> dict[str, Any]:
         """``comfy_fleet.workflows.params.validate_params`` for this workflow."""
@@ -66,10 +79,12 @@ class Workflow:
         *,
         task_id: str,
         image_names: Mapping[str, str] | None = None,
+        model_names: Mapping[str, str] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """``comfy_fleet.workflows.params.build_prompt`` for this workflow."""
         return params_module.build_prompt(
-            self.graph, self.manifest, resolved, task_id=task_id, image_names=image_names
+            self.graph, self.manifest, resolved, task_id=task_id, image_names=image_names,
+            model_names=model_names,
         )
 
     def describe(self, *, max_string_length: int | None = None) -> dict[str, Any]:
@@ -110,6 +125,10 @@ def load_workflow(directory: Path, name: str) -> Workflow:
         raise errors.ManifestInvalid(
             f"{toml_path}: a workflow name is a letter or digit, then letters, digits, _ or - "
             "(≤ 64 characters)"
+        )
+    if name == raw_graph.WORKFLOW:
+        raise errors.ManifestInvalid(
+            f"{toml_path}: {name!r} is the workflow name of raw graphs; name the files otherwise"
         )
     json_bytes = _read(json_path)
     toml_bytes = _read(toml_path)

@@ -8,21 +8,29 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from serve_app.models import health as models
 from serve_app.responses import JSON
 from serve_app.routes import context
 
-router = APIRouter()
+router = APIRouter(tags=["health"])
 
 #: How long each readiness check may take before it counts as failed.
 CHECK_TIMEOUT_S = 3.0
 
 
-@router.get("/healthz", summary="Alive")
+@router.get("/healthz", summary="Alive", operation_id="healthz", response_model=models.Health)
 async def healthz() -> Response:
     return JSON({"status": "ok"})
 
 
-@router.get("/readyz", summary="Database reachable and at least one endpoint connected")
+@router.get(
+    "/readyz",
+    summary="Database reachable and at least one endpoint connected",
+    operation_id="readyz",
+    response_model=models.Readiness,
+    response_description="Ready",
+    responses={503: {"model": models.Readiness, "description": "Not ready (same body)"}},
+)
 async def readyz(request: Request) -> Response:
     s = context.services(request)
     checks: dict[str, Any] = {}

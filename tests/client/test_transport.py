@@ -115,6 +115,28 @@ async def test_async_client_pages_and_resumes_the_same_way() -> None:
             await c.get("missing")
 
 
+def test_submit_sends_a_raw_graph_and_a_tenant_keys_refusal_is_forbidden() -> None:
+    sent: list[dict] = []
+
+    def service(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/tasks" and request.method == "POST":
+            sent.append(json.loads(request.content))
+            return httpx.Response(202, json={**_task(1), "workflow": "graph"})
+        if request.url.path == "/api/v1/endpoints":
+            return httpx.Response(403, json={"error": {"code": "forbidden",
+                                                       "message": "this key may not read the fleet"}})
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}}}
+    with Client("http://svc/api/v1", "tenant-key", transport=httpx.MockTransport(service)) as c:
+        task = c.submit(graph=graph, files={"in.png": b"png"}, tenant="acme")
+        assert task.workflow == "graph"
+        with pytest.raises(errors.Forbidden) as info:
+            c.endpoints()
+    assert sent == [{"graph": graph, "files": {"in.png": "cG5n"}, "tenant": "acme"}]
+    assert (info.value.code, info.value.status) == ("forbidden", 403)
+
+
 def test_the_key_goes_to_the_service_and_never_to_storage(tmp_path) -> None:  # type: ignore[no-untyped-def]
     seen: dict[str, str | None] = {}
 

@@ -102,6 +102,45 @@ def test_bodies_leave_out_unset_fields_and_paths_are_escaped() -> None:
         protocol.create_batch(workflow="solid", tasks=[body], sweep={"a": [1]})
 
 
+def test_a_raw_graph_goes_instead_of_a_workflow_with_its_files() -> None:
+    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
+    files = {"a.png": b"\x89PNG raw", "b.png": "data:image/png;base64,iVBO",
+             "c.png": "https://example.com/c.png", "d.png": "aGVsbG8="}
+    body = protocol.task_body(graph=graph, files=files, tenant="acme", priority=1)
+    assert body == {
+        "graph": graph,
+        "files": {"a.png": base64.b64encode(b"\x89PNG raw").decode(), "b.png": files["b.png"],
+                  "c.png": files["c.png"], "d.png": "aGVsbG8="},
+        "tenant": "acme", "priority": 1,
+    }
+    assert "workflow" not in body and "params" not in body
+    assert protocol.task_body(graph=graph) == {"graph": graph}
+    # The service's own rules, refused before anything is sent.
+    with pytest.raises(ValueError, match="either"):
+        protocol.task_body("solid", graph=graph)
+    with pytest.raises(ValueError, match="either"):
+        protocol.task_body()
+    with pytest.raises(ValueError, match="params"):
+        protocol.task_body(graph=graph, params={"width": 8})
+    with pytest.raises(ValueError, match="files"):
+        protocol.task_body("solid", files={"a.png": "aGVsbG8="})
+
+
+def test_a_named_tenant_is_sent_with_the_task() -> None:
+    body = protocol.task_body("solid", {"width": 8}, tenant="beta")
+    assert body == {"workflow": "solid", "params": {"width": 8}, "tenant": "beta"}
+
+
+def test_forbidden_is_the_tenant_keys_refusal() -> None:
+    answer = {"error": {"code": "forbidden", "message": "this key may not read the fleet"}}
+    exc = errors.from_response(_answer(403, answer))
+    assert type(exc) is errors.Forbidden and exc.code == "forbidden" and exc.status == 403
+    # Without the service's error shape (a proxy's 403) it is still Forbidden.
+    bare = errors.from_response(_answer(403))
+    assert type(bare) is errors.Forbidden and bare.status == 403
+
+
 def test_settings_come_from_arguments_then_environment_then_default() -> None:
     assert protocol.settings_from_env(None, None, {}) == (protocol.DEFAULT_URL, None)
     env = {"COMFY_FLEET_URL": "http://h:9/api/v1/", "COMFY_FLEET_KEY": "k"}

@@ -32,7 +32,8 @@ pytestmark = [
     pytest.mark.timeout(SCENARIO_TIMEOUT_S + 60),
 ]
 
-def run_scenario(name: str) -> dict[str, Any]:
+def run_scenario(name: str, module: str = "tests.cluster.scenario") -> dict[str, Any]:
+    """Run `python -m <module> <name>` (a session of its own) and return its RESULT line."""
     env = {
         **os.environ,
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -41,7 +42,7 @@ def run_scenario(name: str) -> dict[str, Any]:
     }
     # A session of its own: on a timeout the whole group (the cluster's nodes too) is killed.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.cluster.scenario", name],
+        [sys.executable, "-m", module, *([name] if name else [])],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

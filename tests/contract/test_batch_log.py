@@ -16,11 +16,14 @@ from comfy_fleet.log.postgres import PostgresEventLog
 from tests.support.polling import eventually
 
 
-def task(batch_id: str, i: int, client_task_id: str | None = None) -> events.TaskSubmitted:
+def task(
+    batch_id: str, i: int, client_task_id: str | None = None, tenant: str = "default"
+) -> events.TaskSubmitted:
     return events.TaskSubmitted(
         workflow="solid", workflow_version="v1", params={"width": i},
         prompt={"1": {"class_type": "EmptyImage", "inputs": {"width": i}}},
         client_task_id=client_task_id, request_hash=f"h{i}", batch_id=batch_id,
+        tenant=tenant,
     )
 
 
@@ -31,7 +34,7 @@ def batch(
     batch_id = str(uuid.uuid4())
     ids = [str(uuid.uuid4()) for _ in range(n)]
     ctids = client_task_ids or [None] * n
-    tasks = [(t, task(batch_id, i, ctids[i])) for i, t in enumerate(ids)]
+    tasks = [(t, task(batch_id, i, ctids[i], tenant)) for i, t in enumerate(ids)]
     sub = events.BatchSubmitted(
         tenant=tenant, task_ids=ids, client_batch_id=client_batch_id,
         callback_url="http://127.0.0.1:9/b", request_hash="bh",
@@ -88,7 +91,8 @@ class BatchLogContract:
         await log.append_batch(other_id, other, other_tasks)
         _, ok, ok_tasks = batch(1, client_task_ids=["ct-1"])
         await log.append_batch(str(uuid.uuid4()), ok, ok_tasks)
-        assert await log.taken_client_task_ids(["ct-1", "ct-2"]) == {"ct-1"}
+        assert await log.taken_client_task_ids("default", ["ct-1", "ct-2"]) == {"ct-1"}
+        assert await log.taken_client_task_ids("acme", ["ct-1"]) == set()  # unique per tenant
         bad_id, bad, bad_tasks = batch(3, client_task_ids=[None, None, "ct-1"])
         with pytest.raises(errors.DuplicateClientTaskId):
             await log.append_batch(bad_id, bad, bad_tasks)

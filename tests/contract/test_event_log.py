@@ -16,12 +16,15 @@ from comfy_fleet.log import events, task_state
 from comfy_fleet.delivery.slots import UNKNOWN, receiver_of
 from comfy_fleet.log.event_log import EventLog, InMemoryEventLog
 from comfy_fleet.log.postgres import PostgresEventLog
-from comfy_fleet.cli.rebuild import task_id_ranges
+from comfy_fleet.log.rebuild import task_id_ranges
 from tests.support.polling import eventually
 
 
-def submitted(client_task_id: str | None = None, priority: int = 0) -> events.TaskSubmitted:
+def submitted(
+    client_task_id: str | None = None, priority: int = 0, tenant: str = "default"
+) -> events.TaskSubmitted:
     return events.TaskSubmitted(
+        tenant=tenant,
         workflow="solid",
         workflow_version="v1",
         params={"width": 8},
@@ -84,6 +87,39 @@ class EventLogContract:
             await log.append(str(uuid.uuid4()), 0, [submitted(ctid)])
         found = await log.find_client_task(ctid)
         assert found is not None and found.client_task_id == ctid
+
+    async def test_client_task_id_is_unique_per_tenant(self, log: EventLog) -> None:
+        ctid = f"c-{uuid.uuid4()}"
+        a, b = str(uuid.uuid4()), str(uuid.uuid4())
+        await log.append(a, 0, [submitted(ctid, tenant="acme")])
+        await log.append(b, 0, [submitted(ctid, tenant="beta")])  # another tenant: its own id
+        with pytest.raises(errors.DuplicateClientTaskId):
+            await log.append(str(uuid.uuid4()), 0, [submitted(ctid, tenant="acme")])
+        found_a = await log.find_client_task(ctid, "acme")
+        found_b = await log.find_client_task(ctid, "beta")
+        assert (found_a and found_a.task_id, found_b and found_b.task_id) == (a, b)
+        assert found_a is not None and found_a.tenant == "acme"
+        assert await log.find_client_task(ctid) is None  # tenant `default` has none
+
+    async def test_list_filters_by_tenant(self, log: EventLog) -> None:
+        ids = {t: str(uuid.uuid4()) for t in ("acme", "beta", "default")}
+        for tenant, tid in ids.items():
+            await log.append(tid, 0, [submitted(tenant=tenant)])
+        for tenant, tid in ids.items():
+            page, _ = await log.list_tasks(tenant=tenant, limit=10)
+            assert [s.task_id for s in page] == [tid] and page[0].tenant == tenant
+        assert len((await log.list_tasks(limit=10))[0]) == 3
+
+    async def test_queued_tasks_and_dispatches_carry_the_tenant(self, log: EventLog) -> None:
+        a, b, c = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+        await log.append(a, 0, [submitted(tenant="acme")])
+        sb = await log.append(b, 0, [submitted(tenant="beta")])
+        sc = await log.append(c, 0, [submitted(tenant="acme")])
+        await log.append(b, 1, [events.TaskDispatched(endpoint="e:1", prompt_id="p", attempt=1)], sb)
+        await log.append(c, 1, [events.TaskDispatched(endpoint="e:1", prompt_id="q", attempt=1)], sc)
+        assert [(r[0], r[5]) for r in await log.queued_tasks()] == [(a, "acme")]
+        assert await log.dispatch_tenants() == ["beta", "acme"]
+        assert await log.dispatch_tenants(1) == ["acme"]
 
     async def test_unknown_task(self, log: EventLog) -> None:
         with pytest.raises(errors.TaskNotFound):
@@ -169,7 +205,7 @@ class EventLogContract:
         assert await log.ended_among([]) == set()
 
     async def test_waiting_tasks_are_told_when_submitted_and_when_requeued(self, log: EventLog) -> None:
-        heard: list[tuple[str, int, float, str, list[str], bool]] = []
+        heard: list[tuple[str, int, float, str, list[str], bool, str]] = []
         caught_up: list[int] = []
         await log.listen_queued(lambda *notice: heard.append(notice))
         await log.listen_ended(lambda *_: None, lambda: caught_up.append(1))  # the same listener
@@ -182,10 +218,13 @@ class EventLogContract:
         s = await log.append(tid, s.seq, [events.TaskCancelRequested()], s)  # still waiting: no news
 
         created = s.created_at.timestamp()
-        expected = [(tid, 3, created, "solid", [], False), (tid, 3, created, "solid", [], True)]
+        expected = [
+            (tid, 3, created, "solid", [], False, "default"),
+            (tid, 3, created, "solid", [], True, "default"),
+        ]
         await eventually(lambda: len(heard) >= 2, what="two notices")
         await asyncio.sleep(0.2)  # and no more
-        assert [(t, p, pytest.approx(c), w, labels, r) for t, p, c, w, labels, r in heard] == expected
+        assert [(t, p, pytest.approx(c), w, ls, r, tn) for t, p, c, w, ls, r, tn in heard] == expected
 
 
 class TestInMemoryEventLog(EventLogContract):
@@ -203,6 +242,31 @@ class TestPostgresEventLog(EventLogContract):
             yield log
         finally:
             await log.close()
+
+    async def test_a_queued_notice_without_tenant_is_tenant_default(
+        self, log: PostgresEventLog, pg_dsn: str
+    ) -> None:
+        """Rolling upgrade: an ingress of the release before tenants sends the notice without
+        the tenant; the router hears a task of tenant `default`."""
+        import asyncpg
+
+        heard: list[tuple[object, ...]] = []
+        caught_up: list[int] = []
+        await log.listen_queued(lambda *notice: heard.append(notice))
+        await log.listen_ended(lambda *_: None, lambda: caught_up.append(1))
+        await eventually(lambda: caught_up, what="listening")
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            old = orjson.dumps(["t-old", 2, 1.5, "solid", [], False]).decode()
+            new = orjson.dumps(["t-new", 0, 1.5, "solid", ["gpu"], True, "acme"]).decode()
+            await conn.execute("SELECT pg_notify('tasks_queued_v1', $1), pg_notify('tasks_queued_v1', $2)", old, new)
+        finally:
+            await conn.close()
+        await eventually(lambda: len(heard) >= 2, what="two notices")
+        assert heard == [
+            ("t-old", 2, 1.5, "solid", [], False, "default"),
+            ("t-new", 0, 1.5, "solid", ["gpu"], True, "acme"),
+        ]
 
     async def test_database_refuses_update_and_delete(self, log: PostgresEventLog, pg_dsn: str) -> None:
         import asyncpg

@@ -42,6 +42,27 @@ async def test_schema_after_all_migrations(pg_dsn: str) -> None:
         }
         assert triggers == {"task_events_append_only", "task_events_no_truncate"}
         indexes = {r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'tasks'")}
-        assert {"tasks_newest", "tasks_open", "tasks_webhook_pending", "tasks_client_task_id_key"} <= indexes
+        assert {
+            "tasks_newest", "tasks_open", "tasks_webhook_pending", "tasks_tenant_client_task_id_key",
+            "tasks_tenant_newest", "tasks_tenant_queued",
+        } <= indexes
+        assert "tasks_client_task_id_key" not in indexes  # unique per tenant now
+        assert cols[("tasks", "tenant")] == "text"
+        tenant = await conn.fetchrow(
+            "SELECT is_nullable, column_default FROM information_schema.columns"
+            " WHERE table_name = 'tasks' AND column_name = 'tenant'"
+        )
+        assert tenant["is_nullable"] == "NO" and tenant["column_default"] == "'default'::text"
+        unique = await conn.fetchval(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conname = 'tasks_tenant_client_task_id_key'"
+        )
+        assert unique == "UNIQUE (tenant, client_task_id)"
+        event_indexes = {
+            r["indexname"] for r in await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'task_events'"
+            )
+        }
+        assert "task_events_dispatched" in event_indexes
     finally:
         await conn.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -182,3 +183,21 @@ async def test_odd_keys_round_trip_through_urls_presigned_by_either_signer(
         async with httpx.AsyncClient() as http:  # and its presigned GET serves it
             response = await http.get(await store.presign_get(key, 60))
         assert response.status_code == 200 and response.content == data
+
+
+async def test_put_file_uploads_a_large_file_in_parts(
+    store: storage.S3BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from comfy_fleet.storage import s3 as s3_module
+
+    # S3's smallest part is 5 MiB (the last one excepted): three parts, the last a short one.
+    monkeypatch.setattr(s3_module, "MULTIPART_PART_BYTES", 5 * 1024 * 1024)
+    data = os.urandom(11 * 1024 * 1024)
+    path = tmp_path / "model.bin"
+    path.write_bytes(data)
+    await store.put_file("models/big", str(path), "application/octet-stream")
+    assert await store.get("models/big") == data
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"tiny")
+    await store.put_file("models/small", str(small), "application/octet-stream")
+    assert (await store.stat("models/small")).size == 4

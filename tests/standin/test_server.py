@@ -587,7 +587,9 @@ async def test_prototype_flux_workflows_run_and_missing_models_fail_validation()
             pid = (await post(c, wf, "flux"))["prompt_id"]
             frames = await ws.done(pid, len(ws.frames))
             assert "execution_success" in types(frames) and "progress" in types(frames)
-            out = next(f for f in frames if f["type"] == "executed")["data"]["output"]["images"][0]
+            assert "binary1" in types(frames)  # the sampler's latent previews
+            text = [f for f in frames if isinstance(f, dict)]
+            out = next(f for f in text if f["type"] == "executed")["data"]["output"]["images"][0]
             assert Image.open(s.output_dir / out["subfolder"] / out["filename"]).format == "PNG"
         wf["12"]["inputs"]["unet_name"] = "missing.safetensors"
         r = await c.post("/prompt", json={"prompt": wf})

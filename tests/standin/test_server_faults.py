@@ -83,11 +83,10 @@ async def test_node_id_failure_rule_and_sampler_progress() -> None:
         }
         ws = await WS.connect(s.host_port, "ks")
         frames = await ws.done((await post(c, wf, "ks"))["prompt_id"])
-        progress = [
-            (f["data"]["value"], f["data"]["max"]) for f in frames if f["type"] == "progress"
-        ]
+        text = [f for f in frames if isinstance(f, dict)]  # previews are binary (test_previews)
+        progress = [(f["data"]["value"], f["data"]["max"]) for f in text if f["type"] == "progress"]
         assert progress == [(1, 3), (2, 3), (3, 3)]
-        out = next(f for f in frames if f["type"] == "executed")["data"]["output"]["images"][0]
+        out = next(f for f in text if f["type"] == "executed")["data"]["output"]["images"][0]
         assert (s.output_dir / out["filename"]).exists()
         s.knobs.update(
             {
@@ -103,7 +102,9 @@ async def test_node_id_failure_rule_and_sampler_progress() -> None:
         )
         wf["4"]["inputs"]["seed"] = 2
         frames = await ws.done((await post(c, wf, "ks"))["prompt_id"], len(ws.frames))
-        err = next(f for f in frames if f["type"] == "execution_error")["data"]
+        err = next(
+            f for f in frames if isinstance(f, dict) and f["type"] == "execution_error"
+        )["data"]
         assert (err["node_id"], err["exception_type"]) == ("4", "torch.OutOfMemoryError")
         await ws.close()
 

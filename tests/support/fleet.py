@@ -72,6 +72,11 @@ def fleet_sync(tmp_path_factory: pytest.TempPathFactory, pg_admin_dsn: str) -> I
             "WEBHOOK_MAX_ATTEMPTS": "4",
             "DEFAULT_FAILED_IMAGE_PATH": str(data / "failed"),
             "WORKFLOWS_DIR": str(workflows),
+            # Raw graphs on, limited to the nodes the stand-in really runs, so a test sees a
+            # class refused (ImageToMask); NopeNode is listed so one sees a class no endpoint has.
+            "RAW_GRAPHS": "true",
+            "RAW_GRAPH_ALLOW_NODES": "EmptyImage,LoadImage,ImageInvert,ImageScale,ImageBlur,"
+            "SaveImage,PreviewImage,NopeNode",
         },
         dotenv=data / "none",
     )

@@ -1,7 +1,9 @@
 """The service as `make run` starts it, as a subprocess in a process group of its own, and what
 it runs: every process it started (found three ways, so a reparented one is not missed) and
-every TCP socket they listen on. For tests/security: the listening-socket census and the
-stop tests."""
+every TCP socket they listen on. For tests/security (the listening-socket census, the stop
+tests, a service with keys and tenants) and benchmarks that need the service configured otherwise
+than the session's shared one (tests/support/fleet.py). Each start costs Ray and Serve (15-40 s
+on a small machine): one per test module at most."""
 
 from __future__ import annotations
 
@@ -44,8 +46,8 @@ class Service:
     def start(self) -> Service:
         self.mark = uuid.uuid4().hex
         self.data.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SERVICE_HOST"))}
-        env.pop("DATABASE_URL", None)
+        dropped = ("RAY_", "SERVICE_HOST", "DATABASE_URL", "API_KEYS", "TENANT_", "COMFYUI_")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
         env.update(
             PYTHONPATH=str(REPO),
             SERVICE_PORT=str(self.port),
@@ -64,6 +66,22 @@ class Service:
             )
         return self
 
+    @property
+    def url(self) -> str:
+        """The API's base URL (ROUTE_PREFIX /api/v1 unless `env` sets another)."""
+        return f"http://127.0.0.1:{self.port}{self.env.get('ROUTE_PREFIX', '/api/v1')}"
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGINT (what Ctrl-C sends `make run`); whatever of the run is left after `timeout`
+        is killed."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        self.kill_everything()
+
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log else ""
 
@@ -71,7 +89,7 @@ class Service:
         """Until GET /api/v1/readyz answers 200; fails with the log's tail if the run exits."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.port}/api/v1/readyz"
+        url = f"{self.url}/readyz"
         while True:
             if self.proc.poll() is not None:
                 code = self.proc.returncode

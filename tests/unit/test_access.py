@@ -206,7 +206,7 @@ def test_fleet_routes(method: str, path: str, fleet: bool) -> None:
 
 def test_fleet_routes_are_forbidden_to_tenants() -> None:
     access.check_fleet(ADMIN)
-    with pytest.raises(access.Forbidden) as info:
+    with pytest.raises(errors.Forbidden) as info:
         access.check_fleet(ACME)
     assert info.value.status == 403 and info.value.code == "forbidden"
     assert info.value.to_json()["error"]["code"] == "forbidden"
@@ -215,7 +215,7 @@ def test_fleet_routes_are_forbidden_to_tenants() -> None:
 def test_submit_tenant() -> None:
     assert access.submit_tenant(ACME) == "acme"
     assert access.submit_tenant(ACME, "acme") == "acme"
-    with pytest.raises(access.Forbidden):
+    with pytest.raises(errors.Forbidden):
         access.submit_tenant(ACME, "beta")
     assert access.submit_tenant(ADMIN) == "default"
     assert access.submit_tenant(ADMIN, "beta") == "beta"
@@ -227,14 +227,14 @@ def test_submit_tenant() -> None:
 
 def test_a_tenant_naming_anything_else_is_forbidden_even_if_malformed() -> None:
     # 403, not 422: a tenant key may name only itself, whatever it names.
-    with pytest.raises(access.Forbidden):
+    with pytest.raises(errors.Forbidden):
         access.submit_tenant(ACME, "NOT A NAME")
 
 
 def test_list_tenant() -> None:
     assert access.list_tenant(ACME) == "acme"
     assert access.list_tenant(ACME, "acme") == "acme"
-    with pytest.raises(access.Forbidden):
+    with pytest.raises(errors.Forbidden):
         access.list_tenant(ACME, "beta")
     assert access.list_tenant(ADMIN) is None
     assert access.list_tenant(ADMIN, "beta") == "beta"
@@ -252,11 +252,11 @@ def test_check_waiting_is_a_429_with_retry_after() -> None:
 
 
 def test_forbidden_survives_pickling_and_is_a_fleet_error() -> None:
-    exc = access.Forbidden("no", {"tenant": "acme"})
+    exc = errors.Forbidden("no", {"tenant": "acme"})
     back = pickle.loads(pickle.dumps(exc))
     assert isinstance(back, errors.FleetError)
     assert (back.code, back.status, back.message, back.details) == ("forbidden", 403, "no", {"tenant": "acme"})
-    assert access.Forbidden().message == "This key may not do that."
+    assert errors.Forbidden().message == "This key may not do that."
 
 
 def test_property_decisions_agree_with_ownership() -> None:
@@ -274,7 +274,7 @@ def test_property_decisions_agree_with_ownership() -> None:
         for decide in (access.submit_tenant, access.list_tenant):
             try:
                 got = decide(principal, requested)
-            except access.Forbidden:
+            except errors.Forbidden:
                 assert not principal.is_admin and requested != principal.tenant
                 continue
             if not principal.is_admin:

@@ -14,6 +14,7 @@ from actors import batch_webhooks
 from comfy_fleet import errors
 from comfy_fleet.log import events
 from comfy_fleet.log.event_log import InMemoryEventLog
+from comfy_fleet.policies import access
 from serve_app import batches
 
 
@@ -23,6 +24,7 @@ async def recorded(log: InMemoryEventLog, n: int, tenant: str = "acme") -> tuple
     tasks = [
         (t, events.TaskSubmitted(
             workflow="solid", workflow_version="v", params={}, prompt={}, batch_id=batch_id,
+            tenant=tenant,
         ))
         for t in ids
     ]
@@ -44,15 +46,15 @@ async def test_another_tenants_batch_is_not_found_as_an_unknown_one() -> None:
     log = InMemoryEventLog()
     services: Any = SimpleNamespace(log=log)
     batch_id, _ = await recorded(log, 1, tenant="acme")
-    assert (await batches.get(services, batch_id, None)).tenant == "acme"  # an admin
-    assert (await batches.get(services, batch_id, "acme")).batch_id == batch_id
+    assert (await batches.get(services, batch_id, access.ADMIN)).tenant == "acme"  # an admin
+    assert (await batches.get(services, batch_id, access.Principal("acme"))).batch_id == batch_id
     with pytest.raises(errors.BatchNotFound) as other:
-        await batches.get(services, batch_id, "beta")
+        await batches.get(services, batch_id, access.Principal("beta"))
     with pytest.raises(errors.BatchNotFound) as unknown:
-        await batches.get(services, str(uuid.uuid4()), "beta")
+        await batches.get(services, str(uuid.uuid4()), access.Principal("beta"))
     assert other.value.code == unknown.value.code == "batch_not_found"
     with pytest.raises(errors.BatchNotFound):
-        await batches.get(services, "not-an-id", None)
+        await batches.get(services, "not-an-id", access.ADMIN)
 
 
 async def test_the_completion_is_recorded_once_however_many_decide_it() -> None:

@@ -3,11 +3,15 @@ Pure, no I/O beyond reading the recordings."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import struct
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from comfy_fleet.comfy import frames, history
 from tests.support.shared import TRACES
@@ -81,14 +85,64 @@ def test_one_prompt_reads_as_started_then_done() -> None:
     assert acted[0].prompt_id == acted[1].prompt_id
 
 
-def test_binary_frames_give_their_event_type() -> None:
-    binary = [e for e in received() if e["frame"] == "binary"]
+def recorded_binary_frame(e: dict[str, Any]) -> bytes:
+    """The exact bytes of a recorded binary frame of trace h. The recording keeps the head,
+    the metadata, the decoded image's size and colour and the frame's sha256, not the bytes:
+    the image is a solid PNG that Pillow encodes at compress level 1 as the real node did,
+    and the sha256 proves the rebuilt frame is the one the server sent."""
+    png = io.BytesIO()
+    image = e["image"]
+    Image.new(image["mode"], (image["width"], image["height"]), tuple(image["pixel_0_0"])).save(
+        png, format="PNG", compress_level=1
+    )
+    if e["event_type"] == 1:
+        raw = struct.pack(">II", 1, e["image_format"]) + png.getvalue()
+    else:
+        meta = json.dumps(e["metadata"]).encode()  # Python's json.dumps, as the server's
+        raw = struct.pack(">II", 4, len(meta)) + meta + png.getvalue()
+    assert (len(raw), hashlib.sha256(raw).hexdigest()) == (e["length"], e["sha256"])
+    return raw
+
+
+def test_recorded_preview_frames_parse_to_previews() -> None:
+    binary = [e for e in received("h_save_image_websocket") if e["frame"] == "binary"]
     assert {e["event_type"] for e in binary} == {1, 4}
     for e in binary:
-        # The recordings keep the first 8 bytes and the length, not the image.
-        raw = bytes.fromhex(e["head_hex"]).ljust(e["length"], b"\0")
-        assert frames.parse(raw) == frames.Binary(event_type=e["event_type"], length=e["length"])
-    assert frames.parse(b"\0\0") == frames.Binary(event_type=None, length=2)
+        frame = frames.parse(recorded_binary_frame(e))
+        assert isinstance(frame, frames.Preview)
+        assert frame.content_type == "image/png"
+        # type 1 names no prompt (it is the running one's); type 4's metadata does
+        assert frame.prompt_id == (e["metadata"]["prompt_id"] if e["event_type"] == 4 else None)
+        decoded = Image.open(io.BytesIO(frame.image))
+        assert (decoded.format, decoded.size) == ("PNG", (e["image"]["width"], e["image"]["height"]))
+
+
+def test_a_latent_preview_is_a_jpeg_of_type_1_format_1() -> None:
+    jpeg = b"\xff\xd8\xff\xe0" + b"rest of the image"
+    frame = frames.parse(struct.pack(">II", 1, 1) + jpeg)
+    assert frame == frames.Preview(None, "image/jpeg", jpeg)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\0\0",  # shorter than an event type
+        struct.pack(">I", 1),  # no image format
+        struct.pack(">II", 1, 2),  # no image
+        struct.pack(">II", 1, 7) + b"img",  # an image format ComfyUI does not have
+        struct.pack(">II", 4, 50) + b"{}",  # metadata longer than the frame
+        struct.pack(">II", 4, 2) + b"[]img",  # metadata not an object
+        struct.pack(">II", 4, 3) + b"{x}img",  # metadata not JSON
+        struct.pack(">II", 4, 2) + b"{}img",  # no image_type
+        struct.pack(">II", 4, 22) + b'{"image_type": "text"}img',  # not an image type
+        struct.pack(">II", 3, 1) + b"1text",  # TEXT (progress text of a node)
+    ],
+)
+def test_binary_frames_that_are_no_preview_give_their_event_type(raw: bytes) -> None:
+    frame = frames.parse(raw)
+    assert frame == frames.Binary(
+        int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None, len(raw)
+    )
 
 
 @pytest.mark.parametrize(

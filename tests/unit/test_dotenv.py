@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from comfy_fleet import config
+from comfy_fleet import config, env
 
 
 def read(tmp_path: Path, text: str) -> dict[str, str]:
     path = tmp_path / ".env"
     path.write_text(text, encoding="utf-8")
-    return config._read_dotenv(path)
+    return env.read_dotenv(path)
 
 
 @pytest.mark.parametrize(
@@ -64,7 +64,7 @@ def test_empty_values(tmp_path: Path) -> None:
 
 
 def test_no_file_reads_as_nothing(tmp_path: Path) -> None:
-    assert config._read_dotenv(tmp_path / "absent") == {}
+    assert env.read_dotenv(tmp_path / "absent") == {}
 
 
 def test_settings_take_the_value_without_its_comment(tmp_path: Path) -> None:

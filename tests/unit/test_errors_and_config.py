@@ -83,3 +83,46 @@ def test_open_bind_allowed_with_keys_or_explicit_flag(tmp_path: Path) -> None:
 def test_parse_endpoint_forms() -> None:
     assert parse_endpoint("https://h:443").base_url == "https://h:443"
     assert parse_endpoint("[::1]:8188").name == "[::1]:8188"
+
+
+@pytest.mark.parametrize(
+    ("values", "variable"),
+    [
+        ({"TENANT_KEYS": "acme"}, "TENANT_KEYS"),
+        ({"TENANT_KEYS": "Acme:plain-secret"}, "TENANT_KEYS"),
+        ({"TENANT_KEYS": "acme:plain-secret", "API_KEYS": "plain-secret"}, "TENANT_KEYS"),
+        ({"TENANT_WEIGHTS": "acme=0"}, "TENANT_WEIGHTS"),
+        ({"TENANT_WEIGHTS": "acme"}, "TENANT_WEIGHTS"),
+        ({"TENANT_MAX_WAITING": "0"}, "TENANT_MAX_WAITING"),
+        ({"TENANT_MAX_WAITING": "many"}, "TENANT_MAX_WAITING"),
+    ],
+)
+def test_bad_tenant_settings_name_the_variable(values: dict[str, str], variable: str, tmp_path: Path) -> None:
+    with pytest.raises(errors.ConfigError) as info:
+        Settings.from_env(values, dotenv=tmp_path / "none")
+    message = str(info.value)
+    assert message.startswith(variable) and "\n" not in message
+    assert "plain-secret" not in message
+
+
+def test_tenant_settings(tmp_path: Path) -> None:
+    from fractions import Fraction
+
+    s = Settings.from_env(
+        {
+            "TENANT_KEYS": "acme:k-acme-1, acme:k-acme-2,beta:k-beta",
+            "TENANT_WEIGHTS": "acme=3,beta=1.5",
+            "TENANT_MAX_WAITING": "100",
+        },
+        dotenv=tmp_path / "none",
+    )
+    assert s.tenant_keys == (("acme", "k-acme-1"), ("acme", "k-acme-2"), ("beta", "k-beta"))
+    assert s.weights == {"acme": Fraction(3), "beta": Fraction(3, 2)}
+    assert s.tenant_max_waiting == 100
+    assert "k-acme" not in repr(s) and "tenant_keys='***'" in repr(s)
+    # Tenant keys alone guard a non-loopback bind as API keys do.
+    assert Settings.from_env(
+        {"SERVICE_HOST": "0.0.0.0", "TENANT_KEYS": "acme:k"}, dotenv=tmp_path / "n"
+    ).tenant_keys
+    defaults = Settings.from_env({}, dotenv=tmp_path / "n")
+    assert (defaults.tenant_keys, defaults.weights, defaults.tenant_max_waiting) == ((), {}, None)

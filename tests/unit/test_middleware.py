@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from comfy_fleet.config import Settings
+from comfy_fleet.policies import access
 from serve_app.middleware import auth, body_limit
 
 
@@ -53,21 +54,35 @@ def bearer(key: str) -> list[tuple[bytes, bytes]]:
     return [(b"authorization", f"Bearer {key}".encode())]
 
 
-async def test_a_key_resolves_to_an_admin_principal_naming_its_key_only_by_index() -> None:
+async def test_an_api_key_is_an_admin_and_a_tenant_key_its_tenant() -> None:
+    settings = Settings(
+        api_keys=("first-key", "second-key"), tenant_keys=(("acme", "acme-key"), ("beta", "beta-key"))
+    )
+    for key, expected in [
+        ("second-key", access.ADMIN), ("acme-key", access.Principal("acme")),
+        ("beta-key", access.Principal("beta")),
+    ]:
+        inner = Inner()
+        status, _ = await call(auth.Authenticate(inner, settings), "/api/v1/tasks", bearer(key))
+        assert status == 204 and inner.state is not None
+        principal = inner.state["principal"]
+        assert principal == expected
+        assert key not in repr(principal) and key not in repr(settings)
+
+
+async def test_tenant_keys_alone_still_require_a_key() -> None:
     inner = Inner()
-    app = auth.Authenticate(inner, Settings(api_keys=("first-key", "second-key")))
-    status, _ = await call(app, "/api/v1/tasks", bearer("second-key"))
-    assert status == 204
-    assert inner.state is not None
-    principal = inner.state["principal"]
-    assert principal == auth.Principal(role=auth.ADMIN, key_index=1) and principal.is_admin
-    assert "second-key" not in repr(principal)
+    app = auth.Authenticate(inner, Settings(tenant_keys=(("acme", "acme-key"),)))
+    status, body = await call(app, "/api/v1/tasks", [])
+    assert status == 401 and body is not None and body["error"]["code"] == "unauthorized"
+    status, _ = await call(app, "/api/v1/tasks", bearer("acme-key"))
+    assert status == 204 and inner.state == {"principal": access.Principal("acme")}
 
 
 async def test_without_keys_configured_everyone_is_the_admin() -> None:
     inner = Inner()
     status, _ = await call(auth.Authenticate(inner, Settings(api_keys=())), "/api/v1/tasks", [])
-    assert status == 204 and inner.state == {"principal": auth.OPEN_ADMIN}
+    assert status == 204 and inner.state == {"principal": access.ADMIN}
 
 
 async def test_a_wrong_key_is_401_but_open_paths_answer_without_a_principal() -> None:

@@ -15,7 +15,7 @@ from comfy_fleet import errors
 from comfy_fleet.log import events, task_state
 from comfy_fleet.log.event_log import state_from_json, state_json, state_to_json
 from comfy_fleet.log.events import StoredEvent
-from comfy_fleet.cli.rebuild import COLUMNS, LogFold, read_model_row, task_id_ranges
+from comfy_fleet.log.rebuild import COLUMNS, LogFold, read_model_row, task_id_ranges
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ODD = "tab\there, newline\nthere, back\\slash, \"quote\", \r, é, \u2603"
@@ -121,7 +121,7 @@ def expected_row(s: task_state.TaskState) -> dict[str, str | None]:
         "task_id": s.task_id, "client_task_id": s.client_task_id, "workflow": s.workflow,
         "status": s.status, "priority": str(s.priority), "webhook": s.webhook,
         "last_seq": str(s.seq), "created_at": s.created_at.isoformat(),
-        "updated_at": s.updated_at.isoformat(),
+        "updated_at": s.updated_at.isoformat(), "tenant": s.tenant,
     }
 
 

@@ -66,11 +66,15 @@ def test_flux_manifests_map_text_image_and_seed(
     assert {n: (p.node, p.field, p.type) for n, p in t2i.manifest.params.items()} == {
         "text": ("6", "text", "string"),
         "seed": ("25", "noise_seed", "seed"),
+        "lora": ("40", "lora_name", "model"),
+        "lora_strength": ("40", "strength_model", "float"),
     }
     assert {n: (p.node, p.field, p.type) for n, p in i2i.manifest.params.items()} == {
         "text": ("6", "text", "string"),
         "image": ("82", "image", "image"),
         "seed": ("50", "noise_seed", "seed"),
+        "lora": ("40", "lora_name", "model"),
+        "lora_strength": ("40", "strength_model", "float"),
     }
     # the prototype graphs are shipped unchanged: their placeholders are still in place
     assert t2i.graph["6"]["inputs"]["text"] == "<text>"

@@ -131,3 +131,25 @@ def _sample(annotation: str) -> object:
     if annotation.startswith("Any"):
         return None
     return "x"
+
+
+def test_a_task_recorded_before_tenants_reads_as_tenant_default() -> None:
+    """Rolling upgrade: a task.submitted payload without `tenant` (as the release before
+    tenants wrote it) and a read-model state without it both read as tenant `default`."""
+    from comfy_fleet.log import event_log
+
+    old_payload = {
+        "workflow": "solid", "workflow_version": "v1", "params": {}, "prompt": {},
+        "client_task_id": "c1", "callback_url": None, "priority": 0, "request_hash": "h",
+        "origin": "tasks", "inputs": [], "required_labels": [],
+    }
+    ev = events.decode("task.submitted", 1, old_payload)
+    assert isinstance(ev, events.TaskSubmitted) and ev.tenant == "default"
+    state = task_state.apply(None, "t", 1, T0, ev)
+    assert state.tenant == "default" and task_state.to_view(state)["tenant"] == "default"
+    old_row = event_log.state_to_json(state)
+    del old_row["tenant"]
+    assert event_log.state_from_json(old_row).tenant == "default"
+    new = events.TaskSubmitted(**{**old_payload, "tenant": "acme"})
+    assert events.decode("task.submitted", 1, new.payload()) == new
+    assert task_state.apply(None, "t", 1, T0, new).tenant == "acme"

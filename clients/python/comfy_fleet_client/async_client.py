@@ -64,9 +64,11 @@ class AsyncClient:
 
     async def submit(
         self,
-        workflow: str,
+        workflow: str | None = None,
         params: Mapping[str, Any] | None = None,
         *,
+        graph: Mapping[str, Any] | None = None,
+        files: Mapping[str, str | bytes] | None = None,
         client_task_id: str | None = None,
         callback_url: str | None = None,
         priority: int | None = None,
@@ -76,8 +78,9 @@ class AsyncClient:
     ) -> models.Task:
         """As `Client.submit`."""
         body = protocol.task_body(
-            workflow, params, client_task_id=client_task_id, callback_url=callback_url,
-            priority=priority, tenant=tenant, workflow_version=workflow_version,
+            workflow, params, graph=graph, files=files, client_task_id=client_task_id,
+            callback_url=callback_url, priority=priority, tenant=tenant,
+            workflow_version=workflow_version,
         )
         call = protocol.submit(body, wait)
         return await self._do(call, timeout=self.timeout + float(call.params.get("wait", 0)))

@@ -68,9 +68,11 @@ class Client:
 
     def submit(
         self,
-        workflow: str,
+        workflow: str | None = None,
         params: Mapping[str, Any] | None = None,
         *,
+        graph: Mapping[str, Any] | None = None,
+        files: Mapping[str, str | bytes] | None = None,
         client_task_id: str | None = None,
         callback_url: str | None = None,
         priority: int | None = None,
@@ -78,11 +80,14 @@ class Client:
         workflow_version: str | None = None,
         wait: float | None = None,
     ) -> models.Task:
-        """Submit a task; with `wait` (seconds), the answer is held until it ends or the time
-        is up (the service holds at most 300 s; use `wait()` for longer)."""
+        """Submit a task: a served `workflow` with its `params`, or a raw API-format `graph`
+        with the `files` its LoadImage nodes name (see `protocol.task_body`). With `wait`
+        (seconds), the answer is held until it ends or the time is up (the service holds at
+        most 300 s; use `wait()` for longer)."""
         body = protocol.task_body(
-            workflow, params, client_task_id=client_task_id, callback_url=callback_url,
-            priority=priority, tenant=tenant, workflow_version=workflow_version,
+            workflow, params, graph=graph, files=files, client_task_id=client_task_id,
+            callback_url=callback_url, priority=priority, tenant=tenant,
+            workflow_version=workflow_version,
         )
         call = protocol.submit(body, wait)
         return self._do(call, timeout=self.timeout + float(call.params.get("wait", 0)))

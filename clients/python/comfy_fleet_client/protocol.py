@@ -6,6 +6,7 @@ The clients only perform calls, so both speak exactly the same API. Pure: no I/O
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -85,20 +86,35 @@ _endpoints = TypeAdapter(list[models.Endpoint])
 
 
 def task_body(
-    workflow: str,
+    workflow: str | None = None,
     params: Mapping[str, Any] | None = None,
     *,
+    graph: Mapping[str, Any] | None = None,
+    files: Mapping[str, str | bytes] | None = None,
     client_task_id: str | None = None,
     callback_url: str | None = None,
     priority: int | None = None,
     tenant: str | None = None,
     workflow_version: str | None = None,
 ) -> dict[str, Any]:
-    """A `POST /tasks` body (also one item of a batch's `tasks`)."""
+    """A `POST /tasks` body (also one item of a batch's `tasks`): a served workflow by name with
+    its `params`, or a raw API-format `graph` (the service needs RAW_GRAPHS=true) with the
+    `files` its LoadImage nodes name: file name -> base64, a data: URL or an http(s) URL as a
+    string, or the image's bytes (sent as base64). Raise ValueError when both or neither of
+    `workflow` and `graph` is given, or `params`/`files` come with the other one."""
+    if (workflow is None) == (graph is None):
+        raise ValueError("give either `workflow` (a served workflow's name) or `graph`")
+    if graph is not None and params:
+        raise ValueError("`params` are a workflow's; a graph carries its own values")
+    if files is not None and graph is None:
+        raise ValueError("`files` go with a `graph`; a workflow takes images as params")
+    if graph is not None:
+        head: dict[str, Any] = {"graph": dict(graph), "files": _files(files)}
+    else:
+        head = {"workflow": workflow, "params": dict(params or {})}
     return _compact(
         {
-            "workflow": workflow,
-            "params": dict(params or {}),
+            **head,
             "client_task_id": client_task_id,
             "callback_url": callback_url,
             "priority": priority,
@@ -106,6 +122,14 @@ def task_body(
             "workflow_version": workflow_version,
         }
     )
+
+
+def _files(files: Mapping[str, str | bytes] | None) -> dict[str, str] | None:
+    """`files` as the service takes them: bytes become base64, strings go as given."""
+    if files is None:
+        return None
+    return {name: base64.b64encode(v).decode("ascii") if isinstance(v, bytes) else v
+            for name, v in files.items()}
 
 
 def submit(body: dict[str, Any], wait: float | None = None) -> Call[models.Task]:

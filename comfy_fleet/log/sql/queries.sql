@@ -8,7 +8,8 @@
 -- $11 webhook, $12 last_seq, $13 created_at, $14 updated_at, $15 state, $16 expected_seq,
 -- $17 queued notification payload (JSON text: the task was submitted or requeued) or NULL,
 -- $18 ended notification payload (JSON text: the task reached an end or its webhook became
--- pending) or NULL, $19 the task's batch_id when this append ended a task of a batch, else NULL
+-- pending) or NULL, $19 tenant, $20 the task's batch_id when this append ended a task of a
+-- batch, else NULL
 WITH ins AS (
     INSERT INTO task_events (task_id, seq, type, schema_version, payload, recorded_at)
     SELECT $1, u.seq, u.type, u.version, u.payload, u.at
@@ -17,8 +18,8 @@ WITH ins AS (
     RETURNING position
 ), up AS (
     INSERT INTO tasks AS t (task_id, client_task_id, workflow, status, priority, webhook,
-                            last_seq, created_at, updated_at, state)
-    VALUES ($1, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                            last_seq, created_at, updated_at, state, tenant)
+    VALUES ($1, $7, $8, $9, $10, $11, $12, $13, $14, $15, $19)
     ON CONFLICT (task_id) DO UPDATE
         SET status = EXCLUDED.status, webhook = EXCLUDED.webhook, last_seq = EXCLUDED.last_seq,
             updated_at = EXCLUDED.updated_at, state = EXCLUDED.state
@@ -35,7 +36,7 @@ WITH ins AS (
     SELECT pg_notify('tasks_ended_v1', $18::text) WHERE $18::text IS NOT NULL
 ), batch_ended AS (
     -- The webhook dispatcher checks whether the batch is complete, on commit.
-    SELECT pg_notify('batch_tasks_ended_v1', $19::text) WHERE $19::text IS NOT NULL
+    SELECT pg_notify('batch_tasks_ended_v1', $20::text) WHERE $20::text IS NOT NULL
 )
 SELECT (SELECT array_agg(position ORDER BY position) FROM ins) AS positions,
        (SELECT count(*) FROM up) AS upserted,
@@ -52,14 +53,15 @@ FROM task_events WHERE task_id = $1 AND seq > $2 ORDER BY seq;
 SELECT state FROM tasks WHERE task_id = $1;
 
 -- select_client_task --
--- $1 client_task_id
-SELECT state FROM tasks WHERE client_task_id = $1;
+-- Idempotency is per tenant. $1 tenant, $2 client_task_id
+SELECT state FROM tasks WHERE tenant = $1 AND client_task_id = $2;
 
 -- list_tasks --
 -- Newest first, keyset paging. $1 status|null, $2 workflow|null, $3 client_task_id|null,
--- $4 cursor created_at|null, $5 cursor task_id|null, $6 limit
+-- $4 cursor created_at|null, $5 cursor task_id|null, $6 limit, $7 tenant|null
 SELECT state, created_at, task_id FROM tasks
-WHERE ($1::text IS NULL OR status = $1)
+WHERE ($7::text IS NULL OR tenant = $7)
+  AND ($1::text IS NULL OR status = $1)
   AND ($2::text IS NULL OR workflow = $2)
   AND ($3::text IS NULL OR client_task_id = $3)
   AND ($4::timestamptz IS NULL OR (created_at, task_id) < ($4, $5::uuid))
@@ -72,8 +74,17 @@ ORDER BY created_at;
 
 -- queued_tasks --
 -- What the router needs of every task waiting for dispatch (no state JSON: it is a scan).
-SELECT task_id, priority, created_at, workflow, state->'required_labels' AS labels
+SELECT task_id, priority, created_at, workflow, state->'required_labels' AS labels, tenant
 FROM tasks WHERE status = 'queued' ORDER BY created_at;
+
+-- dispatch_tenants --
+-- The tenants of the latest $1 dispatches (task.dispatched facts), oldest first: the router
+-- replays them into its fair share at start, so the share survives restarts.
+SELECT t.tenant FROM (
+    SELECT task_id, position FROM task_events WHERE type = 'task.dispatched'
+    ORDER BY position DESC LIMIT $1
+) AS d JOIN tasks AS t USING (task_id)
+ORDER BY d.position;
 
 -- ended_among --
 -- Which of these tasks have ended ($1 task ids; by the primary key).
@@ -103,10 +114,10 @@ TRUNCATE tasks;
 
 -- insert_read_model --
 -- $1 task_id, $2 client_task_id, $3 workflow, $4 status, $5 priority, $6 webhook, $7 last_seq,
--- $8 created_at, $9 updated_at, $10 state
+-- $8 created_at, $9 updated_at, $10 state, $11 tenant
 INSERT INTO tasks (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
-                   created_at, updated_at, state)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10);
+                   created_at, updated_at, state, tenant)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11);
 
 -- append_fleet_event --
 -- $1 type, $2 schema_version, $3 payload
@@ -120,7 +131,7 @@ SELECT type, schema_version, payload FROM fleet_events ORDER BY position;
 -- first event and read-model row, each task's `task.submitted` and read-model row, and one
 -- notice for the router (it then reads the batch's queued tasks). $1 batch_id, $2 batch event
 -- type, $3 its schema_version, $4 its payload, $5 recorded_at, $6 tenant, $7 client_batch_id,
--- $8 callback_url, $9 task ids, $10 task event payloads, $11 each task's recorded_at,
+-- $8 callback_url (the batch's tenant is its tasks' too), $9 task ids, $10 task event payloads, $11 each task's recorded_at,
 -- $12 client_task_ids, $13 workflows, $14 priorities, $15 states, $16 task.submitted's
 -- schema_version, $17 the queued notification payload
 WITH b AS (
@@ -139,8 +150,8 @@ WITH b AS (
     RETURNING 1
 ), t AS (
     INSERT INTO tasks (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
-                       created_at, updated_at, state)
-    SELECT u.task_id, u.ctid, u.workflow, 'queued', u.priority, NULL, 1, u.at, u.at, u.state
+                       created_at, updated_at, state, tenant)
+    SELECT u.task_id, u.ctid, u.workflow, 'queued', u.priority, NULL, 1, u.at, u.at, u.state, $6
     FROM unnest($9::uuid[], $12::text[], $13::text[], $14::int[], $11::timestamptz[],
                 $15::jsonb[]) AS u(task_id, ctid, workflow, priority, at, state)
     RETURNING 1
@@ -195,14 +206,15 @@ ORDER BY created_at;
 
 -- queued_tasks_of_batch --
 -- As queued_tasks, for one batch (the router's reading of a batch's notice). $1 batch_id (text)
-SELECT task_id, priority, created_at, workflow, state->'required_labels' AS labels
+SELECT task_id, priority, created_at, workflow, state->'required_labels' AS labels, tenant
 FROM tasks WHERE state->>'batch_id' = $1::text AND status = 'queued' ORDER BY created_at;
 
 -- list_batch_tasks --
 -- list_tasks within one batch. $1 status|null, $2 workflow|null, $3 client_task_id|null,
--- $4 cursor created_at|null, $5 cursor task_id|null, $6 limit, $7 batch_id (text)
+-- $4 cursor created_at|null, $5 cursor task_id|null, $6 limit, $7 tenant|null, $8 batch_id (text)
 SELECT state, created_at, task_id FROM tasks
-WHERE state->>'batch_id' = $7::text
+WHERE state->>'batch_id' = $8::text
+  AND ($7::text IS NULL OR tenant = $7)
   AND ($1::text IS NULL OR status = $1)
   AND ($2::text IS NULL OR workflow = $2)
   AND ($3::text IS NULL OR client_task_id = $3)
@@ -211,8 +223,8 @@ ORDER BY created_at DESC, task_id DESC
 LIMIT $6;
 
 -- taken_client_task_ids --
--- Which of these client_task_ids a task already has. $1 client_task_ids
-SELECT client_task_id FROM tasks WHERE client_task_id = ANY($1::text[]);
+-- Which of these client_task_ids a task of the tenant already has. $1 tenant, $2 client_task_ids
+SELECT client_task_id FROM tasks WHERE tenant = $1 AND client_task_id = ANY($2::text[]);
 
 -- batches_to_complete --
 -- Running batches none of whose tasks is open: their `batch.completed` is still to record
@@ -227,3 +239,182 @@ LIMIT $1;
 -- pending_batch_webhooks --
 SELECT batch_id::text AS batch_id, callback_url FROM batches WHERE webhook = 'pending'
 ORDER BY updated_at;
+-- rebuild_plain_tasks --
+-- A rebuild's bulk, one range of task ids per session ($1 first task_id, $2 last, inclusive), as
+-- of the rebuild's snapshot: the read-model rows of the tasks whose events take the common path,
+-- folded here exactly as comfy_fleet/log/task_state.py's `apply` does (same status, webhook and
+-- state JSON, times as Python's isoformat in UTC), so they never travel to Python and back,
+-- into task_rebuild_stage (move_stage_to_read_model then moves them in the rebuild's
+-- transaction). tests/integration/test_rebuild_sql.py compares every row with `replay`. The
+-- other tasks get no row here; select_log_unrebuilt then hands them to the Python fold.
+-- Written for schema version 1 of every event type (events.py): a task with an event of
+-- another version is left to the Python fold.
+WITH e AS (
+    -- Each event, with whether it is one the SQL below folds exactly as task_state.apply does
+    -- (ok: schema version 1, the fields it reads present and of the types the fold assumes)
+    -- and whether it is its task's last (the read model's updated_at).
+    SELECT task_id, seq, type, payload AS p, recorded_at AS at,
+           schema_version = 1 AND CASE type
+               WHEN 'task.submitted' THEN seq = 1
+                   AND payload ?& ARRAY['workflow', 'workflow_version', 'params', 'prompt',
+                       'client_task_id', 'callback_url', 'priority', 'request_hash', 'origin',
+                       'inputs', 'required_labels']
+                   AND payload - ARRAY['workflow', 'workflow_version', 'params', 'prompt',
+                       'client_task_id', 'callback_url', 'priority', 'request_hash', 'origin',
+                       'inputs', 'required_labels', 'tenant', 'models', 'batch_id'] = '{}'
+                   AND jsonb_typeof(coalesce(payload->'tenant', '"default"')) = 'string'
+                   AND coalesce(jsonb_typeof(payload->'batch_id'), 'null') IN ('string', 'null')
+                   AND coalesce(jsonb_typeof(payload->'models'), 'array') = 'array'
+                   AND jsonb_typeof(payload->'workflow') = 'string'
+                   AND jsonb_typeof(payload->'client_task_id') IN ('string', 'null')
+                   AND jsonb_typeof(payload->'callback_url') IN ('string', 'null')
+                   AND jsonb_typeof(payload->'inputs') = 'array'
+                   AND jsonb_typeof(payload->'required_labels') = 'array'
+                   AND payload->>'priority' ~ '^-?[0-9]{1,9}$'
+               WHEN 'task.dispatched' THEN seq = 2
+                   AND payload ?& ARRAY['endpoint', 'prompt_id', 'attempt']
+               WHEN 'task.prompt_queued' THEN payload ? 'prompt_id'
+               WHEN 'task.started' THEN payload ? 'prompt_id'
+               WHEN 'task.progressed' THEN payload ?& ARRAY['prompt_id', 'value', 'max']
+               WHEN 'task.output_stored' THEN payload ?& ARRAY['prompt_id', 'index', 'node_id',
+                       'filename', 'subfolder', 'kind', 'content_type', 'size', 'sha256', 's3_key']
+                   AND coalesce(jsonb_typeof(payload->'fallback_path'), 'null') IN ('string', 'null')
+               WHEN 'task.succeeded' THEN payload ? 'prompt_id'
+               WHEN 'task.failed' THEN payload ?& ARRAY['code', 'message']
+                   AND coalesce(jsonb_typeof(payload->'node_id'), 'null') IN ('string', 'null')
+                   AND coalesce(jsonb_typeof(payload->'node_type'), 'null') IN ('string', 'null')
+               WHEN 'webhook.attempted' THEN payload ? 'webhook_id'
+                   AND payload->>'attempt' ~ '^[0-9]{1,9}$'
+               WHEN 'webhook.delivered' THEN payload ?& ARRAY['webhook_id', 'status_code']
+                   AND payload->>'attempt' ~ '^[0-9]{1,9}$'
+               WHEN 'webhook.dead' THEN payload ?& ARRAY['webhook_id', 'attempts']
+               ELSE false
+           END AND (type NOT IN ('task.dispatched', 'task.prompt_queued', 'task.started',
+                                 'task.progressed', 'task.output_stored', 'task.succeeded')
+                    OR jsonb_typeof(payload->'prompt_id') = 'string') AS ok,
+           CASE WHEN type IN ('task.dispatched', 'task.prompt_queued', 'task.started',
+                              'task.progressed', 'task.output_stored', 'task.succeeded')
+                THEN payload->>'prompt_id' END COLLATE "C" AS pid,
+           lead(seq) OVER (PARTITION BY task_id ORDER BY seq) IS NULL AS last
+    FROM task_events
+    WHERE task_id BETWEEN $1::uuid AND $2::uuid
+), t AS (
+    -- Per task, without ordered aggregates (each would sort per task): what the state needs.
+    SELECT task_id,
+           bool_and(ok) AS ok, count(*) AS n, max(seq) AS last_seq,
+           (array_agg(p) FILTER (WHERE seq = 1 AND type = 'task.submitted'))[1] AS sub,
+           min(at) FILTER (WHERE seq = 1) AS created_at,
+           min(at) FILTER (WHERE last) AS updated_at,
+           (array_agg(p) FILTER (WHERE type = 'task.dispatched'))[1] AS disp,
+           count(*) FILTER (WHERE type = 'task.dispatched') AS n_disp,
+           count(pid) AS n_pid, min(pid) AS min_pid, max(pid) AS max_pid,
+           count(*) FILTER (WHERE type IN ('task.succeeded', 'task.failed')) AS n_end,
+           min(seq) FILTER (WHERE type IN ('task.succeeded', 'task.failed')) AS end_seq,
+           min(type) FILTER (WHERE type IN ('task.succeeded', 'task.failed')) AS end_type,
+           (array_agg(p) FILTER (WHERE type IN ('task.succeeded', 'task.failed')))[1] AS end_p,
+           min(at) FILTER (WHERE type IN ('task.succeeded', 'task.failed')) AS finished_at,
+           max(seq) FILTER (WHERE type IN ('task.started', 'task.progressed')) AS run_seq,
+           max(seq) FILTER (WHERE type = 'task.progressed') AS prog_seq,
+           count(*) FILTER (WHERE type = 'task.output_stored') AS n_out,
+           jsonb_agg(
+               jsonb_build_object('node_id', p->'node_id', 'filename', p->'filename',
+                   'subfolder', p->'subfolder', 'kind', p->'kind',
+                   'content_type', p->'content_type', 'size', p->'size', 'sha256', p->'sha256',
+                   's3_key', p->'s3_key')
+               || CASE WHEN coalesce(p->>'fallback_path', '') <> ''
+                       THEN jsonb_build_object('fallback_path', p->'fallback_path')
+                       ELSE '{}' END
+               ) FILTER (WHERE type = 'task.output_stored') AS outputs,
+           min(seq) FILTER (WHERE type LIKE 'webhook.%') AS hook_first,
+           max(seq) FILTER (WHERE type = 'webhook.delivered') AS delivered_seq,
+           max(seq) FILTER (WHERE type = 'webhook.dead') AS dead_seq,
+           max((p->>'attempt')::int)
+               FILTER (WHERE type IN ('webhook.attempted', 'webhook.delivered')) AS hook_attempts
+    FROM e
+    GROUP BY task_id
+), plain AS (
+    -- The tasks whose fold this SQL reproduces: seqs 1..n, submitted then dispatched at 2 (or
+    -- nothing else), one prompt id, at most one end (succeeded/failed) and one output, no
+    -- start or progress after the end, webhook tries only after it. No cancel, requeue,
+    -- recovery or redelivery. Everything else is left to the Python fold.
+    SELECT t.*,
+           CASE end_type WHEN 'task.succeeded' THEN 'succeeded' WHEN 'task.failed' THEN 'failed'
+               ELSE CASE WHEN run_seq IS NOT NULL THEN 'running'
+                         WHEN disp IS NOT NULL THEN 'dispatched' ELSE 'queued' END
+           END AS status,
+           CASE WHEN end_seq IS NULL THEN NULL
+                WHEN coalesce(delivered_seq, 0) > coalesce(dead_seq, 0) THEN 'delivered'
+                WHEN dead_seq IS NOT NULL THEN 'dead'
+                WHEN coalesce(sub->>'callback_url', '') <> '' THEN 'pending'
+           END AS webhook
+    FROM t
+    WHERE ok AND n = last_seq AND sub IS NOT NULL
+      AND (n = 1 OR (n_disp = 1 AND disp IS NOT NULL))
+      AND n_end <= 1
+      AND (run_seq IS NULL OR end_seq IS NULL OR run_seq < end_seq)
+      AND (hook_first IS NULL OR hook_first > end_seq)
+      AND (n_pid = 0 OR min_pid = max_pid)
+      AND n_out <= 1
+)
+INSERT INTO task_rebuild_stage (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
+                   created_at, updated_at, state, tenant)
+SELECT task_id, sub->>'client_task_id', sub->>'workflow', status, (sub->>'priority')::int,
+       webhook, last_seq, created_at, updated_at,
+       -- `models` and `batch_id` came with the submitted event (absent from events recorded
+       -- before them).
+       jsonb_build_object('models', '[]'::jsonb, 'batch_id', NULL) || sub || jsonb_build_object(
+           -- A task recorded before tenants existed belongs to tenant "default".
+           'tenant', coalesce(sub->'tenant', '"default"'),
+           'task_id', task_id, 'seq', last_seq,
+           'created_at', replace(to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), '.000000+', '+'),
+           'updated_at', replace(to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), '.000000+', '+'),
+           'status', status,
+           'attempt', coalesce(disp->'attempt', '0'),
+           'endpoint', disp->'endpoint', 'prompt_id', disp->'prompt_id',
+           'progress', CASE WHEN prog_seq IS NOT NULL THEN (
+               SELECT jsonb_build_object('value', payload->'value', 'max', payload->'max',
+                                         'node', coalesce(payload->'node', 'null'))
+               FROM task_events AS pe WHERE pe.task_id = plain.task_id AND pe.seq = prog_seq)
+               END,
+           'outputs', coalesce(outputs, '[]'),
+           'error', CASE WHEN end_type = 'task.failed' THEN
+               jsonb_build_object('code', end_p->'code', 'message', end_p->'message')
+               || CASE WHEN coalesce(end_p->>'node_id', '') <> ''
+                       THEN jsonb_build_object('node_id', end_p->'node_id') ELSE '{}' END
+               || CASE WHEN coalesce(end_p->>'node_type', '') <> ''
+                       THEN jsonb_build_object('node_type', end_p->'node_type') ELSE '{}' END
+               || CASE WHEN coalesce(end_p->'details', 'null') <> 'null'
+                       THEN jsonb_build_object('details', end_p->'details') ELSE '{}' END
+               END,
+           'finished_at', replace(to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), '.000000+', '+'),
+           'end_seq', end_seq, 'end_type', end_type,
+           'cancel_requested', false, 'webhook', webhook,
+           'webhook_attempts', greatest(0, coalesce(hook_attempts, 0)),
+           'past_prompt_ids', '[]'::jsonb, 'past_webhook_ids', '[]'::jsonb),
+       coalesce(sub->>'tenant', 'default')
+FROM plain;
+
+-- empty_rebuild_stage --
+-- Before a rebuild's SQL folds (a failed rebuild may have left rows) and after its commit.
+TRUNCATE task_rebuild_stage;
+
+-- move_stage_to_read_model --
+-- In the rebuild's transaction, after empty_read_model: the rows the SQL folds staged.
+INSERT INTO tasks (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
+                   created_at, updated_at, state, tenant)
+SELECT task_id, client_task_id, workflow, status, priority, webhook, last_seq,
+       created_at, updated_at, state, tenant
+FROM task_rebuild_stage;
+
+-- log_extent --
+-- What a rebuild compares between the snapshot its folds read and the one it writes in: equal
+-- unless something appended in between.
+SELECT count(*) AS events, coalesce(max(position), 0) AS last FROM task_events;
+
+-- select_log_unrebuilt --
+-- The events of the tasks that rebuild_plain_tasks gave no row, each task's together and in
+-- order, for the Python fold in the same transaction (COPY (...) TO STDOUT: no semicolon).
+SELECT e.task_id, e.seq, e.type, e.schema_version, e.payload, e.recorded_at
+FROM task_events AS e
+WHERE NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.task_id = e.task_id)
+ORDER BY e.task_id, e.seq

@@ -1,0 +1,1 @@
+"""The API as documented (OpenAPI), checked against the running service."""
