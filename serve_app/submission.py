@@ -185,13 +185,14 @@ async def prepare(
     if checked.graph is not None:
         assert checked.graph_check is not None
         graph, files = checked.graph, checked.files or {}
-        prompt, inputs = await raw_graphs.stage(services, task_id, graph, files, checked.graph_check)
+        graph_checked = checked.graph_check
+        prompt, inputs = await raw_graphs.stage(services, task_id, graph, files, graph_checked)
         return events.TaskSubmitted(
             workflow=raw_graph.WORKFLOW, workflow_version=raw_graph.digest(graph), params={},
             prompt=prompt, client_task_id=checked.client_task_id,
             callback_url=checked.callback_url, priority=checked.priority,
             request_hash=checked.digest, origin=checked.origin, inputs=inputs,
-            required_labels=checked.graph_check.labels, tenant=checked.tenant, batch_id=batch_id,
+            required_labels=graph_checked.labels, tenant=checked.tenant, batch_id=batch_id,
         ), []
     workflow, resolved = checked.workflow, checked.resolved
     image_names = {
