@@ -321,8 +321,14 @@ async def admit(services: Services, tenant: str, count: int = 1) -> None:
             "retry later",
             {"retry_after_s": 5},
         )
-    # access.check_waiting refuses at `waiting >= limit`: what is there plus all but the last.
-    access.check_waiting(tenant, services.tenant_waiting.get(tenant, 0) + count - 1, limit)
+    waiting = services.tenant_waiting.get(tenant, 0)
+    if limit is not None and count > 1 and waiting + count > limit:
+        raise errors.Overloaded(
+            f"tenant {tenant} has {waiting} tasks waiting; {count} more would pass its limit "
+            f"{limit}; retry later",
+            {"tenant": tenant, "waiting": waiting, "limit": limit, "retry_after_s": 5},
+        )
+    access.check_waiting(tenant, waiting, limit)
 
 
 def absorb_stats(services: Services, stats: dict[str, Any]) -> None:
