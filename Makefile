@@ -52,7 +52,7 @@ rebuild: install
 reupload: install
 	$(PY) -m comfy_fleet.cli.reupload $(ARGS)
 
-BENCHMARKS := standin_bench throughput latency event_log scale ray_idle soak
+BENCHMARKS := standin_bench throughput latency event_log scale router_scale ray_idle fairness autoscale soak
 
 bench: install
 	@for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done

@@ -33,7 +33,7 @@ from comfy_fleet.config import Endpoint, Settings
 from comfy_fleet.log import cancel, task_state
 from comfy_fleet.log.event_log import EventLog
 from comfy_fleet.log.task_state import TaskState
-from comfy_fleet.prompts import decisions, inflight, janitor, model_pulls, outputs
+from comfy_fleet.prompts import decisions, inflight, janitor, model_pulls, outputs, render
 from comfy_fleet.prompts.ledger import TaskLedger
 from comfy_fleet import storage
 from comfy_fleet.workflows import raw_graph
@@ -93,6 +93,7 @@ class EndpointWorker:
 
         self.table = inflight.InflightTable()
         self.ledger = TaskLedger(log)
+        self.renderer = render.PromptRenderer(log)
         self.janitor = janitor.HostJanitor(self.name, self.client, store)
         self.models = model_pulls.ModelHost(self.name, self.client)
         self.ends = PromptEnds(
@@ -313,14 +314,17 @@ class EndpointWorker:
         """Upload the task's inputs and POST its prompt; what went wrong decides the answer."""
         task_id, prompt_id = item.task_id, item.prompt_id
         try:
+            # The version the task was accepted with, from the log (never the files on disk).
+            prompt = await self.renderer.prompt_of(state)
             # Inputs and models go to the endpoint the task was given, at dispatch: a
             # re-dispatched task uploads (and pulls) again on its new endpoint.
             if not await endpoint_stage.prepare(self, item, state):
                 return decisions.ACCEPTED  # failed or requeued there
-            await self.client.post_prompt(state.prompt, prompt_id, self.client_id)
-        except errors.PromptRejected as exc:
+            await self.client.post_prompt(prompt, prompt_id, self.client_id)
+        except (errors.PromptRejected, errors.WorkflowVersionUnknown) as exc:
             self.table.remove(prompt_id)
-            error = {"code": history.CODE_REJECTED, "message": exc.message, "details": exc.details}
+            code = history.CODE_REJECTED if isinstance(exc, errors.PromptRejected) else exc.code
+            error = {"code": code, "message": exc.message, "details": exc.details}
             ended = await self.ends.fail(task_id, prompt_id, error)
             self.ends.let_go(task_id, prompt_id, list(state.inputs), None, ended=ended)
             return decisions.ACCEPTED

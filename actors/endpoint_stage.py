@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from comfy_fleet import errors
 from comfy_fleet.log.task_state import TaskState
-from comfy_fleet.prompts import inflight, model_pulls
+from comfy_fleet.prompts import inflight, model_pulls, render
 
 if TYPE_CHECKING:
     from actors.endpoint import EndpointWorker
@@ -30,7 +30,7 @@ async def prepare(worker: EndpointWorker, item: inflight.InflightPrompt, state: 
         return False
     for spec in state.inputs:
         subfolder, _, name = str(spec["filename"]).rpartition("/")
-        data = await worker.store.get(spec["s3_key"])
+        data = await worker.store.get(render.upload_key(spec))
         await worker.client.upload_image(data, name, subfolder)
     return True
 

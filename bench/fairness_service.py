@@ -1,6 +1,6 @@
 """`python bench/fairness.py --service`: fairness among tenants through the real service.
 
-The service runs as `make run` runs it (`python -m serve_app.main` in a process of its own, on a
+The service runs as `make run` runs it (`python -m comfy_fleet_devstack.run` in a process of its own, on a
 database of its own on the local PostgreSQL) with tenant keys for A and B, in front of ComfyUI
 stand-ins that take `--node-delay` seconds per node (the `solid` workflow has two nodes), so
 work waits. Tenant A floods `--flood` tasks over HTTP; once `--burst-after` of them are recorded,

@@ -13,7 +13,9 @@
     │   ├── IdempotencyConflict      same client_task_id, different body
     │   ├── DuplicateClientTaskId    the log already holds a task with this client_task_id
     │   ├── BatchIdempotencyConflict same client_batch_id, different body
-    │   └── DuplicateClientBatchId   the log already holds a batch with this client_batch_id
+    │   ├── DuplicateClientBatchId   the log already holds a batch with this client_batch_id
+    │   ├── WorkflowVersionUnknown   a workflow version the service does not hold
+    │   └── RerunInputsGone          a rerun of a task whose image inputs were not kept
     ├── InvalidRequest               → HTTP 422 (or 400 / 413 by `status`)
     │   ├── WorkflowParamsInvalid
     │   ├── UnknownWorkflow          a task names a workflow that is not served
@@ -152,6 +154,19 @@ class DuplicateClientBatchId(Conflict):
     """A batch with this client_batch_id is already recorded for the tenant."""
 
     code = "client_batch_id_taken"
+
+
+class WorkflowVersionUnknown(Conflict):
+    """The service holds no such version of this workflow."""
+
+    code = "workflow_version_unknown"
+
+
+class RerunInputsGone(Conflict):
+    """The task's image inputs were not kept (it was recorded before inputs were), so it
+    cannot run again from them; submit it anew with its images."""
+
+    code = "rerun_inputs_gone"
 
 
 class InvalidRequest(FleetError):

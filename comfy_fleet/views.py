@@ -17,9 +17,9 @@ async def task_view(
     state: TaskState, store: storage.BlobStore | None, expires_s: int,
     queue: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`task_state.to_view` plus a presigned GET URL per stored output (made at each read,
-    so it is always fresh; a URL is a local signature, no request to S3), and `queue` (its
-    position and ETA, CONTRACT §7.6) when given and the task has not ended."""
+    """`task_state.to_view` plus a presigned GET URL per stored output and kept input (made
+    at each read, so it is always fresh; a URL is a local signature, no request to S3), and
+    `queue` (its position and ETA, CONTRACT §7.6) when given and the task has not ended."""
     view = task_state.to_view(state)
     if queue is not None and not state.is_final:
         view["queue"] = queue_view(queue)
@@ -28,6 +28,10 @@ async def task_view(
             out["url"] = await store.presign_get(out["s3_key"], expires_s)
         else:
             out["url"] = None
+    for kept in view["inputs"]:
+        kept["url"] = None
+        if store is not None and kept.get("s3_key"):
+            kept["url"] = await store.presign_get(kept["s3_key"], expires_s)
     return view
 
 

@@ -1,5 +1,5 @@
-"""What the API's writes do, free of HTTP: submit, cancel, redeliver, reload the workflows, add
-and remove endpoints. Routes translate requests into these calls and their results into
+"""What the API's writes do, free of HTTP: submit, rerun, cancel, redeliver, reload the
+workflows, add and remove endpoints. Routes translate requests into these calls and their results into
 answers; the commands raise `comfy_fleet.errors` for every refusal.
 """
 
@@ -14,7 +14,7 @@ from comfy_fleet.log import events, task_state
 from comfy_fleet.log import cancel as cancel_module
 from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.policies import access, fleet_addresses
-from serve_app import submission
+from serve_app import reruns, submission
 from serve_app.services import Services
 
 #: The longest a request may hold its answer for a task to end (`?wait=`).
@@ -38,6 +38,7 @@ async def submit(
     graph: dict[str, Any] | None = None,
     files: dict[str, Any] | None = None,
     principal: Any = None,
+    workflow_version: str | None = None,
 ) -> tuple[TaskState, bool]:
     """Record a new task of `tenant` (→ (state, True)) or find the same earlier one of that
     tenant (→ (state, False)). See `serve_app.submission.submit` for its checks and refusals."""
@@ -53,6 +54,27 @@ async def submit(
         graph=graph,
         files=files,
         principal=principal,
+        workflow_version=workflow_version,
+    )
+
+
+async def rerun(
+    services: Services,
+    task_id: str,
+    principal: access.Principal,
+    *,
+    overrides: dict[str, Any],
+    priority: int | None,
+    same_seed: bool,
+    callback_url: str | None = None,
+) -> TaskState:
+    """Record a new task that runs task `task_id` again, as its tenant's task; another
+    tenant's task is unknown (`visible_task`). See `serve_app.reruns.rerun` for what it reuses
+    and its refusals."""
+    original = await visible_task(services, task_id, principal)
+    return await reruns.rerun(
+        services, original, overrides=overrides, priority=priority, same_seed=same_seed,
+        callback_url=callback_url,
     )
 
 

@@ -1,14 +1,16 @@
-"""Image inputs: decoded or fetched, checked, normalised to PNG, and kept in S3 until dispatch
-uploads them to the endpoint the task was given.
+"""Image inputs: decoded or fetched, checked, kept in S3 as received (the task's record, beside
+its outputs), and normalised to PNG for dispatch to upload to the endpoint the task was given.
 
 Contract of `stage_images`: every image parameter's bytes are read (base64, a data: URL, or an
 http(s) URL fetched within `max_image_bytes` / `input_fetch_timeout_s` under the webhook URL
 policy), opened lazily by Pillow as one of the formats ComfyUI's LoadImage reads, measured from
 its headers (frames x width x height, `comfy_fleet.workflows.images`) against `max_image_pixels`
 and MAX_FRAMES before any pixel is decoded, verified, re-encoded as PNG and put under
-`inputs/<task_id>/<param>.png`. A refusal raises before anything is recorded: 413
-`payload_too_large` (bytes, pixels or frames; `details` give width, height, frames and the
-limit), 422 `input_rejected` / `url_forbidden` / `params_invalid`, each naming the parameter.
+`inputs/<task_id>/<param>.png`; the bytes received are kept under
+`tasks/<task_id>/inputs/<param>` with their sha256, content type and size (the task's `inputs`).
+A refusal raises before anything is recorded: 413 `payload_too_large` (bytes, pixels or
+frames; `details` give width, height, frames and the limit), 422 `input_rejected` /
+`url_forbidden` / `params_invalid`, each naming the parameter.
 Decoding holds one frame beyond what the PNG writer keeps of the output.
 
 Why PNG: the uploaded file name already ends in `.png`; one lossless format gives ComfyUI a
@@ -19,6 +21,7 @@ predictable file, and re-encoding drops EXIF, ICC and text chunks the client may
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import re
 import struct
@@ -35,6 +38,7 @@ from comfy_fleet.workflows import images, params
 from comfy_fleet.net import fetch
 from comfy_fleet.policies import url_policy
 
+_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 #: Formats ComfyUI's LoadImage reads (Pillow format names).
 LOADIMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 #: Image modes PNG stores as they are; anything else becomes RGB or RGBA.
@@ -45,8 +49,27 @@ MAX_FRAMES = 256
 
 
 def input_key(task_id: str, param: str) -> str:
-    """Where a task's staged input lives in S3 until dispatch uploads it."""
+    """Where the PNG made of a task's input lives in S3: what dispatch uploads to ComfyUI."""
     return f"inputs/{task_id}/{param}.png"
+
+
+def record_key(task_id: str, param: str) -> str:
+    """Where a task's input is kept as received, beside its outputs (`tasks/<task_id>/…`)."""
+    return f"tasks/{task_id}/inputs/{_UNSAFE_KEY_CHARS.sub('_', param)}"
+
+
+#: Content types of the formats LoadImage reads, by their first bytes.
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
+    (b"BM", "image/bmp"), (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff"),
+)
+
+
+def received_type(data: bytes) -> str:
+    """The content type of image bytes already checked to be one LoadImage reads."""
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((t for magic, t in _MAGIC if data.startswith(magic)), "application/octet-stream")
 
 
 def _rejected(param: str, problem: str) -> errors.InputRejected:
@@ -227,25 +250,32 @@ async def stage_images(
     second image leaves nothing behind. Raises StorageUnavailable (503) when S3 does not answer.
     """
     settings = services.settings
-    checked: list[tuple[str, bytes]] = []
+    checked: list[tuple[str, bytes, bytes]] = []
     for param in names:
         raw = await read_image_value(services, param, resolved[param])
         png = await asyncio.to_thread(
             normalise_image, raw, max_pixels=settings.max_image_pixels, param=param
         )
-        checked.append((param, png))
+        checked.append((param, raw, png))
     if services.store is None:
         raise errors.StorageUnavailable("no object store is configured for image inputs")
     staged: list[dict[str, Any]] = []
     specs = getattr(getattr(workflow, "manifest", None), "params", {}) or {}
-    for param, png in checked:
-        key = input_key(task_id, param)
-        await services.store.put(key, png, "image/png")
+    for param, raw, png in checked:
+        # Kept for good: the bytes received are the task's record (and a rerun's input); the
+        # PNG made of them is what ComfyUI gets.
+        kept, content_type = record_key(task_id, param), received_type(raw)
+        await services.store.put(kept, raw, content_type)
+        await services.store.put(input_key(task_id, param), png, "image/png")
         spec = specs.get(param)
         staged.append(
             {
                 "param": param,
-                "s3_key": key,
+                "s3_key": kept,
+                "sha256": hashlib.sha256(raw).hexdigest(),
+                "content_type": content_type,
+                "size": len(raw),
+                "upload_key": input_key(task_id, param),
                 "filename": names[param],
                 **({"node": spec.node, "field": spec.field} if spec is not None else {}),
             }

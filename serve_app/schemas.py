@@ -50,16 +50,45 @@ class SubmitTask(BaseModel):
         description="The tenant the task belongs to: an admin key may name one (else `default`); "
         "a tenant key's tasks are its tenant's",
     )
+    workflow_version: str | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="Run this version of the workflow (GET /workflows/{name}/versions) rather "
+        "than the current one; a version the service does not hold answers 409",
+    )
 
     @model_validator(mode="after")
     def _workflow_or_graph(self) -> SubmitTask:
         if (self.workflow is None) == (self.graph is None):
             raise ValueError("give either `workflow` (a served workflow's name) or `graph`")
+        if self.workflow_version is not None and self.graph is not None:
+            raise ValueError("`workflow_version` is a workflow's; a graph is its own version")
         if self.graph is not None and self.params:
             raise ValueError("`params` are a workflow's; a graph carries its own values")
         if self.files is not None and self.graph is None:
             raise ValueError("`files` go with a `graph`; a workflow takes images as params")
         return self
+
+
+class RerunTask(BaseModel):
+    """POST /tasks/{task_id}/rerun (every field optional)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"params": {"text": "a dog"}, "same_seed": True}]},
+    )
+
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Parameters to change; the others are the task's own"
+    )
+    priority: int | None = Field(
+        default=None, ge=-1_000_000, le=1_000_000, description="Default: the task's priority"
+    )
+    same_seed: bool = Field(
+        default=False, description="Keep the seeds the task drew (default: draw them afresh)"
+    )
+    callback_url: str | None = Field(
+        default=None, max_length=2048, description="Default: the task's callback_url"
+    )
 
 
 class LegacySubmit(BaseModel):

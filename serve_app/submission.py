@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -21,8 +21,8 @@ from comfy_fleet import errors
 from comfy_fleet.log import events
 from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.policies import access
-from comfy_fleet.workflows import raw_graph
-from serve_app import model_inputs, raw_graphs
+from comfy_fleet.workflows import raw_graph, reruns
+from serve_app import model_inputs, raw_graphs, workflow_versions
 from serve_app.services import Services
 
 
@@ -112,17 +112,23 @@ class Checked:
     graph: dict[str, Any] | None = None
     files: dict[str, Any] | None = None
     graph_check: raw_graphs.Checked | None = None
+    #: the seed params whose value was drawn ("random"), not given
+    seeds_drawn: list[str] = field(default_factory=list)
 
 
 def task_body(
     workflow_name: str, params: dict[str, Any], callback_url: str | None, priority: int,
     origin: str, graph: dict[str, Any] | None = None, files: dict[str, Any] | None = None,
+    workflow_version: str | None = None,
 ) -> dict[str, Any]:
     """The canonical body of a task request (what `request_hash` digests)."""
     body: dict[str, Any] = {
         "workflow": workflow_name, "params": params, "callback_url": callback_url,
         "priority": priority, "origin": origin,
     }
+    # only when pinned: the hash of an unpinned request is what it was before pinning
+    if workflow_version is not None:
+        body["workflow_version"] = workflow_version
     if graph is not None:
         body.update(graph=graph, files=files or {})
     return body
@@ -142,28 +148,26 @@ async def check(
     files: dict[str, Any] | None = None,
     digest: str | None = None,
     checked_urls: set[str] | None = None,
+    workflow_version: str | None = None,
 ) -> Checked:
-    """Validate one task as POST /tasks does (the workflow and its params, or the raw graph;
-    the callback URL), recording nothing. Raises UnknownWorkflow, WorkflowParamsInvalid,
+    """Validate one task as POST /tasks does (the workflow's version, the current files' or
+    the pinned `workflow_version`, and its params, or the raw graph; the callback URL),
+    recording nothing. Raises UnknownWorkflow, WorkflowVersionUnknown, WorkflowParamsInvalid,
     GraphInvalid, UrlForbidden or InvalidRequest naming the problem. `checked_urls` (a batch's)
     skips the URL policy for callbacks it already passed."""
     if digest is None:
-        digest = request_hash(
-            task_body(workflow_name, params, callback_url, priority, origin, graph, files)
-        )
+        digest = request_hash(task_body(
+            workflow_name, params, callback_url, priority, origin, graph, files, workflow_version
+        ))
     workflow: Any = None
     resolved: dict[str, Any] = {}
+    seeds_drawn: list[str] = []
     graph_check: raw_graphs.Checked | None = None
     if graph is not None:
         graph_check = await raw_graphs.check(services, graph, files or {})
     else:
-        try:
-            workflow = services.registry.get(workflow_name)
-        except errors.WorkflowNotFound:
-            raise errors.UnknownWorkflow(
-                f"workflow {workflow_name!r} is not served; GET /workflows lists them",
-                {"workflow": workflow_name, "known": services.registry.names()},
-            ) from None
+        workflow = await workflow_versions.book(services).resolve(workflow_name, workflow_version)
+        seeds_drawn = reruns.drawn_seeds(workflow.manifest, params)
         resolved = workflow.validate(params, limits=services.settings)
     if callback_url is not None and (checked_urls is None or callback_url not in checked_urls):
         parsed = services.url_policy.check_url(callback_url)
@@ -172,7 +176,7 @@ async def check(
             checked_urls.add(callback_url)
     return Checked(
         workflow, resolved, digest, client_task_id, callback_url, priority, origin, tenant,
-        graph, files, graph_check,
+        graph, files, graph_check, seeds_drawn,
     )
 
 
@@ -180,8 +184,10 @@ async def prepare(
     services: Services, checked: Checked, task_id: str, batch_id: str | None = None
 ) -> tuple[events.TaskSubmitted, list[events.Event]]:
     """The task's first event and the events to record with it (`task.model_fetched` of the
-    models by URL it fetched): models staged in the bucket, the prompt built, image inputs
-    staged in S3 (kept there until dispatch uploads them). Records nothing in the log."""
+    models by URL it fetched): models staged in the bucket, image inputs kept in S3, the
+    workflow's version stored (once). A served workflow's event holds its version and resolved
+    params, no prompt (the endpoint renders it at dispatch); a raw graph's holds its prompt.
+    Records no task in the log."""
     if checked.graph is not None:
         assert checked.graph_check is not None
         graph, files = checked.graph, checked.files or {}
@@ -202,18 +208,17 @@ async def prepare(
     }
     # Models by URL are in the bucket before anything is recorded (serve_app/model_inputs.py).
     staged = await model_inputs.stage_models(services, workflow, resolved)
-    prompt = workflow.build_prompt(
-        resolved, task_id=task_id, image_names=image_names, model_names=staged.names
-    )
     inputs: list[dict[str, Any]] = []
     if image_names:
         inputs = await _stage_images(services, task_id, workflow, resolved, image_names)
-        resolved = {k: ("<image>" if k in image_names else v) for k, v in resolved.items()}
+        resolved = {
+            k: (reruns.IMAGE_PLACEHOLDER if k in image_names else v) for k, v in resolved.items()
+        }
+    await workflow_versions.book(services).remember(workflow)
     return events.TaskSubmitted(
         workflow=workflow.name,
         workflow_version=workflow.version,
         params=resolved,
-        prompt=prompt,
         client_task_id=checked.client_task_id,
         callback_url=checked.callback_url,
         priority=checked.priority,
@@ -222,6 +227,7 @@ async def prepare(
         inputs=inputs,
         required_labels=list(workflow.required_labels) + staged.labels,
         tenant=checked.tenant,
+        seeds_drawn=list(checked.seeds_drawn),
         models=staged.models,
         batch_id=batch_id,
     ), list(staged.fetched)
@@ -240,21 +246,26 @@ async def submit(
     graph: dict[str, Any] | None = None,
     files: dict[str, Any] | None = None,
     principal: Any = None,
+    workflow_version: str | None = None,
 ) -> tuple[TaskState, bool]:
     """Record a new task of `tenant` (→ (state, True)) or find the same earlier one of that
     tenant (→ (state, False)): client_task_id is unique per tenant. With `graph`, a raw graph
-    (`serve_app.raw_graphs`: who may, its check, its files).
+    (`serve_app.raw_graphs`: who may, its check, its files). Else the current files' version
+    of the workflow runs, or the pinned `workflow_version`: the version is stored (once) before
+    the task, which records the version and its resolved params (the endpoint renders the
+    prompt from them at dispatch).
 
     Raises IdempotencyConflict for the same client_task_id with another body, Overloaded past
-    the admission limits (the fleet's, and the tenant's TENANT_MAX_WAITING), DatabaseUnavailable
+    the admission limits (the fleet's, and the tenant's TENANT_MAX_WAITING),
+    WorkflowVersionUnknown for a pinned version the service does not hold, DatabaseUnavailable
     when the log cannot record it.
     """
     if graph is not None:
         raw_graphs.permit(services.settings, principal)
         files = files or {}
-    digest = request_hash(
-        task_body(workflow_name, params, callback_url, priority, origin, graph, files)
-    )
+    digest = request_hash(task_body(
+        workflow_name, params, callback_url, priority, origin, graph, files, workflow_version
+    ))
     if client_task_id is not None:
         existing = await services.log.find_client_task(client_task_id, tenant)
         if existing is not None:
@@ -262,7 +273,7 @@ async def submit(
     checked = await check(
         services, workflow_name=workflow_name, params=params, client_task_id=client_task_id,
         callback_url=callback_url, priority=priority, tenant=tenant, origin=origin, graph=graph,
-        files=files, digest=digest,
+        files=files, digest=digest, workflow_version=workflow_version,
     )
     await admit(services, tenant)
     task_id = str(uuid.uuid4())

@@ -25,7 +25,7 @@ import orjson
 
 from comfy_fleet import errors
 
-from comfy_fleet.log import events, fleet, task_state
+from comfy_fleet.log import events, fleet, task_state, version_store
 from comfy_fleet.log.batch_log import BatchLog, InMemoryBatches
 from comfy_fleet.delivery.slots import receiver_of
 from comfy_fleet.log.task_state import TaskState
@@ -170,7 +170,10 @@ class FleetLog(Protocol):
     async def read_fleet(self) -> list[fleet.FleetEvent]: ...
 
 
-class EventLog(TaskStream, TaskQueries, TaskNotices, FleetLog, BatchLog, Protocol):
+class EventLog(
+    TaskStream, TaskQueries, TaskNotices, FleetLog, BatchLog,
+    version_store.WorkflowVersions, Protocol,
+):
     """The whole log, for whoever holds its connection (the ingress, the tools). Its users
     are typed on the ports they use: the stream, the queries, the notices, the fleet log.
     `PostgresEventLog` and `InMemoryEventLog` implement them all."""
@@ -237,7 +240,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise errors.InvalidRequest("cursor: not a cursor returned by this API") from None
 
 
-class InMemoryEventLog(InMemoryBatches):
+class InMemoryEventLog(InMemoryBatches, version_store.InMemoryVersions):
     """The EventLog contract in memory, for unit tests of actors and the fold."""
 
     def __init__(self) -> None:

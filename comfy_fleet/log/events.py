@@ -64,14 +64,19 @@ class Event:
 
 @dataclass(frozen=True, kw_only=True)
 class TaskSubmitted(Event):
-    """A task was accepted. `params` are resolved (defaults applied, random seeds drawn) and
-    `prompt` is the graph to send, so a re-dispatch runs exactly the same prompt."""
+    """A task was accepted. `params` are resolved (defaults applied, random seeds drawn; an
+    image parameter reads "<image>": its bytes are in S3, see `inputs`). The prompt sent to
+    ComfyUI is rendered at dispatch from the stored workflow version (`workflow_versions`,
+    keyed by `workflow` + `workflow_version`) and these params, so every dispatch of the task
+    runs exactly the same prompt. A task recorded before versions were stored carries its
+    rendered graph in `prompt` instead, and runs that."""
 
     TYPE: ClassVar[str] = "task.submitted"
     workflow: str
     workflow_version: str
     params: dict[str, Any]
-    prompt: dict[str, Any]
+    #: the rendered graph (tasks recorded before versions were stored); {} to render at dispatch
+    prompt: dict[str, Any] = field(default_factory=dict)
     client_task_id: str | None = None
     callback_url: str | None = None
     priority: int = 0
@@ -79,11 +84,18 @@ class TaskSubmitted(Event):
     request_hash: str = ""
     #: "tasks" for POST /tasks, "legacy" for the original ComfyUI-server route.
     origin: str = "tasks"
-    #: input files to upload at dispatch: [{"param", "node", "field", "s3_key", "filename"}].
+    #: image inputs: [{"param", "node", "field", "filename" (its name on the ComfyUI host),
+    #: "s3_key", "sha256", "content_type", "size" (the bytes received, kept as the task's
+    #: record), "upload_key" (the PNG uploaded at dispatch)}]. Tasks recorded before inputs
+    #: were kept have only "s3_key" (the PNG, deleted after the task) and no sha256.
     inputs: list[dict[str, Any]] = field(default_factory=list)
     required_labels: list[str] = field(default_factory=list)
     #: the batch the task was submitted in (POST /batches), else None.
     batch_id: str | None = None
+    #: the seed params whose value was drawn ("random"), not given: a rerun draws them afresh.
+    seeds_drawn: list[str] = field(default_factory=list)
+    #: the task this one reruns (POST /tasks/{id}/rerun), else None.
+    rerun_of: str | None = None
     #: Whose task it is (docs/api.md §7.1). A task recorded before tenants existed has no
     #: `tenant` in its payload and decodes as tenant `default`.
     tenant: str = "default"

@@ -22,8 +22,8 @@ import asyncpg
 import orjson
 
 from comfy_fleet import errors
-from comfy_fleet.log import batch_log, events, fleet, pg_errors, postgres_batches, task_state
-from comfy_fleet.log import rebuild
+from comfy_fleet.log import batch_log, events, fleet, pg_errors, postgres_batches, rebuild
+from comfy_fleet.log import task_state, version_store
 from comfy_fleet.delivery.slots import UNKNOWN as UNKNOWN_RECEIVER
 from comfy_fleet.log.event_log import (
     DISPATCH_HISTORY,
@@ -65,7 +65,7 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     ends with its transaction. An open transaction is still rolled back by asyncpg itself."""
 
 
-class PostgresEventLog(postgres_batches.PostgresBatches):
+class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresVersions):
     """The event log in PostgreSQL. Build with `await PostgresEventLog.connect(dsn)`."""
 
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:

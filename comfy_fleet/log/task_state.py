@@ -76,6 +76,10 @@ class TaskState:
     past_webhook_ids: list[str] = field(default_factory=list)
     #: the batch the task belongs to (POST /batches), else None.
     batch_id: str | None = None
+    #: the seed params whose value was drawn, not given (a rerun draws them afresh)
+    seeds_drawn: list[str] = field(default_factory=list)
+    #: the task this one reruns, else None
+    rerun_of: str | None = None
     #: models given by URL (`events.TaskSubmitted.models`)
     models: list[dict[str, Any]] = field(default_factory=list)
 
@@ -134,6 +138,8 @@ def apply(
             inputs=list(ev.inputs),
             required_labels=list(ev.required_labels),
             batch_id=ev.batch_id,
+            seeds_drawn=list(ev.seeds_drawn),
+            rerun_of=ev.rerun_of,
             models=list(ev.models),
             tenant=ev.tenant,
             created_at=at,
@@ -247,6 +253,15 @@ def _iso(at: datetime | None) -> str | None:
     return at.isoformat().replace("+00:00", "Z") if at else None
 
 
+def input_view(spec: dict[str, Any]) -> dict[str, Any]:
+    """One image input as the API shows it: the bytes received, kept in S3. A task recorded
+    before inputs were kept shows its parameter only (its staged copy is gone)."""
+    if "sha256" not in spec:
+        return {"param": spec.get("param"), "s3_key": None, "sha256": None,
+                "content_type": None, "size": None}
+    return {k: spec.get(k) for k in ("param", "s3_key", "sha256", "content_type", "size")}
+
+
 def to_view(s: TaskState) -> dict[str, Any]:
     """The task as the API shows it (docs/api.md §3), without presigned URLs (added per read)."""
     return {
@@ -254,6 +269,7 @@ def to_view(s: TaskState) -> dict[str, Any]:
         "client_task_id": s.client_task_id,
         "tenant": s.tenant,
         "workflow": s.workflow,
+        "workflow_version": s.workflow_version,
         "status": s.status,
         "callback_url": s.callback_url,
         "priority": s.priority,
@@ -271,6 +287,8 @@ def to_view(s: TaskState) -> dict[str, Any]:
         "error": s.error,
         "webhook": s.webhook,
         "batch_id": s.batch_id,
+        "inputs": [input_view(i) for i in s.inputs],
+        "rerun_of": s.rerun_of,
         "created_at": _iso(s.created_at),
         "updated_at": _iso(s.updated_at),
         "finished_at": _iso(s.finished_at),

@@ -1,4 +1,4 @@
-"""HostJanitor: deletes what ended tasks leave on a ComfyUI host, and their staged inputs in S3.
+"""HostJanitor: deletes what ended tasks leave on a ComfyUI host (their inputs in S3 are kept).
 
 On the host: the task's uploaded inputs and its output files (through the comfy-fleet cleanup
 extension, when the host has it) and its history entry. Files and history entries of the tasks
@@ -84,10 +84,10 @@ class HostJanitor:
     async def after_end(
         self, prompt_id: str, inputs: list[dict[str, Any]], entry: dict[str, Any] | None
     ) -> int:
-        """A task ended: delete its inputs and outputs on the host and its staged inputs in
-        S3; its history entry (and, with extension version 2, its files) go with the next
-        trash run. Runs after the end is recorded, so it never delays the end or its webhook.
-        Returns the number of host files deleted or put in the trash."""
+        """A task ended: delete its inputs and outputs on the host (its inputs in S3 are kept:
+        they are the task's record); its history entry (and, with extension version 2, its
+        files) go with the next trash run. Runs after the end is recorded, so it never delays
+        the end or its webhook. Returns the number of host files deleted or put in the trash."""
         files: list[HostFile] = []
         try:
             if self.has_extension:
@@ -102,10 +102,12 @@ class HostJanitor:
                         await self.client.cleanup_delete(type_, name, subfolder)
         except Exception:
             log.info("endpoint %s: cleanup of %s incomplete", self.name, prompt_id, exc_info=True)
-        # The staged copies of the inputs in S3 have served their purpose once the task ended.
+        # A task's inputs in S3 stay: they are its record, and a rerun runs from them. Only the
+        # staged copy of a task recorded before inputs were kept (no sha256) is deleted.
         for spec in inputs:
-            with contextlib.suppress(Exception):
-                await self.store.delete(spec["s3_key"])
+            if "sha256" not in spec:
+                with contextlib.suppress(Exception):
+                    await self.store.delete(spec["s3_key"])
         self.history_trash.append(prompt_id)
         if len(self.history_trash) == 1:
             task = asyncio.create_task(self._empty_later())

@@ -7,18 +7,18 @@ last good version (the error is reported), so a bad edit never takes a working w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from comfy_fleet import errors
 
 from comfy_fleet.workflows import graph as graph_module, manifest as manifest_module, params as params_module, raw_graph
+from comfy_fleet.workflows import versions
 from comfy_fleet.workflows.manifest import Manifest
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -32,8 +32,11 @@ class Workflow:
     manifest: Manifest
     #: The parsed API-format graph; never mutated (``build_prompt`` works on a copy).
     graph: dict[str, dict[str, Any]]
-    #: sha256 (hex) of the two files' bytes; changes whenever either file changes.
+    #: `versions.digest` of the two files' bytes; changes whenever either file changes.
     version: str
+    #: The two files' bytes as read: what `workflow_versions` keeps of this version.
+    graph_json: bytes = field(default=b"", repr=False, compare=False)
+    manifest_toml: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def required_labels(self) -> tuple[str, ...]:
@@ -130,23 +133,52 @@ def load_workflow(directory: Path, name: str) -> Workflow:
         raise errors.ManifestInvalid(
             f"{toml_path}: {name!r} is the workflow name of raw graphs; name the files otherwise"
         )
-    json_bytes = _read(json_path)
-    toml_bytes = _read(toml_path)
+    return parse_files(
+        name, _read(json_path), _read(toml_path), json_source=str(json_path),
+        toml_source=str(toml_path),
+    )
+
+
+def parse_files(
+    name: str, json_bytes: bytes, toml_bytes: bytes, *, json_source: str, toml_source: str
+) -> Workflow:
+    """The workflow these two files' bytes make; raises ``errors.ManifestInvalid`` naming the
+    source (a path, or a stored version) of the file at fault."""
     try:
         data = json.loads(json_bytes)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise errors.ManifestInvalid(f"{json_path}: not valid JSON: {exc}") from exc
-    graph = manifest_module.parse_graph(data, source=str(json_path))
+        raise errors.ManifestInvalid(f"{json_source}: not valid JSON: {exc}") from exc
+    graph = manifest_module.parse_graph(data, source=json_source)
     try:
         raw = tomllib.loads(toml_bytes.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise errors.ManifestInvalid(f"{toml_path}: not valid TOML: {exc}") from exc
-    manifest = manifest_module.parse_manifest(raw, graph, name=name, source=str(toml_path))
-    digest = hashlib.sha256()
-    for part in (json_bytes, toml_bytes):
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
-    return Workflow(name=name, manifest=manifest, graph=graph, version=digest.hexdigest())
+        raise errors.ManifestInvalid(f"{toml_source}: not valid TOML: {exc}") from exc
+    manifest = manifest_module.parse_manifest(raw, graph, name=name, source=toml_source)
+    return Workflow(
+        name=name, manifest=manifest, graph=graph,
+        version=versions.digest(json_bytes, toml_bytes),
+        graph_json=json_bytes, manifest_toml=toml_bytes,
+    )
+
+
+def workflow_from_stored(stored: versions.StoredVersion) -> Workflow:
+    """The workflow a stored version holds, parsed as it was when first used. Raises
+    ``errors.ManifestInvalid`` when the stored bytes are not that version's (edited behind
+    our back) or no longer parse."""
+    source = f"workflow {stored.name!r} version {stored.version}"
+    if not stored.intact():
+        raise errors.ManifestInvalid(f"{source}: the stored files do not match the version")
+    return parse_files(
+        stored.name, stored.graph_json, stored.manifest_toml,
+        json_source=f"{source} (JSON)", toml_source=f"{source} (TOML)",
+    )
+
+
+def stored_of(workflow: Workflow) -> versions.StoredVersion:
+    """What `workflow_versions` keeps of a loaded workflow's version."""
+    return versions.StoredVersion(
+        workflow.name, workflow.version, workflow.graph_json, workflow.manifest_toml
+    )
 
 
 def _read(path: Path) -> bytes:

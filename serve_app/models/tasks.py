@@ -64,6 +64,17 @@ class Output(BaseModel):
     )
 
 
+class TaskInput(BaseModel):
+    """One image input of the task, kept in S3 as the bytes the service received."""
+
+    param: str | None = Field(description="the image parameter it was given for")
+    s3_key: str | None = Field(description="null for a task recorded before inputs were kept")
+    sha256: str | None = Field(description="of the bytes received")
+    content_type: str | None
+    size: int | None = Field(description="bytes")
+    url: str | None = Field(description="a presigned GET URL, fresh at each read")
+
+
 class TaskModel(BaseModel):
     """A model given by URL: kept in the bucket under `s3_key`, pulled onto the endpoint that
     runs the task under `filename` (in its parameter's model folder)."""
@@ -128,6 +139,11 @@ class Task(BaseModel):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    workflow_version: str | None = Field(
+        default=None, description="the version of the workflow the task runs"
+    )
+    inputs: list[TaskInput] = Field(default_factory=list, description="its image inputs")
+    rerun_of: str | None = Field(default=None, description="the task this one reruns")
     queue: QueuePlace | None = Field(
         default=None,
         description="GET /tasks/{task_id} of a task not ended: its queue position and ETA "

@@ -1,7 +1,9 @@
-"""A served workflow, and what a reload changed (`GET /workflows`, `POST /workflows/reload`)."""
+"""A served workflow, its versions, and what a reload changed (`GET /workflows`,
+`GET /workflows/{name}/versions`, `POST /workflows/reload`)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +34,24 @@ class Workflow(BaseModel):
     params: dict[str, Any] = Field(description="JSON Schema of the task's `params`")
     labels: list[str] = Field(description="labels an endpoint needs to run it")
     version: str = Field(description="digest of the workflow's two files")
+
+
+class WorkflowVersion(BaseModel):
+    """One version of a workflow the service holds."""
+
+    version: str = Field(description="digest of the workflow's two files")
+    created_at: datetime | None = Field(
+        description="when a task first used it; null for the current files' version until then"
+    )
+    current: bool = Field(description="whether it is the version of the files served now")
+
+
+class WorkflowVersionFiles(WorkflowVersion):
+    """One version with what it holds."""
+
+    description: str
+    graph: dict[str, Any] = Field(description="the API-format graph")
+    manifest: str = Field(description="the TOML manifest, as written")
 
 
 class ReloadResult(BaseModel):

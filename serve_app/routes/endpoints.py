@@ -46,7 +46,7 @@ async def add_endpoint(body: schemas.AddEndpoint, request: Request) -> Response:
     operation_id="removeEndpoint",
     response_model=models.EndpointRemoval,
     responses=error_answers.answers(
-        *error_answers.AUTH, 404, 503, examples=error_answers.NO_ENDPOINT
+        *error_answers.AUTH, 403, 404, 503, examples=error_answers.NO_ENDPOINT
     ),
 )
 async def remove_endpoint(endpoint: str, request: Request) -> Response:

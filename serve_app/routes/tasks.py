@@ -1,4 +1,4 @@
-"""/tasks: submit, list, read, stream, cancel and redeliver tasks."""
+"""/tasks: submit, list, read, stream, rerun, cancel and redeliver tasks."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ STREAM_EXAMPLE = (
             "description": "The task already submitted with this `client_task_id` and body "
             "(nothing new is started), or the task ended within `wait`",
         },
-        **error_answers.answers(*error_answers.AUTH, *error_answers.BODY, 409, 429, 503),
+        **error_answers.answers(*error_answers.AUTH, 403, *error_answers.BODY, 409, 429, 503),
     },
 )
 async def post_task(
@@ -118,6 +118,7 @@ async def post_task(
         files=body.files,
         principal=context.principal(request),
         tenant=tenant,
+        workflow_version=body.workflow_version,
     )
     if wait:
         state = await commands.wait_final(s, state, wait)
@@ -130,7 +131,7 @@ async def post_task(
     summary="List tasks, newest first",
     operation_id="listTasks",
     response_model=models.TaskPage,
-    responses=error_answers.answers(*error_answers.AUTH, 422, 503),
+    responses=error_answers.answers(*error_answers.AUTH, 403, 422, 503),
 )
 async def list_tasks(
     request: Request,
@@ -302,6 +303,30 @@ def last_event_id(value: str | None) -> int:
         f"got {value[:40]!r}",
         {"loc": ["header", "last-event-id"], "problem": "not an event seq"},
     )
+
+
+@router.post(
+    "/tasks/{task_id}/rerun",
+    status_code=202,
+    summary="Run a task again, as a new task",
+    description="A new task of the same workflow version, params and kept image inputs, "
+    "changed by `params`; seeds the task drew are drawn afresh unless `same_seed`. Its "
+    "`rerun_of` names this task; its outputs are made and stored anew.",
+    operation_id="rerunTask",
+    response_model=models.Task,
+    response_description="The new task, recorded",
+    responses=error_answers.answers(*error_answers.AUTH, *error_answers.BODY, 404, 409, 429, 503),
+)
+async def rerun_task(
+    task_id: str, request: Request, body: schemas.RerunTask | None = None
+) -> Response:
+    s = context.services(request)
+    body = body or schemas.RerunTask()
+    state = await commands.rerun(
+        s, context.task_id_of(task_id), context.principal(request), overrides=body.params,
+        priority=body.priority, same_seed=body.same_seed, callback_url=body.callback_url,
+    )
+    return JSON(await context.task_view(s, state), status_code=202)
 
 
 @router.post(

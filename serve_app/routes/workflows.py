@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from serve_app import commands
+from serve_app import commands, workflow_versions
 from serve_app.models import errors as error_answers
 from serve_app.models import workflows as models
 from serve_app.responses import JSON
@@ -39,6 +39,30 @@ async def list_workflows(request: Request) -> Response:
 async def get_workflow(name: str, request: Request) -> Response:
     s = context.services(request)
     return JSON(s.registry.get(name).describe(max_string_length=s.settings.max_string_length))
+
+
+@router.get(
+    "/workflows/{name}/versions",
+    summary="The versions of a workflow the service holds",
+    operation_id="listWorkflowVersions",
+    response_model=list[models.WorkflowVersion],
+    responses=error_answers.answers(
+        *error_answers.AUTH, 404, 503, examples=error_answers.NO_WORKFLOW
+    ),
+)
+async def list_versions(name: str, request: Request) -> Response:
+    return JSON(await workflow_versions.book(context.services(request)).listed(name))
+
+
+@router.get(
+    "/workflows/{name}/versions/{version}",
+    summary="One version of a workflow, with its graph and manifest",
+    operation_id="getWorkflowVersion",
+    response_model=models.WorkflowVersionFiles,
+    responses=error_answers.answers(*error_answers.AUTH, 404, 503),
+)
+async def get_version(name: str, version: str, request: Request) -> Response:
+    return JSON(await workflow_versions.book(context.services(request)).one(name, version))
 
 
 @router.post(

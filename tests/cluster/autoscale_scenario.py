@@ -89,7 +89,7 @@ class NodeWatch:
 
     def _start_standin(self, label: str) -> None:
         from comfy_standin.testing import StandInProcess
-        from serve_app.launcher import STANDIN_MODELS
+        from comfy_fleet_devstack.launch import STANDIN_MODELS
 
         root = self.stack.data / f"standin-{label.rsplit(':', 1)[1]}"
         for d in ("input", "output", "temp"):
@@ -187,7 +187,7 @@ def _burst(s: Stack, api: Api, watch: NodeWatch, out: dict[str, Any], n_tasks: i
 
 
 def main(argv: list[str]) -> int:
-    from serve_app.launcher import RAY_ENV
+    from comfy_fleet_devstack.launch import RAY_ENV
 
     n_tasks = int(argv[0]) if argv else DEFAULT_TASKS
     for key, value in RAY_ENV.items():

@@ -17,6 +17,7 @@ from comfy_fleet.delivery.slots import UNKNOWN, receiver_of
 from comfy_fleet.log.event_log import EventLog, InMemoryEventLog
 from comfy_fleet.log.postgres import PostgresEventLog
 from comfy_fleet.log.rebuild import task_id_ranges
+from comfy_fleet.workflows import versions
 from tests.support.polling import eventually
 
 
@@ -227,6 +228,25 @@ class EventLogContract:
         assert [(t, p, pytest.approx(c), w, ls, r, tn) for t, p, c, w, ls, r, tn in heard] == expected
 
 
+    async def test_a_workflow_version_is_stored_once_and_read_back(self, log: EventLog) -> None:
+        graph, manifest = b'{"1": {"class_type": "EmptyImage", "inputs": {}}}', b'description = "a"'
+        first = versions.StoredVersion("solid", versions.digest(graph, manifest), graph, manifest)
+        assert await log.get_version("solid", first.version) is None
+        await log.remember_version(first)
+        held = await log.get_version("solid", first.version)
+        assert held is not None and held.created_at is not None
+        assert (held.graph_json, held.manifest_toml) == (graph, manifest) and held.intact()
+        await log.remember_version(first)  # again: nothing changes
+        assert await log.get_version("solid", first.version) == held
+        second = versions.StoredVersion("solid", versions.digest(graph, b""), graph, b"")
+        await log.remember_version(second)
+        await log.remember_version(versions.StoredVersion("other", first.version, graph, manifest))
+        listed = await log.list_versions("solid")
+        assert [v.version for v in listed] == [first.version, second.version]
+        assert await log.list_versions("nothing") == []
+        assert await log.get_version("other", second.version) is None
+
+
 class TestInMemoryEventLog(EventLogContract):
     @pytest.fixture
     async def log(self) -> AsyncIterator[EventLog]:
@@ -273,12 +293,16 @@ class TestPostgresEventLog(EventLogContract):
 
         tid = str(uuid.uuid4())
         await log.append(tid, 0, [submitted()])
+        await log.remember_version(versions.StoredVersion("solid", "0" * 16, b"{}", b""))
         conn = await asyncpg.connect(pg_dsn)
         try:
             for stmt in (
                 "UPDATE task_events SET type = 'x'",
                 "DELETE FROM task_events",
                 "TRUNCATE task_events",
+                "UPDATE workflow_versions SET name = 'x'",
+                "DELETE FROM workflow_versions",
+                "TRUNCATE workflow_versions",
             ):
                 with pytest.raises(asyncpg.PostgresError, match="append-only"):
                     await conn.execute(stmt)

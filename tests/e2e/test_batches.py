@@ -234,3 +234,27 @@ async def test_unknown_and_malformed_batches_are_404_and_bodies_are_checked(flee
         r = await fleet.http.post("/batches", content=json.dumps(body))
         assert r.status_code == 422, (body if len(str(body)) < 200 else "big", r.text)
         assert r.json()["error"]["message"]
+
+
+async def test_a_batch_task_runs_by_version_and_can_be_rerun(fleet: Fleet) -> None:
+    r = await fleet.http.post("/batches", json={
+        "workflow": "solid", "params": {"height": 2}, "sweep": {"width": [3, 5]},
+    })
+    assert r.status_code == 202, r.text
+    ids = r.json()["task_ids"]
+    version = (await fleet.http.get("/workflows/solid")).json()["version"]
+    for task_id in ids:
+        submitted = (await fleet.http.get(f"/tasks/{task_id}/events")).json()[0]["data"]
+        # as a single submit: the version and resolved params, the prompt rendered at dispatch
+        assert (submitted["workflow_version"], submitted["prompt"]) == (version, {}), submitted
+        assert submitted["batch_id"] == r.json()["batch_id"]
+    listed = (await fleet.http.get("/workflows/solid/versions")).json()
+    assert version in [v["version"] for v in listed if v["created_at"]]
+    first = await fleet.wait_final(ids[0])
+    assert first["status"] == "succeeded", first
+    again = await fleet.http.post(f"/tasks/{ids[0]}/rerun")
+    assert again.status_code == 202, again.text
+    rerun = await fleet.wait_final(again.json()["task_id"])
+    assert rerun["status"] == "succeeded", rerun
+    assert (rerun["rerun_of"], rerun["workflow_version"]) == (ids[0], version)
+    await wait_completed(fleet, r.json()["batch_id"])

@@ -119,11 +119,13 @@ async def test_base64_image_is_inverted(fleet: Fleet) -> None:
     img = sample_image()
     final = await run_invert(fleet, base64.b64encode(png_bytes(img)).decode())
     assert np.array_equal(await output_pixels(final), inverted_as_comfyui(img))
-    # The image was staged under the task and the stored request holds no image bytes.
+    # The image was kept under the task (and staged as PNG for the upload); the stored
+    # request holds no image bytes.
     evs = (await fleet.http.get(f"/tasks/{final['task_id']}/events")).json()
     submitted = evs[0]["data"]
     assert submitted["params"]["image"] == "<image>"
-    assert submitted["inputs"][0]["s3_key"] == f"inputs/{final['task_id']}/image.png"
+    assert submitted["inputs"][0]["upload_key"] == f"inputs/{final['task_id']}/image.png"
+    assert submitted["inputs"][0]["s3_key"] == f"tasks/{final['task_id']}/inputs/image"
     assert submitted["inputs"][0]["filename"] == f"fleet/{final['task_id']}-image.png"
 
 

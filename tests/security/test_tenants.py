@@ -109,6 +109,7 @@ async def test_another_tenants_task_answers_exactly_as_an_unknown_id(http: dict[
         for method, path in [
             ("GET", "/tasks/{}"), ("GET", "/tasks/{}/events"), ("GET", "/tasks/{}/stream"),
             ("POST", "/tasks/{}/cancel"), ("POST", "/tasks/{}/webhook"),
+            ("POST", "/tasks/{}/rerun"),
         ]:
             theirs = await acme.request(method, path.format(tid))
             nobodys = await acme.request(method, path.format(unknown))
@@ -126,6 +127,21 @@ async def test_another_tenants_task_answers_exactly_as_an_unknown_id(http: dict[
     assert mine["tenant"] == "acme"
     assert (await acme.get(f"/tasks/{mine['task_id']}")).status_code == 200
     assert (await beta.post(f"/tasks/{parked['task_id']}/cancel")).status_code == 202
+
+
+async def test_a_rerun_is_a_task_of_the_original_tenant(
+    http: dict[str, httpx.AsyncClient],
+) -> None:
+    beta = http["beta"]
+    parked = await submit(beta, PARKED)
+    mine = await beta.post(f"/tasks/{parked['task_id']}/rerun", json={"params": {"width": 9}})
+    assert mine.status_code == 202, mine.text
+    assert mine.json()["tenant"] == "beta" and mine.json()["rerun_of"] == parked["task_id"]
+    # an admin may rerun any task: the rerun is still the original tenant's
+    by_admin = await http["admin"].post(f"/tasks/{parked['task_id']}/rerun")
+    assert by_admin.status_code == 202 and by_admin.json()["tenant"] == "beta"
+    for task in (parked, mine.json(), by_admin.json()):
+        assert (await beta.post(f"/tasks/{task['task_id']}/cancel")).status_code == 202
 
 
 async def test_listings_hold_only_the_keys_tenant(http: dict[str, httpx.AsyncClient]) -> None:
@@ -255,3 +271,77 @@ async def test_a_task_recorded_before_tenants_reads_as_tenant_default(
     assert [t["task_id"] for t in listed["tasks"]] == [task_id]
     # Tenant `default` is no tenant key's: to acme it is unknown.
     assert (await http["acme"].get(f"/tasks/{task_id}")).status_code == 404
+
+
+# --- the client, the command and the OpenAPI document against the keyed service ---------------
+
+
+async def test_the_command_with_a_bad_or_a_tenant_key_is_one_line(service: tuple[Service, str]) -> None:
+    from tests.client.test_service import cli
+
+    svc, _ = service
+    status, out, err = await cli("workflows", url=svc.url, key="not-a-key")
+    assert status == 2 and out == ""
+    [line] = err.splitlines()
+    assert line.startswith("comfy-fleet: unauthorized (401):") and "COMFY_FLEET_KEY" in line
+    status, out, err = await cli("endpoints", url=svc.url, key=ACME)
+    assert status == 2 and out == ""
+    [line] = err.splitlines()
+    assert line.startswith("comfy-fleet: forbidden (403):")
+    status, out, _ = await cli("workflows", "--json", url=svc.url, key=ACME)
+    assert status == 0 and "solid" in {w["name"] for w in orjson.loads(out)}
+
+
+async def test_the_client_raises_the_tree_for_keys(service: tuple[Service, str]) -> None:
+    from comfy_fleet_client import AsyncClient, errors as client_errors
+
+    svc, _ = service
+    async with AsyncClient(svc.url, "not-a-key") as c:
+        with pytest.raises(client_errors.Unauthorized) as bad:
+            await c.workflows()
+    assert bad.value.status == 401 and bad.value.code == "unauthorized"
+    async with AsyncClient(svc.url, BETA) as c:
+        with pytest.raises(client_errors.Forbidden) as no:
+            await c.endpoints()
+        task = await c.submit("solid", {"width": 4, "height": 4})
+    assert no.value.status == 403 and no.value.code == "forbidden"
+    assert task.tenant == "beta"
+    async with AsyncClient(svc.url, ACME) as c:
+        with pytest.raises(client_errors.NotFound):
+            await c.get(task.task_id)
+
+
+async def test_every_answer_with_keys_is_documented(service: tuple[Service, str]) -> None:
+    """Schemathesis against the service with keys: requests with a tenant's key (routes it may
+    use answer as documented; fleet routes 403), and each operation also sent without a key
+    (`ignored_auth`: it must answer 401 in the documented shape)."""
+    import schemathesis
+
+    from tests.api.test_schemathesis import _config, _run
+
+    svc, _ = service
+    root = svc.url.removesuffix("/api/v1")
+    config = _config(root)
+    raw = config.__class__  # the config is rebuilt with the key and the auth check on
+    data = {
+        "seed": 14, "base-url": root, "request-timeout": 30,
+        "suppress-health-check": ["all"],
+        "headers": {"Authorization": f"Bearer {GAMMA}"},
+        "generation": {"max-examples": 8, "deterministic": True, "mode": "all",
+                       "database": "none"},
+        "phases": {"examples": {"enabled": True}, "coverage": {"enabled": True},
+                   "fuzzing": {"enabled": True}, "stateful": {"enabled": False}},
+        "checks": {"ignored_auth": {"enabled": True},
+                   "positive_data_acceptance": {"enabled": False}},
+    }
+    schema = await asyncio.to_thread(
+        schemathesis.openapi.from_url, root + "/openapi.json", config=raw.from_dict(data)
+    )
+    failures, sent = await asyncio.to_thread(_run, schema)
+    operations = {
+        f"{method.upper()} {path}"
+        for path, ops in schema.raw_schema["paths"].items()
+        for method in ops
+    }
+    assert operations <= set(sent), operations - set(sent)
+    assert failures == [], "\n".join(sorted(set(failures)))

@@ -8,17 +8,18 @@ import inspect
 
 import pytest
 
-from comfy_fleet.log import event_log
+from comfy_fleet.log import event_log, version_store
 from comfy_fleet.log.postgres import PostgresEventLog
 
 PORTS = (event_log.TaskStream, event_log.TaskQueries, event_log.TaskNotices, event_log.FleetLog,
-         event_log.EventLog)
+         version_store.WorkflowVersions, event_log.EventLog)
 
 
 def _methods(port: type) -> dict[str, inspect.Signature]:
     return {
         name: inspect.signature(member)
-        for klass in port.__mro__ if klass.__module__ == event_log.__name__
+        for klass in port.__mro__
+        if klass.__module__ in (event_log.__name__, version_store.__name__)
         for name, member in vars(klass).items()
         if callable(member) and not name.startswith("_")
     }

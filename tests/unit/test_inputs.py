@@ -4,6 +4,7 @@ with an in-memory store and a URL policy that needs no network."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -304,28 +305,37 @@ def services(store: storage.InMemoryBlobStore | None = None) -> FakeServices:
 WF = Workflow(Manifest({"a": Spec("1", "image"), "b": Spec("7", "image")}))
 
 
-async def test_stage_images_stores_png_under_the_task_and_returns_inputs() -> None:
+async def test_stage_images_keeps_the_bytes_received_and_a_png_to_upload() -> None:
     svc = services()
-    value = base64.b64encode(encoded("JPEG")).decode()
+    jpeg, bmp = encoded("JPEG"), encoded("BMP")
     names = {"a": "fleet/t1-a.png", "b": "fleet/t1-b.png"}
     staged = await inputs.stage_images(
         svc,
         "t1",
         WF,
-        {"a": value, "b": "data:image/bmp;base64," + base64.b64encode(encoded("BMP")).decode()},
+        {"a": base64.b64encode(jpeg).decode(),
+         "b": "data:image/bmp;base64," + base64.b64encode(bmp).decode()},
         names,
     )
     assert staged == [
         {
             "param": "a",
-            "s3_key": "inputs/t1/a.png",
+            "s3_key": "tasks/t1/inputs/a",
+            "sha256": hashlib.sha256(jpeg).hexdigest(),
+            "content_type": "image/jpeg",
+            "size": len(jpeg),
+            "upload_key": "inputs/t1/a.png",
             "filename": "fleet/t1-a.png",
             "node": "1",
             "field": "image",
         },
         {
             "param": "b",
-            "s3_key": "inputs/t1/b.png",
+            "s3_key": "tasks/t1/inputs/b",
+            "sha256": hashlib.sha256(bmp).hexdigest(),
+            "content_type": "image/bmp",
+            "size": len(bmp),
+            "upload_key": "inputs/t1/b.png",
             "filename": "fleet/t1-b.png",
             "node": "7",
             "field": "image",
@@ -335,6 +345,13 @@ async def test_stage_images_stores_png_under_the_task_and_returns_inputs() -> No
     for key in ("inputs/t1/a.png", "inputs/t1/b.png"):
         data, content_type = svc.store.objects[key]
         assert content_type == "image/png" and Image.open(io.BytesIO(data)).format == "PNG"
+    assert svc.store.objects["tasks/t1/inputs/a"] == (jpeg, "image/jpeg")
+    assert svc.store.objects["tasks/t1/inputs/b"] == (bmp, "image/bmp")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_the_received_type_of_each_loadimage_format(fmt: str) -> None:
+    assert inputs.received_type(encoded(fmt)) == f"image/{fmt.lower()}"
 
 
 async def test_a_refused_second_image_stores_nothing() -> None:

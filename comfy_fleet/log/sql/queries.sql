@@ -259,12 +259,17 @@ WITH e AS (
                    AND payload ?& ARRAY['workflow', 'workflow_version', 'params', 'prompt',
                        'client_task_id', 'callback_url', 'priority', 'request_hash', 'origin',
                        'inputs', 'required_labels']
+                   -- tenant, models, batch_id, seeds_drawn, rerun_of came later: optional
+                   -- (defaults below)
                    AND payload - ARRAY['workflow', 'workflow_version', 'params', 'prompt',
                        'client_task_id', 'callback_url', 'priority', 'request_hash', 'origin',
-                       'inputs', 'required_labels', 'tenant', 'models', 'batch_id'] = '{}'
+                       'inputs', 'required_labels', 'tenant', 'models', 'batch_id',
+                       'seeds_drawn', 'rerun_of'] = '{}'
                    AND jsonb_typeof(coalesce(payload->'tenant', '"default"')) = 'string'
                    AND coalesce(jsonb_typeof(payload->'batch_id'), 'null') IN ('string', 'null')
                    AND coalesce(jsonb_typeof(payload->'models'), 'array') = 'array'
+                   AND coalesce(jsonb_typeof(payload->'seeds_drawn'), 'array') = 'array'
+                   AND coalesce(jsonb_typeof(payload->'rerun_of'), 'null') IN ('string', 'null')
                    AND jsonb_typeof(payload->'workflow') = 'string'
                    AND jsonb_typeof(payload->'client_task_id') IN ('string', 'null')
                    AND jsonb_typeof(payload->'callback_url') IN ('string', 'null')
@@ -366,6 +371,7 @@ SELECT task_id, sub->>'client_task_id', sub->>'workflow', status, (sub->>'priori
            -- A task recorded before tenants existed belongs to tenant "default".
            'tenant', coalesce(sub->'tenant', '"default"'),
            'task_id', task_id, 'seq', last_seq,
+           'seeds_drawn', coalesce(sub->'seeds_drawn', '[]'), 'rerun_of', sub->'rerun_of',
            'created_at', replace(to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), '.000000+', '+'),
            'updated_at', replace(to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), '.000000+', '+'),
            'status', status,
@@ -418,3 +424,21 @@ SELECT e.task_id, e.seq, e.type, e.schema_version, e.payload, e.recorded_at
 FROM task_events AS e
 WHERE NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.task_id = e.task_id)
 ORDER BY e.task_id, e.seq
+
+-- insert_workflow_version --
+-- Stores a workflow version unless it is already stored (the first store wins: the bytes are
+-- what the version names, so a second store would write the same). $1 name, $2 version,
+-- $3 graph_json, $4 manifest_toml
+INSERT INTO workflow_versions (name, version, graph_json, manifest_toml)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (name, version) DO NOTHING;
+
+-- select_workflow_version --
+-- $1 name, $2 version
+SELECT name, version, graph_json, manifest_toml, created_at
+FROM workflow_versions WHERE name = $1 AND version = $2;
+
+-- list_workflow_versions --
+-- Every stored version of one workflow, oldest first. $1 name
+SELECT name, version, graph_json, manifest_toml, created_at
+FROM workflow_versions WHERE name = $1 ORDER BY created_at, version;
