@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from actors import metrics
+from actors import batch_webhooks, metrics
 from comfy_fleet import errors
 from comfy_fleet.log import event_log, events, task_state
 from comfy_fleet.delivery import webhooks
@@ -52,12 +52,14 @@ BodyBuilder = Callable[[TaskState], Awaitable[dict[str, Any]]]
 _DONE, _PARKED = "done", "parked"
 
 
-class DispatcherLog(event_log.TaskStream, event_log.TaskQueries, event_log.TaskNotices, Protocol):
+class DispatcherLog(
+    event_log.TaskStream, event_log.TaskQueries, event_log.TaskNotices, event_log.BatchLog, Protocol
+):
     """What the dispatcher needs of the log: the outbox and the task ends' notices, each task's
-    state, and its stream to record each try."""
+    state, and its stream to record each try; the same of batches (actors/batch_webhooks.py)."""
 
 
-class WebhookDispatcher:
+class WebhookDispatcher(batch_webhooks.BatchDeliveries):
     def __init__(
         self,
         *,
@@ -91,6 +93,7 @@ class WebhookDispatcher:
         self._stopping = False
         self._bg: set[asyncio.Task[Any]] = set()
         self.counts: dict[str, int] = {"delivered": 0, "retry": 0, "dead": 0}
+        self._batches_init()
 
     async def start(self) -> None:
         if self._started:
@@ -100,6 +103,7 @@ class WebhookDispatcher:
             await self.fleet_refresher.refresh()
             self.fleet_refresher.start()
         await self.log.listen_ended(self._on_ended, self._catch_up)
+        await self._start_batches()
         task = asyncio.create_task(self._scan_loop())
         self._bg.add(task)
 
@@ -160,6 +164,7 @@ class WebhookDispatcher:
     async def _scan_loop(self) -> None:
         while True:
             await self._scan()
+            await self._scan_batches()
             await asyncio.sleep(OUTBOX_SCAN_S)
 
     async def _scan(self) -> None:
@@ -175,7 +180,10 @@ class WebhookDispatcher:
         """One try of a delivery, then what it leads to; frees the slot in every case."""
         outcome: float | str = _DONE
         try:
-            outcome = await self._try(task_id)
+            if task_id.startswith(batch_webhooks.BATCH_KEY):
+                outcome = await self._try_batch(task_id)
+            else:
+                outcome = await self._try(task_id)
         except errors.Unavailable:
             outcome = UNAVAILABLE_RETRY_S  # the database is away: no try was recorded
         except Exception:

@@ -6,11 +6,14 @@
     ├── NotFound                     → HTTP 404
     │   ├── TaskNotFound
     │   ├── WorkflowNotFound
-    │   └── EndpointNotFound
+    │   ├── EndpointNotFound
+    │   └── BatchNotFound
     ├── Conflict                     → HTTP 409
     │   ├── ConcurrencyConflict      a stale writer appended at a seq that is taken
     │   ├── IdempotencyConflict      same client_task_id, different body
     │   ├── DuplicateClientTaskId    the log already holds a task with this client_task_id
+    │   ├── BatchIdempotencyConflict same client_batch_id, different body
+    │   ├── DuplicateClientBatchId   the log already holds a batch with this client_batch_id
     │   ├── WorkflowVersionUnknown   a workflow version the service does not hold
     │   └── RerunInputsGone          a rerun of a task whose image inputs were not kept
     ├── InvalidRequest               → HTTP 422 (or 400 / 413 by `status`)
@@ -110,6 +113,12 @@ class EndpointNotFound(NotFound):
     code = "endpoint_not_found"
 
 
+class BatchNotFound(NotFound):
+    """No batch has this id."""
+
+    code = "batch_not_found"
+
+
 class Conflict(FleetError):
     """The request conflicts with the current state."""
 
@@ -133,6 +142,18 @@ class DuplicateClientTaskId(Conflict):
     """A task with this client_task_id is already recorded."""
 
     code = "client_task_id_taken"
+
+
+class BatchIdempotencyConflict(Conflict):
+    """A batch with this client_batch_id exists with a different body."""
+
+    code = "client_batch_id_conflict"
+
+
+class DuplicateClientBatchId(Conflict):
+    """A batch with this client_batch_id is already recorded for the tenant."""
+
+    code = "client_batch_id_taken"
 
 
 class WorkflowVersionUnknown(Conflict):

@@ -18,7 +18,7 @@ from comfy_fleet.config import Settings
 from serve_app import console, responses
 from serve_app.models import document
 from serve_app.middleware import auth, body_limit, json_bounds
-from serve_app.routes import endpoints, health, legacy, tasks, workflows
+from serve_app.routes import batches, endpoints, health, legacy, tasks, workflows
 from serve_app.services import Services
 
 
@@ -48,7 +48,7 @@ def create_app(settings: Settings, build_services: Callable[[], Awaitable[Servic
     app.add_middleware(auth.Authenticate, settings=settings)
     responses.install_handlers(app)
 
-    for resource in (tasks, workflows, endpoints, health, legacy):
+    for resource in (tasks, batches, workflows, endpoints, health, legacy):
         app.include_router(resource.router, prefix=settings.route_prefix)
     console.mount(app, settings)
     document.install(app, keys_required=bool(settings.api_keys))

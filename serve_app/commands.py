@@ -100,10 +100,21 @@ async def wait_final(services: Services, state: TaskState, wait_s: float) -> Tas
 
 
 async def cancel(services: Services, task_id: str, principal: access.Principal) -> TaskState:
-    """Cancel the task wherever it is: record the request (once), ask the router to drop it
-    from its queue, or let the endpoint running it interrupt it. Returns the state after a
-    short wait for the end; an ended task is returned as it is. Another tenant's task is
-    unknown (`visible_task`)."""
+    """Cancel the task wherever it is (`request_cancel`). Returns the state after a short wait
+    for the end; an ended task is returned as it is. Another tenant's task is unknown
+    (`visible_task`)."""
+    state = await request_cancel(services, task_id, principal)
+    if state.is_final:
+        return state
+    return await wait_final(services, await services.log.get(task_id), CANCEL_WAIT_S)
+
+
+async def request_cancel(
+    services: Services, task_id: str, principal: access.Principal
+) -> TaskState:
+    """Record the cancel (once), ask the router to drop the task from its queue, or let the
+    endpoint running it interrupt it; no wait for the end (a batch's cancel runs it per task).
+    Another tenant's task is unknown (`visible_task`)."""
     log = services.log
     state = await visible_task(services, task_id, principal)
     if state.is_final:
@@ -117,8 +128,8 @@ async def cancel(services: Services, task_id: str, principal: access.Principal) 
     removed = cancel_module.decide(cancel_module.REQUESTED, cancel_module.Where.WAITING)
     if answer == removed.answer:
         (event,) = removed.record
-        await _append_final(services, task_id, event)
-    return await wait_final(services, await log.get(task_id), CANCEL_WAIT_S)
+        state = await _append_final(services, task_id, event)
+    return state
 
 
 async def redeliver(services: Services, task_id: str, principal: access.Principal) -> TaskState:

@@ -59,7 +59,7 @@ async def rerun(
     if callback_url is not None:
         parsed = services.url_policy.check_url(callback_url)
         await services.url_policy.resolve_and_check(parsed)
-    await submission._admit(services, original.tenant)
+    await submission.admit(services, original.tenant)
 
     task_id = str(uuid.uuid4())
     # models by URL: in the bucket already (the original put them there), so nothing is fetched

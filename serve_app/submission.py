@@ -1,7 +1,9 @@
 """Accepting a task: validate everything, record `task.submitted`, hand it to the router.
 
 Nothing is recorded for a rejected request: every check (workflow, params, URL, admission)
-runs before the one append, and the 202 is sent only after that append committed.
+runs before the one append, and the 202 is sent only after that append committed. The steps
+are apart (`check`, `admit`, `prepare`) because a batch (serve_app/batches.py) runs them for
+each of its tasks before it records them all at once.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -91,6 +94,145 @@ def _problem_of(value: Any, depth: int) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Checked:
+    """One task that passed every check, not yet recorded (nothing of it is stored yet)."""
+
+    #: the served workflow, or None for a raw graph
+    workflow: Any
+    #: params with defaults applied and random seeds drawn ({} for a raw graph)
+    resolved: dict[str, Any]
+    #: `request_hash` of the task's body: what the same client_task_id must match
+    digest: str
+    client_task_id: str | None
+    callback_url: str | None
+    priority: int
+    origin: str
+    tenant: str
+    graph: dict[str, Any] | None = None
+    files: dict[str, Any] | None = None
+    graph_check: raw_graphs.Checked | None = None
+    #: the seed params whose value was drawn ("random"), not given
+    seeds_drawn: list[str] = field(default_factory=list)
+
+
+def task_body(
+    workflow_name: str, params: dict[str, Any], callback_url: str | None, priority: int,
+    origin: str, graph: dict[str, Any] | None = None, files: dict[str, Any] | None = None,
+    workflow_version: str | None = None,
+) -> dict[str, Any]:
+    """The canonical body of a task request (what `request_hash` digests)."""
+    body: dict[str, Any] = {
+        "workflow": workflow_name, "params": params, "callback_url": callback_url,
+        "priority": priority, "origin": origin,
+    }
+    # only when pinned: the hash of an unpinned request is what it was before pinning
+    if workflow_version is not None:
+        body["workflow_version"] = workflow_version
+    if graph is not None:
+        body.update(graph=graph, files=files or {})
+    return body
+
+
+async def check(
+    services: Services,
+    *,
+    workflow_name: str,
+    params: dict[str, Any],
+    client_task_id: str | None,
+    callback_url: str | None,
+    priority: int,
+    tenant: str,
+    origin: str = "tasks",
+    graph: dict[str, Any] | None = None,
+    files: dict[str, Any] | None = None,
+    digest: str | None = None,
+    checked_urls: set[str] | None = None,
+    workflow_version: str | None = None,
+) -> Checked:
+    """Validate one task as POST /tasks does (the workflow's version, the current files' or
+    the pinned `workflow_version`, and its params, or the raw graph; the callback URL),
+    recording nothing. Raises UnknownWorkflow, WorkflowVersionUnknown, WorkflowParamsInvalid,
+    GraphInvalid, UrlForbidden or InvalidRequest naming the problem. `checked_urls` (a batch's)
+    skips the URL policy for callbacks it already passed."""
+    if digest is None:
+        digest = request_hash(task_body(
+            workflow_name, params, callback_url, priority, origin, graph, files, workflow_version
+        ))
+    workflow: Any = None
+    resolved: dict[str, Any] = {}
+    seeds_drawn: list[str] = []
+    graph_check: raw_graphs.Checked | None = None
+    if graph is not None:
+        graph_check = await raw_graphs.check(services, graph, files or {})
+    else:
+        workflow = await workflow_versions.book(services).resolve(workflow_name, workflow_version)
+        seeds_drawn = reruns.drawn_seeds(workflow.manifest, params)
+        resolved = workflow.validate(params, limits=services.settings)
+    if callback_url is not None and (checked_urls is None or callback_url not in checked_urls):
+        parsed = services.url_policy.check_url(callback_url)
+        await services.url_policy.resolve_and_check(parsed)
+        if checked_urls is not None:
+            checked_urls.add(callback_url)
+    return Checked(
+        workflow, resolved, digest, client_task_id, callback_url, priority, origin, tenant,
+        graph, files, graph_check, seeds_drawn,
+    )
+
+
+async def prepare(
+    services: Services, checked: Checked, task_id: str, batch_id: str | None = None
+) -> tuple[events.TaskSubmitted, list[events.Event]]:
+    """The task's first event and the events to record with it (`task.model_fetched` of the
+    models by URL it fetched): models staged in the bucket, image inputs kept in S3, the
+    workflow's version stored (once). A served workflow's event holds its version and resolved
+    params, no prompt (the endpoint renders it at dispatch); a raw graph's holds its prompt.
+    Records no task in the log."""
+    if checked.graph is not None:
+        assert checked.graph_check is not None
+        graph, files = checked.graph, checked.files or {}
+        graph_checked = checked.graph_check
+        prompt, inputs = await raw_graphs.stage(services, task_id, graph, files, graph_checked)
+        return events.TaskSubmitted(
+            workflow=raw_graph.WORKFLOW, workflow_version=raw_graph.digest(graph), params={},
+            prompt=prompt, client_task_id=checked.client_task_id,
+            callback_url=checked.callback_url, priority=checked.priority,
+            request_hash=checked.digest, origin=checked.origin, inputs=inputs,
+            required_labels=graph_checked.labels, tenant=checked.tenant, batch_id=batch_id,
+        ), []
+    workflow, resolved = checked.workflow, checked.resolved
+    image_names = {
+        name: f"fleet/{task_id}-{name}.png"
+        for name, spec in workflow.manifest.params.items()
+        if spec.type == "image" and name in resolved
+    }
+    # Models by URL are in the bucket before anything is recorded (serve_app/model_inputs.py).
+    staged = await model_inputs.stage_models(services, workflow, resolved)
+    inputs: list[dict[str, Any]] = []
+    if image_names:
+        inputs = await _stage_images(services, task_id, workflow, resolved, image_names)
+        resolved = {
+            k: (reruns.IMAGE_PLACEHOLDER if k in image_names else v) for k, v in resolved.items()
+        }
+    await workflow_versions.book(services).remember(workflow)
+    return events.TaskSubmitted(
+        workflow=workflow.name,
+        workflow_version=workflow.version,
+        params=resolved,
+        client_task_id=checked.client_task_id,
+        callback_url=checked.callback_url,
+        priority=checked.priority,
+        request_hash=checked.digest,
+        origin=checked.origin,
+        inputs=inputs,
+        required_labels=list(workflow.required_labels) + staged.labels,
+        tenant=checked.tenant,
+        seeds_drawn=list(checked.seeds_drawn),
+        models=staged.models,
+        batch_id=batch_id,
+    ), list(staged.fetched)
+
+
 async def submit(
     services: Services,
     *,
@@ -118,79 +260,25 @@ async def submit(
     WorkflowVersionUnknown for a pinned version the service does not hold, DatabaseUnavailable
     when the log cannot record it.
     """
-    body = {
-        "workflow": workflow_name,
-        "params": params,
-        "callback_url": callback_url,
-        "priority": priority,
-        "origin": origin,
-        # only when pinned: the hash of an unpinned request is what it was before pinning
-        **({"workflow_version": workflow_version} if workflow_version is not None else {}),
-    }
     if graph is not None:
         raw_graphs.permit(services.settings, principal)
         files = files or {}
-        body.update(graph=graph, files=files)
-    digest = request_hash(body)
+    digest = request_hash(task_body(
+        workflow_name, params, callback_url, priority, origin, graph, files, workflow_version
+    ))
     if client_task_id is not None:
         existing = await services.log.find_client_task(client_task_id, tenant)
         if existing is not None:
             return _same_or_conflict(existing, digest), False
-
-    settings = services.settings
-    if graph is not None:
-        checked = await raw_graphs.check(services, graph, files or {})
-    else:
-        book = workflow_versions.book(services)
-        workflow = await book.resolve(workflow_name, workflow_version)
-        seeds_drawn = reruns.drawn_seeds(workflow.manifest, params)
-        resolved = workflow.validate(params, limits=settings)
-    if callback_url is not None:
-        parsed = services.url_policy.check_url(callback_url)
-        await services.url_policy.resolve_and_check(parsed)
-
-    await _admit(services, tenant)
-
-    task_id = str(uuid.uuid4())
-    if graph is not None:
-        prompt, inputs = await raw_graphs.stage(services, task_id, graph, files or {}, checked)
-        event = events.TaskSubmitted(
-            workflow=raw_graph.WORKFLOW, workflow_version=raw_graph.digest(graph), params={},
-            prompt=prompt, client_task_id=client_task_id, callback_url=callback_url,
-            priority=priority, request_hash=digest, origin=origin, inputs=inputs,
-            required_labels=checked.labels, tenant=tenant,
-        )
-        return await _record(services, task_id, event, client_task_id, digest)
-    image_names = {
-        name: f"fleet/{task_id}-{name}.png"
-        for name, spec in workflow.manifest.params.items()
-        if spec.type == "image" and name in resolved
-    }
-    # Models by URL are in the bucket before anything is recorded (serve_app/model_inputs.py).
-    staged = await model_inputs.stage_models(services, workflow, resolved)
-    inputs: list[dict[str, Any]] = []
-    if image_names:
-        inputs = await _stage_images(services, task_id, workflow, resolved, image_names)
-        resolved = {
-            k: (reruns.IMAGE_PLACEHOLDER if k in image_names else v) for k, v in resolved.items()
-        }
-    await book.remember(workflow)
-    event = events.TaskSubmitted(
-        workflow=workflow.name,
-        workflow_version=workflow.version,
-        params=resolved,
-        client_task_id=client_task_id,
-        callback_url=callback_url,
-        priority=priority,
-        request_hash=digest,
-        origin=origin,
-        inputs=inputs,
-        required_labels=list(workflow.required_labels) + staged.labels,
-        tenant=tenant,
-        seeds_drawn=seeds_drawn,
-        models=staged.models,
+    checked = await check(
+        services, workflow_name=workflow_name, params=params, client_task_id=client_task_id,
+        callback_url=callback_url, priority=priority, tenant=tenant, origin=origin, graph=graph,
+        files=files, digest=digest, workflow_version=workflow_version,
     )
-    return await _record(services, task_id, event, client_task_id, digest, staged.fetched)
+    await admit(services, tenant)
+    task_id = str(uuid.uuid4())
+    event, also = await prepare(services, checked, task_id)
+    return await _record(services, task_id, event, client_task_id, digest, also)
 
 
 async def _record(
@@ -211,29 +299,47 @@ async def _record(
     # No actor call: the router follows new tasks from the log (its notice, and a scan). The
     # replica counts the task into its estimate of the waiting tasks until its next refresh
     # from the router (serve_app/ingress.py).
-    services.waiting_estimate += 1
-    services.tenant_waiting[tenant] = services.tenant_waiting.get(tenant, 0) + 1
+    count_admitted(services, tenant, 1)
     return state, True
 
 
-async def _admit(services: Services, tenant: str) -> None:
-    """Admission control: refuse (429 with Retry-After) past MAX_WAITING_TASKS in all, or past
-    TENANT_MAX_WAITING of `tenant`'s own; other tenants go on. The estimates only grow between
-    refreshes from the router, so the router is asked before refusing."""
+def count_admitted(services: Services, tenant: str, count: int) -> None:
+    """Count `count` recorded tasks of `tenant` into the replica's estimates of waiting tasks."""
+    services.waiting_estimate += count
+    services.tenant_waiting[tenant] = services.tenant_waiting.get(tenant, 0) + count
+
+
+async def admit(services: Services, tenant: str, count: int = 1) -> None:
+    """Admission control: refuse (429 with Retry-After) when `count` more tasks of `tenant`
+    would pass MAX_WAITING_TASKS in all, or TENANT_MAX_WAITING of `tenant`'s own; other tenants
+    go on. The estimates only grow between refreshes from the router, so the router is asked
+    before refusing."""
     settings = services.settings
     limit = settings.tenant_max_waiting
-    over_all = services.waiting_estimate >= settings.max_waiting_tasks
-    over_tenant = limit is not None and services.tenant_waiting.get(tenant, 0) >= limit
-    if over_all or over_tenant:
+
+    def over_all() -> bool:
+        return services.waiting_estimate + count > settings.max_waiting_tasks
+
+    def over_tenant() -> bool:
+        return limit is not None and services.tenant_waiting.get(tenant, 0) + count > limit
+
+    if over_all() or over_tenant():
         with contextlib.suppress(Exception):
             absorb_stats(services, await services.router.stats())
-    if services.waiting_estimate >= settings.max_waiting_tasks:
+    if over_all():
         raise errors.Overloaded(
             f"{services.waiting_estimate} tasks are waiting (limit {settings.max_waiting_tasks}); "
             "retry later",
             {"retry_after_s": 5},
         )
-    access.check_waiting(tenant, services.tenant_waiting.get(tenant, 0), limit)
+    waiting = services.tenant_waiting.get(tenant, 0)
+    if limit is not None and count > 1 and waiting + count > limit:
+        raise errors.Overloaded(
+            f"tenant {tenant} has {waiting} tasks waiting; {count} more would pass its limit "
+            f"{limit}; retry later",
+            {"tenant": tenant, "waiting": waiting, "limit": limit, "retry_after_s": 5},
+        )
+    access.check_waiting(tenant, waiting, limit)
 
 
 def absorb_stats(services: Services, stats: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ import orjson
 from comfy_fleet import errors
 
 from comfy_fleet.log import events, fleet, task_state, version_store
+from comfy_fleet.log.batch_log import BatchLog, InMemoryBatches
 from comfy_fleet.delivery.slots import receiver_of
 from comfy_fleet.log.task_state import TaskState
 
@@ -105,14 +106,9 @@ class TaskQueries(Protocol):
         ...
 
     async def list_tasks(
-        self,
-        *,
-        status: str | None = None,
-        workflow: str | None = None,
-        client_task_id: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        tenant: str | None = None,
+        self, *, status: str | None = None, workflow: str | None = None,
+        client_task_id: str | None = None, limit: int = 50, cursor: str | None = None,
+        batch_id: str | None = None, tenant: str | None = None,
     ) -> tuple[list[TaskState], str | None]:
         """A page of tasks, newest first; `tenant` None: every tenant's."""
         ...
@@ -175,7 +171,8 @@ class FleetLog(Protocol):
 
 
 class EventLog(
-    TaskStream, TaskQueries, TaskNotices, FleetLog, version_store.WorkflowVersions, Protocol
+    TaskStream, TaskQueries, TaskNotices, FleetLog, BatchLog,
+    version_store.WorkflowVersions, Protocol,
 ):
     """The whole log, for whoever holds its connection (the ingress, the tools). Its users
     are typed on the ports they use: the stream, the queries, the notices, the fleet log.
@@ -243,7 +240,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise errors.InvalidRequest("cursor: not a cursor returned by this API") from None
 
 
-class InMemoryEventLog(version_store.InMemoryVersions):
+class InMemoryEventLog(InMemoryBatches, version_store.InMemoryVersions):
     """The EventLog contract in memory, for unit tests of actors and the fold."""
 
     def __init__(self) -> None:
@@ -258,6 +255,7 @@ class InMemoryEventLog(version_store.InMemoryVersions):
         self._queued: list[QueuedCallback] = []
         self._ended: list[EndedCallback] = []
         self._fleet: list[fleet.FleetEvent] = []
+        self._batches_init()
 
     async def append(
         self,
@@ -296,6 +294,7 @@ class InMemoryEventLog(version_store.InMemoryVersions):
         if notice is not None:
             for ended in self._ended:
                 ended(*notice)
+        self._notify_batch_ended(base, new_state)
         async with self._changed:
             self._changed.notify_all()
         return new_state
@@ -316,14 +315,9 @@ class InMemoryEventLog(version_store.InMemoryVersions):
         return self._states[task_id].copy() if task_id else None
 
     async def list_tasks(
-        self,
-        *,
-        status: str | None = None,
-        workflow: str | None = None,
-        client_task_id: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        tenant: str | None = None,
+        self, *, status: str | None = None, workflow: str | None = None,
+        client_task_id: str | None = None, limit: int = 50, cursor: str | None = None,
+        batch_id: str | None = None, tenant: str | None = None,
     ) -> tuple[list[TaskState], str | None]:
         rows = sorted(self._states.values(), key=lambda s: (s.created_at, s.task_id), reverse=True)
         if cursor:
@@ -336,6 +330,7 @@ class InMemoryEventLog(version_store.InMemoryVersions):
             and (status is None or s.status == status)
             and (workflow is None or s.workflow == workflow)
             and (client_task_id is None or s.client_task_id == client_task_id)
+            and (batch_id is None or s.batch_id == batch_id)
         ]
         page = rows[:limit]
         more = len(rows) > limit

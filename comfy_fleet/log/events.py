@@ -23,6 +23,18 @@ name, never an import path. Stored events are never rewritten: a payload change 
 | webhook.delivered           | webhook actor    | a try got a 2xx; the end is delivered |
 | webhook.dead                | webhook actor    | the last try failed; no more automatic tries |
 | webhook.redelivery_requested| ingress          | POST /tasks/{id}/webhook: deliver the end again |
+
+A batch (POST /batches) is a stream of its own in `batch_events` (same envelope, keyed by
+`batch_id`); its tasks are ordinary task streams whose `task.submitted` carries `batch_id`, all
+recorded in the one transaction that records `batch.submitted`. Its state is a pure fold
+(`comfy_fleet/batches/batch_state.py`); its counts are its tasks' statuses.
+
+| type (batch stream)         | emitted by       | meaning |
+|-----------------------------|------------------|---------|
+| batch.submitted             | ingress          | the batch and all its tasks were recorded (the 202) |
+| batch.cancel_requested      | ingress          | a client asked to cancel the batch's open tasks |
+| batch.completed             | webhook actor    | every task has ended; once (the stream's seq decides) |
+| webhook.*                   | webhook actor    | tries of the batch's `batch.completed` webhook |
 """
 
 from __future__ import annotations
@@ -44,7 +56,10 @@ class Event:
     SCHEMA_VERSION: ClassVar[int] = 1
 
     def payload(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The stored payload: the event's fields. Shallow: the nested params and prompt are
+        the event's own (`dataclasses.asdict` deep-copied them on every append; the log's
+        encoder and the API's views only read them)."""
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +90,8 @@ class TaskSubmitted(Event):
     #: were kept have only "s3_key" (the PNG, deleted after the task) and no sha256.
     inputs: list[dict[str, Any]] = field(default_factory=list)
     required_labels: list[str] = field(default_factory=list)
+    #: the batch the task was submitted in (POST /batches), else None.
+    batch_id: str | None = None
     #: the seed params whose value was drawn ("random"), not given: a rerun draws them afresh.
     seeds_drawn: list[str] = field(default_factory=list)
     #: the task this one reruns (POST /tasks/{id}/rerun), else None.
@@ -258,6 +275,40 @@ class WebhookRedeliveryRequested(Event):
     TYPE: ClassVar[str] = "webhook.redelivery_requested"
 
 
+@dataclass(frozen=True, kw_only=True)
+class BatchSubmitted(Event):
+    """A batch was accepted: its tasks (`task_ids`, in the batch's order) were recorded in the
+    same transaction. `callback_url` gets only the batch's `batch.completed` webhook."""
+
+    TYPE: ClassVar[str] = "batch.submitted"
+    tenant: str
+    task_ids: list[str]
+    client_batch_id: str | None = None
+    callback_url: str | None = None
+    priority: int = 0
+    #: sha256 of the canonical request body: same client_batch_id + same hash = same request.
+    request_hash: str = ""
+    #: "tasks" (a list of task bodies) or "sweep" (a cartesian product over params).
+    kind: str = "tasks"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchCancelRequested(Event):
+    """A client asked to cancel the batch: each of its tasks not yet ended is cancelled."""
+
+    TYPE: ClassVar[str] = "batch.cancel_requested"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchCompleted(Event):
+    """Every task of the batch has ended. `finished_at` (ISO-8601) is when its last task
+    ended; `counts` its tasks' statuses then."""
+
+    TYPE: ClassVar[str] = "batch.completed"
+    finished_at: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+
 REGISTRY: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
@@ -278,6 +329,9 @@ REGISTRY: dict[str, type[Event]] = {
         WebhookDelivered,
         WebhookDead,
         WebhookRedeliveryRequested,
+        BatchSubmitted,
+        BatchCancelRequested,
+        BatchCompleted,
     )
 }
 

@@ -1,8 +1,9 @@
 """PostgreSQL's errors as the project's: the one place asyncpg's exceptions are translated.
 
 A unique violation on the (task_id, seq) key is a `ConcurrencyConflict`, on client_task_id a
-`DuplicateClientTaskId`; a lost or refused connection is `DatabaseUnavailable` (retryable, the
-API's 503); a value PostgreSQL refuses is `InvalidRequest`.
+`DuplicateClientTaskId`, on a batch's client_batch_id a `DuplicateClientBatchId`; a lost or
+refused connection is `DatabaseUnavailable` (retryable, the API's 503); a value PostgreSQL
+refuses is `InvalidRequest`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def translated(task_id: str | None = None, expected_seq: int | None = None) -> I
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name in CLIENT_TASK_ID_KEYS:
             raise errors.DuplicateClientTaskId("client_task_id is already recorded") from exc
+        if exc.constraint_name == "batches_tenant_client_batch_id_key":
+            raise errors.DuplicateClientBatchId("client_batch_id is already recorded") from exc
         raise errors.ConcurrencyConflict(
             f"task {task_id}: seq {(expected_seq or 0) + 1} is taken"
         ) from exc

@@ -22,10 +22,8 @@ import asyncpg
 import orjson
 
 from comfy_fleet import errors
-
-from comfy_fleet.log import events, fleet, pg_errors, task_state, version_store
-
-from comfy_fleet.log import rebuild
+from comfy_fleet.log import batch_log, events, fleet, pg_errors, postgres_batches, rebuild
+from comfy_fleet.log import task_state, version_store
 from comfy_fleet.delivery.slots import UNKNOWN as UNKNOWN_RECEIVER
 from comfy_fleet.log.event_log import (
     DISPATCH_HISTORY,
@@ -67,7 +65,7 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     ends with its transaction. An open transaction is still rolled back by asyncpg itself."""
 
 
-class PostgresEventLog(version_store.PostgresVersions):
+class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresVersions):
     """The event log in PostgreSQL. Build with `await PostgresEventLog.connect(dsn)`."""
 
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
@@ -81,6 +79,8 @@ class PostgresEventLog(version_store.PostgresVersions):
         self._on_listening: list[Callable[[], None]] = []
         self._notify_conn: asyncpg.Connection | None = None
         self._notify_task: asyncio.Task[None] | None = None
+        #: reads of a batch's queued tasks on its notice (postgres_batches), kept referenced
+        self._bg_fetches: set[asyncio.Task[Any]] = set()
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 8) -> PostgresEventLog:
@@ -148,6 +148,7 @@ class PostgresEventLog(version_store.PostgresVersions):
                 _queued_payload(state, new_state),
                 _ended_payload(state, new_state),
                 new_state.tenant,
+                batch_log.batch_ended_notice(state, new_state),
             )
         if row["upserted"] != 1:
             # The events were stored (their seqs were free) but the read model row did not
@@ -178,20 +179,17 @@ class PostgresEventLog(version_store.PostgresVersions):
         return state_from_json(data) if data is not None else None
 
     async def list_tasks(
-        self,
-        *,
-        status: str | None = None,
-        workflow: str | None = None,
-        client_task_id: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        tenant: str | None = None,
+        self, *, status: str | None = None, workflow: str | None = None,
+        client_task_id: str | None = None, limit: int = 50, cursor: str | None = None,
+        batch_id: str | None = None, tenant: str | None = None,
     ) -> tuple[list[TaskState], str | None]:
         after: tuple[datetime | None, str | None] = decode_cursor(cursor) if cursor else (None, None)
+        # Within a batch: its own query, on the index of a batch's tasks.
+        args: tuple[Any, ...] = () if batch_id is None else (batch_id,)
         with pg_errors.translated():
             rows = await self._pool.fetch(
-                queries["list_tasks"], status, workflow, client_task_id, after[0], after[1],
-                limit + 1, tenant,
+                queries["list_tasks" if batch_id is None else "list_batch_tasks"],
+                status, workflow, client_task_id, after[0], after[1], limit + 1, tenant, *args,
             )
         page = rows[:limit]
         next_cursor = (
@@ -291,7 +289,11 @@ class PostgresEventLog(version_store.PostgresVersions):
         writer from before tenants sends no tenant: its tasks are tenant `default`."""
 
         def on_payload(payload: str) -> None:
-            task_id, priority, created_at, workflow, labels, requeued, *rest = orjson.loads(payload)
+            notice = orjson.loads(payload)
+            if isinstance(notice, dict):  # a batch's tasks: one notice for them all
+                self._on_batch_queued(str(notice["batch"]), callback)
+                return
+            task_id, priority, created_at, workflow, labels, requeued, *rest = notice
             tenant = rest[0] if rest and isinstance(rest[0], str) else task_state.DEFAULT_TENANT
             callback(task_id, priority, created_at, workflow, labels, bool(requeued), tenant)
 

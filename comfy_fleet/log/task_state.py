@@ -74,6 +74,8 @@ class TaskState:
     #: webhook-ids of ends that a later end replaced (`task.outputs_recovered`): a late record of
     #: a try of one of them must not count for the current end.
     past_webhook_ids: list[str] = field(default_factory=list)
+    #: the batch the task belongs to (POST /batches), else None.
+    batch_id: str | None = None
     #: the seed params whose value was drawn, not given (a rerun draws them afresh)
     seeds_drawn: list[str] = field(default_factory=list)
     #: the task this one reruns, else None
@@ -135,6 +137,7 @@ def apply(
             origin=ev.origin,
             inputs=list(ev.inputs),
             required_labels=list(ev.required_labels),
+            batch_id=ev.batch_id,
             seeds_drawn=list(ev.seeds_drawn),
             rerun_of=ev.rerun_of,
             models=list(ev.models),
@@ -283,6 +286,7 @@ def to_view(s: TaskState) -> dict[str, Any]:
         ],
         "error": s.error,
         "webhook": s.webhook,
+        "batch_id": s.batch_id,
         "inputs": [input_view(i) for i in s.inputs],
         "rerun_of": s.rerun_of,
         "created_at": _iso(s.created_at),

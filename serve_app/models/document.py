@@ -18,6 +18,8 @@ OPEN_OPERATIONS = frozenset({"healthz", "readyz"})
 
 TAGS: list[dict[str, str]] = [
     {"name": "tasks", "description": "Submit tasks, follow them, cancel them."},
+    {"name": "batches", "description": "Submit many tasks at once (a list or a sweep), follow "
+     "and cancel them together."},
     {"name": "workflows", "description": "The served workflows and their parameters."},
     {"name": "endpoints", "description": "The fleet's ComfyUI servers."},
     {"name": "health", "description": "For load balancers: no key needed."},

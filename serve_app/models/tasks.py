@@ -133,6 +133,9 @@ class Task(BaseModel):
     webhook: Literal["pending", "delivered", "dead"] | None = Field(
         description="delivery of the end webhook; null without callback_url or before the end"
     )
+    batch_id: str | None = Field(
+        default=None, description="the batch it was submitted in (POST /batches), else null"
+    )
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None

@@ -12,7 +12,7 @@ from comfy_fleet import errors, views
 from comfy_fleet.log import events
 from comfy_fleet.policies import access
 from comfy_fleet.workflows import raw_graph
-from serve_app import commands, preview_relay, queue_feed, schemas
+from serve_app import batches, commands, preview_relay, queue_feed, schemas
 from serve_app.models import errors as error_answers
 from serve_app.models import tasks as models
 from serve_app.responses import JSON
@@ -144,12 +144,20 @@ async def list_tasks(
     cursor: str | None = Query(default=None, max_length=500),
     # Checked by policies.access: a tenant key naming another tenant is 403, whatever the name.
     tenant: str | None = Query(default=None, description="an admin's filter by tenant"),
+    batch_id: str | None = Query(default=None, max_length=64, description="tasks of one batch"),
 ) -> Response:
     s = context.services(request)
-    tenant = access.list_tenant(context.principal(request), tenant)
+    principal = context.principal(request)
+    tenant = access.list_tenant(principal, tenant)
+    if batch_id is not None:
+        # Another tenant's batch, or no batch: no tasks (its existence is not revealed).
+        try:
+            batch_id = (await batches.get(s, batch_id, principal)).batch_id
+        except errors.BatchNotFound:
+            return JSON({"tasks": [], "next_cursor": None})
     states, next_cursor = await s.log.list_tasks(
         status=status, workflow=workflow, client_task_id=client_task_id, limit=limit,
-        cursor=cursor, tenant=tenant,
+        cursor=cursor, tenant=tenant, batch_id=batch_id,
     )
     # One router call for the page's tasks not ended (their queue position and ETA).
     places = await context.queue_places(s, states)

@@ -58,6 +58,8 @@ def _plain_shapes() -> dict[str, list[events.Event]]:
         "plain failed": [submitted(), d, failed, dead],
         "plain failed, bare": [submitted(), d, events.TaskFailed(code="c", message="m", node_id="")],
         "plain failed at once": [submitted(), d, events.TaskFailed(code="c", message="m", details=[])],
+        "plain queued, of a batch": [submitted(batch_id=str(uuid.uuid4()), tenant="acme")],
+        "plain succeeded, of a batch": [submitted(batch_id=str(uuid.uuid4())), d, output("p", 0), ok],
         # Near misses: the Python fold's.
         "started after the end": [submitted(), d, ok, events.TaskStarted(prompt_id="p")],
         "second end": [submitted(), d, ok, failed],
