@@ -71,3 +71,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     import logging
 
     logging.raiseExceptions = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # tests/faults replaces the session's shared service (`fleet`, one Serve app per Ray) with
+    # its own: every test that uses the shared one runs before them, whatever its folder's name.
+    items.sort(key=lambda item: "/tests/faults/" in str(item.path))
