@@ -356,6 +356,7 @@ class StandIn:
         return web.json_response(self._rt.queue.get_history(max_items=max_items, offset=offset))
 
     async def get_history_item(self, request: web.Request) -> web.Response:
+        self.counters.history_reads += 1
         return web.json_response(self._rt.queue.get_history(request.match_info["prompt_id"]))
 
     async def post_history(self, request: web.Request) -> web.Response:
