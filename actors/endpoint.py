@@ -19,7 +19,6 @@ import logging
 import time
 import uuid
 from collections.abc import Coroutine, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from actors import endpoint_stage, metrics
@@ -31,7 +30,7 @@ from comfy_fleet.comfy import history
 from comfy_fleet.comfy.client import ComfyClient
 from comfy_fleet.config import Endpoint, Settings
 from comfy_fleet.log import cancel, task_state
-from comfy_fleet.log.event_log import EventLog
+from comfy_fleet.log.event_log import EventLog, state_from_json
 from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.prompts import decisions, inflight, janitor, model_pulls, outputs, render
 from comfy_fleet.prompts.ledger import TaskLedger
@@ -48,12 +47,6 @@ from comfy_fleet.prompts.outputs import OUTPUT_FETCH_TRIES  # noqa: F401
 log = logging.getLogger("comfy_fleet.endpoint")
 
 __all__ = ["ACCEPTED", "REFUSED", "RETRY", "EndpointWorker", "RouterPort"]
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 class EndpointWorker:
@@ -197,7 +190,7 @@ class EndpointWorker:
             "inflight": len(self.table),
             "foreign_queue": self._foreign_queue(),
             "labels": self.labels,
-            "last_seen": _iso(conn.last_seen),
+            "last_seen": conn.last_seen_iso,
             "reconnects": conn.reconnects,
             "zombies": conn.zombies,
             "cleanup_extension": self.janitor.has_extension,
@@ -279,16 +272,18 @@ class EndpointWorker:
 
     # --- dispatch ---------------------------------------------------------------------------
 
-    async def dispatch(self, task_id: str) -> str:
-        """Take a queued task: record `dispatched` (a minted prompt_id), then POST it.
-
-        Returns ACCEPTED (it is ours now, or it ended), REFUSED (not dispatchable: already
-        taken, cancelled or final; drop it) or RETRY (we could not take it; it stays queued).
-        """
+    async def dispatch(self, task_id: str, known: dict[str, Any] | None = None) -> str:
+        """Take a queued task: record `dispatched` (a minted prompt_id), then POST it. `known`:
+        its state as its queued notice carried it, else read (a newer one makes the append
+        conflict: it is read and decided again). Returns ACCEPTED (it is ours now, or it
+        ended), REFUSED (not dispatchable: already taken, cancelled or final; drop it) or
+        RETRY (we could not take it; it stays queued)."""
         await self.start()
         if not self.connected:
             return decisions.RETRY
         self.ledger.forget(task_id)  # the router's view may be newer than our cache
+        if known is not None:
+            self.ledger.remember(state_from_json(known))
         prompt_id = str(uuid.uuid4())
         max_attempts = self.settings.task_max_attempts
         try:
@@ -342,9 +337,10 @@ class EndpointWorker:
         item.on_posted(time.monotonic(), answered=True)
         return decisions.ACCEPTED
 
-    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
+    async def dispatch_many(self, task_ids: list[str], states: list[Any] | None = None) -> list[str]:
         """`dispatch` for a batch (one actor call from the router for many tasks)."""
-        return list(await asyncio.gather(*(self.dispatch(t) for t in task_ids)))
+        known = states or [None] * len(task_ids)
+        return list(await asyncio.gather(*(self.dispatch(t, k) for t, k in zip(task_ids, known))))
 
     # --- cancel -----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import websockets
@@ -59,6 +60,12 @@ class Connection:
     reconnects: int = 0
     #: sockets found silent while the server worked (and replaced)
     zombies: int = 0
+
+    @property
+    def last_seen_iso(self) -> str | None:
+        if self.last_seen is None:
+            return None
+        return datetime.fromtimestamp(self.last_seen, UTC).isoformat().replace("+00:00", "Z")
 
 
 class Watch:

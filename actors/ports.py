@@ -20,7 +20,9 @@ ACCEPTED, REFUSED, RETRY = "accepted", "refused", "retry"
 class EndpointApi(Protocol):
     """An endpoint actor (one per ComfyUI), as the router calls it."""
 
-    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
+    async def dispatch_many(
+        self, task_ids: list[str], states: list[dict[str, Any] | None] | None = None
+    ) -> list[str]:
         """Record `task.dispatched` and post each prompt; one result per task (ACCEPTED,
         REFUSED or RETRY)."""
         ...

@@ -93,6 +93,8 @@ class WebhookDispatcher(batch_webhooks.BatchDeliveries):
         self._stopping = False
         self._bg: set[asyncio.Task[Any]] = set()
         self.counts: dict[str, int] = {"delivered": 0, "retry": 0, "dead": 0}
+        #: the state an ended notice carried, for the try it started (taken by that try)
+        self._carried: dict[str, dict[str, Any]] = {}
         self._batches_init()
 
     async def start(self) -> None:
@@ -102,7 +104,7 @@ class WebhookDispatcher(batch_webhooks.BatchDeliveries):
         if self.fleet_refresher is not None:
             await self.fleet_refresher.refresh()
             self.fleet_refresher.start()
-        await self.log.listen_ended(self._on_ended, self._catch_up)
+        await self.log.listen_ended(self._on_ended, self._catch_up, keep_states=True)
         await self._start_batches()
         task = asyncio.create_task(self._scan_loop())
         self._bg.add(task)
@@ -114,8 +116,15 @@ class WebhookDispatcher(batch_webhooks.BatchDeliveries):
         task.add_done_callback(self._bg.discard)
 
     def _on_ended(self, task_id: str, _endpoint: str | None, webhook_to: str | None) -> None:
-        if webhook_to is not None:
-            self._ensure(task_id, webhook_to)
+        if webhook_to is None:
+            return
+        carried = self.log.ended_states.take(task_id)
+        idle = task_id not in self.active
+        self._ensure(task_id, webhook_to)
+        if carried is not None and idle and task_id in self.active:
+            # Its first try starts now, from the state the notice carried (no read). Only
+            # then: a backlog waits as ids, and a later try reads afresh.
+            self._carried[task_id] = carried
 
     async def stop(self) -> None:
         self._stopping = True
@@ -190,6 +199,7 @@ class WebhookDispatcher(batch_webhooks.BatchDeliveries):
             log.exception("webhook delivery of %s failed", task_id)
         finally:
             self.active.pop(task_id, None)
+            self._carried.pop(task_id, None)
             if isinstance(outcome, float):
                 self.slots.pause(task_id)
                 self._timers[task_id] = asyncio.get_running_loop().call_later(
@@ -209,8 +219,10 @@ class WebhookDispatcher(batch_webhooks.BatchDeliveries):
         """Send the task's end once and record the try. Returns _DONE (delivered, dead, or
         nothing to deliver), _PARKED, or the seconds until the next try. The state and body are
         read and built for each try: nothing is held between tries, and the presigned output
-        URLs in a late try's body are fresh."""
-        state = await self.log.get(task_id)
+        URLs in a late try's body are fresh. A first try started by the end's notice uses the
+        state it carried: the state that very append committed."""
+        carried = self._carried.pop(task_id, None)
+        state = event_log.state_from_json(carried) if carried else await self.log.get(task_id)
         if state.webhook != task_state.WEBHOOK_PENDING or not state.callback_url or state.end_seq is None:
             return _DONE
         if not self.slots.bind(task_id, receiver_of(state.callback_url)):

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from comfy_fleet import errors
 from comfy_fleet.batches import batch_state
 from comfy_fleet.batches.batch_state import BatchState
-from comfy_fleet.log import events, task_state
+from comfy_fleet.log import events, notices, task_state
 from comfy_fleet.log.task_state import TaskState
 
 #: (batch_id) of a batch one of whose tasks just ended (see `batch_ended_notice`)
@@ -155,7 +155,7 @@ class InMemoryBatches:
             if state.client_task_id:
                 self._clients[(state.tenant, state.client_task_id)] = task_id
         for state in states:
-            notice = event_log.queued_notice(None, state)
+            notice = notices.queued_notice(None, state)
             if notice is not None:
                 for cb in self._queued:
                     cb(*notice)

@@ -22,7 +22,7 @@ import asyncpg
 import orjson
 
 from comfy_fleet import errors
-from comfy_fleet.log import batch_log, events, fleet, pg_errors, postgres_batches, rebuild
+from comfy_fleet.log import batch_log, events, fleet, notices, pg_errors, postgres_batches, rebuild
 from comfy_fleet.log import task_state, version_store
 from comfy_fleet.delivery.slots import UNKNOWN as UNKNOWN_RECEIVER
 from comfy_fleet.log.event_log import (
@@ -32,8 +32,6 @@ from comfy_fleet.log.event_log import (
     QueuedRow,
     decode_cursor,
     encode_cursor,
-    ended_notice,
-    queued_notice,
     stamp,
     state_from_json,
     state_to_json,
@@ -81,6 +79,8 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
         self._notify_task: asyncio.Task[None] | None = None
         #: reads of a batch's queued tasks on its notice (postgres_batches), kept referenced
         self._bg_fetches: set[asyncio.Task[Any]] = set()
+        self.queued_states = notices.NoticedStates()
+        self.ended_states = notices.NoticedStates(keep=0)
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 8) -> PostgresEventLog:
@@ -126,6 +126,7 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
         for s in stored:
             new_state = task_state.evolve(new_state, s)
         assert new_state is not None
+        state_row = state_to_json(new_state)
         with pg_errors.translated(task_id, expected_seq):
             row = await self._pool.fetchrow(
                 queries["append_events"],
@@ -143,10 +144,10 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
                 new_state.seq,
                 new_state.created_at,
                 new_state.updated_at,
-                state_to_json(new_state),
+                state_row,
                 expected_seq,
-                _queued_payload(state, new_state),
-                _ended_payload(state, new_state),
+                notices.payload(notices.queued_notice(state, new_state), state_row),
+                notices.payload(notices.ended_notice(state, new_state), state_row),
                 new_state.tenant,
                 batch_log.batch_ended_notice(state, new_state),
             )
@@ -284,7 +285,7 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
 
     async def listen_queued(self, callback: QueuedCallback) -> None:
         """Call `callback(task_id, priority, created_at, workflow, labels, requeued, tenant)` for
-        every task submitted or requeued from now on (`event_log.queued_notice`), sent by the
+        every task submitted or requeued from now on (`notices.queued_notice`), sent by the
         appending statement. Delivery is best effort: callers also scan `queued_tasks()`. A
         writer from before tenants sends no tenant: its tasks are tenant `default`."""
 
@@ -295,20 +296,27 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
                 return
             task_id, priority, created_at, workflow, labels, requeued, *rest = notice
             tenant = rest[0] if rest and isinstance(rest[0], str) else task_state.DEFAULT_TENANT
+            self.queued_states.put(task_id, notices.carried_state(rest, 1))
             callback(task_id, priority, created_at, workflow, labels, bool(requeued), tenant)
 
         await self._listen(QUEUED_CHANNEL, on_payload)
 
     async def listen_ended(
-        self, callback: EndedCallback, on_listening: Callable[[], None] | None = None
+        self, callback: EndedCallback, on_listening: Callable[[], None] | None = None,
+        *, keep_states: bool = False,
     ) -> None:
         """Call `callback(task_id, endpoint, webhook_to)` for every end recorded from now
-        on (`event_log.ended_notice`); the notice is sent by the appending statement itself, so
+        on (`notices.ended_notice`); the notice is sent by the appending statement itself, so
         it exists exactly when the end was committed. `on_listening` runs each time LISTEN is
         (re)established: notices sent while it was down are gone, the caller catches up."""
 
+        if keep_states:
+            self.ended_states.keep = notices.KEEP_STATES
+
         def on_payload(payload: str) -> None:
-            task_id, endpoint, webhook_to = orjson.loads(payload)
+            task_id, endpoint, webhook_to, *rest = orjson.loads(payload)
+            if webhook_to is not None:
+                self.ended_states.put(task_id, notices.carried_state(rest, 0))
             if webhook_to is True:  # a writer of the version before: pending, receiver unknown
                 webhook_to = UNKNOWN_RECEIVER
             callback(task_id, endpoint, webhook_to if isinstance(webhook_to, str) else None)
@@ -378,16 +386,6 @@ def _is_uuid(text: str) -> bool:
     except (ValueError, TypeError, AttributeError):
         return False
     return True
-
-
-def _ended_payload(before: TaskState | None, after: TaskState) -> str | None:
-    notice = ended_notice(before, after)
-    return None if notice is None else _dumps(list(notice))
-
-
-def _queued_payload(before: TaskState | None, after: TaskState) -> str | None:
-    notice = queued_notice(before, after)
-    return None if notice is None else _dumps(list(notice))
 
 
 def _stored(task_id: str, r: asyncpg.Record) -> events.StoredEvent:
