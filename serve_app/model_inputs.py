@@ -62,8 +62,13 @@ def _named(exc: errors.FleetError, param: str) -> errors.FleetError:
     )
 
 
-async def stage_models(services: Any, workflow: Any, resolved: Mapping[str, Any]) -> StagedModels:
-    """Put every model given by URL in the bucket (see the module's contract)."""
+async def stage_models(
+    services: Any, workflow: Any, resolved: Mapping[str, Any], *,
+    in_bucket: set[str] | None = None,
+) -> StagedModels:
+    """Put every model given by URL in the bucket (see the module's contract). `in_bucket`
+    (a batch's) holds the sha256s already found or fetched for earlier tasks of the same
+    request: those are not looked up again, and each sha256 staged here is added to it."""
     wanted = model_params.by_url(workflow.manifest.params, resolved)
     staged = StagedModels()
     if not wanted:
@@ -79,9 +84,12 @@ async def stage_models(services: Any, workflow: Any, resolved: Mapping[str, Any]
     for param, value in wanted.items():
         sha = value["sha256"]
         key = model_params.model_key(sha)
-        fetched = await _ensure(services, key, sha, value["url"], param)
-        if fetched is not None:
-            staged.fetched.append(fetched)
+        if in_bucket is None or sha not in in_bucket:
+            fetched = await _ensure(services, key, sha, value["url"], param)
+            if fetched is not None:
+                staged.fetched.append(fetched)
+            if in_bucket is not None:
+                in_bucket.add(sha)
         filename = model_params.filename_for(sha, value["url"])
         staged.names[param] = filename
         staged.models.append({

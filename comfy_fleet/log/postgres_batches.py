@@ -2,8 +2,9 @@
 pool and its one LISTEN connection.
 
 A batch is recorded by one statement (`append_batch`): its stream's first event and its
-read-model row, and every task's `task.submitted` and read-model row from arrays (`unnest`), so
-1,000 tasks cost one round trip and one commit. The router hears of them by one notice on
+read-model row, every task's `task.submitted` and read-model row, and the few further events of
+some tasks (`task.model_fetched`), each from arrays (`unnest`), so 1,000 tasks cost one round
+trip and one commit. The router hears of them by one notice on
 `tasks_queued_v1` naming the batch (`{"batch": id}`; a task's notice is a JSON array), on which
 `listen_queued` reads the batch's queued tasks and tells its callback of each.
 """
@@ -24,7 +25,7 @@ from comfy_fleet import errors
 from comfy_fleet.batches import batch_state
 from comfy_fleet.batches.batch_state import BatchState
 from comfy_fleet.log import events, pg_errors
-from comfy_fleet.log.batch_log import BatchTaskEndedCallback, stamp_batch
+from comfy_fleet.log.batch_log import AlsoEvents, BatchTaskEndedCallback, stamp_batch
 from comfy_fleet.log.event_log import QueuedRow
 from comfy_fleet.log.sql import queries
 from comfy_fleet.log.task_state import TaskState
@@ -48,14 +49,15 @@ def batch_queued_payload(batch_id: str) -> str:
 
 def append_batch_args(
     batch_id: str, submitted: events.BatchSubmitted,
-    tasks: Sequence[tuple[str, events.TaskSubmitted]],
+    tasks: Sequence[tuple[str, events.TaskSubmitted]], also: AlsoEvents | None = None,
 ) -> tuple[BatchState, list[TaskState], tuple[Any, ...]]:
-    """The batch's and its tasks' first states, and the arguments of `append_batch` (its
-    statement's parameters, in their order; bench/batch_intake.py times the statement alone)."""
+    """The batch's and its tasks' states once recorded, and the arguments of `append_batch`
+    (its statement's parameters, in their order; bench/batch_intake.py times the statement
+    alone)."""
     from comfy_fleet.log import event_log
 
     at = event_log.now()
-    batch, states = stamp_batch(batch_id, submitted, tasks, at)
+    batch, states, more = stamp_batch(batch_id, submitted, tasks, at, also)
     args = (
         batch_id, submitted.TYPE, submitted.SCHEMA_VERSION, submitted.payload(), at,
         submitted.tenant, submitted.client_batch_id, submitted.callback_url,
@@ -68,6 +70,13 @@ def append_batch_args(
         [event_log.state_to_json(s) for s in states],
         events.TaskSubmitted.SCHEMA_VERSION,
         batch_queued_payload(batch_id),
+        [s.seq for s in states],
+        [m.task_id for m in more],
+        [m.seq for m in more],
+        [m.event.TYPE for m in more],
+        [m.event.SCHEMA_VERSION for m in more],
+        [m.event.payload() for m in more],
+        [m.at for m in more],
     )
     return batch, states, args
 
@@ -81,12 +90,15 @@ class PostgresBatches:
 
     async def append_batch(
         self, batch_id: str, submitted: events.BatchSubmitted,
-        tasks: Sequence[tuple[str, events.TaskSubmitted]],
+        tasks: Sequence[tuple[str, events.TaskSubmitted]], also: AlsoEvents | None = None,
     ) -> tuple[BatchState, list[TaskState]]:
-        batch, states, args = append_batch_args(batch_id, submitted, tasks)
+        batch, states, args = append_batch_args(batch_id, submitted, tasks, also)
         with pg_errors.translated(batch_id, 0):
             row = await self._pool.fetchrow(queries["append_batch"], *args)
-        if row["tasks"] != len(tasks) or row["events"] != len(tasks) or row["batch_rows"] != 2:
+        more = sum(s.seq for s in states) - len(states)
+        if (row["tasks"], row["events"], row["more"], row["batch_rows"]) != (
+            len(tasks), len(tasks), more, 2
+        ):
             raise errors.FleetError(f"batch {batch_id}: recorded {dict(row)} of {len(tasks)} tasks")
         return batch, states
 

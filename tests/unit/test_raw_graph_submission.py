@@ -51,9 +51,9 @@ class FakeRouter:
         return {"digest": DIGEST, "object_info": INFO} if digest == DIGEST else None
 
 
-def services(tmp_path: Path, **env: str) -> Services:
+def services(tmp_path: Path, workflows: Path = REPO_ROOT / "workflows", **env: str) -> Services:
     settings = Settings.from_env({"RAW_GRAPHS": "true", **env}, dotenv=tmp_path / "none")
-    registry, _ = WorkflowRegistry.load(REPO_ROOT / "workflows")
+    registry, _ = WorkflowRegistry.load(workflows)
     s = Services(
         settings=settings, log=InMemoryEventLog(), store=InMemoryBlobStore(), registry=registry,
         router=FakeRouter(),  # type: ignore[arg-type]
