@@ -206,7 +206,7 @@ class EndpointWorker:
     async def reload_workflows(self) -> list[str] | None:
         """Re-read the workflows (after POST /workflows/reload) and what we can run of them."""
         self.registry = None
-        self._learn_workflows()
+        await self._learn_workflows()
         self._report(now=True)
         return self.runnable
 
@@ -216,16 +216,17 @@ class EndpointWorker:
             self.object_info = await self.client.object_info()
             self.node_info = raw_graph.normalised(self.object_info)
             self.node_info_digest = raw_graph.digest(self.node_info)
-            self._learn_workflows()
+            await self._learn_workflows()
             self._report(now=True)
         await self.janitor.probe()
         await endpoint_stage.probe(self)
 
-    def _learn_workflows(self) -> None:
+    async def _learn_workflows(self) -> None:
         if self.object_info is None:
             return
-        if self.registry is None:
-            self.registry, _problems = WorkflowRegistry.load(self.settings.workflows_dir)
+        folder = self.settings.workflows_dir
+        if self.registry is None:  # a folder of files to read and parse: off the event loop
+            self.registry, _ = await asyncio.to_thread(WorkflowRegistry.load, folder)
         self.runnable = sorted(
             w.name for w in self.registry.workflows() if w.can_run(self.object_info)[0]
         )

@@ -59,7 +59,7 @@ class Router(router_fleet.FleetMembership):
         factory: Callable[[str, list[str]], ports.EndpointApi] | None = None,
         destroy: Callable[[str], Awaitable[None]] | None = None,
         configured: dict[str, list[str]] | None = None,
-        discover: Callable[[], dict[str, list[str]]] | None = None,
+        discover: Callable[[], Awaitable[dict[str, list[str]]]] | None = None,
     ) -> None:
         self.settings = settings
         self.log = log

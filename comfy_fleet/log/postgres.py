@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -22,8 +21,8 @@ import asyncpg
 import orjson
 
 from comfy_fleet import errors
-from comfy_fleet.log import batch_log, events, fleet, notices, pg_errors, postgres_batches, rebuild
-from comfy_fleet.log import task_state, version_store
+from comfy_fleet.log import batch_log, events, fleet, notices, pg_errors, pg_rows
+from comfy_fleet.log import postgres_batches, rebuild, task_state, version_store
 from comfy_fleet.delivery.slots import UNKNOWN as UNKNOWN_RECEIVER
 from comfy_fleet.log.event_log import (
     DISPATCH_HISTORY,
@@ -32,7 +31,6 @@ from comfy_fleet.log.event_log import (
     QueuedRow,
     decode_cursor,
     encode_cursor,
-    stamp,
     state_from_json,
     state_to_json,
 )
@@ -121,36 +119,23 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
             state = await self.get(task_id)
             if state.seq != expected_seq:
                 raise errors.ConcurrencyConflict(f"task {task_id}: seq {expected_seq + 1} is taken")
-        stored = stamp(task_id, expected_seq, new_events)
-        new_state = state
-        for s in stored:
-            new_state = task_state.evolve(new_state, s)
-        assert new_state is not None
-        state_row = state_to_json(new_state)
-        with pg_errors.translated(task_id, expected_seq):
-            row = await self._pool.fetchrow(
-                queries["append_events"],
-                task_id,
-                [s.seq for s in stored],
-                [s.event.TYPE for s in stored],
-                [s.event.SCHEMA_VERSION for s in stored],
-                [s.event.payload() for s in stored],
-                [s.at for s in stored],
-                new_state.client_task_id,
-                new_state.workflow,
-                new_state.status,
-                new_state.priority,
-                new_state.webhook,
-                new_state.seq,
-                new_state.created_at,
-                new_state.updated_at,
-                state_row,
-                expected_seq,
-                notices.payload(notices.queued_notice(state, new_state), state_row),
-                notices.payload(notices.ended_notice(state, new_state), state_row),
-                new_state.tenant,
-                batch_log.batch_ended_notice(state, new_state),
+
+        def read_model(before: TaskState | None, after: TaskState) -> tuple[Any, ...]:
+            row = state_to_json(after)
+            return (
+                after.client_task_id, after.workflow, after.status, after.priority,
+                after.webhook, after.seq, after.created_at, after.updated_at,
+                row, expected_seq,
+                notices.payload(notices.queued_notice(before, after), row),
+                notices.payload(notices.ended_notice(before, after), row), after.tenant,
+                batch_log.batch_ended_notice(before, after),
             )
+
+        new_state, args = pg_rows.append_args(
+            task_id, expected_seq, new_events, state, task_state.evolve, read_model
+        )
+        with pg_errors.translated(task_id, expected_seq):
+            row = await self._pool.fetchrow(queries["append_events"], *args)
         if row["upserted"] != 1:
             # The events were stored (their seqs were free) but the read model row did not
             # match: only a read model edited behind our back does that. Say so loudly.
@@ -160,7 +145,7 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
     async def read(self, task_id: str, after_seq: int = 0) -> list[events.StoredEvent]:
         with pg_errors.translated():
             rows = await self._pool.fetch(queries["select_task_events"], task_id, after_seq)
-        return [_stored(task_id, r) for r in rows]
+        return [pg_rows.stored_event(task_id, r) for r in rows]
 
     async def get(self, task_id: str) -> TaskState:
         with pg_errors.translated():
@@ -208,11 +193,7 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
     async def queued_tasks(self) -> list[QueuedRow]:
         with pg_errors.translated():
             rows = await self._pool.fetch(queries["queued_tasks"])
-        return [
-            (str(r["task_id"]), r["priority"], r["created_at"].timestamp(), r["workflow"],
-             list(r["labels"] or []), r["tenant"])
-            for r in rows
-        ]
+        return [pg_rows.queued_row(r) for r in rows]
 
     async def dispatch_tenants(self, limit: int = DISPATCH_HISTORY) -> list[str]:
         with pg_errors.translated():
@@ -225,7 +206,7 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
         return [(str(r["task_id"]), r["callback_url"]) for r in rows]
 
     async def ended_among(self, task_ids: Sequence[str]) -> set[str]:
-        ids = [t for t in task_ids if _is_uuid(t)]  # no other id names a task here
+        ids = [t for t in task_ids if pg_rows.is_uuid(t)]
         if not ids:
             return set()
         with pg_errors.translated():
@@ -380,19 +361,3 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
         return await rebuild.rebuild_read_model(self._dsn, workers)
 
 
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except (ValueError, TypeError, AttributeError):
-        return False
-    return True
-
-
-def _stored(task_id: str, r: asyncpg.Record) -> events.StoredEvent:
-    return events.StoredEvent(
-        task_id=task_id,
-        seq=r["seq"],
-        event=events.decode(r["type"], r["schema_version"], r["payload"]),
-        at=r["recorded_at"],
-        position=r["position"],
-    )

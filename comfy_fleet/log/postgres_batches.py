@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -24,7 +23,7 @@ import orjson
 from comfy_fleet import errors
 from comfy_fleet.batches import batch_state
 from comfy_fleet.batches.batch_state import BatchState
-from comfy_fleet.log import events, pg_errors
+from comfy_fleet.log import events, pg_errors, pg_rows
 from comfy_fleet.log.batch_log import AlsoEvents, BatchTaskEndedCallback, stamp_batch
 from comfy_fleet.log.event_log import QueuedRow
 from comfy_fleet.log.sql import queries
@@ -33,14 +32,6 @@ from comfy_fleet.log.task_state import TaskState
 log = logging.getLogger(__name__)
 
 BATCH_ENDED_CHANNEL = "batch_tasks_ended_v1"
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except (ValueError, TypeError, AttributeError):
-        return False
-    return True
 
 
 def batch_queued_payload(batch_id: str) -> str:
@@ -106,8 +97,6 @@ class PostgresBatches:
         self, batch_id: str, expected_seq: int, new_events: Sequence[events.Event],
         state: BatchState | None = None,
     ) -> BatchState:
-        from comfy_fleet.log import event_log
-
         if not new_events:
             raise ValueError("append needs at least one event")
         if state is None or state.seq != expected_seq:
@@ -116,39 +105,25 @@ class PostgresBatches:
                 raise errors.ConcurrencyConflict(
                     f"batch {batch_id}: seq {expected_seq + 1} is taken"
                 )
-        stored = event_log.stamp(batch_id, expected_seq, new_events)
-        new_state = state
-        for s in stored:
-            new_state = batch_state.evolve(new_state, s)
+
+        def read_model(_before: BatchState | None, after: BatchState) -> tuple[Any, ...]:
+            return after.status, after.webhook, after.seq, after.updated_at, expected_seq
+
+        new_state, args = pg_rows.append_args(
+            batch_id, expected_seq, new_events, state, batch_state.evolve, read_model
+        )
         with pg_errors.translated(batch_id, expected_seq):
-            row = await self._pool.fetchrow(
-                queries["append_batch_events"],
-                batch_id,
-                [s.seq for s in stored],
-                [s.event.TYPE for s in stored],
-                [s.event.SCHEMA_VERSION for s in stored],
-                [s.event.payload() for s in stored],
-                [s.at for s in stored],
-                new_state.status, new_state.webhook, new_state.seq, new_state.updated_at,
-                expected_seq,
-            )
+            row = await self._pool.fetchrow(queries["append_batch_events"], *args)
         if row["updated"] != 1:
             raise errors.FleetError(f"batch {batch_id}: read model out of step with the log")
         return new_state
 
     async def read_batch(self, batch_id: str) -> list[events.StoredEvent]:
-        if not _is_uuid(batch_id):
+        if not pg_rows.is_uuid(batch_id):
             return []
         with pg_errors.translated():
             rows = await self._pool.fetch(queries["select_batch_events"], batch_id)
-        return [
-            events.StoredEvent(
-                task_id=batch_id, seq=r["seq"],
-                event=events.decode(r["type"], r["schema_version"], r["payload"]),
-                at=r["recorded_at"], position=r["position"],
-            )
-            for r in rows
-        ]
+        return [pg_rows.stored_event(batch_id, r) for r in rows]
 
     async def get_batch(self, batch_id: str) -> BatchState:
         state = batch_state.replay(await self.read_batch(batch_id))
@@ -201,11 +176,7 @@ class PostgresBatches:
         """As `queued_tasks`, for one batch."""
         with pg_errors.translated():
             rows = await self._pool.fetch(queries["queued_tasks_of_batch"], batch_id)
-        return [
-            (str(r["task_id"]), r["priority"], r["created_at"].timestamp(), r["workflow"],
-             list(r["labels"] or []), r["tenant"])
-            for r in rows
-        ]
+        return [pg_rows.queued_row(r) for r in rows]
 
     async def listen_batch_task_ended(
         self, callback: BatchTaskEndedCallback, on_listening: Callable[[], None] | None = None
