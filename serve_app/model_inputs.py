@@ -32,7 +32,7 @@ from comfy_fleet import errors
 from comfy_fleet.log import events
 from comfy_fleet.net import fetch
 from comfy_fleet.policies import url_policy
-from comfy_fleet.workflows import model_params
+from comfy_fleet.workflows import model_files, model_params
 
 #: The content type models are stored with.
 CONTENT_TYPE = "application/octet-stream"
@@ -50,7 +50,10 @@ class StagedModels:
     models: list[dict[str, Any]] = field(default_factory=list)
     #: a `task.model_fetched` per model this submission fetched into the bucket
     fetched: list[events.TaskModelFetched] = field(default_factory=list)
-    #: routing labels: the task needs an endpoint that can pull models
+    #: the task's `model_files`: [{"param", "folder", "filename"}] of models given by name
+    files: list[dict[str, Any]] = field(default_factory=list)
+    #: routing labels: the task needs an endpoint that can pull models, and one whose
+    #: ComfyUI lists each model file given by name
     labels: list[str] = field(default_factory=list)
 
 
@@ -63,9 +66,11 @@ def _named(exc: errors.FleetError, param: str) -> errors.FleetError:
 
 
 async def stage_models(services: Any, workflow: Any, resolved: Mapping[str, Any]) -> StagedModels:
-    """Put every model given by URL in the bucket (see the module's contract)."""
+    """Put every model given by URL in the bucket (see the module's contract); note each
+    model file given by name, which routing sends only where it is (no I/O for those)."""
+    files = model_files.of_params(workflow.graph, workflow.manifest.params, resolved)
+    staged = StagedModels(files=files, labels=model_files.labels(files))
     wanted = model_params.by_url(workflow.manifest.params, resolved)
-    staged = StagedModels()
     if not wanted:
         return staged
     if services.store is None:
