@@ -81,3 +81,19 @@ async def test_a_task_runs_where_its_file_is_and_waits_while_no_endpoint_has_it(
             "loras": frozenset({"common.safetensors", "nowhere.safetensors"})}
     finally:
         await router.stop()
+
+
+async def test_a_pile_of_tasks_no_endpoint_can_take_does_not_hold_back_later_ones() -> None:
+    """More than the 64 tasks a tenant's scan tries, all naming a file nobody holds, ahead of
+    one naming a file an endpoint holds: that one is dispatched."""
+    log = InMemoryEventLog()
+    a = HoldingEndpoint("a:1", ["common.safetensors"])
+    router = Router(settings=Settings(), log=log, endpoints={"a:1": a}, rng=random.Random(1))
+    stuck = [await submit(log, "typo.safetensors") for _ in range(100)]
+    runs = await submit(log, "common.safetensors")
+    await router.start()
+    try:
+        await eventually(lambda: a.dispatched == [runs], what="the later task dispatched")
+        assert sorted(router.waiting.task_ids()) == sorted(stuck)
+    finally:
+        await router.stop()
