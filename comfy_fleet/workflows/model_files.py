@@ -9,9 +9,10 @@ for the core loaders in ``LOADER_INPUTS``, read off ComfyUI 0.3.64's ``nodes.py`
 model parameter that writes into it records no need (its name is sent as it is, and ComfyUI
 refuses the prompt where the file is missing).
 
-A task needs ``(folder, filename)`` for each model parameter given by name (or left at the
-graph's own name) whose node is a known loader input; it carries each as the routing label
-``file:<folder>/<filename>``, and routing gives it only to an endpoint whose folder lists it.
+A task needs ``(folder, filename)`` for each parameter that names a file (a model given by name,
+or left at the graph's own name; a choice among checkpoints) and writes into a known loader input;
+it carries each as the routing label ``file:<folder>/<filename>``, and routing gives it only to an
+endpoint whose folder lists it.
 """
 
 from __future__ import annotations
@@ -134,15 +135,19 @@ def of_params(
     params: Mapping[str, ParamSpec],
     resolved: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
-    """What a workflow task needs of its model parameters (``params``: the manifest's):
-    ``[{"param", "folder", "filename"}]`` for each ``model`` parameter whose
-    value is a file name (given, its default, or, left out, the graph's own) and whose node is
-    a known loader input. A model by URL needs no file (it is pulled), nor a ``bypass``
-    parameter left out (its node is not sent). Raises ``errors.WorkflowParamsInvalid`` when
-    the names are too long to route together (MAX_LABEL_CHARS)."""
+    """What a workflow task needs of its parameters that name model files (``params``: the
+    manifest's): ``[{"param", "folder", "filename"}]`` for each parameter written into a known
+    loader input (a ``model`` parameter, or a ``choice`` of checkpoints) whose value is a file
+    name: given, its default, or, left out, the graph's own. A model by URL needs no file (it is
+    pulled), nor a ``bypass`` parameter left out (its node is not sent). Raises
+    ``errors.WorkflowParamsInvalid`` when the names are too long to route together
+    (MAX_LABEL_CHARS)."""
     out: list[dict[str, Any]] = []
     for name, spec in params.items():
-        if spec.type != "model" or spec.node not in graph:
+        if spec.type == "image" or spec.node not in graph:
+            continue
+        folder = folder_of(graph[spec.node].get("class_type"), spec.field)
+        if folder is None:
             continue
         if name in resolved:
             value = resolved[name]
@@ -150,8 +155,7 @@ def of_params(
             continue
         else:
             value = graph[spec.node].get("inputs", {}).get(spec.field)
-        folder = folder_of(graph[spec.node].get("class_type"), spec.field)
-        if isinstance(value, str) and folder is not None:
+        if isinstance(value, str):
             out.append({"param": name, "folder": folder, "filename": value})
     if too_long(out):
         names = [n["param"] for n in out]

@@ -114,6 +114,13 @@ def test_a_model_parameter_given_by_name_needs_its_file_in_its_loaders_folder() 
         "file:loras/style.safetensors", "file:checkpoints/base.safetensors"]
 
 
+def test_a_choice_of_checkpoints_needs_the_one_chosen() -> None:
+    m = manifest({"ckpt": {"node": "1", "field": "ckpt_name", "type": "choice",
+                           "choices": ["base.safetensors", "xl.safetensors"]}})
+    assert model_files.of_params(GRAPH, m.params, {"ckpt": "xl.safetensors"}) == [
+        {"param": "ckpt", "folder": "checkpoints", "filename": "xl.safetensors"}]
+
+
 def test_the_shipped_text2img_needs_its_lora_only_when_given_by_name() -> None:
     reg, problems = workflow_registry.WorkflowRegistry.load(WORKFLOWS)
     assert problems == []
