@@ -66,11 +66,14 @@ class ServerInfo:
         return True
 
     async def refresh(self) -> None:
-        """`learn`, with a ComfyUI that does not answer left for the next read."""
+        """`learn` in the background: a ComfyUI that does not answer is left for the next read,
+        and nothing it answers ends the refresh loop."""
         try:
             await self.learn()
         except errors.EndpointUnavailable:
             log.debug("endpoint %s: /object_info not read", self.name, exc_info=True)
+        except Exception:
+            log.warning("endpoint %s: /object_info not understood", self.name, exc_info=True)
 
     async def refresh_loop(self, interval_s: float, connected: Callable[[], bool]) -> None:
         """Every `interval_s` while connected (none when it is 0): a file copied onto the host,
