@@ -9,7 +9,8 @@ A thin shell wiring the parts together:
   `.ledger`: the log; `.outputs`: the output storer; `.janitor`: cleanup of the host;
 - `comfy_fleet.comfy`: the ComfyUI protocol (HTTP client, websocket frames, history);
 - `actors.endpoint_watch`: the websocket and the reconciler; `actors.endpoint_ends`: recording
-  a prompt's end (or requeue) and letting go of it.
+  a prompt's end (or requeue) and letting go of it; `actors.endpoint_server`: its ComfyUI's
+  nodes, model files and the workflows it can run, re-read while connected.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from actors import endpoint_stage, metrics
 from actors.endpoint_ends import PromptEnds, RouterPort, ctx, safe
 from actors.endpoint_previews import PreviewHolder
+from actors.endpoint_server import ServerInfo
 from actors.endpoint_watch import Watch
 from comfy_fleet import errors
 from comfy_fleet.comfy import history
@@ -35,8 +37,6 @@ from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.prompts import decisions, inflight, janitor, model_pulls, outputs, render
 from comfy_fleet.prompts.ledger import TaskLedger
 from comfy_fleet import storage
-from comfy_fleet.workflows import raw_graph
-from comfy_fleet.workflows.registry import WorkflowRegistry
 
 # Re-exported: the router and the tests know them from here.
 from comfy_fleet.prompts.decisions import ACCEPTED, REFUSED, RETRY  # noqa: F401
@@ -72,13 +72,10 @@ class EndpointWorker:
         # A fresh clientId per actor life: a restarted actor never shares a registration with a
         # socket of its previous life.
         self.client_id = f"comfy-fleet-{uuid.uuid4().hex}"
-        self.object_info: dict[str, Any] | None = None
-        #: the node classes and input types we report (`raw_graph.normalised`) and their digest
-        self.node_info: dict[str, Any] | None = None
-        self.node_info_digest: str | None = None
-        #: workflows this endpoint can run (its node classes and model files), None until known
-        self.runnable: list[str] | None = None
-        self.registry: WorkflowRegistry | None = None
+        #: its nodes, model files and runnable workflows (from /object_info)
+        self.server = ServerInfo(
+            self.name, self.client, settings.workflows_dir, report=lambda: self._report(now=True)
+        )
         self._started = False
         self._start_lock = asyncio.Lock()
         self._bg: set[asyncio.Task[Any]] = set()
@@ -158,6 +155,9 @@ class EndpointWorker:
                     ))
             self._spawn(self.watch.socket_loop())
             self._spawn(self.watch.poll_loop())
+            self._spawn(self.server.refresh_loop(
+                self.settings.node_info_refresh_s, lambda: self.connected
+            ))
 
     async def stop(self) -> None:
         self.watch.stop()
@@ -194,8 +194,7 @@ class EndpointWorker:
             "reconnects": conn.reconnects,
             "zombies": conn.zombies,
             "cleanup_extension": self.janitor.has_extension,
-            "workflows": self.runnable,
-            "node_info_digest": self.node_info_digest,
+            **self.server.status(),
             **self.models.status(),
         }
 
@@ -205,31 +204,16 @@ class EndpointWorker:
 
     async def reload_workflows(self) -> list[str] | None:
         """Re-read the workflows (after POST /workflows/reload) and what we can run of them."""
-        self.registry = None
-        await self._learn_workflows()
+        runnable = await self.server.reload_workflows()
         self._report(now=True)
-        return self.runnable
+        return runnable
 
     async def _learn_server(self) -> None:
-        """After a connect: its node classes (what we can run) and its cleanup extension."""
-        if self.object_info is None:
-            self.object_info = await self.client.object_info()
-            self.node_info = raw_graph.normalised(self.object_info)
-            self.node_info_digest = raw_graph.digest(self.node_info)
-            await self._learn_workflows()
-            self._report(now=True)
+        """After a (re)connect: its nodes and model files (what we can run; told to the router
+        when they changed), its cleanup extension and its model route."""
+        await self.server.learn()
         await self.janitor.probe()
         await endpoint_stage.probe(self)
-
-    async def _learn_workflows(self) -> None:
-        if self.object_info is None:
-            return
-        folder = self.settings.workflows_dir
-        if self.registry is None:  # a folder of files to read and parse: off the event loop
-            self.registry, _ = await asyncio.to_thread(WorkflowRegistry.load, folder)
-        self.runnable = sorted(
-            w.name for w in self.registry.workflows() if w.can_run(self.object_info)[0]
-        )
 
     def _report(self, *, now: bool = False) -> None:
         """Tell the router of a change of connection (or of what we can run) at once. Queue
@@ -246,8 +230,7 @@ class EndpointWorker:
             "queue_remaining": self.queue_remaining,
             "inflight": len(self.table),
             "foreign_queue": self._foreign_queue(),
-            "workflows": self.runnable,
-            "node_info_digest": self.node_info_digest,
+            **self.server.status(),
             **self.models.status(),
         }
         await safe(self.router.endpoint_status(self.name, status))
@@ -255,9 +238,7 @@ class EndpointWorker:
     async def node_catalog(self) -> dict[str, Any] | None:
         """The node classes and input types we report: `{"digest", "object_info"}` (the
         normalised /object_info), or None before ComfyUI first answered."""
-        if self.node_info is None:
-            return None
-        return {"digest": self.node_info_digest, "object_info": self.node_info}
+        return self.server.catalog()
 
     async def preview(
         self, task_id: str, after_version: int, timeout_s: float

@@ -39,7 +39,8 @@ class EndpointApi(Protocol):
 
     async def node_catalog(self) -> dict[str, Any] | None:
         """`{"digest", "object_info"}`: the node classes and input types it reports (its
-        ComfyUI's /object_info, `raw_graph.normalised`); None until known."""
+        ComfyUI's /object_info, `raw_graph.normalised`; its loaders' choices list the model
+        files it holds); None until known."""
         ...
 
     async def preview(

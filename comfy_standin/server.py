@@ -271,6 +271,7 @@ class StandIn:
             return web.json_response({"error": error, "node_errors": {}}, status=400)
         prompt = body["prompt"]
         prompt_id = str(body["prompt_id"]) if "prompt_id" in body else str(uuid.uuid4())
+        self.model_folders.refresh()  # the loaders' lists as the real server reads them now
         try:
             result = validate_prompt(
                 prompt,

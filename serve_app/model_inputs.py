@@ -32,7 +32,7 @@ from comfy_fleet import errors
 from comfy_fleet.log import events
 from comfy_fleet.net import fetch
 from comfy_fleet.policies import url_policy
-from comfy_fleet.workflows import model_params
+from comfy_fleet.workflows import model_files, model_params
 
 #: The content type models are stored with.
 CONTENT_TYPE = "application/octet-stream"
@@ -50,7 +50,10 @@ class StagedModels:
     models: list[dict[str, Any]] = field(default_factory=list)
     #: a `task.model_fetched` per model this submission fetched into the bucket
     fetched: list[events.TaskModelFetched] = field(default_factory=list)
-    #: routing labels: the task needs an endpoint that can pull models
+    #: the task's `model_files`: [{"param", "folder", "filename"}] of models given by name
+    files: list[dict[str, Any]] = field(default_factory=list)
+    #: routing labels: the task needs an endpoint that can pull models, and one whose
+    #: ComfyUI lists each model file given by name
     labels: list[str] = field(default_factory=list)
 
 
@@ -66,11 +69,13 @@ async def stage_models(
     services: Any, workflow: Any, resolved: Mapping[str, Any], *,
     in_bucket: set[str] | None = None,
 ) -> StagedModels:
-    """Put every model given by URL in the bucket (see the module's contract). `in_bucket`
-    (a batch's) holds the sha256s already found or fetched for earlier tasks of the same
-    request: those are not looked up again, and each sha256 staged here is added to it."""
+    """Put every model given by URL in the bucket (see the module's contract); note each
+    model file given by name, which routing sends only where it is (no I/O for those).
+    `in_bucket` (a batch's) holds the sha256s already found or fetched for earlier tasks of the
+    same request: those are not looked up again, and each sha256 staged here is added to it."""
+    files = model_files.of_params(workflow.graph, workflow.manifest.params, resolved)
+    staged = StagedModels(files=files, labels=model_files.labels(files))
     wanted = model_params.by_url(workflow.manifest.params, resolved)
-    staged = StagedModels()
     if not wanted:
         return staged
     if services.store is None:

@@ -21,7 +21,7 @@ from comfy_fleet import errors
 from comfy_fleet.log import events
 from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.policies import access
-from comfy_fleet.workflows import raw_graph, reruns
+from comfy_fleet.workflows import model_files, raw_graph, reruns
 from serve_app import model_inputs, raw_graphs, workflow_versions
 from serve_app.services import Services
 
@@ -169,6 +169,8 @@ async def check(
         workflow = await workflow_versions.book(services).resolve(workflow_name, workflow_version)
         seeds_drawn = reruns.drawn_seeds(workflow.manifest, params)
         resolved = workflow.validate(params, limits=services.settings)
+        # Model file names too long to route are refused now, before any model is fetched.
+        model_files.of_params(workflow.graph, workflow.manifest.params, resolved)
     if callback_url is not None and (checked_urls is None or callback_url not in checked_urls):
         parsed = services.url_policy.check_url(callback_url)
         await services.url_policy.resolve_and_check(parsed)
@@ -201,6 +203,7 @@ async def prepare(
             callback_url=checked.callback_url, priority=checked.priority,
             request_hash=checked.digest, origin=checked.origin, inputs=inputs,
             required_labels=graph_checked.labels, tenant=checked.tenant, batch_id=batch_id,
+            model_files=graph_checked.files,
         ), []
     workflow, resolved = checked.workflow, checked.resolved
     image_names = {
@@ -231,6 +234,7 @@ async def prepare(
         tenant=checked.tenant,
         seeds_drawn=list(checked.seeds_drawn),
         models=staged.models,
+        model_files=staged.files,
         batch_id=batch_id,
     ), list(staged.fetched)
 

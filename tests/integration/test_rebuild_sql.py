@@ -60,6 +60,9 @@ def _plain_shapes() -> dict[str, list[events.Event]]:
         "plain failed at once": [submitted(), d, events.TaskFailed(code="c", message="m", details=[])],
         "plain queued, of a batch": [submitted(batch_id=str(uuid.uuid4()), tenant="acme")],
         "plain succeeded, of a batch": [submitted(batch_id=str(uuid.uuid4())), d, output("p", 0), ok],
+        "plain dispatched, naming a model file": [submitted(
+            model_files=[{"param": "lora", "folder": "loras", "filename": ODD}],
+            required_labels=[f"file:loras/{ODD}"]), d],
         # Near misses: the Python fold's.
         "started after the end": [submitted(), d, ok, events.TaskStarted(prompt_id="p")],
         "second end": [submitted(), d, ok, failed],

@@ -270,15 +270,16 @@ WITH e AS (
                    AND payload ?& ARRAY['workflow', 'workflow_version', 'params', 'prompt',
                        'client_task_id', 'callback_url', 'priority', 'request_hash', 'origin',
                        'inputs', 'required_labels']
-                   -- tenant, models, batch_id, seeds_drawn, rerun_of came later: optional
-                   -- (defaults below)
+                   -- tenant, models, model_files, batch_id, seeds_drawn, rerun_of came
+                   -- later: optional (defaults below)
                    AND payload - ARRAY['workflow', 'workflow_version', 'params', 'prompt',
                        'client_task_id', 'callback_url', 'priority', 'request_hash', 'origin',
-                       'inputs', 'required_labels', 'tenant', 'models', 'batch_id',
-                       'seeds_drawn', 'rerun_of'] = '{}'
+                       'inputs', 'required_labels', 'tenant', 'models', 'model_files',
+                       'batch_id', 'seeds_drawn', 'rerun_of'] = '{}'
                    AND jsonb_typeof(coalesce(payload->'tenant', '"default"')) = 'string'
                    AND coalesce(jsonb_typeof(payload->'batch_id'), 'null') IN ('string', 'null')
                    AND coalesce(jsonb_typeof(payload->'models'), 'array') = 'array'
+                   AND coalesce(jsonb_typeof(payload->'model_files'), 'array') = 'array'
                    AND coalesce(jsonb_typeof(payload->'seeds_drawn'), 'array') = 'array'
                    AND coalesce(jsonb_typeof(payload->'rerun_of'), 'null') IN ('string', 'null')
                    AND jsonb_typeof(payload->'workflow') = 'string'
@@ -376,9 +377,10 @@ INSERT INTO task_rebuild_stage (task_id, client_task_id, workflow, status, prior
                    created_at, updated_at, state, tenant)
 SELECT task_id, sub->>'client_task_id', sub->>'workflow', status, (sub->>'priority')::int,
        webhook, last_seq, created_at, updated_at,
-       -- `models` and `batch_id` came with the submitted event (absent from events recorded
-       -- before them).
-       jsonb_build_object('models', '[]'::jsonb, 'batch_id', NULL) || sub || jsonb_build_object(
+       -- `models`, `model_files` and `batch_id` came with the submitted event (absent from
+       -- events recorded before them).
+       jsonb_build_object('models', '[]'::jsonb, 'model_files', '[]'::jsonb, 'batch_id', NULL)
+       || sub || jsonb_build_object(
            -- A task recorded before tenants existed belongs to tenant "default".
            'tenant', coalesce(sub->'tenant', '"default"'),
            'task_id', task_id, 'seq', last_seq,
