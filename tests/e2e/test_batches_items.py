@@ -20,7 +20,8 @@ from PIL import Image
 
 from comfy_fleet.storage.s3 import S3BlobStore
 from tests.e2e.test_batches import wait_completed
-from tests.e2e.test_models import ModelServer, fetched_events
+from tests.e2e.test_models import fetched_events
+from tests.support.file_server import FileServer
 from tests.e2e.test_models import bucket, model_server  # noqa: F401  (fixtures)
 from tests.e2e.test_raw_graphs import SOLID, ready, stored_pixels
 from tests.e2e.test_versions import NAME, prefix_of, reload, set_prefix
@@ -156,7 +157,7 @@ async def test_a_bad_graph_item_refuses_the_batch_naming_it_and_its_node(
 
 
 async def test_models_by_url_in_a_batch_are_fetched_once_and_run(
-    fleet: Fleet, model_server: ModelServer, bucket: S3BlobStore,  # noqa: F811
+    fleet: Fleet, model_server: FileServer, bucket: S3BlobStore,  # noqa: F811
     db: asyncpg.Connection,
 ) -> None:
     url, sha = model_server.add("batch-style.safetensors")
