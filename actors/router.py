@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from actors import metrics, ports, router_fleet, router_nodes, router_waiting
 from comfy_fleet.config import Settings
-from comfy_fleet.log import cancel, event_log, fleet
+from comfy_fleet.log import cancel, event_log, fleet, task_state
 from comfy_fleet.policies import queue_eta, routing
 from comfy_fleet.policies.fair_share import WaitingTask
 
@@ -95,6 +95,7 @@ class Router(router_fleet.FleetMembership):
                 for name, labels in fleet.endpoints(self.configured, await self.log.read_fleet()).items():
                     self._attach(name, labels)
             self.waiting.rebuild(await self.log.dispatch_tenants(), await self.log.queued_tasks())
+            await self._rebuild_slots()
             self._started = True
             await self.log.listen_queued(self._on_queued)
             await self.log.listen_ended(self._on_ended, self._catch_up_ended)
@@ -104,6 +105,17 @@ class Router(router_fleet.FleetMembership):
             if self.discover is not None:
                 self._spawn(self._discovery_loop())
             self._wake.set()
+
+    async def _rebuild_slots(self) -> None:
+        """The slots in use, from the log: each task dispatched or running is held by its
+        endpoint. A router started afresh would otherwise count every endpoint as empty (and
+        overfill it) and not find a running task to cancel. The end notices free them, and the
+        catch-up when listening starts frees those that ended before it."""
+        now = time.monotonic()
+        for state in await self.log.open_tasks():
+            if state.endpoint and state.status in (task_state.DISPATCHED, task_state.RUNNING):
+                self.assigned.setdefault(state.endpoint, set()).add(state.task_id)
+                self.book.dispatched(state.task_id, state.endpoint, state.workflow, now)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

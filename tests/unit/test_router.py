@@ -400,3 +400,28 @@ async def test_ends_missed_while_not_listening_are_caught_up_from_the_log(starte
     log.relisten()
     await eventually(lambda: eps[0].dispatched == [on_a, tasks[2]], what="caught up: a:1 free again")
     assert r.assigned["a:1"] == {tasks[2]} and len(r.assigned["b:1"]) == 1  # b's task still runs
+
+
+async def test_a_restarted_router_counts_what_each_endpoint_holds_and_can_cancel_it(
+    started: list[Router],
+) -> None:
+    """The slots in use come from the log: a router started while an endpoint holds prompts
+    neither overfills it nor loses track of them (a cancel reaches the endpoint)."""
+    log = InMemoryEventLog()
+    held = [await submit(log) for _ in range(2)]
+    for task_id in held:  # dispatched to "a" by a router before this one; not ended
+        state = await log.get(task_id)
+        await log.append(task_id, state.seq, [
+            events.TaskDispatched(endpoint="a", prompt_id=f"p-{task_id}", attempt=1)
+        ], state)
+    a = FakeEndpoint("a")
+    r = make_router(log, [a], started, depth=2)
+    fresh = await submit(log)
+    await r.start()
+    assert r.assigned["a"] == set(held)
+    await asyncio.sleep(0.1)
+    assert a.dispatched == [] and fresh in r.waiting  # "a" is full with its two prompts
+    assert await r.cancel(held[0]) == "interrupting" and a.cancels == [held[0]]
+    state = await log.get(held[1])
+    await log.append(held[1], state.seq, [events.TaskSucceeded(prompt_id=f"p-{held[1]}")], state)
+    await eventually(lambda: a.dispatched == [fresh], what="the freed slot used")
