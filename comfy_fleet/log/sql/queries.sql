@@ -240,15 +240,16 @@ LIMIT $1;
 SELECT batch_id::text AS batch_id, callback_url FROM batches WHERE webhook = 'pending'
 ORDER BY updated_at;
 -- rebuild_plain_tasks --
--- A rebuild's bulk, one range of task ids per session ($1 first task_id, $2 last, inclusive), as
--- of the rebuild's snapshot: the read-model rows of the tasks whose events take the common path,
--- folded here exactly as comfy_fleet/log/task_state.py's `apply` does (same status, webhook and
--- state JSON, times as Python's isoformat in UTC), so they never travel to Python and back,
--- into task_rebuild_stage (move_stage_to_read_model then moves them in the rebuild's
--- transaction). tests/integration/test_rebuild_sql.py compares every row with `replay`. The
--- other tasks get no row here; select_log_unrebuilt then hands them to the Python fold.
+-- A full rebuild's bulk, one range of task ids per session ($1 first task_id, $2 last,
+-- inclusive), as of one snapshot: the read-model rows of the tasks whose events take the common
+-- path, folded here exactly as comfy_fleet/log/task_state.py's `apply` does (same status, webhook
+-- and state JSON, times as Python's isoformat in UTC), so they never travel to Python and back,
+-- into the fold snapshot's rows (fold_snapshot_rows, emptied before). tests/integration/
+-- test_rebuild_sql.py compares every row with `replay`. The other tasks get no row here;
+-- select_log_unfolded then hands them to the Python fold.
 -- Written for schema version 1 of every event type (events.py): a task with an event of
--- another version is left to the Python fold.
+-- another version is left to the Python fold. Part of the fold: its text is in the fold
+-- snapshot's FOLD_VERSION, so a change of it refolds the whole log once.
 WITH e AS (
     -- Each event, with whether it is one the SQL below folds exactly as task_state.apply does
     -- (ok: schema version 1, the fields it reads present and of the types the fold assumes)
@@ -361,8 +362,8 @@ WITH e AS (
       AND (n_pid = 0 OR min_pid = max_pid)
       AND n_out <= 1
 )
-INSERT INTO task_rebuild_stage (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
-                   created_at, updated_at, state, tenant)
+INSERT INTO fold_snapshot_rows (task_id, client_task_id, workflow, status, priority, webhook,
+                                last_seq, created_at, updated_at, state, tenant)
 SELECT task_id, sub->>'client_task_id', sub->>'workflow', status, (sub->>'priority')::int,
        webhook, last_seq, created_at, updated_at,
        -- `models` and `batch_id` came with the submitted event (absent from events recorded
@@ -400,30 +401,77 @@ SELECT task_id, sub->>'client_task_id', sub->>'workflow', status, (sub->>'priori
        coalesce(sub->>'tenant', 'default')
 FROM plain;
 
--- empty_rebuild_stage --
--- Before a rebuild's SQL folds (a failed rebuild may have left rows) and after its commit.
-TRUNCATE task_rebuild_stage;
+-- select_fold_snapshot --
+-- The fold snapshot's description (no row: there is none).
+SELECT fold_version, horizon, taken_at FROM fold_snapshot;
 
--- move_stage_to_read_model --
--- In the rebuild's transaction, after empty_read_model: the rows the SQL folds staged.
+-- forget_fold_snapshot --
+-- Before the fold snapshot's rows are replaced by a full fold: until save_fold_snapshot, they
+-- count for nothing.
+DELETE FROM fold_snapshot;
+
+-- empty_fold_snapshot_rows --
+TRUNCATE fold_snapshot_rows;
+
+-- analyze_fold_snapshot_rows --
+-- After a full fold wrote the rows: the tail's plan joins the log with them.
+ANALYZE fold_snapshot_rows;
+
+-- count_fold_snapshot_rows --
+SELECT count(*) FROM fold_snapshot_rows;
+
+-- save_fold_snapshot --
+-- In the transaction that brought the rows up to date. $1 fold_version, $2 horizon
+INSERT INTO fold_snapshot (fold_version, horizon) VALUES ($1, $2)
+ON CONFLICT (one) DO UPDATE
+    SET fold_version = EXCLUDED.fold_version, horizon = EXCLUDED.horizon,
+        taken_at = EXCLUDED.taken_at;
+
+-- lock_log --
+-- First statement of a transaction (before its snapshot): waits for the appends in flight and
+-- holds new ones until the transaction ends, so the transaction sees every event that will ever
+-- have a position up to log_end. Reads are not held.
+LOCK TABLE task_events IN SHARE MODE;
+
+-- limit_lock_wait --
+-- For this transaction, how long a lock may be waited for. $1 a duration ('1s')
+SELECT set_config('lock_timeout', $1, true);
+
+-- log_end --
+-- The log's last position.
+SELECT coalesce(max(position), 0) AS last FROM task_events;
+
+-- select_log_unfolded --
+-- What the fold snapshot's rows lack, for the Python fold (LogFold; COPY (...) TO STDOUT, hence
+-- no semicolon): every event after position $1 that its task's row does not cover (seq above
+-- its last_seq; every event of a task without a row), each task's together and in seq order,
+-- after its row's state when it has one (a line of type '' at seq last_seq, state as payload).
+-- $1 horizon (0: the whole log)
+WITH tail AS MATERIALIZED (
+    SELECT e.task_id, e.seq, e.type, e.schema_version, e.payload, e.recorded_at,
+           s.last_seq IS NOT NULL AS continued
+    FROM task_events AS e LEFT JOIN fold_snapshot_rows AS s ON s.task_id = e.task_id
+    WHERE e.position > $1 AND e.seq > coalesce(s.last_seq, 0)
+)
+SELECT task_id, seq, type, schema_version, payload, recorded_at FROM tail
+UNION ALL
+SELECT s.task_id, s.last_seq, '', 0, s.state, s.updated_at
+FROM fold_snapshot_rows AS s
+WHERE s.task_id IN (SELECT task_id FROM tail WHERE continued)
+ORDER BY 1, 2
+
+-- delete_fold_snapshot_rows --
+-- The rows of tasks folded again (their new rows follow by COPY). $1 task ids
+DELETE FROM fold_snapshot_rows WHERE task_id = ANY($1::uuid[]);
+
+-- fold_snapshot_to_read_model --
+-- A rebuild's last step, after empty_read_model, in the transaction that brought the fold
+-- snapshot up to date under lock_log: the read model becomes the snapshot's rows.
 INSERT INTO tasks (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
                    created_at, updated_at, state, tenant)
 SELECT task_id, client_task_id, workflow, status, priority, webhook, last_seq,
        created_at, updated_at, state, tenant
-FROM task_rebuild_stage;
-
--- log_extent --
--- What a rebuild compares between the snapshot its folds read and the one it writes in: equal
--- unless something appended in between.
-SELECT count(*) AS events, coalesce(max(position), 0) AS last FROM task_events;
-
--- select_log_unrebuilt --
--- The events of the tasks that rebuild_plain_tasks gave no row, each task's together and in
--- order, for the Python fold in the same transaction (COPY (...) TO STDOUT: no semicolon).
-SELECT e.task_id, e.seq, e.type, e.schema_version, e.payload, e.recorded_at
-FROM task_events AS e
-WHERE NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.task_id = e.task_id)
-ORDER BY e.task_id, e.seq
+FROM fold_snapshot_rows;
 
 -- insert_workflow_version --
 -- Stores a workflow version unless it is already stored (the first store wins: the bytes are
