@@ -26,7 +26,9 @@ def describe(done: Rebuilt, snapshot_only: bool) -> str:
     how = (f"every task folded from its events ({done.full})" if done.full
            else f"from the fold snapshot and the {done.tail_events} event(s) of"
                 f" {done.tail_tasks} task(s) after it")
-    return f"{what}: {how}; the snapshot now covers the log up to position {done.horizon}"
+    fixed = ("" if snapshot_only else
+             f"; {done.removed} read-model row(s) were not the fold, {done.written} written")
+    return f"{what}: {how}{fixed}; the snapshot now covers the log up to position {done.horizon}"
 
 
 def main() -> None:

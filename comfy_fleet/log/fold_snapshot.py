@@ -159,3 +159,13 @@ async def fold_tail(conn: asyncpg.Connection, horizon: int) -> Tail:
                 "fold_snapshot_rows", source=spool, columns=list(COLUMNS), format="text"
             )
     return Tail(fold.tasks, fold.events)
+
+
+async def to_read_model(conn: asyncpg.Connection) -> tuple[int, int]:
+    """In the rebuild's transaction, once the rows are up to date: make the read model the rows,
+    rewriting only the read-model rows that differ from them. Returns (rows deleted: not the
+    fold, rows inserted)."""
+    await conn.execute(queries["prefer_index_joins"])
+    deleted = await conn.execute(queries["delete_read_model_rows_not_folded"])
+    inserted = await conn.execute(queries["insert_read_model_rows_missing"])
+    return int(deleted.split()[-1]), int(inserted.split()[-1])

@@ -14,9 +14,11 @@ events up to a horizon of the log. A rebuild:
 3. in one transaction (REPEATABLE READ) that first takes `lock_log` (appends in flight commit
    first, new ones wait for its end, so it sees the whole log): folds in Python what the rows
    lack (the events after the horizon, onto their tasks' rows; after step 2, the tasks the SQL
-   left), empties the read model, copies the rows in, and saves the snapshot with the log's
-   last position as its horizon. It commits only if every task got its row, so no reader sees
-   a half-built read model and a failure leaves the old one intact.
+   left), makes the read model the rows (`fold_snapshot.to_read_model`: deletes the read-model
+   rows that are not byte for byte the fold, inserts the fold's rows then missing, so a sound
+   read model costs a comparison and no writes), and saves the snapshot with the log's last
+   position as its horizon. It commits only if every task got its row: readers see the old read
+   model until the commit, and a failure leaves it intact.
 So the read model is the fold of the whole log either way; tests/integration/
 test_rebuild_snapshot.py and test_rebuild_sql.py show it equals `replay` of every task.
 
@@ -74,6 +76,9 @@ class Rebuilt:
     tail_events: int
     #: the fold snapshot's horizon now
     horizon: int
+    #: read-model rows that were not the fold (deleted), and rows written (a refresh: 0, 0)
+    removed: int
+    written: int
 
 
 def task_id_ranges(n: int) -> list[tuple[str, str]]:
@@ -147,8 +152,8 @@ async def rebuild(
         await conn.execute(queries["lock_log"])
         tail = await fold_snapshot.fold_tail(conn, horizon)
         end = await conn.fetchval(queries["log_end"])
-        await conn.execute(queries["empty_read_model"])
-        status = await conn.execute(queries["fold_snapshot_to_read_model"])
+        removed, written = await fold_snapshot.to_read_model(conn)
+        tasks = await conn.fetchval(queries["count_fold_snapshot_rows"])
         await fold_snapshot.save(conn, end)
         await conn.execute("COMMIT")
     except BaseException:
@@ -158,7 +163,7 @@ async def rebuild(
         raise
     finally:
         await conn.close()
-    return Rebuilt(int(status.split()[-1]), why, tail.tasks, tail.events, end)
+    return Rebuilt(tasks, why, tail.tasks, tail.events, end, removed, written)
 
 
 async def rebuild_read_model(
@@ -188,4 +193,4 @@ async def refresh_fold_snapshot(
         raise
     finally:
         await conn.close()
-    return Rebuilt(tasks, why, tail.tasks, tail.events, horizon if end is None else end)
+    return Rebuilt(tasks, why, tail.tasks, tail.events, horizon if end is None else end, 0, 0)

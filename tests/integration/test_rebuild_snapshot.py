@@ -73,6 +73,7 @@ async def test_rebuild_from_the_snapshot_and_the_events_after_it_is_the_fold(
     assert done.full is None  # the snapshot counted
     assert (done.tasks, done.tail_tasks, done.tail_events) == (
         len(log), len(after), sum(map(len, after)))
+    assert (done.removed, done.written) == (0, len(log))  # the log was written, not the tasks
     continued = {s[0].task_id for s in before} & {s[0].task_id for s in after}
     assert continued and len(continued) < len(after)  # tasks both continued and new
     assert_rows_are_the_fold(await read_model_rows(pg_dsn), log)
@@ -80,10 +81,11 @@ async def test_rebuild_from_the_snapshot_and_the_events_after_it_is_the_fold(
 
     again = await rebuild.rebuild(pg_dsn)  # the snapshot now covers the whole log
     assert (again.full, again.tail_tasks, again.tail_events) == (None, 0, 0)
+    assert (again.removed, again.written) == (0, 0)  # nothing to rewrite
     assert await read_model_rows(pg_dsn) == from_snapshot
 
     full = await rebuild.rebuild(pg_dsn, method=method, full=True)
-    assert (full.full, full.tasks) == (rebuild.ASKED, len(log))
+    assert (full.full, full.tasks, full.removed, full.written) == (rebuild.ASKED, len(log), 0, 0)
     assert await read_model_rows(pg_dsn) == from_snapshot
 
 
@@ -128,9 +130,52 @@ async def test_a_snapshot_that_does_not_count_is_refolded_from_the_log(
     try:  # and the snapshot is the fold again, of this code
         snapshot = await fold_snapshot.read(conn)
         assert snapshot is not None and snapshot.current
-        assert await conn.fetchval("SELECT count(*) FROM fold_snapshot_rows WHERE status = 'bogus'") == 0
+        bogus = "SELECT count(*) FROM fold_snapshot_rows WHERE status = 'bogus'"
+        assert await conn.fetchval(bogus) == 0
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["from the snapshot", "full"])
+async def test_a_rebuild_rewrites_only_the_rows_that_are_not_the_fold(
+    pg_dsn: str, full: bool
+) -> None:
+    log = every_lifecycle()
+    await write_log(pg_dsn, log)  # events only: the read model is empty
+    first = await rebuild.rebuild(pg_dsn)
+    assert (first.removed, first.written) == (0, len(log))
+    states = [task_state.replay(stream) for stream in log]
+    once = next(s.task_id for s in states if s is not None and s.attempt == 1)
+    ids = [once] + sorted(s.task_id for s in states if s and s.client_task_id and s.task_id != once)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        # A row changed by a hair (attempt 1 written 1.0: equal as JSON, not byte for byte), one
+        # changed plainly, two tasks' client ids swapped (unique per tenant: only deleting both
+        # before inserting both gets through), a row missing, and a row of no task of the log.
+        await conn.execute(
+            "UPDATE tasks SET state = jsonb_set(state, '{attempt}', '1.0') WHERE task_id = $1",
+            uuid.UUID(ids[0]))
+        await conn.execute("UPDATE tasks SET priority = priority + 1 WHERE task_id = $1",
+                           uuid.UUID(ids[1]))
+        await conn.execute(
+            "UPDATE tasks SET client_task_id = CASE task_id WHEN $1 THEN $3 ELSE $4 END"
+            " WHERE task_id IN ($1, $2)", uuid.UUID(ids[2]), uuid.UUID(ids[3]),
+            "swap-a", "swap-b")
+        await conn.execute(
+            "UPDATE tasks SET client_task_id = CASE task_id WHEN $1 THEN"
+            " (SELECT state->>'client_task_id' FROM tasks WHERE task_id = $2) ELSE"
+            " (SELECT state->>'client_task_id' FROM tasks WHERE task_id = $1) END"
+            " WHERE task_id IN ($1, $2)", uuid.UUID(ids[2]), uuid.UUID(ids[3]))
+        await conn.execute("DELETE FROM tasks WHERE task_id = $1", uuid.UUID(ids[4]))
+        await conn.execute(
+            "INSERT INTO tasks SELECT $1, 'x', workflow, status, priority, webhook, last_seq,"
+            " created_at, updated_at, state, tenant FROM tasks WHERE task_id = $2",
+            uuid.uuid4(), uuid.UUID(ids[5]))
+    finally:
+        await conn.close()
+    done = await rebuild.rebuild(pg_dsn, full=full)
+    assert (done.removed, done.written) == (5, 5)
+    assert_rows_are_the_fold(await read_model_rows(pg_dsn), log)
 
 
 async def test_a_long_tail_is_refolded_from_the_log(pg_dsn: str) -> None:

@@ -234,6 +234,41 @@ async def test_sql_rebuild_fails_on_a_broken_stream_and_keeps_the_read_model(
     assert await read_model_rows(pg_dsn) == before
 
 
+async def test_outputs_of_every_recorded_form_are_the_fold(pg_dsn: str) -> None:
+    # task.output_stored as recorded over time: without fallback_path, with it empty or null,
+    # and with a key the fold does not know (left to the Python fold, which drops it).
+    base = output("p", 0).payload()
+    del base["fallback_path"]
+    forms = {"no fallback_path": base, "empty": base | {"fallback_path": ""},
+             "null": base | {"fallback_path": None}, "kept": base | {"fallback_path": "/k/a"},
+             "unknown key": base | {"later": 1}}
+    streams: dict[str, list[StoredEvent]] = {}
+    for name, payload in forms.items():
+        tid = str(uuid.uuid4())
+        stored = [submitted(), events.TaskDispatched(endpoint="e:1", prompt_id="p", attempt=1),
+                  events.decode("task.output_stored", 1, payload),
+                  events.TaskSucceeded(prompt_id="p")]
+        streams[name] = [StoredEvent(tid, i, ev, T0 + timedelta(seconds=i))
+                         for i, ev in enumerate(stored, 1)]
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.copy_records_to_table(
+            "task_events",
+            records=[
+                (uuid.UUID(s.task_id), s.seq, s.type, 1, orjson.dumps(
+                    forms[name] if s.type == "task.output_stored" else s.event.payload()
+                ).decode(), s.at)
+                for name, stream in streams.items() for s in stream],
+            columns=["task_id", "seq", "type", "schema_version", "payload", "recorded_at"],
+        )
+    finally:
+        await conn.close()
+    folded = await _sql_folded(pg_dsn)
+    assert {n for n, s in streams.items() if s[0].task_id in folded} == set(forms) - {"unknown key"}
+    await rebuild.rebuild(pg_dsn, full=True)
+    assert_rows_are_the_fold(await read_model_rows(pg_dsn), list(streams.values()))
+
+
 def test_the_sql_fold_is_written_for_the_schema_versions_of_today() -> None:
     # rebuild_plain_tasks reads version 1 of every event type; a new version must be taught to
     # it (or it leaves such tasks to the Python fold, which is correct but slower).
