@@ -7,24 +7,22 @@ on commit). On it the dispatcher reads the batch's tasks' counts; when none is o
 endpoints, each notice leads to a check, and the seq is taken once (a loser re-reads the
 stream and finds the batch completed). A notice lost while the dispatcher restarts is caught
 up by a scan of running batches none of whose tasks is open. The delivery is a key `batch:<id>`
-in the dispatcher's slots; its tries are events of the batch's stream, its `webhook-id`
-derives from the seq of `batch.completed` (stable for the batch's end).
+in the dispatcher's slots; its tries (actors/webhook_tries.py, through `BatchOutbox`) are
+events of the batch's stream, its `webhook-id` derives from the seq of `batch.completed`
+(stable for the batch's end).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from actors import metrics
 from comfy_fleet import errors
 from comfy_fleet.batches import batch_state
 from comfy_fleet.batches.batch_state import BatchState
-from comfy_fleet.delivery import webhooks
 from comfy_fleet.delivery.slots import receiver_of
 from comfy_fleet.log import events, task_state
 
@@ -36,8 +34,6 @@ BATCH_KEY = "batch:"
 APPEND_ATTEMPTS = 8
 #: Running batches checked per scan for a completion whose notice was lost.
 SCAN_LIMIT = 500
-
-_DONE, _PARKED = "done", "parked"
 
 
 def batch_key(batch_id: str) -> str:
@@ -69,24 +65,39 @@ async def complete_if_done(log_: Any, batch_id: str) -> BatchState | None:
     raise errors.ConcurrencyConflict(f"batch {batch_id}: could not record its completion")
 
 
+class BatchOutbox:
+    """Batch completions, as `WebhookTries` delivers them: the body is the batch's view."""
+
+    kind = "batch"
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+
+    async def state(self, batch_id: str) -> BatchState:
+        state: BatchState = await self.log.get_batch(batch_id)
+        return state
+
+    async def body(self, state: BatchState) -> bytes:
+        view = batch_state.to_view(state, await self.log.batch_counts(state.batch_id))
+        return orjson.dumps({"type": "batch.completed", "batch": view})
+
+    async def append(self, batch_id: str, state: BatchState, new: list[events.Event]) -> BatchState:
+        appended: BatchState = await self.log.append_batch_events(batch_id, state.seq, new, state)
+        return appended
+
+
 class BatchDeliveries:
-    """Mixed into `WebhookDispatcher` (its log, sender, policy, key, slots and counters)."""
+    """Mixed into `WebhookDispatcher` (its log, slots and background tasks)."""
 
     log: Any
-    sender: webhooks.WebhookSender
-    policy: webhooks.RetryPolicy
-    key: bytes | None
-    rng: Any
-    counts: dict[str, int]
-    _first_try: dict[str, float]
     _bg: set[asyncio.Task[Any]]
-    slots: Any
 
     if TYPE_CHECKING:
 
         def _ensure(self, task_id: str, receiver: str) -> None: ...
 
     def _batches_init(self) -> None:
+        self.batch_outbox = BatchOutbox(self.log)
         #: batches with a completion check running, and those to check again after it
         self._checking: dict[str, asyncio.Task[None]] = {}
         self._recheck: set[str] = set()
@@ -140,56 +151,3 @@ class BatchDeliveries:
             pass
         except Exception:
             log.exception("batch outbox scan failed")
-
-    async def _try_batch(self, key: str) -> float | str:
-        """One try of a batch's `batch.completed` webhook (as `_try` is for a task's end)."""
-        batch_id = key[len(BATCH_KEY):]
-        state: BatchState = await self.log.get_batch(batch_id)
-        pending = state.webhook == task_state.WEBHOOK_PENDING
-        if not pending or not state.callback_url or state.end_seq is None:
-            return _DONE
-        if not self.slots.bind(key, receiver_of(state.callback_url)):
-            return _PARKED
-        msg_id = webhooks.webhook_id(batch_id, state.end_seq)
-        view = batch_state.to_view(state, await self.log.batch_counts(batch_id))
-        body = orjson.dumps({"type": "batch.completed", "batch": view})
-        attempt = state.webhook_attempts + 1
-        started = self._first_try.setdefault(key, time.monotonic())
-        headers = webhooks.build_headers(msg_id, int(time.time()), body, self.key)
-        result = await self.sender.send(state.callback_url, body, headers)
-        delay: float | None = None
-        if result.ok:
-            new: list[events.Event] = [events.WebhookDelivered(
-                webhook_id=msg_id, attempt=attempt, status_code=result.status_code or 200
-            )]
-            self.counts["delivered"] += 1
-            metrics.webhook_try("delivered")
-        else:
-            delay = None if result.final else self.policy.next_delay(
-                attempt, self.rng, time.monotonic() - started
-            )
-            new = [events.WebhookAttempted(
-                webhook_id=msg_id, attempt=attempt, status_code=result.status_code,
-                error=result.error, retry_in_s=delay,
-            )]
-            if delay is None:
-                new.append(events.WebhookDead(webhook_id=msg_id, attempts=attempt))
-                self.counts["dead"] += 1
-                metrics.webhook_try("dead")
-            else:
-                self.counts["retry"] += 1
-                metrics.webhook_try("retry")
-        state = await self._append_batch(state, new)
-        if state.webhook != task_state.WEBHOOK_PENDING or delay is None:
-            return _DONE
-        return float(delay)
-
-    async def _append_batch(self, state: BatchState, new: list[events.Event]) -> BatchState:
-        for _ in range(APPEND_ATTEMPTS):
-            try:
-                return await self.log.append_batch_events(state.batch_id, state.seq, new, state)
-            except errors.ConcurrencyConflict:
-                state = await self.log.get_batch(state.batch_id)
-            except errors.DatabaseUnavailable:
-                await asyncio.sleep(1.0)
-        raise errors.ConcurrencyConflict(f"batch {state.batch_id}: could not record webhook try")

@@ -9,7 +9,8 @@ A thin shell wiring the parts together:
   `.ledger`: the log; `.outputs`: the output storer; `.janitor`: cleanup of the host;
 - `comfy_fleet.comfy`: the ComfyUI protocol (HTTP client, websocket frames, history);
 - `actors.endpoint_watch`: the websocket and the reconciler; `actors.endpoint_ends`: recording
-  a prompt's end (or requeue) and letting go of it.
+  a prompt's end (or requeue) and letting go of it; `actors.endpoint_server`: its ComfyUI's
+  nodes, model files and the workflows it can run, re-read while connected.
 """
 
 from __future__ import annotations
@@ -19,25 +20,23 @@ import logging
 import time
 import uuid
 from collections.abc import Coroutine, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from actors import endpoint_stage, metrics
 from actors.endpoint_ends import PromptEnds, RouterPort, ctx, safe
 from actors.endpoint_previews import PreviewHolder
+from actors.endpoint_server import ServerInfo
 from actors.endpoint_watch import Watch
 from comfy_fleet import errors
 from comfy_fleet.comfy import history
 from comfy_fleet.comfy.client import ComfyClient
 from comfy_fleet.config import Endpoint, Settings
 from comfy_fleet.log import cancel, task_state
-from comfy_fleet.log.event_log import EventLog
+from comfy_fleet.log.event_log import EventLog, state_from_json
 from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.prompts import decisions, inflight, janitor, model_pulls, outputs, render
 from comfy_fleet.prompts.ledger import TaskLedger
 from comfy_fleet import storage
-from comfy_fleet.workflows import raw_graph
-from comfy_fleet.workflows.registry import WorkflowRegistry
 
 # Re-exported: the router and the tests know them from here.
 from comfy_fleet.prompts.decisions import ACCEPTED, REFUSED, RETRY  # noqa: F401
@@ -48,12 +47,6 @@ from comfy_fleet.prompts.outputs import OUTPUT_FETCH_TRIES  # noqa: F401
 log = logging.getLogger("comfy_fleet.endpoint")
 
 __all__ = ["ACCEPTED", "REFUSED", "RETRY", "EndpointWorker", "RouterPort"]
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 class EndpointWorker:
@@ -79,13 +72,10 @@ class EndpointWorker:
         # A fresh clientId per actor life: a restarted actor never shares a registration with a
         # socket of its previous life.
         self.client_id = f"comfy-fleet-{uuid.uuid4().hex}"
-        self.object_info: dict[str, Any] | None = None
-        #: the node classes and input types we report (`raw_graph.normalised`) and their digest
-        self.node_info: dict[str, Any] | None = None
-        self.node_info_digest: str | None = None
-        #: workflows this endpoint can run (its node classes and model files), None until known
-        self.runnable: list[str] | None = None
-        self.registry: WorkflowRegistry | None = None
+        #: its nodes, model files and runnable workflows (from /object_info)
+        self.server = ServerInfo(
+            self.name, self.client, settings.workflows_dir, report=lambda: self._report(now=True)
+        )
         self._started = False
         self._start_lock = asyncio.Lock()
         self._bg: set[asyncio.Task[Any]] = set()
@@ -165,6 +155,9 @@ class EndpointWorker:
                     ))
             self._spawn(self.watch.socket_loop())
             self._spawn(self.watch.poll_loop())
+            self._spawn(self.server.refresh_loop(
+                self.settings.node_info_refresh_s, lambda: self.connected
+            ))
 
     async def stop(self) -> None:
         self.watch.stop()
@@ -197,12 +190,11 @@ class EndpointWorker:
             "inflight": len(self.table),
             "foreign_queue": self._foreign_queue(),
             "labels": self.labels,
-            "last_seen": _iso(conn.last_seen),
+            "last_seen": conn.last_seen_iso,
             "reconnects": conn.reconnects,
             "zombies": conn.zombies,
             "cleanup_extension": self.janitor.has_extension,
-            "workflows": self.runnable,
-            "node_info_digest": self.node_info_digest,
+            **self.server.status(),
             **self.models.status(),
         }
 
@@ -212,30 +204,16 @@ class EndpointWorker:
 
     async def reload_workflows(self) -> list[str] | None:
         """Re-read the workflows (after POST /workflows/reload) and what we can run of them."""
-        self.registry = None
-        self._learn_workflows()
+        runnable = await self.server.reload_workflows()
         self._report(now=True)
-        return self.runnable
+        return runnable
 
     async def _learn_server(self) -> None:
-        """After a connect: its node classes (what we can run) and its cleanup extension."""
-        if self.object_info is None:
-            self.object_info = await self.client.object_info()
-            self.node_info = raw_graph.normalised(self.object_info)
-            self.node_info_digest = raw_graph.digest(self.node_info)
-            self._learn_workflows()
-            self._report(now=True)
+        """After a (re)connect: its nodes and model files (what we can run; told to the router
+        when they changed), its cleanup extension and its model route."""
+        await self.server.learn()
         await self.janitor.probe()
         await endpoint_stage.probe(self)
-
-    def _learn_workflows(self) -> None:
-        if self.object_info is None:
-            return
-        if self.registry is None:
-            self.registry, _problems = WorkflowRegistry.load(self.settings.workflows_dir)
-        self.runnable = sorted(
-            w.name for w in self.registry.workflows() if w.can_run(self.object_info)[0]
-        )
 
     def _report(self, *, now: bool = False) -> None:
         """Tell the router of a change of connection (or of what we can run) at once. Queue
@@ -252,8 +230,7 @@ class EndpointWorker:
             "queue_remaining": self.queue_remaining,
             "inflight": len(self.table),
             "foreign_queue": self._foreign_queue(),
-            "workflows": self.runnable,
-            "node_info_digest": self.node_info_digest,
+            **self.server.status(),
             **self.models.status(),
         }
         await safe(self.router.endpoint_status(self.name, status))
@@ -261,9 +238,7 @@ class EndpointWorker:
     async def node_catalog(self) -> dict[str, Any] | None:
         """The node classes and input types we report: `{"digest", "object_info"}` (the
         normalised /object_info), or None before ComfyUI first answered."""
-        if self.node_info is None:
-            return None
-        return {"digest": self.node_info_digest, "object_info": self.node_info}
+        return self.server.catalog()
 
     async def preview(
         self, task_id: str, after_version: int, timeout_s: float
@@ -279,16 +254,18 @@ class EndpointWorker:
 
     # --- dispatch ---------------------------------------------------------------------------
 
-    async def dispatch(self, task_id: str) -> str:
-        """Take a queued task: record `dispatched` (a minted prompt_id), then POST it.
-
-        Returns ACCEPTED (it is ours now, or it ended), REFUSED (not dispatchable: already
-        taken, cancelled or final; drop it) or RETRY (we could not take it; it stays queued).
-        """
+    async def dispatch(self, task_id: str, known: dict[str, Any] | None = None) -> str:
+        """Take a queued task: record `dispatched` (a minted prompt_id), then POST it. `known`:
+        its state as its queued notice carried it, else read (a newer one makes the append
+        conflict: it is read and decided again). Returns ACCEPTED (it is ours now, or it
+        ended), REFUSED (not dispatchable: already taken, cancelled or final; drop it) or
+        RETRY (we could not take it; it stays queued)."""
         await self.start()
         if not self.connected:
             return decisions.RETRY
         self.ledger.forget(task_id)  # the router's view may be newer than our cache
+        if known is not None:
+            self.ledger.remember(state_from_json(known))
         prompt_id = str(uuid.uuid4())
         max_attempts = self.settings.task_max_attempts
         try:
@@ -342,9 +319,10 @@ class EndpointWorker:
         item.on_posted(time.monotonic(), answered=True)
         return decisions.ACCEPTED
 
-    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
+    async def dispatch_many(self, task_ids: list[str], states: list[Any] | None = None) -> list[str]:
         """`dispatch` for a batch (one actor call from the router for many tasks)."""
-        return list(await asyncio.gather(*(self.dispatch(t) for t in task_ids)))
+        known = states or [None] * len(task_ids)
+        return list(await asyncio.gather(*(self.dispatch(t, k) for t, k in zip(task_ids, known))))
 
     # --- cancel -----------------------------------------------------------------------------
 

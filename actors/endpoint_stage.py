@@ -1,6 +1,7 @@
 """What a prompt needs on its endpoint's host before it is sent: the task's models pulled
 (models by URL, docs/api.md §7.5; `comfy_fleet.prompts.model_pulls` holds the host's side) and
-its image inputs uploaded, again at each dispatch (a requeued task's next host needs them too)."""
+its image inputs uploaded, again at each dispatch (a requeued task's next host needs them too).
+A pull that changed the host's files has the endpoint read its /object_info again."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ async def pull(worker: EndpointWorker, item: inflight.InflightPrompt, state: Tas
         m["sha256"] for t in worker.table.by_task if t != task_id
         for m in getattr(worker.ledger.states.get(t), "models", ())
     }
+    held = set(worker.models.held)
     try:
         fetched = await worker.models.pull(
             state.models, in_use=in_use, cache_bytes=worker.settings.model_cache_bytes,
@@ -65,6 +67,10 @@ async def pull(worker: EndpointWorker, item: inflight.InflightPrompt, state: Tas
             worker._report(now=True)  # e.g. no route here any more: route elsewhere
             await worker.ends.requeue(task_id, prompt_id, f"model_pull: {outcome.code}")
         return False
+    if worker.models.held != held:
+        # Files came onto the host (or were evicted): its loaders list them now, so the node
+        # info (and the model files routing reads from it) is read again, off the prompt's path.
+        worker._spawn(worker.server.refresh())
     if fetched:
         worker._report(now=True)
         await worker.ledger.decide(task_id, lambda s: list(fetched) if (

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import websockets
@@ -59,6 +60,12 @@ class Connection:
     reconnects: int = 0
     #: sockets found silent while the server worked (and replaced)
     zombies: int = 0
+
+    @property
+    def last_seen_iso(self) -> str | None:
+        if self.last_seen is None:
+            return None
+        return datetime.fromtimestamp(self.last_seen, UTC).isoformat().replace("+00:00", "Z")
 
 
 class Watch:
@@ -193,7 +200,11 @@ class Watch:
                 self._started_timers[item.prompt_id] = asyncio.get_running_loop().call_later(
                     STARTED_DEBOUNCE_S, self._started_due, item
                 )
-            item.on_started()
+            item.on_started(self.conn.reconnects)
+        elif isinstance(frame, frames.Executed):
+            item.on_executed(self.conn.reconnects, frame.node, frame.output)
+        elif isinstance(frame, frames.Succeeded):
+            item.on_succeeded(self.conn.reconnects)
         elif isinstance(frame, frames.Progress):
             now = time.monotonic()
             if decisions.progress_due(
@@ -205,8 +216,13 @@ class Watch:
         elif isinstance(frame, frames.Failed):
             self.spawn(self.ends.finish(item, frame.outcome()))
         elif isinstance(frame, frames.Done):
-            # The "done" marker: history is complete by now.
-            self.spawn(self.ends.collect(item))
+            # The "done" marker. Every frame of the prompt came on this socket: its end is
+            # known without reading /history; otherwise history is complete by now.
+            seen = item.outcome_from_frames(self.conn.reconnects)
+            if seen is not None:
+                self.spawn(self.ends.finish(item, *seen))
+            else:
+                self.spawn(self.ends.collect(item))
 
     def _on_binary(self, frame: frames.Frame) -> None:
         """A preview of one of our prompts is kept (the latest only); anything else dropped."""

@@ -20,7 +20,9 @@ ACCEPTED, REFUSED, RETRY = "accepted", "refused", "retry"
 class EndpointApi(Protocol):
     """An endpoint actor (one per ComfyUI), as the router calls it."""
 
-    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
+    async def dispatch_many(
+        self, task_ids: list[str], states: list[dict[str, Any] | None] | None = None
+    ) -> list[str]:
         """Record `task.dispatched` and post each prompt; one result per task (ACCEPTED,
         REFUSED or RETRY)."""
         ...
@@ -37,7 +39,8 @@ class EndpointApi(Protocol):
 
     async def node_catalog(self) -> dict[str, Any] | None:
         """`{"digest", "object_info"}`: the node classes and input types it reports (its
-        ComfyUI's /object_info, `raw_graph.normalised`); None until known."""
+        ComfyUI's /object_info, `raw_graph.normalised`; its loaders' choices list the model
+        files it holds); None until known."""
         ...
 
     async def preview(

@@ -221,16 +221,19 @@ async def build_router(settings: Settings, endpoints: list[tuple[str, list[str]]
     # AUTOSCALE: a loop beside the router asks Ray's autoscaler for hosts and hides the
     # endpoints it lets go from discovery (actors/autoscaler.py).
     scaler = Autoscaler(settings) if settings.autoscale else None
+
+    async def discover() -> dict[str, list[str]]:
+        # `ray.nodes()` asks the GCS and waits for its answer: not on the router's event loop.
+        found = await asyncio.to_thread(discover_endpoints, settings)
+        return scaler.visible(found) if scaler is not None else found
+
     router = Router(
         settings=settings,
         log=await connect_log(settings),
         factory=factory,
         destroy=stop_endpoint_actor,
         configured={name: list(labels) for name, labels in endpoints},
-        discover=(
-            (lambda: scaler.visible(discover_endpoints(settings))) if scaler
-            else (lambda: discover_endpoints(settings))
-        ) if settings.comfyui_discovery else None,
+        discover=discover if settings.comfyui_discovery else None,
     )
     await router.start()
     if scaler is not None:

@@ -34,7 +34,7 @@ class FleetMembership:
     log: event_log.FleetLog
     factory: Callable[[str, list[str]], ports.EndpointApi] | None
     destroy: Callable[[str], Awaitable[None]] | None
-    discover: Callable[[], dict[str, list[str]]] | None
+    discover: Callable[[], Awaitable[dict[str, list[str]]]] | None
     discovered: set[str]
     handles: dict[str, ports.EndpointApi]
     loads: dict[str, routing.EndpointLoad]
@@ -147,7 +147,7 @@ class FleetMembership:
         assert self.discover is not None
         while True:
             try:
-                found = self.discover()
+                found = await self.discover()
                 for name, labels in found.items():
                     if name not in self.handles:
                         self._attach(name, labels)

@@ -37,6 +37,10 @@ def from_row(row: QueuedRow) -> WaitingTask:
     return waiting_task(task_id, priority, created_at, workflow, labels, tenant)
 
 
+def _needs(task: WaitingTask) -> tuple[str | None, tuple[str, ...]]:
+    return (task.workflow, task.labels)
+
+
 class WaitingTasks:
     """What waits for a slot, and which waiting task gets the next one (`next`)."""
 
@@ -110,8 +114,10 @@ class WaitingTasks:
 
     def next(self, fits: Callable[[WaitingTask], bool]) -> WaitingTask | None:
         """The task for the next free slot: the fair share's choice among the tasks that
-        `fits`; it is charged to its tenant and remembered as handed out."""
-        task = self.share.next(fits)
+        `fits`; it is charged to its tenant and remembered as handed out. `fits` depends only
+        on a task's workflow and labels (what routing reads): tasks needing what one that did
+        not fit needed are passed over untried (`FairShare.next`'s `alike`)."""
+        task = self.share.next(fits, alike=_needs)
         if task is not None:
             self.handed_out[task.task_id] = self.clock()
         return task

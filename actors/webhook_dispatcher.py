@@ -10,7 +10,9 @@ between tries is `RetryPolicy`'s exponential backoff with jitter. Each try runs 
 asyncio task with a bounded timeout. At most `max_in_flight` run at once and at most
 `max_per_receiver` to one receiver (`DeliverySlots`), so a slow receiver never delays the
 others and a backlog of ended tasks waits as ids, not as bodies in memory. All tries of one end
-carry the same `webhook-id` (derived from the seq of the final event).
+carry the same `webhook-id` (derived from the seq of the final event). A try itself is
+actors/webhook_tries.py's, the same for a task's end (`TaskOutbox`) and a batch's completion
+(actors/batch_webhooks.py).
 """
 
 from __future__ import annotations
@@ -19,16 +21,16 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import orjson
 
-from actors import batch_webhooks, metrics
+from actors import batch_webhooks
+from actors.webhook_tries import WebhookTries
 from comfy_fleet import errors
-from comfy_fleet.log import event_log, events, task_state
-from comfy_fleet.delivery import webhooks
+from comfy_fleet.log import event_log, events
+from comfy_fleet.delivery import tries, webhooks
 from comfy_fleet.delivery.slots import UNKNOWN, DeliverySlots, receiver_of
 from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.net.fleet_refresher import FleetRefresher
@@ -47,16 +49,37 @@ UNAVAILABLE_RETRY_S = 2.0
 BodyBuilder = Callable[[TaskState], Awaitable[dict[str, Any]]]
 
 
-#: What one try of a delivery leads to: over, try again after this many seconds, or parked
-#: (its receiver is full; `DeliverySlots` starts it again when that receiver has room).
-_DONE, _PARKED = "done", "parked"
-
-
 class DispatcherLog(
     event_log.TaskStream, event_log.TaskQueries, event_log.TaskNotices, event_log.BatchLog, Protocol
 ):
     """What the dispatcher needs of the log: the outbox and the task ends' notices, each task's
     state, and its stream to record each try; the same of batches (actors/batch_webhooks.py)."""
+
+
+class TaskOutbox:
+    """Task ends, as `WebhookTries` delivers them: the body is the API's view of the task."""
+
+    kind = "task"
+
+    def __init__(self, log: DispatcherLog, body_builder: BodyBuilder) -> None:
+        self.log = log
+        self.body_builder = body_builder
+        #: the state an ended notice carried, for the try that notice started (taken by it)
+        self.carried: dict[str, dict[str, Any]] = {}
+
+    async def state(self, task_id: str) -> TaskState:
+        """The task's state: the one its ended notice carried for a first try it started (the
+        state that very append committed), else read."""
+        carried = self.carried.pop(task_id, None)
+        if carried is not None:
+            return event_log.state_from_json(carried)
+        return await self.log.get(task_id)
+
+    async def body(self, state: TaskState) -> bytes:
+        return orjson.dumps({"type": state.end_type, **(await self.body_builder(state))})
+
+    async def append(self, task_id: str, state: TaskState, new: list[events.Event]) -> TaskState:
+        return await self.log.append(task_id, state.seq, new, state)
 
 
 class WebhookDispatcher(batch_webhooks.BatchDeliveries):
@@ -79,20 +102,20 @@ class WebhookDispatcher(batch_webhooks.BatchDeliveries):
         self.fleet = fleet
         self.fleet_refresher = fleet_refresher
         self.sender = sender
-        self.policy = policy
-        self.key = webhooks.parse_secret(secret) if secret else None
-        self.body_builder = body_builder
-        self.rng = rng or random.Random()
         self.slots = DeliverySlots(max_in_flight, max_per_receiver)
+        self.tries = WebhookTries(
+            sender=sender, policy=policy, key=webhooks.parse_secret(secret) if secret else None,
+            rng=rng or random.Random(), slots=self.slots,
+        )
+        #: delivered, retried and dead tries since the start
+        self.counts = self.tries.counts
+        self.task_outbox = TaskOutbox(log, body_builder)
         #: the asyncio task of each delivery running now (at most `max_in_flight`)
         self.active: dict[str, asyncio.Task[None]] = {}
-        #: when the current end's first try was sent, for the policy's total budget
-        self._first_try: dict[str, float] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._started = False
         self._stopping = False
         self._bg: set[asyncio.Task[Any]] = set()
-        self.counts: dict[str, int] = {"delivered": 0, "retry": 0, "dead": 0}
         self._batches_init()
 
     async def start(self) -> None:
@@ -102,7 +125,7 @@ class WebhookDispatcher(batch_webhooks.BatchDeliveries):
         if self.fleet_refresher is not None:
             await self.fleet_refresher.refresh()
             self.fleet_refresher.start()
-        await self.log.listen_ended(self._on_ended, self._catch_up)
+        await self.log.listen_ended(self._on_ended, self._catch_up, keep_states=True)
         await self._start_batches()
         task = asyncio.create_task(self._scan_loop())
         self._bg.add(task)
@@ -114,8 +137,15 @@ class WebhookDispatcher(batch_webhooks.BatchDeliveries):
         task.add_done_callback(self._bg.discard)
 
     def _on_ended(self, task_id: str, _endpoint: str | None, webhook_to: str | None) -> None:
-        if webhook_to is not None:
-            self._ensure(task_id, webhook_to)
+        if webhook_to is None:
+            return
+        carried = self.log.ended_states.take(task_id)
+        idle = task_id not in self.active
+        self._ensure(task_id, webhook_to)
+        if carried is not None and idle and task_id in self.active:
+            # Its first try starts now, from the state the notice carried (no read). Only
+            # then: a backlog waits as ids, and a later try reads afresh.
+            self.task_outbox.carried[task_id] = carried
 
     async def stop(self) -> None:
         self._stopping = True
@@ -178,96 +208,31 @@ class WebhookDispatcher(batch_webhooks.BatchDeliveries):
 
     async def _run(self, task_id: str) -> None:
         """One try of a delivery, then what it leads to; frees the slot in every case."""
-        outcome: float | str = _DONE
+        outcome: tries.Step = tries.DONE
         try:
             if task_id.startswith(batch_webhooks.BATCH_KEY):
-                outcome = await self._try_batch(task_id)
+                batch_id = task_id[len(batch_webhooks.BATCH_KEY):]
+                outcome = await self.tries.once(task_id, batch_id, self.batch_outbox)
             else:
-                outcome = await self._try(task_id)
+                outcome = await self.tries.once(task_id, task_id, self.task_outbox)
         except errors.Unavailable:
             outcome = UNAVAILABLE_RETRY_S  # the database is away: no try was recorded
         except Exception:
             log.exception("webhook delivery of %s failed", task_id)
         finally:
             self.active.pop(task_id, None)
+            self.task_outbox.carried.pop(task_id, None)
             if isinstance(outcome, float):
                 self.slots.pause(task_id)
                 self._timers[task_id] = asyncio.get_running_loop().call_later(
                     outcome, self._resume, task_id
                 )
-            elif outcome == _DONE:
+            elif outcome == tries.DONE:
                 self.slots.done(task_id)
-                self._first_try.pop(task_id, None)
+                self.tries.forget(task_id)
             self._pump()
 
     def _resume(self, task_id: str) -> None:
         self._timers.pop(task_id, None)
         if self.slots.resume(task_id):
             self._pump()
-
-    async def _try(self, task_id: str) -> float | str:
-        """Send the task's end once and record the try. Returns _DONE (delivered, dead, or
-        nothing to deliver), _PARKED, or the seconds until the next try. The state and body are
-        read and built for each try: nothing is held between tries, and the presigned output
-        URLs in a late try's body are fresh."""
-        state = await self.log.get(task_id)
-        if state.webhook != task_state.WEBHOOK_PENDING or not state.callback_url or state.end_seq is None:
-            return _DONE
-        if not self.slots.bind(task_id, receiver_of(state.callback_url)):
-            return _PARKED
-        msg_id = webhooks.webhook_id(task_id, state.end_seq)
-        body = orjson.dumps({"type": state.end_type, **(await self.body_builder(state))})
-        attempt = state.webhook_attempts + 1
-        started = self._first_try.setdefault(task_id, time.monotonic())
-        result = await self.sender.send(
-            state.callback_url, body, webhooks.build_headers(msg_id, int(time.time()), body, self.key)
-        )
-        delay: float | None = None
-        if result.ok:
-            new: list[events.Event] = [
-                events.WebhookDelivered(
-                    webhook_id=msg_id, attempt=attempt, status_code=result.status_code or 200
-                )
-            ]
-            self.counts["delivered"] += 1
-            metrics.webhook_try("delivered")
-        else:
-            delay = None if result.final else self.policy.next_delay(
-                attempt, self.rng, time.monotonic() - started
-            )
-            new = [
-                events.WebhookAttempted(
-                    webhook_id=msg_id, attempt=attempt, status_code=result.status_code,
-                    error=result.error, retry_in_s=delay,
-                )
-            ]
-            if delay is None:
-                new.append(events.WebhookDead(webhook_id=msg_id, attempts=attempt))
-                self.counts["dead"] += 1
-                metrics.webhook_try("dead")
-                log.warning("webhook dead after %d tries", attempt, extra={"fleet_task_id": task_id, "webhook_id": msg_id})
-            else:
-                self.counts["retry"] += 1
-                metrics.webhook_try("retry")
-        before = state.end_seq
-        state = await self._append(state, new)
-        if state.webhook != task_state.WEBHOOK_PENDING:
-            return _DONE
-        if state.end_seq != before or result.ok:
-            # The task's end changed meanwhile (outputs recovered after a storage failure):
-            # the recorded try belongs to the old end; deliver the new end afresh, at once.
-            self._first_try.pop(task_id, None)
-            return 0.0
-        assert delay is not None
-        return float(delay)
-
-    async def _append(self, state: TaskState, new: list[events.Event]) -> TaskState:
-        """Record a try. Other writers may append meanwhile (a late event): re-read and retry."""
-        for _ in range(8):
-            try:
-                return await self.log.append(state.task_id, state.seq, new, state)
-            except errors.ConcurrencyConflict:
-                state = await self.log.get(state.task_id)
-            except errors.DatabaseUnavailable:
-                await asyncio.sleep(1.0)
-        raise errors.ConcurrencyConflict(f"task {state.task_id}: could not record webhook try")

@@ -60,7 +60,7 @@ class FakeEndpoint:
         self.running: list[str] = []
         self.status_calls = 0
 
-    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
+    async def dispatch_many(self, task_ids: list[str], states: list[Any] | None = None) -> list[str]:
         for task_id in task_ids:
             state = await self.log.get(task_id)
             await self.log.append(task_id, state.seq, [events.TaskDispatched(

@@ -158,6 +158,9 @@ class Settings:
     task_max_attempts: int = 3
     #: An endpoint unreachable this long has its in-flight prompts dispatched elsewhere.
     endpoint_lost_after_s: float = 30.0
+    #: Seconds between reads of each ComfyUI's /object_info while connected (0: only at connect
+    #: and after a model pull), so model files copied onto a host are found.
+    node_info_refresh_s: float = 60.0
     webhook_max_attempts: int = 8
     webhook_timeout_s: float = 10.0
     webhook_max_delay_s: float = 300.0
@@ -368,6 +371,7 @@ def _fleet(r: env.Reader) -> dict[str, Any]:
         "max_waiting_tasks": r.int("MAX_WAITING_TASKS", 10_000, minimum=1),
         "task_max_attempts": r.int("TASK_MAX_ATTEMPTS", 3, minimum=1),
         "endpoint_lost_after_s": r.float("ENDPOINT_LOST_AFTER_S", 30.0, minimum=1.0),
+        "node_info_refresh_s": r.float("NODE_INFO_REFRESH_S", 60.0, minimum=0.0),
     }
 
 

@@ -93,14 +93,17 @@ class InfoRoutes:
         return web.json_response(FEATURES)
 
     async def object_info(self, request: web.Request) -> web.Response:
+        self.s.model_folders.refresh()
         return web.json_response(self.s.catalogue.object_info(Path(self.s.dirs.input)))
 
     async def object_info_node(self, request: web.Request) -> web.Response:
         name = request.match_info["node_class"]
+        self.s.model_folders.refresh()
         info = self.s.catalogue.object_info(Path(self.s.dirs.input))
         return web.json_response({name: info[name]} if name in info else {})
 
     async def embeddings(self, request: web.Request) -> web.Response:
+        self.s.model_folders.refresh()
         names = self.s.catalogue.model_files("embeddings") or []
         return web.json_response([os.path.splitext(n)[0] for n in names])
 
@@ -111,6 +114,7 @@ class InfoRoutes:
         folder = request.match_info["folder"]
         if folder not in MODEL_FOLDERS:
             return responses.empty(404)
+        self.s.model_folders.refresh()
         return web.json_response(self.s.catalogue.model_files(folder) or [])
 
     async def view_metadata(self, request: web.Request) -> web.Response:

@@ -125,6 +125,8 @@ class Counters:
     models_fetched: int = 0
     #: GET /view requests (answered or not)
     views: int = 0
+    #: GET /history/{prompt_id} requests
+    history_reads: int = 0
     ws_connects: int = 0
     restarts: int = 0
     #: POST /interrupt requests (each one stops whatever runs)

@@ -4,7 +4,9 @@ extension's own code, and the loaders' choice lists as the real server shows the
 The real server lists every file of a model folder (with an extension its loaders take) in its
 loaders' choices, re-reading the folder when it changed. The stand-in lists the names it was
 configured with (it has no files behind them) plus the files in its models folder
-(``<models_dir>/<folder>/…``), which is where ``POST /comfy-fleet/models/pull`` writes.
+(``<models_dir>/<folder>/…``), which is where ``POST /comfy-fleet/models/pull`` writes, and where
+a test may put (or remove) a file: ``refresh``, called wherever the real server lists its files
+(``/object_info``, ``/models/{folder}``, ``/embeddings``, validating a prompt), finds it.
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ class ModelFolders:
         self._knobs = knobs
         self._counters = counters
         self._on_change = on_change
+        #: the files on disk as the loaders list them now (`scan`)
+        self._scanned: dict[str, list[str]] = {}
         self.store = model_store.ModelStore(model_store.Host(
             folder=self._folder,
             queued_prompts=queued_prompts,
@@ -103,10 +107,18 @@ class ModelFolders:
 
     def catalogue(self) -> Catalogue:
         """The node catalogue listing the configured names and the files on disk."""
+        self._scanned = scan(self.dir)
         models = {k: list(v) for k, v in self._configured.items()}
-        for folder, names in scan(self.dir).items():
+        for folder, names in self._scanned.items():
             models[folder] = [*models.get(folder, []), *names]
         return Catalogue.load(models)
+
+    def refresh(self) -> None:
+        """Files put in or taken out of the models folder since the last look are listed from
+        now on, as the real server's lists are (``folder_paths`` keeps each list with its
+        folders' mtimes and reads a folder again once one changed)."""
+        if scan(self.dir) != self._scanned:
+            self._on_change(self.catalogue())
 
     # the extension's routes ------------------------------------------------------------------
     async def pull(self, request: web.Request) -> web.Response:

@@ -271,6 +271,7 @@ class StandIn:
             return web.json_response({"error": error, "node_errors": {}}, status=400)
         prompt = body["prompt"]
         prompt_id = str(body["prompt_id"]) if "prompt_id" in body else str(uuid.uuid4())
+        self.model_folders.refresh()  # the loaders' lists as the real server reads them now
         try:
             result = validate_prompt(
                 prompt,
@@ -356,6 +357,7 @@ class StandIn:
         return web.json_response(self._rt.queue.get_history(max_items=max_items, offset=offset))
 
     async def get_history_item(self, request: web.Request) -> web.Response:
+        self.counters.history_reads += 1
         return web.json_response(self._rt.queue.get_history(request.match_info["prompt_id"]))
 
     async def post_history(self, request: web.Request) -> web.Response:

@@ -63,6 +63,12 @@ class RunningStandIn:
     def counters(self) -> Counters:
         return self.server.counters
 
+    @property
+    def models_dir(self) -> Path:
+        """Its model folders (``<models_dir>/<folder>/<file>``): a file put there is listed by
+        its loaders from the next ``/object_info`` or prompt on, as on the real server."""
+        return self.server.model_folders.dir
+
     async def restart(self, down_s: float = 0.0) -> None:
         await self.server.restart(down_s)
 
@@ -142,6 +148,8 @@ class StandInAddress(_OnLoopback):
     port: int
     input_dir: Path
     output_dir: Path
+    #: its model folders (``--models-dir``/standin-<i>), None when the process was given none
+    models_dir: Path | None = None
 
 
 class StandInProcess(_OnLoopback):
@@ -231,7 +239,10 @@ class StandInProcess(_OnLoopback):
             ports.append(int(text.rsplit(":", 1)[1]))
         self.port = ports[0]
         self.members = [self] if self.count == 1 else [
-            StandInAddress(p, self.input_dir / f"standin-{i}", self.output_dir / f"standin-{i}")
+            StandInAddress(
+                p, self.input_dir / f"standin-{i}", self.output_dir / f"standin-{i}",
+                self.models_dir / f"standin-{i}" if self.models_dir else None,
+            )
             for i, p in enumerate(ports)
         ]
         for member in self.members:

@@ -1,33 +1,33 @@
 """What POST /batches and its siblings do, free of HTTP: submit a batch (a task list or a sweep)
 as one transaction, show it with live counts, cancel it.
 
-Every task of a batch is checked exactly as POST /tasks checks one (`submission.check`); the
-first bad one refuses the whole batch with `details.index` naming it, before anything is
-recorded (image inputs are staged only once every task passed). Then `submission.prepare`
-builds each task's first event and the log records the batch and all its tasks at once.
+Every task of a batch is what a POST /tasks body may be (a served workflow, pinned to a
+`workflow_version` or not, with images and models by URL; or a raw graph with its files) and is
+checked exactly as POST /tasks checks one (`raw_graphs.permit`, `submission.check`); the first
+bad one refuses the whole batch, its error naming it (`batch_items.at`), before anything is
+recorded. Then the tasks are prepared as single ones are (`submission.prepare`), in two passes:
+first every task's models given by URL are put in the bucket (fetched, checksums checked), so a
+refused model stores no image; then each task's image inputs are stored. A refusal in that pass
+deletes the inputs stored for the batch's earlier tasks (`inputs.discard`). Last, the log
+records the batch, every task's `task.submitted` and the `task.model_fetched` of the models
+fetched for it in one statement.
 
-A batch's tasks are its tenant's. Raw graphs and models given by URL are refused in a batch
-(422 naming the task): a model fetched for a task is a `task.model_fetched` event of its own,
-which the one statement recording a batch does not store.
+A batch's tasks are its tenant's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import pydantic
+from typing import Any
 
 from comfy_fleet import errors
-from comfy_fleet.batches import batch_state, sweep
+from comfy_fleet.batches import batch_state
 from comfy_fleet.batches.batch_state import BatchState
 from comfy_fleet.log import events
 from comfy_fleet.policies import access
-from comfy_fleet.workflows import model_params
-from serve_app import commands, schemas, submission
+from serve_app import commands, raw_graphs, submission
+from serve_app.batch_items import BatchRequest, Item, at, items_of
 from serve_app.services import Services
 
 #: Cancels of a batch's tasks running at once.
@@ -35,121 +35,13 @@ CANCEL_CONCURRENCY = 16
 #: Tries at recording a batch event whose seq another writer took meanwhile.
 APPEND_ATTEMPTS = 8
 
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class BatchRequest:
-    """A POST /batches body, as the route parsed it (`tasks` items still raw)."""
-
-    tenant: str
-    tasks: list[Any] | None = None
-    workflow: str | None = None
-    params: dict[str, Any] | None = None
-    sweep: dict[str, Any] | None = None
-    client_batch_id: str | None = None
-    callback_url: str | None = None
-    priority: int | None = None
-
-    def canonical(self) -> dict[str, Any]:
-        """What "the same body" means for client_batch_id (the id itself excluded)."""
-        return {
-            "tenant": self.tenant, "tasks": self.tasks, "workflow": self.workflow,
-            "params": self.params, "sweep": self.sweep, "callback_url": self.callback_url,
-            "priority": self.priority,
-        }
-
-
-@dataclass(frozen=True)
-class Item:
-    workflow: str
-    params: dict[str, Any]
-    client_task_id: str | None
-    callback_url: str | None
-    priority: int
-
-
-def at_index(index: int, exc: errors.FleetError) -> errors.FleetError:
-    """`exc` for the batch: the same error, its message and `details.index` naming the task."""
-    details = exc.details
-    extra = dict(details) if isinstance(details, dict) else (
-        {} if details is None else {"problems": details}
-    )
-    return type(exc)(f"tasks[{index}]: {exc.message}", {"index": index, **extra})
-
-
-async def _item(index: int, step: Awaitable[T]) -> T:
-    try:
-        return await step
-    except errors.InvalidRequest as exc:
-        raise at_index(index, exc) from None
-    except errors.Conflict as exc:
-        raise at_index(index, exc) from None
-
-
-def items_of(req: BatchRequest) -> tuple[list[Item], str]:
-    """The batch's tasks in its order, and its kind ("tasks" or "sweep"). Raises
-    InvalidRequest for a malformed body or item (an item's with `details.index`)."""
-    if req.tasks is not None:
-        if req.workflow is not None or req.params is not None or req.sweep is not None:
-            raise errors.InvalidRequest(
-                "a batch is either {\"tasks\": [...]} or {\"workflow\", \"params\", \"sweep\"}, "
-                "not both", {"loc": ["body"], "problem": "tasks with workflow/params/sweep"},
-            )
-        if not 1 <= len(req.tasks) <= sweep.MAX_TASKS:
-            raise errors.InvalidRequest(
-                f"tasks: a batch holds 1 to {sweep.MAX_TASKS} tasks; got {len(req.tasks)}",
-                {"loc": ["body", "tasks"], "tasks": len(req.tasks), "max": sweep.MAX_TASKS},
-            )
-        items = [_task_item(i, raw, req.priority, req.tenant) for i, raw in enumerate(req.tasks)]
-        return items, "tasks"
-    if req.workflow is None or req.sweep is None:
-        raise errors.InvalidRequest(
-            "a batch needs \"tasks\" (a list of task bodies) or \"workflow\" with \"sweep\"",
-            {"loc": ["body"], "problem": "neither tasks nor workflow and sweep"},
-        )
-    expanded = sweep.expand(dict(req.params or {}), req.sweep)
-    priority = req.priority or 0
-    return [Item(req.workflow, p, None, None, priority) for p in expanded], "sweep"
-
-
-def _task_item(index: int, raw: Any, batch_priority: int | None, tenant: str) -> Item:
-    try:
-        body = schemas.SubmitTask.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        problems = [
-            {"loc": [str(p) for p in e.get("loc", ())], "problem": e.get("msg")}
-            for e in exc.errors()
-        ]
-        where = "; ".join(".".join(p["loc"]) + ": " + str(p["problem"]) for p in problems[:3])
-        raise errors.InvalidRequest(
-            f"tasks[{index}]: {where}", {"index": index, "problems": problems}
-        ) from None
-    if body.graph is not None or body.files is not None:
-        raise errors.InvalidRequest(
-            f"tasks[{index}]: a raw graph cannot be part of a batch; submit it with POST /tasks",
-            {"index": index, "reason": "raw_graph", "loc": ["body", "tasks", str(index), "graph"]},
-        )
-    if body.workflow is None:
-        raise errors.InvalidRequest(
-            f"tasks[{index}]: workflow is required",
-            {"index": index, "loc": ["body", "tasks", str(index), "workflow"]},
-        )
-    if body.tenant is not None and body.tenant != tenant:
-        raise errors.InvalidRequest(
-            f"tasks[{index}]: a batch's tasks are the batch's tenant's; name the tenant on the "
-            "batch",
-            {"index": index, "loc": ["body", "tasks", str(index), "tenant"]},
-        )
-    explicit = "priority" in body.model_fields_set
-    priority = body.priority if explicit or batch_priority is None else batch_priority
-    return Item(body.workflow, body.params, body.client_task_id, body.callback_url, priority)
-
 
 async def submit(services: Services, req: BatchRequest) -> tuple[BatchState, bool]:
     """Record a new batch (→ (state, True)) or find the same earlier one by client_batch_id
-    (→ (state, False)). Raises BatchIdempotencyConflict for the same id with another body;
-    InvalidRequest/Conflict with `details.index` for a bad task; Overloaded past admission."""
+    (→ (state, False)). Raises BatchIdempotencyConflict for the same id with another body; a
+    bad task's refusal (any 4xx a single submission answers: 422, 403 for a graph this key
+    may not send, 409 `workflow_version_unknown`, 413) with `details.index`; Overloaded past
+    admission; Unavailable (503) as a single submission does."""
     digest = submission.request_hash(req.canonical())
     if req.client_batch_id is not None:
         existing = await services.log.find_client_batch(req.tenant, req.client_batch_id)
@@ -161,37 +53,30 @@ async def submit(services: Services, req: BatchRequest) -> tuple[BatchState, boo
     if req.callback_url is not None:
         parsed = services.url_policy.check_url(req.callback_url)
         await services.url_policy.resolve_and_check(parsed)
-    checked = [
-        await _item(i, submission.check(
-            services, workflow_name=it.workflow, params=it.params,
-            client_task_id=it.client_task_id, callback_url=it.callback_url,
-            priority=it.priority, tenant=req.tenant, checked_urls=urls,
-        ))
-        for i, it in enumerate(items)
-    ]
-    for i, c in enumerate(checked):
-        _refuse_models_by_url(i, c)
+    checked = [await at(i, _check(services, req, it, urls)) for i, it in enumerate(items)]
     await submission.admit(services, req.tenant, len(checked))
     batch_id = str(uuid.uuid4())
-    task_ids = [str(uuid.uuid4()) for _ in checked]
-    prepared = [
-        (tid, (await _item(i, submission.prepare(services, c, tid, batch_id)))[0])
-        for i, (tid, c) in enumerate(zip(task_ids, checked, strict=True))
-    ]
+    prepared, also = await _prepare(services, checked, batch_id)
     submitted = events.BatchSubmitted(
-        tenant=req.tenant, task_ids=task_ids, client_batch_id=req.client_batch_id,
-        callback_url=req.callback_url, priority=req.priority or 0, request_hash=digest, kind=kind,
+        tenant=req.tenant, task_ids=[t for t, _ in prepared],
+        client_batch_id=req.client_batch_id, callback_url=req.callback_url,
+        priority=req.priority or 0, request_hash=digest, kind=kind,
     )
+    # The refusals below are certain (a unique violation: nothing was recorded), so the inputs
+    # staged for the batch are deleted; after any other failure (the database gone mid-commit)
+    # the batch may have been recorded, and its inputs stay, as a single submission's do.
     try:
-        state, _ = await services.log.append_batch(batch_id, submitted, prepared)
+        state, _ = await services.log.append_batch(batch_id, submitted, prepared, also)
     except errors.DuplicateClientBatchId:
         # Lost a race with the same client_batch_id: answer as the winner was answered.
+        await submission.discard_inputs(services, [ev for _, ev in prepared])
         assert req.client_batch_id is not None
         existing = await services.log.find_client_batch(req.tenant, req.client_batch_id)
         if existing is None:
             raise
         return _same_or_conflict(existing, digest), False
     except errors.DuplicateClientTaskId:
+        await submission.discard_inputs(services, [ev for _, ev in prepared])
         raise errors.IdempotencyConflict(
             "a client_task_id of the batch was recorded meanwhile; nothing of the batch was"
         ) from None
@@ -199,16 +84,44 @@ async def submit(services: Services, req: BatchRequest) -> tuple[BatchState, boo
     return state, True
 
 
-def _refuse_models_by_url(index: int, checked: submission.Checked) -> None:
-    """A model given by URL is refused in a batch (see the module's docstring)."""
-    by_url = model_params.by_url(checked.workflow.manifest.params, checked.resolved)
-    if by_url:
-        param = sorted(by_url)[0]
-        raise errors.WorkflowParamsInvalid(
-            f"tasks[{index}]: {param}: a model given by URL cannot be part of a batch; name a "
-            "model file the fleet holds, or submit the task with POST /tasks",
-            {"index": index, "reason": "model_by_url", "param": param},
-        )
+async def _check(
+    services: Services, req: BatchRequest, item: Item, urls: set[str]
+) -> submission.Checked:
+    """One task, checked as POST /tasks checks it (`submission.submit`'s checks)."""
+    if item.graph is not None:
+        raw_graphs.permit(services.settings, req.principal)
+    return await submission.check(
+        services, workflow_name=item.workflow, params=item.params,
+        client_task_id=item.client_task_id, callback_url=item.callback_url,
+        priority=item.priority, tenant=req.tenant, graph=item.graph, files=item.files,
+        checked_urls=urls, workflow_version=item.workflow_version,
+    )
+
+
+async def _prepare(
+    services: Services, checked: list[submission.Checked], batch_id: str
+) -> tuple[list[tuple[str, events.TaskSubmitted]], dict[str, list[events.Event]]]:
+    """Each task's `task.submitted` and the events to record after it (see the module's
+    docstring for the two passes). A model is looked up in the bucket once per batch."""
+    in_bucket: set[str] = set()
+    models = [
+        await at(i, submission.stage_models(services, c, in_bucket))
+        for i, c in enumerate(checked)
+    ]
+    prepared: list[tuple[str, events.TaskSubmitted]] = []
+    also: dict[str, list[events.Event]] = {}
+    try:
+        for i, (c, staged) in enumerate(zip(checked, models, strict=True)):
+            task_id = str(uuid.uuid4())
+            event, more = await at(i, submission.prepare(services, c, task_id, batch_id, staged))
+            prepared.append((task_id, event))
+            if more:
+                also[task_id] = more
+    except Exception:
+        # Nothing of the batch will be recorded: the inputs stored so far name no task.
+        await submission.discard_inputs(services, [ev for _, ev in prepared])
+        raise
+    return prepared, also
 
 
 async def _check_client_task_ids(services: Services, tenant: str, items: list[Item]) -> None:

@@ -21,11 +21,12 @@ predictable file, and re-encoding drops EXIF, ICC and text chunks the client may
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -43,6 +44,8 @@ _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 LOADIMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 #: Image modes PNG stores as they are; anything else becomes RGB or RGBA.
 _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
+#: Deletes running at once when staged inputs are discarded.
+DISCARD_CONCURRENCY = 16
 #: Frames an animated input may have (LoadImage makes a batch of them); more is refused, and
 #: counting stops there, so a file claiming millions of frames costs no more to refuse.
 MAX_FRAMES = 256
@@ -281,3 +284,21 @@ async def stage_images(
             }
         )
     return staged
+
+
+async def discard(services: Any, staged: Iterable[Mapping[str, Any]]) -> None:
+    """Delete what `stage_images` stored for tasks that will not be recorded (their `inputs`),
+    a few at a time. Best effort: a key that cannot be deleted now stays behind, an object no
+    recorded task names."""
+    store = services.store
+    keys = [k for item in staged for k in (item.get("s3_key"), item.get("upload_key")) if k]
+    if store is None or not keys:
+        return
+    gate = asyncio.Semaphore(DISCARD_CONCURRENCY)
+
+    async def one(key: str) -> None:
+        async with gate:
+            with contextlib.suppress(errors.FleetError):
+                await store.delete(key)
+
+    await asyncio.gather(*(one(k) for k in keys))

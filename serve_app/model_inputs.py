@@ -32,7 +32,7 @@ from comfy_fleet import errors
 from comfy_fleet.log import events
 from comfy_fleet.net import fetch
 from comfy_fleet.policies import url_policy
-from comfy_fleet.workflows import model_params
+from comfy_fleet.workflows import model_files, model_params
 
 #: The content type models are stored with.
 CONTENT_TYPE = "application/octet-stream"
@@ -50,7 +50,10 @@ class StagedModels:
     models: list[dict[str, Any]] = field(default_factory=list)
     #: a `task.model_fetched` per model this submission fetched into the bucket
     fetched: list[events.TaskModelFetched] = field(default_factory=list)
-    #: routing labels: the task needs an endpoint that can pull models
+    #: the task's `model_files`: [{"param", "folder", "filename"}] of models given by name
+    files: list[dict[str, Any]] = field(default_factory=list)
+    #: routing labels: the task needs an endpoint that can pull models, and one whose
+    #: ComfyUI lists each model file given by name
     labels: list[str] = field(default_factory=list)
 
 
@@ -62,10 +65,17 @@ def _named(exc: errors.FleetError, param: str) -> errors.FleetError:
     )
 
 
-async def stage_models(services: Any, workflow: Any, resolved: Mapping[str, Any]) -> StagedModels:
-    """Put every model given by URL in the bucket (see the module's contract)."""
+async def stage_models(
+    services: Any, workflow: Any, resolved: Mapping[str, Any], *,
+    in_bucket: set[str] | None = None,
+) -> StagedModels:
+    """Put every model given by URL in the bucket (see the module's contract); note each
+    model file given by name, which routing sends only where it is (no I/O for those).
+    `in_bucket` (a batch's) holds the sha256s already found or fetched for earlier tasks of the
+    same request: those are not looked up again, and each sha256 staged here is added to it."""
+    files = model_files.of_params(workflow.graph, workflow.manifest.params, resolved)
+    staged = StagedModels(files=files, labels=model_files.labels(files))
     wanted = model_params.by_url(workflow.manifest.params, resolved)
-    staged = StagedModels()
     if not wanted:
         return staged
     if services.store is None:
@@ -79,9 +89,12 @@ async def stage_models(services: Any, workflow: Any, resolved: Mapping[str, Any]
     for param, value in wanted.items():
         sha = value["sha256"]
         key = model_params.model_key(sha)
-        fetched = await _ensure(services, key, sha, value["url"], param)
-        if fetched is not None:
-            staged.fetched.append(fetched)
+        if in_bucket is None or sha not in in_bucket:
+            fetched = await _ensure(services, key, sha, value["url"], param)
+            if fetched is not None:
+                staged.fetched.append(fetched)
+            if in_bucket is not None:
+                in_bucket.add(sha)
         filename = model_params.filename_for(sha, value["url"])
         staged.names[param] = filename
         staged.models.append({

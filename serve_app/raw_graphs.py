@@ -5,20 +5,22 @@ records anything; each refusal raises before the one append.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from comfy_fleet import errors
-from comfy_fleet.workflows import raw_graph
+from comfy_fleet.workflows import model_files, raw_graph
 from serve_app.services import Services
 
 
 @dataclass(frozen=True)
 class Checked:
-    """A graph that passed: the image inputs its `files` go to, and its routing labels."""
+    """A graph that passed: the image inputs its `files` go to, its routing labels, and the
+    model files it names (the task's `model_files`)."""
 
     uploads: dict[tuple[str, str], str]
     labels: list[str]
+    files: list[dict[str, Any]] = field(default_factory=list)
 
 
 def permit(settings: Any, principal: Any) -> None:
@@ -56,7 +58,14 @@ async def check(services: Services, graph: Any, files: dict[str, Any]) -> Checke
             max_nodes=settings.raw_graph_max_nodes, max_string_length=settings.max_string_length
         ),
     )
-    return Checked(uploads=uploads, labels=raw_graph.class_labels(graph))
+    # It runs only where every model file its core loaders name is listed (as a workflow's).
+    needs = model_files.of_graph(graph)
+    if model_files.too_long(needs):
+        raise errors.GraphInvalid(
+            f"graph: the model file names of its loaders exceed {model_files.MAX_LABEL_CHARS} "
+            "characters together", {"node_id": None, "problem": "too_large"})
+    labels = raw_graph.class_labels(graph) + model_files.labels(needs)
+    return Checked(uploads=uploads, labels=labels, files=needs)
 
 
 def file_names(task_id: str, files: dict[str, Any]) -> dict[str, str]:

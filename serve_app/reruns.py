@@ -77,6 +77,7 @@ async def rerun(
         inputs=inputs,
         required_labels=list(workflow.required_labels) + staged.labels,
         models=staged.models,
+        model_files=staged.files,
         seeds_drawn=seeds_drawn,
         rerun_of=original.task_id,
         tenant=original.tenant,

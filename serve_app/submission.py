@@ -21,7 +21,7 @@ from comfy_fleet import errors
 from comfy_fleet.log import events
 from comfy_fleet.log.task_state import TaskState
 from comfy_fleet.policies import access
-from comfy_fleet.workflows import raw_graph, reruns
+from comfy_fleet.workflows import model_files, raw_graph, reruns
 from serve_app import model_inputs, raw_graphs, workflow_versions
 from serve_app.services import Services
 
@@ -169,6 +169,8 @@ async def check(
         workflow = await workflow_versions.book(services).resolve(workflow_name, workflow_version)
         seeds_drawn = reruns.drawn_seeds(workflow.manifest, params)
         resolved = workflow.validate(params, limits=services.settings)
+        # Model file names too long to route are refused now, before any model is fetched.
+        model_files.of_params(workflow.graph, workflow.manifest.params, resolved)
     if callback_url is not None and (checked_urls is None or callback_url not in checked_urls):
         parsed = services.url_policy.check_url(callback_url)
         await services.url_policy.resolve_and_check(parsed)
@@ -181,13 +183,15 @@ async def check(
 
 
 async def prepare(
-    services: Services, checked: Checked, task_id: str, batch_id: str | None = None
+    services: Services, checked: Checked, task_id: str, batch_id: str | None = None,
+    staged: model_inputs.StagedModels | None = None,
 ) -> tuple[events.TaskSubmitted, list[events.Event]]:
     """The task's first event and the events to record with it (`task.model_fetched` of the
     models by URL it fetched): models staged in the bucket, image inputs kept in S3, the
     workflow's version stored (once). A served workflow's event holds its version and resolved
     params, no prompt (the endpoint renders it at dispatch); a raw graph's holds its prompt.
-    Records no task in the log."""
+    `staged`: the task's models, staged already (`stage_models`; a batch stages every task's
+    before it stores any image). Records no task in the log."""
     if checked.graph is not None:
         assert checked.graph_check is not None
         graph, files = checked.graph, checked.files or {}
@@ -199,6 +203,7 @@ async def prepare(
             callback_url=checked.callback_url, priority=checked.priority,
             request_hash=checked.digest, origin=checked.origin, inputs=inputs,
             required_labels=graph_checked.labels, tenant=checked.tenant, batch_id=batch_id,
+            model_files=graph_checked.files,
         ), []
     workflow, resolved = checked.workflow, checked.resolved
     image_names = {
@@ -206,8 +211,8 @@ async def prepare(
         for name, spec in workflow.manifest.params.items()
         if spec.type == "image" and name in resolved
     }
-    # Models by URL are in the bucket before anything is recorded (serve_app/model_inputs.py).
-    staged = await model_inputs.stage_models(services, workflow, resolved)
+    if staged is None:
+        staged = await stage_models(services, checked)
     inputs: list[dict[str, Any]] = []
     if image_names:
         inputs = await _stage_images(services, task_id, workflow, resolved, image_names)
@@ -229,8 +234,21 @@ async def prepare(
         tenant=checked.tenant,
         seeds_drawn=list(checked.seeds_drawn),
         models=staged.models,
+        model_files=staged.files,
         batch_id=batch_id,
     ), list(staged.fetched)
+
+
+async def stage_models(
+    services: Services, checked: Checked, in_bucket: set[str] | None = None
+) -> model_inputs.StagedModels:
+    """Put the task's models given by URL in the bucket before anything is recorded
+    (serve_app/model_inputs.py); a raw graph has none."""
+    if checked.workflow is None:
+        return model_inputs.StagedModels()
+    return await model_inputs.stage_models(
+        services, checked.workflow, checked.resolved, in_bucket=in_bucket
+    )
 
 
 async def submit(
@@ -290,7 +308,9 @@ async def _record(
     try:
         state = await services.log.append(task_id, 0, [event, *(also or [])])
     except errors.DuplicateClientTaskId:
-        # Lost a race with the same client_task_id: answer as the winner was answered.
+        # Lost a race with the same client_task_id: answer as the winner was answered. Nothing
+        # of this request was recorded, so the inputs it stored name no task.
+        await discard_inputs(services, [event])
         assert client_task_id is not None
         existing = await services.log.find_client_task(client_task_id, tenant)
         if existing is None:
@@ -365,3 +385,9 @@ async def _stage_images(
 
     return await inputs_module.stage_images(services, task_id, workflow, resolved, names)
 
+
+async def discard_inputs(services: Services, submitted: list[events.TaskSubmitted]) -> None:
+    """Delete the image inputs staged for tasks whose recording was refused (best effort)."""
+    from serve_app import inputs as inputs_module
+
+    await inputs_module.discard(services, [item for ev in submitted for item in ev.inputs])

@@ -8,6 +8,8 @@ Pure: no I/O. `parse(raw)` never raises; a frame that is not what the protocol s
 - `progress` → `Progress` (only with integer `value` and `max`);
 - `execution_error` / `execution_interrupted` → `Failed` (the task's error fields already
   read by `history.error_from_message`, and the history outcome kind);
+- `executed` → `Executed` (the node's UI output: the files it saved, as history records them);
+- `execution_success` → `Succeeded`;
 - `executing` with `node: null` → `Done` (history is complete by then); with a node → `Other`;
 - binary preview frames (protocol §3.6) → `Preview`: type 1 (`PREVIEW_IMAGE`: a 4-byte image
   format, 1 JPEG or 2 PNG, then the image; it names no prompt: it is the running one's) and
@@ -58,6 +60,23 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class Executed:
+    """`executed`: one node's UI output (`{"images": [...]}`…), None for a cached node without
+    UI. History's `outputs` is these, keyed by node (a node run again replaces its entry)."""
+
+    prompt_id: str
+    node: str
+    output: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    """`execution_success`: the prompt ran to its end without an error."""
+
+    prompt_id: str
+
+
+@dataclass(frozen=True)
 class Done:
     """`executing` with `node: null`: the prompt finished; its history entry is written."""
 
@@ -96,7 +115,10 @@ class Unreadable:
     """Text that is not a JSON object: ignored (the reconciler reads /queue and /history)."""
 
 
-Frame = Status | Started | Progress | Failed | Done | Other | Preview | Binary | Unreadable
+Frame = (
+    Status | Started | Progress | Executed | Succeeded | Failed | Done | Other | Preview | Binary
+    | Unreadable
+)
 
 #: binary event types (ComfyUI's `protocol.BinaryEventTypes`) and type 1's image formats
 PREVIEW_IMAGE = 1
@@ -104,7 +126,7 @@ PREVIEW_IMAGE_WITH_METADATA = 4
 IMAGE_FORMATS = {1: "image/jpeg", 2: "image/png"}
 
 #: frame types that may name a prompt (`prompt_id`); the rest is broadcast or unreadable
-ABOUT_A_PROMPT = (Started, Progress, Failed, Done, Other)
+ABOUT_A_PROMPT = (Started, Progress, Executed, Succeeded, Failed, Done, Other)
 
 
 def parse(raw: str | bytes) -> Frame:
@@ -140,6 +162,13 @@ def parse(raw: str | bytes) -> Frame:
         return Failed(prompt_id, history.ERROR, history.error_from_message(kind, data))
     if kind == "execution_interrupted":
         return Failed(prompt_id, history.INTERRUPTED, history.error_from_message(kind, data))
+    if kind == "executed" and data.get("node") is not None:
+        output = data.get("output")
+        if output is None or isinstance(output, dict):
+            return Executed(prompt_id, str(data["node"]), output)
+        return Other(kind, prompt_id)
+    if kind == "execution_success":
+        return Succeeded(prompt_id)
     if kind == "executing" and data.get("node") is None:
         return Done(prompt_id)
     return Other(kind if isinstance(kind, str) else None, prompt_id)

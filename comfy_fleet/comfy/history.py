@@ -35,8 +35,8 @@ class Outcome:
 
 
 def output_files(outputs: dict[str, Any] | None) -> list[OutputFile]:
-    """Every `{filename, subfolder, type: "output"}` entry of a history `outputs` dict (or a list
-    of `executed` outputs as (node, output) pairs), in node order; temp previews are skipped."""
+    """Every `{filename, subfolder, type: "output"}` entry of a history `outputs` dict (or the
+    same dict gathered from `executed` frames), in node order; temp previews are skipped."""
     files: list[OutputFile] = []
     for node_id, ui in (outputs or {}).items():
         if not isinstance(ui, dict):

@@ -1,7 +1,8 @@
 """Webhooks per docs/api.md section 5: Standard Webhooks signing, the retry policy, and one sender.
 
-Everything but ``WebhookSender`` is pure. The delivery loop (which task, when, which events to
-record) lives with the dispatcher; this module decides how one try looks and what it meant.
+Everything but ``WebhookSender`` is pure. This module decides how one try looks and what its
+answer was; ``comfy_fleet/delivery/tries.py`` which events record it and what follows, and the
+dispatcher (actors/webhook_dispatcher.py, actors/webhook_tries.py) which delivery runs when.
 
 Standard Webhooks (https://www.standardwebhooks.com): the secret is ``whsec_<base64 key>``, the
 key is the decoded bytes, and ``webhook-signature`` is ``v1,<base64 HMAC-SHA256 of

@@ -1,8 +1,10 @@
 """The event log's port for batches (POST /batches), and its in-memory implementation.
 
-Contract of `append_batch(batch_id, submitted, tasks)`:
-- the batch's `batch.submitted` (seq 1 of its stream) and each task's `task.submitted` (seq 1 of
-  its own) are stored in one transaction, with every read-model row: all of them, or none;
+Contract of `append_batch(batch_id, submitted, tasks, also)`:
+- the batch's `batch.submitted` (seq 1 of its stream), each task's `task.submitted` (seq 1 of
+  its own) and the events `also` gives a task after it (seq 2 on: the `task.model_fetched` of
+  the models fetched for it, as a single submission records them) are stored in one
+  transaction, with every read-model row: all of them, or none;
 - a client_batch_id the tenant already used raises `errors.DuplicateClientBatchId`, a taken
   client_task_id `errors.DuplicateClientTaskId`; nothing is stored then;
 - the tasks wait for dispatch from the commit on (`listen_queued` callers hear of each one).
@@ -14,14 +16,14 @@ so `batch.completed` is recorded once however many writers decide it at once.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from comfy_fleet import errors
 from comfy_fleet.batches import batch_state
 from comfy_fleet.batches.batch_state import BatchState
-from comfy_fleet.log import events, task_state
+from comfy_fleet.log import events, notices, task_state
 from comfy_fleet.log.task_state import TaskState
 
 #: (batch_id) of a batch one of whose tasks just ended (see `batch_ended_notice`)
@@ -39,22 +41,35 @@ def batch_ended_notice(before: TaskState | None, after: TaskState) -> str | None
     return after.batch_id
 
 
+#: task_id → the events to record after its `task.submitted` (`append_batch`'s `also`)
+AlsoEvents = Mapping[str, Sequence[events.Event]]
+
+
 def stamp_batch(
     batch_id: str,
     submitted: events.BatchSubmitted,
     tasks: Sequence[tuple[str, events.TaskSubmitted]],
     at: datetime,
-) -> tuple[BatchState, list[TaskState]]:
-    """The batch's and its tasks' first states. Task `i` is recorded `i` microseconds after the
-    batch, so their creation order (the router's FIFO, the listing) is the batch's order."""
+    also: AlsoEvents | None = None,
+) -> tuple[BatchState, list[TaskState], list[events.StoredEvent]]:
+    """The batch's and its tasks' states once recorded, and the stored form of `also` (each
+    task's further events, seq 2 on, at the task's own time). Task `i` is recorded `i`
+    microseconds after the batch, so their creation order (the router's FIFO, the listing) is
+    the batch's order."""
     batch = batch_state.evolve(
         None, events.StoredEvent(task_id=batch_id, seq=1, event=submitted, at=at)
     )
-    states = [
-        task_state.apply(None, task_id, 1, at + timedelta(microseconds=i), ev)
-        for i, (task_id, ev) in enumerate(tasks)
-    ]
-    return batch, states
+    states: list[TaskState] = []
+    more: list[events.StoredEvent] = []
+    for i, (task_id, ev) in enumerate(tasks):
+        task_at = at + timedelta(microseconds=i)
+        state = task_state.apply(None, task_id, 1, task_at, ev)
+        for seq, extra in enumerate((also or {}).get(task_id, ()), start=2):
+            stored = events.StoredEvent(task_id=task_id, seq=seq, event=extra, at=task_at)
+            state = task_state.evolve(state, stored, in_place=True)
+            more.append(stored)
+        states.append(state)
+    return batch, states, more
 
 
 class BatchLog(Protocol):
@@ -62,7 +77,7 @@ class BatchLog(Protocol):
 
     async def append_batch(
         self, batch_id: str, submitted: events.BatchSubmitted,
-        tasks: Sequence[tuple[str, events.TaskSubmitted]],
+        tasks: Sequence[tuple[str, events.TaskSubmitted]], also: AlsoEvents | None = None,
     ) -> tuple[BatchState, list[TaskState]]: ...
 
     async def append_batch_events(
@@ -124,7 +139,7 @@ class InMemoryBatches:
 
     async def append_batch(
         self, batch_id: str, submitted: events.BatchSubmitted,
-        tasks: Sequence[tuple[str, events.TaskSubmitted]],
+        tasks: Sequence[tuple[str, events.TaskSubmitted]], also: AlsoEvents | None = None,
     ) -> tuple[BatchState, list[TaskState]]:
         from comfy_fleet.log import event_log
 
@@ -139,7 +154,7 @@ class InMemoryBatches:
         if batch_id in self._batch_streams or any(t in self._streams for t, _ in tasks):
             raise errors.ConcurrencyConflict(f"batch {batch_id}: an id is taken")
         at = event_log.now()
-        batch, states = stamp_batch(batch_id, submitted, tasks, at)
+        batch, states, more = stamp_batch(batch_id, submitted, tasks, at, also)
         self._position += 1
         self._batch_streams[batch_id] = [
             events.StoredEvent(batch_id, 1, submitted, at, position=self._position)
@@ -154,8 +169,13 @@ class InMemoryBatches:
             self._states[task_id] = state
             if state.client_task_id:
                 self._clients[(state.tenant, state.client_task_id)] = task_id
+        for stored in more:
+            self._position += 1
+            self._streams[stored.task_id].append(
+                dataclasses.replace(stored, position=self._position)
+            )
         for state in states:
-            notice = event_log.queued_notice(None, state)
+            notice = notices.queued_notice(None, state)
             if notice is not None:
                 for cb in self._queued:
                     cb(*notice)

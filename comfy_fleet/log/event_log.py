@@ -25,9 +25,8 @@ import orjson
 
 from comfy_fleet import errors
 
-from comfy_fleet.log import events, fleet, task_state, version_store
+from comfy_fleet.log import events, fleet, notices, task_state, version_store
 from comfy_fleet.log.batch_log import BatchLog, InMemoryBatches
-from comfy_fleet.delivery.slots import receiver_of
 from comfy_fleet.log.task_state import TaskState
 
 
@@ -40,42 +39,6 @@ QueuedRow = tuple[str, int, float, str, list[str], str]
 DISPATCH_HISTORY = 10_000
 #: (task_id, endpoint, webhook_to) of a task whose end was just recorded (see `ended_notice`)
 EndedCallback = Callable[[str, str | None, str | None], None]
-
-
-def queued_notice(
-    before: TaskState | None, after: TaskState
-) -> tuple[str, int, float, str, list[str], bool, str] | None:
-    """What `listen_queued` callers hear of an append: `(task_id, priority, created_at,
-    workflow, labels, requeued, tenant)` when it made the task wait for dispatch, else None.
-    `requeued` is False for a submission, True for a task requeued after a lost attempt: the
-    endpoint it was given to has let go of it, so the router frees that slot and queues the task
-    again. `tenant` comes last: a notice of a writer from before tenants has none (`default`)."""
-    if after.status != task_state.QUEUED:
-        return None
-    if before is not None and before.status == task_state.QUEUED:
-        return None
-    return (
-        after.task_id, after.priority, after.created_at.timestamp(), after.workflow,
-        list(after.required_labels), before is not None, after.tenant,
-    )
-
-
-def ended_notice(before: TaskState | None, after: TaskState) -> tuple[str, str | None, str | None] | None:
-    """What `listen_ended` callers hear of an append: `(task_id, endpoint, webhook_to)` when it
-    gave the task an end (or a new end), or made its webhook pending again; else None.
-    `endpoint` is where the task last ran (None if it never did): the router frees its slot
-    there. `webhook_to` is not None when there is a delivery to make: the receiver it goes to
-    (`delivery_slots.receiver_of` the callback URL), which the dispatcher queues it under, or
-    `delivery_slots.UNKNOWN` when a writer of the previous version sent the notice."""
-    if after.end_seq is None:
-        return None
-    pending = after.webhook == task_state.WEBHOOK_PENDING
-    if before is not None and before.end_seq == after.end_seq and (
-        not pending or before.webhook == task_state.WEBHOOK_PENDING
-    ):
-        return None
-    webhook_to = receiver_of(after.callback_url) if pending and after.callback_url else None
-    return after.task_id, after.endpoint, webhook_to
 
 
 class TaskStream(Protocol):
@@ -141,15 +104,23 @@ class TaskQueries(Protocol):
 class TaskNotices(Protocol):
     """Being told of what was just recorded. Best effort: callers also scan the queries."""
 
+    #: the states the queued notices carried (`comfy_fleet.log.notices`), until taken
+    queued_states: notices.NoticedStates
+    #: the states the ended notices of tasks with a webhook carried, until taken (kept only
+    #: once a listener asked for them: `listen_ended(keep_states=True)`)
+    ended_states: notices.NoticedStates
+
     async def listen_queued(self, callback: QueuedCallback) -> None:
         """Be told of every task that waits for dispatch from now on, submitted or requeued
         (`queued_notice`). Best effort: scan `queued_tasks()` as a fallback."""
         ...
 
     async def listen_ended(
-        self, callback: EndedCallback, on_listening: Callable[[], None] | None = None
+        self, callback: EndedCallback, on_listening: Callable[[], None] | None = None,
+        *, keep_states: bool = False,
     ) -> None:
-        """Be told of every task end recorded from now on (`ended_notice`), by whichever writer.
+        """Be told of every task end recorded from now on (`ended_notice`), by whichever writer;
+        with `keep_states`, keep the states they carry in `ended_states`.
         Best effort: a notice sent while the listener was reconnecting is lost, so
         `on_listening` is called each time listening (re)starts, for the caller to catch up
         from the log."""
@@ -254,6 +225,8 @@ class InMemoryEventLog(InMemoryBatches, version_store.InMemoryVersions):
         self._changed = asyncio.Condition()
         self._queued: list[QueuedCallback] = []
         self._ended: list[EndedCallback] = []
+        self.queued_states = notices.NoticedStates()
+        self.ended_states = notices.NoticedStates(keep=0)
         self._fleet: list[fleet.FleetEvent] = []
         self._batches_init()
 
@@ -286,12 +259,15 @@ class InMemoryEventLog(InMemoryBatches, version_store.InMemoryVersions):
         self._dispatches += [
             new_state.tenant for s in stored if isinstance(s.event, events.TaskDispatched)
         ]
-        queued = queued_notice(base, new_state)
+        queued = notices.queued_notice(base, new_state)
         if queued is not None:
+            self.queued_states.put(task_id, _carried(new_state))
             for cb in self._queued:
                 cb(*queued)
-        notice = ended_notice(base, new_state)
+        notice = notices.ended_notice(base, new_state)
         if notice is not None:
+            if notice[2] is not None:
+                self.ended_states.put(task_id, _carried(new_state))
             for ended in self._ended:
                 ended(*notice)
         self._notify_batch_ended(base, new_state)
@@ -366,8 +342,11 @@ class InMemoryEventLog(InMemoryBatches, version_store.InMemoryVersions):
         self._queued.append(callback)
 
     async def listen_ended(
-        self, callback: EndedCallback, on_listening: Callable[[], None] | None = None
+        self, callback: EndedCallback, on_listening: Callable[[], None] | None = None,
+        *, keep_states: bool = False,
     ) -> None:
+        if keep_states:
+            self.ended_states.keep = notices.KEEP_STATES
         self._ended.append(callback)
         if on_listening is not None:
             on_listening()
@@ -393,3 +372,8 @@ class InMemoryEventLog(InMemoryBatches, version_store.InMemoryVersions):
 
     async def close(self) -> None:
         return None
+
+
+def _carried(state: TaskState) -> dict[str, Any]:
+    """The state as a notice carries it: through JSON, as from PostgreSQL (nothing shared)."""
+    return orjson.loads(orjson.dumps(state_to_json(state)))

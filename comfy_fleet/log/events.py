@@ -102,6 +102,9 @@ class TaskSubmitted(Event):
     #: models given by URL, pulled onto the endpoint at dispatch:
     #: [{"param", "sha256", "s3_key", "filename", "folder"}] (absent in events recorded before).
     models: list[dict[str, Any]] = field(default_factory=list)
+    #: model files by name its endpoint must hold (routed by its `file:` labels; absent before):
+    #: [{"param" (a raw graph's: "node_id"), "folder", "filename"}]
+    model_files: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -22,8 +21,8 @@ import asyncpg
 import orjson
 
 from comfy_fleet import errors
-from comfy_fleet.log import batch_log, events, fleet, pg_errors, postgres_batches, rebuild
-from comfy_fleet.log import task_state, version_store
+from comfy_fleet.log import batch_log, events, fleet, notices, pg_errors, pg_rows
+from comfy_fleet.log import postgres_batches, rebuild, task_state, version_store
 from comfy_fleet.delivery.slots import UNKNOWN as UNKNOWN_RECEIVER
 from comfy_fleet.log.event_log import (
     DISPATCH_HISTORY,
@@ -32,9 +31,6 @@ from comfy_fleet.log.event_log import (
     QueuedRow,
     decode_cursor,
     encode_cursor,
-    ended_notice,
-    queued_notice,
-    stamp,
     state_from_json,
     state_to_json,
 )
@@ -81,6 +77,8 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
         self._notify_task: asyncio.Task[None] | None = None
         #: reads of a batch's queued tasks on its notice (postgres_batches), kept referenced
         self._bg_fetches: set[asyncio.Task[Any]] = set()
+        self.queued_states = notices.NoticedStates()
+        self.ended_states = notices.NoticedStates(keep=0)
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 8) -> PostgresEventLog:
@@ -121,35 +119,23 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
             state = await self.get(task_id)
             if state.seq != expected_seq:
                 raise errors.ConcurrencyConflict(f"task {task_id}: seq {expected_seq + 1} is taken")
-        stored = stamp(task_id, expected_seq, new_events)
-        new_state = state
-        for s in stored:
-            new_state = task_state.evolve(new_state, s)
-        assert new_state is not None
-        with pg_errors.translated(task_id, expected_seq):
-            row = await self._pool.fetchrow(
-                queries["append_events"],
-                task_id,
-                [s.seq for s in stored],
-                [s.event.TYPE for s in stored],
-                [s.event.SCHEMA_VERSION for s in stored],
-                [s.event.payload() for s in stored],
-                [s.at for s in stored],
-                new_state.client_task_id,
-                new_state.workflow,
-                new_state.status,
-                new_state.priority,
-                new_state.webhook,
-                new_state.seq,
-                new_state.created_at,
-                new_state.updated_at,
-                state_to_json(new_state),
-                expected_seq,
-                _queued_payload(state, new_state),
-                _ended_payload(state, new_state),
-                new_state.tenant,
-                batch_log.batch_ended_notice(state, new_state),
+
+        def read_model(before: TaskState | None, after: TaskState) -> tuple[Any, ...]:
+            row = state_to_json(after)
+            return (
+                after.client_task_id, after.workflow, after.status, after.priority,
+                after.webhook, after.seq, after.created_at, after.updated_at,
+                row, expected_seq,
+                notices.payload(notices.queued_notice(before, after), row),
+                notices.payload(notices.ended_notice(before, after), row), after.tenant,
+                batch_log.batch_ended_notice(before, after),
             )
+
+        new_state, args = pg_rows.append_args(
+            task_id, expected_seq, new_events, state, task_state.evolve, read_model
+        )
+        with pg_errors.translated(task_id, expected_seq):
+            row = await self._pool.fetchrow(queries["append_events"], *args)
         if row["upserted"] != 1:
             # The events were stored (their seqs were free) but the read model row did not
             # match: only a read model edited behind our back does that. Say so loudly.
@@ -159,7 +145,7 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
     async def read(self, task_id: str, after_seq: int = 0) -> list[events.StoredEvent]:
         with pg_errors.translated():
             rows = await self._pool.fetch(queries["select_task_events"], task_id, after_seq)
-        return [_stored(task_id, r) for r in rows]
+        return [pg_rows.stored_event(task_id, r) for r in rows]
 
     async def get(self, task_id: str) -> TaskState:
         with pg_errors.translated():
@@ -207,11 +193,7 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
     async def queued_tasks(self) -> list[QueuedRow]:
         with pg_errors.translated():
             rows = await self._pool.fetch(queries["queued_tasks"])
-        return [
-            (str(r["task_id"]), r["priority"], r["created_at"].timestamp(), r["workflow"],
-             list(r["labels"] or []), r["tenant"])
-            for r in rows
-        ]
+        return [pg_rows.queued_row(r) for r in rows]
 
     async def dispatch_tenants(self, limit: int = DISPATCH_HISTORY) -> list[str]:
         with pg_errors.translated():
@@ -224,7 +206,7 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
         return [(str(r["task_id"]), r["callback_url"]) for r in rows]
 
     async def ended_among(self, task_ids: Sequence[str]) -> set[str]:
-        ids = [t for t in task_ids if _is_uuid(t)]  # no other id names a task here
+        ids = [t for t in task_ids if pg_rows.is_uuid(t)]
         if not ids:
             return set()
         with pg_errors.translated():
@@ -284,7 +266,7 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
 
     async def listen_queued(self, callback: QueuedCallback) -> None:
         """Call `callback(task_id, priority, created_at, workflow, labels, requeued, tenant)` for
-        every task submitted or requeued from now on (`event_log.queued_notice`), sent by the
+        every task submitted or requeued from now on (`notices.queued_notice`), sent by the
         appending statement. Delivery is best effort: callers also scan `queued_tasks()`. A
         writer from before tenants sends no tenant: its tasks are tenant `default`."""
 
@@ -295,20 +277,27 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
                 return
             task_id, priority, created_at, workflow, labels, requeued, *rest = notice
             tenant = rest[0] if rest and isinstance(rest[0], str) else task_state.DEFAULT_TENANT
+            self.queued_states.put(task_id, notices.carried_state(rest, 1))
             callback(task_id, priority, created_at, workflow, labels, bool(requeued), tenant)
 
         await self._listen(QUEUED_CHANNEL, on_payload)
 
     async def listen_ended(
-        self, callback: EndedCallback, on_listening: Callable[[], None] | None = None
+        self, callback: EndedCallback, on_listening: Callable[[], None] | None = None,
+        *, keep_states: bool = False,
     ) -> None:
         """Call `callback(task_id, endpoint, webhook_to)` for every end recorded from now
-        on (`event_log.ended_notice`); the notice is sent by the appending statement itself, so
+        on (`notices.ended_notice`); the notice is sent by the appending statement itself, so
         it exists exactly when the end was committed. `on_listening` runs each time LISTEN is
         (re)established: notices sent while it was down are gone, the caller catches up."""
 
+        if keep_states:
+            self.ended_states.keep = notices.KEEP_STATES
+
         def on_payload(payload: str) -> None:
-            task_id, endpoint, webhook_to = orjson.loads(payload)
+            task_id, endpoint, webhook_to, *rest = orjson.loads(payload)
+            if webhook_to is not None:
+                self.ended_states.put(task_id, notices.carried_state(rest, 0))
             if webhook_to is True:  # a writer of the version before: pending, receiver unknown
                 webhook_to = UNKNOWN_RECEIVER
             callback(task_id, endpoint, webhook_to if isinstance(webhook_to, str) else None)
@@ -372,29 +361,3 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
         return await rebuild.rebuild_read_model(self._dsn, workers, full=full)
 
 
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except (ValueError, TypeError, AttributeError):
-        return False
-    return True
-
-
-def _ended_payload(before: TaskState | None, after: TaskState) -> str | None:
-    notice = ended_notice(before, after)
-    return None if notice is None else _dumps(list(notice))
-
-
-def _queued_payload(before: TaskState | None, after: TaskState) -> str | None:
-    notice = queued_notice(before, after)
-    return None if notice is None else _dumps(list(notice))
-
-
-def _stored(task_id: str, r: asyncpg.Record) -> events.StoredEvent:
-    return events.StoredEvent(
-        task_id=task_id,
-        seq=r["seq"],
-        event=events.decode(r["type"], r["schema_version"], r["payload"]),
-        at=r["recorded_at"],
-        position=r["position"],
-    )

@@ -2,8 +2,9 @@
 pool and its one LISTEN connection.
 
 A batch is recorded by one statement (`append_batch`): its stream's first event and its
-read-model row, and every task's `task.submitted` and read-model row from arrays (`unnest`), so
-1,000 tasks cost one round trip and one commit. The router hears of them by one notice on
+read-model row, every task's `task.submitted` and read-model row, and the few further events of
+some tasks (`task.model_fetched`), each from arrays (`unnest`), so 1,000 tasks cost one round
+trip and one commit. The router hears of them by one notice on
 `tasks_queued_v1` naming the batch (`{"batch": id}`; a task's notice is a JSON array), on which
 `listen_queued` reads the batch's queued tasks and tells its callback of each.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -23,8 +23,8 @@ import orjson
 from comfy_fleet import errors
 from comfy_fleet.batches import batch_state
 from comfy_fleet.batches.batch_state import BatchState
-from comfy_fleet.log import events, pg_errors
-from comfy_fleet.log.batch_log import BatchTaskEndedCallback, stamp_batch
+from comfy_fleet.log import events, pg_errors, pg_rows
+from comfy_fleet.log.batch_log import AlsoEvents, BatchTaskEndedCallback, stamp_batch
 from comfy_fleet.log.event_log import QueuedRow
 from comfy_fleet.log.sql import queries
 from comfy_fleet.log.task_state import TaskState
@@ -34,28 +34,21 @@ log = logging.getLogger(__name__)
 BATCH_ENDED_CHANNEL = "batch_tasks_ended_v1"
 
 
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except (ValueError, TypeError, AttributeError):
-        return False
-    return True
-
-
 def batch_queued_payload(batch_id: str) -> str:
     return orjson.dumps({"batch": batch_id}).decode()
 
 
 def append_batch_args(
     batch_id: str, submitted: events.BatchSubmitted,
-    tasks: Sequence[tuple[str, events.TaskSubmitted]],
+    tasks: Sequence[tuple[str, events.TaskSubmitted]], also: AlsoEvents | None = None,
 ) -> tuple[BatchState, list[TaskState], tuple[Any, ...]]:
-    """The batch's and its tasks' first states, and the arguments of `append_batch` (its
-    statement's parameters, in their order; bench/batch_intake.py times the statement alone)."""
+    """The batch's and its tasks' states once recorded, and the arguments of `append_batch`
+    (its statement's parameters, in their order; bench/batch_intake.py times the statement
+    alone)."""
     from comfy_fleet.log import event_log
 
     at = event_log.now()
-    batch, states = stamp_batch(batch_id, submitted, tasks, at)
+    batch, states, more = stamp_batch(batch_id, submitted, tasks, at, also)
     args = (
         batch_id, submitted.TYPE, submitted.SCHEMA_VERSION, submitted.payload(), at,
         submitted.tenant, submitted.client_batch_id, submitted.callback_url,
@@ -68,6 +61,13 @@ def append_batch_args(
         [event_log.state_to_json(s) for s in states],
         events.TaskSubmitted.SCHEMA_VERSION,
         batch_queued_payload(batch_id),
+        [s.seq for s in states],
+        [m.task_id for m in more],
+        [m.seq for m in more],
+        [m.event.TYPE for m in more],
+        [m.event.SCHEMA_VERSION for m in more],
+        [m.event.payload() for m in more],
+        [m.at for m in more],
     )
     return batch, states, args
 
@@ -81,12 +81,15 @@ class PostgresBatches:
 
     async def append_batch(
         self, batch_id: str, submitted: events.BatchSubmitted,
-        tasks: Sequence[tuple[str, events.TaskSubmitted]],
+        tasks: Sequence[tuple[str, events.TaskSubmitted]], also: AlsoEvents | None = None,
     ) -> tuple[BatchState, list[TaskState]]:
-        batch, states, args = append_batch_args(batch_id, submitted, tasks)
+        batch, states, args = append_batch_args(batch_id, submitted, tasks, also)
         with pg_errors.translated(batch_id, 0):
             row = await self._pool.fetchrow(queries["append_batch"], *args)
-        if row["tasks"] != len(tasks) or row["events"] != len(tasks) or row["batch_rows"] != 2:
+        more = sum(s.seq for s in states) - len(states)
+        if (row["tasks"], row["events"], row["more"], row["batch_rows"]) != (
+            len(tasks), len(tasks), more, 2
+        ):
             raise errors.FleetError(f"batch {batch_id}: recorded {dict(row)} of {len(tasks)} tasks")
         return batch, states
 
@@ -94,8 +97,6 @@ class PostgresBatches:
         self, batch_id: str, expected_seq: int, new_events: Sequence[events.Event],
         state: BatchState | None = None,
     ) -> BatchState:
-        from comfy_fleet.log import event_log
-
         if not new_events:
             raise ValueError("append needs at least one event")
         if state is None or state.seq != expected_seq:
@@ -104,39 +105,25 @@ class PostgresBatches:
                 raise errors.ConcurrencyConflict(
                     f"batch {batch_id}: seq {expected_seq + 1} is taken"
                 )
-        stored = event_log.stamp(batch_id, expected_seq, new_events)
-        new_state = state
-        for s in stored:
-            new_state = batch_state.evolve(new_state, s)
+
+        def read_model(_before: BatchState | None, after: BatchState) -> tuple[Any, ...]:
+            return after.status, after.webhook, after.seq, after.updated_at, expected_seq
+
+        new_state, args = pg_rows.append_args(
+            batch_id, expected_seq, new_events, state, batch_state.evolve, read_model
+        )
         with pg_errors.translated(batch_id, expected_seq):
-            row = await self._pool.fetchrow(
-                queries["append_batch_events"],
-                batch_id,
-                [s.seq for s in stored],
-                [s.event.TYPE for s in stored],
-                [s.event.SCHEMA_VERSION for s in stored],
-                [s.event.payload() for s in stored],
-                [s.at for s in stored],
-                new_state.status, new_state.webhook, new_state.seq, new_state.updated_at,
-                expected_seq,
-            )
+            row = await self._pool.fetchrow(queries["append_batch_events"], *args)
         if row["updated"] != 1:
             raise errors.FleetError(f"batch {batch_id}: read model out of step with the log")
         return new_state
 
     async def read_batch(self, batch_id: str) -> list[events.StoredEvent]:
-        if not _is_uuid(batch_id):
+        if not pg_rows.is_uuid(batch_id):
             return []
         with pg_errors.translated():
             rows = await self._pool.fetch(queries["select_batch_events"], batch_id)
-        return [
-            events.StoredEvent(
-                task_id=batch_id, seq=r["seq"],
-                event=events.decode(r["type"], r["schema_version"], r["payload"]),
-                at=r["recorded_at"], position=r["position"],
-            )
-            for r in rows
-        ]
+        return [pg_rows.stored_event(batch_id, r) for r in rows]
 
     async def get_batch(self, batch_id: str) -> BatchState:
         state = batch_state.replay(await self.read_batch(batch_id))
@@ -189,11 +176,7 @@ class PostgresBatches:
         """As `queued_tasks`, for one batch."""
         with pg_errors.translated():
             rows = await self._pool.fetch(queries["queued_tasks_of_batch"], batch_id)
-        return [
-            (str(r["task_id"]), r["priority"], r["created_at"].timestamp(), r["workflow"],
-             list(r["labels"] or []), r["tenant"])
-            for r in rows
-        ]
+        return [pg_rows.queued_row(r) for r in rows]
 
     async def listen_batch_task_ended(
         self, callback: BatchTaskEndedCallback, on_listening: Callable[[], None] | None = None

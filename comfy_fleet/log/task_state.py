@@ -82,6 +82,8 @@ class TaskState:
     rerun_of: str | None = None
     #: models given by URL (`events.TaskSubmitted.models`)
     models: list[dict[str, Any]] = field(default_factory=list)
+    #: model files given by name it needs on its endpoint (`events.TaskSubmitted.model_files`)
+    model_files: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_final(self) -> bool:
@@ -141,6 +143,7 @@ def apply(
             seeds_drawn=list(ev.seeds_drawn),
             rerun_of=ev.rerun_of,
             models=list(ev.models),
+            model_files=list(ev.model_files),
             tenant=ev.tenant,
             created_at=at,
             updated_at=at,
@@ -283,6 +286,11 @@ def to_view(s: TaskState) -> dict[str, Any]:
         "models": [
             {k: m[k] for k in ("param", "sha256", "s3_key", "filename") if k in m}
             for m in s.models
+        ],
+        "model_files": [
+            {"param": m.get("param"), "node_id": m.get("node_id"), "folder": m["folder"],
+             "filename": m["filename"]}
+            for m in s.model_files
         ],
         "error": s.error,
         "webhook": s.webhook,

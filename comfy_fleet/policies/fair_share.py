@@ -26,14 +26,16 @@ dispatch per tenant (and in the order of ties among tenants not served within th
 **Cost.** Tenants with waiting tasks sit in two heaps (those level with `V`, keyed by recency; those
 ahead, keyed by tag), so choosing a tenant is O(log T) amortized; each tenant's tasks are a
 RankedList, so push, remove and taking the first task are O(log n) plus a move of at most a block
-(512 pointers), and a task's `position` costs O(T + log n).
+(512 pointers), and a task's `position` costs O(T + log n). `next` tries `fits` on at most
+SCAN_PER_TENANT of a tenant's first tasks, and with `alike` once per kind of task among its first
+WALK_PER_TENANT: tasks no endpoint can take now wait without holding back the tenant's others.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -42,6 +44,10 @@ from comfy_fleet.policies.ranked_list import RankedList
 #: How many of one tenant's first tasks `next` tries against `fits` before passing to the next
 #: tenant (the rest wait for a later round), as the router's queue did.
 SCAN_PER_TENANT = 64
+#: With `alike`, how many of one tenant's first tasks `next` may walk: a task alike to one that
+#: did not fit is passed over untried and counts only here, so a pile of tasks no endpoint can
+#: take (all naming a model file none holds) does not hold back the tenant's later tasks.
+WALK_PER_TENANT = 4096
 
 Weight = Fraction | int | float | str
 
@@ -235,16 +241,19 @@ class FairShare:
                 yield t
 
     def next(
-        self, fits: Callable[[WaitingTask], bool] | None = None, *, scan: int = SCAN_PER_TENANT
+        self, fits: Callable[[WaitingTask], bool] | None = None, *, scan: int = SCAN_PER_TENANT,
+        alike: Callable[[WaitingTask], Hashable] | None = None,
     ) -> WaitingTask | None:
         """Take the next task to dispatch and charge its tenant: the tenant with the least
         weighted service lately, and within it the first task (by priority, then age) for which
         `fits(task)` holds, trying up to `scan` of each tenant's first tasks (a task no endpoint
-        can take now is passed over, not dropped). None when nothing fits."""
+        can take now is passed over, not dropped). None when nothing fits. With `alike`, `fits`
+        is a function of `alike(task)`: a task alike to one that did not fit is not tried (nor
+        counted in `scan`), within the tenant's first WALK_PER_TENANT tasks."""
         passed: list[_Tenant] = []
         chosen: WaitingTask | None = None
         for t in self._candidates():
-            chosen = self._first_fitting(t, fits, scan)
+            chosen = self._first_fitting(t, fits, scan, alike)
             if chosen is not None:
                 break
             passed.append(t)
@@ -259,14 +268,25 @@ class FairShare:
         return chosen
 
     def _first_fitting(
-        self, t: _Tenant, fits: Callable[[WaitingTask], bool] | None, scan: int
+        self, t: _Tenant, fits: Callable[[WaitingTask], bool] | None, scan: int,
+        alike: Callable[[WaitingTask], Hashable] | None,
     ) -> WaitingTask | None:
+        unfit: set[Hashable] = set()
+        tried = 0
         for n, key in enumerate(t.queue):
-            if n >= scan:
+            if tried >= scan or n >= WALK_PER_TENANT:
                 break
             task = self._tasks[key[2]]
-            if fits is None or fits(task):
+            if fits is None:
                 return task
+            kind = alike(task) if alike is not None else None
+            if kind is not None and kind in unfit:
+                continue
+            tried += 1
+            if fits(task):
+                return task
+            if kind is not None:
+                unfit.add(kind)
         return None
 
     # --- reading the order --------------------------------------------------------------------

@@ -8,7 +8,9 @@ because a one-second-old queue length would hold back dispatches to a queue that
 `depth` prompts are skipped, so a task binds to an endpoint as late as possible. Ties are spread
 at random so equal endpoints share the work. A task that needs models given by URL (labels
 `model:<sha256>`) goes only to endpoints whose ComfyUI can pull models, and among those with
-room, preferably to one that already holds more of its models (then the least loaded).
+room, preferably to one that already holds more of its models (then the least loaded). A task
+that names model files (labels `file:<folder>/<name>`) goes only to endpoints whose loaders list
+every one of them (`model_files`, learnt with the node classes).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from comfy_fleet.workflows import model_params, raw_graph
+from comfy_fleet.workflows import model_files as model_files_module, model_params, raw_graph
 
 
 @dataclass
@@ -41,6 +43,9 @@ class EndpointLoad:
     #: whether its ComfyUI can pull models by URL (None: not known yet), and the sha256s it holds
     models_route: bool | None = None
     models: frozenset[str] = frozenset()
+    #: the model files its loaders list, per folder (None: not known yet — a task naming
+    #: model files waits)
+    model_files: model_files_module.Held | None = None
 
     @property
     def load(self) -> int:
@@ -48,7 +53,8 @@ class EndpointLoad:
 
     def can_take(self, workflow: str | None, labels: Iterable[str] = ()) -> bool:
         """Connected, not draining, runs the workflow, and carries every label; a label
-        `node:<class>` (a raw graph's) is met by the node classes its ComfyUI reports."""
+        `node:<class>` (a raw graph's) is met by the node classes its ComfyUI reports, and a
+        label `file:<folder>/<name>` by a file its loaders list in that folder."""
         if not self.connected or self.draining:
             return False
         if (
@@ -66,6 +72,11 @@ class EndpointLoad:
             if self.classes is None or not classes <= self.classes:
                 return False
             wanted = {w for w in wanted if not w.startswith(raw_graph.NODE_LABEL_PREFIX)}
+        files = model_files_module.needs_of_labels(wanted)
+        if files:
+            if self.model_files is None or not model_files_module.holds(files, self.model_files):
+                return False
+            wanted = {w for w in wanted if not w.startswith(model_files_module.LABEL_PREFIX)}
         return wanted <= self.labels
 
 

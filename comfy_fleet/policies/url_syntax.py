@@ -15,6 +15,7 @@ Which hosts and addresses may be called is ``url_policy``'s business, not this m
 from __future__ import annotations
 
 import ipaddress
+import functools
 import re
 from dataclasses import dataclass
 
@@ -64,6 +65,13 @@ def parse(url: str, *, max_length: int = MAX_URL_LENGTH) -> ParsedUrl:
     """
     if not isinstance(url, str) or not url:
         raise errors.InvalidRequest("the URL is empty")
+    return _parse(url, max_length)
+
+
+# Pure and immutable: a callback URL is checked at each delivery (its address may change, and
+# that check is not cached), its syntax once.
+@functools.lru_cache(maxsize=1024)
+def _parse(url: str, max_length: int) -> ParsedUrl:
     if len(url) > max_length:
         raise errors.InvalidRequest(f"the URL is longer than {max_length} characters")
     if any(ord(c) < 0x21 or c == "\x7f" for c in url):

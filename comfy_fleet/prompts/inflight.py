@@ -21,7 +21,10 @@ reconciler, the output storer, cancel) used to keep in step:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+from comfy_fleet.comfy import history
 
 
 class Phase(enum.Enum):
@@ -90,6 +93,13 @@ class InflightPrompt:
     last_progress_at: float = 0.0
     #: times its outputs could not be fetched because ComfyUI did not answer
     fetch_failures: int = 0
+    #: the socket life (`Connection.reconnects`) on which its `execution_start` came, None
+    #: until then: its frames are whole only if they all came on that one socket
+    frames_from: int | None = None
+    #: its `executed` outputs by node, as history's `outputs` records them
+    outputs: dict[str, Any] = field(default_factory=dict)
+    #: `execution_success` came on the socket of `frames_from`
+    succeeded: bool = False
 
     @property
     def watched(self) -> bool:
@@ -111,8 +121,30 @@ class InflightPrompt:
         if answered:
             self.last_frame = now
 
-    def on_started(self) -> None:
+    def on_started(self, socket_life: int | None = None) -> None:
         self.phase = started(self.phase)
+        if socket_life is not None and self.frames_from is None:
+            self.frames_from = socket_life
+
+    def on_executed(self, socket_life: int, node: str, output: dict[str, Any] | None) -> None:
+        """A node's output (frames from another socket than its start's are not whole)."""
+        if self.frames_from == socket_life and output is not None:
+            self.outputs[node] = output
+
+    def on_succeeded(self, socket_life: int) -> None:
+        if self.frames_from == socket_life:
+            self.succeeded = True
+
+    def outcome_from_frames(self, socket_life: int) -> tuple[history.Outcome, dict[str, Any]] | None:
+        """Its end as its history entry would tell it (the outcome, and an entry holding its
+        `outputs`), read from its frames alone; None unless every frame from its
+        `execution_start` to its `execution_success` came on the socket still open (ComfyUI
+        drops the frames sent while no socket is registered and replays none), in which case
+        its history entry must be read."""
+        if not self.succeeded or self.frames_from != socket_life:
+            return None
+        outputs = dict(self.outputs)
+        return history.Outcome(history.SUCCESS, history.output_files(outputs)), {"outputs": outputs}
 
     def on_store(self) -> None:
         self.phase = store(self.phase)

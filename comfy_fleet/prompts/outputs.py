@@ -80,11 +80,13 @@ class OutputStorer:
         try:
             await self.store.put(key, data, content_type)
         except errors.StorageUnavailable as exc:
-            # Never lost: keep the bytes on disk; the task fails with storage_failed and the
-            # re-upload command completes it when S3 answers again.
+            # Never lost: keep the bytes on disk (written off the event loop: an output can be
+            # large); the task fails with storage_failed and the re-upload command completes it
+            # when S3 answers again.
+            kept = await asyncio.to_thread(self._keep_locally, key, data)
             return {
                 "code": "storage_failed", "message": exc.message, "filename": f.filename,
-                "fallback_path": self._keep_locally(key, data), "s3_key": key,
+                "fallback_path": kept, "s3_key": key,
                 "node_id": f.node_id, "index": index, "subfolder": f.subfolder, "kind": f.kind,
                 "content_type": content_type, "size": len(data), "sha256": digest,
             }

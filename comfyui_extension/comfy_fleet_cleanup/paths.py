@@ -74,13 +74,19 @@ def resolve_inside(base: Path, subfolder: str, filename: str) -> Path:
     return candidate
 
 
-def _open_folders(base: Path, names: list[str]) -> list[int]:
+def _open_folders(base: Path, names: list[str], *, create: bool = False) -> list[int]:
     """Descriptors of ``base`` (symlinks in ``base`` itself followed: it is the operator's) and of
     each folder ``names`` walks down, each opened relative to the last without following a
-    symlink. The caller closes them. Raises ``Escaped`` at a symlink or a non-folder."""
+    symlink (and made first when missing, with ``create``). The caller closes them. Raises
+    ``Escaped`` at a symlink or a non-folder."""
     fds = [os.open(base, _DIR_FLAGS)]
     try:
         for name in names:
+            if create:
+                try:
+                    os.mkdir(name, 0o755, dir_fd=fds[-1])
+                except FileExistsError:
+                    pass  # a folder (opened below) or not (refused below)
             try:
                 fds.append(os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fds[-1]))
             except FileNotFoundError:
@@ -179,26 +185,8 @@ class FolderFd:
         self._fds: list[int] = []
 
     def __enter__(self) -> int:
-        fds = [os.open(self._base, _DIR_FLAGS)]
-        try:
-            for name in self._names:
-                if self._create:
-                    try:
-                        os.mkdir(name, 0o755, dir_fd=fds[-1])
-                    except FileExistsError:
-                        pass  # a folder (opened below) or not (refused below)
-                try:
-                    fds.append(os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fds[-1]))
-                except FileNotFoundError:
-                    raise
-                except OSError as exc:  # ELOOP (a symlink) or ENOTDIR
-                    raise Escaped() from exc
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            raise
-        self._fds = fds
-        return fds[-1]
+        self._fds = _open_folders(self._base, self._names, create=self._create)
+        return self._fds[-1]
 
     def __exit__(self, *exc: object) -> None:
         for fd in self._fds:

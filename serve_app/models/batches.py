@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+#: What `tasks` holds, as documented: POST /tasks bodies. The route takes the items as they come
+#: and checks each one itself (serve_app/batch_items.py), so that a bad one is refused with
+#: `details.index` naming it rather than a pydantic location.
+_TASK_LIST = WithJsonSchema({
+    "type": "array", "items": {"$ref": "#/components/schemas/SubmitTask"},
+    "minItems": 1, "maxItems": 1000,
+})
 
 
 class SubmitBatch(BaseModel):
@@ -12,12 +20,20 @@ class SubmitBatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tasks: list[Any] | None = Field(
+    tasks: Annotated[list[Any], _TASK_LIST] | None = Field(
         default=None,
-        description="1 to 1,000 POST /tasks bodies naming a workflow, recorded together (raw "
-        "graphs and models given by URL are refused in a batch)",
+        description="1 to 1,000 POST /tasks bodies, recorded together: each may be anything "
+        "POST /tasks takes (a workflow with its params and a pinned `workflow_version`, models "
+        "given by URL, or a raw `graph` with its `files`) and is checked as POST /tasks checks "
+        "it; a bad one refuses the batch, `details.index` naming it",
     )
     workflow: str | None = Field(default=None, min_length=1, max_length=200)
+    workflow_version: str | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="With `workflow` and `sweep`: run this version of the workflow (GET "
+        "/workflows/{name}/versions) in every task of the sweep; a version the service does "
+        "not hold answers 409 `workflow_version_unknown`",
+    )
     params: dict[str, Any] | None = Field(default=None, description="The sweep's base params")
     sweep: dict[str, Any] | None = Field(
         default=None,

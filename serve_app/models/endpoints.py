@@ -21,6 +21,7 @@ class Endpoint(BaseModel):
                     "labels": ["gpu"], "last_seen": "2026-12-07T07:00:00.000000Z",
                     "reconnects": 0, "zombies": 0, "cleanup_extension": True,
                     "workflows": ["solid", "invert"],
+                    "model_files": {"checkpoints": 2, "loras": 14, "vae": 3},
                 }
             ]
         }
@@ -45,6 +46,11 @@ class Endpoint(BaseModel):
     )
     models: list[str] | None = Field(
         default=None, description="sha256s of the models given by URL that it holds"
+    )
+    model_files: dict[str, int] | None = Field(
+        default=None,
+        description="how many files each model folder holds, as its ComfyUI's core loaders "
+        "list them in /object_info (re-read while connected); null: not read yet",
     )
 
 

@@ -85,6 +85,16 @@ class TaskModel(BaseModel):
     filename: str
 
 
+class TaskModelFile(BaseModel):
+    """A model file given by name: the task runs only on an endpoint whose ComfyUI lists it in
+    that folder (it waits, queued, while no connected endpoint does)."""
+
+    param: str | None = Field(description="the model parameter it was given for")
+    node_id: str | None = Field(default=None, description="a raw graph's node naming it")
+    folder: str = Field(description="the ComfyUI model folder, e.g. loras")
+    filename: str
+
+
 class TaskError(BaseModel):
     """Why a task failed."""
 
@@ -129,6 +139,9 @@ class Task(BaseModel):
     progress: Progress | None
     outputs: list[Output]
     models: list[TaskModel] = Field(default=[], description="models given by URL (§7.5)")
+    model_files: list[TaskModelFile] = Field(
+        default=[], description="model files given by name that its endpoint must hold (§7.5)"
+    )
     error: TaskError | None
     webhook: Literal["pending", "delivered", "dead"] | None = Field(
         description="delivery of the end webhook; null without callback_url or before the end"

@@ -34,11 +34,12 @@ _NO_BATCH = {404: ("batch_not_found", "no batch 'x'")}
 )
 async def post_batch(body: models.SubmitBatch, request: Request) -> Response:
     s = context.services(request)
+    principal = context.principal(request)
     req = batches.BatchRequest(
-        tenant=access.submit_tenant(context.principal(request), body.tenant),
+        tenant=access.submit_tenant(principal, body.tenant),
         tasks=body.tasks, workflow=body.workflow, params=body.params, sweep=body.sweep,
         client_batch_id=body.client_batch_id, callback_url=body.callback_url,
-        priority=body.priority,
+        priority=body.priority, workflow_version=body.workflow_version, principal=principal,
     )
     state, created = await batches.submit(s, req)
     return JSON(await batches.view(s, state), status_code=202 if created else 200)

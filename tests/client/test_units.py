@@ -100,6 +100,11 @@ def test_bodies_leave_out_unset_fields_and_paths_are_escaped() -> None:
     assert batch.json == {"workflow": "solid", "params": {"width": 8}, "sweep": {"color": [1, 2]}}
     with pytest.raises(ValueError, match="either"):
         protocol.create_batch(workflow="solid", tasks=[body], sweep={"a": [1]})
+    pinned = protocol.create_batch(workflow="solid", sweep={"color": [1]}, workflow_version="v1")
+    assert pinned.json == {"workflow": "solid", "params": {}, "sweep": {"color": [1]},
+                           "workflow_version": "v1"}
+    with pytest.raises(ValueError, match="workflow_version"):
+        protocol.create_batch(tasks=[body], workflow_version="v1")
 
 
 def test_a_raw_graph_goes_instead_of_a_workflow_with_its_files() -> None:

@@ -135,6 +135,28 @@ class BatchLogContract:
         assert delivered.webhook == "delivered"
         assert await log.pending_batch_webhooks() == []
 
+    async def test_a_tasks_further_events_are_recorded_with_it(self, log: EventLog) -> None:
+        batch_id, sub, tasks = batch(3)
+        fetched = [
+            events.TaskModelFetched(sha256="a" * 64, bytes=10, seconds=0.5),
+            events.TaskModelFetched(sha256="b" * 64, bytes=20, seconds=0.25),
+        ]
+        middle = tasks[1][0]
+        _, states = await log.append_batch(batch_id, sub, tasks, {middle: fetched})
+        assert [s.seq for s in states] == [1, 3, 1]
+        assert [s.status for s in states] == ["queued"] * 3
+        got = await log.read(middle)
+        assert [(e.seq, e.type) for e in got] == [
+            (1, "task.submitted"), (2, "task.model_fetched"), (3, "task.model_fetched"),
+        ]
+        assert [e.event for e in got[1:]] == fetched
+        assert (await log.get(middle)).seq == 3
+        assert [e.type for e in await log.read(tasks[0][0])] == ["task.submitted"]
+        # The next writer appends after them, as after a single submission's.
+        await end(log, middle)
+        assert (await log.get(middle)).status == "cancelled"
+        assert await log.batch_counts(batch_id) == {"queued": 2, "cancelled": 1}
+
     async def test_unknown_batches(self, log: EventLog) -> None:
         with pytest.raises(errors.BatchNotFound):
             await log.get_batch(str(uuid.uuid4()))

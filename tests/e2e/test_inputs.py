@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
-import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
 import pytest
-from aiohttp import web
 from PIL import Image
 
-from tests.support.fleet import Fleet, free_port
+from tests.support import file_server, image_bombs
+from tests.support.file_server import FileServer
+from tests.support.fleet import Fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]
 
@@ -45,57 +43,12 @@ def inverted_as_comfyui(img: Image.Image) -> np.ndarray:
     return np.clip(255.0 * (1.0 - x), 0, 255).astype(np.uint8)
 
 
-def bomb_header_png(width: int, height: int) -> bytes:
-    """A 1x1 PNG whose header claims width x height (nothing decodes that many pixels)."""
-    data = bytearray(png_bytes(Image.new("RGB", (1, 1))))
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
-    return bytes(data)
-
-
-@dataclass
-class ImageServer:
-    url: str
-    files: dict[str, bytes] = field(default_factory=dict)
-    redirects: dict[str, str] = field(default_factory=dict)
-    hits: list[str] = field(default_factory=list)
-
-
 @pytest.fixture
-async def image_server() -> AsyncIterator[ImageServer]:
-    port = free_port()
-    server = ImageServer(url=f"http://127.0.0.1:{port}")
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"]
-        server.hits.append(name)
-        if name in server.redirects:
-            raise web.HTTPFound(server.redirects[name])
-        if name == "endless":
-            # No Content-Length: the limit must be enforced while reading.
-            resp = web.StreamResponse()
-            resp.enable_chunked_encoding()
-            await resp.prepare(request)
-            chunk = b"\0" * (1 << 20)
-            try:
-                for _ in range(64):
-                    await resp.write(chunk)
-            except (ConnectionResetError, RuntimeError):
-                pass
-            return resp
-        if name not in server.files:
-            raise web.HTTPNotFound()
-        return web.Response(body=server.files[name], content_type="image/png")
-
-    app = web.Application()
-    app.router.add_get("/{name}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+async def image_server() -> AsyncIterator[FileServer]:
+    """Serves PNGs; `/endless` is a body without end (no Content-Length)."""
+    async with file_server.serving(content_type="image/png") as server:
+        server.endless.add("endless")
         yield server
-    finally:
-        await runner.cleanup()
 
 
 async def run_invert(fleet: Fleet, image_value: str) -> dict:
@@ -139,7 +92,7 @@ async def test_data_url_jpeg_is_accepted(fleet: Fleet) -> None:
     assert pixels.shape == (8, 8, 3) and int(pixels.min()) >= 250  # black, inverted
 
 
-async def test_url_image_is_fetched_and_inverted(fleet: Fleet, image_server: ImageServer) -> None:
+async def test_url_image_is_fetched_and_inverted(fleet: Fleet, image_server: FileServer) -> None:
     img = sample_image().transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     image_server.files["cat.png"] = png_bytes(img)
     final = await run_invert(fleet, f"{image_server.url}/cat.png")
@@ -147,20 +100,16 @@ async def test_url_image_is_fetched_and_inverted(fleet: Fleet, image_server: Ima
     assert np.array_equal(await output_pixels(final), inverted_as_comfyui(img))
 
 
-async def task_count(fleet: Fleet) -> int:
-    return len((await fleet.http.get("/tasks", params={"limit": 500})).json()["tasks"])
-
-
 async def refused(fleet: Fleet, value: str) -> httpx.Response:
     return await fleet.http.post("/tasks", json={"workflow": "invert", "params": {"image": value}})
 
 
 async def test_bad_images_are_refused_and_nothing_is_recorded(
-    fleet: Fleet, image_server: ImageServer
+    fleet: Fleet, image_server: FileServer
 ) -> None:
-    before = await task_count(fleet)
+    before = await fleet.task_count()
     image_server.files["notes.txt"] = b"these are my notes, not a picture"
-    image_server.files["huge.png"] = bomb_header_png(7000, 6000)
+    image_server.files["huge.png"] = image_bombs.png_header(7000, 6000)
 
     cases = [
         ("not base64 !!", 422, "params_invalid"),
@@ -168,7 +117,7 @@ async def test_bad_images_are_refused_and_nothing_is_recorded(
         (base64.b64encode(png_bytes(sample_image())[:60]).decode(), 422, "input_rejected"),
         (f"{image_server.url}/notes.txt", 422, "input_rejected"),
         (f"{image_server.url}/missing.png", 422, "input_rejected"),
-        (base64.b64encode(bomb_header_png(7000, 6000)).decode(), 413, "payload_too_large"),
+        (base64.b64encode(image_bombs.png_header(7000, 6000)).decode(), 413, "payload_too_large"),
         (f"{image_server.url}/huge.png", 413, "payload_too_large"),
         (f"{image_server.url}/endless", 413, "payload_too_large"),
     ]
@@ -176,13 +125,13 @@ async def test_bad_images_are_refused_and_nothing_is_recorded(
         r = await refused(fleet, value)
         assert (r.status_code, r.json()["error"]["code"]) == (status, code), (value[:60], r.text)
         assert "image" in r.json()["error"]["message"]
-    assert await task_count(fleet) == before
+    assert await fleet.task_count() == before
 
 
 async def test_forbidden_urls_are_refused_and_nothing_is_recorded(
-    fleet: Fleet, image_server: ImageServer
+    fleet: Fleet, image_server: FileServer
 ) -> None:
-    before = await task_count(fleet)
+    before = await fleet.task_count()
     standin = fleet.standins[0]
     image_server.redirects["to-metadata"] = "http://169.254.169.254/latest/meta-data/iam"
     image_server.redirects["to-standin"] = f"{standin.url}/view?filename=x.png&type=input"
@@ -201,4 +150,4 @@ async def test_forbidden_urls_are_refused_and_nothing_is_recorded(
         assert r.json()["error"]["details"][0]["param"] == "image"
     # The redirects were asked for; their forbidden targets never were.
     assert image_server.hits == ["to-metadata", "to-standin"]
-    assert await task_count(fleet) == before
+    assert await fleet.task_count() == before

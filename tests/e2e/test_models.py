@@ -4,58 +4,28 @@ checksum mismatch recording nothing, and eviction under a small disk budget."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import os
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 
 from comfy_fleet.storage.s3 import S3BlobStore
-from tests.support.fleet import Fleet, free_port
+from tests.support import file_server
+from tests.support.file_server import FileServer
+from tests.support.fleet import Fleet
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]
 
 
-@dataclass
-class ModelServer:
-    url: str
-    files: dict[str, bytes] = field(default_factory=dict)
-    hits: list[str] = field(default_factory=list)
-
-    def add(self, name: str, size: int = 96 * 1024) -> tuple[str, str]:
-        """A new model file: (its URL, its sha256)."""
-        data = os.urandom(size)
-        self.files[name] = data
-        return f"{self.url}/{name}", hashlib.sha256(data).hexdigest()
-
-
 @pytest.fixture
-async def model_server() -> AsyncIterator[ModelServer]:
-    port = free_port()
-    server = ModelServer(url=f"http://127.0.0.1:{port}")
-
-    async def handle(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        server.hits.append(name)
-        if name not in server.files:
-            raise web.HTTPNotFound()
-        return web.Response(body=server.files[name], content_type="application/octet-stream")
-
-    app = web.Application()
-    app.router.add_get("/{name}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+async def model_server() -> AsyncIterator[FileServer]:
+    """Serves model files (`add` makes one: its URL and sha256)."""
+    async with file_server.serving() as server:
         yield server
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
@@ -92,15 +62,12 @@ async def set_knobs(fleet: Fleet, endpoint: str, **knobs: Any) -> None:
         assert r.status_code == 200, r.text
 
 
-async def wait_for(check: Any, timeout: float = 20) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.2)
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 20) -> None:
+    await eventually(check, timeout=timeout, interval=0.2)
 
 
 async def test_a_model_is_fetched_once_per_bucket_and_once_per_endpoint(
-    fleet: Fleet, model_server: ModelServer, bucket: S3BlobStore
+    fleet: Fleet, model_server: FileServer, bucket: S3BlobStore
 ) -> None:
     url, sha = model_server.add("style.safetensors")
     lora = {"url": url, "sha256": sha}
@@ -140,7 +107,7 @@ async def test_a_model_is_fetched_once_per_bucket_and_once_per_endpoint(
 
 
 async def test_a_checksum_mismatch_records_nothing(
-    fleet: Fleet, model_server: ModelServer, bucket: S3BlobStore
+    fleet: Fleet, model_server: FileServer, bucket: S3BlobStore
 ) -> None:
     url, sha = model_server.add("liar.safetensors")
     claimed = hashlib.sha256(b"something else").hexdigest()
@@ -165,7 +132,7 @@ async def test_a_checksum_mismatch_records_nothing(
 
 
 async def test_bad_model_values_are_refused_before_any_fetch(
-    fleet: Fleet, model_server: ModelServer
+    fleet: Fleet, model_server: FileServer
 ) -> None:
     url, sha = model_server.add("x.safetensors")
     for lora, code in (
@@ -187,7 +154,7 @@ async def test_bad_model_values_are_refused_before_any_fetch(
 
 
 async def test_pulled_models_are_evicted_under_a_small_budget(
-    fleet: Fleet, model_server: ModelServer
+    fleet: Fleet, model_server: FileServer
 ) -> None:
     endpoints = [s.host_port for s in fleet.standins]
     old_url, old_sha = model_server.add("old.safetensors", 64 * 1024)

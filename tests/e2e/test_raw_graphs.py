@@ -47,10 +47,6 @@ async def stored_pixels(task: dict[str, Any]) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
 
 
-async def task_count(fleet: Fleet) -> int:
-    return len((await fleet.http.get("/tasks", params={"limit": 500})).json()["tasks"])
-
-
 async def test_a_raw_graph_runs_and_its_output_is_stored(fleet: Fleet) -> None:
     await ready(fleet)
     r = await post(fleet, {"graph": SOLID, "client_task_id": "raw-graph-1"})
@@ -102,13 +98,13 @@ async def test_bad_graphs_are_refused_naming_the_node(
     fleet: Fleet, graph: dict[str, Any], node_id: str, problem: str
 ) -> None:
     await ready(fleet)
-    before = await task_count(fleet)
+    before = await fleet.task_count()
     r = await post(fleet, {"graph": graph, "client_task_id": f"bad-graph-{node_id}-{problem}"})
     assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert error["code"] == "graph_invalid"
     assert error["details"]["node_id"] == node_id and error["details"]["problem"] == problem
-    assert await task_count(fleet) == before
+    assert await fleet.task_count() == before
     missing = await fleet.http.get(
         "/tasks", params={"client_task_id": f"bad-graph-{node_id}-{problem}"})
     assert missing.json()["tasks"] == []

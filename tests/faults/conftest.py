@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from comfy_fleet_devstack import launch
 from serve_app import deploy
 from tests.support.background_loop import BackgroundLoop
 from tests.support.lost_reply_proxy import LostReplyProxy
+from tests.support.ports import free_port
 from tests.support.webhook_receiver import WebhookReceiver
 from tests.support.ws_mute_proxy import WsMuteProxy
 
@@ -56,12 +56,6 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "node_delay": NODE_DELAY, "node_delays": {}, "fail": [], "hang": False, "view_delay": 0.0,
     "lose_next_prompts": 0, "stall_worker": False, "refuse_websockets": False,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _fleet_actor_names() -> list[str]:

@@ -153,6 +153,8 @@ async def test_a_solid_prompt_succeeds_with_its_outputs_stored(rig: Rig) -> None
     await eventually(lambda: rig.hooks.ended == [task_id], what="the log tells of the end")
     await eventually(lambda: rig.hooks.freed == [(w.name, task_id)], what="the log's notice frees the slot")
     assert state.prompt_id and state.endpoint == rig.standin.host_port and state.attempt == 1
+    # Every frame of the prompt came on one socket: its end was known without /history.
+    assert rig.standin.counters.history_reads == 0
 
 
 @pytest.mark.parametrize("version", [2, 1])
@@ -235,6 +237,26 @@ async def test_a_dropped_websocket_is_made_up_for_by_the_reconciler(rig: Rig) ->
     rig.standin.knobs.refuse_websockets = False
     await eventually(lambda: w.connected, what="reconnected")
     assert w.reconnects >= 1
+
+
+async def test_a_socket_replaced_while_a_prompt_runs_makes_its_end_read_from_history(rig: Rig) -> None:
+    """Frames sent while no socket is registered are lost and never replayed: a prompt that
+    started on an earlier socket has its end and outputs read from /history."""
+    rig.standin.knobs.cleanup_extension = False
+    rig.standin.knobs.node_delays = {"EmptyImage": 1.0}
+    w = await rig.worker()
+    task_id = await rig.task(batch_size=2)
+    assert await w.dispatch(task_id) == ACCEPTED
+    await rig.status_of(task_id, task_state.RUNNING)
+    rig.standin.drop_websockets()
+    await eventually(lambda: w.reconnects >= 1 and w.connected, what="a new socket")
+    state = await rig.final(task_id)
+    assert state.status == task_state.SUCCEEDED, state.error
+    assert rig.standin.counters.history_reads >= 1
+    assert len(state.outputs) == 2
+    for out in state.outputs:
+        on_disk = (rig.standin.output_dir / out["subfolder"] / out["filename"]).read_bytes()
+        assert rig.store.objects[out["s3_key"]][0] == on_disk
 
 
 async def test_a_comfyui_restarted_empty_requeues_the_task(rig: Rig) -> None:

@@ -66,6 +66,9 @@ def _plain_shapes() -> dict[str, list[events.Event]]:
             submitted(rerun_of=str(uuid.uuid4()), models=[
                 {"param": "ckpt", "sha256": "ab", "s3_key": "m/ab", "filename": "a.safetensors",
                  "folder": "checkpoints"}]), d, failed],
+        "plain dispatched, naming a model file": [submitted(
+            model_files=[{"param": "lora", "folder": "loras", "filename": ODD}],
+            required_labels=[f"file:loras/{ODD}"]), d],
         # Near misses: the Python fold's.
         "started after the end": [submitted(), d, ok, events.TaskStarted(prompt_id="p")],
         "second end": [submitted(), d, ok, failed],

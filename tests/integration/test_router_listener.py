@@ -28,7 +28,7 @@ class Endpoint:
     def __init__(self) -> None:
         self.dispatched: list[str] = []
 
-    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
+    async def dispatch_many(self, task_ids: list[str], states: list[Any] | None = None) -> list[str]:
         self.dispatched += task_ids
         return ["accepted"] * len(task_ids)
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from aiohttp import web
 
-from tests.support import image_bombs
-from tests.support.fleet import Fleet, free_port
+from tests.support import file_server, image_bombs
+from tests.support.file_server import FileServer
+from tests.support.fleet import Fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres, pytest.mark.s3]
 
@@ -34,44 +33,11 @@ BOMBS = {
 }
 
 
-@dataclass
-class ImageServer:
-    url: str
-    files: dict[str, bytes] = field(default_factory=dict)
-    redirects: dict[str, str] = field(default_factory=dict)
-    hits: list[str] = field(default_factory=list)
-
-
 @pytest.fixture
-async def image_server() -> AsyncIterator[ImageServer]:
+async def image_server() -> AsyncIterator[FileServer]:
     """Serves `files`, and `redirects` with their Location header sent exactly as written."""
-    port = free_port()
-    server = ImageServer(url=f"http://127.0.0.1:{port}")
-
-    async def handle(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        server.hits.append(name)
-        if name in server.redirects:
-            return web.Response(status=302, headers={"Location": server.redirects[name]})
-        if name not in server.files:
-            raise web.HTTPNotFound()
-        return web.Response(body=server.files[name], content_type="application/octet-stream")
-
-    app = web.Application()
-    app.router.add_get("/{name}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with file_server.serving() as server:
         yield server
-    finally:
-        await runner.cleanup()
-
-
-async def task_count(fleet: Fleet) -> int:
-    r = await fleet.http.get("/tasks", params={"limit": 500})
-    assert r.status_code == 200, r.text
-    return len(r.json()["tasks"])
 
 
 async def submit(fleet: Fleet, image: str) -> httpx.Response:
@@ -81,13 +47,13 @@ async def submit(fleet: Fleet, image: str) -> httpx.Response:
 @pytest.mark.parametrize("name", list(BOMBS))
 @pytest.mark.parametrize("via", ["base64", "url"])
 async def test_bomb_is_413_from_its_headers_and_nothing_is_recorded(
-    fleet: Fleet, image_server: ImageServer, name: str, via: str
+    fleet: Fleet, image_server: FileServer, name: str, via: str
 ) -> None:
     kind, width, height, frames = BOMBS[name]
     data = image_bombs.bomb(kind, width, height, frames)
     image_server.files[name] = data
     value = base64.b64encode(data).decode() if via == "base64" else f"{image_server.url}/{name}"
-    before = await task_count(fleet)
+    before = await fleet.task_count()
 
     r = await submit(fleet, value)
 
@@ -97,16 +63,16 @@ async def test_bomb_is_413_from_its_headers_and_nothing_is_recorded(
     detail = error["details"][0]
     assert detail["param"] == "image" and detail["limit"] == fleet.settings.max_image_pixels
     assert (detail["width"], detail["height"], detail["frames"]) == (width, height, frames)
-    assert await task_count(fleet) == before
+    assert await fleet.task_count() == before
     assert image_server.hits == ([name] if via == "url" else [])
 
 
 async def test_more_frames_than_the_cap_is_413(fleet: Fleet) -> None:
-    before = await task_count(fleet)
+    before = await fleet.task_count()
     r = await submit(fleet, base64.b64encode(image_bombs.gif(1, 1, 5000)).decode())
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large", r.text
     assert "more than 256 frames" in r.json()["error"]["message"]
-    assert await task_count(fleet) == before
+    assert await fleet.task_count() == before
 
 
 async def test_a_small_animated_image_is_still_accepted(fleet: Fleet) -> None:
@@ -120,14 +86,14 @@ async def test_a_small_animated_image_is_still_accepted(fleet: Fleet) -> None:
     "location", [r"http:\\169.254.169.254\x", r"http:\\127.0.0.1:1\x"]
 )
 async def test_a_redirect_to_a_malformed_url_is_422(
-    fleet: Fleet, image_server: ImageServer, location: str
+    fleet: Fleet, image_server: FileServer, location: str
 ) -> None:
     image_server.redirects["hop"] = location
-    before = await task_count(fleet)
+    before = await fleet.task_count()
     r = await submit(fleet, f"{image_server.url}/hop")
     assert r.status_code == 422, r.text[:300]
     error = r.json()["error"]
     assert error["code"] == "url_forbidden" and "malformed" in error["message"]
     assert error["details"][0]["param"] == "image"
     assert image_server.hits == ["hop"]
-    assert await task_count(fleet) == before
+    assert await fleet.task_count() == before

@@ -40,6 +40,20 @@ def _choices(info: dict, class_type: str, name: str) -> list[str]:
     return spec[0] if isinstance(spec[0], list) else spec[1]["options"]
 
 
+def checkpoint_prompt(ckpt_name: str) -> dict:
+    """A prompt that loads the checkpoint `ckpt_name` and previews one sampled image."""
+    return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
+            "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "x", "clip": ["1", 1]}},
+            "3": {"class_type": "EmptyLatentImage",
+                  "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "4": {"class_type": "KSampler", "inputs": {
+                "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0],
+                "latent_image": ["3", 0], "seed": 1, "steps": 1, "cfg": 1.0,
+                "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+            "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
+            "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}}}
+
+
 async def test_a_pulled_lora_appears_in_object_info_and_stays_after_a_restart(bucket) -> None:
     url, objects = bucket
     data = b"lora bytes" * 100
@@ -76,25 +90,39 @@ async def test_a_pulled_checkpoint_is_a_choice_a_prompt_may_use(bucket) -> None:
     data = b"ckpt" * 50
     sha = hashlib.sha256(data).hexdigest()
     objects[f"models/{sha}"] = data
-    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "m.safetensors"}},
-              "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "x", "clip": ["1", 1]}},
-              "3": {"class_type": "EmptyLatentImage",
-                    "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-              "4": {"class_type": "KSampler", "inputs": {
-                  "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0],
-                  "latent_image": ["3", 0], "seed": 1, "steps": 1, "cfg": 1.0,
-                  "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-              "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
-              "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}}}
     async with run_standin(model_bucket_url=url) as s, httpx.AsyncClient(base_url=s.url) as c:
-        refused = await c.post("/prompt", json={"prompt": prompt})
+        refused = await c.post("/prompt", json={"prompt": checkpoint_prompt("m.safetensors")})
         assert refused.status_code == 400
         assert refused.json()["node_errors"]["1"]["errors"][0]["type"] == "value_not_in_list"
         pull = {"url": f"{url}/models/{sha}", "sha256": sha, "folder": "checkpoints",
                 "filename": "m.safetensors"}
         assert (await c.post("/comfy-fleet/models/pull", json=pull)).status_code == 200
-        accepted = await c.post("/prompt", json={"prompt": prompt})
+        accepted = await c.post("/prompt", json={"prompt": checkpoint_prompt("m.safetensors")})
         assert accepted.status_code == 200, accepted.text
+
+
+async def test_a_file_copied_into_a_model_folder_is_listed_until_it_is_removed() -> None:
+    """As on the real server, whose file lists are read again once a folder changed: what an
+    operator copies onto the host, or takes off it, shows at the next look, with no restart."""
+    prompt = checkpoint_prompt("sub/copied.safetensors")
+    async with run_standin() as s, httpx.AsyncClient(base_url=s.url) as c:
+        info = (await c.get("/object_info")).json()
+        assert _choices(info, "CheckpointLoaderSimple", "ckpt_name") == []
+        copied = s.models_dir / "checkpoints" / "sub" / "copied.safetensors"
+        copied.parent.mkdir(parents=True)
+        copied.write_bytes(b"weights")
+        (s.models_dir / "checkpoints" / "notes.txt").write_text("not a model")  # not listed
+        info = (await c.get("/object_info")).json()
+        assert _choices(info, "CheckpointLoaderSimple", "ckpt_name") == ["sub/copied.safetensors"]
+        node = (await c.get("/object_info/unCLIPCheckpointLoader")).json()
+        assert _choices(node, "unCLIPCheckpointLoader", "ckpt_name") == ["sub/copied.safetensors"]
+        assert (await c.get("/models/checkpoints")).json() == ["sub/copied.safetensors"]
+        assert (await c.post("/prompt", json={"prompt": prompt})).status_code == 200
+        copied.unlink()
+        refused = await c.post("/prompt", json={"prompt": prompt})
+        assert refused.status_code == 400
+        assert refused.json()["node_errors"]["1"]["errors"][0]["type"] == "value_not_in_list"
+        assert (await c.get("/models/checkpoints")).json() == []
 
 
 async def test_the_stand_in_refuses_as_the_extension_does(bucket) -> None:

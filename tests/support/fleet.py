@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from aiohttp import web
@@ -21,14 +18,9 @@ from aiohttp import web
 from comfy_fleet.config import Settings
 from comfy_fleet_devstack import launch
 from serve_app import deploy
+from tests.support.ports import free_port
 
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -51,6 +43,12 @@ class Fleet:
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"task {task_id} did not end: {task}")
             await asyncio.sleep(0.1)
+
+    async def task_count(self) -> int:
+        """How many tasks the service lists (up to 500): a refused request leaves it as it was."""
+        r = await self.http.get("/tasks", params={"limit": 500})
+        assert r.status_code == 200, r.text
+        return len(r.json()["tasks"])
 
 
 @pytest.fixture(scope="session")

@@ -128,6 +128,16 @@ def tiff(width: int, height: int, pages: int) -> bytes:
     return buf.getvalue()
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header claims width x height (nothing decodes that many pixels)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    return bytes(data)
+
+
 BUILDERS = {"gif": gif, "apng": apng, "webp": webp, "tiff": tiff}
 
 

@@ -11,7 +11,6 @@ import contextlib
 import ipaddress
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,11 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.ports import free_port, port_free
+
 REPO = Path(__file__).resolve().parents[2]
 #: Environment variable every process of one started service inherits (value: a fresh uuid).
 MARK = "COMFY_FLEET_TEST_RUN"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -241,16 +236,6 @@ def listeners(pids: list[int]) -> list[Listener]:
                             address, port = inodes[inode]
                             result.add(Listener(pid, cmdline(pid)[:120], address, port))
     return sorted(result, key=lambda l: (l.port, l.pid))
-
-
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def wait_stopped(

@@ -4,17 +4,12 @@ on the same port (its listening socket closed: connections are refused, as a dea
 from __future__ import annotations
 
 import json
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.ports import free_port
 
 
 @dataclass
@@ -37,7 +32,7 @@ class WebhookCall:
 class WebhookReceiver:
     """``await start()``; ``url``; ``calls`` (every answered request); ``down()``/``up()``."""
 
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     calls: list[WebhookCall] = field(default_factory=list)
     #: status answered while up (200 unless a test says otherwise)
     status: int = 200

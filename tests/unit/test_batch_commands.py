@@ -15,7 +15,7 @@ from comfy_fleet import errors
 from comfy_fleet.log import events
 from comfy_fleet.log.event_log import InMemoryEventLog
 from comfy_fleet.policies import access
-from serve_app import batches, submission
+from serve_app import batch_items, batches
 
 
 async def recorded(log: InMemoryEventLog, n: int, tenant: str = "acme") -> tuple[str, list[str]]:
@@ -34,11 +34,11 @@ async def recorded(log: InMemoryEventLog, n: int, tenant: str = "acme") -> tuple
 
 
 def test_an_item_error_keeps_its_class_and_names_the_index() -> None:
-    exc = batches.at_index(2, errors.WorkflowParamsInvalid("width: below 1", [{"param": "width"}]))
+    exc = batch_items.at_index(2, errors.WorkflowParamsInvalid("width: below 1", [{"param": "width"}]))
     assert isinstance(exc, errors.WorkflowParamsInvalid) and exc.status == 422
     assert exc.details == {"index": 2, "problems": [{"param": "width"}]}
     assert exc.message.startswith("tasks[2]: ")
-    keyed = batches.at_index(0, errors.UnknownWorkflow("no", {"workflow": "x"}))
+    keyed = batch_items.at_index(0, errors.UnknownWorkflow("no", {"workflow": "x"}))
     assert keyed.details == {"index": 0, "workflow": "x"}
 
 
@@ -72,35 +72,3 @@ async def test_the_completion_is_recorded_once_however_many_decide_it() -> None:
     assert types == ["batch.submitted", "batch.completed"]
     done = await log.get_batch(batch_id)
     assert done.completion_counts is not None and done.completion_counts["cancelled"] == 3
-
-
-def test_a_raw_graph_or_another_tenant_in_a_batch_is_refused_naming_the_item() -> None:
-    ok = {"workflow": "solid", "params": {}}
-    graph = {"graph": {"1": {"class_type": "X", "inputs": {}}}}
-    req = batches.BatchRequest(tenant="acme", tasks=[ok, graph])
-    with pytest.raises(errors.InvalidRequest) as raw:
-        batches.items_of(req)
-    assert raw.value.status == 422
-    assert raw.value.details["index"] == 1 and raw.value.details["reason"] == "raw_graph"
-    assert raw.value.message.startswith("tasks[1]: ")
-    other = batches.BatchRequest(tenant="acme", tasks=[{**ok, "tenant": "beta"}])
-    with pytest.raises(errors.InvalidRequest) as named:
-        batches.items_of(other)
-    assert named.value.details["index"] == 0
-    own = batches.BatchRequest(tenant="acme", tasks=[{**ok, "tenant": "acme"}])
-    items, kind = batches.items_of(own)
-    assert kind == "tasks" and [it.workflow for it in items] == ["solid"]
-
-
-def test_a_model_by_url_in_a_batch_is_refused_naming_the_item_and_the_param() -> None:
-    spec = SimpleNamespace(type="model")
-    workflow = SimpleNamespace(manifest=SimpleNamespace(params={"lora": spec}))
-
-    def checked(lora: object) -> submission.Checked:
-        return submission.Checked(workflow, {"lora": lora}, "h", None, None, 0, "tasks", "acme")
-
-    batches._refuse_models_by_url(0, checked("fox.safetensors"))  # a file name is fine
-    with pytest.raises(errors.WorkflowParamsInvalid) as refused:
-        batches._refuse_models_by_url(3, checked({"url": "https://x/m", "sha256": "a" * 64}))
-    assert refused.value.details == {"index": 3, "reason": "model_by_url", "param": "lora"}
-    assert refused.value.status == 422 and refused.value.message.startswith("tasks[3]: lora")

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from comfy_fleet.comfy import frames, history
+from comfy_fleet.prompts.inflight import InflightPrompt
 from tests.support.shared import TRACES
 
 pytestmark = pytest.mark.skipif(not TRACES.is_dir(), reason="the ComfyUI traces are not beside the checkout")
@@ -49,10 +50,17 @@ def test_every_recorded_text_frame_parses_to_its_type() -> None:
             assert isinstance(frame, frames.Failed) and frame.prompt_id == data["prompt_id"]
         elif e["type"] == "executing" and data["node"] is None:
             assert frame == frames.Done(data["prompt_id"])
+        elif e["type"] == "executed":
+            assert frame == frames.Executed(data["prompt_id"], data["node"], data["output"])
+        elif e["type"] == "execution_success":
+            assert frame == frames.Succeeded(data["prompt_id"])
         else:
             assert frame == frames.Other(e["type"], data.get("prompt_id")), e["raw"]
     # The recordings hold every kind we act on.
-    assert {frames.Status, frames.Started, frames.Progress, frames.Failed, frames.Done, frames.Other} <= seen
+    assert {
+        frames.Status, frames.Started, frames.Progress, frames.Executed, frames.Succeeded,
+        frames.Failed, frames.Done, frames.Other,
+    } <= seen
 
 
 def test_an_execution_error_carries_the_task_error_fields() -> None:
@@ -169,3 +177,59 @@ def test_what_is_not_a_frame_is_unreadable(raw: str) -> None:
 )
 def test_odd_frames(raw: str, expected: frames.Frame) -> None:
     assert frames.parse(raw) == expected
+
+
+def recorded_histories() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(trace, prompt_id, history entry) of every successful prompt whose entry was read."""
+    for path in sorted(TRACES.glob("*.json")):
+        trace = json.loads(path.read_text())
+        if not isinstance(trace, dict) or "events" not in trace:
+            continue
+        for e in trace["events"]:
+            body = (e.get("response") or {}).get("json") if e["kind"] == "http" else None
+            if not e["kind"] == "http" or not e["request"]["path"].startswith("/history/"):
+                continue
+            for prompt_id, entry in (body or {}).items():
+                if history.outcome(entry).kind == history.SUCCESS:
+                    yield path.stem, prompt_id, entry
+
+
+def test_a_prompts_frames_tell_its_end_as_its_recorded_history_does() -> None:
+    """Every successful prompt of the traces, followed from its frames alone (one socket life),
+    ends with the outcome and the outputs its recorded history entry holds, so the endpoint
+    need not read /history when it saw every frame."""
+    checked = 0
+    for trace, prompt_id, entry in recorded_histories():
+        item = InflightPrompt("t", prompt_id)
+        for e in text_frames(trace):
+            frame = frames.parse(e["raw"])
+            if getattr(frame, "prompt_id", None) != prompt_id:
+                continue
+            if isinstance(frame, frames.Started):
+                item.on_started(socket_life=0)
+            elif isinstance(frame, frames.Executed):
+                item.on_executed(0, frame.node, frame.output)
+            elif isinstance(frame, frames.Succeeded):
+                item.on_succeeded(0)
+        if item.frames_from is None:
+            continue  # its client was not connected (trace k): no frames to follow
+        found = item.outcome_from_frames(0)
+        assert found is not None, (trace, prompt_id)
+        outcome, seen_entry = found
+        assert outcome == history.outcome(entry), (trace, prompt_id)
+        assert seen_entry["outputs"] == entry["outputs"], (trace, prompt_id)
+        checked += 1
+    assert checked >= 5
+
+
+def test_frames_from_another_socket_life_are_not_trusted() -> None:
+    """A reconnect between a prompt's start and its end may have dropped frames (ComfyUI
+    replays none): its history entry must be read."""
+    item = InflightPrompt("t", "p")
+    item.on_started(socket_life=0)
+    item.on_executed(1, "2", {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]})
+    item.on_succeeded(1)
+    assert item.outcome_from_frames(1) is None and item.outputs == {}
+    never_started = InflightPrompt("t", "q")
+    never_started.on_succeeded(0)
+    assert never_started.outcome_from_frames(0) is None

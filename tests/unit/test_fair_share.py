@@ -138,8 +138,34 @@ def test_fits_scans_a_bounded_prefix_of_a_tenant() -> None:
     assert share.next(lambda t: t == a[9], scan=10) == a[9]
 
 
-# --- among tenants ------------------------------------------------------------------------------
+def test_tasks_alike_to_one_that_did_not_fit_are_passed_over_untried() -> None:
+    """A pile of tasks naming a model file no endpoint holds does not hold back the tenant's
+    later tasks: `fits` is tried once per kind of task, within WALK_PER_TENANT tasks."""
+    missing = ("file:loras/none",)
+    share = FairShare()
+    stuck = [task("acme", labels=missing) for _ in range(200)]
+    later = task("acme")
+    for t in [*stuck, later]:
+        share.push(t)
+    tried: list[WaitingTask] = []
 
+    def fits(t: WaitingTask) -> bool:
+        tried.append(t)
+        return not t.labels
+
+    def alike(t: WaitingTask) -> object:
+        return (t.workflow, t.labels)
+
+    assert share.next(fits) is None  # without `alike`: 64 tries, all of the pile
+    assert len(tried) == fair_share.SCAN_PER_TENANT
+    tried.clear()
+    assert share.next(fits, alike=alike) == later
+    assert tried == [stuck[0], later] and len(share) == 200
+    walked = FairShare()
+    for t in [*(task("acme", labels=missing) for _ in range(fair_share.WALK_PER_TENANT)),
+              task("acme")]:
+        walked.push(t)
+    assert walked.next(fits, alike=alike) is None  # beyond the walk's bound: a later round
 
 def dispatch_runs(seed: int, weights: dict[str, int]) -> tuple[list[str], list[str]]:
     """A random history of arrivals, cancels and dispatches among tenants; returns the tenants

@@ -37,7 +37,7 @@ def workflow() -> Any:
         {"params": {"lora": {"node": "1", "field": "lora_name", "type": "model", "folder": "loras"}}},
         GRAPH, name="w", source="w.toml",
     )
-    return SimpleNamespace(manifest=m)
+    return SimpleNamespace(manifest=m, graph=GRAPH)
 
 
 @pytest.fixture
@@ -84,4 +84,7 @@ async def test_a_forbidden_url_is_refused_naming_the_param(fetches: list[str]) -
 
 async def test_models_by_name_need_no_staging(fetches: list[str]) -> None:
     staged = await model_inputs.stage_models(services(), workflow(), {"lora": "mine.safetensors"})
-    assert (staged.models, staged.names, staged.labels, fetches) == ([], {}, [], [])
+    assert (staged.models, staged.names, fetches) == ([], {}, [])
+    # ... only an endpoint that lists the file (routing: its `file:` label)
+    assert staged.files == [{"param": "lora", "folder": "loras", "filename": "mine.safetensors"}]
+    assert staged.labels == ["file:loras/mine.safetensors"]

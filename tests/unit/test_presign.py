@@ -4,6 +4,7 @@ without the client's per-call work. No I/O: creating the client sends nothing.""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -83,5 +84,31 @@ async def test_the_client_signs_where_the_url_is_not_plain(overrides: dict[str, 
         assert s._signed_url("GET", "a/b.png", 60) is None
         if "access_key" not in overrides:  # with keys, the client signs it
             assert "X-Amz-Signature=" in await s.presign_get("a/b.png", 60)
+    finally:
+        await s.close()
+
+
+@pytest.mark.parametrize("endpoint_url", [
+    "https://S3.Example.COM", "https://s3.example.com:443", "http://s3.example.com:80/",
+    "http://[::1]:9000", "https://minio.internal:8443",
+])
+@pytest.mark.parametrize("at", [
+    datetime(2026, 12, 7, 23, 59, 59, tzinfo=UTC), datetime(2026, 12, 8, 0, 0, 0, tzinfo=UTC),
+])
+async def test_the_url_is_the_clients_for_any_endpoint_and_day(
+    endpoint_url: str, at: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signing key changes at midnight UTC (kept per day); hosts are signed as botocore
+    signs them (lower case, default ports dropped, IPv6 bracketed)."""
+    import botocore.auth
+
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: at.replace(tzinfo=None))
+    s = await make(endpoint_url=endpoint_url)
+    try:
+        assert s._signer is not None
+        for key in KEYS:
+            ours = s._signer.url("PUT", key, storage.PRESIGNED_PUT_EXPIRY_S, "image/png", now=at)
+            assert ours == await client_url(s, "PUT", key)
+            assert s._signer.url("GET", key, 600, now=at) == await client_url(s, "GET", key)
     finally:
         await s.close()

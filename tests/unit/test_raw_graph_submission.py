@@ -51,9 +51,9 @@ class FakeRouter:
         return {"digest": DIGEST, "object_info": INFO} if digest == DIGEST else None
 
 
-def services(tmp_path: Path, **env: str) -> Services:
+def services(tmp_path: Path, workflows: Path = REPO_ROOT / "workflows", **env: str) -> Services:
     settings = Settings.from_env({"RAW_GRAPHS": "true", **env}, dotenv=tmp_path / "none")
-    registry, _ = WorkflowRegistry.load(REPO_ROOT / "workflows")
+    registry, _ = WorkflowRegistry.load(workflows)
     s = Services(
         settings=settings, log=InMemoryEventLog(), store=InMemoryBlobStore(), registry=registry,
         router=FakeRouter(),  # type: ignore[arg-type]
@@ -151,3 +151,27 @@ async def test_files_are_staged_and_named_in_the_prompt(tmp_path: Path) -> None:
     assert staged["param"] == "in.png" and staged["filename"] == f"fleet/{state.task_id}-0.png"
     assert state.prompt["1"]["inputs"]["image"] == staged["filename"]
     assert staged["s3_key"] in s.store.objects  # type: ignore[union-attr]
+
+
+async def test_a_graph_naming_a_model_file_needs_an_endpoint_listing_it(tmp_path: Path) -> None:
+    from comfy_standin import validation
+
+    info = raw_graph.normalised(
+        validation.Catalogue.load({"checkpoints": ["base.safetensors"]}).object_info())
+    digest = raw_graph.digest(info)
+
+    class HoldingRouter(FakeRouter):
+        async def node_catalog(self, wanted: str) -> dict[str, Any] | None:
+            return {"digest": digest, "object_info": info} if wanted == digest else None
+
+    s = services(tmp_path)
+    s.router = HoldingRouter()  # type: ignore[assignment]
+    s.node_catalog.observe({"127.0.0.1:8188": {"node_info_digest": digest}})
+    graph = {**SOLID, "9": {"class_type": "CheckpointLoaderSimple",
+                            "inputs": {"ckpt_name": "base.safetensors"}}}
+    state, _created = await submit(s, graph)
+    assert state.required_labels == [
+        "node:CheckpointLoaderSimple", "node:EmptyImage", "node:SaveImage",
+        "file:checkpoints/base.safetensors"]
+    assert state.model_files == [
+        {"node_id": "9", "folder": "checkpoints", "filename": "base.safetensors"}]

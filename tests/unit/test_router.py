@@ -32,7 +32,7 @@ class FakeEndpoint:
         self.dispatched.append(task_id)
         return self.script.pop(0) if self.script else "accepted"
 
-    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
+    async def dispatch_many(self, task_ids: list[str], states: list[Any] | None = None) -> list[str]:
         return [await self.dispatch(t) for t in task_ids]
 
     async def status(self) -> dict[str, Any]:

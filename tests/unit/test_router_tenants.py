@@ -27,7 +27,7 @@ class RecordingEndpoint:
         self.log, self.name = log, name
         self.dispatched: list[str] = []
 
-    async def dispatch_many(self, task_ids: list[str]) -> list[str]:
+    async def dispatch_many(self, task_ids: list[str], states: list[Any] | None = None) -> list[str]:
         for t in task_ids:
             state = await self.log.get(t)
             await self.log.append(

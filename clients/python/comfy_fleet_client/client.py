@@ -266,8 +266,8 @@ class Client:
 
     def create_batch(self, **kwargs: Any) -> models.Batch:
         """`POST /batches`: `tasks=[protocol.task_body(...), ...]`, or `workflow=`, `params=`,
-        `sweep={param: [values]}`; optional `client_batch_id`, `callback_url`, `priority`,
-        `tenant`."""
+        `sweep={param: [values]}` (and `workflow_version=` to pin the sweep's version);
+        optional `client_batch_id`, `callback_url`, `priority`, `tenant`."""
         return self._do(protocol.create_batch(**kwargs))
 
     def get_batch(self, batch_id: str) -> models.Batch:

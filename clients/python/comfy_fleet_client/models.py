@@ -77,6 +77,8 @@ class Task(_Model):
     rerun_of: str | None = None
     inputs: list[dict[str, Any]] = Field(default_factory=list)
     models: list[dict[str, Any]] = Field(default_factory=list)
+    #: model files named by file name: `{"param", "folder", "filename"}` each
+    model_files: list[dict[str, Any]] = Field(default_factory=list)
     queue: QueueInfo | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -210,6 +212,8 @@ class Endpoint(_Model):
     last_seen: datetime | str | None = None
     connected: bool | None = None
     models: list[Any] = Field(default_factory=list)
+    #: how many files each model folder of its ComfyUI holds
+    model_files: dict[str, int] | None = None
 
 
 class WebhookEvent(_Model):

@@ -222,13 +222,17 @@ def create_batch(
     callback_url: str | None = None,
     priority: int | None = None,
     tenant: str | None = None,
+    workflow_version: str | None = None,
 ) -> Call[models.Batch]:
-    """`POST /batches` (CONTRACT §7.2): either `tasks` (bodies from `task_body`) or a
-    `workflow` with `params` and a `sweep` of lists."""
+    """`POST /batches` (CONTRACT §7.2): either `tasks` (bodies from `task_body`, each anything
+    `POST /tasks` takes: a pinned version, a raw graph, ...) or a `workflow` with `params`, a
+    `sweep` of lists and optionally the `workflow_version` every task of the sweep runs."""
     if (tasks is None) == (workflow is None):
         raise ValueError("give either tasks or workflow (with sweep), not both or neither")
     if workflow is not None and not sweep:
         raise ValueError("a workflow batch needs a sweep: {param: [values, ...]}")
+    if workflow_version is not None and workflow is None:
+        raise ValueError("workflow_version goes with a sweep's workflow; pin each of tasks in its body")
     body = _compact(
         {
             "tasks": tasks,
@@ -239,6 +243,7 @@ def create_batch(
             "callback_url": callback_url,
             "priority": priority,
             "tenant": tenant,
+            "workflow_version": workflow_version,
         }
     )
     return Call("POST", "/batches", models.Batch.model_validate, json=body)

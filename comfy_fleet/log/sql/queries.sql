@@ -123,12 +123,15 @@ SELECT type, schema_version, payload FROM fleet_events ORDER BY position;
 
 -- append_batch --
 -- A batch and all of its tasks, in one statement (one transaction, one round trip): the batch's
--- first event and read-model row, each task's `task.submitted` and read-model row, and one
--- notice for the router (it then reads the batch's queued tasks). $1 batch_id, $2 batch event
--- type, $3 its schema_version, $4 its payload, $5 recorded_at, $6 tenant, $7 client_batch_id,
--- $8 callback_url (the batch's tenant is its tasks' too), $9 task ids, $10 task event payloads, $11 each task's recorded_at,
--- $12 client_task_ids, $13 workflows, $14 priorities, $15 states, $16 task.submitted's
--- schema_version, $17 the queued notification payload
+-- first event and read-model row, each task's `task.submitted` and read-model row, the further
+-- events of some tasks (seq 2 on: the models fetched for them), and one notice for the router
+-- (it then reads the batch's queued tasks). $1 batch_id, $2 batch event type, $3 its
+-- schema_version, $4 its payload, $5 recorded_at, $6 tenant, $7 client_batch_id, $8 callback_url
+-- (the batch's tenant is its tasks' too), $9 task ids, $10 task event payloads, $11 each task's
+-- recorded_at, $12 client_task_ids, $13 workflows, $14 priorities, $15 states, $16
+-- task.submitted's schema_version, $17 the queued notification payload, $18 each task's
+-- last_seq; the further events: $19 their task ids, $20 seqs, $21 types, $22 schema_versions,
+-- $23 payloads, $24 recorded_at (empty arrays when there are none)
 WITH b AS (
     INSERT INTO batch_events (batch_id, seq, type, schema_version, payload, recorded_at)
     VALUES ($1, 1, $2, $3, $4, $5)
@@ -143,19 +146,27 @@ WITH b AS (
     SELECT u.task_id, 1, 'task.submitted', $16, u.payload, u.at
     FROM unnest($9::uuid[], $10::jsonb[], $11::timestamptz[]) AS u(task_id, payload, at)
     RETURNING 1
+), more AS (
+    INSERT INTO task_events (task_id, seq, type, schema_version, payload, recorded_at)
+    SELECT u.task_id, u.seq, u.type, u.version, u.payload, u.at
+    FROM unnest($19::uuid[], $20::int[], $21::text[], $22::smallint[], $23::jsonb[],
+                $24::timestamptz[]) AS u(task_id, seq, type, version, payload, at)
+    RETURNING 1
 ), t AS (
     INSERT INTO tasks (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
                        created_at, updated_at, state, tenant)
-    SELECT u.task_id, u.ctid, u.workflow, 'queued', u.priority, NULL, 1, u.at, u.at, u.state, $6
+    SELECT u.task_id, u.ctid, u.workflow, 'queued', u.priority, NULL, u.last_seq, u.at, u.at,
+           u.state, $6
     FROM unnest($9::uuid[], $12::text[], $13::text[], $14::int[], $11::timestamptz[],
-                $15::jsonb[]) AS u(task_id, ctid, workflow, priority, at, state)
+                $15::jsonb[], $18::int[]) AS u(task_id, ctid, workflow, priority, at, state,
+                                               last_seq)
     RETURNING 1
 ), queued AS (
     SELECT pg_notify('tasks_queued_v1', $17::text)
 )
 SELECT (SELECT count(*) FROM b) + (SELECT count(*) FROM rb) AS batch_rows,
-       (SELECT count(*) FROM ev) AS events, (SELECT count(*) FROM t) AS tasks,
-       (SELECT count(*) FROM queued) AS notified;
+       (SELECT count(*) FROM ev) AS events, (SELECT count(*) FROM more) AS more,
+       (SELECT count(*) FROM t) AS tasks, (SELECT count(*) FROM queued) AS notified;
 
 -- append_batch_events --
 -- Events of one batch's stream after the first, with its read-model row, in one statement.
@@ -255,15 +266,16 @@ WITH e AS (
                    AND payload ?& ARRAY['workflow', 'workflow_version', 'params', 'prompt',
                        'client_task_id', 'callback_url', 'priority', 'request_hash', 'origin',
                        'inputs', 'required_labels']
-                   -- tenant, models, batch_id, seeds_drawn, rerun_of came later: optional
-                   -- (defaults below)
+                   -- tenant, models, model_files, batch_id, seeds_drawn, rerun_of came
+                   -- later: optional (defaults below)
                    AND payload - ARRAY['workflow', 'workflow_version', 'params', 'prompt',
                        'client_task_id', 'callback_url', 'priority', 'request_hash', 'origin',
-                       'inputs', 'required_labels', 'tenant', 'models', 'batch_id',
-                       'seeds_drawn', 'rerun_of'] = '{}'
+                       'inputs', 'required_labels', 'tenant', 'models', 'model_files',
+                       'batch_id', 'seeds_drawn', 'rerun_of'] = '{}'
                    AND jsonb_typeof(coalesce(payload->'tenant', '"default"')) = 'string'
                    AND coalesce(jsonb_typeof(payload->'batch_id'), 'null') IN ('string', 'null')
                    AND coalesce(jsonb_typeof(payload->'models'), 'array') = 'array'
+                   AND coalesce(jsonb_typeof(payload->'model_files'), 'array') = 'array'
                    AND coalesce(jsonb_typeof(payload->'seeds_drawn'), 'array') = 'array'
                    AND coalesce(jsonb_typeof(payload->'rerun_of'), 'null') IN ('string', 'null')
                    AND jsonb_typeof(payload->'workflow') = 'string'
@@ -358,8 +370,8 @@ INSERT INTO fold_snapshot_rows (task_id, client_task_id, workflow, status, prior
 SELECT task_id, sub->>'client_task_id', sub->>'workflow', status, (sub->>'priority')::int,
        webhook, last_seq, created_at, updated_at,
        -- One object built at once (each `||` would encode the whole state again). The
-       -- submitted event's fields, of which `models`, `batch_id`, `tenant`, `seeds_drawn` and
-       -- `rerun_of` came later (absent from events recorded before them).
+       -- submitted event's fields, of which `models`, `model_files`, `batch_id`, `tenant`,
+       -- `seeds_drawn` and `rerun_of` came later (absent from events recorded before them).
        jsonb_build_object(
            'workflow', sub->'workflow', 'workflow_version', sub->'workflow_version',
            'params', sub->'params', 'prompt', sub->'prompt',
@@ -367,7 +379,8 @@ SELECT task_id, sub->>'client_task_id', sub->>'workflow', status, (sub->>'priori
            'priority', sub->'priority', 'request_hash', sub->'request_hash',
            'origin', sub->'origin', 'inputs', sub->'inputs',
            'required_labels', sub->'required_labels',
-           'models', coalesce(sub->'models', '[]'), 'batch_id', sub->'batch_id',
+           'models', coalesce(sub->'models', '[]'),
+           'model_files', coalesce(sub->'model_files', '[]'), 'batch_id', sub->'batch_id',
            -- A task recorded before tenants existed belongs to tenant "default".
            'tenant', coalesce(sub->'tenant', '"default"'),
            'task_id', task_id, 'seq', last_seq,

@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--callback-url")
     p.add_argument("--priority", type=int)
     p.add_argument("--tenant")
+    p.add_argument("--workflow-version", help="run this version of the workflow in every task")
     _waiting(p)
 
     sub.add_parser("endpoints", parents=[common], help="the fleet's ComfyUI endpoints")
@@ -219,6 +220,7 @@ def _cmd_batch(r: _Run) -> int:
         batch = r.client.create_batch(
             workflow=a.workflow, params=params.build_params(a.param, wf), sweep=params.build_sweep(a.sweep, wf),
             client_batch_id=a.client_batch_id, callback_url=a.callback_url, priority=a.priority, tenant=a.tenant,
+            workflow_version=a.workflow_version,
         )
     except errors.NotFound as exc:
         if exc.code == "not_found":  # the route itself, not a workflow
