@@ -273,7 +273,9 @@ async def run(args: argparse.Namespace) -> None:
               f" by COPY in {fill_s:.1f} s")
         timed = await time_rebuilds(dsn, name, args, opened, tail)
         rebuild_s = timed["snapshot"].wall_s
-        total = args.events
+        conn = await asyncpg.connect(dsn)
+        total = await conn.fetchval("SELECT count(*) FROM task_events")
+        await conn.close()
         if args.only_rebuild:
             print(f"SUMMARY event_log rebuild_events={total} "
                   + " ".join(f"rebuild_{k}_s={v.wall_s:.1f} rebuild_{k}_cpu_s={v.total_s:.1f}"
