@@ -1,10 +1,13 @@
 """`python -m comfy_fleet.cli.rebuild [DSN] [--full] [--snapshot-only] [--method sql|fold]
-[--workers N]`: recompute the read model (`tasks`) from the log. Run it with the service stopped.
+[--workers N]`.
+
+Recompute the read model (`tasks`) from the log. Run it with the service stopped.
 
 By default it starts from the fold snapshot (every task's state folded up to a point of the log,
 kept by the previous rebuild or `--snapshot-only`) and folds only the events after it; with no
-snapshot of this code's fold, or `--full`, it folds every task from its events alone. Either
-way the read model is the fold of the whole log, and the snapshot is brought up to date.
+snapshot of this code's fold, one too far behind (over 30 % of the log after it), or `--full`,
+it folds every task from its events alone. Either way the read model is the fold of the whole
+log, and the snapshot is brought up to date.
 `--snapshot-only` brings the snapshot up to date and leaves the read model alone: safe while the
 service runs, for a periodic job, so that a rebuild has little to fold.
 
@@ -34,7 +37,7 @@ def describe(done: Rebuilt, snapshot_only: bool) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(
         prog="python -m comfy_fleet.cli.rebuild", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0],
+        description="\n\n".join(__doc__.split("\n\n")[1:-1]),
     )
     ap.add_argument("dsn", nargs="?", help="default: DATABASE_URL (or RDB_*) from the environment")
     ap.add_argument("--full", action="store_true",
