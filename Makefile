@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 # The tests' own Ray runs without a token; `make run` turns Ray's token authentication on.
 test test-unit bench: export RAY_AUTH_MODE := disabled
 
-.PHONY: run test test-unit install lock migrate rebuild reupload bench clean
+.PHONY: run test test-unit install lock migrate rebuild fold-snapshot reupload bench clean
 
 install: $(STAMP)
 
@@ -46,8 +46,13 @@ test-unit: install
 migrate: install
 	$(PY) -m comfy_fleet.cli.migrate
 
+# `make rebuild ARGS=--full` folds every task from its events alone, ignoring the fold snapshot.
 rebuild: install
-	$(PY) -m comfy_fleet.cli.rebuild
+	$(PY) -m comfy_fleet.cli.rebuild $(ARGS)
+
+# Brings the fold snapshot up to date (safe while the service runs): run it periodically.
+fold-snapshot: install
+	$(PY) -m comfy_fleet.cli.rebuild --snapshot-only $(ARGS)
 
 reupload: install
 	$(PY) -m comfy_fleet.cli.reupload $(ARGS)

@@ -4,15 +4,23 @@ state from N events (default 1,000,000), and API-style reads of one task with th
     .venv/bin/python -m bench.event_log [--events 1000000] [--writers 1,4,16] [--seconds 8]
                                         [--pool 8] [--reads 2000] [--only-rebuild]
                                         [--rebuild-workers N] [--rebuild-methods sql,fold]
+                                        [--tail-events 10000] [--open-tasks 500]
 
-`--only-rebuild` skips the append rates and the reads: fill, then time the rebuild. The rebuild
-is timed once per method of `--rebuild-methods` (default sql,fold: the common lifecycles folded in
-SQL sessions, and every task folded in Python processes; `--rebuild-workers` of each, default one
-per core), in the same run, with the ratio of the first to each other.
+`--only-rebuild` skips the append rates and the reads: fill, then time the rebuilds. The log is
+N events in the end. First N - 3 x `--tail-events` (the last `--open-tasks` tasks still
+running) and the first refresh of the fold snapshot (`make rebuild ARGS=--snapshot-only`, a full
+fold since there is none); then a tail (the running tasks end, new tasks come) and a rebuild
+with the read model lost (every row written); a tail and the periodic refresh; a tail and the
+rebuild (`make rebuild`: the snapshot, the tail folded onto it, the read model sound but for the
+tail's rows); then the full refold (`--full`) once per method of `--rebuild-methods` (default
+sql,fold: the common lifecycles folded in SQL sessions, and every task folded in Python
+processes; `--rebuild-workers` of each, default one per core) on the same N events. Each step
+prints its wall time and its CPU time (bench/db_cpu.py: this process and the PostgreSQL
+backends of the database), which a loaded machine stretches less.
 
 Runs on a database of its own (created on the test PostgreSQL server, dropped at the end).
-The N events are written with COPY (the append-only trigger refuses UPDATE/DELETE/TRUNCATE,
-not INSERT), as realistic task lifecycles of 8 events; then `rebuild_read_model()` folds them.
+The events are written with COPY (the append-only trigger refuses UPDATE/DELETE/TRUNCATE,
+not INSERT), as realistic task lifecycles of 8 events.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +39,8 @@ import asyncpg
 import orjson
 
 from bench.common import machine, percentile
+from bench.db_cpu import PhaseCpu
+from comfy_fleet.cli.rebuild import describe
 from comfy_fleet.log import events
 from comfy_fleet.log import rebuild
 from comfy_fleet.cli.migrate import apply_dsn
@@ -94,16 +105,36 @@ async def append_rate(dsn: str, writers: int, seconds: float, pool: int) -> tupl
     return stored / elapsed, lat
 
 
-async def fill(dsn: str, n_events: int) -> tuple[int, float]:
-    """COPY `n_events` (whole lifecycles) into task_events. Returns (tasks, seconds)."""
-    tasks = n_events // EVENTS_PER_TASK
+def _templates() -> list[tuple[str, int, str]]:
+    """(type, schema_version, payload JSON) of a lifecycle, with TID and PID for the ids."""
+    return [(e.TYPE, e.SCHEMA_VERSION, orjson.dumps(e.payload()).decode())
+            for e in lifecycle("TID", "PID", 7)]
+
+
+async def _copy(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    await conn.copy_records_to_table(
+        "task_events", records=rows,
+        columns=["task_id", "seq", "type", "schema_version", "payload", "recorded_at"],
+    )
+
+
+#: A task written in part: (task_id, prompt_id, recorded_at), its later events still to come.
+Open = tuple[uuid.UUID, str, datetime]
+
+
+async def fill(dsn: str, n_events: int, open_tasks: int = 0) -> tuple[int, float, list[Open]]:
+    """COPY `n_events` into task_events: whole lifecycles, but of the last `open_tasks` tasks
+    only the first half of their events (running tasks, whose end comes later). Returns (tasks,
+    seconds, the open tasks)."""
+    tasks = (n_events + open_tasks * (EVENTS_PER_TASK - EVENTS_PER_TASK // 2)) // EVENTS_PER_TASK
     # Payload templates once; per task only the ids change (string replace is far cheaper than
     # building and serialising 1M dataclasses, and the fold still decodes every payload).
-    tmpl = [(e.TYPE, e.SCHEMA_VERSION, orjson.dumps(e.payload()).decode()) for e in lifecycle("TID", "PID", 7)]
+    tmpl = _templates()
     base = datetime.now(UTC) - timedelta(days=1)
     conn = await asyncpg.connect(dsn)
     start = time.monotonic()
     chunk = 20_000
+    opened: list[Open] = []
     try:
         for first in range(0, tasks, chunk):
             rows: list[tuple[Any, ...]] = []
@@ -111,16 +142,40 @@ async def fill(dsn: str, n_events: int) -> tuple[int, float]:
                 tid = uuid.uuid4()
                 stid, pid = str(tid), str(uuid.uuid4())
                 at = base + timedelta(milliseconds=i)
-                for seq, (typ, ver, payload) in enumerate(tmpl, start=1):
+                last = len(tmpl)
+                if i >= tasks - open_tasks:
+                    opened.append((tid, pid, at))
+                    last = len(tmpl) // 2
+                for seq, (typ, ver, payload) in enumerate(tmpl[:last], start=1):
                     rows.append((tid, seq, typ, ver, payload.replace("TID", stid).replace("PID", pid), at))
-            await conn.copy_records_to_table(
-                "task_events", records=rows,
-                columns=["task_id", "seq", "type", "schema_version", "payload", "recorded_at"],
-            )
+            await _copy(conn, rows)
         await conn.execute("ANALYZE task_events")
     finally:
         await conn.close()
-    return tasks, time.monotonic() - start
+    return tasks, time.monotonic() - start, opened
+
+
+async def append_tail(dsn: str, opened: list[Open], n_events: int) -> tuple[int, int]:
+    """COPY the rest of the open tasks' events, then new whole lifecycles, up to `n_events` in
+    all: what comes after a fold snapshot. Returns (events, tasks)."""
+    tmpl = _templates()
+    half = len(tmpl) // 2
+    at = datetime.now(UTC)
+    rows: list[tuple[Any, ...]] = []
+    for tid, pid, _ in opened:
+        for seq, (typ, ver, payload) in enumerate(tmpl[half:], start=half + 1):
+            rows.append((tid, seq, typ, ver, payload.replace("TID", str(tid)).replace("PID", pid), at))
+    new = max(0, n_events - len(rows)) // len(tmpl)
+    for _ in range(new):
+        tid, pid = uuid.uuid4(), str(uuid.uuid4())
+        for seq, (typ, ver, payload) in enumerate(tmpl, start=1):
+            rows.append((tid, seq, typ, ver, payload.replace("TID", str(tid)).replace("PID", pid), at))
+    conn = await asyncpg.connect(dsn)
+    try:
+        await _copy(conn, rows)
+    finally:
+        await conn.close()
+    return len(rows), len(opened) + new
 
 
 async def reads(dsn: str, n: int) -> dict[str, list[float]]:
@@ -144,6 +199,54 @@ async def reads(dsn: str, n: int) -> dict[str, list[float]]:
     return out
 
 
+def _load() -> str:
+    return f"load {os.getloadavg()[0]:.2f}"
+
+
+async def time_rebuilds(
+    dsn: str, dbname: str, args: argparse.Namespace, opened: list[Open], tail: int
+) -> dict[str, PhaseCpu]:
+    """After the fill: the first refresh of the fold snapshot (a full fold); `tail` events and a
+    rebuild with the read model lost (every row written); `tail` more and the periodic refresh;
+    `tail` more and the rebuild (the read model sound but for the rows of the last tail); the
+    full refold of each method on the same log. Returns each one's wall and CPU time."""
+    timed: dict[str, PhaseCpu] = {}
+
+    async def timed_run(key: str, what: str, call: Awaitable[rebuild.Rebuilt]) -> None:
+        with PhaseCpu(dbname) as cpu:
+            done = await call
+        timed[key] = cpu
+        print(f"{what}: {describe(done, key.startswith('refresh'))}\n    {cpu.describe()} ({_load()})")
+
+    async def appended(opened: list[Open]) -> None:
+        events, tasks = await append_tail(dsn, opened, tail)
+        print(f"appended: {events} events ({len(opened)} running tasks end, {tasks - len(opened)}"
+              f" new tasks)")
+
+    workers = args.rebuild_workers
+    await timed_run("refresh_first", "refresh of the fold snapshot, none yet",
+                    rebuild.refresh_fold_snapshot(dsn, workers))
+    await appended(opened)
+    await timed_run("snapshot_lost", "rebuild from the fold snapshot, the read model lost",
+                    rebuild.rebuild(dsn, workers))
+    await appended([])
+    await timed_run("refresh", "refresh of the fold snapshot (the periodic job)",
+                    rebuild.refresh_fold_snapshot(dsn, workers))
+    await appended([])
+    await timed_run("snapshot", "rebuild (`make rebuild`; target 5 s)", rebuild.rebuild(dsn, workers))
+    folds = workers or os.cpu_count()
+    for method in args.rebuild_methods.split(","):
+        how = (f"{folds} Python fold process{'es' if folds != 1 else ''}" if method == "fold"
+               else f"{folds} SQL fold session{'s' if folds != 1 else ''}")
+        await timed_run(f"full_{method}", f"rebuild --full --method {method} ({how})",
+                        rebuild.rebuild(dsn, workers, method, full=True))
+    for key in [k for k in timed if k.startswith("full_")]:
+        print(f"rebuild from the fold snapshot: {timed['snapshot'].wall_s / timed[key].wall_s:.2f}x"
+              f" the wall time, {timed['snapshot'].total_s / max(timed[key].total_s, 1e-9):.2f}x"
+              f" the CPU of the full refold ({key[5:]}), same log")
+    return timed
+
+
 async def run(args: argparse.Namespace) -> None:
     from comfy_fleet_devstack import postgres
 
@@ -161,29 +264,22 @@ async def run(args: argparse.Namespace) -> None:
                   f"({rate / EVENTS_PER_TASK:5.0f} task lifecycles/s); one append p50 "
                   f"{percentile(lat, 50):.2f} ms, p99 {percentile(lat, 99):.2f} ms "
                   f"(load {os.getloadavg()[0]:.2f})")
-        tasks, fill_s = await fill(dsn, args.events)
+        tail = min(args.tail_events, args.events // 6)
+        tasks, fill_s, opened = await fill(dsn, args.events - 3 * tail, args.open_tasks)
+        conn = await asyncpg.connect(dsn)
+        filled = await conn.fetchval("SELECT count(*) FROM task_events")
+        await conn.close()
+        print(f"filled: {filled} events ({tasks} tasks, {len(opened)} of them running)"
+              f" by COPY in {fill_s:.1f} s")
+        timed = await time_rebuilds(dsn, name, args, opened, tail)
+        rebuild_s = timed["snapshot"].wall_s
         conn = await asyncpg.connect(dsn)
         total = await conn.fetchval("SELECT count(*) FROM task_events")
         await conn.close()
-        print(f"filled: {total} events ({tasks} tasks) by COPY in {fill_s:.1f} s")
-        timed: dict[str, float] = {}
-        for method in args.rebuild_methods.split(","):
-            t = time.monotonic()
-            rebuilt = await rebuild.rebuild_read_model(dsn, args.rebuild_workers, method)
-            timed[method] = time.monotonic() - t
-            folds = args.rebuild_workers or os.cpu_count()
-            how = (f"{folds} Python fold process{'es' if folds != 1 else ''}" if method == "fold"
-                   else f"{folds} SQL fold session{'s' if folds != 1 else ''}")
-            print(f"rebuild_read_model ({method}, {how}): {rebuilt} tasks from {total} events in "
-                  f"{timed[method]:.1f} s ({total / timed[method]:,.0f} events/s; target 5 s) "
-                  f"(load {os.getloadavg()[0]:.2f})")
-        first, *others = timed
-        for other in others:
-            print(f"rebuild: {first} takes {timed[first] / timed[other]:.2f}x the time of {other}")
-        rebuild_s = timed[first]
         if args.only_rebuild:
             print(f"SUMMARY event_log rebuild_events={total} "
-                  + " ".join(f"rebuild_{m}_s={v:.1f}" for m, v in timed.items()))
+                  + " ".join(f"rebuild_{k}_s={v.wall_s:.1f} rebuild_{k}_cpu_s={v.total_s:.1f}"
+                             for k, v in timed.items()))
             return
         r = await reads(dsn, args.reads)
         print(f"reads with {total} events stored, {len(r['get'])} random tasks one at a time: "
@@ -191,7 +287,9 @@ async def run(args: argparse.Namespace) -> None:
               f"read (events) p50 {percentile(r['read'], 50):.2f} ms p99 {percentile(r['read'], 99):.2f} ms "
               f"(floor p99 < 10 ms) (load {os.getloadavg()[0]:.2f})")
         print("SUMMARY event_log " + " ".join(f"append_w{w}={v:.0f}/s" for w, v in rates.items())
-              + f" rebuild_events={total} rebuild_s={rebuild_s:.1f} get_p99={percentile(r['get'], 99):.2f}ms"
+              + f" rebuild_events={total} rebuild_s={rebuild_s:.1f}"
+              f" rebuild_full_s={timed[next(k for k in timed if k.startswith('full'))].wall_s:.1f}"
+              f" get_p99={percentile(r['get'], 99):.2f}ms"
               f" read_p99={percentile(r['read'], 99):.2f}ms")
     finally:
         await postgres.drop_database(admin, name)
@@ -208,7 +306,12 @@ def main() -> None:
     ap.add_argument("--rebuild-workers", type=int, default=None,
                     help="SQL fold sessions / Python fold processes (default: one per core)")
     ap.add_argument("--rebuild-methods", default="sql,fold",
-                    help=f"comma-separated, of {', '.join(rebuild.METHODS)}; each is timed in turn")
+                    help=f"comma-separated, of {', '.join(rebuild.METHODS)}: each one's full refold"
+                         " is timed in turn")
+    ap.add_argument("--tail-events", type=int, default=10_000,
+                    help="events appended after each fold snapshot (three times, of the --events)")
+    ap.add_argument("--open-tasks", type=int, default=500,
+                    help="tasks running when the fold snapshot is taken (they end in the tail)")
     asyncio.run(run(ap.parse_args()))
 
 

@@ -354,10 +354,10 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
 
     # --- rebuild ------------------------------------------------------------------------------
 
-    async def rebuild_read_model(self, workers: int | None = None) -> int:
-        """Replace every read-model row by the fold of the log, in one transaction; returns the
-        number of tasks. The log's task-id ranges are folded in `workers` processes (default:
-        one per core); see comfy_fleet/log/rebuild.py. Run it with the service stopped."""
-        return await rebuild.rebuild_read_model(self._dsn, workers)
+    async def rebuild_read_model(self, workers: int | None = None, *, full: bool = False) -> int:
+        """Replace every read-model row by the fold of the log (from the fold snapshot when it
+        counts, unless `full`), in one transaction; returns the number of tasks. A full fold runs
+        in `workers` sessions (default: one per core); see comfy_fleet/log/rebuild.py."""
+        return await rebuild.rebuild_read_model(self._dsn, workers, full=full)
 
 

@@ -1,71 +1,84 @@
-"""Recompute the read model (`tasks`) from the log (`rebuild_read_model`; the command is
-`python -m comfy_fleet.cli.rebuild [DSN] [--method sql|fold] [--workers N]`).
+"""Recompute the read model (`tasks`) from the log (`rebuild`; the command is
+`python -m comfy_fleet.cli.rebuild [DSN] [--full] [--method sql|fold] [--workers N]`), and keep
+the fold snapshot it starts from up to date (`refresh_fold_snapshot`, the command's
+`--snapshot-only`).
 
-Run it with the service stopped: writers append to the log and the read model together, and a
-rebuild folds the log as of one snapshot, so the rows it writes could miss an append racing
-with it.
+The fold snapshot (comfy_fleet/log/fold_snapshot.py) holds every task's row as the fold of its
+events up to a horizon of the log. A rebuild:
+1. takes the advisory lock REBUILD_LOCK (one rebuild or refresh at a time);
+2. folds every task from its events into the snapshot's rows when the snapshot does not count
+   (none, another fold version's, `full=True`, or more than LONG_TAIL of the log after its
+   horizon): method "sql" (the default) has PostgreSQL fold the common lifecycles in N
+   sessions (comfy_fleet/log/rebuild_sql.py), method "fold" folds every task in Python in N
+   processes (comfy_fleet/log/fold_processes.py); N = `workers`, one per core by default;
+3. in one transaction (REPEATABLE READ) that first takes `lock_log` (appends in flight commit
+   first, new ones wait for its end, so it sees the whole log): folds in Python what the rows
+   lack (the events after the horizon, onto their tasks' rows; after step 2, the tasks the SQL
+   left), makes the read model the rows (`fold_snapshot.to_read_model`: deletes the read-model
+   rows that are not byte for byte the fold, inserts the fold's rows then missing, so a sound
+   read model costs a comparison and no writes), and saves the snapshot with the log's last
+   position as its horizon. It commits only if every task got its row: readers see the old read
+   model until the commit, and a failure leaves it intact.
+So the read model is the fold of the whole log either way; tests/integration/
+test_rebuild_snapshot.py and test_rebuild_sql.py show it equals `replay` of every task.
 
-How (`rebuild_read_model`, method "sql", the default): PostgreSQL folds the tasks whose events
-take the common path itself, in N sessions (one per task-id range, as of one exported snapshot)
-into the UNLOGGED `task_rebuild_stage` (comfy_fleet/log/rebuild_sql.py); then one transaction
-checks the log is as those sessions saw it, empties the read model, moves the staged rows in
-(one INSERT) and folds every other task in Python (`LogFold`, in this process) from the events
-of the tasks still without a row; it commits only if every task got its row.
-tests/integration/test_rebuild_sql.py shows the rows equal the fold of every task.
+Run it with the service stopped, as before: the service keeps state of its own beside the read
+model. If it runs, its appends wait for step 3 (they do not race with it).
 
-Method "fold" (the Python fold of every task): one transaction (REPEATABLE READ) exports its
-snapshot, empties the read model (TRUNCATE: readers wait for the commit) and COPYs the new rows
-in; it commits only if every row was folded, so no reader sees a half-built read model and a failure leaves the old
-one intact. The rows come from N folds (N = cores by default), each over one range of task ids
-(`task_id_ranges`) in a process of its own: it reads its range as of that snapshot with
-`COPY ... TO STDOUT`, ordered by (task_id, seq), folds each task with `task_state.apply` (the
-fold, in place) and sends the rows, as COPY text, through a pipe to the transaction's COPY.
-With N = 1 the fold runs in this process. tests/contract/test_event_log.py shows the result
-equals the fold of every task, whatever N.
+A refresh (`refresh_fold_snapshot`) is steps 1, 2 and a step 3 without the read model and
+without holding appends: it takes its horizon at a barrier (`fold_snapshot.barrier`) before its
+transaction. Safe while the service runs; meant to be run periodically, so that the next
+rebuild's tail is short.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import multiprocessing
-import multiprocessing.connection
 import os
-import re
-import tempfile
-import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from dataclasses import dataclass
 
 import asyncpg
-import orjson
 
 from comfy_fleet import errors
 
-from comfy_fleet.log import rebuild_sql
-from comfy_fleet.log import events, task_state
-from comfy_fleet.log.event_log import state_json
+from comfy_fleet.log import fold_processes, fold_snapshot, rebuild_sql
+from comfy_fleet.log.log_fold import COLUMNS
 from comfy_fleet.log.sql import queries
-from comfy_fleet.log.task_state import TaskState
 
-#: The read model's columns, in the order of `read_model_row`.
-COLUMNS = ("task_id", "client_task_id", "workflow", "status", "priority", "webhook",
-           "last_seq", "created_at", "updated_at", "state", "tenant")
+#: How a full fold computes the rows: "sql" (the default) has PostgreSQL fold the common
+#: lifecycles in `workers` sessions and folds the rest in Python in this process; "fold" folds
+#: every task in Python, in `workers` processes.
+METHODS = ("sql", "fold")
 
-#: Bytes of rows a fold sends at a time.
-CHUNK = 1 << 18
+#: A snapshot with more than this share of the log's positions after its horizon is refolded
+#: from scratch: the tail is folded in Python in one process, which costs more per event than
+#: the parallel full fold beyond about this share.
+LONG_TAIL = 0.3
 
-#: A fold's reading transaction: the text COPY writes (times in ISO and UTC, which `LogFold`
-#: parses), no time limit, and the primary key's index scan: it streams from the first row (a
-#: sort of the range would hold the fold back until it ends) and needs no memory; the folds
-#: are the parallelism.
-_FOLD_SESSION = (
-    "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'; SET LOCAL statement_timeout = 0;"
-    " SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0;"
-    " SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off"
+#: Why a rebuild folded every task from its events (`Rebuilt.full`).
+ASKED, NO_SNAPSHOT, OTHER_VERSION, LONG = (
+    "asked", "no fold snapshot", "the fold snapshot is of another fold version",
+    f"more than {LONG_TAIL:.0%} of the log is after the fold snapshot",
 )
-_SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]+")
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """What a rebuild (or a refresh of the fold snapshot) did."""
+
+    #: rows written to the read model (a refresh: rows of the snapshot it folded anew)
+    tasks: int
+    #: why every task was folded from its events; None: the fold snapshot was used
+    full: str | None
+    #: the last step's fold: tasks and events the rows lacked
+    tail_tasks: int
+    tail_events: int
+    #: the fold snapshot's horizon now
+    horizon: int
+    #: read-model rows that were not the fold (deleted), and rows written (a refresh: 0, 0)
+    removed: int
+    written: int
 
 
 def task_id_ranges(n: int) -> list[tuple[str, str]]:
@@ -78,315 +91,106 @@ def task_id_ranges(n: int) -> list[tuple[str, str]]:
     return [(str(uuid.UUID(int=a)), str(uuid.UUID(int=b - 1))) for a, b in zip(starts, starts[1:])]
 
 
-# --- COPY text: the log's rows in, the read model's rows out -----------------------------------
-
-_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
-_ESCAPED = re.compile(rb"\\(.)", re.DOTALL)
-_UNESCAPED = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
-
-
-def _text(value: str | None) -> bytes:
-    return b"\\N" if value is None else value.translate(_ESCAPES).encode()
-
-
-def _unescape(field: bytes) -> bytes:
-    return _ESCAPED.sub(lambda m: _UNESCAPED.get(m.group(1), m.group(1)), field)
-
-
-def read_model_row(s: TaskState) -> bytes:
-    """The read-model row of a state (COLUMNS) as one line of COPY text. The JSON text has no raw
-    control characters (JSON escapes them), so only its backslashes need doubling."""
-    return b"%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\t%s\n" % (
-        s.task_id.encode(), _text(s.client_task_id), _text(s.workflow), _text(s.status),
-        s.priority, _text(s.webhook), s.seq, s.created_at.isoformat().encode(),
-        s.updated_at.isoformat().encode(), state_json(s).replace(b"\\", b"\\\\"),
-        _text(s.tenant),
-    )
-
-
-class LogFold:
-    """Folds the log as COPY text (lines of task_id, seq, type, schema_version, payload,
-    recorded_at, in DateStyle ISO and UTC; each task's events together and in seq order) into
-    read-model rows as COPY text. `feed` takes the text in chunks of any size and returns the rows
-    of the tasks it completed; `finish` returns the last one."""
-
-    def __init__(self) -> None:
-        self.tasks = 0
-        self._tail = b""
-        self._current = b""  # task_id of the state being folded, as in the log's text
-        self._task_id = ""
-        self._state: TaskState | None = None
-
-    def feed(self, data: bytes) -> bytes:
-        lines = (self._tail + data if self._tail else data).split(b"\n")
-        self._tail = lines.pop()
-        rows: list[bytes] = []
-        state, current, task_id = self._state, self._current, self._task_id
-        apply, decode, loads = task_state.apply, events.decode, orjson.loads
-        parse_at = datetime.fromisoformat
-        try:
-            for line in lines:
-                tid, seq, type_, version, payload, at = line.split(b"\t")
-                if tid != current:
-                    if state is not None:
-                        rows.append(read_model_row(state))
-                    state, current, task_id = None, tid, tid.decode()
-                if b"\\" in payload:
-                    payload = _unescape(payload)
-                event = decode(type_.decode(), int(version), loads(payload))
-                state = apply(state, task_id, int(seq), parse_at(at.decode()), event, in_place=True)
-        finally:
-            self.tasks += len(rows)
-            self._state, self._current, self._task_id = state, current, task_id
-        return b"".join(rows)
-
-    def finish(self) -> bytes:
-        if self._tail:
-            raise errors.FleetError("rebuild: the log's COPY text ends inside a line")
-        if self._state is None:
-            return b""
-        self.tasks += 1
-        row, self._state = read_model_row(self._state), None
-        return row
-
-
-# --- one range: read, fold, send ------------------------------------------------------------
-
-async def fold_range(
-    dsn: str, snapshot: str, first: str, last: str, send: Callable[[bytes], Awaitable[None]]
-) -> int:
-    """Fold the tasks with ids in [first, last] as of `snapshot` (`pg_export_snapshot()`), sending
-    their read-model rows in chunks of about CHUNK bytes; returns the number of tasks."""
-    if not _SNAPSHOT_ID.fullmatch(snapshot):
-        raise ValueError(f"not a snapshot id: {snapshot!r}")
-    fold = LogFold()
-    pending: list[bytes] = []
-    size = 0
-    failed: list[BaseException] = []
-
-    async def sink(data: bytes) -> None:
-        nonlocal size
-        if failed:
-            return
-        try:
-            rows = fold.feed(data)
-            if rows:
-                pending.append(rows)
-                size += len(rows)
-                if size >= CHUNK:
-                    await send(b"".join(pending))
-                    pending.clear()
-                    size = 0
-        except BaseException as exc:
-            # asyncpg's COPY TO does not survive an error raised by its output (it may wait for
-            # ever): keep the error, drop the connection, and raise it once the COPY has returned.
-            failed.append(exc)
-            conn.terminate()
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        await conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-        await conn.execute(_FOLD_SESSION)
-        await conn.copy_from_query(queries["select_log_range"], first, last, output=sink)
-    except BaseException as exc:
-        conn.terminate()  # ends the read-only transaction
-        raise (failed[0] if failed else exc) from None
-    if failed:
-        raise failed[0]
-    await conn.close()  # ends the read-only transaction
-    pending.append(fold.finish())
-    rows = b"".join(pending)
-    if rows:
-        await send(rows)
-    return fold.tasks
-
-
-def _fold_process(
-    dsn: str, snapshot: str, first: str, last: str, pipe: multiprocessing.connection.Connection
-) -> None:
-    """A fold process: sends b"D" + rows, then b"F" + the number of tasks, or b"E" + the error."""
-
-    async def send(rows: bytes) -> None:
-        pipe.send_bytes(b"D" + rows)
-
-    try:
-        tasks = asyncio.run(fold_range(dsn, snapshot, first, last, send))
-        pipe.send_bytes(b"F%d" % tasks)
-    except BaseException:
-        pipe.send_bytes(b"E" + traceback.format_exc().encode())
-    finally:
-        pipe.close()
-
-
-# --- all ranges: one stream of rows -----------------------------------------------------------
-
-async def _rows_in_process(
-    dsn: str, snapshot: str, first: str, last: str, tasks: list[int]
-) -> AsyncIterator[bytes]:
-    """The rows of one fold in this process (`tasks` gets its number of tasks)."""
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
-
-    async def fold() -> None:
-        try:
-            tasks.append(await fold_range(dsn, snapshot, first, last, queue.put))
-        finally:
-            await queue.put(None)
-
-    folding = asyncio.create_task(fold())
-    try:
-        while (rows := await queue.get()) is not None:
-            yield rows
-        await folding  # its error, if any
-    finally:
-        folding.cancel()
-        with contextlib.suppress(BaseException):
-            await folding
-
-
-def _receive(
-    pipes: list[multiprocessing.connection.Connection],
-) -> list[tuple[multiprocessing.connection.Connection, bytes | None]]:
-    """Wait for some of the pipes; one message from each that has one (None: closed)."""
-    got: list[tuple[multiprocessing.connection.Connection, bytes | None]] = []
-    for pipe in multiprocessing.connection.wait(pipes):
-        assert isinstance(pipe, multiprocessing.connection.Connection)
-        try:
-            got.append((pipe, pipe.recv_bytes()))
-        except EOFError:
-            got.append((pipe, None))
-    return got
-
-
-async def _rows_from_processes(
-    dsn: str, snapshot: str, ranges: list[tuple[str, str]], tasks: list[int]
-) -> AsyncIterator[bytes]:
-    """The rows of a fold process per range, as they come (`tasks` gets their numbers of tasks);
-    closing it ends the processes."""
-    spawn = multiprocessing.get_context("spawn")
-    procs: list[multiprocessing.process.BaseProcess] = []
-    pipes: list[multiprocessing.connection.Connection] = []
-    try:
-        for i, (first, last) in enumerate(ranges):
-            receiver, sender = spawn.Pipe(duplex=False)
-            pipes.append(receiver)
-            proc = spawn.Process(
-                target=_fold_process, args=(dsn, snapshot, first, last, sender),
-                name=f"rebuild-fold-{i}", daemon=True,
-            )
-            proc.start()
-            procs.append(proc)
-            sender.close()  # the child holds it: its exit is our EOF
-        names = {pipe: proc.name for pipe, proc in zip(pipes, procs, strict=True)}
-        running = list(pipes)
-        while running:
-            for pipe, message in await asyncio.to_thread(_receive, running):
-                if message is None:
-                    raise errors.FleetError(f"rebuild: {names[pipe]} ended without a result")
-                kind, body = message[:1], message[1:]
-                if kind == b"D":
-                    yield body
-                elif kind == b"F":
-                    tasks.append(int(body))
-                    running.remove(pipe)
-                else:
-                    error = body.decode(errors="replace")
-                    raise errors.FleetError(f"rebuild: {names[pipe]} failed:\n{error}")
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-        for proc in procs:
-            await asyncio.to_thread(proc.join)
-        for pipe in pipes:
-            pipe.close()
-
-
-#: How a rebuild computes the rows: "sql" (the default) has PostgreSQL fold the common
-#: lifecycles in `workers` sessions (comfy_fleet/log/rebuild_sql.py) and folds the rest in Python
-#: in this process; "fold" folds every task in Python, in `workers` processes.
-METHODS = ("sql", "fold")
-
-async def _fold_rest(conn: asyncpg.Connection) -> int:
-    """In the rebuild's transaction, after the staged rows were moved in: every task without a
-    row yet, folded by `LogFold` in this process from `select_log_unrebuilt` and COPYd in. The
-    rows wait in a temporary file (in memory up to 64 MiB): one connection cannot COPY out and
-    in at once. Returns the number of tasks."""
-    fold = LogFold()
-    failed: list[BaseException] = []
-    with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
-
-        async def sink(data: bytes) -> None:
-            if failed:
-                return
-            try:
-                spool.write(fold.feed(data))
-            except BaseException as exc:
-                # As in fold_range: asyncpg's COPY TO does not survive an error raised by its
-                # output; the caller terminates the connection (rolling back) and we raise it.
-                failed.append(exc)
-                conn.terminate()
-
-        try:
-            await conn.copy_from_query(queries["select_log_unrebuilt"], output=sink)
-        except BaseException as exc:
-            raise (failed[0] if failed else exc) from None
-        if failed:
-            raise failed[0]
-        spool.write(fold.finish())
-        if fold.tasks:
-            spool.seek(0)
-            await conn.copy_to_table("tasks", source=spool, columns=list(COLUMNS), format="text")
-    return fold.tasks
-
-
-async def rebuild_read_model(dsn: str, workers: int | None = None, method: str = "sql") -> int:
-    """Replace the read model by the fold of the log; returns the number of tasks. `method`:
-    see METHODS; `workers` (default: one per core) is the number of SQL fold sessions of "sql",
-    of fold processes of "fold" (1 folds in this process). See the module docstring."""
-    if method not in METHODS:
-        raise ValueError(f"rebuild: method must be one of {METHODS}, not {method!r}")
-    n = max(1, workers if workers is not None else os.cpu_count() or 1)
+async def _full_fold(dsn: str, conn: asyncpg.Connection, n: int, method: str) -> None:
+    """Replace the snapshot's rows by the fold of every task as of one snapshot of the log (the
+    SQL's share only, for "sql"); they count once the caller saves the snapshot."""
+    await fold_snapshot.forget(conn)
     ranges = task_id_ranges(n)
-    tasks: list[int] = []
-    conn = await asyncpg.connect(dsn)
-    try:
-        if method == "sql":
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", rebuild_sql.REBUILD_LOCK):
-                raise errors.FleetError("rebuild: another rebuild is running")
-            staged, extent = await rebuild_sql.stage(dsn, conn, ranges)
+    if method == "sql":
+        await rebuild_sql.fold_plain(dsn, ranges)
+    else:
         await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
         await conn.execute("SET LOCAL statement_timeout = 0")
-        await conn.execute(queries["empty_read_model"])
-        # A COPY the server refuses at its start (a column or a right missing) fails here, with
-        # its own error, before any fold starts.
-        columns = list(COLUMNS)
-        await conn.copy_to_table("tasks", source=memoryview(b""), columns=columns, format="text")
-        if method == "sql":
-            if tuple(await conn.fetchrow(queries["log_extent"])) != extent:
-                raise errors.FleetError(
-                    "rebuild: the log changed while it was being folded; stop the service and"
-                    " run the rebuild again"
-                )
-            await conn.execute(queries["move_stage_to_read_model"])
-            tasks += [staged, await _fold_rest(conn)]
-        else:
-            rows = (
-                _rows_in_process(dsn, snapshot, *ranges[0], tasks)
-                if n == 1
-                else _rows_from_processes(dsn, snapshot, ranges, tasks)
+        tasks: list[int] = []
+        async with contextlib.aclosing(fold_processes.rows(dsn, snapshot, ranges, tasks)) as rows:
+            await conn.copy_to_table(
+                "fold_snapshot_rows", source=rows, columns=list(COLUMNS), format="text"
             )
-            async with contextlib.aclosing(rows):
-                await conn.copy_to_table("tasks", source=rows, columns=columns, format="text")
         await conn.execute("COMMIT")
-        if method == "sql":
-            await conn.execute(queries["empty_rebuild_stage"])
+    await conn.execute(queries["analyze_fold_snapshot_rows"])
+
+
+async def _start(
+    dsn: str, conn: asyncpg.Connection, workers: int | None, method: str, full: bool
+) -> tuple[int, str | None]:
+    """Steps 1 and 2: returns the horizon to fold the tail from and why every task was folded
+    (None: the snapshot counts)."""
+    if method not in METHODS:
+        raise ValueError(f"rebuild: method must be one of {METHODS}, not {method!r}")
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", rebuild_sql.REBUILD_LOCK):
+        raise errors.FleetError(
+            "rebuild: another rebuild (or refresh of the fold snapshot) is running"
+        )
+    snapshot = await fold_snapshot.read(conn)
+    why = (
+        ASKED if full else NO_SNAPSHOT if snapshot is None
+        else OTHER_VERSION if not snapshot.current else None
+    )
+    if snapshot is not None and why is None:
+        end = await conn.fetchval(queries["log_end"])
+        if end - snapshot.horizon > LONG_TAIL * end:
+            why = LONG
+    if why is None:
+        assert snapshot is not None
+        return snapshot.horizon, None
+    n = max(1, workers if workers is not None else os.cpu_count() or 1)
+    await _full_fold(dsn, conn, n, method)
+    return 0, why
+
+
+async def rebuild(
+    dsn: str, workers: int | None = None, method: str = "sql", *, full: bool = False
+) -> Rebuilt:
+    """Replace the read model by the fold of the log, from the fold snapshot unless `full`.
+    `workers` (default: one per core) and `method` (METHODS) tell how a full fold runs. See the
+    module docstring."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        horizon, why = await _start(dsn, conn, workers, method, full)
+        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        await conn.execute(queries["lock_log"])
+        tail = await fold_snapshot.fold_tail(conn, horizon)
+        end = await conn.fetchval(queries["log_end"])
+        removed, written = await fold_snapshot.to_read_model(conn)
+        tasks = await conn.fetchval(queries["count_fold_snapshot_rows"])
+        await fold_snapshot.save(conn, end)
+        await conn.execute("COMMIT")
     except BaseException:
-        # Disconnecting rolls the transaction back. Not ROLLBACK: after a COPY that the server
-        # refused at its start and that our rows then failed too, asyncpg never answers again.
+        # Disconnecting rolls the transaction back (and frees the advisory lock). Not ROLLBACK:
+        # after a COPY that failed in its output, asyncpg never answers again.
         conn.terminate()
         raise
     finally:
         await conn.close()
-    return sum(tasks)
+    return Rebuilt(tasks, why, tail.tasks, tail.events, end, removed, written)
+
+
+async def rebuild_read_model(
+    dsn: str, workers: int | None = None, method: str = "sql", *, full: bool = False
+) -> int:
+    """`rebuild`, returning the number of tasks."""
+    return (await rebuild(dsn, workers, method, full=full)).tasks
+
+
+async def refresh_fold_snapshot(
+    dsn: str, workers: int | None = None, method: str = "sql", *, full: bool = False
+) -> Rebuilt:
+    """Bring the fold snapshot up to date with the log (a full fold when it does not count, or
+    `full`), leaving the read model alone. Safe while the service runs: appends wait only for
+    the barrier that fixes its horizon (at most fold_snapshot.BARRIER_TIMEOUT)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        horizon, why = await _start(dsn, conn, workers, method, full)
+        end = await fold_snapshot.barrier(conn)
+        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        tail = await fold_snapshot.fold_tail(conn, horizon)
+        await fold_snapshot.save(conn, horizon if end is None else end)
+        tasks = await conn.fetchval(queries["count_fold_snapshot_rows"])
+        await conn.execute("COMMIT")
+    except BaseException:
+        conn.terminate()
+        raise
+    finally:
+        await conn.close()
+    return Rebuilt(tasks, why, tail.tasks, tail.events, horizon if end is None else end, 0, 0)

@@ -1,7 +1,8 @@
-"""The SQL half of `rebuild_read_model(method="sql")`: PostgreSQL folds the common lifecycles
-itself (`rebuild_plain_tasks`), one task-id range per session, all as of one snapshot, into the
-UNLOGGED `task_rebuild_stage` (no WAL, no index: the cheap place to write in parallel). The
-rebuild's transaction then moves the staged rows into the read model in one INSERT."""
+"""Method "sql" of a full rebuild (comfy_fleet/log/rebuild.py): PostgreSQL folds the common
+lifecycles itself (`rebuild_plain_tasks`), one task-id range per session, all as of one
+snapshot, into the fold snapshot's rows (`fold_snapshot_rows`: UNLOGGED, so no WAL). The tasks
+it leaves are folded in Python afterwards, with the events appended since (`fold_snapshot.
+fold_tail` from position 0)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import asyncpg
 
 from comfy_fleet.log.sql import queries
 
-#: Arbitrary, fixed: the advisory lock a rebuild holds (two rebuilds would share the stage).
+#: Arbitrary, fixed: the advisory lock a rebuild or a refresh of the fold snapshot holds (both
+#: write the snapshot's rows).
 REBUILD_LOCK = 0x7265_6275_696C_64
 
 #: A fold session: no JIT (compiling this query costs more than it saves), memory for its
@@ -20,7 +22,7 @@ _SESSION = "SET LOCAL jit = off; SET LOCAL work_mem = '64MB'; SET LOCAL statemen
 
 
 async def _fold(dsn: str, snapshot: str, first: str, last: str) -> int:
-    """Stage the rows of the tasks in [first, last] that the SQL folds; returns their number."""
+    """Fold the tasks in [first, last] that the SQL folds; returns their number."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
@@ -36,23 +38,18 @@ async def _fold(dsn: str, snapshot: str, first: str, last: str) -> int:
         await conn.close()
 
 
-async def stage(dsn: str, conn: asyncpg.Connection, ranges: list[tuple[str, str]]) -> tuple[int, tuple[int, int]]:
-    """Empty the stage (with `conn`, outside a transaction), then fill it from the log as of one
-    snapshot, in one session per range. Returns (rows staged, `log_extent` of that snapshot):
-    the caller checks the log still has that extent where it writes, since its own snapshot is
-    a later one (it must see the staged rows)."""
-    await conn.execute(queries["empty_rebuild_stage"])
+async def fold_plain(dsn: str, ranges: list[tuple[str, str]]) -> int:
+    """Into the (emptied) fold snapshot's rows, the rows the SQL folds, from the log as of one
+    snapshot, in one session per range. Returns how many."""
     holder = await asyncpg.connect(dsn)
     try:
         await holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snapshot = await holder.fetchval("SELECT pg_export_snapshot()")
         async with asyncio.TaskGroup() as group:
-            extent = group.create_task(holder.fetchrow(queries["log_extent"]))
             folds = [group.create_task(_fold(dsn, snapshot, a, b)) for a, b in ranges]
     except BaseException:
         holder.terminate()
         raise
     finally:
         await holder.close()  # ends the snapshot's transaction
-    row = extent.result()
-    return sum(f.result() for f in folds), (row["events"], row["last"])
+    return sum(f.result() for f in folds)

@@ -353,9 +353,11 @@ class TestPostgresEventLog(EventLogContract):
         for t in tids:
             assert await log.get(t) == before[t] == task_state.replay(await log.read(t))
         assert await _read_model_rows(pg_dsn) == rows
-        assert await log.rebuild_read_model(workers=1) == len(tids)
+        assert await log.rebuild_read_model(workers=1, full=True) == len(tids)
         assert await _read_model_rows(pg_dsn) == rows
-        assert await log.rebuild_read_model(workers=2) == len(tids)
+        assert await log.rebuild_read_model(workers=2, full=True) == len(tids)
+        assert await _read_model_rows(pg_dsn) == rows
+        assert await log.rebuild_read_model() == len(tids)  # from the fold snapshot
         assert await _read_model_rows(pg_dsn) == rows
 
     async def test_rebuild_of_an_empty_log_empties_the_read_model(

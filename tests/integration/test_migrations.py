@@ -64,5 +64,24 @@ async def test_schema_after_all_migrations(pg_dsn: str) -> None:
             )
         }
         assert "task_events_dispatched" in event_indexes
+        # The fold snapshot: the read model's columns, keyed by task; both tables UNLOGGED.
+        columns = {
+            table: [(r["column_name"], r["data_type"], r["is_nullable"]) for r in await conn.fetch(
+                "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
+                " WHERE table_name = $1 ORDER BY ordinal_position", table)]
+            for table in ("tasks", "fold_snapshot_rows")
+        }
+        assert columns["fold_snapshot_rows"] == columns["tasks"]
+        persistence = {
+            r["relname"]: r["relpersistence"] for r in await conn.fetch(
+                "SELECT relname, relpersistence::text FROM pg_class WHERE relname = ANY($1)",
+                ["fold_snapshot", "fold_snapshot_rows", "tasks"])
+        }
+        assert persistence == {"fold_snapshot": "u", "fold_snapshot_rows": "u", "tasks": "p"}
+        assert await conn.fetchval(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = 'fold_snapshot_rows'::regclass AND contype = 'p'"
+        ) == "PRIMARY KEY (task_id)"
+        assert cols[("fold_snapshot", "horizon")] == "bigint"
     finally:
         await conn.close()

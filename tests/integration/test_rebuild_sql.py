@@ -1,7 +1,8 @@
-"""The rebuild against the real PostgreSQL: the read model it writes (the common lifecycles
-folded in SQL by `rebuild_plain_tasks`, in parallel sessions, the rest by the Python fold) equals `replay` of every
-task, for a log with every event type and every late-event rule, and equals, row for row, the
-rebuild that folds every task in Python."""
+"""The full rebuild against the real PostgreSQL: the read model it writes (the common lifecycles
+folded in SQL by `rebuild_plain_tasks`, in parallel sessions, the rest by the Python fold)
+equals `replay` of every task, for a log with every event type and every late-event rule, and
+equals, row for row, the rebuild that folds every task in Python. The rebuild from the fold
+snapshot: tests/integration/test_rebuild_snapshot.py."""
 
 from __future__ import annotations
 
@@ -60,6 +61,11 @@ def _plain_shapes() -> dict[str, list[events.Event]]:
         "plain failed at once": [submitted(), d, events.TaskFailed(code="c", message="m", details=[])],
         "plain queued, of a batch": [submitted(batch_id=str(uuid.uuid4()), tenant="acme")],
         "plain succeeded, of a batch": [submitted(batch_id=str(uuid.uuid4())), d, output("p", 0), ok],
+        "plain queued, a rerun": [submitted(rerun_of=str(uuid.uuid4()), seeds_drawn=["seed"])],
+        "plain failed, a rerun with a model": [
+            submitted(rerun_of=str(uuid.uuid4()), models=[
+                {"param": "ckpt", "sha256": "ab", "s3_key": "m/ab", "filename": "a.safetensors",
+                 "folder": "checkpoints"}]), d, failed],
         "plain dispatched, naming a model file": [submitted(
             model_files=[{"param": "lora", "folder": "loras", "filename": ODD}],
             required_labels=[f"file:loras/{ODD}"]), d],
@@ -74,7 +80,7 @@ def _plain_shapes() -> dict[str, list[events.Event]]:
     }
 
 
-def _log() -> list[list[StoredEvent]]:
+def every_lifecycle() -> list[list[StoredEvent]]:
     """Every shape above and every stream of the unit tests (all event types, late events),
     with times with and without microseconds."""
     streams: list[list[StoredEvent]] = []
@@ -93,7 +99,7 @@ def _log() -> list[list[StoredEvent]]:
     return streams
 
 
-async def _write(dsn: str, log: list[list[StoredEvent]]) -> None:
+async def write_log(dsn: str, log: list[list[StoredEvent]]) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.copy_records_to_table(
@@ -107,7 +113,7 @@ async def _write(dsn: str, log: list[list[StoredEvent]]) -> None:
         await conn.close()
 
 
-async def _rows(dsn: str) -> list[asyncpg.Record]:
+async def read_model_rows(dsn: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
     try:
         return list(await conn.fetch("SELECT * FROM tasks ORDER BY task_id"))
@@ -122,7 +128,7 @@ async def _sql_folded(dsn: str) -> set[str]:
     try:
         async with conn.transaction():
             await conn.execute(queries["rebuild_plain_tasks"], *rebuild.task_id_ranges(1)[0])
-            ids = {str(r[0]) for r in await conn.fetch("SELECT task_id FROM task_rebuild_stage")}
+            ids = {str(r[0]) for r in await conn.fetch("SELECT task_id FROM fold_snapshot_rows")}
             raise _Rollback
     except _Rollback:
         return ids
@@ -136,25 +142,32 @@ class _Rollback(Exception):
 
 @pytest.fixture
 async def written(pg_dsn: str) -> AsyncIterator[list[list[StoredEvent]]]:
-    log = _log()
-    await _write(pg_dsn, log)
+    log = every_lifecycle()
+    await write_log(pg_dsn, log)
     yield log
 
 
 async def test_sql_rebuild_equals_the_fold_of_every_task(
     pg_dsn: str, written: list[list[StoredEvent]]
 ) -> None:
-    assert await rebuild.rebuild_read_model(pg_dsn, method="sql") == len(written)
-    rows = {str(r["task_id"]): r for r in await _rows(pg_dsn)}
-    assert len(rows) == len(written)
-    for stream in written:
+    done = await rebuild.rebuild(pg_dsn, method="sql")
+    assert (done.tasks, done.full) == (len(written), rebuild.NO_SNAPSHOT)
+    assert_rows_are_the_fold(await read_model_rows(pg_dsn), written)
+
+
+def assert_rows_are_the_fold(rows: list[asyncpg.Record], log: list[list[StoredEvent]]) -> None:
+    """The read model holds one row per task of `log`, each equal to `replay` of its events."""
+    by_id = {str(r["task_id"]): r for r in rows}
+    assert len(by_id) == len(rows) == len(log)
+    for stream in log:
         want = task_state.replay(stream)
         assert want is not None
-        row = rows[stream[0].task_id]
+        row = by_id[stream[0].task_id]
         assert (row["client_task_id"], row["workflow"], row["status"], row["priority"],
-                row["webhook"], row["last_seq"], row["created_at"], row["updated_at"]) == (
+                row["webhook"], row["last_seq"], row["created_at"], row["updated_at"],
+                row["tenant"]) == (
             want.client_task_id, want.workflow, want.status, want.priority, want.webhook,
-            want.seq, want.created_at, want.updated_at)
+            want.seq, want.created_at, want.updated_at, want.tenant)
         state = orjson.loads(row["state"])
         assert state_from_json(state) == want
         assert state == orjson.loads(orjson.dumps(state_to_json(want)))
@@ -176,12 +189,13 @@ async def test_sql_and_python_rebuilds_write_the_same_rows(
     pg_dsn: str, written: list[list[StoredEvent]], workers: int
 ) -> None:
     assert await rebuild.rebuild_read_model(pg_dsn, workers=2, method="fold") == len(written)
-    by_fold = await _rows(pg_dsn)
-    assert await rebuild.rebuild_read_model(pg_dsn, workers=workers, method="sql") == len(written)
-    assert await _rows(pg_dsn) == by_fold
+    by_fold = await read_model_rows(pg_dsn)
+    assert await rebuild.rebuild_read_model(pg_dsn, workers, "sql", full=True) == len(written)
+    assert await read_model_rows(pg_dsn) == by_fold
     conn = await asyncpg.connect(pg_dsn)
-    try:  # the stage is emptied after the commit
-        assert await conn.fetchval("SELECT count(*) FROM task_rebuild_stage") == 0
+    try:  # the fold snapshot holds what the read model does
+        snapshot = await conn.fetch("SELECT * FROM fold_snapshot_rows ORDER BY task_id")
+        assert [tuple(r) for r in snapshot] == [tuple(r) for r in by_fold]
     finally:
         await conn.close()
 
@@ -202,24 +216,60 @@ async def test_a_second_sql_rebuild_at_once_is_refused(
     assert await rebuild.rebuild_read_model(pg_dsn, method="sql") == len(written)
 
 
+@pytest.mark.parametrize("full", [True, False], ids=["full", "from the snapshot"])
 @pytest.mark.parametrize("broken", ["gap", "no submitted"])
 async def test_sql_rebuild_fails_on_a_broken_stream_and_keeps_the_read_model(
-    pg_dsn: str, written: list[list[StoredEvent]], broken: str
+    pg_dsn: str, written: list[list[StoredEvent]], broken: str, full: bool
 ) -> None:
     from comfy_fleet import errors
 
     assert await rebuild.rebuild_read_model(pg_dsn, method="sql") == len(written)
-    before = await _rows(pg_dsn)
+    before = await read_model_rows(pg_dsn)
     stream = written[6]  # a whole plain lifecycle: without its dispatch (a gap at seq 2), or
     tid = str(uuid.uuid4())  # a lone start at seq 1, which the SQL's checks alone would take
     if broken == "gap":
         bad, match = [StoredEvent(tid, s.seq, s.event, s.at) for s in stream if s.seq != 2], "follows"
     else:
         bad, match = [StoredEvent(tid, 1, events.TaskStarted(prompt_id="p"), T0)], "starts with"
-    await _write(pg_dsn, [bad])
+    await write_log(pg_dsn, [bad])
     with pytest.raises(errors.FleetError, match=match):
-        await rebuild.rebuild_read_model(pg_dsn, method="sql")
-    assert await _rows(pg_dsn) == before
+        await rebuild.rebuild_read_model(pg_dsn, method="sql", full=full)
+    assert await read_model_rows(pg_dsn) == before
+
+
+async def test_outputs_of_every_recorded_form_are_the_fold(pg_dsn: str) -> None:
+    # task.output_stored as recorded over time: without fallback_path, with it empty or null,
+    # and with a key the fold does not know (left to the Python fold, which drops it).
+    base = output("p", 0).payload()
+    del base["fallback_path"]
+    forms = {"no fallback_path": base, "empty": base | {"fallback_path": ""},
+             "null": base | {"fallback_path": None}, "kept": base | {"fallback_path": "/k/a"},
+             "unknown key": base | {"later": 1}}
+    streams: dict[str, list[StoredEvent]] = {}
+    for name, payload in forms.items():
+        tid = str(uuid.uuid4())
+        stored = [submitted(), events.TaskDispatched(endpoint="e:1", prompt_id="p", attempt=1),
+                  events.decode("task.output_stored", 1, payload),
+                  events.TaskSucceeded(prompt_id="p")]
+        streams[name] = [StoredEvent(tid, i, ev, T0 + timedelta(seconds=i))
+                         for i, ev in enumerate(stored, 1)]
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.copy_records_to_table(
+            "task_events",
+            records=[
+                (uuid.UUID(s.task_id), s.seq, s.type, 1, orjson.dumps(
+                    forms[name] if s.type == "task.output_stored" else s.event.payload()
+                ).decode(), s.at)
+                for name, stream in streams.items() for s in stream],
+            columns=["task_id", "seq", "type", "schema_version", "payload", "recorded_at"],
+        )
+    finally:
+        await conn.close()
+    folded = await _sql_folded(pg_dsn)
+    assert {n for n, s in streams.items() if s[0].task_id in folded} == set(forms) - {"unknown key"}
+    await rebuild.rebuild(pg_dsn, full=True)
+    assert_rows_are_the_fold(await read_model_rows(pg_dsn), list(streams.values()))
 
 
 def test_the_sql_fold_is_written_for_the_schema_versions_of_today() -> None:

@@ -1,21 +1,25 @@
 """The rebuild's pure parts: the task-id ranges, the fold of the log's COPY text into read-model
-rows, and the shortcuts it takes (state_json, decode without __init__). No I/O."""
+rows (from the first event, or from a fold snapshot's state), the fold version, and the
+shortcuts it takes (state_json, decode without __init__). No I/O."""
 
 from __future__ import annotations
 
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
 
 from comfy_fleet import errors
 
-from comfy_fleet.log import events, task_state
+from comfy_fleet.log import events, fold_snapshot, task_state
 from comfy_fleet.log.event_log import state_from_json, state_json, state_to_json
 from comfy_fleet.log.events import StoredEvent
-from comfy_fleet.log.rebuild import COLUMNS, LogFold, read_model_row, task_id_ranges
+from comfy_fleet.log.log_fold import COLUMNS, LogFold, read_model_row
+from comfy_fleet.log.rebuild import task_id_ranges
+from comfy_fleet.log.sql import queries
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ODD = "tab\there, newline\nthere, back\\slash, \"quote\", \r, é, \u2603"
@@ -81,10 +85,19 @@ def _escaped(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 
-def log_copy_text(log: list[list[StoredEvent]]) -> bytes:
-    """The log as `COPY (select_log_range) TO STDOUT` writes it (DateStyle ISO, UTC)."""
+def log_copy_text(
+    log: list[list[StoredEvent]], snapshots: dict[str, task_state.TaskState] | None = None
+) -> bytes:
+    """The log as `COPY (select_log_range) TO STDOUT` writes it (DateStyle ISO, UTC); with
+    `snapshots`, as `select_log_unfolded` does: a task's state (as its read-model row holds it)
+    before its events."""
     lines = []
     for stream in log:
+        held = (snapshots or {}).get(stream[0].task_id)
+        if held is not None:
+            state = orjson.dumps(state_to_json(held)).decode()
+            at = held.updated_at.isoformat(sep=" ").replace("+00:00", "+00")
+            lines.append("\t".join([stream[0].task_id, str(held.seq), "", "0", _escaped(state), at]))
         for s in stream:
             at = s.at.isoformat(sep=" ").replace("+00:00", "+00")
             payload = orjson.dumps(s.event.payload()).decode()
@@ -168,6 +181,86 @@ def test_fold_of_the_copy_text_equals_the_fold_of_every_task(chunk: int) -> None
         assert row == expected_row(want)
         assert state_from_json(orjson.loads(state)) == want
         assert orjson.loads(state) == orjson.loads(orjson.dumps(state_to_json(want)))
+
+
+@pytest.mark.parametrize("chunk", [5, 4096])
+def test_fold_from_a_snapshot_state_equals_the_fold_of_every_task(chunk: int) -> None:
+    # Every task of every kind, cut after each of its events: the state up to the cut (as a
+    # fold snapshot holds it) and the events after it; beside tasks with no snapshot.
+    log: list[list[StoredEvent]] = []
+    held: dict[str, task_state.TaskState] = {}
+    tails: list[list[StoredEvent]] = []
+    for k, stream in enumerate(stored_log(40)):
+        cut = k % len(stream)  # 0: no snapshot of the task
+        if cut:
+            state = task_state.replay(stream[:cut])
+            assert state is not None
+            held[stream[0].task_id] = state
+        log.append(stream)
+        tails.append(stream[cut:])
+    tails = [t for t in tails if t]
+    text = log_copy_text(tails, held)
+    fold = LogFold()
+    out = b"".join(fold.feed(text[i:i + chunk]) for i in range(0, len(text), chunk)) + fold.finish()
+    rows = parse_rows(out)
+    by_id = {stream[0].task_id: stream for stream in log}
+    assert fold.tasks == len(rows) == len(tails) and fold.events == sum(map(len, tails))
+    assert fold.task_ids == [row["task_id"] for row in rows]
+    assert any(t[0].seq > 1 for t in tails) and any(t[0].seq == 1 for t in tails)
+    for row in rows:
+        want = task_state.replay(by_id[str(row["task_id"])])
+        assert want is not None
+        state = row.pop("state")
+        assert state is not None
+        assert row == expected_row(want)
+        assert state_from_json(orjson.loads(state)) == want
+
+
+def test_a_snapshot_state_must_be_the_tasks_own_and_come_first() -> None:
+    stream = max(stored_log(5), key=len)
+    state = task_state.replay(stream[:2])
+    assert state is not None
+    other = task_state.replay(stored_log(5)[0][:2])
+    assert other is not None
+    with pytest.raises(errors.FleetError, match="not at 3"):  # its seq is not the line's
+        LogFold().feed(log_copy_text([stream[2:]], {state.task_id: state}).replace(
+            b"\t2\t\t0\t", b"\t3\t\t0\t", 1))
+    other.task_id = "x"
+    with pytest.raises(errors.FleetError, match="of task x"):
+        LogFold().feed(log_copy_text([stream[2:]], {state.task_id: other}))
+    text = log_copy_text([stream[:2]]) + log_copy_text([stream[2:]], {state.task_id: state})
+    with pytest.raises(errors.FleetError, match="after its events"):
+        LogFold().feed(text)
+
+
+def test_the_fold_version_is_the_digest_of_the_fold_code(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    version = fold_snapshot.fold_version()
+    assert len(version) == 32 and version == fold_snapshot.fold_version()
+    # Whatever turns events into rows is in it: the fold, the events' decoding, the row's JSON
+    # and COPY text, the SQL fold and the query that feeds the Python fold.
+    names = {m.__name__ for m in fold_snapshot.FOLD_MODULES}
+    assert {"comfy_fleet.log.task_state", "comfy_fleet.log.events", "comfy_fleet.log.cancel",
+            "comfy_fleet.delivery.ids", "comfy_fleet.log.event_log",
+            "comfy_fleet.log.log_fold"} <= names
+    assert set(fold_snapshot.FOLD_QUERIES) == {"rebuild_plain_tasks", "select_log_unfolded"}
+    changed = tmp_path / "task_state.py"
+    changed.write_bytes(Path(task_state.__file__ or "").read_bytes() + b"\n# changed\n")
+    monkeypatch.setattr(task_state, "__file__", str(changed))
+    fold_snapshot.fold_version.cache_clear()
+    try:
+        assert fold_snapshot.fold_version() != version
+        monkeypatch.undo()
+        fold_snapshot.fold_version.cache_clear()
+        assert fold_snapshot.fold_version() == version
+        monkeypatch.setitem(queries, "rebuild_plain_tasks", queries["rebuild_plain_tasks"] + " ")
+        fold_snapshot.fold_version.cache_clear()
+        assert fold_snapshot.fold_version() != version
+    finally:
+        monkeypatch.undo()
+        fold_snapshot.fold_version.cache_clear()
+    assert fold_snapshot.fold_version() == version
 
 
 def test_fold_of_nothing_is_no_rows() -> None:

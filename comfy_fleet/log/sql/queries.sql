@@ -107,11 +107,6 @@ SELECT task_id, seq, type, schema_version, payload, recorded_at FROM task_events
 WHERE task_id BETWEEN $1::uuid AND $2::uuid
 ORDER BY task_id, seq
 
--- empty_read_model --
--- A rebuild's first step, in the transaction that then COPYs the new rows in: readers wait for
--- it (an ACCESS EXCLUSIVE lock), and unlike DELETE it leaves neither dead rows nor index bloat.
-TRUNCATE tasks;
-
 -- insert_read_model --
 -- $1 task_id, $2 client_task_id, $3 workflow, $4 status, $5 priority, $6 webhook, $7 last_seq,
 -- $8 created_at, $9 updated_at, $10 state, $11 tenant
@@ -251,19 +246,20 @@ LIMIT $1;
 SELECT batch_id::text AS batch_id, callback_url FROM batches WHERE webhook = 'pending'
 ORDER BY updated_at;
 -- rebuild_plain_tasks --
--- A rebuild's bulk, one range of task ids per session ($1 first task_id, $2 last, inclusive), as
--- of the rebuild's snapshot: the read-model rows of the tasks whose events take the common path,
--- folded here exactly as comfy_fleet/log/task_state.py's `apply` does (same status, webhook and
--- state JSON, times as Python's isoformat in UTC), so they never travel to Python and back,
--- into task_rebuild_stage (move_stage_to_read_model then moves them in the rebuild's
--- transaction). tests/integration/test_rebuild_sql.py compares every row with `replay`. The
--- other tasks get no row here; select_log_unrebuilt then hands them to the Python fold.
+-- A full rebuild's bulk, one range of task ids per session ($1 first task_id, $2 last,
+-- inclusive), as of one snapshot: the read-model rows of the tasks whose events take the common
+-- path, folded here exactly as comfy_fleet/log/task_state.py's `apply` does (same status, webhook
+-- and state JSON, times as Python's isoformat in UTC), so they never travel to Python and back,
+-- into the fold snapshot's rows (fold_snapshot_rows, emptied before). tests/integration/
+-- test_rebuild_sql.py compares every row with `replay`. The other tasks get no row here;
+-- select_log_unfolded then hands them to the Python fold.
 -- Written for schema version 1 of every event type (events.py): a task with an event of
--- another version is left to the Python fold.
+-- another version is left to the Python fold. Part of the fold: its text is in the fold
+-- snapshot's FOLD_VERSION, so a change of it refolds the whole log once.
 WITH e AS (
     -- Each event, with whether it is one the SQL below folds exactly as task_state.apply does
-    -- (ok: schema version 1, the fields it reads present and of the types the fold assumes)
-    -- and whether it is its task's last (the read model's updated_at).
+    -- (ok: schema version 1, the fields it reads present and of the types the fold assumes).
+    -- No window (its task's last event, for updated_at): the final SELECT looks that one up.
     SELECT task_id, seq, type, payload AS p, recorded_at AS at,
            schema_version = 1 AND CASE type
                WHEN 'task.submitted' THEN seq = 1
@@ -295,6 +291,9 @@ WITH e AS (
                WHEN 'task.progressed' THEN payload ?& ARRAY['prompt_id', 'value', 'max']
                WHEN 'task.output_stored' THEN payload ?& ARRAY['prompt_id', 'index', 'node_id',
                        'filename', 'subfolder', 'kind', 'content_type', 'size', 'sha256', 's3_key']
+                   -- no other key (the output below is the payload less prompt_id and index)
+                   AND payload - ARRAY['prompt_id', 'index', 'node_id', 'filename', 'subfolder',
+                       'kind', 'content_type', 'size', 'sha256', 's3_key', 'fallback_path'] = '{}'
                    AND coalesce(jsonb_typeof(payload->'fallback_path'), 'null') IN ('string', 'null')
                WHEN 'task.succeeded' THEN payload ? 'prompt_id'
                WHEN 'task.failed' THEN payload ?& ARRAY['code', 'message']
@@ -311,8 +310,7 @@ WITH e AS (
                     OR jsonb_typeof(payload->'prompt_id') = 'string') AS ok,
            CASE WHEN type IN ('task.dispatched', 'task.prompt_queued', 'task.started',
                               'task.progressed', 'task.output_stored', 'task.succeeded')
-                THEN payload->>'prompt_id' END COLLATE "C" AS pid,
-           lead(seq) OVER (PARTITION BY task_id ORDER BY seq) IS NULL AS last
+                THEN payload->>'prompt_id' END COLLATE "C" AS pid
     FROM task_events
     WHERE task_id BETWEEN $1::uuid AND $2::uuid
 ), t AS (
@@ -321,7 +319,6 @@ WITH e AS (
            bool_and(ok) AS ok, count(*) AS n, max(seq) AS last_seq,
            (array_agg(p) FILTER (WHERE seq = 1 AND type = 'task.submitted'))[1] AS sub,
            min(at) FILTER (WHERE seq = 1) AS created_at,
-           min(at) FILTER (WHERE last) AS updated_at,
            (array_agg(p) FILTER (WHERE type = 'task.dispatched'))[1] AS disp,
            count(*) FILTER (WHERE type = 'task.dispatched') AS n_disp,
            count(pid) AS n_pid, min(pid) AS min_pid, max(pid) AS max_pid,
@@ -333,14 +330,9 @@ WITH e AS (
            max(seq) FILTER (WHERE type IN ('task.started', 'task.progressed')) AS run_seq,
            max(seq) FILTER (WHERE type = 'task.progressed') AS prog_seq,
            count(*) FILTER (WHERE type = 'task.output_stored') AS n_out,
-           jsonb_agg(
-               jsonb_build_object('node_id', p->'node_id', 'filename', p->'filename',
-                   'subfolder', p->'subfolder', 'kind', p->'kind',
-                   'content_type', p->'content_type', 'size', p->'size', 'sha256', p->'sha256',
-                   's3_key', p->'s3_key')
-               || CASE WHEN coalesce(p->>'fallback_path', '') <> ''
-                       THEN jsonb_build_object('fallback_path', p->'fallback_path')
-                       ELSE '{}' END
+           -- An output is its event's payload less prompt_id, index and an empty fallback_path.
+           jsonb_agg(p - ARRAY['prompt_id', 'index', CASE WHEN coalesce(p->>'fallback_path', '')
+                                                          = '' THEN 'fallback_path' END]
                ) FILTER (WHERE type = 'task.output_stored') AS outputs,
            min(seq) FILTER (WHERE type LIKE 'webhook.%') AS hook_first,
            max(seq) FILTER (WHERE type = 'webhook.delivered') AS delivered_seq,
@@ -373,14 +365,22 @@ WITH e AS (
       AND (n_pid = 0 OR min_pid = max_pid)
       AND n_out <= 1
 )
-INSERT INTO task_rebuild_stage (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
-                   created_at, updated_at, state, tenant)
+INSERT INTO fold_snapshot_rows (task_id, client_task_id, workflow, status, priority, webhook,
+                                last_seq, created_at, updated_at, state, tenant)
 SELECT task_id, sub->>'client_task_id', sub->>'workflow', status, (sub->>'priority')::int,
        webhook, last_seq, created_at, updated_at,
-       -- `models`, `model_files` and `batch_id` came with the submitted event (absent from
-       -- events recorded before them).
-       jsonb_build_object('models', '[]'::jsonb, 'model_files', '[]'::jsonb, 'batch_id', NULL)
-       || sub || jsonb_build_object(
+       -- One object built at once (each `||` would encode the whole state again). The
+       -- submitted event's fields, of which `models`, `model_files`, `batch_id`, `tenant`,
+       -- `seeds_drawn` and `rerun_of` came later (absent from events recorded before them).
+       jsonb_build_object(
+           'workflow', sub->'workflow', 'workflow_version', sub->'workflow_version',
+           'params', sub->'params', 'prompt', sub->'prompt',
+           'client_task_id', sub->'client_task_id', 'callback_url', sub->'callback_url',
+           'priority', sub->'priority', 'request_hash', sub->'request_hash',
+           'origin', sub->'origin', 'inputs', sub->'inputs',
+           'required_labels', sub->'required_labels',
+           'models', coalesce(sub->'models', '[]'),
+           'model_files', coalesce(sub->'model_files', '[]'), 'batch_id', sub->'batch_id',
            -- A task recorded before tenants existed belongs to tenant "default".
            'tenant', coalesce(sub->'tenant', '"default"'),
            'task_id', task_id, 'seq', last_seq,
@@ -411,32 +411,103 @@ SELECT task_id, sub->>'client_task_id', sub->>'workflow', status, (sub->>'priori
            'webhook_attempts', greatest(0, coalesce(hook_attempts, 0)),
            'past_prompt_ids', '[]'::jsonb, 'past_webhook_ids', '[]'::jsonb),
        coalesce(sub->>'tenant', 'default')
-FROM plain;
+FROM (
+    -- Its last event's time: seqs are 1..last_seq (plain), so that event is at last_seq.
+    -- OFFSET 0: once per task, not once per use.
+    SELECT plain.*, (SELECT l.recorded_at FROM task_events AS l
+                     WHERE l.task_id = plain.task_id AND l.seq = plain.last_seq) AS updated_at
+    FROM plain
+    OFFSET 0
+) AS plain;
 
--- empty_rebuild_stage --
--- Before a rebuild's SQL folds (a failed rebuild may have left rows) and after its commit.
-TRUNCATE task_rebuild_stage;
+-- select_fold_snapshot --
+-- The fold snapshot's description (no row: there is none).
+SELECT fold_version, horizon, taken_at FROM fold_snapshot;
 
--- move_stage_to_read_model --
--- In the rebuild's transaction, after empty_read_model: the rows the SQL folds staged.
+-- forget_fold_snapshot --
+-- Before the fold snapshot's rows are replaced by a full fold: until save_fold_snapshot, they
+-- count for nothing.
+DELETE FROM fold_snapshot;
+
+-- empty_fold_snapshot_rows --
+TRUNCATE fold_snapshot_rows;
+
+-- analyze_fold_snapshot_rows --
+-- After a full fold wrote the rows: the tail's plan joins the log with them.
+ANALYZE fold_snapshot_rows;
+
+-- count_fold_snapshot_rows --
+SELECT count(*) FROM fold_snapshot_rows;
+
+-- save_fold_snapshot --
+-- In the transaction that brought the rows up to date. $1 fold_version, $2 horizon
+INSERT INTO fold_snapshot (fold_version, horizon) VALUES ($1, $2)
+ON CONFLICT (one) DO UPDATE
+    SET fold_version = EXCLUDED.fold_version, horizon = EXCLUDED.horizon,
+        taken_at = EXCLUDED.taken_at;
+
+-- lock_log --
+-- First statement of a transaction (before its snapshot): waits for the appends in flight and
+-- holds new ones until the transaction ends, so the transaction sees every event that will ever
+-- have a position up to log_end. Reads are not held.
+LOCK TABLE task_events IN SHARE MODE;
+
+-- limit_lock_wait --
+-- For this transaction, how long a lock may be waited for. $1 a duration ('1s')
+SELECT set_config('lock_timeout', $1, true);
+
+-- log_end --
+-- The log's last position.
+SELECT coalesce(max(position), 0) AS last FROM task_events;
+
+-- select_log_unfolded --
+-- What the fold snapshot's rows lack, for the Python fold (LogFold; COPY (...) TO STDOUT, hence
+-- no semicolon): every event after position $1 that its task's row does not cover (seq above
+-- its last_seq; every event of a task without a row), each task's together and in seq order,
+-- after its row's state when it has one (a line of type '' at seq last_seq, state as payload).
+-- $1 horizon (0: the whole log)
+WITH tail AS MATERIALIZED (
+    SELECT e.task_id, e.seq, e.type, e.schema_version, e.payload, e.recorded_at,
+           s.last_seq IS NOT NULL AS continued
+    FROM task_events AS e LEFT JOIN fold_snapshot_rows AS s ON s.task_id = e.task_id
+    WHERE e.position > $1 AND e.seq > coalesce(s.last_seq, 0)
+)
+SELECT task_id, seq, type, schema_version, payload, recorded_at FROM tail
+UNION ALL
+SELECT s.task_id, s.last_seq, '', 0, s.state, s.updated_at
+FROM fold_snapshot_rows AS s
+WHERE s.task_id IN (SELECT task_id FROM tail WHERE continued)
+ORDER BY 1, 2
+
+-- delete_fold_snapshot_rows --
+-- The rows of tasks folded again (their new rows follow by COPY). $1 task ids
+DELETE FROM fold_snapshot_rows WHERE task_id = ANY($1::uuid[]);
+
+-- delete_read_model_rows_not_folded --
+-- A rebuild's last step, first half, in the transaction that brought the fold snapshot up to
+-- date under lock_log: delete every read-model row that is not, byte for byte, its task's row
+-- in the snapshot (`*=` compares the rows' binary images, as REFRESH MATERIALIZED VIEW
+-- CONCURRENTLY does; the two tables have the same columns, tests/integration/
+-- test_migrations.py), and the row of any task the snapshot lacks. By the primary key (a hash
+-- of every row would spill to disk). Readers see the old rows until the commit.
+DELETE FROM tasks AS t
+WHERE NOT EXISTS (SELECT 1 FROM fold_snapshot_rows AS s WHERE s.task_id = t.task_id AND s *= t);
+
+-- insert_read_model_rows_missing --
+-- Second half: the snapshot's rows the read model now lacks. Every row left by the first half
+-- equals its snapshot row, so the read model becomes the snapshot's rows (a unique violation
+-- here is one between the fold's own rows).
 INSERT INTO tasks (task_id, client_task_id, workflow, status, priority, webhook, last_seq,
                    created_at, updated_at, state, tenant)
 SELECT task_id, client_task_id, workflow, status, priority, webhook, last_seq,
        created_at, updated_at, state, tenant
-FROM task_rebuild_stage;
+FROM fold_snapshot_rows AS s
+WHERE NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.task_id = s.task_id);
 
--- log_extent --
--- What a rebuild compares between the snapshot its folds read and the one it writes in: equal
--- unless something appended in between.
-SELECT count(*) AS events, coalesce(max(position), 0) AS last FROM task_events;
-
--- select_log_unrebuilt --
--- The events of the tasks that rebuild_plain_tasks gave no row, each task's together and in
--- order, for the Python fold in the same transaction (COPY (...) TO STDOUT: no semicolon).
-SELECT e.task_id, e.seq, e.type, e.schema_version, e.payload, e.recorded_at
-FROM task_events AS e
-WHERE NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.task_id = e.task_id)
-ORDER BY e.task_id, e.seq
+-- prefer_index_joins --
+-- For the rest of the transaction: join by index rather than by hashing (see
+-- delete_read_model_rows_not_folded).
+SELECT set_config('enable_hashjoin', 'off', true);
 
 -- insert_workflow_version --
 -- Stores a workflow version unless it is already stored (the first store wins: the bytes are
