@@ -50,7 +50,8 @@ migrate: install
 rebuild: install
 	$(PY) -m comfy_fleet.cli.rebuild $(ARGS)
 
-# Brings the fold snapshot up to date (safe while the service runs): run it periodically.
+# Brings the fold snapshot up to date now (safe while the service runs, which also does it every
+# FOLD_SNAPSHOT_S).
 fold-snapshot: install
 	$(PY) -m comfy_fleet.cli.rebuild --snapshot-only $(ARGS)
 

@@ -210,6 +210,7 @@ async def build_endpoint(settings: Settings, endpoint: str, labels: list[str]) -
 async def build_router(settings: Settings, endpoints: list[tuple[str, list[str]]]) -> Any:
     """The router and its dependencies, started (it rebuilds its queue from the log)."""
     from actors.autoscaler import Autoscaler
+    from actors.fold_snapshots import FoldSnapshots, ray_refresh
     from actors.router import Router
 
     def factory(name: str, labels: list[str]) -> ports.EndpointApi:
@@ -238,6 +239,12 @@ async def build_router(settings: Settings, endpoints: list[tuple[str, list[str]]
     await router.start()
     if scaler is not None:
         scaler.start(router)
+    # FOLD_SNAPSHOT_S: a loop beside the router keeps `make rebuild`'s starting point fresh.
+    if settings.database_url:
+        router.fold_snapshots = FoldSnapshots(
+            settings.fold_snapshot_s, ray_refresh(settings.database_url)
+        )
+        router.fold_snapshots.start()
     return router
 
 

@@ -82,6 +82,8 @@ class Router(router_fleet.FleetMembership):
         self._start_lock = asyncio.Lock()
         self._bg: set[asyncio.Task[Any]] = set()
         self.dispatched_total = 0
+        #: the loop that keeps the fold snapshot fresh (actors/fold_snapshots.py), when built
+        self.fold_snapshots: Any = None
         #: what each endpoint holds in dispatch order, and run times (queue position and ETA)
         self.book = queue_eta.QueueBook()
         self.node_info = router_nodes.NodeInfo(self.handles.get, self._spawn, self._wake.set)
@@ -125,6 +127,8 @@ class Router(router_fleet.FleetMembership):
     async def stop(self) -> None:
         for t in list(self._bg):
             t.cancel()
+        if self.fold_snapshots is not None:
+            await self.fold_snapshots.stop()
 
     # --- calls from the ingress -------------------------------------------------------------
 

@@ -161,6 +161,9 @@ class Settings:
     #: Seconds between reads of each ComfyUI's /object_info while connected (0: only at connect
     #: and after a model pull), so model files copied onto a host are found.
     node_info_refresh_s: float = 60.0
+    #: Seconds between refreshes of the fold snapshot while the service runs (0: never; then
+    #: only `make rebuild` and `make fold-snapshot` write it).
+    fold_snapshot_s: float = 900.0
     webhook_max_attempts: int = 8
     webhook_timeout_s: float = 10.0
     webhook_max_delay_s: float = 300.0
@@ -372,6 +375,7 @@ def _fleet(r: env.Reader) -> dict[str, Any]:
         "task_max_attempts": r.int("TASK_MAX_ATTEMPTS", 3, minimum=1),
         "endpoint_lost_after_s": r.float("ENDPOINT_LOST_AFTER_S", 30.0, minimum=1.0),
         "node_info_refresh_s": r.float("NODE_INFO_REFRESH_S", 60.0, minimum=0.0),
+        "fold_snapshot_s": r.float("FOLD_SNAPSHOT_S", 900.0, minimum=0.0),
     }
 
 

@@ -9,7 +9,8 @@ snapshot of this code's fold, one too far behind (over 30 % of the log after it)
 it folds every task from its events alone. Either way the read model is the fold of the whole
 log, and the snapshot is brought up to date.
 `--snapshot-only` brings the snapshot up to date and leaves the read model alone: safe while the
-service runs, for a periodic job, so that a rebuild has little to fold.
+service runs (the service itself does it every FOLD_SNAPSHOT_S), so that a rebuild has little
+to fold.
 
 How it works: comfy_fleet/log/rebuild.py.
 """

@@ -72,6 +72,8 @@ def fleet_sync(tmp_path_factory: pytest.TempPathFactory, pg_admin_dsn: str) -> I
             "WORKFLOWS_DIR": str(workflows),
             # Raw graphs on, limited to the nodes the stand-in really runs, so a test sees a
             # class refused (ImageToMask); NopeNode is listed so one sees a class no endpoint has.
+            # The fold snapshot refreshed often, so a test sees the service keep it fresh.
+            "FOLD_SNAPSHOT_S": "4",
             "RAW_GRAPHS": "true",
             "RAW_GRAPH_ALLOW_NODES": "EmptyImage,LoadImage,ImageInvert,ImageScale,ImageBlur,"
             "SaveImage,PreviewImage,NopeNode",
