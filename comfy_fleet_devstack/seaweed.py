@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import http.client
 import json
 import os
 import re
@@ -49,6 +50,11 @@ _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 class SeaweedError(RuntimeError):
     """``weed mini`` could not be started (the message carries the tail of its log)."""
+
+
+class PortTaken(SeaweedError):
+    """The S3 port answers, but not as HTTP/1: another program holds it (typically a gRPC
+    server, whose HTTP/2 error quotes our request line back)."""
 
 
 def find_weed() -> Path:
@@ -167,11 +173,12 @@ class SeaweedS3:
             try:
                 self._wait_ready(began + timeout_s)
                 break
-            except SeaweedError:
+            except SeaweedError as exc:
                 exited = self._proc is not None and self._proc.poll() is not None
                 self.stop()
-                # Only an early exit (typically a port taken meanwhile) is worth new ports.
-                if not exited or attempt == attempts - 1:
+                # Only a port taken meanwhile (weed exits early, or another program answers on
+                # it) is worth new ports.
+                if not (exited or isinstance(exc, PortTaken)) or attempt == attempts - 1:
                     raise
         self.last_start_s = time.monotonic() - began
         atexit.register(self.stop)
@@ -336,6 +343,13 @@ class SeaweedS3:
                 return True
         except urllib.error.HTTPError:
             return True  # 403 without credentials: the gateway is up
+        except http.client.HTTPException as exc:  # before OSError: RemoteDisconnected is both
+            if isinstance(exc, ConnectionError):
+                return False  # closed without an answer: not up yet
+            raise PortTaken(
+                f"port {self.port} answers, but not as an S3 server ({exc!r}): another program"
+                f" holds it\n{self._log_tail()}"
+            ) from None
         except OSError:
             return False
 

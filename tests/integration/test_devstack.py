@@ -19,7 +19,7 @@ from comfy_fleet import errors
 
 from comfy_fleet import storage
 from comfy_fleet_devstack import ports, postgres
-from comfy_fleet_devstack.seaweed import SeaweedS3
+from comfy_fleet_devstack.seaweed import SeaweedError, SeaweedS3
 from comfy_fleet_devstack.tcp_proxy import TcpProxy
 
 
@@ -265,3 +265,35 @@ def test_seaweed_keeps_credentials_and_logs_in_its_data_dir(
     assert other.secret_key != seaweed.secret_key
     with pytest.raises(ValueError):
         SeaweedS3(tmp_path / "x", bucket="No_Such_Name")
+
+
+@pytest.mark.s3
+def test_a_port_held_by_another_server_is_named_not_a_bad_status_line(tmp_path: Path) -> None:
+    """A program that is not an HTTP/1 server (a gRPC server answers a request line with an
+    HTTP/2 error that quotes it) on the S3 port: the start fails naming the port, at once,
+    instead of with http.client's BadStatusLine; with a port of its own choosing, it would take
+    fresh ports."""
+    import socket
+    import threading
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    port = squatter.getsockname()[1]
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = squatter.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"GET / HTTP/1.1\r\n\r\n")  # what Go's HTTP/2 preface error quotes
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        with pytest.raises(SeaweedError, match=f"port {port} answers, but not as an S3 server"):
+            SeaweedS3(tmp_path / "s3", port=port).start(timeout_s=20)
+    finally:
+        squatter.close()
