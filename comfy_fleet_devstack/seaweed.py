@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import http.client
 import json
 import os
 import re
@@ -24,13 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from comfy_fleet_devstack import ports
+from comfy_fleet_devstack import http_probe, ports
 
 #: Default bucket created at start.
 DEFAULT_BUCKET = "comfy-fleet"
@@ -339,19 +336,10 @@ class SeaweedS3:
 
     def _answers_http(self) -> bool:
         try:
-            with urllib.request.urlopen(self.endpoint_url + "/", timeout=1.0):
-                return True
-        except urllib.error.HTTPError:
-            return True  # 403 without credentials: the gateway is up
-        except http.client.HTTPException as exc:  # before OSError: RemoteDisconnected is both
-            if isinstance(exc, ConnectionError):
-                return False  # closed without an answer: not up yet
-            raise PortTaken(
-                f"port {self.port} answers, but not as an S3 server ({exc!r}): another program"
-                f" holds it\n{self._log_tail()}"
-            ) from None
-        except OSError:
-            return False
+            return http_probe.answers(self.endpoint_url + "/")  # a 403 without credentials: up
+        except http_probe.NotHttp as exc:
+            raise PortTaken(f"port {self.port} answers, but not as an S3 server ({exc}): another"
+                            f" program holds it\n{self._log_tail()}") from None
 
     def _check_alive(self) -> None:
         if self._proc is None or self._proc.poll() is not None:

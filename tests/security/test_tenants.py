@@ -25,6 +25,7 @@ import orjson
 import pytest
 
 from comfy_fleet.log import event_log, events, task_state
+from serve_app.ingress import WAITING_REFRESH_S
 from tests.support.service_process import Service, free_port
 
 pytestmark = [pytest.mark.postgres]
@@ -91,6 +92,18 @@ async def submit(client: httpx.AsyncClient, body: dict[str, Any], **params: Any)
     assert r.status_code in (200, 202), r.text
     task: dict[str, Any] = r.json()
     return task
+
+
+async def held_by_router(client: httpx.AsyncClient, task_id: str, timeout_s: float = 30.0) -> None:
+    """Wait until the router holds the task: GET shows its place in the queue."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        r = await client.get(f"/tasks/{task_id}")
+        assert r.status_code == 200, r.text
+        if r.json().get("queue") is not None:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"the router never held {task_id}"
+        await asyncio.sleep(0.1)
 
 
 def as_unknown(resp: httpx.Response, real_id: str, unknown_id: str) -> tuple[int, Any]:
@@ -208,8 +221,12 @@ async def test_a_tenant_over_its_waiting_cap_is_held_back_while_others_go_on(
 ) -> None:
     gamma, beta = http["gamma"], http["beta"]
     admitted = [await submit(gamma, PARKED) for _ in range(MAX_WAITING)]
-    # The router hears of new tasks from the log's notices: let them arrive before asking it.
-    await asyncio.sleep(0.5)
+    # The router hears of new tasks from the log's notices (a task it holds shows its place in
+    # the queue), and each ingress replica takes the router's counts every WAITING_REFRESH_S:
+    # the cap is exact once both have happened, whichever replica answers.
+    for task in admitted:
+        await held_by_router(gamma, task["task_id"])
+    await asyncio.sleep(2 * WAITING_REFRESH_S + 0.5)
     refused = await gamma.post("/tasks", json=PARKED)
     assert refused.status_code == 429, refused.text
     assert refused.json()["error"]["code"] == "overloaded"
