@@ -72,10 +72,16 @@ def _refresh_here(dsn: str) -> str:
 
 
 def ray_refresh(dsn: str) -> Refresh:
-    """A refresh that runs as a Ray task (its own worker process, no CPU reserved)."""
+    """A refresh that runs as a Ray task (its own worker process, no CPU reserved) on this
+    node, the router's: the head, never a GPU host (it may still run elsewhere if this node
+    is gone)."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    task: Any = ray.remote(num_cpus=0, max_retries=0)(_refresh_here)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    task: Any = ray.remote(num_cpus=0, max_retries=0)(_refresh_here).options(
+        scheduling_strategy=here
+    )
 
     async def run() -> str:
         return str(await task.remote(dsn))
