@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,18 @@ def wait_ready(url: str, endpoints: int, timeout: float = 60) -> None:
     raise RuntimeError("service not ready")
 
 
+async def serve_hook(
+    handle: Callable[[web.Request], Awaitable[web.StreamResponse]], port: int
+) -> web.AppRunner:
+    """A webhook receiver on 127.0.0.1:`port` (`POST /hook` → `handle`): its runner, to clean up."""
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
 @dataclass
 class Receiver:
     """Counts webhooks per task and remembers when each arrived."""
@@ -117,11 +129,7 @@ class Receiver:
             self.ids[tid].add(request.headers.get("webhook-id", ""))
             return web.Response(status=204)
 
-        app = web.Application()
-        app.router.add_post("/hook", handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.runner = await serve_hook(handle, self.port)
 
     async def stop(self) -> None:
         await self.runner.cleanup()

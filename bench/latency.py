@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from bench.common import DirectClient, free_port, machine, percentile, service, tiny_prompt
+from bench.common import DirectClient, free_port, machine, percentile, serve_hook, service, tiny_prompt
 
 #: (label, how to find its time in one task's record), in the order they happen.
 STAGES = [
@@ -62,11 +62,7 @@ class WallReceiver:
                 fut.set_result(None)
             return web.Response(status=204)
 
-        app = web.Application()
-        app.router.add_post("/hook", handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.runner = await serve_hook(handle, self.port)
 
     async def stop(self) -> None:
         await self.runner.cleanup()

@@ -26,7 +26,7 @@ import httpx
 import orjson
 from aiohttp import web
 
-from bench.common import free_port, machine, service
+from bench.common import free_port, machine, serve_hook, service
 from bench.scale import fmt_rss, rss_report, service_processes
 
 
@@ -59,11 +59,7 @@ class FlakyReceiver:
             self.types[tid] = body.get("type", "")
             return web.Response(status=204)
 
-        app = web.Application()
-        app.router.add_post("/hook", handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.runner = await serve_hook(handle, self.port)
 
     async def stop(self) -> None:
         await self.runner.cleanup()

@@ -25,37 +25,9 @@ CANCEL_WAIT_S = 2.0
 FINAL_APPEND_ATTEMPTS = 5
 
 
-async def submit(
-    services: Services,
-    *,
-    workflow_name: str,
-    params: dict[str, Any],
-    client_task_id: str | None,
-    callback_url: str | None,
-    priority: int,
-    tenant: str,
-    origin: str = "tasks",
-    graph: dict[str, Any] | None = None,
-    files: dict[str, Any] | None = None,
-    principal: Any = None,
-    workflow_version: str | None = None,
-) -> tuple[TaskState, bool]:
-    """Record a new task of `tenant` (→ (state, True)) or find the same earlier one of that
-    tenant (→ (state, False)). See `serve_app.submission.submit` for its checks and refusals."""
-    return await submission.submit(
-        services,
-        workflow_name=workflow_name,
-        params=params,
-        client_task_id=client_task_id,
-        callback_url=callback_url,
-        priority=priority,
-        tenant=tenant,
-        origin=origin,
-        graph=graph,
-        files=files,
-        principal=principal,
-        workflow_version=workflow_version,
-    )
+#: Record a new task of a tenant, or find the same earlier one (`serve_app.submission.submit`:
+#: its checks and refusals are there).
+submit = submission.submit
 
 
 async def rerun(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from typing import Any
 
 import pytest
 
@@ -15,38 +14,11 @@ from comfy_fleet.config import Settings
 from comfy_fleet.log import events
 from comfy_fleet.log.postgres import PostgresEventLog
 from tests.support.polling import eventually
+from tests.support.router_fakes import RecordingEndpoint
 
 pytestmark = [pytest.mark.postgres]
 
 WEIGHTS = (("acme", 3), ("beta", 1))
-
-
-class RecordingEndpoint:
-    """Takes every task and records `task.dispatched` for it in the log, in the order given."""
-
-    name = "a:1"
-
-    def __init__(self, log: PostgresEventLog) -> None:
-        self.log = log
-        self.dispatched: list[str] = []
-
-    async def dispatch_many(self, task_ids: list[str], states: list[Any] | None = None) -> list[str]:
-        for t in task_ids:
-            state = await self.log.get(t)
-            await self.log.append(
-                t, state.seq, [events.TaskDispatched(endpoint=self.name, prompt_id=f"p-{t}", attempt=1)], state
-            )
-            self.dispatched.append(t)
-        return ["accepted"] * len(task_ids)
-
-    async def status(self) -> dict[str, Any]:
-        return {"connected": True, "queue_remaining": 0, "inflight": 0}
-
-    async def cancel(self, task_id: str) -> str:
-        return "unknown"
-
-    async def reload_workflows(self) -> list[str] | None:
-        return None
 
 
 async def seed(log: PostgresEventLog) -> dict[str, str]:

@@ -18,29 +18,7 @@ from comfy_fleet.log import events
 from comfy_fleet.log.event_log import InMemoryEventLog
 from comfy_fleet.policies.fair_share import WaitingTask
 from tests.support.polling import eventually
-
-
-class RecordingEndpoint:
-    """Takes every task it is given and records `task.dispatched` for it, in order."""
-
-    def __init__(self, log: InMemoryEventLog, name: str = "a:1") -> None:
-        self.log, self.name = log, name
-        self.dispatched: list[str] = []
-
-    async def dispatch_many(self, task_ids: list[str], states: list[Any] | None = None) -> list[str]:
-        for t in task_ids:
-            state = await self.log.get(t)
-            await self.log.append(
-                t, state.seq, [events.TaskDispatched(endpoint=self.name, prompt_id=f"p-{t}", attempt=1)], state
-            )
-            self.dispatched.append(t)
-        return ["accepted"] * len(task_ids)
-
-    async def status(self) -> dict[str, Any]:
-        return {"connected": True, "queue_remaining": 0, "inflight": 0}
-
-    async def cancel(self, task_id: str) -> str:
-        return "unknown"
+from tests.support.router_fakes import RecordingEndpoint
 
 
 async def submit(log: InMemoryEventLog, tenant: str, priority: int = 0) -> str:
