@@ -434,3 +434,20 @@ async def test_outputs_that_never_come_fail_the_task_after_some_tries(rig: Rig) 
     assert state.error["code"] == "output_fetch_failed"
     assert "timed out" in state.error["message"]
     assert rig.standin.counters.views == endpoint_module.OUTPUT_FETCH_TRIES and rig.store.objects == {}
+
+
+async def test_a_stale_state_from_the_notice_is_caught_by_the_append_and_decided_again(rig: Rig) -> None:
+    """The router passes the state the task's queued notice carried; a cancel recorded since
+    makes the dispatch's append conflict in the log, and the task read afresh ends cancelled
+    without reaching ComfyUI."""
+    w = await rig.worker()
+    task_id = await rig.task()
+    carried = rig.log.queued_states.take(task_id)
+    assert carried is not None
+    state = await rig.log.get(task_id)
+    await rig.log.append(task_id, state.seq, [events.TaskCancelRequested()], state)
+    assert await w.dispatch(task_id, carried) in ("accepted", "refused")
+    final = await rig.final(task_id)
+    assert final.status == task_state.CANCELLED
+    assert "task.dispatched" not in await rig.types(task_id)
+    assert rig.standin.counters.prompts_accepted == 0
