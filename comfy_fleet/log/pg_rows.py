@@ -73,3 +73,21 @@ def is_uuid(text: str) -> bool:
     except (ValueError, TypeError, AttributeError):
         return False
     return True
+
+
+#: In an append's arguments (`append_args`): where the events end and the read-model row starts.
+_EVENT_ARGS = 6
+
+
+def many_append_args(appends: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The arguments of `append_events_many` for several tasks' `append_events` arguments (each
+    as `append_args` gives them): the events of all, flattened, then the read-model row of
+    each, column by column."""
+    task_ids: list[Any] = []
+    columns: list[list[Any]] = [[] for _ in range(5)]
+    for a in appends:
+        task_ids.extend([a[0]] * len(a[1]))
+        for column, values in zip(columns, a[1:_EVENT_ARGS], strict=True):
+            column.extend(values)
+    rows = [list(col) for col in zip(*(a[_EVENT_ARGS:] for a in appends), strict=True)]
+    return (task_ids, *columns, [a[0] for a in appends], *rows)

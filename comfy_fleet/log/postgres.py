@@ -21,7 +21,7 @@ import asyncpg
 import orjson
 
 from comfy_fleet import errors
-from comfy_fleet.log import batch_log, events, fleet, notices, pg_errors, pg_rows
+from comfy_fleet.log import batch_log, events, fleet, group_commit, notices, pg_errors, pg_rows
 from comfy_fleet.log import postgres_batches, rebuild, task_state, version_store
 from comfy_fleet.delivery.slots import UNKNOWN as UNKNOWN_RECEIVER
 from comfy_fleet.log.event_log import (
@@ -77,6 +77,8 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
         self._notify_task: asyncio.Task[None] | None = None
         #: reads of a batch's queued tasks on its notice (postgres_batches), kept referenced
         self._bg_fetches: set[asyncio.Task[Any]] = set()
+        #: appends that come together go as one statement (group_commit)
+        self._appends = group_commit.GroupCommit(self._append_one, self._append_many)
         self.queued_states = notices.NoticedStates()
         self.ended_states = notices.NoticedStates(keep=0)
 
@@ -134,13 +136,25 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
         new_state, args = pg_rows.append_args(
             task_id, expected_seq, new_events, state, task_state.evolve, read_model
         )
-        with pg_errors.translated(task_id, expected_seq):
-            row = await self._pool.fetchrow(queries["append_events"], *args)
-        if row["upserted"] != 1:
+        if not await self._appends.submit(task_id, args):
             # The events were stored (their seqs were free) but the read model row did not
             # match: only a read model edited behind our back does that. Say so loudly.
             raise errors.FleetError(f"task {task_id}: read model out of step with the log")
         return new_state
+
+    async def _append_one(self, args: tuple[Any, ...]) -> bool:
+        """One task's append (`append_events`); whether its read-model row was written."""
+        with pg_errors.translated(args[0], args[15]):
+            row = await self._pool.fetchrow(queries["append_events"], *args)
+        return bool(row["upserted"] == 1)
+
+    async def _append_many(self, appends: Sequence[tuple[Any, ...]]) -> list[bool]:
+        """Several tasks' appends in one statement (`append_events_many`); for each, whether
+        its read-model row was written."""
+        with pg_errors.translated():
+            row = await self._pool.fetchrow(queries["append_events_many"], *pg_rows.many_append_args(appends))
+        written = set(row["upserted"] or ())
+        return [i in written for i in range(1, len(appends) + 1)]
 
     async def read(self, task_id: str, after_seq: int = 0) -> list[events.StoredEvent]:
         with pg_errors.translated():

@@ -43,6 +43,53 @@ SELECT (SELECT array_agg(position ORDER BY position) FROM ins) AS positions,
        (SELECT count(*) FROM notified) + (SELECT count(*) FROM queued)
            + (SELECT count(*) FROM ended) + (SELECT count(*) FROM batch_ended) AS notified;
 
+-- append_events_many --
+-- Several tasks' appends in one statement (one transaction, one commit): what `append_events`
+-- does for one task, for each of them. The caller never puts one task in it twice. Any error
+-- (a seq taken, a client_task_id taken) undoes all of it, and the caller then sends each append
+-- alone to learn whose it was. The events: $1 task ids, $2 seqs, $3 types, $4 versions,
+-- $5 payloads, $6 recorded_at; the tasks, one entry each: $7 task ids, $8 client_task_ids,
+-- $9 workflows, $10 statuses, $11 priorities, $12 webhooks, $13 last_seqs, $14 created_at,
+-- $15 updated_at, $16 states, $17 expected_seqs, $18 queued notification payloads, $19 ended
+-- notification payloads, $20 tenants, $21 batch_ids of the batches a task of which this ended
+-- (each NULL where there is none). Returns `upserted`, the 1-based places in $7 of the tasks
+-- whose read-model row was written.
+WITH ins AS (
+    INSERT INTO task_events (task_id, seq, type, schema_version, payload, recorded_at)
+    SELECT u.task_id, u.seq, u.type, u.version, u.payload, u.at
+    FROM unnest($1::uuid[], $2::int[], $3::text[], $4::smallint[], $5::jsonb[],
+                $6::timestamptz[]) AS u(task_id, seq, type, version, payload, at)
+    RETURNING 1
+), up AS (
+    INSERT INTO tasks AS t (task_id, client_task_id, workflow, status, priority, webhook,
+                            last_seq, created_at, updated_at, state, tenant)
+    SELECT u.task_id, u.ctid, u.workflow, u.status, u.priority, u.webhook, u.last_seq,
+           u.created_at, u.updated_at, u.state, u.tenant
+    FROM unnest($7::uuid[], $8::text[], $9::text[], $10::text[], $11::int[], $12::text[],
+                $13::int[], $14::timestamptz[], $15::timestamptz[], $16::jsonb[], $20::text[])
+        AS u(task_id, ctid, workflow, status, priority, webhook, last_seq, created_at,
+             updated_at, state, tenant)
+    ON CONFLICT (task_id) DO UPDATE
+        SET status = EXCLUDED.status, webhook = EXCLUDED.webhook, last_seq = EXCLUDED.last_seq,
+            updated_at = EXCLUDED.updated_at, state = EXCLUDED.state
+        -- each task's own expected seq: its entry in $17, found by its position in $7
+        WHERE t.last_seq = ($17::int[])[array_position($7::uuid[], t.task_id)]
+    RETURNING array_position($7::uuid[], t.task_id) AS i
+), notified AS (
+    SELECT pg_notify('task_events_v1', u.task_id::text || ':' || u.last_seq::text)
+    FROM unnest($7::uuid[], $13::int[]) AS u(task_id, last_seq)
+), queued AS (
+    SELECT pg_notify('tasks_queued_v1', p) FROM unnest($18::text[]) AS p WHERE p IS NOT NULL
+), ended AS (
+    SELECT pg_notify('tasks_ended_v1', p) FROM unnest($19::text[]) AS p WHERE p IS NOT NULL
+), batch_ended AS (
+    SELECT pg_notify('batch_tasks_ended_v1', p) FROM unnest($21::text[]) AS p WHERE p IS NOT NULL
+)
+SELECT (SELECT count(*) FROM ins) AS inserted,
+       (SELECT array_agg(i) FROM up) AS upserted,
+       (SELECT count(*) FROM notified) + (SELECT count(*) FROM queued)
+           + (SELECT count(*) FROM ended) + (SELECT count(*) FROM batch_ended) AS notified;
+
 -- select_task_events --
 -- $1 task_id, $2 after_seq
 SELECT seq, type, schema_version, payload, recorded_at, position
