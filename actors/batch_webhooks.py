@@ -85,6 +85,10 @@ class BatchOutbox:
         appended: BatchState = await self.log.append_batch_events(batch_id, state.seq, new, state)
         return appended
 
+    async def tail(self, batch_id: str, end_seq: int) -> list[events.StoredEvent]:
+        stream: list[events.StoredEvent] = await self.log.read_batch(batch_id)  # a few events
+        return stream
+
 
 class BatchDeliveries:
     """Mixed into `WebhookDispatcher` (its log, slots and background tasks)."""

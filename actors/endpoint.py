@@ -297,7 +297,7 @@ class EndpointWorker:
             # re-dispatched task uploads (and pulls) again on its new endpoint.
             if not await endpoint_stage.prepare(self, item, state):
                 return decisions.ACCEPTED  # failed or requeued there
-            await self.client.post_prompt(prompt, prompt_id, self.client_id)
+            await self.client.post_prompt(prompt, prompt_id, self.client_id, task_id)
         except (errors.PromptRejected, errors.WorkflowVersionUnknown) as exc:
             self.table.remove(prompt_id)
             code = history.CODE_REJECTED if isinstance(exc, errors.PromptRejected) else exc.code

@@ -89,7 +89,8 @@ class Watch:
         self.lost_after_s = lost_after_s
         self.poll_interval_s = poll_interval_s
         self.conn = Connection()
-        #: prompt_ids given up on (endpoint unreachable): removed from its queue when it is back
+        #: prompt_ids given up on in this life (endpoint unreachable): removed from its queue
+        #: when it is back, with those the log says were given up on (`_drop_abandoned`)
         self.abandoned: set[str] = set()
         self._stopping = False
         self._ws: Any = None
@@ -157,19 +158,31 @@ class Watch:
         """After a (re)connect: learn the server, then reconcile everything in flight."""
         try:
             await self.learn_server()
-            if self.abandoned:
-                # Prompts we re-dispatched elsewhere while this server was away must not run
-                # here too: drop them from its queue (a running one is interrupted).
-                abandoned = list(self.abandoned)
-                running, _pending = await self.client.queue()
-                await self.client.delete_from_queue(abandoned)
-                for pid in abandoned:
-                    if pid in running:
-                        await self.client.interrupt(pid)
-                self.abandoned.clear()
-        except errors.EndpointUnavailable:
-            pass
+            await self._drop_abandoned()
+        except (errors.EndpointUnavailable, errors.DatabaseUnavailable):
+            pass  # the next (re)connect drops them
         await self.reconcile(force=True)
+
+    async def _drop_abandoned(self) -> None:
+        """Prompts re-dispatched elsewhere while this server was away must not run here too:
+        they are dropped from its queue (a running one is interrupted). Which: those this life
+        gave up on (`abandoned`: their requeue may not be recorded yet), and every prompt in the
+        queue that names a task (`client.TASK_KEY`) we do not follow and whose log says it
+        moved on (`decisions.abandoned`): those given up on before a restart of this actor,
+        whose memory went with it."""
+        running, tasks = await self.client.queued_tasks()
+        drop = set(self.abandoned)
+        for prompt_id, task_id in tasks.items():
+            if prompt_id not in drop and self.table.get(prompt_id) is None and (
+                decisions.abandoned(prompt_id, await self.ends.ledger.read(task_id))
+            ):
+                drop.add(prompt_id)
+        if drop:
+            log.info("endpoint %s: dropping %d abandoned prompts", self.name, len(drop))
+            await self.client.delete_from_queue(sorted(drop))
+            for pid in drop & running:
+                await self.client.interrupt(pid)
+        self.abandoned.clear()
 
     def on_message(self, raw: str | bytes) -> None:
         """One websocket message. Binary frames (previews, websocket images) are only kept as

@@ -69,7 +69,8 @@ def _methods(protocol: type) -> list[str]:
 class _ActorPort:
     """A named actor through its protocol: `await port.m(*args)` is `await handle.m.remote(*args)`.
     Methods in `fire_and_forget` are sent without waiting for their end (notices whose loss
-    the log covers). The handle is looked up on first use (the actor may start later)."""
+    the log covers). The handle is looked up on first use (the actor may start later), in a
+    thread: that waits for Ray's GCS, and callers are event loops (actors, ingress replicas)."""
 
     def __init__(
         self, actor_name: str, methods: list[str], fire_and_forget: frozenset[str] = frozenset()
@@ -79,9 +80,9 @@ class _ActorPort:
         self._fire_and_forget = fire_and_forget
         self._h: Any = None
 
-    def _handle(self) -> Any:
+    async def _handle(self) -> Any:
         if self._h is None:
-            self._h = ray.get_actor(self.actor_name, namespace=NAMESPACE)
+            self._h = await asyncio.to_thread(ray.get_actor, self.actor_name, namespace=NAMESPACE)
         return self._h
 
     def __getattr__(self, method: str) -> Callable[..., Awaitable[Any]]:
@@ -89,7 +90,7 @@ class _ActorPort:
             raise AttributeError(f"{self.actor_name}: no method {method!r} in its protocol")
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            ref = getattr(self._handle(), method).remote(*args, **kwargs)
+            ref = getattr(await self._handle(), method).remote(*args, **kwargs)
             if method in self._fire_and_forget:
                 return None
             return await ref
@@ -213,11 +214,12 @@ async def build_router(settings: Settings, endpoints: list[tuple[str, list[str]]
     from actors.fold_snapshots import FoldSnapshots, ray_refresh
     from actors.router import Router
 
-    def factory(name: str, labels: list[str]) -> ports.EndpointApi:
+    async def factory(name: str, labels: list[str]) -> ports.EndpointApi:
         # Every endpoint (configured, discovered, added) joins the webhooks' URL policy before
-        # it can run a task whose callback could point at it.
-        tell_webhooks_fleet_add(name)
-        return start_endpoint_actor(settings, name, labels)
+        # it can run a task whose callback could point at it. Each step waits for Ray's GCS (a
+        # lookup, the node list, the actor's creation): in a thread, not on the router's loop.
+        await asyncio.to_thread(tell_webhooks_fleet_add, name)
+        return await asyncio.to_thread(start_endpoint_actor, settings, name, labels)
 
     # AUTOSCALE: a loop beside the router asks Ray's autoscaler for hosts and hides the
     # endpoints it lets go from discovery (actors/autoscaler.py).
@@ -326,7 +328,8 @@ WebhookActor = ray.remote(**_ACTOR_OPTIONS)(_shell(
 
 def start_endpoint_actor(settings: Settings, name: str, labels: list[str]) -> ports.EndpointApi:
     """Create (or find) the endpoint actor of one ComfyUI, on that ComfyUI's node when a node
-    matches (comfy_fleet.policies.placement), anywhere otherwise."""
+    matches (comfy_fleet.policies.placement), anywhere otherwise. Waits for Ray's GCS: from
+    an event loop, call it in a thread."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from comfy_fleet.policies import placement
@@ -347,10 +350,13 @@ def start_endpoint_actor(settings: Settings, name: str, labels: list[str]) -> po
 
 
 async def stop_endpoint_actor(name: str) -> None:
+    # The lookup and the kill wait for Ray's GCS: in a thread, not on the router's event loop.
+    actor_name = endpoint_actor_name(name)
     try:
-        ray.kill(ray.get_actor(endpoint_actor_name(name), namespace=NAMESPACE), no_restart=True)
+        actor = await asyncio.to_thread(ray.get_actor, actor_name, namespace=NAMESPACE)
     except ValueError:
-        pass
+        return
+    await asyncio.to_thread(ray.kill, actor, no_restart=True)
 
 
 def discover_endpoints(settings: Settings) -> dict[str, list[str]]:

@@ -56,7 +56,7 @@ class Router(router_fleet.FleetMembership):
         log: RouterLog,
         endpoints: dict[str, ports.EndpointApi] | None = None,
         rng: random.Random | None = None,
-        factory: Callable[[str, list[str]], ports.EndpointApi] | None = None,
+        factory: Callable[[str, list[str]], Awaitable[ports.EndpointApi]] | None = None,
         destroy: Callable[[str], Awaitable[None]] | None = None,
         configured: dict[str, list[str]] | None = None,
         discover: Callable[[], Awaitable[dict[str, list[str]]]] | None = None,
@@ -95,7 +95,7 @@ class Router(router_fleet.FleetMembership):
             if self.factory is not None:
                 # The configured endpoints plus what was added or removed at run time.
                 for name, labels in fleet.endpoints(self.configured, await self.log.read_fleet()).items():
-                    self._attach(name, labels)
+                    await self._attach(name, labels)
             self.waiting.rebuild(await self.log.dispatch_tenants(), await self.log.queued_tasks())
             await self._rebuild_slots()
             self._started = True

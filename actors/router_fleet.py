@@ -32,7 +32,8 @@ class FleetMembership:
     """The endpoints of the fleet, for the Router that mixes this in."""
 
     log: event_log.FleetLog
-    factory: Callable[[str, list[str]], ports.EndpointApi] | None
+    #: creates (or finds) the endpoint actor of a ComfyUI, off the event loop
+    factory: Callable[[str, list[str]], Awaitable[ports.EndpointApi]] | None
     destroy: Callable[[str], Awaitable[None]] | None
     discover: Callable[[], Awaitable[dict[str, list[str]]]] | None
     discovered: set[str]
@@ -85,10 +86,9 @@ class FleetMembership:
 
     # --- endpoints at run time --------------------------------------------------------------
 
-    def _attach(self, name: str, labels: list[str], handle: ports.EndpointApi | None = None) -> None:
-        if handle is None:
-            assert self.factory is not None
-            handle = self.factory(name, labels)
+    async def _attach(self, name: str, labels: list[str]) -> None:
+        assert self.factory is not None
+        handle = await self.factory(name, labels)
         self.handles[name] = handle
         self.loads[name] = routing.EndpointLoad(name, labels=frozenset(labels))
         self.assigned.setdefault(name, set())
@@ -103,7 +103,7 @@ class FleetMembership:
         if self.factory is None:
             raise errors.InvalidRequest("this router cannot start endpoints")
         await self.log.append_fleet(fleet.EndpointAdded(endpoint=name, labels=labels))
-        self._attach(name, labels)
+        await self._attach(name, labels)
         return {"endpoint": name, "state": "added", "labels": labels}
 
     async def remove_endpoint(self, name: str, *, record: bool = True) -> dict[str, Any]:
@@ -150,7 +150,7 @@ class FleetMembership:
                 found = await self.discover()
                 for name, labels in found.items():
                     if name not in self.handles:
-                        self._attach(name, labels)
+                        await self._attach(name, labels)
                         self.discovered.add(name)
                 for name in list(self.discovered):
                     if name not in found and name in self.loads and not self.loads[name].draining:

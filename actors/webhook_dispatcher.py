@@ -81,6 +81,9 @@ class TaskOutbox:
     async def append(self, task_id: str, state: TaskState, new: list[events.Event]) -> TaskState:
         return await self.log.append(task_id, state.seq, new, state)
 
+    async def tail(self, task_id: str, end_seq: int) -> list[events.StoredEvent]:
+        return await self.log.read(task_id, end_seq - 1)
+
 
 class WebhookDispatcher(batch_webhooks.BatchDeliveries):
     def __init__(

@@ -15,13 +15,14 @@ import asyncio
 import logging
 import random
 import time
+from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
 from actors import metrics
 from comfy_fleet import errors
 from comfy_fleet.delivery import tries, webhooks
 from comfy_fleet.delivery.slots import DeliverySlots, receiver_of
-from comfy_fleet.log import events, task_state
+from comfy_fleet.log import event_log, events, task_state
 
 log = logging.getLogger("comfy_fleet.webhooks")
 
@@ -40,6 +41,8 @@ class Deliverable(Protocol):
     #: the seq of the event that ended the stream: the webhook's id derives from it
     end_seq: int | None
     webhook_attempts: int
+    #: when the stream's last event (`seq`) was recorded
+    updated_at: datetime
 
 
 S = TypeVar("S", bound=Deliverable)
@@ -61,6 +64,10 @@ class Outbox(Protocol, Generic[S]):
         """Append `new` after `state.seq`: ConcurrencyConflict when that seq is taken."""
         ...
 
+    async def tail(self, stream_id: str, end_seq: int) -> list[events.StoredEvent]:
+        """The stream's events from `end_seq` on (more before it do no harm)."""
+        ...
+
 
 class WebhookTries:
     def __init__(
@@ -74,12 +81,14 @@ class WebhookTries:
         self.rng = rng
         self.slots = slots
         self.counts: dict[str, int] = {"delivered": 0, "retry": 0, "dead": 0}
-        #: when the current end's first try was sent, by delivery key: the policy's budget
-        self._first_try: dict[str, float] = {}
+        #: when the delivery under way began, by delivery key: the start of the policy's budget,
+        #: read from the log at this actor's first try of it (`tries.began_at`), so a restart
+        #: does not start the budget anew
+        self._began: dict[str, datetime] = {}
 
     def forget(self, key: str) -> None:
         """The delivery under `key` is over: its next one starts a budget of its own."""
-        self._first_try.pop(key, None)
+        self._began.pop(key, None)
 
     async def once(self, key: str, stream_id: str, outbox: Outbox[S]) -> tries.Step:
         """Send the stream's end once and record the try. `key` is the delivery's key in the
@@ -95,12 +104,14 @@ class WebhookTries:
         msg_id = webhooks.webhook_id(stream_id, state.end_seq)
         body = await outbox.body(state)
         attempt = state.webhook_attempts + 1
-        started = self._first_try.setdefault(key, time.monotonic())
+        began = self._began.get(key)
+        if began is None:
+            began = self._began[key] = await self._began_at(stream_id, outbox, state, state.end_seq)
         headers = webhooks.build_headers(msg_id, int(time.time()), body, self.key)
         result = await self.sender.send(state.callback_url, body, headers)
         verdict = tries.judge(
             result, webhook_id=msg_id, attempt=attempt, policy=self.policy, rng=self.rng,
-            elapsed_s=time.monotonic() - started,
+            elapsed_s=tries.elapsed_s(began, event_log.now()),
         )
         self.counts[verdict.outcome] += 1
         metrics.webhook_try(verdict.outcome)
@@ -119,6 +130,15 @@ class WebhookTries:
             self.forget(key)
             return 0.0
         return step
+
+    async def _began_at(
+        self, stream_id: str, outbox: Outbox[S], state: S, end_seq: int
+    ) -> datetime:
+        """When the delivery of `state`'s end (`end_seq`) began, from the log: read only when
+        events came after the end (tries before a restart, a redelivery); a fresh end is the
+        stream's last event, and its first try (from the ended notice) reads nothing."""
+        tail = [] if state.seq == end_seq else await outbox.tail(stream_id, end_seq)
+        return tries.began_at(end_seq=end_seq, seq=state.seq, updated_at=state.updated_at, tail=tail)
 
     async def _record(
         self, stream_id: str, outbox: Outbox[S], state: S, new: list[events.Event]

@@ -22,6 +22,10 @@ from comfy_fleet.config import Endpoint
 
 #: ComfyUI has no auth; it refuses requests whose Origin differs from Host, so we send none.
 _HEADERS = {"User-Agent": "comfy-fleet"}
+#: The key in a posted prompt's `extra_data` that names the task it runs for. ComfyUI keeps
+#: extra_data with the queue item, so a prompt in `/queue` says whose it is, whichever life of
+#: the endpoint actor posted it (the `client_id` is fresh for each life).
+TASK_KEY = "comfy_fleet_task_id"
 
 
 class ComfyClient:
@@ -80,10 +84,14 @@ class ComfyClient:
             return status, {"error": {"message": body[:500].decode(errors="replace")}}
 
     async def post_prompt(
-        self, prompt: dict[str, Any], prompt_id: str, client_id: str
+        self, prompt: dict[str, Any], prompt_id: str, client_id: str, task_id: str
     ) -> dict[str, Any]:
-        """POST /prompt with our minted prompt_id. 200 → the reply; 400 → PromptRejected."""
-        body = orjson.dumps({"prompt": prompt, "prompt_id": prompt_id, "client_id": client_id})
+        """POST /prompt with our minted prompt_id, naming its task (`TASK_KEY`). 200 → the
+        reply; 400 → PromptRejected."""
+        body = orjson.dumps({
+            "prompt": prompt, "prompt_id": prompt_id, "client_id": client_id,
+            "extra_data": {TASK_KEY: task_id},
+        })
         status, data = await self._json(
             "POST", "/prompt", data=body, headers={"Content-Type": "application/json"}
         )
@@ -116,6 +124,19 @@ class ComfyClient:
         running = {str(item[1]) for item in data.get("queue_running", []) if len(item) > 1}
         pending = {str(item[1]) for item in data.get("queue_pending", []) if len(item) > 1}
         return running, pending
+
+    async def queued_tasks(self) -> tuple[set[str], dict[str, str]]:
+        """(running prompt_ids, the task of every prompt in the queue, running or pending, that
+        names one (`TASK_KEY`): prompt_id → task_id)."""
+        _status, data = await self._json("GET", "/queue")
+        data = data if isinstance(data, dict) else {}
+        running = {str(item[1]) for item in data.get("queue_running", []) if len(item) > 1}
+        tasks: dict[str, str] = {}
+        for item in [*data.get("queue_running", []), *data.get("queue_pending", [])]:
+            extra = item[3] if len(item) > 3 and isinstance(item[3], dict) else {}
+            if isinstance(extra.get(TASK_KEY), str):
+                tasks[str(item[1])] = extra[TASK_KEY]
+        return running, tasks
 
     async def view(self, filename: str, subfolder: str, type_: str) -> bytes:
         status, body = await self._request(

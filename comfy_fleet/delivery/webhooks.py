@@ -139,7 +139,8 @@ class RetryPolicy:
     max_attempts: int = 8
     base_delay_s: float = 1.0
     max_delay_s: float = 300.0
-    #: no try starts later than this after the first one
+    #: no retry starts later than this after the delivery began: its end was recorded, or its
+    #: redelivery asked for (`tries.began_at`, from the log, so a restart keeps it)
     total_budget_s: float = 3600.0
 
     def __post_init__(self) -> None:
@@ -157,7 +158,7 @@ class RetryPolicy:
     def next_delay(self, attempt: int, rng: random.Random, elapsed_s: float = 0.0) -> float | None:
         """Seconds to wait after try ``attempt`` (1-based) failed, or None when none is left.
 
-        ``elapsed_s`` is the time since the first try; a delay is cut so the next try still
+        ``elapsed_s`` is the time since the delivery began; a delay is cut so the next try still
         starts within ``total_budget_s``, and none is given once the budget is spent.
         """
         if attempt >= self.max_attempts:

@@ -191,6 +191,15 @@ def reconciled(*, in_queue: bool, outcome_kind: str | None) -> Found:
     return Found.FINISH
 
 
+def abandoned(prompt_id: str, s: TaskState | None) -> bool:
+    """A prompt in ComfyUI's queue that names task `s` (None: no such task in this log, so not
+    ours to touch) and that this endpoint does not follow: is it to be dropped? Yes when the
+    task ended or moved on to another prompt: the prompt was given up on while its server was
+    away (by this actor, or by its life before a restart) and would run for nothing. The task's
+    current prompt stays (another endpoint name of the same server follows it)."""
+    return s is not None and not _ours(s, prompt_id)
+
+
 def silent_socket(
     *, outcome_kind: str, connected: bool, last_frame_at: float, posted_at: float
 ) -> bool:

@@ -62,6 +62,14 @@ class TaskLedger:
             self.states[task_id] = state
         return state
 
+    async def read(self, task_id: str) -> TaskState | None:
+        """The task's state in the log now, neither cached nor from the cache (it need not be
+        one we hold); None when the log has no such task."""
+        try:
+            return await self.log.get(task_id)
+        except errors.TaskNotFound:
+            return None
+
     async def decide(self, task_id: str, decide: Decide) -> tuple[TaskState, list[events.Event]]:
         """Append what `decide(state)` returns, re-deciding on a concurrent writer's conflict.
         Returns the state after the append (or the one decided on) and what was appended."""

@@ -5,6 +5,7 @@ listener that records what the log tells the router and the webhook dispatcher o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from actors import endpoint as endpoint_module
+from actors import endpoint_watch
 from comfy_fleet.comfy.client import ComfyClient
 from actors.endpoint import ACCEPTED, EndpointWorker
 from comfy_standin.knobs import FailRule
@@ -327,6 +329,42 @@ async def test_a_restarted_worker_rebuilds_and_collects_its_prompts(rig: Rig) ->
         assert len(state.outputs) == 1 and state.outputs[0]["s3_key"] in rig.store.objects
     assert rig.standin.counters.prompts_run == 2  # collected, never run again
     await eventually(lambda: sorted(rig.hooks.ended) == sorted(tasks), what="the log tells of the end")
+
+
+async def test_prompts_given_up_on_are_dropped_from_the_queue_by_a_restarted_worker(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ComfyUI that stops answering loses its prompts to other endpoints; the actor
+    restarts before it answers again: the new life finds them in its queue (each names its
+    task) and drops them, as the log says their tasks moved on. They never run there."""
+    monkeypatch.setattr(endpoint_watch, "RECONCILE_TIMEOUT_S", 0.5)
+    rig.settings = dataclasses.replace(rig.settings, endpoint_lost_after_s=1.0)
+    rig.standin.knobs.stall_worker = True  # both prompts wait in ComfyUI's queue
+    first = await rig.worker()
+    tasks = [await rig.task(color=c) for c in (1, 2)]
+    for t in tasks:
+        assert await first.dispatch(t) == ACCEPTED
+    prompts = {(await rig.log.get(t)).prompt_id for t in tasks}
+    rig.standin.knobs.hang = True  # answers nothing: given up on after ENDPOINT_LOST_AFTER_S
+    for t in tasks:
+        await rig.status_of(t, task_state.QUEUED)
+    await first.stop()  # the actor died, and what it gave up on with it
+    rig.workers.remove(first)
+
+    rig.standin.knobs.hang = False
+    second = await rig.worker()
+    assert second.by_task == {}  # nothing of it is ours any more
+    client = ComfyClient(parse_endpoint(rig.standin.host_port))
+    try:
+        async def dropped() -> bool:
+            running, pending = await client.queue()
+            return not prompts & (running | pending)
+
+        await eventually(dropped, what="the abandoned prompts dropped from the queue")
+    finally:
+        await client.close()
+    rig.standin.knobs.stall_worker = False
+    assert rig.standin.counters.prompts_run == 0
 
 
 async def test_cancel_of_a_prompt_waiting_in_the_comfyui_queue(rig: Rig) -> None:

@@ -4,9 +4,11 @@ and a real aiohttp receiver on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -20,6 +22,7 @@ from comfy_fleet.policies import url_policy
 from comfy_fleet import views
 from comfy_fleet.delivery import webhooks
 from comfy_fleet.delivery.slots import receiver_of
+from comfy_fleet.log import event_log
 from comfy_fleet.log.event_log import InMemoryEventLog
 from tests.support.polling import eventually
 
@@ -112,6 +115,7 @@ def make_dispatcher(
     timeout_s: float = 5.0,
     max_in_flight: int = 256,
     max_per_receiver: int = 64,
+    rng: random.Random | None = None,
 ) -> WebhookDispatcher:
     sender = webhooks.WebhookSender(url_policy.UrlPolicy.build(), timeout_s=timeout_s)
 
@@ -120,7 +124,7 @@ def make_dispatcher(
 
     d = WebhookDispatcher(
         log=log, sender=sender, policy=policy, secret=SECRET, body_builder=body,
-        max_in_flight=max_in_flight, max_per_receiver=max_per_receiver,
+        max_in_flight=max_in_flight, max_per_receiver=max_per_receiver, rng=rng,
     )
     made.append(d)
     return d
@@ -308,6 +312,36 @@ async def test_a_restarted_dispatcher_finds_pending_deliveries(
     assert calls[0]["headers"]["webhook-id"] == calls[1]["headers"]["webhook-id"]
     delivered = [e.event for e in await log.read(half) if e.type == "webhook.delivered"]
     assert [getattr(e, "attempt") for e in delivered] == [2]  # numbering goes on from the log
+
+
+async def test_a_restarted_dispatcher_keeps_the_time_budget_of_a_delivery_under_way(
+    receiver: Receiver, dispatchers: list[WebhookDispatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget counts from the task's end as the log recorded it: a dispatcher restarted an
+    hour into a delivery gives up at its next failed try, as the one before it would have."""
+    policy = webhooks.RetryPolicy(
+        max_attempts=5, base_delay_s=60, max_delay_s=60, total_budget_s=3600
+    )
+    receiver.scripts["late"] = [500, 500]
+    log = InMemoryEventLog()
+    with monkeypatch.context() as clock:  # the task ended, and its first try failed, 61 min ago
+        clock.setattr(event_log, "now", lambda: datetime.now(UTC) - timedelta(minutes=61))
+        task_id = await ended_task(log, receiver.url("late"))
+        # Random(0) draws a delay of 50 s: the first dispatcher does not try again.
+        first = make_dispatcher(log, dispatchers, policy=policy, rng=random.Random(0))
+        await first.task_ended(task_id)
+        await eventually(lambda: "webhook.attempted" in receiver_types(log, task_id), what="try 1")
+        await first.stop()
+
+    second = make_dispatcher(log, dispatchers, policy=policy)
+    await second.start()  # the outbox scan finds the delivery
+    await eventually(lambda: receiver_types(log, task_id).count("webhook.attempted") == 2,
+                     what="try 2 recorded")
+    assert len(receiver.calls["late"]) == 2
+    hooks = [e.event for e in await log.read(task_id) if e.type.startswith("webhook.")]
+    assert isinstance(hooks[1], events.WebhookAttempted) and hooks[1].retry_in_s is None
+    assert hooks[2:] == [events.WebhookDead(webhook_id=hooks[1].webhook_id, attempts=2)]
+    assert await webhook_state(log, task_id) == task_state.WEBHOOK_DEAD
 
 
 def port_of(url: str) -> int:

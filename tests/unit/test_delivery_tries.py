@@ -4,6 +4,7 @@ sender and no log."""
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -88,3 +89,47 @@ def test_what_follows_a_recorded_try(
     verdict: tries.Verdict, pending: bool, end_changed: bool, step: tries.Step
 ) -> None:
     assert tries.after_recording(verdict, pending=pending, end_changed=end_changed) == step
+
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def stored(seq: int, event: events.Event, minutes: int) -> events.StoredEvent:
+    return events.StoredEvent(task_id="t", seq=seq, event=event, at=T0 + timedelta(minutes=minutes))
+
+
+TRIED = events.WebhookAttempted(webhook_id=MSG, attempt=1, status_code=500, error=None, retry_in_s=9.0)
+END = events.TaskSucceeded(prompt_id="p")
+
+
+def test_a_fresh_end_began_at_its_own_time_with_nothing_read() -> None:
+    assert tries.began_at(end_seq=4, seq=4, updated_at=T0, tail=[]) == T0
+
+
+def test_a_delivery_under_way_began_at_its_end_not_at_its_last_try() -> None:
+    # What an actor restarted after two tries reads: the budget is the one its first life had.
+    tail = [stored(4, END, 0), stored(5, TRIED, 3), stored(6, TRIED, 50)]
+    assert tries.began_at(end_seq=4, seq=6, updated_at=T0 + timedelta(minutes=50), tail=tail) == T0
+
+
+def test_a_redelivery_begins_a_delivery_of_its_own() -> None:
+    tail = [
+        stored(4, END, 0), stored(5, events.WebhookDead(webhook_id=MSG, attempts=8), 60),
+        stored(6, events.WebhookRedeliveryRequested(), 120), stored(7, TRIED, 121),
+    ]
+    at = tries.began_at(end_seq=4, seq=7, updated_at=T0 + timedelta(minutes=121), tail=tail)
+    assert at == T0 + timedelta(minutes=120)
+
+
+def test_a_batch_delivery_began_at_its_completion() -> None:
+    completed = events.BatchCompleted(finished_at=T0.isoformat(), counts={"succeeded": 2})
+    tail = [
+        stored(1, events.BatchSubmitted(tenant="acme", task_ids=["a", "b"]), -5),
+        stored(2, completed, 0), stored(3, TRIED, 1),
+    ]
+    assert tries.began_at(end_seq=2, seq=3, updated_at=T0 + timedelta(minutes=1), tail=tail) == T0
+
+
+def test_elapsed_time_is_never_negative() -> None:
+    assert tries.elapsed_s(T0, T0 + timedelta(seconds=90)) == 90.0
+    assert tries.elapsed_s(T0 + timedelta(seconds=2), T0) == 0.0  # the recorder's clock ran ahead

@@ -248,3 +248,15 @@ def test_a_socket_silent_since_the_post_of_a_finished_prompt_is_a_zombie() -> No
     assert not silent(outcome_kind=history.UNKNOWN, connected=True, last_frame_at=5.0, posted_at=6.0)
     # Rebuilt from the log after a restart: never posted in this life, never a zombie.
     assert not silent(outcome_kind=history.SUCCESS, connected=True, last_frame_at=0.0, posted_at=0.0)
+
+
+def test_a_queued_prompt_whose_task_moved_on_is_abandoned() -> None:
+    abandoned = decisions.abandoned
+    assert abandoned("p1", state(dispatched("p1"), requeued("p1")))  # given up on, queued again
+    assert abandoned("p1", state(dispatched("p1"), requeued("p1"), dispatched("p2", attempt=2)))
+    assert abandoned("p1", state(dispatched("p1"), CANCEL, events.TaskCancelled(where="waiting")))
+    assert abandoned("p1", state(dispatched("p1"), FAILED))
+    # Still its task's prompt (followed under another name of the server), or not our task.
+    assert not abandoned("p1", state(dispatched("p1")))
+    assert not abandoned("p2", state(dispatched("p1"), requeued("p1"), dispatched("p2", attempt=2)))
+    assert not abandoned("p1", None)
