@@ -30,6 +30,7 @@ async def test_schema_after_all_migrations(pg_dsn: str) -> None:
         }.items():
             assert cols[("task_events", col)] == typ
         assert cols[("tasks", "state")] == "jsonb"
+        assert not any(table == "task_rebuild_stage" for table, _ in cols)  # dropped by 0008
         assert cols[("fleet_events", "payload")] == "jsonb"
         pk = await conn.fetchval(
             "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'task_events_pkey'"
