@@ -1,10 +1,10 @@
 """GroupCommit: one process's appends to the log, several to a statement when they come together.
 
-An append that finds no statement of this process in flight is sent at once, alone, as before:
-one task at a time pays no wait. Appends that arrive while statements are in flight wait for
-one to return and then go together, as one statement and one commit (PostgreSQL's cost of an
-append is mostly its statement and its commit, not its rows). That is group commit, as
-databases do it for their own log.
+An append that finds fewer than `max_in_flight` statements of this process in flight is sent
+at once, alone, as before: one task at a time pays no wait. Appends that arrive while that many
+are in flight wait for one to return and then go together, as one statement and one commit
+(PostgreSQL's cost of an append is mostly its statement and its commit, not its rows). That is
+group commit, as databases do it for their own log.
 
 The contract to callers is that of sending their append alone: each caller gets its own
 append's result or its own error. A group never holds one key (task) twice, so two appends of

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "task_events_v1"
 QUEUED_CHANNEL = "tasks_queued_v1"
 ENDED_CHANNEL = "tasks_ended_v1"
+#: Append statements of one process in flight at once; the appends that come meanwhile wait and
+#: go together (group_commit). Two: one commit's wait overlaps the next statement's work (with
+#: 16 writers, 1.4x the appends a second of one, at the same CPU per append; three cost more).
+APPENDS_IN_FLIGHT = 2
 #: Seconds between pings of the notification listener's connection (a dead one is replaced).
 LISTENER_PING_S = 1.0
 
@@ -78,7 +82,9 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
         #: reads of a batch's queued tasks on its notice (postgres_batches), kept referenced
         self._bg_fetches: set[asyncio.Task[Any]] = set()
         #: appends that come together go as one statement (group_commit)
-        self._appends = group_commit.GroupCommit(self._append_one, self._append_many)
+        self._appends = group_commit.GroupCommit(
+            self._append_one, self._append_many, max_in_flight=APPENDS_IN_FLIGHT
+        )
         self.queued_states = notices.NoticedStates()
         self.ended_states = notices.NoticedStates(keep=0)
 

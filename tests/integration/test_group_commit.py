@@ -11,7 +11,7 @@ import pytest
 
 from comfy_fleet import errors
 from comfy_fleet.log import events, task_state
-from comfy_fleet.log.postgres import PostgresEventLog
+from comfy_fleet.log.postgres import APPENDS_IN_FLIGHT, PostgresEventLog
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.postgres]
@@ -75,8 +75,10 @@ async def test_a_conflict_in_a_group_is_its_callers_alone(pg_dsn: str) -> None:
             *(log.append(t, s.seq, run_events(i), s) for i, (t, s) in enumerate(zip(ids, states))),
             return_exceptions=True,
         )
-        # The first alone, the other 19 as a group that failed, then each of the 19 alone.
-        assert log._appends.statements - sent == 1 + 1 + 19
+        # The first two alone (APPENDS_IN_FLIGHT), the other 18 as a group that failed, then
+        # each of the 18 alone.
+        assert APPENDS_IN_FLIGHT == 2
+        assert log._appends.statements - sent == 2 + 1 + 18
         assert isinstance(results[7], errors.ConcurrencyConflict)
         assert str(ids[7]) in str(results[7])
         assert (await log.get(ids[7])).status == task_state.CANCELLED
