@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from typing import Any
 
 import pytest
 
@@ -16,30 +15,9 @@ from comfy_fleet.config import Settings
 from comfy_fleet.log.postgres import PostgresEventLog
 from tests.support.listener_cut import cut_listener
 from tests.support.polling import eventually
+from tests.support.router_fakes import RecordingEndpoint
 
 pytestmark = [pytest.mark.postgres]
-
-
-class Endpoint:
-    """An endpoint handle that takes every task it is given."""
-
-    name = "a:1"
-
-    def __init__(self) -> None:
-        self.dispatched: list[str] = []
-
-    async def dispatch_many(self, task_ids: list[str], states: list[Any] | None = None) -> list[str]:
-        self.dispatched += task_ids
-        return ["accepted"] * len(task_ids)
-
-    async def status(self) -> dict[str, Any]:
-        return {"connected": True, "queue_remaining": 0, "inflight": 0}
-
-    async def cancel(self, task_id: str) -> str:
-        return "unknown"
-
-    async def reload_workflows(self) -> list[str] | None:
-        return None
 
 
 async def submit(log: PostgresEventLog) -> str:
@@ -50,7 +28,7 @@ async def submit(log: PostgresEventLog) -> str:
 
 async def test_an_end_committed_while_the_listener_is_cut_is_caught_up(pg_dsn: str) -> None:
     log = await PostgresEventLog.connect(pg_dsn)
-    ep = Endpoint()
+    ep = RecordingEndpoint(log)
     router = Router(
         settings=Settings(endpoint_queue_depth=1), log=log, endpoints={ep.name: ep},
         rng=random.Random(3),
@@ -64,8 +42,7 @@ async def test_an_end_committed_while_the_listener_is_cut_is_caught_up(pg_dsn: s
 
         # The endpoint records the end now: nobody listens, the notice is lost.
         state = await log.get(first)
-        state = await log.append(first, state.seq, [events.TaskDispatched(endpoint=ep.name, prompt_id="p", attempt=1)], state)
-        await log.append(first, state.seq, [events.TaskSucceeded(prompt_id="p")], state)
+        await log.append(first, state.seq, [events.TaskSucceeded(prompt_id=f"p-{first}")], state)
 
         await eventually(lambda: ep.dispatched == [first, second], timeout=15, what="caught up: the slot freed")
         assert router.assigned[ep.name] == {second}
