@@ -27,7 +27,7 @@ from comfy_fleet.log.postgres import PostgresEventLog
 from comfy_fleet.net import fleet_refresher
 from comfy_fleet.policies import fleet_addresses
 from comfy_fleet.policies.url_policy import UrlPolicy
-from comfy_fleet import storage
+from comfy_fleet import process_heap, storage
 
 NAMESPACE = "comfy-fleet"
 ROUTER_NAME = "router"
@@ -135,6 +135,7 @@ class _Lazy:
             async with self._lock:
                 if self._inner is None:
                     self._inner = await self._build()
+                    process_heap.settle()  # started: what exists now lives for good
         return self._inner
 
     def build_soon(self) -> None:

@@ -10,7 +10,7 @@ from typing import Any, cast
 from ray import serve
 
 from actors import ports, remote
-from comfy_fleet import errors
+from comfy_fleet import errors, process_heap
 from comfy_fleet.config import Settings
 from comfy_fleet.net import fleet_refresher
 from comfy_fleet.policies import fleet_addresses
@@ -94,9 +94,12 @@ class Ingress:
         self.extra_deny_hosts = extra_deny_hosts
 
     def __serve_build_asgi_app__(self) -> Any:
-        return api.create_app(
-            self.settings, lambda: build_services(self.settings, self.extra_deny_hosts)
-        )
+        return api.create_app(self.settings, self._start)
+
+    async def _start(self) -> Services:
+        services = await build_services(self.settings, self.extra_deny_hosts)
+        process_heap.settle()  # the replica has started: what exists now lives for good
+        return services
 
 
 def build_app(settings: Settings, extra_deny_hosts: list[str] | None = None) -> Any:
