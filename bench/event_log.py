@@ -258,12 +258,19 @@ async def run(args: argparse.Namespace) -> None:
         print(f"machine: {machine()}; load average before: {os.getloadavg()[0]:.2f}")
         rates: dict[int, float] = {}
         for w in [] if args.only_rebuild else [int(x) for x in args.writers.split(",")]:
-            rate, lat = await append_rate(dsn, w, args.seconds, args.pool)
+            with PhaseCpu(name) as cpu:
+                rate, lat = await append_rate(dsn, w, args.seconds, args.pool)
             rates[w] = rate
+            appended = len(lat)  # one latency per append
             print(f"append: {w:2d} writer(s), pool {args.pool}: {rate:7.0f} events/s "
                   f"({rate / EVENTS_PER_TASK:5.0f} task lifecycles/s); one append p50 "
-                  f"{percentile(lat, 50):.2f} ms, p99 {percentile(lat, 99):.2f} ms "
+                  f"{percentile(lat, 50):.2f} ms, p99 {percentile(lat, 99):.2f} ms; CPU an append: "
+                  f"{cpu.python_s / appended * 1e6:.0f} µs writer, "
+                  f"{cpu.database_s / appended * 1e6:.0f} µs PostgreSQL "
                   f"(load {os.getloadavg()[0]:.2f})")
+        if args.only_appends:
+            print("SUMMARY event_log " + " ".join(f"append_w{w}={v:.0f}/s" for w, v in rates.items()))
+            return
         tail = min(args.tail_events, args.events // 6)
         tasks, fill_s, opened = await fill(dsn, args.events - 3 * tail, args.open_tasks)
         conn = await asyncpg.connect(dsn)
@@ -303,6 +310,7 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=8, help="asyncpg pool size (the ingress uses 8, actors 4)")
     ap.add_argument("--reads", type=int, default=2000)
     ap.add_argument("--only-rebuild", action="store_true", help="fill and time the rebuild only")
+    ap.add_argument("--only-appends", action="store_true", help="time the appends only")
     ap.add_argument("--rebuild-workers", type=int, default=None,
                     help="SQL fold sessions / Python fold processes (default: one per core)")
     ap.add_argument("--rebuild-methods", default="sql,fold",
