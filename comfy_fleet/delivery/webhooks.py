@@ -188,6 +188,10 @@ class Attempt:
     final: bool = False
 
 
+#: Bytes of a receiver's answer we read to keep its connection (see `WebhookSender.send`).
+KEEP_ALIVE_MAX_ANSWER = 16 * 1024
+
+
 class WebhookSender:
     """Sends one webhook try over one pooled aiohttp session; never raises for HTTP trouble.
 
@@ -253,8 +257,15 @@ class WebhookSender:
                     URL(parsed.url, encoded=True), data=body, headers=dict(headers),
                     allow_redirects=False,
                 ) as response:
-                    # The response body is never read: its size is the receiver's to choose.
                     status = response.status
+                    # A short answer of known length is read to its end (within the try's
+                    # bound), so its connection goes back to the pool even when the body comes
+                    # after the headers: the next webhook to this receiver skips a connect and a
+                    # TLS handshake. Any other is left unread, its size being the receiver's to
+                    # choose, and its connection is closed unless it had all come already.
+                    length = response.content_length
+                    if length is not None and length <= KEEP_ALIVE_MAX_ANSWER:
+                        await response.read()
         except url_policy.HostUnresolvable:
             return attempt(None, "dns_error: host could not be resolved")
         except (errors.UrlForbidden, errors.InvalidRequest) as exc:

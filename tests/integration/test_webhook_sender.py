@@ -28,6 +28,8 @@ class Receiver:
     hits: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     #: set when the first request arrives
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the client address (host, port) each request to /chatty or /huge came from
+    peers: list[object] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -61,8 +63,30 @@ async def receiver() -> AsyncIterator[Receiver]:
         await record(request)
         raise web.HTTPFound("/ok")
 
+    async def chatty(request: web.Request) -> web.StreamResponse:
+        await record(request)
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        answer = b'{"received": true}'
+        response = web.StreamResponse(status=200)
+        response.content_length = len(answer)
+        await response.prepare(request)
+        # The body after the headers, as servers that flush their headers first send it: the
+        # sender has the status before the body has come.
+        await asyncio.sleep(0.05)
+        await response.write(answer)
+        await response.write_eof()
+        return response
+
+    async def huge(request: web.Request) -> web.Response:
+        await record(request)
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        return web.Response(status=200, body=b"x" * (4 << 20))  # far more than a socket buffers
+
+    peers: list[object] = []
     app = web.Application()
     app.router.add_post("/ok", ok)
+    app.router.add_post("/chatty", chatty)
+    app.router.add_post("/huge", huge)
     app.router.add_post("/fail", fail)
     app.router.add_post("/slow", slow)
     app.router.add_post("/redirect", redirect)
@@ -72,7 +96,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     await site.start()
     port = runner.addresses[0][1]
     try:
-        yield Receiver(f"http://127.0.0.1:{port}", port, hits, arrived)
+        yield Receiver(f"http://127.0.0.1:{port}", port, hits, arrived, peers)
     finally:
         release.set()
         await runner.cleanup()
@@ -99,6 +123,23 @@ async def test_2xx_is_delivered_with_verifiable_headers(receiver: Receiver) -> N
     assert webhooks.verify(KEY, got_headers, got_body)
     swh = pytest.importorskip("standardwebhooks")
     assert swh.Webhook(SECRET).verify(got_body, got_headers)["type"] == "task.succeeded"
+
+
+async def test_a_short_answer_is_read_and_its_connection_kept_a_long_one_is_not(
+    receiver: Receiver,
+) -> None:
+    body, headers = _message()
+    async with webhooks.WebhookSender(url_policy.UrlPolicy()) as sender:
+        for _ in range(3):
+            attempt = await sender.send(f"{receiver.base}/chatty", body, headers)
+            assert attempt.ok and attempt.status_code == 200
+        assert len(receiver.peers) == 3 and len(set(receiver.peers)) == 1  # one connection
+        receiver.peers.clear()
+        for _ in range(2):
+            attempt = await sender.send(f"{receiver.base}/huge", body, headers)
+            assert attempt.ok and attempt.status_code == 200
+        # Left unread, so never reused: each try on a connection of its own.
+        assert len(receiver.peers) == 2 and len(set(receiver.peers)) == 2
 
 
 async def test_500_is_retried_and_the_error_keeps_the_query_out(receiver: Receiver) -> None:
