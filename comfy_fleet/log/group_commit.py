@@ -37,7 +37,9 @@ MAX_GROUP = 64
 class _Waiting(Generic[A, R]):
     key: str
     args: A
-    result: asyncio.Future[R] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    result: asyncio.Future[R] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class GroupCommit(Generic[A, R]):
@@ -60,7 +62,7 @@ class GroupCommit(Generic[A, R]):
         self._in_flight = 0
         self._waiting: list[_Waiting[A, R]] = []
         self._senders: set[asyncio.Task[None]] = set()
-        #: statements sent, and appends in them (for tests and the benchmarks)
+        #: statements sent, and appends in them (read by the tests)
         self.statements = 0
         self.appends = 0
 

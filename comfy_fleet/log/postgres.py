@@ -158,7 +158,9 @@ class PostgresEventLog(postgres_batches.PostgresBatches, version_store.PostgresV
         """Several tasks' appends in one statement (`append_events_many`); for each, whether
         its read-model row was written."""
         with pg_errors.translated():
-            row = await self._pool.fetchrow(queries["append_events_many"], *pg_rows.many_append_args(appends))
+            row = await self._pool.fetchrow(
+                queries["append_events_many"], *pg_rows.many_append_args(appends)
+            )
         written = set(row["upserted"] or ())
         return [i in written for i in range(1, len(appends) + 1)]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
 import pytest
 
 from comfy_fleet import errors
@@ -88,7 +89,8 @@ async def test_a_conflict_in_a_group_is_its_callers_alone(pg_dsn: str) -> None:
                 assert (await log.get(t)).status == task_state.SUCCEEDED
 
         # A client_task_id taken in a group: the later caller alone is refused.
-        first, second, others = str(uuid.uuid4()), str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(5)]
+        first, second = str(uuid.uuid4()), str(uuid.uuid4())
+        others = [str(uuid.uuid4()) for _ in range(5)]
         results = await asyncio.gather(
             log.append(first, 0, [submitted("same")]),
             *(log.append(t, 0, [submitted()]) for t in others),
@@ -113,4 +115,56 @@ async def test_a_conflict_in_a_group_is_its_callers_alone(pg_dsn: str) -> None:
         lost = [r for r in results[-2:] if isinstance(r, errors.ConcurrencyConflict)]
         assert len(won) == 1 and len(lost) == 1 and await log.get(t) == won[0]
     finally:
+        await log.close()
+
+
+async def test_a_group_whose_connection_dies_fails_every_caller_and_records_nothing(
+    pg_dsn: str,
+) -> None:
+    """The database really goes away under a group's statement (its backend terminated while
+    it waits): each of its callers hears DatabaseUnavailable, none is resent alone, and none of
+    its tasks is half recorded."""
+    log = await PostgresEventLog.connect(pg_dsn)
+    admin = await asyncpg.connect(pg_dsn)
+    holder = await asyncpg.connect(pg_dsn)
+
+    async def blocked(count: int) -> list[int] | None:
+        """The backends of this database waiting on a lock, once there are `count` of them."""
+        pids = [r["pid"] for r in await admin.fetch(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )]
+        return pids if len(pids) == count else None
+
+    try:
+        # Appends wait behind this lock (as they do behind a rebuild's last step).
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("LOCK TABLE task_events IN SHARE MODE")
+        singles = [str(uuid.uuid4()) for _ in range(APPENDS_IN_FLIGHT)]
+        grouped = [str(uuid.uuid4()) for _ in range(5)]
+        sent = log._appends.statements
+        calls = [asyncio.create_task(log.append(t, 0, [submitted()])) for t in singles + grouped]
+        alone = await eventually(
+            lambda: blocked(APPENDS_IN_FLIGHT), what="the appends sent alone waiting on the lock"
+        )
+        for pid in alone:  # the first ones fail: room for the group, which then waits too
+            await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        (group_pid,) = await eventually(
+            lambda: blocked(1), what="the group's one statement waiting on the lock"
+        )
+        await admin.fetchval("SELECT pg_terminate_backend($1)", group_pid)
+        # Bounded: a group resent alone would wait on the lock for good.
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 20)
+        await tx.rollback()
+
+        assert all(isinstance(r, errors.DatabaseUnavailable) for r in results), results
+        assert log._appends.statements - sent == APPENDS_IN_FLIGHT + 1  # the group not resent
+        for t in singles + grouped:
+            with pytest.raises(errors.TaskNotFound):
+                await log.get(t)
+            assert await log.read(t) == []
+    finally:
+        await holder.close()
+        await admin.close()
         await log.close()

@@ -15,7 +15,9 @@ class Senders:
     """Records each statement; `fail_many` makes a group's statement fail, `bad` names the
     appends that fail alone too."""
 
-    def __init__(self, *, fail_many: BaseException | None = None, bad: set[str] = frozenset()) -> None:
+    def __init__(
+        self, *, fail_many: BaseException | None = None, bad: frozenset[str] = frozenset()
+    ) -> None:
         self.statements: list[list[str]] = []
         self.gate = asyncio.Event()
         self.gate.set()
@@ -37,6 +39,19 @@ class Senders:
         return [f"ok {a}" for a in args]
 
 
+async def burst(
+    s: Senders, g: GroupCommit[str, str], appends: list[tuple[str, str]],
+) -> tuple[asyncio.Task[str], list[asyncio.Task[str]]]:
+    """An append ("t1", "a") in flight (held at the gate), then `appends` (key, args) submitted
+    meanwhile; the gate opens once the caller has done what it needs meanwhile."""
+    s.gate.clear()
+    first = asyncio.create_task(g.submit("t1", "a"))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(g.submit(k, a)) for k, a in appends]
+    await asyncio.sleep(0)
+    return first, rest
+
+
 async def test_an_append_alone_is_sent_alone_at_once() -> None:
     s = Senders()
     g = GroupCommit(s.one, s.many)
@@ -46,12 +61,8 @@ async def test_an_append_alone_is_sent_alone_at_once() -> None:
 
 async def test_appends_arriving_during_a_statement_go_together_in_the_next() -> None:
     s = Senders()
-    s.gate.clear()
     g = GroupCommit(s.one, s.many)
-    first = asyncio.create_task(g.submit("t1", "a"))
-    await asyncio.sleep(0)
-    rest = [asyncio.create_task(g.submit(f"t{i}", f"x{i}")) for i in range(2, 6)]
-    await asyncio.sleep(0)
+    first, rest = await burst(s, g, [(f"t{i}", f"x{i}") for i in range(2, 6)])
     s.gate.set()
     assert await first == "ok a"
     assert await asyncio.gather(*rest) == [f"ok x{i}" for i in range(2, 6)]
@@ -61,13 +72,9 @@ async def test_appends_arriving_during_a_statement_go_together_in_the_next() -> 
 
 async def test_one_task_is_never_twice_in_a_statement_and_groups_are_bounded() -> None:
     s = Senders()
-    s.gate.clear()
     g = GroupCommit(s.one, s.many, max_group=3)
-    first = asyncio.create_task(g.submit("t1", "a"))
-    await asyncio.sleep(0)
     keys = ["t1", "t2", "t1", "t3", "t4", "t5"]
-    rest = [asyncio.create_task(g.submit(k, f"{k}#{i}")) for i, k in enumerate(keys)]
-    await asyncio.sleep(0)
+    first, rest = await burst(s, g, [(k, f"{k}#{i}") for i, k in enumerate(keys)])
     s.gate.set()
     await asyncio.gather(first, *rest)
     assert s.statements[1] == ["t1#0", "t2#1", "t3#3"]  # the second t1 waits for the next
@@ -76,12 +83,8 @@ async def test_one_task_is_never_twice_in_a_statement_and_groups_are_bounded() -
 
 async def test_a_failed_group_sends_each_alone_and_each_caller_gets_its_own_result() -> None:
     s = Senders(fail_many=errors.ConcurrencyConflict("someone's seq is taken"), bad={"x3"})
-    s.gate.clear()
     g = GroupCommit(s.one, s.many)
-    first = asyncio.create_task(g.submit("t1", "a"))
-    await asyncio.sleep(0)
-    rest = [asyncio.create_task(g.submit(f"t{i}", f"x{i}")) for i in range(2, 5)]
-    await asyncio.sleep(0)
+    first, rest = await burst(s, g, [(f"t{i}", f"x{i}") for i in range(2, 5)])
     s.gate.set()
     results = await asyncio.gather(first, *rest, return_exceptions=True)
     assert results[:2] == ["ok a", "ok x2"] and results[3] == "ok x4"
@@ -91,12 +94,8 @@ async def test_a_failed_group_sends_each_alone_and_each_caller_gets_its_own_resu
 
 async def test_an_unreachable_database_fails_every_append_of_the_group_without_retrying() -> None:
     s = Senders(fail_many=errors.DatabaseUnavailable("database unavailable"))
-    s.gate.clear()
     g = GroupCommit(s.one, s.many)
-    first = asyncio.create_task(g.submit("t1", "a"))
-    await asyncio.sleep(0)
-    rest = [asyncio.create_task(g.submit(f"t{i}", f"x{i}")) for i in range(2, 4)]
-    await asyncio.sleep(0)
+    first, rest = await burst(s, g, [(f"t{i}", f"x{i}") for i in range(2, 4)])
     s.gate.set()
     results = await asyncio.gather(first, *rest, return_exceptions=True)
     assert results[0] == "ok a"
@@ -106,13 +105,8 @@ async def test_an_unreachable_database_fails_every_append_of_the_group_without_r
 
 async def test_a_caller_that_gave_up_before_its_group_left_is_not_sent() -> None:
     s = Senders()
-    s.gate.clear()
     g = GroupCommit(s.one, s.many)
-    first = asyncio.create_task(g.submit("t1", "a"))
-    await asyncio.sleep(0)
-    gone = asyncio.create_task(g.submit("t2", "gone"))
-    kept = asyncio.create_task(g.submit("t3", "kept"))
-    await asyncio.sleep(0)
+    first, (gone, kept) = await burst(s, g, [("t2", "gone"), ("t3", "kept")])
     gone.cancel()
     s.gate.set()
     assert await first == "ok a" and await kept == "ok kept"
