@@ -25,6 +25,12 @@ from comfy_fleet.workflows.registry import WorkflowRegistry
 log = logging.getLogger("comfy_fleet.endpoint")
 
 
+def _normalised(info: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """`/object_info` as the fleet keeps it (`raw_graph.normalised`), and its digest."""
+    node_info = raw_graph.normalised(info)
+    return node_info, raw_graph.digest(node_info)
+
+
 class ServerInfo:
     def __init__(
         self, name: str, client: ComfyClient, workflows_dir: Path, report: Callable[[], None]
@@ -54,8 +60,9 @@ class ServerInfo:
         async with self._lock:
             info = await self.client.object_info()
             self.object_info = info
-            node_info = raw_graph.normalised(info)
-            digest = raw_graph.digest(node_info)
+            # A real ComfyUI's node info runs to megabytes: normalising and hashing it every
+            # NODE_INFO_REFRESH_S would stall the socket's frames; in a thread, the loop goes on.
+            node_info, digest = await asyncio.to_thread(_normalised, info)
             if digest == self.digest:
                 return False
             self.node_info, self.digest = node_info, digest
