@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
 import asyncpg
 import pytest
@@ -128,12 +129,13 @@ async def test_a_group_whose_connection_dies_fails_every_caller_and_records_noth
     admin = await asyncpg.connect(pg_dsn)
     holder = await asyncpg.connect(pg_dsn)
 
-    async def blocked(count: int) -> list[int] | None:
-        """The backends of this database waiting on a lock, once there are `count` of them."""
+    async def blocked(count: int, besides: Sequence[int] = ()) -> list[int] | None:
+        """The backends of this database waiting on a lock but `besides` (terminated, maybe
+        not gone yet), once there are `count` of them."""
         pids = [r["pid"] for r in await admin.fetch(
             "SELECT pid FROM pg_stat_activity"
             " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )]
+        ) if r["pid"] not in besides]
         return pids if len(pids) == count else None
 
     try:
@@ -150,8 +152,11 @@ async def test_a_group_whose_connection_dies_fails_every_caller_and_records_noth
         )
         for pid in alone:  # the first ones fail: room for the group, which then waits too
             await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        await eventually(
+            lambda: all(c.done() for c in calls[:APPENDS_IN_FLIGHT]), what="the first ones failed"
+        )
         (group_pid,) = await eventually(
-            lambda: blocked(1), what="the group's one statement waiting on the lock"
+            lambda: blocked(1, alone), what="the group's one statement waiting on the lock"
         )
         await admin.fetchval("SELECT pg_terminate_backend($1)", group_pid)
         # Bounded: a group resent alone would wait on the lock for good.
