@@ -58,7 +58,7 @@ fold-snapshot: install
 reupload: install
 	$(PY) -m comfy_fleet.cli.reupload $(ARGS)
 
-BENCHMARKS := standin_bench throughput latency event_log scale router_scale ray_idle fairness autoscale soak
+BENCHMARKS := standin_bench hops throughput latency event_log scale router_scale ray_idle fairness autoscale soak
 
 bench: install
 	@for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done

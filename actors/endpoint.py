@@ -27,7 +27,7 @@ from actors.endpoint_ends import PromptEnds, RouterPort, ctx, safe
 from actors.endpoint_previews import PreviewHolder
 from actors.endpoint_server import ServerInfo
 from actors.endpoint_watch import Watch
-from comfy_fleet import errors
+from comfy_fleet import errors, hop_trace
 from comfy_fleet.comfy import history
 from comfy_fleet.comfy.client import ComfyClient
 from comfy_fleet.config import Endpoint, Settings
@@ -260,6 +260,7 @@ class EndpointWorker:
         conflict: it is read and decided again). Returns ACCEPTED (it is ours now, or it
         ended), REFUSED (not dispatchable: already taken, cancelled or final; drop it) or
         RETRY (we could not take it; it stays queued)."""
+        hop_trace.mark("endpoint.called", task_id)
         await self.start()
         if not self.connected:
             return decisions.RETRY
@@ -274,6 +275,7 @@ class EndpointWorker:
             ))
         except errors.ConcurrencyConflict:
             return decisions.REFUSED
+        hop_trace.mark("endpoint.dispatched", task_id)
         verdict = decisions.after_dispatch(state, new, endpoint=self.name, prompt_id=prompt_id)
         if verdict is decisions.AfterDispatch.REFUSED:
             return decisions.REFUSED
@@ -316,6 +318,7 @@ class EndpointWorker:
             # Ambiguous (sent, no answer): the reconciler finds it in /queue or /history.
             item.on_posted(time.monotonic(), answered=False)
             return decisions.ACCEPTED
+        hop_trace.mark("endpoint.posted", task_id)
         item.on_posted(time.monotonic(), answered=True)
         return decisions.ACCEPTED
 

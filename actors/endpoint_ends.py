@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from actors import metrics
-from comfy_fleet import errors
+from comfy_fleet import errors, hop_trace
 from comfy_fleet.comfy import history
 from comfy_fleet.comfy.client import ComfyClient
 from comfy_fleet.log import cancel, events
@@ -152,8 +152,10 @@ class PromptEnds:
             except errors.EndpointUnavailable:
                 item.fetch_failures += 1
                 raise
+            hop_trace.mark("endpoint.stored", item.task_id)
             final = decisions.stored(item.prompt_id, stored.outputs, stored.failures)
             ended = await self.end(item.task_id, item.prompt_id, final, ran=True)
+            hop_trace.mark("endpoint.ended", item.task_id)
             metrics.output_store(workflow, time.monotonic() - stored_from)
             return ended
         if ending is decisions.Ending.CANCELLED:

@@ -24,7 +24,7 @@ import websockets
 from actors import metrics
 from actors.endpoint_ends import PromptEnds, Spawn, safe
 from actors.endpoint_previews import PreviewHolder
-from comfy_fleet import errors
+from comfy_fleet import errors, hop_trace
 from comfy_fleet.comfy import frames, history
 from comfy_fleet.comfy.client import ComfyClient
 from comfy_fleet.config import Endpoint
@@ -231,6 +231,7 @@ class Watch:
         elif isinstance(frame, frames.Done):
             # The "done" marker. Every frame of the prompt came on this socket: its end is
             # known without reading /history; otherwise history is complete by now.
+            hop_trace.mark("endpoint.done_frame", item.task_id)
             seen = item.outcome_from_frames(self.conn.reconnects)
             if seen is not None:
                 self.spawn(self.ends.finish(item, *seen))

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from actors import metrics, ports, router_fleet, router_nodes, router_waiting
+from comfy_fleet import hop_trace
 from comfy_fleet.config import Settings
 from comfy_fleet.log import cancel, event_log, fleet, task_state
 from comfy_fleet.policies import queue_eta, routing
@@ -138,6 +139,7 @@ class Router(router_fleet.FleetMembership):
     ) -> None:
         """A task waits for dispatch (the log's notice): queue it. A requeued one was let go of
         by the endpoint it was given to: that slot is free, and it may be handed out again."""
+        hop_trace.mark("router.heard", task_id)
         task = router_waiting.waiting_task(task_id, priority, created_at, workflow, labels, tenant)
         if requeued:
             for name in list(self.assigned):
@@ -303,6 +305,8 @@ class Router(router_fleet.FleetMembership):
         try:
             # The states their queued notices carried spare the endpoint a read each.
             states = [self.log.queued_states.take(i.task_id) for i in items]
+            for i in items:
+                hop_trace.mark("router.call", i.task_id)
             results = await self.handles[name].dispatch_many(  # KeyError: removed
                 [i.task_id for i in items], states
             )

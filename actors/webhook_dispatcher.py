@@ -28,7 +28,7 @@ import orjson
 
 from actors import batch_webhooks
 from actors.webhook_tries import WebhookTries
-from comfy_fleet import errors
+from comfy_fleet import errors, hop_trace
 from comfy_fleet.log import event_log, events
 from comfy_fleet.delivery import tries, webhooks
 from comfy_fleet.delivery.slots import UNKNOWN, DeliverySlots, receiver_of
@@ -142,6 +142,7 @@ class WebhookDispatcher(batch_webhooks.BatchDeliveries):
     def _on_ended(self, task_id: str, _endpoint: str | None, webhook_to: str | None) -> None:
         if webhook_to is None:
             return
+        hop_trace.mark("webhook.heard", task_id)
         carried = self.log.ended_states.take(task_id)
         idle = task_id not in self.active
         self._ensure(task_id, webhook_to)

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
 from actors import metrics
-from comfy_fleet import errors
+from comfy_fleet import errors, hop_trace
 from comfy_fleet.delivery import tries, webhooks
 from comfy_fleet.delivery.slots import DeliverySlots, receiver_of
 from comfy_fleet.log import event_log, events, task_state
@@ -108,7 +108,9 @@ class WebhookTries:
         if began is None:
             began = self._began[key] = await self._began_at(stream_id, outbox, state, state.end_seq)
         headers = webhooks.build_headers(msg_id, int(time.time()), body, self.key)
+        hop_trace.mark("webhook.send", stream_id)
         result = await self.sender.send(state.callback_url, body, headers)
+        hop_trace.mark("webhook.sent", stream_id)
         verdict = tries.judge(
             result, webhook_id=msg_id, attempt=attempt, policy=self.policy, rng=self.rng,
             elapsed_s=tries.elapsed_s(began, event_log.now()),

@@ -2,7 +2,10 @@
 received, with the breakdown from the task's own events; beside it, a minimal direct client's
 time for the same prompt on one stand-in.
 
-    .venv/bin/python -m bench.latency [--tasks 200] [--endpoints 4] [--warmup 10]
+    .venv/bin/python -m bench.latency [--tasks 200] [--endpoints 4] [--warmup 10] [--hops]
+
+`--hops` also prints each hop of the path (`comfy_fleet.hop_trace`: the service's processes note
+when a task passed each hop; the marks cost nothing when off, and little when on).
 
 Times of the stages come from GET /tasks/{id}/events (`at`, the service's wall clock, same
 machine as this script); submit, acknowledgement and webhook arrival are taken here.
@@ -14,6 +17,7 @@ import argparse
 import asyncio
 import logging
 import os
+import tempfile
 import time
 from datetime import datetime
 from typing import Any
@@ -23,6 +27,7 @@ import orjson
 from aiohttp import web
 
 from bench.common import DirectClient, free_port, machine, percentile, serve_hook, service, tiny_prompt
+from comfy_fleet import hop_trace
 
 #: (label, how to find its time in one task's record), in the order they happen.
 STAGES = [
@@ -132,7 +137,12 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=200)
     ap.add_argument("--endpoints", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=10, help="tasks run first and not counted")
+    ap.add_argument("--hops", action="store_true", help="print each hop's time (hop marks on)")
     args = ap.parse_args()
+    hops_dir = tempfile.mkdtemp(prefix="comfy-fleet-hops-") if args.hops else None
+    if hops_dir is not None:
+        # Inherited by Ray's workers: the service's actors and replicas mark their hops.
+        os.environ[hop_trace.ENV] = hops_dir
     # The direct client is httpx; its per-request INFO log line is not part of ComfyUI's cost.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     load_before = os.getloadavg()[0]
@@ -173,6 +183,33 @@ def main() -> None:
     print(f"overhead over direct at p50: {p50 - d50:.1f} ms (aim <= 15 ms)")
     print(f"SUMMARY latency tasks={len(records)} p50={p50:.1f}ms p99={p99:.1f}ms direct_p50={d50:.1f}ms "
           f"direct_p99={d99:.1f}ms overhead_p50={p50 - d50:.1f}ms lost={lost} load={load_before:.2f}/{load_after:.2f}")
+    if hops_dir is not None:
+        print_hops(hops_dir, records)
+
+
+def print_hops(directory: str, records: list[dict[str, float]]) -> None:
+    """Each hop of the measured tasks' path, and the ends this script saw around them."""
+    lines = hop_trace.read(directory)
+    seen = hop_trace.passes(lines)
+    ids = [str(r["tid"]) for r in records]
+    first, last = hop_trace.HOPS[0][0], hop_trace.HOPS[-1][0]
+    outer = [
+        ("POST sent", first, [(seen[t][first] - r["t0"]) * 1000 for t, r in zip(ids, records)
+                              if first in seen.get(t, {})]),
+        *hop_trace.steps(lines, ids),
+        (last, "webhook received (here)",
+         [(r["received"] - seen[t][last]) * 1000 for t, r in zip(ids, records)
+          if last in seen.get(t, {})]),
+    ]
+    said = dict(hop_trace.HOPS)
+    print(f"hops of the same tasks ({len(ids)}), from the service's hop marks:")
+    print(f"  {'from':22s} {'to':22s} {'p50 ms':>7s} {'p90 ms':>7s} {'p99 ms':>7s}  what happened")
+    for a, b, ms_ in outer:
+        if not ms_:
+            print(f"  {a:22s} {b:22s} (not marked)")
+            continue
+        print(f"  {a:22s} {b:22s} {percentile(ms_, 50):7.2f} {percentile(ms_, 90):7.2f} "
+              f"{percentile(ms_, 99):7.2f}  {said.get(b, '')}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from comfy_fleet import errors
+from comfy_fleet import errors, hop_trace
 
 from comfy_fleet.log import events
 from comfy_fleet.log.task_state import TaskState
@@ -306,7 +306,9 @@ async def _record(
     """Append `task.submitted` (and `also`: the models it fetched): the one write of a submission."""
     tenant = event.tenant
     try:
+        hop_trace.mark("ingress.append", task_id)
         state = await services.log.append(task_id, 0, [event, *(also or [])])
+        hop_trace.mark("ingress.appended", task_id)
     except errors.DuplicateClientTaskId:
         # Lost a race with the same client_task_id: answer as the winner was answered. Nothing
         # of this request was recorded, so the inputs it stored name no task.

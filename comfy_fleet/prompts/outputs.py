@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from comfy_fleet import errors
+from comfy_fleet import errors, hop_trace
 from comfy_fleet.comfy.client import ComfyClient
 from comfy_fleet.comfy.history import OutputFile
 from comfy_fleet.log import events
@@ -69,6 +69,7 @@ class OutputStorer:
             return {"code": "unsafe_output_name", "message": exc.message, "filename": f.filename[:200]}
         try:
             data = await self.client.view(f.filename, f.subfolder, f.type)
+            hop_trace.mark("endpoint.fetched", task_id)
         except errors.EndpointUnavailable as exc:
             if not last_try:
                 raise
