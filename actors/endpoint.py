@@ -23,6 +23,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from actors import endpoint_stage, metrics
+from actors.endpoint_channel import DispatchStream
 from actors.endpoint_ends import PromptEnds, RouterPort, ctx, safe
 from actors.endpoint_previews import PreviewHolder
 from actors.endpoint_server import ServerInfo
@@ -102,6 +103,10 @@ class EndpointWorker:
             # read from this module when built: tests shorten it here
             poll_interval_s=POLL_INTERVAL_S,
         )
+        #: the stream the router hands tasks on (its calls of `dispatch_many` otherwise)
+        self.stream = DispatchStream(
+            self.name, router=router, spawn=self._spawn, dispatch_many=self.dispatch_many
+        )
 
     # --- what the router, the tests and GET /endpoints read --------------------------------
 
@@ -158,6 +163,7 @@ class EndpointWorker:
             self._spawn(self.server.refresh_loop(
                 self.settings.node_info_refresh_s, lambda: self.connected
             ))
+            self._spawn(self.stream.run())
 
     async def stop(self) -> None:
         self.watch.stop()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from actors import metrics
@@ -31,6 +31,8 @@ Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 
 class RouterPort(Protocol):
     async def endpoint_status(self, name: str, status: dict[str, Any]) -> None: ...
+    def dispatch_feed(self, name: str) -> AsyncIterator[list[tuple[str, Any]]]: ...
+    async def dispatch_results(self, name: str, task_ids: list[str], results: list[str]) -> None: ...
 
 
 def ctx(endpoint: str, task_id: str, prompt_id: str | None, **more: Any) -> dict[str, Any]:

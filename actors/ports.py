@@ -10,6 +10,7 @@ Every method is safe to call again: the workers decide from the log with optimis
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 #: The result of dispatching one task (`EndpointApi.dispatch_many`): it runs there; it is not
@@ -79,6 +80,20 @@ class RouterApi(Protocol):
     # --- from the endpoints -----------------------------------------------------------------
     # A slot becomes free by the log's notices alone (a task's end, a requeue), never by a call.
     async def endpoint_status(self, name: str, status: dict[str, Any]) -> None: ...
+
+    async def dispatch_feed(
+        self, name: str
+    ) -> AsyncIterator[list[tuple[str, dict[str, Any] | None]]]:
+        """A stream, held open by endpoint `name` for its life: the tasks handed to it, in
+        batches of `(task_id, state or None)`, as `EndpointApi.dispatch_many` takes them. It
+        ends when a newer one opens or the router gives up on it (then the endpoint opens
+        another); until one is open the router calls `dispatch_many` (actors/router_channel.py)."""
+        yield []  # (this body only makes it a stream)
+
+    async def dispatch_results(self, name: str, task_ids: list[str], results: list[str]) -> None:
+        """The answers other than ACCEPTED for tasks endpoint `name` took from its stream
+        (ACCEPTED is not answered there)."""
+        ...
 
 
 

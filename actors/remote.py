@@ -1,11 +1,11 @@
 """The only Ray declarations: actor names, namespace, restart policy, the shells and the ports.
 
-Each actor has one protocol (`actors/ports.py`). Its shell is made from it: every method of the
-protocol forwards to the plain async worker, which the shell builds lazily on its first call
-(Ray actors' constructors are synchronous; the worker needs an asyncpg pool and an S3 client)
-with the actor's one factory of dependencies (`build_endpoint`, `build_router`,
-`build_webhooks`), so a restarted actor rebuilds itself from the log on the first call that
-reaches it. The router's heartbeat calls every endpoint each second, which is also what brings a
+Each actor has one protocol (`actors/ports.py`). Its shell is made from it
+(`actors/ray_shells.py`): every method of the protocol forwards to the plain async worker,
+which the shell builds lazily on its first call (Ray actors' constructors are synchronous; the
+worker needs an asyncpg pool and an S3 client) with the actor's one factory of dependencies
+(`build_endpoint`, `build_router`, `build_webhooks`), so a restarted actor rebuilds itself
+from the log on the first call that reaches it. The router's heartbeat calls every endpoint each second, which is also what brings a
 restarted endpoint back to work. Callers reach an actor through `port(name, protocol)`.
 Methods are at-most-once (no task retries): every method is safe to call again because the
 workers decide from the log with optimistic concurrency.
@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import ray
 
 from actors import ports
+from actors.ray_shells import NAMESPACE, port, shell
 from comfy_fleet.config import Endpoint, Settings, parse_endpoint
 from comfy_fleet.delivery import webhooks
 from comfy_fleet.log.postgres import PostgresEventLog
 from comfy_fleet.net import fleet_refresher
 from comfy_fleet.policies import fleet_addresses
 from comfy_fleet.policies.url_policy import UrlPolicy
-from comfy_fleet import process_heap, storage
+from comfy_fleet import storage
 
-NAMESPACE = "comfy-fleet"
 ROUTER_NAME = "router"
 WEBHOOKS_NAME = "webhooks"
 ENDPOINT_PREFIX = "endpoint:"
@@ -38,8 +37,6 @@ ENDPOINT_PREFIX = "endpoint:"
 HEAD_ONLY = {"node:__internal_head__": 0.001}
 
 log = logging.getLogger("comfy_fleet.remote")
-
-P = TypeVar("P")
 
 
 def endpoint_actor_name(endpoint: str) -> str:
@@ -58,51 +55,6 @@ async def make_store(settings: Settings) -> storage.S3BlobStore:
     return await storage.S3BlobStore.from_settings(settings)
 
 
-# --- calling an actor -------------------------------------------------------------------------
-
-
-def _methods(protocol: type) -> list[str]:
-    """The public methods of an actor's protocol: what its shell and its port offer."""
-    return [m for m, f in vars(protocol).items() if callable(f) and not m.startswith("_")]
-
-
-class _ActorPort:
-    """A named actor through its protocol: `await port.m(*args)` is `await handle.m.remote(*args)`.
-    Methods in `fire_and_forget` are sent without waiting for their end (notices whose loss
-    the log covers). The handle is looked up on first use (the actor may start later), in a
-    thread: that waits for Ray's GCS, and callers are event loops (actors, ingress replicas)."""
-
-    def __init__(
-        self, actor_name: str, methods: list[str], fire_and_forget: frozenset[str] = frozenset()
-    ) -> None:
-        self.actor_name = actor_name
-        self._methods = frozenset(methods)
-        self._fire_and_forget = fire_and_forget
-        self._h: Any = None
-
-    async def _handle(self) -> Any:
-        if self._h is None:
-            self._h = await asyncio.to_thread(ray.get_actor, self.actor_name, namespace=NAMESPACE)
-        return self._h
-
-    def __getattr__(self, method: str) -> Callable[..., Awaitable[Any]]:
-        if method not in self._methods:
-            raise AttributeError(f"{self.actor_name}: no method {method!r} in its protocol")
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            ref = getattr(await self._handle(), method).remote(*args, **kwargs)
-            if method in self._fire_and_forget:
-                return None
-            return await ref
-
-        return call
-
-
-def port(actor_name: str, protocol: type[P], *, fire_and_forget: frozenset[str] = frozenset()) -> P:
-    """The named actor, typed on its protocol (`actors/ports.py`)."""
-    return cast(P, _ActorPort(actor_name, _methods(protocol), fire_and_forget))
-
-
 def router_port() -> ports.RouterApi:
     return port(ROUTER_NAME, ports.RouterApi)
 
@@ -116,80 +68,7 @@ def endpoint_port(name: str) -> ports.EndpointApi:
     return port(endpoint_actor_name(name), ports.EndpointApi)
 
 
-# --- the shells -------------------------------------------------------------------------------
-
-
-class _Lazy:
-    """Builds the worker once, on first use, under a lock."""
-
-    def __init__(self) -> None:
-        self._inner: Any = None
-        self._lock = asyncio.Lock()
-        self._boot: asyncio.Task[None] | None = None
-
-    async def _build(self) -> Any:
-        raise NotImplementedError
-
-    async def inner(self) -> Any:
-        if self._inner is None:
-            async with self._lock:
-                if self._inner is None:
-                    self._inner = await self._build()
-                    process_heap.settle()  # started: what exists now lives for good
-        return self._inner
-
-    def build_soon(self) -> None:
-        """Build now, not on the first call (from an `async def __init__`, on the actor's
-        loop). For actors whose work comes from the log's notifications rather than from
-        calls: restarted by Ray after a crash, they must start themselves."""
-        self._boot = asyncio.get_running_loop().create_task(self._build_until_built())
-
-    async def _build_until_built(self) -> None:
-        delay = 0.5
-        while self._inner is None:
-            try:
-                await self.inner()
-            except Exception:
-                log.warning("%s: start failed; retrying in %.1f s", type(self).__name__, delay, exc_info=True)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
-
-def _forward(name: str) -> Callable[..., Awaitable[Any]]:
-    async def forward(self: _Lazy, *args: Any, **kwargs: Any) -> Any:
-        return await getattr(await self.inner(), name)(*args, **kwargs)
-
-    forward.__name__ = name
-    return forward
-
-
-def _shell(
-    name: str, protocol: type, build: Callable[..., Awaitable[Any]], *, eager: bool,
-    doc: str, extra: dict[str, Any] | None = None,
-) -> type:
-    """An actor class that only wraps: each method of `protocol` forwards to the worker that
-    `build(*constructor args)` makes. `eager`: build at start (from an `async def __init__`)
-    rather than on the first call, for actors whose work comes from the log's notices."""
-    methods = _methods(protocol)
-
-    if eager:
-        async def __init__(self: _Lazy, *args: Any) -> None:
-            _Lazy.__init__(self)
-            self._args = args  # type: ignore[attr-defined]
-            self.build_soon()
-    else:
-        def __init__(self: _Lazy, *args: Any) -> None:  # type: ignore[misc]
-            _Lazy.__init__(self)
-            self._args = args  # type: ignore[attr-defined]
-
-    async def _build(self: _Lazy) -> Any:
-        return await build(*self._args)  # type: ignore[attr-defined]
-
-    namespace: dict[str, Any] = {
-        "__doc__": doc, "__module__": __name__, "__init__": __init__, "_build": _build,
-        **{m: _forward(m) for m in methods}, **(extra or {}),
-    }
-    return type(name, (_Lazy,), namespace)
+# --- the actors' dependencies, and the actors ---------------------------------------------------
 
 
 async def build_endpoint(settings: Settings, endpoint: str, labels: list[str]) -> Any:
@@ -312,16 +191,16 @@ _ACTOR_OPTIONS: dict[str, Any] = {
 }
 
 #: One per ComfyUI server, named `endpoint:<host:port>`; args (settings, endpoint, labels).
-EndpointActor = ray.remote(**_ACTOR_OPTIONS)(_shell(
+EndpointActor = ray.remote(**_ACTOR_OPTIONS)(shell(
     "EndpointActor", ports.EndpointApi, build_endpoint, eager=False,
     doc="One per ComfyUI server, named `endpoint:<host:port>`.", extra={"node_id": _node_id},
 ))
 #: The one router, named `router`; args (settings, [(endpoint, labels)]).
-RouterActor = ray.remote(**_ACTOR_OPTIONS)(_shell(
+RouterActor = ray.remote(**_ACTOR_OPTIONS)(shell(
     "RouterActor", ports.RouterApi, build_router, eager=True, doc="The one router, named `router`.",
 ))
 #: The webhook dispatcher, named `webhooks`; args (settings, extra_deny_hosts).
-WebhookActor = ray.remote(**_ACTOR_OPTIONS)(_shell(
+WebhookActor = ray.remote(**_ACTOR_OPTIONS)(shell(
     "WebhookActor", ports.WebhookApi, build_webhooks, eager=True,
     doc="The webhook dispatcher, named `webhooks`.",
 ))

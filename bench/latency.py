@@ -192,16 +192,17 @@ def print_hops(directory: str, records: list[dict[str, float]]) -> None:
     lines = hop_trace.read(directory)
     seen = hop_trace.passes(lines)
     ids = [str(r["tid"]) for r in records]
-    first, last = hop_trace.HOPS[0][0], hop_trace.HOPS[-1][0]
+    # The receiver notes the arrival before it answers: measured from the POST's start.
+    first, last = hop_trace.HOPS[0][0], "webhook.send"
     outer = [
         ("POST sent", first, [(seen[t][first] - r["t0"]) * 1000 for t, r in zip(ids, records)
                               if first in seen.get(t, {})]),
         *hop_trace.steps(lines, ids),
-        (last, "webhook received (here)",
+        (last, "webhook received",
          [(r["received"] - seen[t][last]) * 1000 for t, r in zip(ids, records)
           if last in seen.get(t, {})]),
     ]
-    said = dict(hop_trace.HOPS)
+    said = {**dict(hop_trace.HOPS), "webhook received": "the receiver has it (this script)"}
     print(f"hops of the same tasks ({len(ids)}), from the service's hop marks:")
     print(f"  {'from':22s} {'to':22s} {'p50 ms':>7s} {'p90 ms':>7s} {'p99 ms':>7s}  what happened")
     for a, b, ms_ in outer:
