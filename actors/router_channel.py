@@ -59,6 +59,12 @@ class ChannelSends:
         if self.feeds.get(endpoint) is feed:
             del self.feeds[endpoint]
 
+    def close(self, endpoint: str) -> None:
+        """End `endpoint`'s stream (it left the fleet): its generator returns."""
+        feed = self.feeds.pop(endpoint, None)
+        if feed is not None:
+            feed.put_nowait(None)
+
     def uses(self, endpoint: str) -> bool:
         return endpoint in self.feeds
 
@@ -101,7 +107,5 @@ class ChannelSends:
             del self.sent[task_id]
             if task_id in queued:
                 lost.append((endpoint, item))
-                feed = self.feeds.pop(endpoint, None)
-                if feed is not None:
-                    feed.put_nowait(None)
+                self.close(endpoint)
         return lost

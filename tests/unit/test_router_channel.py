@@ -71,3 +71,11 @@ def test_what_reached_its_endpoint_is_forgotten_without_closing_the_stream() -> 
     clock.now += 2.0
     assert sends.unheard(set()) == []
     assert sends.sent == {} and sends.uses("a")
+
+
+def test_closing_ends_the_stream_of_an_endpoint_that_left() -> None:
+    sends = ChannelSends()
+    feed = sends.open("a")
+    sends.close("a")
+    sends.close("b")  # none open: nothing to do
+    assert feed.get_nowait() is None and not sends.uses("a")
