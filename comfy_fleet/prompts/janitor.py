@@ -90,6 +90,10 @@ class HostJanitor:
         the end or its webhook. Returns the number of host files deleted or put in the trash."""
         files: list[HostFile] = []
         try:
+            if self.has_extension is None:
+                # Ended before the host was asked (the ask follows each connect, after the
+                # node info): ask now, or its files would be left on the host for good.
+                await self.probe()
             if self.has_extension:
                 if entry is None:
                     entry = await self.client.history(prompt_id)

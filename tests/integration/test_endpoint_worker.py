@@ -182,6 +182,22 @@ async def test_cleanup_removes_the_outputs_from_the_comfyui_host(version: int, r
     assert (requests < 3) if version == 2 else (requests == 3)
 
 
+async def test_a_task_ended_before_the_host_was_asked_about_cleanup_is_still_cleaned(
+    rig: Rig,
+) -> None:
+    """The ask for the cleanup extension follows each connect (after the node info, which a
+    real ComfyUI takes a while to give): a task that ends before it asks then."""
+    w = await rig.worker()
+    await eventually(lambda: w.janitor.has_extension is not None, what="the first ask")
+    w.janitor.has_extension, w.janitor.version = None, 0  # as before the ask came back
+    task_id = await rig.task()
+    assert await w.dispatch(task_id) == ACCEPTED
+    [out] = (await rig.final(task_id)).outputs
+    path = rig.standin.output_dir / out["subfolder"] / out["filename"]
+    await eventually(lambda: not path.exists(), what="the output deleted on the host")
+    assert w.janitor.has_extension is True
+
+
 async def test_an_execution_error_ends_failed_with_the_node(rig: Rig) -> None:
     rig.standin.knobs.fail = [FailRule(node="SaveImage", count=1, exception_message="disk on fire")]
     w = await rig.worker()
