@@ -23,7 +23,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from actors import endpoint_stage, metrics
-from actors.endpoint_channel import DispatchStream
+from actors.endpoint_stream import DispatchStream
 from actors.endpoint_ends import PromptEnds, RouterPort, ctx, safe
 from actors.endpoint_previews import PreviewHolder
 from actors.endpoint_server import ServerInfo

@@ -87,7 +87,7 @@ class RouterApi(Protocol):
         """A stream, held open by endpoint `name` for its life: the tasks handed to it, in
         batches of `(task_id, state or None)`, as `EndpointApi.dispatch_many` takes them. It
         ends when a newer one opens or the router gives up on it (then the endpoint opens
-        another); until one is open the router calls `dispatch_many` (actors/router_channel.py)."""
+        another); until one is open the router calls `dispatch_many` (actors/router_streams.py)."""
         yield []  # (this body only makes it a stream)
 
     async def dispatch_results(self, name: str, task_ids: list[str], results: list[str]) -> None:

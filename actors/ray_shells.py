@@ -34,7 +34,8 @@ def _methods(protocol: type) -> list[str]:
 
 def _streams(protocol: type) -> frozenset[str]:
     """Its methods that are streams (async generators)."""
-    return frozenset(m for m in _methods(protocol) if inspect.isasyncgenfunction(vars(protocol)[m]))
+    members = vars(protocol)
+    return frozenset(m for m in _methods(protocol) if inspect.isasyncgenfunction(members[m]))
 
 
 class _ActorPort:

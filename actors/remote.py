@@ -1,14 +1,14 @@
 """The only Ray declarations: actor names, namespace, restart policy, the shells and the ports.
 
 Each actor has one protocol (`actors/ports.py`). Its shell is made from it
-(`actors/ray_shells.py`): every method of the protocol forwards to the plain async worker,
-which the shell builds lazily on its first call (Ray actors' constructors are synchronous; the
-worker needs an asyncpg pool and an S3 client) with the actor's one factory of dependencies
-(`build_endpoint`, `build_router`, `build_webhooks`), so a restarted actor rebuilds itself
-from the log on the first call that reaches it. The router's heartbeat calls every endpoint each second, which is also what brings a
-restarted endpoint back to work. Callers reach an actor through `port(name, protocol)`.
-Methods are at-most-once (no task retries): every method is safe to call again because the
-workers decide from the log with optimistic concurrency.
+(`actors/ray_shells.py`): every method of the protocol forwards to the plain async worker, which
+the shell builds lazily on its first call (Ray actors' constructors are synchronous; the worker
+needs an asyncpg pool and an S3 client) with the actor's one factory of dependencies
+(`build_endpoint`, `build_router`, `build_webhooks`), so a restarted actor rebuilds itself from
+the log on the first call that reaches it. The router's heartbeat calls every endpoint each
+second, which is also what brings a restarted endpoint back to work. Callers reach an actor
+through `port(name, protocol)`. Methods are at-most-once (no task retries): every method is safe
+to call again because the workers decide from the log with optimistic concurrency.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from actors import metrics, ports, router_channel, router_fleet, router_nodes, router_waiting
+from actors import metrics, ports, router_fleet, router_nodes, router_streams, router_waiting
 from comfy_fleet import hop_trace
 from comfy_fleet.config import Settings
 from comfy_fleet.log import cancel, event_log, fleet, task_state
@@ -89,7 +89,7 @@ class Router(router_fleet.FleetMembership):
         self.book = queue_eta.QueueBook()
         self.node_info = router_nodes.NodeInfo(self.handles.get, self._spawn, self._wake.set)
         #: each endpoint's open dispatch stream, and what was put on it
-        self.channel = router_channel.ChannelSends()
+        self.streams = router_streams.DispatchStreams()
 
     async def start(self) -> None:
         async with self._start_lock:
@@ -144,7 +144,7 @@ class Router(router_fleet.FleetMembership):
         hop_trace.mark("router.heard", task_id)
         task = router_waiting.waiting_task(task_id, priority, created_at, workflow, labels, tenant)
         if requeued:
-            self.channel.forget(task_id)
+            self.streams.forget(task_id)
             for name in list(self.assigned):
                 self._free(name, task_id)
             queued = self.waiting.requeue(task)
@@ -192,7 +192,7 @@ class Router(router_fleet.FleetMembership):
                     "inflight": len(self.assigned.get(name, ())),
                     "draining": ld.draining,
                     "node_info_digest": ld.node_info_digest,
-                    "dispatch_stream": self.channel.uses(name),  # else it is called
+                    "dispatch_stream": self.streams.uses(name),  # else it is called
                 }
                 for name, ld in self.loads.items()
             },
@@ -234,7 +234,7 @@ class Router(router_fleet.FleetMembership):
         """A task's end was committed (by an endpoint, the ingress, anyone): the endpoint it ran
         on has room again. One notice from the log, where the endpoint used to make a Ray call."""
         self.book.ended(task_id, time.monotonic())
-        self.channel.forget(task_id)
+        self.streams.forget(task_id)
         if endpoint is not None and endpoint in self.assigned:
             self._free(endpoint, task_id)
         else:
@@ -312,8 +312,8 @@ class Router(router_fleet.FleetMembership):
         ids = [i.task_id for i in items]
         for task_id in ids:
             hop_trace.mark("router.call", task_id)
-        if self.channel.uses(name):  # its stream: half a call's cost (actors/router_channel.py)
-            self.channel.put(name, items, list(zip(ids, states, strict=True)))
+        if self.streams.uses(name):  # its stream: half a call's cost (actors/router_streams.py)
+            self.streams.put(name, items, list(zip(ids, states, strict=True)))
             return
         try:
             results = await self.handles[name].dispatch_many(ids, states)  # KeyError: removed
@@ -322,16 +322,16 @@ class Router(router_fleet.FleetMembership):
             results = [ports.RETRY] * len(items)
         self._settle(name, items, results)
 
-    async def dispatch_feed(self, name: str) -> AsyncIterator[list[router_channel.Item]]:
-        feed = self.channel.open(name)
+    async def dispatch_feed(self, name: str) -> AsyncIterator[list[router_streams.Item]]:
+        feed = self.streams.open(name)
         try:
             while (batch := await feed.get()) is not None:
                 yield batch
         finally:
-            self.channel.closed(name, feed)
+            self.streams.closed(name, feed)
 
     async def dispatch_results(self, name: str, task_ids: list[str], results: list[str]) -> None:
-        items, kept = self.channel.answered(name, task_ids, results)
+        items, kept = self.streams.answered(name, task_ids, results)
         self._settle(name, items, kept)
 
     def _settle(self, name: str, items: list[WaitingTask], results: list[str]) -> None:
@@ -360,8 +360,8 @@ class Router(router_fleet.FleetMembership):
             self.waiting.forget_old()
             try:
                 rows = await self.log.queued_tasks()
-                for name, item in self.channel.unheard({row[0] for row in rows}):
-                    # Handed out on the channel, never taken: out again (the scan below would
+                for name, item in self.streams.unheard({row[0] for row in rows}):
+                    # Put on a stream, never taken: out again (the scan below would
                     # skip it as handed out lately).
                     self._free(name, item.task_id)
                     self.waiting.requeue(item)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from actors import ports, router_channel
+from actors import ports, router_streams
 from comfy_fleet import errors
 from comfy_fleet.log import event_log, fleet
 from comfy_fleet.policies import routing
@@ -40,7 +40,7 @@ class FleetMembership:
     handles: dict[str, ports.EndpointApi]
     loads: dict[str, routing.EndpointLoad]
     assigned: dict[str, set[str]]
-    channel: router_channel.ChannelSends
+    streams: router_streams.DispatchStreams
     _wake: asyncio.Event
 
     async def start(self) -> None:
@@ -141,7 +141,7 @@ class FleetMembership:
         self.loads.pop(name, None)
         self.assigned.pop(name, None)
         self.discovered.discard(name)
-        self.channel.close(name)  # its dispatch stream ends with it
+        self.streams.close(name)  # its dispatch stream ends with it
 
     async def _discovery_loop(self) -> None:
         """Discovery mode: every node with the ComfyUI resource has an endpoint; a node that

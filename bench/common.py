@@ -25,6 +25,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.db_cpu import process_cpu_s  # noqa: E402
 from comfy_fleet.config import Settings  # noqa: E402
 from comfy_fleet_devstack import launch  # noqa: E402
 from serve_app import deploy  # noqa: E402
@@ -225,20 +226,14 @@ def _process_label(pid: str) -> str | None:
 def cpu_snapshot() -> dict[str, float]:
     """CPU seconds (user + system) used so far by each kind of process on this machine, by its
     command line; compare two snapshots for what a phase cost. Linux /proc only."""
-    tick = os.sysconf("SC_CLK_TCK")
     totals: dict[str, float] = defaultdict(float)
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         label = _process_label(pid)
-        if label is None:
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        totals[label] += (int(fields[11]) + int(fields[12])) / tick
+        used = process_cpu_s(pid) if label is not None else None
+        if label is not None and used is not None:
+            totals[label] += used
     return dict(totals)
 
 

@@ -21,7 +21,8 @@ _TICK = os.sysconf("SC_CLK_TCK")
 _SHARED = ("walwriter", "checkpointer", "background writer")
 
 
-def _cpu(pid: str) -> float | None:
+def process_cpu_s(pid: int | str) -> float | None:
+    """User + system CPU seconds a process (all its threads) used so far; None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -76,18 +77,18 @@ class PhaseCpu:
             ):
                 self._seen[pid] = 0.0
             elif any(title.endswith(name) for name in _SHARED):
-                self._shared0.setdefault(pid, _cpu(pid) or 0.0)
+                self._shared0.setdefault(pid, process_cpu_s(pid) or 0.0)
                 self._others.add(pid)
             else:
                 self._others.add(pid)
 
     def _sample(self) -> None:
         for pid in self._seen:
-            used = _cpu(pid)
+            used = process_cpu_s(pid)
             if used is not None:
                 self._seen[pid] = used
         for pid in self._shared0:
-            used = _cpu(pid)
+            used = process_cpu_s(pid)
             if used is not None:
                 self._shared[pid] = used
 

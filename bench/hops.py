@@ -6,7 +6,8 @@ tasks (so each side sleeps between two and pays its wake-up), and back to back:
 
 - a process hop: one byte to another process over a loopback socket and back;
 - an empty call to an async Ray actor from another async actor (Ray's own cost: serialising,
-  gRPC, its threads): forward (caller to callee) and the round trip;
+  gRPC, its threads): forward (caller to callee) and the round trip; and an item of a Ray
+  stream (an async generator method), as the router hands tasks to an endpoint;
 - a PostgreSQL commit of one small row (asyncpg), and a NOTIFY: commit to the listener's callback;
 - an S3 PUT of a small output (SeaweedFS, `weed mini`, through the service's own S3 client);
 - a loopback HTTP POST (aiohttp client and server): what a webhook or a ComfyUI call costs.
@@ -26,13 +27,14 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import asyncpg
 from aiohttp import web
 
 from bench.common import free_port, machine, percentile, serve_hook
+from bench.db_cpu import process_cpu_s
 
 GAP_S = 0.01
 
@@ -42,10 +44,7 @@ CPU: dict[str, float] = {}
 
 
 def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads), from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return process_cpu_s(pid) or 0.0
 
 
 def cpu_of(pids: list[int]) -> float:
@@ -115,9 +114,46 @@ def ray_calls(n: int) -> dict[float, Timings]:
                 async def once() -> dict[str, float]:
                     sent = time.time()
                     forward = await self.callee.call.remote(sent)  # type: ignore[attr-defined]
-                    return {"forward": forward * 1000, "round trip": (time.time() - sent) * 1000}
+                    return {"actor call, forward": forward * 1000,
+                            "actor call, round trip": (time.time() - sent) * 1000}
 
                 return await timed(n, gap_s, once)
+
+            def pid(self) -> int:
+                return os.getpid()
+
+        @ray.remote
+        class Feeder:
+            """Puts items on a stream, as the router does on an endpoint's dispatch stream."""
+
+            def __init__(self) -> None:
+                self.queue: asyncio.Queue[float | None] = asyncio.Queue()
+
+            async def feed(self) -> AsyncIterator[float]:
+                while (sent := await self.queue.get()) is not None:
+                    yield sent
+
+            async def run(self, n: int, gap_s: float) -> None:
+                for _ in range(n + 20):
+                    self.queue.put_nowait(time.time())
+                    if gap_s:
+                        await asyncio.sleep(gap_s)
+                self.queue.put_nowait(None)
+
+            def pid(self) -> int:
+                return os.getpid()
+
+        @ray.remote
+        class Reader:
+            def __init__(self, feeder: object) -> None:
+                self.feeder = feeder
+
+            async def read(self) -> list[float]:
+                late: list[float] = []
+                feed = self.feeder.feed  # type: ignore[attr-defined]
+                async for ref in feed.options(num_returns="streaming").remote():
+                    late.append((time.time() - await ref) * 1000)
+                return late[20:]
 
             def pid(self) -> int:
                 return os.getpid()
@@ -129,6 +165,23 @@ def ray_calls(n: int) -> dict[float, Timings]:
         before = cpu_of(pids)
         out[0.0] = ray.get(caller.run.remote(n, 0.0))
         CPU["Ray actor call (caller + callee)"] = (cpu_of(pids) - before) * 1000 / (n + 20)
+
+        feeder = Feeder.remote()  # type: ignore[attr-defined]
+        reader = Reader.remote(feeder)  # type: ignore[attr-defined]
+        pids = [ray.get(feeder.pid.remote()), ray.get(reader.pid.remote())]
+        for gap in (GAP_S, 0.0):
+            reading = reader.read.remote()
+            time.sleep(0.5)  # the stream is open
+            before = cpu_of(pids)
+            ray.get(feeder.run.remote(n, gap))
+            late = ray.get(reading)
+            if gap:
+                out[gap]["stream item, forward"] = late
+            else:
+                # Back to back, items queue behind one another (a stream is one way): its
+                # time is a queue's, not a hop's; its CPU is what counts.
+                used = cpu_of(pids) - before
+                CPU["Ray stream item (router + endpoint)"] = used * 1000 / (n + 20)
         return out
     finally:
         ray.shutdown()
@@ -247,9 +300,11 @@ async def http_post(n: int, gap_s: float) -> Timings:
         server.join(timeout=5)
 
 
-def _row(label: str, paced: list[float], busy: list[float]) -> str:
-    return (f"  {label:44s} {percentile(paced, 50):7.2f} {percentile(paced, 99):7.2f}   "
-            f"{percentile(busy, 50):7.2f} {percentile(busy, 99):7.2f}")
+def _row(label: str, paced: list[float], busy: list[float] | None) -> str:
+    line = f"  {label:44s} {percentile(paced, 50):7.2f} {percentile(paced, 99):7.2f}   "
+    if busy is None:
+        return line + f"{'-':>7s} {'-':>7s}"
+    return line + f"{percentile(busy, 50):7.2f} {percentile(busy, 99):7.2f}"
 
 
 def main() -> None:
@@ -263,7 +318,7 @@ def main() -> None:
     dsn = asyncio.run(postgres.create_database(admin, name))
     load_before = os.getloadavg()[0]
     try:
-        rows: dict[str, tuple[list[float], list[float]]] = {}
+        rows: dict[str, tuple[list[float], list[float] | None]] = {}
 
         def both(label: str, run: Callable[[float], Awaitable[Timings]]) -> None:
             paced, busy = asyncio.run(run(GAP_S)), asyncio.run(run(0.0))
@@ -272,7 +327,7 @@ def main() -> None:
 
         both("process hop (socket, there and back)", lambda g: process_hop(args.n, g))
         for key, paced in (calls := ray_calls(args.n))[GAP_S].items():
-            rows[f"Ray actor call, {key}"] = (paced, calls[0.0][key])
+            rows[f"Ray {key}"] = (paced, calls[0.0].get(key))
         both("PostgreSQL", lambda g: postgres_hops(args.n, g, dsn))
         both("S3 PUT of 208 bytes (SeaweedFS)", lambda g: s3_put(args.n, g))
         both("HTTP POST on loopback (aiohttp)", lambda g: http_post(args.n, g))
@@ -289,28 +344,30 @@ def main() -> None:
         return percentile(rows[label][0], 50)
 
     # What comfy-fleet's path has that a direct client's has not (one task at a time): three
-    # commits before the webhook (submitted, dispatched, the end), the queued notice, one Ray
-    # call, the S3 PUT and the webhook POST; the ended notice overlaps the end's commit, and
-    # the direct client's GET /history (an HTTP call) is one comfy-fleet does not make.
+    # commits before the webhook (submitted, dispatched, the end), the queued notice, the item
+    # of the endpoint's dispatch stream, the S3 PUT and the webhook POST; the ended notice
+    # overlaps the end's commit, and the direct client's GET /history (an HTTP call) is one
+    # comfy-fleet does not make.
     floor = (3 * p50("PostgreSQL commit") + p50("PostgreSQL notice")
-             + p50("Ray actor call, forward") + p50("S3 PUT of 208 bytes (SeaweedFS)"))
+             + p50("Ray stream item, forward") + p50("S3 PUT of 208 bytes (SeaweedFS)"))
     print("the hops comfy-fleet adds to a direct client's path, one at a time, p50: "
           f"{floor:.1f} ms "
-          "(3 commits, a notice, a Ray call, an S3 PUT; its webhook POST stands for the direct "
-          "client's GET /history), before the ingress hop and any code of ours")
+          "(3 commits, a notice, a Ray stream's item, an S3 PUT; its webhook POST stands for the "
+          "direct client's GET /history), before the ingress hop and any code of ours")
     print("CPU of one hop, back to back (ms):")
     for label, ms in CPU.items():
         print(f"  {label:60s} {ms:6.3f}")
-    # The I/O of one task on comfy-fleet's side, priced at these figures: one Ray call, four
+    # The I/O of one task on comfy-fleet's side, priced at these figures: one stream item, four
     # appends (submitted, dispatched, the end, webhook delivered) each a commit with notices,
     # one S3 PUT, and the client's side of three HTTP exchanges (POST /prompt, GET /view, the
     # webhook) plus the server's side of one (POST /tasks; Serve's own proxying not counted).
-    cpu_floor = (CPU["Ray actor call (caller + callee)"]
+    cpu_floor = (CPU["Ray stream item (router + endpoint)"]
                  + 4 * CPU["PostgreSQL commit + NOTIFY (client + backends)"]
                  + CPU["S3 PUT (client + SeaweedFS)"]
                  + 3 * CPU["HTTP POST, the client's side"] + CPU["HTTP POST, the server's side"])
     print(f"the I/O of one task on comfy-fleet's side at these prices: {cpu_floor:.1f} ms of CPU "
-          "(a Ray call, 4 commits, an S3 PUT, 3 HTTP exchanges as client and 1 as server), "
+          "(a Ray stream's item, 4 commits, an S3 PUT, 3 HTTP exchanges as client and 1 as "
+          "server), "
           "before any code of ours and the websocket's frames")
     print(f"SUMMARY hops floor_p50={floor:.1f}ms cpu_floor={cpu_floor:.1f}ms "
           f"load={load_before:.2f}")

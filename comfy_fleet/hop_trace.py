@@ -26,7 +26,7 @@ HOPS: list[tuple[str, str]] = [
     ("ingress.append", "the ingress appends task.submitted"),
     ("ingress.appended", "its commit returned"),
     ("router.heard", "the router heard the queued notice"),
-    ("router.call", "the router hands it to the endpoint (channel or Ray call)"),
+    ("router.call", "the router hands it to the endpoint (its stream, or a Ray call)"),
     ("endpoint.called", "the endpoint's dispatch runs"),
     ("endpoint.dispatched", "task.dispatched committed"),
     ("endpoint.posted", "POST /prompt answered"),

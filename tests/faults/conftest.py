@@ -144,6 +144,22 @@ class FaultFleet:
         r = await self.http.get("/endpoints")
         return {e["endpoint"]: e for e in r.json()} if r.status_code == 200 else {}
 
+    async def wait_dispatch_streams(self, timeout: float = 30.0) -> None:
+        """Until every endpoint holds its dispatch stream open to the router (the router's
+        own stats: the API does not show them)."""
+        import ray
+
+        from actors.remote import NAMESPACE, ROUTER_NAME
+        from tests.support.polling import eventually
+
+        router = ray.get_actor(ROUTER_NAME, namespace=NAMESPACE)
+
+        async def all_open() -> bool:
+            stats = await router.stats.remote()
+            return all(stats["endpoints"][e]["dispatch_stream"] for e in self.endpoints)
+
+        await eventually(all_open, timeout=timeout, what="every endpoint's dispatch stream open")
+
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """/readyz 200 and every endpoint connected."""
         loop = asyncio.get_running_loop()

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import ray
 
-from actors.remote import NAMESPACE, ROUTER_NAME, endpoint_actor_name
+from actors.remote import NAMESPACE, endpoint_actor_name
 from tests.faults.conftest import FaultFleet
 from tests.support.invariants import check_tasks
 from tests.support.polling import eventually
@@ -37,10 +37,4 @@ async def test_killed_endpoint_actor_is_restarted_and_its_tasks_complete(fleet: 
     await fleet.wait_ready()
     more = await fleet.submit(6)
     await check_tasks(fleet.http, more, receiver=fleet.receiver, timeout=60)
-    router = ray.get_actor(ROUTER_NAME, namespace=NAMESPACE)
-
-    async def streams_open() -> bool:
-        stats = await router.stats.remote()
-        return all(stats["endpoints"][e]["dispatch_stream"] for e in fleet.endpoints)
-
-    await eventually(streams_open, timeout=30, what="every endpoint's dispatch stream open")
+    await fleet.wait_dispatch_streams()

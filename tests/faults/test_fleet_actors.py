@@ -2,7 +2,8 @@
 
 Their work reaches them as the log's notices, not as calls, so nothing else would wake a
 restarted one: it must build itself (actors/remote.py: `build_soon`), rebuild from the log and
-listen again. No call is made to either actor here after the kill."""
+listen again. No call is made to either actor here after the kill until every task is checked;
+then the endpoints' dispatch streams, broken with the router, are open to the new one."""
 
 from __future__ import annotations
 
@@ -32,3 +33,4 @@ async def test_restarted_router_and_webhook_actors_start_themselves(fleet: Fault
     assert all(c.status == "succeeded" for c in checked.values()), {
         t: c.task["error"] for t, c in checked.items() if c.status != "succeeded"
     }
+    await fleet.wait_dispatch_streams()

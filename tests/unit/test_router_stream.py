@@ -50,7 +50,7 @@ async def streaming(
     r = make_router(log, [ep], started, depth=depth)
     await r.start()
     reader = StreamReader(r, "a:1")
-    await eventually(lambda: r.channel.uses("a:1"), what="the stream open")
+    await eventually(lambda: r.streams.uses("a:1"), what="the stream open")
     return log, ep, r, reader
 
 
@@ -70,11 +70,11 @@ async def test_tasks_go_on_the_open_stream_with_their_states_and_not_by_call(
     # Ended in the log: the slot is free, nothing is left to settle.
     await end_in_log(log, tasks[0], "a:1")
     await eventually(lambda: tasks[0] not in r.assigned["a:1"], what="the slot freed")
-    assert tasks[0] not in r.channel.sent
+    assert tasks[0] not in r.streams.sent
 
     # The stream closed: the next task is called for.
     await reader.close()
-    assert not r.channel.uses("a:1")
+    assert not r.streams.uses("a:1")
     late = await submit(log)
     await eventually(lambda: ep.dispatched == [late], what="a call for the next task")
 
@@ -91,7 +91,7 @@ async def test_answers_other_than_accepted_come_back_and_are_acted_on(
     # Retry: it waits again, and the endpoint counts as disconnected until its next status.
     assert retry not in r.assigned["a:1"]
     await eventually(lambda: reader.task_ids.count(retry) == 2, what="the retry handed out again")
-    assert r.channel.sent.keys() == {retry}
+    assert r.streams.sent.keys() == {retry}
     await reader.close()
 
 
@@ -100,12 +100,12 @@ async def test_a_batch_that_never_reached_its_endpoint_is_handed_out_again(
 ) -> None:
     monkeypatch.setattr(router_module, "SCAN_S", 0.02)
     log, ep, r, reader = await streaming(started, depth=2)  # it dies with what it reads
-    r.channel.grace_s = 0.2
+    r.streams.grace_s = 0.2
     lost = await submit(log)
     await eventually(lambda: reader.task_ids == [lost], what="the task on the stream")
 
     # Still queued in the log past the grace: its stream is ended and the task called for.
     await eventually(lambda: ep.dispatched == [lost], timeout=5, what="the task handed out again")
     await eventually(lambda: reader.task.done(), what="the stream ended")
-    assert not r.channel.uses("a:1") and r.assigned["a:1"] == {lost}
-    assert r.channel.sent == {}
+    assert not r.streams.uses("a:1") and r.assigned["a:1"] == {lost}
+    assert r.streams.sent == {}

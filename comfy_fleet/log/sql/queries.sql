@@ -46,10 +46,11 @@ SELECT (SELECT array_agg(position ORDER BY position) FROM ins) AS positions,
 -- append_events_many --
 -- Several tasks' appends in one statement (one transaction, one commit): what `append_events`
 -- does for one task, for each of them. (One task alone goes through `append_events`: through
--- these arrays it costs its writer and PostgreSQL about a quarter more, measured.) The caller never puts one task in it twice. Any error
--- (a seq taken, a client_task_id taken) undoes all of it, and the caller then sends each append
--- alone to learn whose it was. The events: $1 task ids, $2 seqs, $3 types, $4 versions,
--- $5 payloads, $6 recorded_at; the tasks, one entry each: $7 task ids, $8 client_task_ids,
+-- these arrays it costs its writer and PostgreSQL about a quarter more, measured.) The caller
+-- never puts one task in it twice. Any error (a seq taken, a client_task_id taken) undoes all
+-- of it, and the caller then sends each append alone to learn whose it was. The events: $1 task
+-- ids, $2 seqs, $3 types, $4 versions, $5 payloads, $6 recorded_at; the tasks, one entry
+-- each: $7 task ids, $8 client_task_ids,
 -- $9 workflows, $10 statuses, $11 priorities, $12 webhooks, $13 last_seqs, $14 created_at,
 -- $15 updated_at, $16 states, $17 expected_seqs, $18 queued notification payloads, $19 ended
 -- notification payloads, $20 tenants, $21 batch_ids of the batches a task of which this ended

@@ -1,9 +1,9 @@
-"""ChannelSends (actors/router_channel.py): the router's bookkeeping of the endpoints' dispatch
+"""DispatchStreams (actors/router_streams.py): the router's bookkeeping of the endpoints' dispatch
 streams and of what it put on them, with a clock of the test's own. No I/O."""
 
 from __future__ import annotations
 
-from actors.router_channel import ChannelSends
+from actors.router_streams import DispatchStreams
 from comfy_fleet.policies.fair_share import WaitingTask
 
 
@@ -21,7 +21,7 @@ def task(task_id: str) -> WaitingTask:
 
 
 def test_a_new_stream_takes_over_what_the_old_one_had_not_carried_and_ends_it() -> None:
-    sends = ChannelSends()
+    sends = DispatchStreams()
     old = sends.open("a")
     sends.put("a", [task("t1")], [("t1", None)])
     new = sends.open("a")
@@ -34,7 +34,7 @@ def test_a_new_stream_takes_over_what_the_old_one_had_not_carried_and_ends_it() 
 
 
 def test_answers_settle_only_what_was_put_on_that_endpoints_stream() -> None:
-    sends = ChannelSends()
+    sends = DispatchStreams()
     sends.open("a")
     sends.open("b")
     sends.put("a", [task("t1"), task("t2")], [("t1", {"seq": 1}), ("t2", None)])
@@ -48,7 +48,7 @@ def test_answers_settle_only_what_was_put_on_that_endpoints_stream() -> None:
 
 def test_past_the_grace_a_task_still_queued_is_lost_and_its_stream_is_closed() -> None:
     clock = Clock()
-    sends = ChannelSends(grace_s=10.0, clock=clock)
+    sends = DispatchStreams(grace_s=10.0, clock=clock)
     feed = sends.open("a")
     sends.put("a", [task("lost"), task("taken")], [("lost", None), ("taken", None)])
     clock.now += 5.0
@@ -65,7 +65,7 @@ def test_past_the_grace_a_task_still_queued_is_lost_and_its_stream_is_closed() -
 
 def test_what_reached_its_endpoint_is_forgotten_without_closing_the_stream() -> None:
     clock = Clock()
-    sends = ChannelSends(grace_s=1.0, clock=clock)
+    sends = DispatchStreams(grace_s=1.0, clock=clock)
     sends.open("a")
     sends.put("a", [task("t1")], [("t1", None)])
     clock.now += 2.0
@@ -74,7 +74,7 @@ def test_what_reached_its_endpoint_is_forgotten_without_closing_the_stream() -> 
 
 
 def test_closing_ends_the_stream_of_an_endpoint_that_left() -> None:
-    sends = ChannelSends()
+    sends = DispatchStreams()
     feed = sends.open("a")
     sends.close("a")
     sends.close("b")  # none open: nothing to do

@@ -29,7 +29,7 @@ GRACE_S = 10.0
 Item = tuple[str, dict[str, Any] | None]
 
 
-class ChannelSends:
+class DispatchStreams:
     def __init__(
         self, *, grace_s: float = GRACE_S, clock: Callable[[], float] = time.monotonic
     ) -> None:

@@ -1,4 +1,4 @@
-"""The endpoint's side of its dispatch stream (actors/router_channel.py): for its whole life it
+"""The endpoint's side of its dispatch stream (actors/router_streams.py): for its whole life it
 holds a stream open to the router (`RouterApi.dispatch_feed`), dispatches each batch that comes
 on it as a `dispatch_many` call would be, and tells the router of the answers other than
 ACCEPTED (ACCEPTED is not answered). A broken or ended stream is opened again; meanwhile the
@@ -30,8 +30,6 @@ class DispatchStream:
         self.router = router
         self.spawn = spawn
         self.dispatch_many = dispatch_many
-        #: batches taken from the stream since the start
-        self.batches = 0
 
     async def run(self) -> None:
         """Hold the stream open for good (a router without one: nothing to do)."""
@@ -43,7 +41,6 @@ class DispatchStream:
             try:
                 async for items in feed(self.name):
                     delay = REOPEN_S[0]
-                    self.batches += 1
                     self.spawn(self._dispatch(items))
             except asyncio.CancelledError:
                 raise
