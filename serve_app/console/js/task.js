@@ -117,7 +117,16 @@ export function mount(root, taskId, _ctx) {
       if (alive) fill(msg, errorBox(err));
     } finally {
       live.textContent = "";
-      if (alive) refresh();
+      if (alive) {
+        await refresh();
+        // What the stream did not bring (it failed, or ended before the page heard the end):
+        // the rest of the timeline, from the log (events already shown are skipped).
+        try {
+          (await api.get(`/tasks/${encodeURIComponent(taskId)}/events`)).forEach((e) => alive && addEvent(e));
+        } catch (err) {
+          if (alive) fill(msg, errorBox(err));
+        }
+      }
     }
   }
 
