@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,8 +87,16 @@ def test_listeners_are_loopback_or_token_guarded_and_a_group_sigterm_leaves_noth
 
     # HAProxy's stats page and exporter are on loopback (census above), and it bounds the
     # time a client has to send its request head.
+    # Ray rewrites the file on a reload (a replica added or moved) and the guard hardens it as
+    # the new HAProxy starts: read it once no reload is under way (the census above already
+    # shows the running HAProxy's own listeners).
     haproxy = next(c for c in commands.values() if "haproxy" in c and " -f " in f" {c} ")
-    config = Path(re.search(r" -f (\S+)", haproxy).group(1)).read_text()  # type: ignore[union-attr]
+    config_path = Path(re.search(r" -f (\S+)", haproxy).group(1))  # type: ignore[union-attr]
+    for _ in range(100):
+        config = config_path.read_text()
+        if re.search(r"^\s*timeout http-request \d+s$", config, re.M):
+            break
+        time.sleep(0.1)
     assert re.search(r"^\s*timeout http-request \d+s$", config, re.M), config
 
     service.signal_group(signal.SIGTERM)
